@@ -1,0 +1,92 @@
+"""The one method registry: name -> Method (task, hyperparameter dataclass, per-worker train loop, search space).
+
+Adding a method means adding one module under ``raysel/methods/`` that calls :func:`register`; every module in that
+package is imported on first lookup, so nothing else has to change.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import pkgutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
+
+from raysel.errors import ConfigError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from torch import nn
+
+    from raysel.methods.base import RunContext
+
+SEARCH_SPACE_DIR = Path(__file__).resolve().parent.parent / "search_spaces"
+TASKS = ("segmentation", "classification")
+
+
+@dataclass(frozen=True)
+class Method:
+    """A registered adaptation method.
+
+    ``train(config, ctx)`` is the per-worker training loop (it runs on every Ray Train worker, or directly inside a
+    Tune trial for single-worker runs) and returns the model whose predictions are evaluated and selected.
+    ``tasks`` lists the tasks the method supports (HDRQ supports both).
+    """
+
+    name: str
+    tasks: tuple[str, ...]
+    config_class: type
+    train: Callable[[Any, "RunContext"], "nn.Module"]
+    description: str
+
+    @property
+    def search_space_path(self) -> Path:
+        return SEARCH_SPACE_DIR / f"{self.name}.yaml"
+
+    def hyperparameter_names(self) -> list[str]:
+        return [field.name for field in dataclasses.fields(self.config_class)]
+
+    def default_config(self) -> Any:
+        return self.config_class()
+
+
+_REGISTRY: dict[str, Method] = {}
+_DISCOVERED = False
+
+
+def register(method: Method) -> Method:
+    """Add a method to the registry (called at import time by each module in ``raysel.methods``)."""
+    for task in method.tasks:
+        if task not in TASKS:
+            raise ValueError(f"method {method.name!r}: unknown task {task!r}; expected one of {TASKS}")
+    if method.name in _REGISTRY and _REGISTRY[method.name] is not method:
+        raise ValueError(f"method {method.name!r} is registered twice")
+    _REGISTRY[method.name] = method
+    return method
+
+
+def _discover() -> None:
+    global _DISCOVERED
+    if _DISCOVERED:
+        return
+    import raysel.methods as package
+
+    for module in pkgutil.iter_modules(package.__path__):
+        if not module.name.startswith("_") and module.name not in ("base", "common"):
+            importlib.import_module(f"{package.__name__}.{module.name}")
+    _DISCOVERED = True
+
+
+def method_names() -> list[str]:
+    """Names of every registered method, sorted."""
+    _discover()
+    return sorted(_REGISTRY)
+
+
+def get_method(name: str) -> Method:
+    """Look a method up by name; an unknown name raises ConfigError listing the registered ones."""
+    _discover()
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise ConfigError(f"unknown method {name!r}; registered methods: {', '.join(sorted(_REGISTRY))}") from None
