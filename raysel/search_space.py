@@ -1,0 +1,409 @@
+"""Search spaces: one YAML file per method (``search_spaces/METHOD.yaml``) saying what Ray Tune sweeps.
+
+Format: a mapping from hyperparameter name (the method's config dataclass field, i.e. the paper's name) to an entry::
+
+    # HIAST (paper Table 8): comments explain each hyperparameter
+    alpha:    {grid: [0.2, 0.35, 0.5, 0.65, 0.8]}  # every value is tried (a Cartesian product with other grids)
+    gamma:    {choice: [2.0, 4.0, 8.0]}            # one value drawn per sample
+    lambda_i: {loguniform: [0.1, 3.0]}             # drawn log-uniformly in [low, high], 0 < low < high
+    lambda_c: {uniform: [0.0, 0.3]}                # drawn uniformly in [low, high], low < high
+    k:        {randint: [4, 10]}                   # an integer drawn in [low, high], BOTH bounds inclusive
+    beta:     0.9                                  # a fixed value (not swept)
+
+* A hyperparameter the file does not mention keeps the default of the method's config dataclass.
+* A bare list is a fixed value only for list-typed hyperparameters (e.g. ``tuple[int, ...]``); to sweep, write
+  ``{grid: [...]}`` or ``{choice: [...]}``.
+* Scientific notation works as in YAML 1.2 (``1e-4`` is a float, not the string PyYAML's YAML 1.1 rules would make).
+* Values are checked against the dataclass field types (``k: {uniform: ...}`` on an ``int`` field is an error: use
+  ``randint``); range checks of the method's ``validate()`` happen when each trial's config is built.
+* ``--set key=value`` (:meth:`SearchSpace.apply_overrides`) replaces one entry; ``value`` is YAML, so
+  ``--set alpha=0.5`` fixes a value and ``--set 'alpha={grid: [0.2, 0.5]}'`` sweeps it.
+
+Search algorithms (:meth:`SearchSpace.to_tune`): with ``grid`` and ``random`` search, ``grid`` entries become
+``tune.grid_search`` (each sample of the other entries is repeated for every grid point); Optuna cannot take
+``grid_search`` (ValueError in Ray Tune), so with ``optuna`` a grid becomes ``tune.choice`` over the same values.
+Ray is imported only inside ``to_tune``, so parsing and validation work without it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+import yaml
+
+from raysel.errors import ConfigError
+
+SAMPLED_KINDS = ("grid", "choice", "uniform", "loguniform", "randint")
+RANGE_KINDS = ("uniform", "loguniform", "randint")
+FIXED = "fixed"
+SEARCH_ALGORITHMS = ("grid", "random", "optuna")
+
+
+# --------------------------------------------------------------------------------------------------------------
+# YAML: safe loading, YAML 1.2 floats (1e-4), duplicate keys refused with their line
+# --------------------------------------------------------------------------------------------------------------
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that reads ``1e-4`` as a float and refuses duplicate mapping keys."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r}", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+_Loader.yaml_implicit_resolvers = {first: list(resolvers) for first, resolvers in
+                                   yaml.SafeLoader.yaml_implicit_resolvers.items()}
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+
+
+def _parse_yaml_scalar(text: str, where: str) -> Any:
+    """Parse an override value as YAML (``0.5``, ``true``, ``[1, 2]``, ``{grid: [0.2, 0.5]}``)."""
+    try:
+        return yaml.load(text, Loader=_Loader)
+    except yaml.YAMLError as error:
+        problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+        raise ConfigError(f"{where}: the value is not valid YAML ({problem})") from None
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Entries
+# --------------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SearchEntry:
+    """One hyperparameter's entry: ``kind`` is ``fixed`` or a sampled kind; ``values`` are its arguments.
+
+    grid/choice: the candidate values; uniform/loguniform/randint: ``(low, high)`` (randint inclusive);
+    fixed: ``(value,)``.
+    """
+
+    name: str
+    kind: str
+    values: tuple[Any, ...]
+
+    @property
+    def swept(self) -> bool:
+        return self.kind != FIXED
+
+    @property
+    def value(self) -> Any:
+        """The fixed value (only for ``fixed`` entries)."""
+        if self.kind != FIXED:
+            raise ValueError(f"{self.name} is swept ({self.kind}), it has no single value")
+        return self.values[0]
+
+    def to_tune(self, search: str) -> Any:
+        """The Ray Tune domain for this entry under ``search`` (see the module docstring)."""
+        from ray import tune
+
+        values = list(self.values)
+        if self.kind == FIXED:
+            return _plain_copy(self.values[0])
+        if self.kind == "grid":
+            return tune.choice(values) if search == "optuna" else tune.grid_search(values)
+        if self.kind == "choice":
+            return tune.choice(values)
+        if self.kind == "uniform":
+            return tune.uniform(*values)
+        if self.kind == "loguniform":
+            return tune.loguniform(*values)
+        if self.kind == "randint":
+            low, high = values
+            return tune.randint(low, high + 1)  # Tune's upper bound is exclusive; the YAML's is inclusive
+        raise AssertionError(self.kind)
+
+    def to_yaml_value(self) -> Any:
+        """The entry as written in YAML/JSON (what :func:`parse_entry` reads back)."""
+        if self.kind == FIXED:
+            return _plain_copy(self.values[0])
+        return {self.kind: [_plain_copy(value) for value in self.values]}
+
+    def describe(self) -> str:
+        """A short human description, e.g. ``grid [0.2, 0.5]`` or ``randint [4, 10] (inclusive)``."""
+        if self.kind == FIXED:
+            return f"fixed {self.values[0]!r}"
+        suffix = " (inclusive)" if self.kind == "randint" else ""
+        return f"{self.kind} [{', '.join(repr(value) for value in self.values)}]{suffix}"
+
+
+def _plain_copy(value: Any) -> Any:
+    return [_plain_copy(item) for item in value] if isinstance(value, (list, tuple)) else value
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _type_name(annotation: Any) -> str:
+    return getattr(annotation, "__name__", None) or str(annotation).replace("typing.", "")
+
+
+def _check_value(value: Any, annotation: Any) -> str | None:
+    """Why ``value`` does not fit the field ``annotation`` (None when it fits or the type is not checked)."""
+    if annotation is None or annotation is Any:
+        return None
+    origin = typing.get_origin(annotation)
+    arguments = typing.get_args(annotation)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in arguments:
+            return None
+        reasons = [_check_value(value, argument) for argument in arguments if argument is not type(None)]
+        return None if any(reason is None for reason in reasons) else reasons[0]
+    if origin is typing.Literal:
+        return None if value in arguments else f"expects one of {', '.join(repr(a) for a in arguments)}"
+    if origin in (tuple, list):
+        if not isinstance(value, (list, tuple)):
+            return f"expects a list ({_type_name(annotation)})"
+        inner = [argument for argument in arguments if argument is not Ellipsis]
+        if len(set(inner)) == 1:
+            for item in value:
+                reason = _check_value(item, inner[0])
+                if reason:
+                    return reason
+        return None
+    if annotation is bool:
+        return None if isinstance(value, bool) else "expects true or false"
+    if annotation is int:
+        return None if _is_number(value) and float(value).is_integer() else "expects an integer"
+    if annotation is float:
+        return None if _is_number(value) else "expects a number"
+    if annotation is str:
+        return None if isinstance(value, str) else "expects a string"
+    return None
+
+
+def _numeric_kind(annotation: Any) -> str | None:
+    """``int``/``float`` for numeric fields (Optional unwrapped), else None."""
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        inner = [argument for argument in typing.get_args(annotation) if argument is not type(None)]
+        return _numeric_kind(inner[0]) if len(inner) == 1 else None
+    if annotation is int:
+        return "int"
+    if annotation is float:
+        return "float"
+    return None
+
+
+def _is_list_type(annotation: Any) -> bool:
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        return any(_is_list_type(argument) for argument in typing.get_args(annotation))
+    return origin in (tuple, list) or annotation in (tuple, list)
+
+
+def parse_entry(name: str, raw: Any, annotation: Any = None, *, where: str) -> SearchEntry:
+    """Turn one YAML entry into a :class:`SearchEntry`, or raise ConfigError naming ``where`` and the key."""
+
+    def fail(message: str) -> ConfigError:
+        return ConfigError(f"{where}: hyperparameter {name!r}: {message}")
+
+    known_types = annotation is not None
+    if isinstance(raw, dict):
+        if len(raw) != 1 or next(iter(raw)) not in SAMPLED_KINDS:
+            raise fail(f"an entry must be a plain value or a mapping with exactly one of "
+                       f"{', '.join(SAMPLED_KINDS)}; got {raw!r}")
+        kind, arguments = next(iter(raw.items()))
+        if not isinstance(arguments, list) or not arguments:
+            raise fail(f"{kind} needs a non-empty list, got {arguments!r}")
+        if kind in RANGE_KINDS:
+            entry = _parse_range(kind, arguments, annotation, fail)
+        else:
+            for value in arguments:
+                reason = _check_value(value, annotation)
+                if reason:
+                    raise fail(f"{kind} value {value!r}: {_type_name(annotation)} field {reason}")
+            entry = SearchEntry(name, kind, tuple(_plain_copy(value) for value in arguments))
+        return dataclasses.replace(entry, name=name)
+    if isinstance(raw, list) and known_types and not _is_list_type(annotation):
+        raise fail(f"a bare list is a fixed value only for list-typed hyperparameters; to sweep it write "
+                   f"{{grid: {raw}}} or {{choice: {raw}}}")
+    if raw is None and type(None) not in typing.get_args(annotation):
+        raise fail("no value given (write a value, or remove the line to keep the default)")
+    reason = _check_value(raw, annotation)
+    if reason:
+        raise fail(f"value {raw!r}: {_type_name(annotation)} field {reason}")
+    return SearchEntry(name, FIXED, (_plain_copy(raw),))
+
+
+def _parse_range(kind: str, arguments: list[Any], annotation: Any, fail: Any) -> SearchEntry:
+    """uniform / loguniform / randint: two numeric bounds, checked against each other and the field type."""
+    if len(arguments) != 2 or not all(_is_number(value) for value in arguments):
+        raise fail(f"{kind} needs [low, high] (two numbers), got {arguments!r}")
+    low, high = arguments
+    numeric = _numeric_kind(annotation)
+    if annotation is not None and numeric is None:
+        raise fail(f"{kind} needs a numeric hyperparameter, but it is {_type_name(annotation)}; use grid or choice")
+    if kind == "randint":
+        if not all(float(value).is_integer() for value in arguments) or low > high:
+            raise fail(f"randint needs integer bounds [low, high] with low <= high (both inclusive), got {arguments!r}")
+        return SearchEntry("", kind, (int(low), int(high)))
+    if numeric == "int":
+        raise fail(f"{kind} draws floats but this hyperparameter is an integer; use randint (or grid/choice)")
+    if not (math.isfinite(low) and math.isfinite(high)) or low >= high:
+        raise fail(f"{kind} needs finite bounds [low, high] with low < high, got {arguments!r} "
+                   f"(for a single value write it without {kind})")
+    if kind == "loguniform" and low <= 0:
+        raise fail(f"loguniform needs 0 < low < high, got {arguments!r}")
+    return SearchEntry("", kind, (float(low), float(high)))
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The search space
+# --------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class SearchSpace:
+    """A method's parsed search space: entries by hyperparameter name, plus what is needed to validate overrides."""
+
+    method: str
+    entries: dict[str, SearchEntry]
+    valid_names: tuple[str, ...]
+    field_types: dict[str, Any] = field(default_factory=dict)
+    path: Path | None = None
+
+    def _unknown(self, name: str, where: str) -> ConfigError:
+        return ConfigError(f"{where}: unknown hyperparameter {name!r} for method {self.method}; valid keys: "
+                           f"{', '.join(self.valid_names)}")
+
+    def set_entry(self, name: str, raw: Any, where: str) -> SearchEntry:
+        """Parse and store one entry (replacing any previous one); unknown names raise ConfigError."""
+        if name not in self.valid_names:
+            raise self._unknown(name, where)
+        entry = parse_entry(name, raw, self.field_types.get(name), where=where)
+        self.entries[name] = entry
+        return entry
+
+    def apply_overrides(self, overrides: Iterable[str] | None) -> "SearchSpace":
+        """Apply ``--set key=value`` overrides in order (value parsed as YAML); returns self."""
+        for text in overrides or ():
+            where = f"--set {text}"
+            name, separator, value_text = text.partition("=")
+            name = name.strip()
+            if not separator or not name:
+                raise ConfigError(f"{where}: expected key=value, e.g. --set alpha=0.5 or --set 'alpha={{grid: [0.2, 0.5]}}'")
+            if not value_text.strip():
+                raise ConfigError(f"{where}: no value after '='")
+            self.set_entry(name, _parse_yaml_scalar(value_text, where), where)
+        return self
+
+    def to_tune(self, search: str = "grid") -> dict[str, Any]:
+        """The Ray Tune ``param_space`` of the hyperparameters (grid -> grid_search, or choice for optuna)."""
+        if search not in SEARCH_ALGORITHMS:
+            raise ConfigError(f"unknown search algorithm {search!r}; valid: {', '.join(SEARCH_ALGORITHMS)}")
+        return {name: entry.to_tune(search) for name, entry in self.entries.items()}
+
+    def num_grid_points(self) -> int:
+        """How many grid combinations a grid/random search runs per sample (1 when nothing is gridded)."""
+        return math.prod(len(entry.values) for entry in self.entries.values() if entry.kind == "grid")
+
+    def swept_names(self) -> list[str]:
+        """Names of the entries that vary across trials."""
+        return [name for name, entry in self.entries.items() if entry.swept]
+
+    def fixed_values(self) -> dict[str, Any]:
+        """The entries fixed by the file or overrides (hyperparameters not mentioned keep dataclass defaults)."""
+        return {name: entry.value for name, entry in self.entries.items() if not entry.swept}
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON/YAML-ready form (same format as the file); :meth:`from_dict` reads it back."""
+        return {name: entry.to_yaml_value() for name, entry in self.entries.items()}
+
+    def describe(self) -> list[str]:
+        """One line per entry, for sweep summaries."""
+        width = max((len(name) for name in self.entries), default=0)
+        return [f"{name:<{width}}  {entry.describe()}" for name, entry in self.entries.items()]
+
+    @classmethod
+    def empty(cls, method: Any, path: Path | None = None) -> "SearchSpace":
+        """A space with no entries (every hyperparameter at its default) for ``method``."""
+        return cls(method=getattr(method, "name", str(method)), entries={},
+                   valid_names=tuple(method.hyperparameter_names()), field_types=_field_types(method), path=path)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], method: Any, *, where: str = "saved search space") -> "SearchSpace":
+        """Rebuild a space from :meth:`to_dict` output (e.g. a sweep's saved settings)."""
+        space = cls.empty(method)
+        for name, raw in data.items():
+            space.set_entry(name, raw, where)
+        return space
+
+
+def _field_types(method: Any) -> dict[str, Any]:
+    """Field annotations of the method's config dataclass (empty when it has none or they cannot be resolved)."""
+    config_class = getattr(method, "config_class", None)
+    if config_class is None or not dataclasses.is_dataclass(config_class):
+        return {}
+    try:
+        hints = typing.get_type_hints(config_class)
+    except Exception:  # unresolvable forward reference: skip type checks rather than refuse the file
+        return {}
+    return {f.name: hints.get(f.name) for f in dataclasses.fields(config_class)}
+
+
+def load_search_space(path: Path | str, method: Any) -> SearchSpace:
+    """Read and validate ``path`` for ``method`` (a registry Method); errors name the file, line and key."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"search space file {path} does not exist (one YAML per method belongs in search_spaces/; "
+                          f"pass another with --space)") from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise ConfigError(f"cannot read search space file {path}: {getattr(error, 'strerror', None) or error}") from None
+    space = SearchSpace.empty(method, path)
+    for name, raw, line in _read_entries(text, path):
+        space.set_entry(name, raw, f"{path}, line {line}")
+    return space
+
+
+def _read_entries(text: str, path: Path) -> list[tuple[str, Any, int]]:
+    """(name, raw value, line) for each top-level key of the YAML document."""
+    loader = _Loader(text)
+    try:
+        root = loader.get_single_node()
+        if root is None:
+            return []
+        if not isinstance(root, yaml.MappingNode):
+            raise ConfigError(f"{path}, line {root.start_mark.line + 1}: a search space must be a mapping "
+                              f"'hyperparameter: entry', not a {root.id}")
+        entries: list[tuple[str, Any, int]] = []
+        seen: set[str] = set()
+        for key_node, value_node in root.value:
+            line = key_node.start_mark.line + 1
+            name = loader.construct_object(key_node, deep=True)
+            if not isinstance(name, str):
+                raise ConfigError(f"{path}, line {line}: hyperparameter names must be strings, got {name!r}")
+            if name in seen:
+                raise ConfigError(f"{path}, line {line}: hyperparameter {name!r} appears twice")
+            seen.add(name)
+            entries.append((name, loader.construct_object(value_node, deep=True), line))
+        return entries
+    except yaml.MarkedYAMLError as error:
+        mark = error.problem_mark or error.context_mark
+        where = f"{path}, line {mark.line + 1}" if mark is not None else str(path)
+        raise ConfigError(f"{where}: invalid YAML: {error.problem or error.context}") from None
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path}: invalid YAML: {error}") from None
+    finally:
+        loader.dispose()

@@ -1,0 +1,712 @@
+"""The Parquet result store: one small file per trial and per selection decision, written atomically, read with DuckDB.
+
+Layout under the results root (Hive-style partitions, so DuckDB/pyarrow/Spark read it as a partitioned dataset)::
+
+    trials/method=hiast/<sweep_id>__<trial_id>.parquet          one row: one trial
+    selections/method=hiast/<sweep_id>__<selection_id>.parquet  one row: one selection decision
+
+Decisions:
+
+* **One file per key.** The key of a trial is (sweep_id, trial_id), of a selection (sweep_id, selection_id). The key
+  *is* the file name, so a resumed sweep that writes a trial again replaces its file: rows are never duplicated and no
+  compaction or de-duplication step exists. ``sweep_id`` may not contain ``__`` (the separator), which keeps the
+  mapping from file name to key unambiguous.
+* **The method lives in the path only** (``method=...``), as Hive partition columns do; storing it in the files too
+  makes ``pyarrow``/``pandas.read_parquet(trials/)`` fail with "Field method has incompatible types". Every reader here
+  adds it back from the path.
+* **Atomic writes**: the row is written to ``.<name>.tmp-<pid>`` in the target directory, fsynced, then
+  ``os.replace``-d over the final name and the directory is fsynced. Readers only list ``*.parquet`` names that do not
+  start with ``.``, so a writer killed at any point leaves either the old file or the new one, never a partial file.
+* **Typed columns**: every hyperparameter is its own column ``hp_<name>``, typed from the method's config dataclass
+  when given (``int`` -> int64, ``float`` -> float64, ``bool`` -> bool, ``str`` -> string, ``tuple[int, ...]`` ->
+  list<int64>), else from the Python value. Selector scores are ``score_<selector>`` float64 columns. Files of
+  different methods therefore have different columns; reading unions them by name (DuckDB ``union_by_name``), a
+  column missing from a file reads as NULL.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import errno
+import os
+import re
+import time
+import types
+import typing
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from raysel.errors import ConfigError, DataError, UserError
+
+if typing.TYPE_CHECKING:  # pragma: no cover
+    import pandas
+
+TABLES = ("trials", "selections")
+TRIAL_STATUSES = ("finished", "failed", "stopped")
+RESULTS_ENV = "RAYSEL_RESULTS"
+HYPERPARAMETER_PREFIX = "hp_"
+SCORE_PREFIX = "score_"
+KEY_SEPARATOR = "__"
+PARQUET_SUFFIX = ".parquet"
+
+# Errors that mean "this location cannot take a write" (full disk, read-only mount, permissions, a file in the way):
+# they become a UserError naming the path. Anything else is a bug and keeps its traceback.
+UNWRITABLE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOTDIR,
+                               errno.EEXIST, errno.EISDIR})
+
+_TIMESTAMP = pa.timestamp("us", tz="UTC")
+
+# Fixed columns of a trial row, in display order. Hyperparameter columns go after ``seed``; score columns, held-out
+# metrics and other final metrics after ``finished_at``. Every file carries all of them (NULL when absent), so
+# ``SELECT heldout_miou FROM trials`` works even when no trial had labels.
+TRIAL_IDENTITY_COLUMNS: dict[str, pa.DataType] = {
+    "sweep_id": pa.string(),
+    "trial_id": pa.string(),
+    "task": pa.string(),
+    "dataset": pa.string(),
+    "source": pa.string(),
+    "target": pa.string(),
+    "model": pa.string(),
+    "seed": pa.int64(),
+}
+TRIAL_RUN_COLUMNS: dict[str, pa.DataType] = {
+    "status": pa.string(),
+    "error": pa.string(),
+    "retries": pa.int64(),
+    "wall_time_s": pa.float64(),
+    "started_at": _TIMESTAMP,
+    "finished_at": _TIMESTAMP,
+}
+TRIAL_HELDOUT_COLUMNS: dict[str, pa.DataType] = {
+    "heldout_miou": pa.float64(),
+    "heldout_iou": pa.list_(pa.float64()),
+    "heldout_accuracy": pa.float64(),
+}
+TRIAL_TRAILING_COLUMNS: dict[str, pa.DataType] = {
+    "checkpoint_path": pa.string(),
+    "predictions_path": pa.string(),
+    "raysel_version": pa.string(),
+    "ray_version": pa.string(),
+    "torch_version": pa.string(),
+}
+TRIAL_FIXED_COLUMNS: dict[str, pa.DataType] = {
+    **TRIAL_IDENTITY_COLUMNS, **TRIAL_RUN_COLUMNS, **TRIAL_HELDOUT_COLUMNS, **TRIAL_TRAILING_COLUMNS,
+}
+SELECTION_FIXED_COLUMNS: dict[str, pa.DataType] = {
+    "sweep_id": pa.string(),
+    "selection_id": pa.string(),
+    "target": pa.string(),
+    "selector": pa.string(),
+    "selected_trial_id": pa.string(),
+    "score": pa.float64(),
+    "num_candidates": pa.int64(),
+    "created_at": _TIMESTAMP,
+}
+# Keys of a row dict that hold nested groups of columns rather than a column.
+_NESTED_GROUPS = ("hyperparameters", "scores", "metrics")
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Types: Python annotations and values -> pyarrow types, values -> column arrays
+# --------------------------------------------------------------------------------------------------------------
+
+
+def arrow_type_for_annotation(annotation: Any) -> pa.DataType | None:
+    """The pyarrow type of a hyperparameter annotation (``int``, ``float | None``, ``tuple[int, ...]``), or None."""
+    if isinstance(annotation, pa.DataType):
+        return annotation
+    if isinstance(annotation, str):
+        annotation = {"int": int, "float": float, "bool": bool, "str": str}.get(annotation, annotation)
+    scalar = {bool: pa.bool_(), int: pa.int64(), float: pa.float64(), str: pa.string()}
+    if annotation in scalar:
+        return scalar[annotation]
+    origin = typing.get_origin(annotation)
+    arguments = [argument for argument in typing.get_args(annotation) if argument is not type(None)]
+    if origin in (typing.Union, types.UnionType) and len(arguments) == 1:  # Optional[X]
+        return arrow_type_for_annotation(arguments[0])
+    if origin is typing.Literal and arguments:
+        literal_types = {type(argument) for argument in arguments}
+        return scalar.get(literal_types.pop()) if len(literal_types) == 1 else None
+    if origin in (tuple, list):
+        inner = [argument for argument in arguments if argument is not Ellipsis]
+        if len(set(inner)) == 1:
+            inner_type = arrow_type_for_annotation(inner[0])
+            return pa.list_(inner_type) if inner_type is not None else None
+    return None
+
+
+def arrow_type_for_value(value: Any) -> pa.DataType:
+    """The pyarrow type of a Python/numpy scalar or sequence (None -> float64: unknown metrics are numbers)."""
+    value = _plain(value)
+    if value is None:
+        return pa.float64()
+    if isinstance(value, bool):
+        return pa.bool_()
+    if isinstance(value, int):
+        return pa.int64()
+    if isinstance(value, float):
+        return pa.float64()
+    if isinstance(value, str):
+        return pa.string()
+    if isinstance(value, datetime.datetime):
+        return _TIMESTAMP
+    if isinstance(value, (list, tuple)):
+        items = [item for item in value if item is not None]
+        if items and all(isinstance(item, bool) for item in items):
+            return pa.list_(pa.bool_())
+        if items and all(isinstance(item, int) and not isinstance(item, bool) for item in items):
+            return pa.list_(pa.int64())
+        if all(isinstance(item, (int, float)) and not isinstance(item, bool) for item in items):
+            return pa.list_(pa.float64())
+        return pa.list_(pa.string())
+    return pa.string()
+
+
+def hyperparameter_arrow_types(hyperparameter_types: Any) -> dict[str, pa.DataType | None]:
+    """Normalise ``hyperparameter_types`` (a config dataclass, or name -> annotation / pyarrow type) to arrow types."""
+    if hyperparameter_types is None:
+        return {}
+    if dataclasses.is_dataclass(hyperparameter_types):
+        config_class = hyperparameter_types if isinstance(hyperparameter_types, type) else type(hyperparameter_types)
+        try:
+            hints = typing.get_type_hints(config_class)
+        except Exception:  # unresolvable forward references: fall back to the raw annotations
+            hints = {}
+        hyperparameter_types = {f.name: hints.get(f.name, f.type) for f in dataclasses.fields(config_class)}
+    return {name: arrow_type_for_annotation(annotation) for name, annotation in dict(hyperparameter_types).items()}
+
+
+def _plain(value: Any) -> Any:
+    """Turn numpy/torch scalars and arrays into plain Python values (lists for arrays)."""
+    if hasattr(value, "tolist") and not isinstance(value, (str, bytes)):
+        return value.tolist()
+    if isinstance(value, tuple):
+        return list(value)
+    return value
+
+
+def _to_timestamp(value: Any) -> datetime.datetime | None:
+    """Epoch seconds, an ISO string or a datetime (naive = local time) -> an aware UTC datetime."""
+    value = _plain(value)
+    if value is None:
+        return None
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return datetime.datetime.fromtimestamp(float(value), tz=datetime.timezone.utc)
+    if isinstance(value, str):
+        value = datetime.datetime.fromisoformat(value)
+    if hasattr(value, "to_pydatetime"):  # pandas.Timestamp
+        value = value.to_pydatetime()
+    if isinstance(value, datetime.datetime):
+        return value.astimezone(datetime.timezone.utc)
+    raise TypeError(f"cannot read {value!r} as a timestamp")
+
+
+def _coerce_value(column: str, value: Any, arrow_type: pa.DataType) -> Any:
+    """Convert a value to what ``arrow_type`` holds; a value of the wrong kind raises ValueError naming the column."""
+    value = _plain(value)
+    if value is None:
+        return None
+    try:
+        if pa.types.is_timestamp(arrow_type):
+            return _to_timestamp(value)
+        if pa.types.is_boolean(arrow_type):
+            if not isinstance(value, bool):
+                raise TypeError
+            return value
+        if pa.types.is_integer(arrow_type):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or float(value) != int(value):
+                raise TypeError
+            return int(value)
+        if pa.types.is_floating(arrow_type):
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise TypeError
+            return float(value)
+        if pa.types.is_string(arrow_type):
+            return value if isinstance(value, str) else str(value)
+        if pa.types.is_list(arrow_type):
+            if not isinstance(value, list):
+                raise TypeError
+            return [_coerce_value(column, item, arrow_type.value_type) for item in value]
+    except (TypeError, ValueError, OverflowError):
+        raise ValueError(f"result column {column!r} is typed {arrow_type} but got {value!r}") from None
+    return value
+
+
+def _table_from_columns(columns: dict[str, tuple[pa.DataType, Any]]) -> pa.Table:
+    """A one-row table from ``{name: (type, value)}``, each value coerced to its type."""
+    arrays = {name: pa.array([_coerce_value(name, value, arrow_type)], type=arrow_type)
+              for name, (arrow_type, value) in columns.items()}
+    return pa.table(arrays)
+
+
+def _check_name(kind: str, value: Any, *, allow_separator: bool = True) -> str:
+    """Validate a key part used in a file or folder name (no path separators, no leading dot, not empty)."""
+    if not isinstance(value, str) or not value or value.startswith(".") or any(c in value for c in "/\\\0"):
+        raise ConfigError(f"invalid {kind} {value!r}: it must be a non-empty name without '/', '\\' or a leading '.'")
+    if not allow_separator and KEY_SEPARATOR in value:
+        raise ConfigError(f"invalid {kind} {value!r}: it may not contain {KEY_SEPARATOR!r} (the store's key separator)")
+    return value
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Building rows
+# --------------------------------------------------------------------------------------------------------------
+
+
+def trial_table(row: dict[str, Any], hyperparameter_types: Any = None) -> tuple[str, pa.Table]:
+    """Build the one-row table of a trial (without the ``method`` partition column); returns (method, table).
+
+    ``row`` holds the fixed columns by name; hyperparameters either as ``row["hyperparameters"] = {name: value}`` or as
+    ``hp_<name>`` keys; selector scores as ``row["scores"] = {selector: value}`` or ``score_<selector>`` keys; other
+    final metrics as ``row["metrics"] = {name: scalar}`` or as any further top-level key (typed from the value).
+    """
+    row = dict(row)
+    method = _check_name("method", row.pop("method", None))
+    status = row.get("status")
+    if status not in TRIAL_STATUSES:
+        raise ValueError(f"trial status must be one of {', '.join(TRIAL_STATUSES)}, got {status!r}")
+    hyperparameters = {f"{HYPERPARAMETER_PREFIX}{name}": value for name, value in (row.pop("hyperparameters", None) or {}).items()}
+    scores = {_score_column(name): value for name, value in (row.pop("scores", None) or {}).items()}
+    metrics = dict(row.pop("metrics", None) or {})
+    for key in list(row):
+        if key in TRIAL_FIXED_COLUMNS:
+            continue
+        value = row.pop(key)
+        if key.startswith(HYPERPARAMETER_PREFIX):
+            hyperparameters[key] = value
+        elif key.startswith(SCORE_PREFIX):
+            scores[key] = value
+        else:
+            metrics[key] = value
+    clashes = sorted(set(metrics) & (set(TRIAL_FIXED_COLUMNS) | set(hyperparameters) | set(scores) | {"method"}))
+    if clashes:
+        raise ValueError(f"metric name(s) {', '.join(clashes)} clash with fixed trial columns")
+    declared = {f"{HYPERPARAMETER_PREFIX}{name}": arrow_type
+                for name, arrow_type in hyperparameter_arrow_types(hyperparameter_types).items()}
+    for column in declared:  # a declared hyperparameter absent from the row is still a typed (NULL) column
+        hyperparameters.setdefault(column, None)
+
+    columns: dict[str, tuple[pa.DataType, Any]] = {}
+    for name, arrow_type in TRIAL_IDENTITY_COLUMNS.items():
+        columns[name] = (arrow_type, row.get(name))
+    for name, value in hyperparameters.items():
+        columns[name] = (declared.get(name) or arrow_type_for_value(value), value)
+    for name, arrow_type in TRIAL_RUN_COLUMNS.items():
+        columns[name] = (arrow_type, row.get(name))
+    for name, value in sorted(scores.items()):
+        columns[name] = (pa.float64(), value)
+    for name, arrow_type in TRIAL_HELDOUT_COLUMNS.items():
+        columns[name] = (arrow_type, row.get(name))
+    for name, value in metrics.items():
+        columns[name] = (arrow_type_for_value(value), value)
+    for name, arrow_type in TRIAL_TRAILING_COLUMNS.items():
+        columns[name] = (arrow_type, row.get(name))
+    _check_name("sweep_id", columns["sweep_id"][1], allow_separator=False)
+    _check_name("trial_id", columns["trial_id"][1])
+    return method, _table_from_columns(columns)
+
+
+def selection_table(row: dict[str, Any]) -> tuple[str, pa.Table]:
+    """Build the one-row table of a selection decision (without ``method``); returns (method, table).
+
+    ``selection_id`` defaults to ``<target>-<selector>``; ``created_at`` to now. Further keys (``heldout_regret``,
+    ``heldout_selected_miou``, ...) become columns typed from their values.
+    """
+    row = dict(row)
+    method = _check_name("method", row.pop("method", None))
+    row.setdefault("selection_id", f"{row.get('target')}-{row.get('selector')}")
+    row.setdefault("created_at", datetime.datetime.now(datetime.timezone.utc))
+    columns: dict[str, tuple[pa.DataType, Any]] = {name: (arrow_type, row.pop(name, None))
+                                                   for name, arrow_type in SELECTION_FIXED_COLUMNS.items()}
+    for name, value in row.items():
+        columns[name] = (arrow_type_for_value(value), value)
+    _check_name("sweep_id", columns["sweep_id"][1], allow_separator=False)
+    _check_name("selection_id", columns["selection_id"][1])
+    return method, _table_from_columns(columns)
+
+
+def _score_column(selector: str) -> str:
+    return selector if selector.startswith(SCORE_PREFIX) else f"{SCORE_PREFIX}{selector}"
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Atomic file writes
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _fsync_directory(directory: Path) -> None:
+    """Make a rename durable (best effort: some file systems refuse fsync on a directory)."""
+    try:
+        descriptor = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(descriptor)
+    except OSError:
+        pass
+    finally:
+        os.close(descriptor)
+
+
+def _unwritable(path: Path, error: OSError) -> UserError:
+    return UserError(f"cannot write result file {path}: {error.strerror or error}; nothing already written was "
+                     f"touched (any previous version of this file is intact)")
+
+
+def write_table_atomically(table: pa.Table, path: Path) -> Path:
+    """Write ``table`` to ``path`` so readers see the old file or the complete new one, never a partial file."""
+    # pid plus a random suffix: two threads of one process writing the same key never share a temp file.
+    temporary = path.parent / f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(temporary, "wb") as handle:
+            pq.write_table(table, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    except OSError as error:
+        _remove_quietly(temporary)
+        if error.errno in UNWRITABLE_ERRNOS:
+            raise _unwritable(path, error) from None
+        raise
+    except BaseException:  # interrupted (KeyboardInterrupt, a bug): never leave the temp file behind
+        _remove_quietly(temporary)
+        raise
+    _fsync_directory(path.parent)
+    return path
+
+
+def _remove_quietly(path: Path) -> None:
+    try:
+        path.unlink()
+    except OSError:
+        pass
+
+
+def _is_visible_parquet(path: Path) -> bool:
+    """Readers see only finished files: ``*.parquet`` names not starting with '.' (temporary files do)."""
+    return path.name.endswith(PARQUET_SUFFIX) and not path.name.startswith(".") and path.is_file()
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The store
+# --------------------------------------------------------------------------------------------------------------
+
+
+class ResultStore:
+    """A results folder holding the ``trials`` and ``selections`` Parquet datasets (see the module docstring)."""
+
+    def __init__(self, root: Path | str) -> None:
+        self.root = Path(root)
+
+    def __repr__(self) -> str:
+        return f"ResultStore({str(self.root)!r})"
+
+    # -- paths ---------------------------------------------------------------------------------------------------
+    def table_dir(self, table: str) -> Path:
+        """The folder of one dataset (``trials`` or ``selections``)."""
+        return self.root / _check_table(table)
+
+    def trial_path(self, method: str, sweep_id: str, trial_id: str) -> Path:
+        """Where the row of (sweep_id, trial_id) of ``method`` lives."""
+        return self.table_dir("trials") / f"method={method}" / f"{sweep_id}{KEY_SEPARATOR}{trial_id}{PARQUET_SUFFIX}"
+
+    def selection_path(self, method: str, sweep_id: str, selection_id: str) -> Path:
+        """Where the row of (sweep_id, selection_id) of ``method`` lives."""
+        return (self.table_dir("selections") / f"method={method}" /
+                f"{sweep_id}{KEY_SEPARATOR}{selection_id}{PARQUET_SUFFIX}")
+
+    def files(self, table: str = "trials", method: str | None = None, sweep_id: str | None = None) -> list[Path]:
+        """The visible Parquet files of a dataset, optionally of one method and/or one sweep, sorted."""
+        directory = self.table_dir(table)
+        if not directory.is_dir():
+            return []
+        partitions = [directory / f"method={method}"] if method else sorted(directory.glob("method=*"))
+        found: list[Path] = []
+        for partition in partitions:
+            if not partition.is_dir():
+                continue
+            for path in partition.iterdir():
+                if _is_visible_parquet(path) and (sweep_id is None or _key_of(path)[0] == sweep_id):
+                    found.append(path)
+        return sorted(found)
+
+    # -- writing -------------------------------------------------------------------------------------------------
+    def check_writable(self) -> None:
+        """Fail early, before any trial runs, when the results folder cannot be created or written.
+
+        Creates ``trials/`` and ``selections/`` and writes, fsyncs and removes a hidden probe file in each.
+        """
+        for directory in (self.root, *(self.table_dir(table) for table in TABLES)):
+            if directory.exists() and not directory.is_dir():
+                raise UserError(f"results path {self.root} is not writable: {directory} is a file, not a folder")
+        for directory in (self.table_dir(table) for table in TABLES):
+            probe = directory / f".raysel-write-probe-{os.getpid()}"
+            try:
+                directory.mkdir(parents=True, exist_ok=True)
+                descriptor = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+                try:
+                    os.write(descriptor, b"raysel")
+                    os.fsync(descriptor)
+                finally:
+                    os.close(descriptor)
+            except OSError as error:
+                raise UserError(f"results path {self.root} is not writable: {error.strerror or error}"
+                                f" ({directory})") from None
+            finally:
+                _remove_quietly(probe)
+
+    def write_trial(self, row: dict[str, Any], hyperparameter_types: Any = None) -> Path:
+        """Write (or replace) the row of one trial; ``hyperparameter_types``: the config dataclass or name -> type."""
+        method, table = trial_table(row, hyperparameter_types)
+        sweep_id, trial_id = table["sweep_id"][0].as_py(), table["trial_id"][0].as_py()
+        path = write_table_atomically(table, self.trial_path(method, sweep_id, trial_id))
+        self._remove_other_partitions("trials", path)
+        return path
+
+    def write_selection(self, row: dict[str, Any]) -> Path:
+        """Write (or replace) one selection decision (keyed by sweep_id, selection_id)."""
+        method, table = selection_table(row)
+        sweep_id, selection_id = table["sweep_id"][0].as_py(), table["selection_id"][0].as_py()
+        path = write_table_atomically(table, self.selection_path(method, sweep_id, selection_id))
+        self._remove_other_partitions("selections", path)
+        return path
+
+    def update_trial_scores(self, sweep_id: str, trial_id: str, scores: dict[str, float | None]) -> Path:
+        """Set ``score_<selector>`` columns on a stored trial (atomic rewrite of its file); other columns unchanged."""
+        path = self._find_one("trials", sweep_id, trial_id)
+        table = pq.read_table(path)
+        for selector, value in scores.items():
+            column = _score_column(selector)
+            array = pa.array([_coerce_value(column, value, pa.float64())], type=pa.float64())
+            if column in table.column_names:
+                table = table.set_column(table.column_names.index(column), column, array)
+            else:
+                table = table.append_column(column, array)
+        return write_table_atomically(table, path)
+
+    def _remove_other_partitions(self, table: str, path: Path) -> None:
+        """Keep one file per key even if a key was first written under another method (never expected, but cheap)."""
+        for other in self.table_dir(table).glob(f"method=*/{_glob_escape(path.name)}"):
+            if other != path:
+                _remove_quietly(other)
+
+    def remove_stale_temp_files(self, older_than_s: float = 3600.0) -> list[Path]:
+        """Delete temp files that killed writers left behind (age-based, so safe with writers on other hosts)."""
+        cutoff = time.time() - older_than_s
+        removed = []
+        for table in TABLES:
+            for path in self.table_dir(table).glob("method=*/.*.tmp-*"):
+                try:
+                    if path.stat().st_mtime < cutoff:
+                        path.unlink()
+                        removed.append(path)
+                except OSError:  # gone already, or not ours to delete: readers ignore it anyway
+                    pass
+        return removed
+
+    # -- reading -------------------------------------------------------------------------------------------------
+    def _find_one(self, table: str, sweep_id: str, key: str) -> Path:
+        name = f"{sweep_id}{KEY_SEPARATOR}{key}{PARQUET_SUFFIX}"
+        matches = sorted(p for p in self.table_dir(table).glob(f"method=*/{_glob_escape(name)}") if _is_visible_parquet(p))
+        if not matches:
+            raise DataError(f"no {table[:-1]} {key!r} of sweep {sweep_id!r} in the result store {self.root}")
+        return matches[0]
+
+    def read_trial(self, sweep_id: str, trial_id: str) -> dict[str, Any] | None:
+        """The stored row of one trial as a dict (``method`` included), or None when it was never written."""
+        try:
+            path = self._find_one("trials", sweep_id, trial_id)
+        except DataError:
+            return None
+        (record,) = pq.read_table(path).to_pylist()
+        return {"method": _method_of(path), **record}
+
+    def trial_ids(self, sweep_id: str, status: str | None = None) -> set[str]:
+        """Trial ids that have a row in ``sweep_id`` (any status, or only ``status`` when given)."""
+        paths = self.files("trials", sweep_id=sweep_id)
+        if status is None:
+            return {_key_of(path)[1] for path in paths}
+        return {_key_of(path)[1] for path in paths if pq.read_table(path, columns=["status"])["status"][0].as_py() == status}
+
+    def sweeps(self) -> list[str]:
+        """Every sweep id with at least one trial or selection row, sorted."""
+        return sorted({_key_of(path)[0] for table in TABLES for path in self.files(table)})
+
+    def load(self, table: str = "trials", method: str | None = None, sweep_id: str | None = None) -> "pandas.DataFrame":
+        """One dataset as a DataFrame (columns unioned by name across methods; see :func:`load`)."""
+        return load(self.root, table=table, method=method, sweep_id=sweep_id)
+
+    def load_sweep(self, sweep_id: str) -> "pandas.DataFrame":
+        """The trials of one sweep as a DataFrame."""
+        return self.load("trials", sweep_id=sweep_id)
+
+    def sql(self, query: str) -> "pandas.DataFrame":
+        """Run DuckDB SQL over the ``trials`` and ``selections`` views of this store."""
+        return sql(query, self.root)
+
+
+def _check_table(table: str) -> str:
+    if table not in TABLES:
+        raise ConfigError(f"unknown result table {table!r}; valid: {', '.join(TABLES)}")
+    return table
+
+
+def _key_of(path: Path) -> tuple[str, str]:
+    """(sweep_id, trial_or_selection_id) from a file name; sweep ids contain no separator, so the first one splits."""
+    stem = path.name[: -len(PARQUET_SUFFIX)]
+    sweep_id, _, key = stem.partition(KEY_SEPARATOR)
+    return sweep_id, key
+
+
+def _method_of(path: Path) -> str:
+    return path.parent.name.partition("=")[2]
+
+
+def _glob_escape(name: str) -> str:
+    return re.sub(r"([*?\[])", r"[\1]", name)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Reading with DuckDB
+# --------------------------------------------------------------------------------------------------------------
+
+
+def default_results_root() -> Path:
+    """The results folder used when none is given: ``$RAYSEL_RESULTS`` or ``./results``."""
+    return Path(os.environ.get(RESULTS_ENV) or "results")
+
+
+def _existing_root(root: Path | str | None) -> Path:
+    path = Path(root) if root is not None else default_results_root()
+    if not path.exists():
+        raise DataError(f"no result store at {path} (run a sweep first, or pass the results folder / set {RESULTS_ENV})")
+    if not path.is_dir():
+        raise DataError(f"result store path {path} is a file, not a folder")
+    return path
+
+
+def _empty_select(table: str) -> str:
+    """A zero-row SELECT with the fixed columns of ``table``: what an empty store's view returns."""
+    fixed = TRIAL_FIXED_COLUMNS if table == "trials" else SELECTION_FIXED_COLUMNS
+    duck_types = {pa.string(): "VARCHAR", pa.int64(): "BIGINT", pa.float64(): "DOUBLE", _TIMESTAMP: "TIMESTAMPTZ",
+                  pa.list_(pa.float64()): "DOUBLE[]"}
+    columns = {"method": pa.string(), **fixed}
+    ordered = [name for name in columns if name in ("sweep_id", "trial_id", "selection_id")]
+    ordered += [name for name in columns if name not in ordered]
+    parts = [f"CAST(NULL AS {duck_types[columns[name]]}) AS {name}" for name in ordered]
+    return f"SELECT {', '.join(parts)} WHERE false"
+
+
+def _select_files(connection: Any, table: str, files: list[Path]) -> str:
+    """A SELECT reading ``files`` unioned by name, columns in a stable, readable order (see :func:`column_order`)."""
+    if not files:
+        return _empty_select(table)
+    listed = ", ".join("'" + str(path).replace("'", "''") + "'" for path in files)
+    source = (f"read_parquet([{listed}], union_by_name = true, hive_partitioning = true, "
+              f"hive_types = {{'method': VARCHAR}})")
+    names = [row[0] for row in connection.execute(f"DESCRIBE SELECT * FROM {source}").fetchall()]
+    ordered = ", ".join('"' + name.replace('"', '""') + '"' for name in column_order(table, names))
+    return f"SELECT {ordered} FROM {source}"
+
+
+def column_order(table: str, names: list[str]) -> list[str]:
+    """Key and method first, then the fixed columns with hyperparameters, scores and metrics in their groups."""
+    present = set(names)
+    if table == "selections":
+        fixed = ["sweep_id", "selection_id", "method", *list(SELECTION_FIXED_COLUMNS)[2:]]
+        head = [name for name in fixed if name in present]
+        return head + [name for name in names if name not in head]
+    hyperparameters = [name for name in names if name.startswith(HYPERPARAMETER_PREFIX)]
+    scores = sorted(name for name in names if name.startswith(SCORE_PREFIX))
+    grouped = set(hyperparameters) | set(scores) | set(TRIAL_FIXED_COLUMNS) | {"method"}
+    metrics = [name for name in names if name not in grouped]
+    identity = ["sweep_id", "trial_id", "method", *list(TRIAL_IDENTITY_COLUMNS)[2:]]
+    ordered = (identity + hyperparameters + list(TRIAL_RUN_COLUMNS) + scores + list(TRIAL_HELDOUT_COLUMNS) + metrics
+               + list(TRIAL_TRAILING_COLUMNS))
+    return [name for name in ordered if name in present]
+
+
+def _connect() -> Any:
+    import duckdb
+
+    connection = duckdb.connect(":memory:")
+    connection.execute("SET TimeZone = 'UTC'")  # timestamps come back in UTC, whatever the machine's zone
+    return connection
+
+
+def _user_sql_error(error: Exception) -> UserError:
+    """DuckDB's message, first line only (it continues with the query and a caret), as a UserError."""
+    lines = [line for line in str(error).splitlines() if line.strip()]
+    return UserError(f"SQL error: {lines[0] if lines else type(error).__name__}")
+
+
+def open_connection(root: Path | str | None = None) -> Any:
+    """A DuckDB connection with views ``trials`` and ``selections`` over the store (empty views for no files)."""
+    store = ResultStore(_existing_root(root))
+    connection = _connect()
+    for table in TABLES:
+        connection.execute(f"CREATE VIEW {table} AS {_select_files(connection, table, store.files(table))}")
+    return connection
+
+
+def sql(query: str, root: Path | str | None = None) -> "pandas.DataFrame":
+    """Run DuckDB SQL over the store's ``trials`` and ``selections`` views; a bad query raises UserError."""
+    import duckdb
+
+    connection = open_connection(root)
+    try:
+        relation = connection.sql(query)  # None for statements without a result (SET, CREATE ...)
+        return to_pandas(relation.to_arrow_table()) if relation is not None else to_pandas(pa.table({}))
+    except duckdb.Error as error:
+        raise _user_sql_error(error) from None
+    finally:
+        connection.close()
+
+
+def sql_arrow(query: str, root: Path | str | None = None) -> pa.Table:
+    """Like :func:`sql` but returns a pyarrow Table (exact types; used by the query CLI's formatters)."""
+    import duckdb
+
+    connection = open_connection(root)
+    try:
+        relation = connection.sql(query)
+        return relation.to_arrow_table() if relation is not None else pa.table({})
+    except duckdb.Error as error:
+        raise _user_sql_error(error) from None
+    finally:
+        connection.close()
+
+
+def to_pandas(table: pa.Table) -> "pandas.DataFrame":
+    """Arrow -> pandas keeping integers and booleans exact: always pandas' nullable ``Int64``/``boolean`` dtypes.
+
+    (Plain numpy dtypes would turn an integer column into float64 as soon as one method lacks it.)
+    """
+    import pandas
+
+    exact = {pa.int8(): pandas.Int8Dtype(), pa.int16(): pandas.Int16Dtype(), pa.int32(): pandas.Int32Dtype(),
+             pa.int64(): pandas.Int64Dtype(), pa.uint8(): pandas.UInt8Dtype(), pa.uint16(): pandas.UInt16Dtype(),
+             pa.uint32(): pandas.UInt32Dtype(), pa.uint64(): pandas.UInt64Dtype(), pa.bool_(): pandas.BooleanDtype()}
+    return table.to_pandas(types_mapper=exact.get)
+
+
+def load(root: Path | str | None = None, table: str = "trials", method: str | None = None,
+         sweep_id: str | None = None) -> "pandas.DataFrame":
+    """One dataset of the store as a pandas DataFrame: methods' different hyperparameter columns unioned by name.
+
+    ``root`` defaults to ``$RAYSEL_RESULTS`` or ``./results``. Integer and boolean columns are pandas' nullable
+    ``Int64``/``boolean`` (a hyperparameter another method lacks is ``<NA>`` there, and stays integer).
+    """
+    store = ResultStore(_existing_root(root))
+    files = store.files(_check_table(table), method=method, sweep_id=sweep_id)
+    connection = _connect()
+    try:
+        return to_pandas(connection.sql(_select_files(connection, table, files)).to_arrow_table())
+    finally:
+        connection.close()
