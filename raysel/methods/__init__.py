@@ -1,0 +1,1 @@
+"""Adaptation methods: one module per method, each registering itself with :mod:`raysel.registry`."""

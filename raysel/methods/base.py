@@ -1,0 +1,363 @@
+"""What every method's train loop receives: hyperparameter parsing, the run context, sessions, shared-stage cache.
+
+A method never talks to Ray directly. It gets a :class:`RunContext` whose :class:`Session` is either a Ray Train
+worker, a Ray Tune trial (single-worker runs skip Train's worker-group start-up), or :class:`LocalSession` for plain
+in-process runs (tests, benchmarks). The same loop therefore runs everywhere.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import fcntl
+import hashlib
+import json
+import math
+import os
+import shutil
+import tempfile
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator, Protocol
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
+
+from raysel.errors import ConfigError
+
+CHECKPOINT_FILE = "state.pt"
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Hyperparameters: plain dataclasses, built from dicts (YAML, Tune configs, --set overrides)
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _coerce(name: str, value: Any, annotation: Any) -> Any:
+    """Convert a YAML/Tune value to the dataclass field's declared type, or raise ConfigError naming the key."""
+    if isinstance(annotation, str):
+        annotation = {"int": int, "float": float, "bool": bool, "str": str}.get(annotation, annotation)
+    origin = typing.get_origin(annotation)
+    try:
+        if annotation is bool:
+            if isinstance(value, str):
+                lowered = value.strip().lower()
+                if lowered in ("true", "1", "yes", "on"):
+                    return True
+                if lowered in ("false", "0", "no", "off"):
+                    return False
+                raise ValueError(value)
+            return bool(value)
+        if annotation is int:
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError(value)
+            return int(value)
+        if annotation is float:
+            return float(value)
+        if annotation is str:
+            return str(value)
+        if origin in (tuple, list) and isinstance(value, (list, tuple)):
+            (inner,) = set(typing.get_args(annotation)) - {Ellipsis} or {Any}
+            return tuple(_coerce(name, item, inner) for item in value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"hyperparameter {name!r} expects {getattr(annotation, '__name__', annotation)}, got {value!r}") from None
+    return value
+
+
+def config_from_dict(config_class: type, values: dict[str, Any], *, context: str = "") -> Any:
+    """Build a hyperparameter dataclass from a dict; unknown keys raise ConfigError listing the valid ones."""
+    valid = {f.name: f for f in dataclasses.fields(config_class)}
+    unknown = sorted(set(values) - set(valid))
+    if unknown:
+        where = f" in {context}" if context else ""
+        raise ConfigError(
+            f"unknown hyperparameter(s) {', '.join(unknown)}{where}; valid keys for "
+            f"{config_class.__name__}: {', '.join(sorted(valid))}"
+        )
+    hints = typing.get_type_hints(config_class)
+    converted = {key: _coerce(key, value, hints.get(key, Any)) for key, value in values.items()}
+    config = config_class(**converted)
+    validate = getattr(config, "validate", None)
+    if validate is not None:
+        validate()
+    return config
+
+
+def require(condition: bool, message: str) -> None:
+    """Raise ConfigError(message) unless condition holds; used by the hyperparameter dataclasses' validate()."""
+    if not condition:
+        raise ConfigError(message)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# What a run trains on, apart from the method's hyperparameters
+# --------------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """Data, model, budget and storage for one training run (one trial). Hyperparameters live elsewhere."""
+
+    method: str
+    dataset: str = "street_scenes"
+    data_root: str | None = None
+    source: str | None = None
+    target: str | None = None
+    model: str | None = None
+    image_size: tuple[int, int] | None = None
+    seed: int = 0
+    output_dir: str = "."
+    cache_dir: str | None = None
+    selection_size: int = 500
+    selection_seed: int = 0
+    keep_probabilities: bool = True
+    num_threads: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "RunSpec":
+        values = dict(values)
+        if values.get("image_size") is not None:
+            values["image_size"] = tuple(values["image_size"])
+        return cls(**values)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Sessions: how a train loop reports metrics and checkpoints
+# --------------------------------------------------------------------------------------------------------------
+
+
+class Session(Protocol):
+    """Where metrics and checkpoints go: Ray Train, Ray Tune, or nowhere but memory (LocalSession)."""
+
+    world_rank: int
+    world_size: int
+    device: torch.device
+
+    def report(self, metrics: dict[str, Any], checkpoint_dir: str | None) -> None: ...
+
+    def checkpoint(self) -> contextlib.AbstractContextManager[str | None]: ...
+
+
+@dataclass
+class LocalSession:
+    """In-process session for tests, benchmarks and plain loops: keeps reports and the last checkpoint on disk."""
+
+    checkpoint_root: str | None = None
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    world_rank: int = 0
+    world_size: int = 1
+    reports: list[dict[str, Any]] = field(default_factory=list)
+    stop_after_reports: int | None = None
+    _last_checkpoint: str | None = None
+
+    def report(self, metrics: dict[str, Any], checkpoint_dir: str | None) -> None:
+        self.reports.append(dict(metrics))
+        if checkpoint_dir is not None:
+            root = Path(self.checkpoint_root or tempfile.mkdtemp(prefix="raysel-ckpt-"))
+            self.checkpoint_root = str(root)
+            target = root / f"checkpoint_{len(self.reports):06d}"
+            shutil.copytree(checkpoint_dir, target)
+            self._last_checkpoint = str(target)
+        if self.stop_after_reports is not None and len(self.reports) >= self.stop_after_reports:
+            raise StopRun(f"stopped after {len(self.reports)} reports")
+
+    @contextlib.contextmanager
+    def checkpoint(self) -> Iterator[str | None]:
+        yield self._last_checkpoint
+
+
+class StopRun(Exception):
+    """Raised by LocalSession to simulate a run stopped part-way (used to test restore-from-checkpoint)."""
+
+
+class NonFiniteLossError(RuntimeError):
+    """A training loss became NaN/inf: the trial stops with this reason; earlier checkpoints are kept."""
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The run context handed to Method.train
+# --------------------------------------------------------------------------------------------------------------
+
+
+class RunContext:
+    """Everything a per-worker train loop needs: data, models, device, rank, reporting, restoring, shared stages."""
+
+    def __init__(self, spec: RunSpec, session: Session) -> None:
+        from raysel import data as data_module
+
+        self.spec = spec
+        self.session = session
+        self.family = data_module.get_family(spec.dataset)
+        self.data_root = Path(spec.data_root) if spec.data_root else data_module.default_data_root()
+        self.source = spec.source or self.family.default_source
+        self.target = spec.target or self.family.default_targets[0]
+        for domain in (self.source, self.target):
+            if domain not in self.family.domains:
+                raise ConfigError(
+                    f"unknown domain {domain!r} for dataset {self.family.name!r}; valid: {', '.join(self.family.domains)}"
+                )
+        self.task = self.family.task
+        self.num_classes = self.family.num_classes
+        self.output_dir = Path(spec.output_dir)
+        self.cache_dir = Path(spec.cache_dir) if spec.cache_dir else self.data_root / "_raysel_cache"
+        if spec.num_threads:
+            torch.set_num_threads(spec.num_threads)
+
+    # -- distributed facts --------------------------------------------------------------------------------------
+    @property
+    def rank(self) -> int:
+        return self.session.world_rank
+
+    @property
+    def world_size(self) -> int:
+        return self.session.world_size
+
+    @property
+    def is_main(self) -> bool:
+        return self.session.world_rank == 0
+
+    @property
+    def device(self) -> torch.device:
+        return self.session.device
+
+    def barrier(self) -> None:
+        if self.world_size > 1 and torch.distributed.is_initialized():
+            torch.distributed.barrier()
+
+    def all_reduce_mean(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Average a tensor over workers (identity for one worker)."""
+        if self.world_size > 1 and torch.distributed.is_initialized():
+            tensor = tensor.clone()
+            torch.distributed.all_reduce(tensor)
+            tensor /= self.world_size
+        return tensor
+
+    def all_reduce_sum(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Sum a tensor over workers (identity for one worker)."""
+        if self.world_size > 1 and torch.distributed.is_initialized():
+            tensor = tensor.clone()
+            torch.distributed.all_reduce(tensor)
+        return tensor
+
+    def all_gather_objects(self, value: Any) -> list[Any]:
+        """Gather one picklable object from every worker (a one-element list for one worker)."""
+        if self.world_size > 1 and torch.distributed.is_initialized():
+            gathered: list[Any] = [None] * self.world_size
+            torch.distributed.all_gather_object(gathered, value)
+            return gathered
+        return [value]
+
+    # -- data ---------------------------------------------------------------------------------------------------
+    def source_dataset(self, split: str = "train") -> Dataset:
+        """Labelled source images."""
+        return self.family.load(self.data_root, self.source, split, with_labels=True, image_size=self.spec.image_size)
+
+    def target_dataset(self) -> Dataset:
+        """Unlabelled target training images: the only target data a method may read."""
+        return self.family.load(self.data_root, self.target, "train", with_labels=False, image_size=self.spec.image_size)
+
+    def loader(self, dataset: Dataset, batch_size: int, *, shuffle: bool = True, drop_last: bool = True,
+               seed_offset: int = 0) -> DataLoader:
+        """A DataLoader sharded across workers (DistributedSampler) with a deterministic shuffle seed."""
+        sampler = DistributedSampler(
+            dataset, num_replicas=self.world_size, rank=self.rank, shuffle=shuffle,
+            seed=self.spec.seed + seed_offset, drop_last=drop_last,
+        )
+        per_worker = max(1, batch_size // self.world_size)
+        return DataLoader(dataset, batch_size=per_worker, sampler=sampler, drop_last=drop_last, num_workers=0)
+
+    # -- models -------------------------------------------------------------------------------------------------
+    def build_model(self, pretrained: bool = True) -> nn.Module:
+        from raysel.models import build_model, default_model_name
+
+        name = self.spec.model or default_model_name(self.task)
+        return build_model(name, self.task, self.num_classes, pretrained=pretrained).to(self.device)
+
+    def distributed(self, model: nn.Module) -> nn.Module:
+        """Wrap in DistributedDataParallel when running on several workers; unchanged for one."""
+        if self.world_size > 1 and torch.distributed.is_initialized():
+            device_ids = [self.device.index] if self.device.type == "cuda" else None
+            return nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
+        return model
+
+    # -- reporting and checkpoints -------------------------------------------------------------------------------
+    def report(self, metrics: dict[str, Any], checkpoint_state: dict[str, Any] | None = None) -> None:
+        """Report metrics from every worker; the checkpoint (if given) is written by rank 0 only.
+
+        Every rank must call this at the same steps (Ray Train requirement). A non-finite ``loss`` raises
+        NonFiniteLossError after the report, so the trial stops with that reason and earlier checkpoints survive.
+        """
+        loss = metrics.get("loss")
+        locally_finite = loss is None or math.isfinite(float(loss))
+        # Decide together: one rank stopping alone would leave the others blocked in the next collective.
+        finite = bool(self.all_reduce_sum(torch.tensor(0.0 if locally_finite else 1.0)).item() == 0.0)
+        if checkpoint_state is not None and self.is_main and finite:
+            with tempfile.TemporaryDirectory(prefix="raysel-ckpt-") as directory:
+                torch.save(checkpoint_state, Path(directory) / CHECKPOINT_FILE)
+                self.session.report(metrics, directory)
+        else:
+            self.session.report(metrics, None)
+        if not finite:
+            raise NonFiniteLossError(f"training loss became {loss} at {_step_text(metrics)}; stopping this trial")
+
+    def restore(self) -> dict[str, Any] | None:
+        """The state of the last reported checkpoint of this run (after a restart), or None on a fresh start."""
+        with self.session.checkpoint() as directory:
+            if directory is None:
+                return None
+            path = Path(directory) / CHECKPOINT_FILE
+            return torch.load(path, map_location="cpu", weights_only=False) if path.exists() else None
+
+    # -- shared stages -------------------------------------------------------------------------------------------
+    def cached_stage(self, name: str, key: dict[str, Any], build: Callable[[], dict[str, Any]],
+                     per_target: bool = True) -> dict[str, Any]:
+        """Compute a stage that does not depend on swept hyperparameters once, and reuse it across trials.
+
+        The cache entry is keyed by a hash of ``key`` plus the data and model identity (the target domain too,
+        unless ``per_target=False``: a stage trained on source data only, such as the source-only model, is then
+        shared by every target of the same source). Rank 0 holds a file lock
+        while it checks and (if missing) saves, so concurrent trials build a stage once; under several workers
+        every rank takes part in ``build`` (it may train with DDP) and rank 0 writes the result atomically.
+        """
+        full_key = {"stage": name, "dataset": self.spec.dataset, "source": self.source,
+                    "target": self.target if per_target else None,
+                    "model": self.spec.model, "image_size": self.spec.image_size, **key}
+        digest = hashlib.sha256(json.dumps(full_key, sort_keys=True, default=str).encode()).hexdigest()[:16]
+        directory = self.cache_dir / name / digest
+        path = directory / CHECKPOINT_FILE
+        lock_handle = None
+        if self.is_main:
+            directory.mkdir(parents=True, exist_ok=True)
+            lock_handle = open(directory / ".lock", "w")
+            fcntl.flock(lock_handle, fcntl.LOCK_EX)
+        try:
+            exists = self.all_gather_objects(path.exists())[0]
+            if not exists:
+                state = build()
+                if self.is_main:
+                    temporary = directory / f".{CHECKPOINT_FILE}.{os.getpid()}.tmp"
+                    torch.save(state, temporary)
+                    os.replace(temporary, path)
+                    (directory / "key.json").write_text(json.dumps(full_key, indent=2, sort_keys=True, default=str))
+            self.barrier()
+            return torch.load(path, map_location="cpu", weights_only=False)
+        finally:
+            if lock_handle is not None:
+                fcntl.flock(lock_handle, fcntl.LOCK_UN)
+                lock_handle.close()
+
+
+def _step_text(metrics: dict[str, Any]) -> str:
+    parts = [f"{key}={metrics[key]}" for key in ("round", "epoch", "iteration") if key in metrics]
+    return ", ".join(parts) or "an unknown step"
+
+
+def check_finite(loss: torch.Tensor, where: str) -> None:
+    """Raise NonFiniteLossError naming the step when a loss is NaN or infinite."""
+    if not torch.isfinite(loss).all():
+        raise NonFiniteLossError(f"training loss became {loss.item()} at {where}; stopping this trial")

@@ -1,0 +1,14 @@
+"""Label-free model selection (SPEC §5) and the benchmark-only evaluation of selectors.
+
+* :mod:`raysel.selection.predictions` — fixed seeded subset of target *training* images, one prediction pass per
+  candidate (no labels), compact ``.npz`` cache.
+* :mod:`raysel.selection.voting` — fused majority vote (ties → lowest class id) and F-mIoU (HIAST §4.5, Alg. 3).
+* :mod:`raysel.selection.selectors` — the selector registry: ``fmiou``, ``confident_fmiou``, ``soft_vote``,
+  ``entropy``, ``im``, ``snd``, ``rank_mean`` (``get_selector(name).score(candidates)``, higher is better).
+* :mod:`raysel.selection.evaluate` — regret, gap closed, Kendall τ / Spearman ρ against held-out scores
+  (benchmarks only; held-out scores are an input, never read here).
+* :mod:`raysel.selection.decision` — scores a finished sweep and records the decision in the store.
+
+Submodules are imported on use (``from raysel.selection.selectors import get_selector``) so that importing the
+package stays cheap for workers that only need one part.
+"""

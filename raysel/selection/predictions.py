@@ -1,0 +1,254 @@
+"""Cached candidate predictions on a fixed, label-free subset of the target *training* images.
+
+Every selector scores candidates from what they predict on the same images, so each trained candidate predicts
+once (:func:`predict_subset`) and the result is cached on disk (:func:`save_predictions`). This module never reads
+a label: the dataset it gets is the target train split loaded with ``with_labels=False``, and any ``label`` key a
+sample might carry is ignored.
+
+Storage format (one ``np.savez_compressed`` file per candidate, written atomically):
+
+* ``labels``: predicted class ids, uint8 — ``[N, H, W]`` (segmentation, full prediction resolution) or ``[N]``.
+* ``probabilities`` (only when asked for): softmax probabilities as float16. Classification: ``[N, C]``.
+  Segmentation: ``[N, C, gh, gw]`` sampled on a regular grid of at most 16×32 pixel centres per image
+  (``probability_rows`` / ``probability_cols`` say which pixels). Entropy, IM, SND and soft voting are means over
+  pixels, so a fixed uniform pixel sample estimates them without bias, keeps the file size independent of the
+  image resolution (≈ 19·512·2 B ≈ 19 KiB per image before compression) and keeps exact per-pixel values
+  (not averaged, which would inflate the entropy at class boundaries).
+* ``image_indices`` (int64, indices into the target train split), ``image_ids`` (sample names) and ``meta``
+  (JSON: format version, task, num_classes) so that candidates predicted on different images or label spaces are
+  detected before they are compared.
+
+Features are not cached: SND uses the softmax outputs as its features, which is the default of Saito et al.'s
+released code (``layer="preds"`` in pytorch-adapt's port); it needs nothing else.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Subset
+
+from raysel.errors import DataError
+
+FORMAT_VERSION = 1
+TASKS = ("segmentation", "classification")
+DEFAULT_SELECTION_SIZE = 500  # HIAST §4.5: 500 random target training images
+DEFAULT_PROBABILITY_GRID = (16, 32)
+MAX_CLASSES = 255  # class ids are stored as uint8; 255 stays free as the ignore value
+
+
+@dataclass(frozen=True)
+class CandidatePredictions:
+    """One candidate's predictions on the selection subset (see the module docstring for the arrays)."""
+
+    labels: np.ndarray
+    probabilities: np.ndarray | None
+    image_ids: tuple[str, ...]
+    image_indices: np.ndarray
+    num_classes: int
+    task: str
+    probability_rows: np.ndarray | None = None
+    probability_cols: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        if self.task not in TASKS:
+            raise ValueError(f"task must be one of {TASKS}; got {self.task!r}")
+        expected_ndim = 3 if self.task == "segmentation" else 1
+        if self.labels.dtype != np.uint8 or self.labels.ndim != expected_ndim:
+            raise ValueError(f"{self.task} labels must be uint8 with {expected_ndim} dims; got "
+                             f"{self.labels.dtype} {self.labels.shape}")
+        if len(self.image_ids) != self.labels.shape[0] or len(self.image_indices) != self.labels.shape[0]:
+            raise ValueError("image_ids and image_indices need one entry per image")
+        if self.probabilities is not None:
+            if self.probabilities.shape[:2] != (self.labels.shape[0], self.num_classes):
+                raise ValueError(f"probabilities must start with [N={self.labels.shape[0]}, C={self.num_classes}]; "
+                                 f"got {self.probabilities.shape}")
+            if self.task == "segmentation" and (self.probability_rows is None or self.probability_cols is None):
+                raise ValueError("segmentation probabilities need probability_rows/probability_cols")
+
+    @property
+    def num_images(self) -> int:
+        """Number of images in the selection subset."""
+        return int(self.labels.shape[0])
+
+    def labels_on_probability_grid(self) -> np.ndarray:
+        """Hard labels at the pixels where probabilities were kept (``[N, gh, gw]``; classification: ``[N]``)."""
+        if self.task == "classification":
+            return self.labels
+        if self.probability_rows is None or self.probability_cols is None:
+            raise ValueError("no probability grid: predictions were made without keep_probabilities")
+        return self.labels[:, self.probability_rows][:, :, self.probability_cols]
+
+    def probability_vectors(self) -> np.ndarray:
+        """Probabilities as float32 ``[N, samples_per_image, C]`` (classification: ``[N, 1, C]``)."""
+        if self.probabilities is None:
+            raise ValueError("predictions were made without keep_probabilities")
+        probabilities = self.probabilities.astype(np.float32)
+        if self.task == "classification":
+            return probabilities[:, None, :]
+        return probabilities.reshape(self.num_images, self.num_classes, -1).transpose(0, 2, 1)
+
+
+def selection_subset(num_images: int, size: int = DEFAULT_SELECTION_SIZE, seed: int = 0) -> np.ndarray:
+    """Sorted indices of a fixed seeded random subset of ``size`` target training images (all if fewer).
+
+    The same (num_images, size, seed) always gives the same subset, so every candidate of a sweep, on any worker,
+    predicts the same images.
+    """
+    if num_images < 0 or size < 1:
+        raise DataError(f"selection subset needs num_images >= 0 and size >= 1; got {num_images}, {size}")
+    if num_images <= size:
+        return np.arange(num_images, dtype=np.int64)
+    chosen = np.random.default_rng(seed).choice(num_images, size=size, replace=False)
+    return np.sort(chosen).astype(np.int64)
+
+
+def probability_grid(height: int, width: int, grid: tuple[int, int] = DEFAULT_PROBABILITY_GRID
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """Rows and columns of a regular grid of at most ``grid`` pixel-cell centres in an ``height × width`` image."""
+    grid_height, grid_width = min(grid[0], height), min(grid[1], width)
+    rows = ((np.arange(grid_height) + 0.5) * height / grid_height).astype(np.int64)
+    cols = ((np.arange(grid_width) + 0.5) * width / grid_width).astype(np.int64)
+    return rows, cols
+
+
+def _image_batches(dataset: Dataset, indices: np.ndarray, batch_size: int, num_workers: int
+                   ) -> Iterator[tuple[torch.Tensor, list[int], list[str]]]:
+    """Yield (images, dataset indices, names) batches; only the ``image``, ``index`` and ``name`` keys are read."""
+    loader = DataLoader(Subset(dataset, [int(i) for i in indices]), batch_size=batch_size, shuffle=False,
+                        num_workers=num_workers, collate_fn=list)
+    for samples in loader:
+        shapes = {tuple(sample["image"].shape) for sample in samples}
+        if len(shapes) != 1:
+            raise DataError(f"images {[s['name'] for s in samples]} differ in size {sorted(shapes)}; predictions "
+                            "need one image size (load the dataset with image_size=(height, width))")
+        images = torch.stack([sample["image"] for sample in samples])
+        yield images, [int(sample["index"]) for sample in samples], [str(sample["name"]) for sample in samples]
+
+
+@torch.inference_mode()
+def predict_subset(model: torch.nn.Module, dataset: Dataset, indices: Sequence[int] | np.ndarray,
+                   device: torch.device | str, keep_probabilities: bool = False, batch_size: int = 8,
+                   grid: tuple[int, int] = DEFAULT_PROBABILITY_GRID, num_workers: int = 0) -> CandidatePredictions:
+    """Predict the images ``indices`` of ``dataset`` (target train split, no labels) once; return them compactly.
+
+    The task follows from the logits: ``[B, C, H, W]`` is segmentation, ``[B, C]`` classification. The model is
+    put in eval mode for the pass and its previous mode restored afterwards.
+    """
+    indices = np.asarray(indices, dtype=np.int64)
+    if indices.size == 0:
+        raise DataError("the selection subset is empty: the target training split has no images")
+    device = torch.device(device)
+    was_training = model.training
+    model.eval()
+    labels = probabilities = rows = cols = None
+    names: list[str] = []
+    dataset_indices: list[int] = []
+    task = ""
+    num_classes = 0
+    try:
+        for images, batch_indices, batch_names in _image_batches(dataset, indices, batch_size, num_workers):
+            logits = model(images.to(device)).float()
+            if labels is None:
+                task, num_classes = _task_of(logits)
+                labels = np.empty((indices.size,) + tuple(logits.shape[2:]), dtype=np.uint8)
+                if keep_probabilities and task == "segmentation":
+                    rows, cols = probability_grid(logits.shape[2], logits.shape[3], grid)
+                    probabilities = np.empty((indices.size, num_classes, rows.size, cols.size), dtype=np.float16)
+                elif keep_probabilities:
+                    probabilities = np.empty((indices.size, num_classes), dtype=np.float16)
+            if tuple(logits.shape[1:]) != (num_classes,) + labels.shape[1:]:
+                raise DataError(f"images {batch_names} give predictions of shape {tuple(logits.shape[1:])}, "
+                                f"others {(num_classes,) + labels.shape[1:]}; use one image size")
+            start = len(names)
+            stop = start + logits.shape[0]
+            labels[start:stop] = logits.argmax(dim=1).to(torch.uint8).cpu().numpy()
+            if probabilities is not None:
+                if task == "segmentation":
+                    logits = logits[:, :, torch.from_numpy(rows).to(device)][:, :, :, torch.from_numpy(cols).to(device)]
+                probabilities[start:stop] = torch.softmax(logits, dim=1).to(torch.float16).cpu().numpy()
+            names.extend(batch_names)
+            dataset_indices.extend(batch_indices)
+    finally:
+        model.train(was_training)
+    assert labels is not None
+    return CandidatePredictions(labels=labels, probabilities=probabilities, image_ids=tuple(names),
+                                image_indices=np.asarray(dataset_indices, dtype=np.int64), num_classes=num_classes,
+                                task=task, probability_rows=rows, probability_cols=cols)
+
+
+def _task_of(logits: torch.Tensor) -> tuple[str, int]:
+    """(task, num_classes) from the logits' shape; class ids must fit uint8."""
+    if logits.ndim not in (2, 4):
+        raise ValueError(f"model output must be [B, C] or [B, C, H, W] logits; got shape {tuple(logits.shape)}")
+    num_classes = int(logits.shape[1])
+    if num_classes > MAX_CLASSES:
+        raise DataError(f"{num_classes} classes do not fit the uint8 prediction cache (at most {MAX_CLASSES})")
+    return ("segmentation" if logits.ndim == 4 else "classification"), num_classes
+
+
+def save_predictions(path: str | os.PathLike, predictions: CandidatePredictions) -> Path:
+    """Write ``predictions`` to ``path`` (.npz, compressed) atomically: a temp file in the same folder, then rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    meta = {"format_version": FORMAT_VERSION, "task": predictions.task, "num_classes": predictions.num_classes}
+    arrays: dict[str, np.ndarray] = {
+        "labels": predictions.labels,
+        "image_indices": np.asarray(predictions.image_indices, dtype=np.int64),
+        "image_ids": np.asarray(predictions.image_ids, dtype=np.str_),
+        "meta": np.asarray(json.dumps(meta)),
+    }
+    if predictions.probabilities is not None:
+        arrays["probabilities"] = predictions.probabilities.astype(np.float16, copy=False)
+        if predictions.probability_rows is not None and predictions.probability_cols is not None:
+            arrays["probability_rows"] = predictions.probability_rows
+            arrays["probability_cols"] = predictions.probability_cols
+    handle, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(handle, "wb") as stream:
+            np.savez_compressed(stream, **arrays)
+        os.replace(temp_name, path)
+    except BaseException:
+        Path(temp_name).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def load_predictions(path: str | os.PathLike, with_probabilities: bool = True) -> CandidatePredictions:
+    """Read a file written by :func:`save_predictions`; ``with_probabilities=False`` skips the probability array.
+
+    A missing, truncated or foreign file raises DataError naming it.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"prediction file {path} does not exist")
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            meta = json.loads(str(archive["meta"]))
+            if meta.get("format_version") != FORMAT_VERSION:
+                raise DataError(f"prediction file {path} has format version {meta.get('format_version')}; "
+                                f"this raysel reads version {FORMAT_VERSION} (predict the candidates again)")
+            arrays: dict[str, Any] = {key: archive[key] for key in ("labels", "image_indices", "image_ids")}
+            keep = with_probabilities and "probabilities" in archive.files
+            for key in ("probabilities", "probability_rows", "probability_cols"):
+                arrays[key] = archive[key] if keep and key in archive.files else None
+    except DataError:
+        raise
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile, json.JSONDecodeError, EOFError) as error:
+        raise DataError(f"prediction file {path} is unreadable or not a raysel prediction cache ({error})") from None
+    try:
+        return CandidatePredictions(labels=arrays["labels"], probabilities=arrays["probabilities"],
+                                    image_ids=tuple(str(name) for name in arrays["image_ids"]),
+                                    image_indices=arrays["image_indices"], num_classes=int(meta["num_classes"]),
+                                    task=str(meta["task"]), probability_rows=arrays["probability_rows"],
+                                    probability_cols=arrays["probability_cols"])
+    except (ValueError, KeyError) as error:
+        raise DataError(f"prediction file {path} is inconsistent: {error}") from None

@@ -1,0 +1,43 @@
+"""Shared fixtures: a real local Ray owned by the test session, and the embedded benchmark generated once.
+
+Ray hygiene (../shared/reference/ray.md): explicit num_cpus, a capped object store, a temp dir the session owns,
+and only ``ray.shutdown()`` of the instance started here — never `ray stop`.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def embedded_data_root() -> Path:
+    """The embedded benchmarks generated once into a session folder (the default sizes used by the sweep)."""
+    root = Path(tempfile.mkdtemp(prefix="raysel-data-"))
+    from raysel import data
+
+    for name in ("street_scenes", "digits"):
+        data.prepare(data.get_family(name), root)
+    yield root
+    shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """A real in-process Ray instance with 2 CPUs, started and shut down by this test session only."""
+    import ray
+
+    temp_dir = tempfile.mkdtemp(prefix="rs-", dir="/tmp")
+    ray.init(num_cpus=2, include_dashboard=True, log_to_driver=False, configure_logging=False,
+             object_store_memory=512 * 1024 * 1024, _temp_dir=temp_dir)
+    yield ray
+    ray.shutdown()
+    shutil.rmtree(temp_dir, ignore_errors=True)

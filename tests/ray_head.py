@@ -1,0 +1,120 @@
+"""A real `ray start --head --block` owned by one test: free ports, own temp dir, token auth, own process group.
+
+Stopping it signals only this process group (SIGTERM, then SIGKILL): never `ray stop`, which would hit every Ray
+instance on the machine (../shared/reference/ray.md).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+PORT_FLAGS = ("--port", "--dashboard-port", "--ray-client-server-port", "--dashboard-agent-listen-port",
+              "--dashboard-agent-grpc-port", "--runtime-env-agent-port", "--metrics-export-port",
+              "--node-manager-port", "--object-manager-port")
+
+
+def free_ports(count: int, low: int = 20000, high: int = 60000) -> list[int]:
+    """Distinct free TCP ports outside Ray's worker port range (10002-19999)."""
+    ports: list[int] = []
+    while len(ports) < count:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        if low <= port < high and port not in ports:
+            ports.append(port)
+    return ports
+
+
+class RayHead:
+    """Start a token-authenticated head; ``env`` is what a client needs to talk to it."""
+
+    def __init__(self, num_cpus: int = 2, extra_args: list[str] | None = None, extra_env: dict[str, str] | None = None):
+        self.num_cpus = num_cpus
+        self.extra_args = extra_args or []
+        self.extra_env = extra_env or {}
+        self.temp_dir = Path(tempfile.mkdtemp(prefix="rh-", dir="/tmp"))
+        self.token_path = self.temp_dir / "auth_token"
+        self.token = secrets.token_hex(32)
+        self.process: subprocess.Popen | None = None
+        ports = free_ports(len(PORT_FLAGS))
+        self.ports = dict(zip(PORT_FLAGS, ports))
+
+    @property
+    def gcs_address(self) -> str:
+        return f"127.0.0.1:{self.ports['--port']}"
+
+    @property
+    def dashboard_url(self) -> str:
+        return f"http://127.0.0.1:{self.ports['--dashboard-port']}"
+
+    @property
+    def env(self) -> dict[str, str]:
+        """Environment for a token-carrying client (ray CLI, job SDK, ray.init)."""
+        env = dict(os.environ)
+        env.update({"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(self.token_path),
+                    "RAY_USAGE_STATS_ENABLED": "0"})
+        env.pop("RAY_AUTH_TOKEN", None)
+        env.pop("RAY_ADDRESS", None)
+        return env
+
+    def start(self, timeout_s: float = 60.0) -> "RayHead":
+        self.token_path.write_text(self.token)
+        command = [str(Path(sys.executable).parent / "ray"), "start", "--head", "--block", f"--num-cpus={self.num_cpus}",
+                   "--num-gpus=0", f"--temp-dir={self.temp_dir / 't'}", "--dashboard-host=127.0.0.1",
+                   "--node-ip-address=127.0.0.1", "--disable-usage-stats", "--include-dashboard=true",
+                   f"--object-store-memory={512 * 1024 * 1024}"]
+        command += [f"{flag}={port}" for flag, port in self.ports.items()] + self.extra_args
+        env = {**self.env, "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0", **self.extra_env}
+        self.log = open(self.temp_dir / "head.log", "w")
+        self.process = subprocess.Popen(command, env=env, stdout=self.log, stderr=subprocess.STDOUT,
+                                        start_new_session=True)
+        deadline = time.time() + timeout_s
+        while time.time() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"ray head exited early: {(self.temp_dir / 'head.log').read_text()[-3000:]}")
+            if self._dashboard_answers():
+                return self
+            time.sleep(0.5)
+        raise RuntimeError(f"ray head not ready in {timeout_s}s: {(self.temp_dir / 'head.log').read_text()[-3000:]}")
+
+    def _dashboard_answers(self) -> bool:
+        request = urllib.request.Request(f"{self.dashboard_url}/api/version",
+                                         headers={"Authorization": f"Bearer {self.token}"})
+        try:
+            with urllib.request.urlopen(request, timeout=2) as response:
+                return response.status == 200 and bool(json.loads(response.read()))
+        except Exception:
+            return False
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            for sig, wait_s in ((signal.SIGTERM, 10), (signal.SIGKILL, 10)):
+                try:
+                    os.killpg(self.process.pid, sig)
+                except ProcessLookupError:
+                    break
+                try:
+                    self.process.wait(timeout=wait_s)
+                    break
+                except subprocess.TimeoutExpired:
+                    continue
+        if getattr(self, "log", None):
+            self.log.close()
+        shutil.rmtree(self.temp_dir, ignore_errors=True)
+
+    def __enter__(self) -> "RayHead":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()

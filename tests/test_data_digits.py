@@ -1,0 +1,121 @@
+"""The embedded classification benchmark: real sklearn digits, disjoint per domain, image-folder layout, shift."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from raysel import data
+from raysel.data import digits
+from raysel.data.common import ImageFolderDataset, read_rgb
+from raysel.data.digits import DigitsConfig
+from raysel.data.statistics import split_statistics
+
+CONFIG = DigitsConfig.small()  # 30 samples per domain: 24 train + 6 heldout
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory) -> Path:
+    directory = tmp_path_factory.mktemp("digits")
+    digits.prepare_digits(directory, CONFIG)
+    return directory
+
+
+@pytest.fixture(scope="module")
+def family() -> data.DatasetFamily:
+    return data.get_family("digits")
+
+
+def test_family_contract(family) -> None:
+    assert family.task == "classification" and family.embedded and family.num_classes == 10
+    assert family.class_names == tuple("0123456789")
+    assert family.default_source == "clean_digits" and len(family.default_targets) >= 3
+    assert family.default_image_size == (32, 32)
+
+
+def test_image_folder_layout(root, family) -> None:
+    tree = root / "digits"
+    for domain in family.domains:
+        train = list((tree / domain / "train").glob("*/*.png"))
+        heldout = list((tree / domain / "heldout").glob("*/*.png"))
+        assert len(train) == 24 and len(heldout) == 6
+        assert all(path.parent.name in family.class_names and len(path.stem) == 5 for path in train + heldout)
+
+
+def test_loads_through_the_image_folder_loader(root, family) -> None:
+    dataset = family.load(root, "photo_digits", "train", with_labels=True)
+    assert isinstance(dataset, ImageFolderDataset) and len(dataset) == 24
+    sample = dataset[0]
+    assert sample["image"].shape == (3, 32, 32) and sample["image"].dtype == torch.float32
+    assert sample["label"].dtype == torch.int64 and sample["label"].ndim == 0
+    assert sample["name"].split("/")[0] == str(int(sample["label"]))
+    unlabeled = family.load(root, "noisy_digits", "heldout", with_labels=False, image_size=(28, 28))
+    assert "label" not in unlabeled[0] and unlabeled[0]["image"].shape == (3, 28, 28)
+
+
+def test_domains_use_disjoint_handwritten_samples() -> None:
+    parts = digits.domain_partition(1797, CONFIG.seed)
+    assert len(parts) == len(digits.DOMAINS)
+    combined = np.concatenate(parts)
+    assert len(combined) == 1797 and len(np.unique(combined)) == 1797
+
+
+def test_images_are_the_real_digits(root) -> None:
+    """The clean-domain image is the sklearn digit: its contrast to the background follows the digit's ink."""
+    ink, labels = digits.upsampled_digits()
+    indices = digits.domain_partition(len(labels), CONFIG.seed)[0][: CONFIG.per_domain]
+    first_train_of_class = {}
+    for position, index in enumerate(indices[:24]):
+        first_train_of_class.setdefault(int(labels[index]), (position, index))
+    label, (position, index) = next(iter(first_train_of_class.items()))
+    number = sum(1 for other in indices[:position] if labels[other] == label)
+    image = np.asarray(read_rgb(root / "digits" / "clean_digits" / "train" / str(label) / f"{number:05d}.png"),
+                       dtype=np.float32)
+    background = image[ink[index] < 0.05].mean(axis=0)
+    distance = np.linalg.norm(image - background, axis=2).ravel()
+    assert np.corrcoef(distance, ink[index].ravel())[0, 1] > 0.9
+
+
+def test_generation_is_deterministic(tmp_path) -> None:
+    config = DigitsConfig(per_domain=5)
+
+    def hashes(directory: Path) -> dict[str, str]:
+        return {str(path.relative_to(directory)): hashlib.sha256(path.read_bytes()).hexdigest()
+                for path in directory.rglob("*.png")}
+
+    first = digits.prepare_digits(tmp_path / "a", config)
+    second = digits.prepare_digits(tmp_path / "b", config)
+    assert len(hashes(first)) == 20 and hashes(first) == hashes(second)
+
+
+def test_domain_shift_is_measurable(root, family) -> None:
+    stats = {domain: split_statistics(family.load(root, domain, "train", True), 10) for domain in family.domains}
+    brightness = {domain: float(value.mean_rgb.mean()) for domain, value in stats.items()}
+    assert brightness["inverted_blur_digits"] > 0.55 > max(brightness["clean_digits"], brightness["noisy_digits"])
+
+    def roughness(domain: str) -> float:
+        """Mean absolute difference between neighbouring pixels (noise and photo texture raise it)."""
+        dataset = family.load(root, domain, "train", False)
+        images = np.stack([np.asarray(read_rgb(path), dtype=np.float32) / 255 for path, _ in dataset.items])
+        return float(np.abs(np.diff(images, axis=2)).mean())
+
+    def background_spread(domain: str) -> float:
+        """Spread of the darkest 40% of pixels (background where the ink is bright): ~0 on a flat background."""
+        spreads = []
+        for path, _ in family.load(root, domain, "train", False).items:
+            image = np.asarray(read_rgb(path), dtype=np.float32).reshape(-1, 3) / 255
+            luminance = image.mean(axis=1)
+            spreads.append(image[luminance <= np.quantile(luminance, 0.4)].std(axis=0).mean())
+        return float(np.mean(spreads))
+
+    rough = {domain: roughness(domain) for domain in family.domains}
+    assert rough["noisy_digits"] > 2 * rough["clean_digits"]
+    assert rough["clean_digits"] == min(rough.values())  # flat colours: the smoothest domain
+    assert background_spread("clean_digits") < 0.01 < 0.05 < background_spread("photo_digits")
+    # grey noisy digits carry no colour; clean and photo digits do
+    noisy = stats["noisy_digits"].mean_rgb
+    assert np.ptp(noisy) < 1e-6 and np.ptp(stats["photo_digits"].mean_rgb) > 0.01

@@ -1,0 +1,63 @@
+"""Evaluation of selectors against held-out scores: regret, gap closed, Kendall τ, Spearman ρ, top-3 regret."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from raysel.selection.evaluate import evaluate_selector, evaluate_selectors, summarize_sweeps
+
+
+def test_hand_computed_sweep():
+    heldout = [0.40, 0.55, 0.50, 0.30]
+    scores = [0.9, 0.7, 0.8, 0.1]  # selects candidate 0 (0.40); ranking by score: 0, 2, 1, 3
+    result = evaluate_selector(scores, heldout)
+    assert result["selected_index"] == 0
+    assert result["regret"] == pytest.approx(15.0)  # (0.55 - 0.40) * 100 points
+    assert result["gap_closed"] == pytest.approx((0.40 - 0.30) / (0.55 - 0.30))
+    assert result["top3_regret"] == pytest.approx(0.0)  # the best (0.55) is among the top-3 scored
+    # Pairs: (0,1) (0,2) (1,2) discordant, (0,3) (1,3) (2,3) concordant -> tau = (3 - 3) / 6
+    assert result["kendall_tau"] == pytest.approx(0.0)
+    # ranks score: [4,2,3,1], held-out: [2,4,3,1] -> d^2 = 4+4+0+0 = 8 -> rho = 1 - 6*8/(4*15)
+    assert result["spearman_rho"] == pytest.approx(1 - 48 / 60)
+    assert result["num_candidates"] == 4
+
+
+def test_perfect_and_inverted_selectors():
+    heldout = np.array([0.1, 0.2, 0.3, 0.4, 0.5])
+    perfect = evaluate_selector(heldout * 7, heldout)
+    assert perfect["regret"] == 0.0 and perfect["gap_closed"] == 1.0
+    assert perfect["kendall_tau"] == pytest.approx(1.0) and perfect["spearman_rho"] == pytest.approx(1.0)
+    inverted = evaluate_selector(-heldout, heldout)
+    assert inverted["regret"] == pytest.approx(40.0) and inverted["gap_closed"] == 0.0
+    assert inverted["kendall_tau"] == pytest.approx(-1.0)
+    assert inverted["top3_regret"] == pytest.approx(20.0)  # top-3 scored are 0.1, 0.2, 0.3
+
+
+def test_ties_nan_scores_and_constant_heldout():
+    # NaN scores are never selected and rank last; ties go to the first candidate.
+    result = evaluate_selector([np.nan, 0.5, 0.5], [0.9, 0.2, 0.4])
+    assert result["selected_index"] == 1
+    assert result["regret"] == pytest.approx(70.0)
+    constant = evaluate_selector([0.1, 0.3], [0.5, 0.5])
+    assert constant["gap_closed"] == 1.0 and constant["regret"] == 0.0  # every choice is optimal
+    assert math.isnan(constant["kendall_tau"]) and math.isnan(constant["spearman_rho"])
+    single = evaluate_selector([0.3], [0.6])
+    assert single["regret"] == 0.0 and math.isnan(single["kendall_tau"])
+
+
+def test_bad_input():
+    with pytest.raises(ValueError, match="one score per candidate"):
+        evaluate_selector([0.1, 0.2], [0.3])
+    with pytest.raises(ValueError, match="finite"):
+        evaluate_selector([0.1, 0.2], [0.3, np.nan])
+
+
+def test_several_selectors_and_summary():
+    heldout = [0.2, 0.6, 0.4]
+    results = evaluate_selectors({"good": [1, 3, 2], "bad": [3, 1, 2]}, heldout)
+    assert results["good"]["regret"] == 0.0 and results["bad"]["regret"] == pytest.approx(40.0)
+    summary = summarize_sweeps([results["good"], results["bad"]])
+    assert summary["regret"] == pytest.approx(20.0) and summary["num_sweeps"] == 2
