@@ -519,12 +519,11 @@ def _search_and_scheduler(search: SearchSettings) -> tuple[Any, Any]:
 class ProgressPrinter:
     """A Tune callback printing one line per finished trial and a status line at most every ``interval_s``."""
 
-    def __init__(self, total: int | None, interval_s: float = 30.0, stream: Any = None) -> None:
+    def __init__(self, total: int | None, interval_s: float = 30.0) -> None:
         from ray.tune import Callback
 
         self.total = total
         self.interval_s = interval_s
-        self.stream = stream or sys.stdout
         self.started = time.time()
         self.last_status = 0.0
         self.best: tuple[float, str] | None = None
@@ -556,7 +555,7 @@ class ProgressPrinter:
     def status_line(self, trials: list) -> None:
         elapsed = time.time() - self.started
         best = f", best held-out mIoU so far {100 * self.best[0]:.1f} ({self.best[1]}; oracle, not used to select)" if self.best else ""
-        print(f"[{elapsed:6.0f}s] trials {self._counts(trials)}{best}", file=self.stream, flush=True)
+        print(f"[{elapsed:6.0f}s] trials {self._counts(trials)}{best}", flush=True)
 
     def trial_line(self, trial: Any, trials: list, outcome: str) -> None:
         result = trial.last_result or {}
@@ -566,8 +565,8 @@ class ProgressPrinter:
         status = result.get("status", outcome)
         detail = f"held-out {100 * score:.1f}" if isinstance(score, (int, float)) and math.isfinite(score) else result.get("error", "")
         elapsed = time.time() - self.started
-        print(f"[{elapsed:6.0f}s] trial {trial.trial_id} {status}: {detail}  ({self._counts(trials)})",
-              file=self.stream, flush=True)
+        # sys.stdout is looked up at print time: Tune pickles callbacks, and a stream object cannot be pickled.
+        print(f"[{elapsed:6.0f}s] trial {trial.trial_id} {status}: {detail}  ({self._counts(trials)})", flush=True)
 
 
 __all__ = [
@@ -643,9 +642,10 @@ def run_sweep(settings: SweepSettings, search: SearchSettings, space: Any, *, re
             search.max_concurrent = max(1, int(cluster_cpus() // max(settings.resources.trial_cpus(), 1e-6)))
         param_space = {"hp": space.to_tune(search.search), "target": _target_space(settings.targets, search.search)}
         total = _expected_trials(space, search, len(settings.targets))
-        printer = ProgressPrinter(total, interval_s=progress_interval_s, stream=stream)
+        printer = ProgressPrinter(total, interval_s=progress_interval_s)
         print(f"sweep {settings.sweep_id}: method {settings.method}, {total or '?'} trials, "
-              f"{search.search} search, {search.scheduler} scheduler, up to {search.max_concurrent or 'auto'} at once, "
+              f"{search.search} search, {search.scheduler} scheduler, "
+              f"{f'up to {search.max_concurrent} at once' if search.max_concurrent else 'concurrency set by Ray'}, "
               f"{settings.resources.workers} worker(s) x {settings.resources.cpus_per_worker} CPU"
               f"{f' + {settings.resources.gpus_per_worker} GPU' if settings.resources.gpus_per_worker else ''} per trial",
               file=stream, flush=True)

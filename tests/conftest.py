@@ -41,3 +41,25 @@ def ray_local():
     yield ray
     ray.shutdown()
     shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+TINY_HIAST = ["--set", "rounds=1", "--set", "iterations_per_round=6", "--set", "warmup_iterations=6",
+              "--set", "source_iterations=10", "--set", "reports_per_round=1", "--set", "lambda_i=1.0",
+              "--set", "alpha={grid: [0.3, 0.5, 0.7]}", "--selection-size", "12", "--progress-interval", "5"]
+
+
+@pytest.fixture(scope="session")
+def tiny_hiast_sweep(ray_local, embedded_data_root: Path, tmp_path_factory) -> dict:
+    """One real 3-trial HIAST sweep on local Ray, shared by the tests that inspect its results."""
+    import contextlib
+    import io
+
+    from raysel.sweep import main
+
+    results = tmp_path_factory.mktemp("sweep") / "results"
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        code = main(["hiast", "--data-root", str(embedded_data_root), "--results", str(results), "--name", "tiny",
+                     *TINY_HIAST])
+    return {"code": code, "results": results, "printed": printed.getvalue(), "sweep_id": "tiny",
+            "data_root": embedded_data_root}

@@ -63,7 +63,9 @@ class RayHead:
         """Environment for a token-carrying client (ray CLI, job SDK, ray.init)."""
         env = dict(os.environ)
         env.update({"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(self.token_path),
-                    "RAY_USAGE_STATS_ENABLED": "0"})
+                    "RAY_USAGE_STATS_ENABLED": "0",
+                    # jobs run `python ...` through the head's PATH: make that this virtual environment's python
+                    "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"})
         env.pop("RAY_AUTH_TOKEN", None)
         env.pop("RAY_ADDRESS", None)
         return env

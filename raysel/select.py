@@ -1,0 +1,52 @@
+"""`python -m raysel.select SWEEP`: re-score a finished sweep offline with label-free selectors.
+
+Reads only the predictions each trial cached on the target training subset (no model is re-run, no target label
+is read) and records the decision in the result store's ``selections`` table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from raysel.errors import exits_cleanly_on_user_error
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from raysel.selection.selectors import selector_names
+
+    parser = argparse.ArgumentParser(
+        prog="python -m raysel.select",
+        description="Re-score a finished sweep's candidates with label-free selectors (no model re-run, no target "
+        "labels) and record each decision in the result store.",
+        epilog="example:\n  python -m raysel.select hiast-20261123-120000 --selector fmiou --selector rank_mean",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("sweep", help="sweep id (see: python -m raysel.query \"SELECT DISTINCT sweep_id FROM trials\")")
+    parser.add_argument("--selector", dest="selectors", action="append", choices=selector_names(), default=None,
+                        help="selector to score with (repeatable; default fmiou)")
+    parser.add_argument("--results", type=Path, default=Path("results"), help="result store folder (default ./results)")
+    return parser
+
+
+@exits_cleanly_on_user_error
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from raysel.selection.decision import select_sweep
+    from raysel.store import ResultStore
+
+    store = ResultStore(args.results)
+    decisions = select_sweep(store, args.sweep, selectors=tuple(args.selectors or ("fmiou",)))
+    for decision in decisions:
+        line = (f"{decision['selector']:>16}  target {decision['target']}: trial {decision['selected_trial_id']} "
+                f"(score {decision['score']:.4f}, {decision['num_candidates']} candidates)")
+        if decision.get("heldout_regret") is not None:
+            line += f"  held-out regret {decision['heldout_regret']:.2f} points (oracle check)"
+        print(line)
+    print(f"recorded {len(decisions)} decision(s) in {args.results}/selections")
+    return 0 if decisions else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

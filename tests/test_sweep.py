@@ -1,0 +1,103 @@
+"""`python -m raysel.sweep`: bad input gives one clear line and exit 2; a real sweep stores, selects and prints."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def run_sweep_cli(*args: str, cwd: Path = REPO, timeout: int = 180) -> subprocess.CompletedProcess:
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+    return subprocess.run([sys.executable, "-m", "raysel.sweep", *args], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess, *fragments: str) -> None:
+    assert result.returncode == 2, (result.returncode, result.stdout[-2000:], result.stderr[-2000:])
+    assert "Traceback" not in result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
+def test_help_explains_every_option() -> None:
+    result = run_sweep_cli("--help")
+    assert result.returncode == 0
+    for option in ("--space", "--data", "--data-root", "--source", "--target", "--num-samples", "--search",
+                   "--scheduler", "--max-concurrent", "--workers", "--cpus-per-worker", "--gpus-per-worker",
+                   "--results", "--name", "--resume", "--set", "--seed", "--address"):
+        assert option in result.stdout
+
+
+def test_unknown_method_lists_registered_ones() -> None:
+    assert_one_line_error(run_sweep_cli("no_such_method"), "no_such_method", "hiast", "source_only")
+
+
+def test_missing_space_file_is_named(tmp_path: Path) -> None:
+    missing = tmp_path / "absent.yaml"
+    assert_one_line_error(run_sweep_cli("hiast", "--space", str(missing)), str(missing))
+
+
+def test_malformed_yaml_names_file_and_line(tmp_path: Path) -> None:
+    space = tmp_path / "broken.yaml"
+    space.write_text("alpha: {grid: [0.3, 0.5]}\ngamma: [unclosed\n")
+    assert_one_line_error(run_sweep_cli("hiast", "--space", str(space)), str(space), "line")
+
+
+def test_unknown_key_in_space_lists_valid_keys(tmp_path: Path) -> None:
+    space = tmp_path / "space.yaml"
+    space.write_text("alpha: {grid: [0.3, 0.5]}\nalpah: 0.2\n")
+    assert_one_line_error(run_sweep_cli("hiast", "--space", str(space)), "alpah", "lambda_cst")
+
+
+def test_resume_without_previous_sweep(tmp_path: Path) -> None:
+    assert_one_line_error(run_sweep_cli("hiast", "--resume", "--name", "never-ran", "--results", str(tmp_path)),
+                          "never-ran")
+
+
+def test_unwritable_results_path(tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    assert_one_line_error(run_sweep_cli("hiast", "--results", str(blocker / "results")), "not writable")
+
+
+def test_unreachable_ray_address(tmp_path: Path) -> None:
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    assert_one_line_error(run_sweep_cli("hiast", "--address", f"127.0.0.1:{port}", "--results", str(tmp_path)),
+                          "no Ray reachable", str(port))
+
+
+@pytest.mark.integration
+def test_sweep_runs_selects_and_stores(tiny_hiast_sweep: dict) -> None:
+    """A real 3-trial HIAST sweep on local Ray: rows in Parquet, a selection decision, the table printed."""
+    from raysel import store
+
+    results, printed = tiny_hiast_sweep["results"], tiny_hiast_sweep["printed"]
+    assert tiny_hiast_sweep["code"] == 0, printed
+    trials = store.load(results, sweep_id="tiny")
+    assert len(trials) == 3 and set(trials["status"]) == {"finished"}
+    assert sorted(trials["hp_alpha"]) == [0.3, 0.5, 0.7] and str(trials["hp_k"].dtype) == "Int64"
+    assert trials["score_fmiou"].between(0, 1).all() and trials["heldout_miou"].between(0, 1).all()
+    selections = store.load(results, table="selections", sweep_id="tiny")
+    assert list(selections["selector"]) == ["fmiou"]
+    selected = selections["selected_trial_id"].iloc[0]
+    assert selected == trials.loc[trials["score_fmiou"].idxmax(), "trial_id"]
+    marked = [line for line in printed.splitlines() if line.startswith("*")]
+    assert len(marked) == 1 and selected in marked[0]
+    assert "results:" in printed
+
+    query = subprocess.run([sys.executable, "-m", "raysel.query", "--results", str(results), "--format", "csv",
+                            "SELECT trial_id, hp_alpha, score_fmiou FROM trials ORDER BY score_fmiou DESC"],
+                           capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert query.returncode == 0, query.stderr
+    assert query.stdout.splitlines()[1].startswith(selected)
