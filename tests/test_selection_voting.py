@@ -9,7 +9,7 @@ import scipy.stats
 from raysel.metrics import confusion_matrix, miou
 from raysel.selection import voting
 from raysel.selection.voting import (FusedVoteAccumulator, fmiou_scores, fused_agreement_scores, fused_vote,
-                                     plurality_vote, small_histogram)
+                                     pixel_runs, plurality_vote, small_histogram)
 
 
 def test_ties_go_to_the_lowest_class_id():
@@ -66,6 +66,16 @@ def test_matches_scipy_mode_and_metrics_confusion(num_candidates, num_classes):
     np.testing.assert_array_equal(counts, (maps == expected).sum(axis=0).reshape(-1))
 
 
+@pytest.mark.parametrize("symmetric_from", [1, 1 << 30])
+def test_both_pairwise_strategies_agree_with_scipy(monkeypatch, symmetric_from):
+    monkeypatch.setattr(voting, "PAIRWISE_SYMMETRIC_PIXELS", symmetric_from)
+    labels = np.random.default_rng(5).integers(0, 4, (6, 500)).astype(np.uint8)
+    winners, counts = plurality_vote(labels, 4)
+    expected = scipy.stats.mode(labels, axis=0)
+    np.testing.assert_array_equal(winners, expected.mode)
+    np.testing.assert_array_equal(counts, expected.count)
+
+
 def test_streaming_equals_one_shot_and_small_chunks(monkeypatch):
     rng = np.random.default_rng(3)
     maps = np.where(rng.random((6, 5, 20, 30)) < 0.3, rng.integers(0, 7, (6, 5, 20, 30)),
@@ -86,6 +96,33 @@ def test_streaming_equals_one_shot_and_small_chunks(monkeypatch):
     np.testing.assert_allclose(fmiou_scores(list(maps), 7), one_shot.miou())
     expected_miou = [miou(confusion_matrix(maps[i], fused_one_shot, 7)) for i in range(6)]
     np.testing.assert_allclose(one_shot.miou(), expected_miou)
+
+
+def test_pixel_runs_hand_example_and_noise():
+    chunk = np.array([[1, 1, 1, 2, 2, 0],
+                      [3, 3, 4, 4, 4, 4]], dtype=np.uint8)
+    starts, lengths = pixel_runs(chunk, max_fraction=1.0)
+    np.testing.assert_array_equal(starts, [0, 2, 3, 5])
+    np.testing.assert_array_equal(lengths, [2, 1, 2, 1])
+    assert pixel_runs(chunk, max_fraction=0.5) is None  # 4 runs for 6 pixels: no gain
+    noise = np.random.default_rng(0).integers(0, 19, (5, 1000), dtype=np.uint8)
+    assert pixel_runs(noise, max_fraction=0.5) is None
+
+
+@pytest.mark.parametrize("min_votes", [0, 3, 5])
+def test_run_compression_gives_identical_results(min_votes):
+    rng = np.random.default_rng(min_votes)
+    blocks = np.where(rng.random((7, 4, 6, 10)) < 0.3, rng.integers(0, 19, (7, 4, 6, 10)),
+                      rng.integers(0, 19, (4, 6, 10)))
+    maps = blocks.repeat(5, axis=-1).astype(np.uint8)  # runs of 5 pixels along each row
+    compressed = FusedVoteAccumulator(7, 19, min_votes=min_votes)
+    plain = FusedVoteAccumulator(7, 19, min_votes=min_votes, compress_runs=False)
+    np.testing.assert_array_equal(compressed.update(maps, return_fused=True), plain.update(maps, return_fused=True))
+    np.testing.assert_array_equal(compressed.confusion_matrices, plain.confusion_matrices)
+    expected = scipy.stats.mode(maps, axis=0, keepdims=False).mode
+    if min_votes == 0:
+        for i in range(7):
+            np.testing.assert_array_equal(plain.confusion_matrices[i], confusion_matrix(maps[i], expected, 19))
 
 
 def test_min_votes_ignores_pixels_without_enough_agreement():

@@ -44,7 +44,8 @@ def _correlation(function, scores: np.ndarray, heldout: np.ndarray) -> float:
         return float(function(keys, heldout).statistic)
 
 
-def evaluate_selector(scores: Sequence[float] | np.ndarray, heldout: Sequence[float] | np.ndarray) -> dict[str, float | int]:
+def evaluate_selector(scores: Sequence[float] | np.ndarray,
+                      heldout: Sequence[float] | np.ndarray) -> dict[str, float | int]:
     """Regret, gap closed, Kendall τ, Spearman ρ and top-3 regret of one selector on one sweep (see module doc)."""
     scores = np.asarray(scores, dtype=np.float64).reshape(-1)
     heldout = np.asarray(heldout, dtype=np.float64).reshape(-1)

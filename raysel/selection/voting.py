@@ -9,9 +9,12 @@ fused labels (F-mIoU). The paper leaves two details open; raysel fixes them as f
   candidate), then :func:`raysel.metrics.miou` takes the mean over classes, skipping classes absent from both the
   fused labels and the candidate (raysel's metric convention; HIAST's metric code would count them as 0).
 
-The counting is exact, vectorized and streamed in pixel chunks (~2 MiB of labels), so memory stays O(n × chunk)
-however many images there are. It avoids per-(candidate, pixel) histogramming where it can:
+The counting is exact, vectorized and streamed in pixel chunks (~4 MiB of labels), so memory stays O(n × chunk)
+however many images there are. It avoids per-(candidate, pixel) work where it can:
 
+0. **Runs.** Consecutive pixels where no candidate's label changes form a run; one representative pixel weighted
+   by the run length gives identical votes and counts (:func:`pixel_runs`). Label maps are piecewise constant,
+   so this shrinks everything below by the mean run length (skipped when runs are short, e.g. noise).
 1. **Reference agreement.** One vectorized compare of all candidates with a reference candidate (the one that
    has agreed most with the fused labels so far) and a column sum give, per pixel, the reference label's votes.
    Where every candidate agrees the pixel is *unanimous*; where the reference holds a strict majority its label
@@ -37,9 +40,15 @@ from raysel.metrics import IGNORE_INDEX, iou_per_class, miou, pixel_accuracy
 
 # Bytes of candidate labels per chunk: large enough that per-call overhead on the small gathered arrays
 # (contested/mixed pixels) stays negligible, small enough to stay in the last-level cache.
-CHUNK_BYTES = 1 << 21
+CHUNK_BYTES = 1 << 22
 MIN_CHUNK_PIXELS = 1 << 12
 MAX_CLASSES = 255  # labels are uint8 and 255 is the ignore value
+# Run-length compression is used when it keeps at most this fraction of a chunk's pixels.
+RUN_FRACTION = 0.5
+# Above this fraction of mixed (or contested) pixels, all pixels are processed instead of a gathered subset.
+DENSE_FRACTION = 0.75
+# From this many contested pixels on, the pairwise vote uses symmetric row compares (less work, more calls).
+PAIRWISE_SYMMETRIC_PIXELS = 1 << 14
 
 
 def _as_label_array(labels: np.ndarray, what: str) -> np.ndarray:
@@ -65,16 +74,26 @@ def _chunk_pixels(num_candidates: int) -> int:
 def _plurality_pairwise(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Plurality label and its vote count per column of ``labels [n, m]`` (uint8, n < 256); ties → lowest id.
 
-    Each candidate counts how many candidates share its label (one ``[n, m]`` compare and column sum per
-    candidate); the packed key ``count·256 + (255 − label)`` is maximal for the most-voted label and, among
-    equally voted labels, for the lowest id.
+    Each candidate counts how many candidates share its label; the packed key ``count·256 + (255 − label)`` is
+    maximal for the most-voted label and, among equally voted labels, for the lowest id. Few columns: one
+    ``[n, m]`` compare and column sum per candidate (few calls); many columns: the ``n(n−1)/2`` symmetric row
+    compares (less work).
     """
     num_candidates, num_pixels = labels.shape
-    counts = np.empty((num_candidates, num_pixels), dtype=np.uint8)
-    equal = np.empty((num_candidates, num_pixels), dtype=np.bool_)
-    for i in range(num_candidates):
-        np.equal(labels, labels[i], out=equal)
-        equal.sum(axis=0, dtype=np.uint8, out=counts[i])
+    if num_pixels >= PAIRWISE_SYMMETRIC_PIXELS:
+        counts = np.ones((num_candidates, num_pixels), dtype=np.uint8)
+        equal = np.empty(num_pixels, dtype=np.bool_)
+        for i in range(num_candidates):
+            for j in range(i + 1, num_candidates):
+                np.equal(labels[i], labels[j], out=equal)
+                counts[i] += equal.view(np.uint8)
+                counts[j] += equal.view(np.uint8)
+    else:
+        counts = np.empty((num_candidates, num_pixels), dtype=np.uint8)
+        equal_all = np.empty((num_candidates, num_pixels), dtype=np.bool_)
+        for i in range(num_candidates):
+            np.equal(labels, labels[i], out=equal_all)
+            equal_all.sum(axis=0, dtype=np.uint8, out=counts[i])
     key = counts.astype(np.uint16)
     key <<= 8
     key |= 255 - labels
@@ -101,7 +120,7 @@ def _plurality_per_class(labels: np.ndarray, num_classes: int) -> tuple[np.ndarr
 
 
 def plurality_vote(labels: np.ndarray, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
-    """Exact plurality vote over axis 0 of ``labels [n, m]``: (winning label uint8, its vote count); ties → lowest id."""
+    """Exact plurality vote over axis 0 of ``labels [n, m]``: (winner uint8, its vote count); ties → lowest id."""
     num_candidates = labels.shape[0]
     if num_candidates < 256 and num_candidates <= 2 * num_classes + 1:
         return _plurality_pairwise(labels)
@@ -121,6 +140,7 @@ class _ChunkVoter:
         self.num_classes = num_classes
         self._count_dtype = np.uint16 if num_candidates >= 256 else np.uint8
         self._equal = np.empty((num_candidates, _chunk_pixels(num_candidates)), dtype=np.bool_)
+        self.scratch = self._equal  # reusable [n, chunk] bool buffer (used by pixel_runs before each vote)
 
     def vote(self, chunk: np.ndarray, reference: int, min_votes: int = 0
              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -136,11 +156,16 @@ class _ChunkVoter:
         votes = equal.sum(axis=0, dtype=self._count_dtype)
         fused = chunk[reference].copy()
         mixed = np.flatnonzero(votes < num_candidates)
-        mixed_labels = chunk.take(mixed, axis=1)
-        mixed_votes = votes[mixed]
+        if mixed.size > DENSE_FRACTION * num_pixels:
+            # Little agreement (noise-like labels): gathering would cost more than treating every pixel as mixed.
+            mixed, mixed_labels, mixed_votes = np.arange(num_pixels), chunk, votes
+        else:
+            mixed_labels, mixed_votes = chunk.take(mixed, axis=1), votes[mixed]
         # The reference label wins outright where it holds a strict majority; the rest is decided exactly.
         contested = np.flatnonzero(mixed_votes <= num_candidates // 2)
-        if contested.size:
+        if contested.size > DENSE_FRACTION * mixed.size:
+            fused[mixed], mixed_votes = plurality_vote(mixed_labels, self.num_classes)
+        elif contested.size:
             labels, counts = plurality_vote(mixed_labels.take(contested, axis=1), self.num_classes)
             fused[mixed[contested]] = labels
             mixed_votes[contested] = counts
@@ -155,8 +180,8 @@ def small_histogram(values: np.ndarray, num_bins: int) -> np.ndarray:
     """Counts of each value in ``[0, num_bins)`` of a 1-D uint8 array (int64 ``[num_bins]``).
 
     ``np.bincount`` costs a few ns per element (it converts to intp and scatters one element at a time), so ``k``
-    values are packed into one uint16 index ``(v₁·B + v₂)·B + …`` with B^k ≤ 8192 bins (fits L1/L2) and the joint
-    histogram is marginalised: about k× fewer scattered elements for a few cheap vectorized multiply-adds.
+    values are packed into one uint16 index ``(v₁·B + v₂)·B + …`` with B^k ≤ 8192 bins (fits L1/L2) and the
+    joint histogram is marginalised: about k× fewer scattered elements for a few cheap vectorized multiply-adds.
     """
     group = 1
     while num_bins ** (group + 1) <= 8192 and group < 4:
@@ -176,6 +201,42 @@ def small_histogram(values: np.ndarray, num_bins: int) -> np.ndarray:
     if tail.size:
         counts += np.bincount(tail, minlength=num_bins)[:num_bins]
     return counts
+
+
+def _weighted_counts(values: np.ndarray, weights: np.ndarray | None, num_bins: int) -> np.ndarray:
+    """int64 counts of ``values`` in ``[0, num_bins)`` (larger values dropped), each counted ``weights`` times.
+
+    ``np.bincount`` sums weights in float64, exact for integer totals below 2**53.
+    """
+    counts = np.bincount(values, weights=weights, minlength=num_bins)[:num_bins]
+    return counts.astype(np.int64) if weights is None else np.rint(counts).astype(np.int64)
+
+
+def pixel_runs(chunk: np.ndarray, max_fraction: float, scratch: np.ndarray | None = None
+               ) -> tuple[np.ndarray, np.ndarray] | None:
+    """Run-length view of ``chunk [n, m]``: (first column of each run, run lengths), or None if not worth it.
+
+    A run is a stretch of consecutive pixels (in the flattened order) where *every* candidate's label stays the
+    same; all its pixels vote identically and add to the same confusion bins, so one representative column
+    weighted by the run length gives exactly the same counts. Predictions are piecewise constant (networks
+    predict at stride 4–8 and upsample), so runs are long and the vote and counting shrink by the mean run
+    length. Returns None when the runs would keep more than ``max_fraction`` of the columns (no gain).
+    ``scratch`` is an optional reusable bool buffer of at least ``[n, m − 1]``.
+    """
+    num_candidates, num_pixels = chunk.shape
+    if num_pixels < 2:
+        return None
+    if scratch is None:
+        scratch = np.empty((num_candidates, num_pixels - 1), dtype=np.bool_)
+    differs = scratch[:, :num_pixels - 1]
+    np.not_equal(chunk[:, 1:], chunk[:, :-1], out=differs)
+    changed = np.empty(num_pixels, dtype=np.bool_)
+    changed[0] = True
+    np.logical_or.reduce(differs, axis=0, out=changed[1:])
+    starts = np.flatnonzero(changed)
+    if starts.size > max_fraction * num_pixels:
+        return None
+    return starts, np.diff(starts, append=num_pixels)
 
 
 class _ConfusionCounter:
@@ -204,10 +265,16 @@ class _ConfusionCounter:
         self._agree_second = ((grid_f * num_classes + grid_other) * num_classes + grid_f).ravel()
         self._single_diagonal = classes * num_classes + classes
 
-    def add(self, fused: np.ndarray, mixed: np.ndarray, mixed_labels: np.ndarray, may_ignore: bool = False) -> None:
-        """Add one chunk: fused labels ``[m]`` (255 = ignored when ``may_ignore``), mixed pixels and their labels."""
+    def add(self, fused: np.ndarray, mixed: np.ndarray, mixed_labels: np.ndarray, may_ignore: bool = False,
+            weights: np.ndarray | None = None) -> None:
+        """Add one chunk: fused labels ``[m]`` (255 = ignored when ``may_ignore``), mixed pixels and their labels.
+
+        ``weights`` (run lengths) make each column count as that many pixels (see :func:`pixel_runs`).
+        """
         num_classes = self.num_classes
-        if may_ignore:
+        if weights is not None:
+            self.shared_diagonal += _weighted_counts(fused, weights, num_classes)
+        elif may_ignore:
             # Ignored pixels (255) are folded into an extra bin C and dropped, which avoids a boolean gather.
             self.shared_diagonal += small_histogram(np.minimum(fused, num_classes), num_classes + 1)[:num_classes]
         else:
@@ -215,10 +282,15 @@ class _ConfusionCounter:
         if mixed.size == 0:
             return
         mixed_fused = fused[mixed]
+        mixed_weights = None if weights is None else weights[mixed]
         if may_ignore and (mixed_fused == IGNORE_INDEX).any():
             keep = mixed_fused != IGNORE_INDEX
             mixed_fused, mixed_labels = mixed_fused[keep], mixed_labels[:, keep]
-        self.shared_diagonal -= small_histogram(mixed_fused, num_classes)
+            mixed_weights = None if mixed_weights is None else mixed_weights[keep]
+        if mixed_weights is None:
+            self.shared_diagonal -= small_histogram(mixed_fused, num_classes)
+        else:
+            self.shared_diagonal -= _weighted_counts(mixed_fused, mixed_weights, num_classes)
         if len(self.pair_counts):
             # uint16 index (fused·C + a)·C + b: cheap to build; one bincount serves candidates a and b.
             base = mixed_fused.astype(np.uint16)
@@ -228,12 +300,12 @@ class _ConfusionCounter:
                 np.multiply(mixed_labels[2 * pair], np.uint16(num_classes), out=index, dtype=np.uint16)
                 index += base
                 index += mixed_labels[2 * pair + 1]
-                self.pair_counts[pair] += np.bincount(index, minlength=num_classes ** 3)
+                self.pair_counts[pair] += _weighted_counts(index, mixed_weights, num_classes ** 3)
         if self.singles:
             base = mixed_fused.astype(np.intp) * num_classes
             for candidate in self.singles:
-                self.single_counts[candidate] += np.bincount(base + mixed_labels[candidate],
-                                                             minlength=num_classes * num_classes)
+                self.single_counts[candidate] += _weighted_counts(base + mixed_labels[candidate], mixed_weights,
+                                                                  num_classes * num_classes)
 
     def agreement(self) -> np.ndarray:
         """Pixels on which each candidate agreed with the fused label so far (the matrices' traces, cheaply)."""
@@ -272,7 +344,7 @@ class FusedVoteAccumulator:
     fused label, excluded from every candidate's counts) — the basis of the ``confident_fmiou`` selector.
     """
 
-    def __init__(self, num_candidates: int, num_classes: int, min_votes: int = 0) -> None:
+    def __init__(self, num_candidates: int, num_classes: int, min_votes: int = 0, compress_runs: bool = True) -> None:
         if num_candidates < 1:
             raise ValueError("the fused vote needs at least one candidate")
         if not 1 <= num_classes <= MAX_CLASSES:
@@ -280,6 +352,7 @@ class FusedVoteAccumulator:
         self.num_candidates = num_candidates
         self.num_classes = num_classes
         self.min_votes = int(min_votes)
+        self.compress_runs = compress_runs
         self._counter = _ConfusionCounter(num_candidates, num_classes)
         self._voter = _ChunkVoter(num_candidates, num_classes)
         self._chunk = _chunk_pixels(num_candidates)
@@ -308,6 +381,14 @@ class FusedVoteAccumulator:
         reference = int(np.argmax(self._counter.agreement()))
         for start in range(0, flat.shape[1], self._chunk):
             chunk = flat[:, start:start + self._chunk]
+            runs = pixel_runs(chunk, RUN_FRACTION, self._voter.scratch) if self.compress_runs else None
+            if runs is not None:
+                starts, lengths = runs
+                fused, mixed, mixed_labels = self._voter.vote(chunk.take(starts, axis=1), reference, self.min_votes)
+                self._counter.add(fused, mixed, mixed_labels, self.min_votes > 0, weights=lengths.astype(np.float64))
+                if fused_all is not None:
+                    fused_all[start:start + chunk.shape[1]] = np.repeat(fused, lengths)
+                continue
             fused, mixed, mixed_labels = self._voter.vote(chunk, reference, self.min_votes)
             self._counter.add(fused, mixed, mixed_labels, may_ignore=self.min_votes > 0)
             if fused_all is not None:

@@ -1,0 +1,236 @@
+"""Helpers shared by the benchmark scripts: machine description, BENCHMARKS.md sections, in-process method runs.
+
+* :func:`machine_description` — cores, CPU model, GPU or not, torch version (what a reader needs to compare runs).
+* :func:`write_section` — replace (or append) one ``## <name>`` section of ``BENCHMARKS.md`` at the repo root,
+  atomically (temp file + ``os.replace``) and under a file lock, so concurrent benchmarks never lose each
+  other's sections.
+* :func:`run_method_and_score_heldout` — train a registered method in-process (``LocalSession``) and score the
+  returned model on the held-out labels of one or more target domains. Held-out labels are read here only
+  through :func:`raysel.heldout.heldout_scores` (benchmark/evaluation code, never a method).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import datetime as dt
+import fcntl
+import os
+import platform
+import re
+import shlex
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
+
+REPO = Path(__file__).resolve().parent.parent
+BENCHMARKS_PATH = REPO / "BENCHMARKS.md"
+BENCHMARKS_TITLE = "# Benchmarks\n"
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Machine and command
+# --------------------------------------------------------------------------------------------------------------
+
+
+def cpu_model() -> str:
+    """The CPU model name from /proc/cpuinfo (platform's processor string elsewhere)."""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or "unknown CPU"
+
+
+def gpu_description() -> str:
+    """``"no GPU"`` or the CUDA device name(s) torch sees."""
+    try:
+        import torch
+    except ImportError:  # pragma: no cover - torch is a dependency
+        return "no GPU"
+    if not torch.cuda.is_available():
+        return "no GPU"
+    names = sorted({torch.cuda.get_device_name(index) for index in range(torch.cuda.device_count())})
+    return f"{torch.cuda.device_count()} GPU ({', '.join(names)})"
+
+
+def machine_description() -> str:
+    """One line: cores (``os.cpu_count``), CPU model, GPU or not, Python and torch versions."""
+    versions = f"Python {platform.python_version()}"
+    with contextlib.suppress(ImportError):
+        import torch
+
+        versions += f", torch {torch.__version__}"
+    return f"{os.cpu_count()} cores ({cpu_model()}), {gpu_description()}; {versions}"
+
+
+def command_line(script: str, argv: Sequence[str] | None = None) -> str:
+    """The exact command that reproduces this run: ``python benchmarks/<script> <args>`` (shell-quoted)."""
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    return " ".join(["python", f"benchmarks/{script}", *([shlex.join(arguments)] if arguments else [])])
+
+
+# --------------------------------------------------------------------------------------------------------------
+# BENCHMARKS.md sections
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _section_pattern(name: str) -> re.Pattern[str]:
+    """The ``## <name>`` heading line (exact name) and everything up to the next ``## `` heading or the end."""
+    return re.compile(rf"^## {re.escape(name)}[ \t]*\n.*?(?=^## |\Z)", re.S | re.M)
+
+
+def format_section(name: str, command: str, body_markdown: str, *, date: str | None = None,
+                   machine: str | None = None) -> str:
+    """The section text: heading, command, date, machine, then the body (ending with one blank line)."""
+    lines = [
+        f"## {name}",
+        "",
+        f"Command: `{command}`  ",
+        f"Date: {date or dt.date.today().isoformat()}  ",
+        f"Machine: {machine or machine_description()}",
+        "",
+        body_markdown.strip("\n"),
+        "",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``<path>.lock`` (other benchmark scripts may write their sections meanwhile)."""
+    with open(path.with_name(path.name + ".lock"), "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def write_section(name: str, command: str, body_markdown: str, *, path: Path | str | None = None,
+                  date: str | None = None, machine: str | None = None) -> str:
+    """Replace the ``## <name>`` section of BENCHMARKS.md (or append it), leaving every other section untouched.
+
+    The section holds the command, the date (today unless given), the machine (:func:`machine_description`
+    unless given) and ``body_markdown``. The file is rewritten atomically (temp file in the same folder, then
+    ``os.replace``) under a lock. The body may use ``###`` sub-headings but no ``## `` line, which would split
+    the section. Returns the section text written.
+    """
+    if not re.fullmatch(r"[\w.\-]+", name):
+        raise ValueError(f"section name must be one word of letters, digits, '_', '-', '.', got {name!r}")
+    if re.search(r"^## ", body_markdown, re.M):
+        raise ValueError("body_markdown must not contain a level-2 '## ' heading (use '###')")
+    path = Path(path) if path is not None else BENCHMARKS_PATH
+    section = format_section(name, command, body_markdown, date=date, machine=machine)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with _locked(path):
+        text = path.read_text() if path.exists() else BENCHMARKS_TITLE
+        pattern = _section_pattern(name)
+        if pattern.search(text):
+            text = pattern.sub(lambda _: section, text, count=1)
+        else:
+            text = text.rstrip("\n") + "\n\n" + section
+        descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        try:
+            with os.fdopen(descriptor, "w") as handle:
+                handle.write(text)
+            if path.exists():
+                os.chmod(temporary, path.stat().st_mode & 0o777)
+            else:
+                os.chmod(temporary, 0o644)
+            os.replace(temporary, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(temporary)
+            raise
+    return section
+
+
+# --------------------------------------------------------------------------------------------------------------
+# In-process method runs scored on held-out target labels
+# --------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ScoredRun:
+    """One trained model and its held-out score per target (``score`` is mIoU or accuracy, as a fraction)."""
+
+    method: str
+    dataset: str
+    seed: int
+    scores: dict[str, float]
+    details: dict[str, dict[str, Any]]
+    train_seconds: float
+    eval_seconds: float
+    reports: list[dict[str, Any]]
+
+    @property
+    def seconds(self) -> float:
+        """Training plus evaluation wall time."""
+        return self.train_seconds + self.eval_seconds
+
+
+def heldout_score_key(task: str) -> str:
+    """The headline key of :func:`raysel.heldout.heldout_scores` for a task."""
+    return "heldout_miou" if task == "segmentation" else "heldout_accuracy"
+
+
+def default_device() -> "Any":
+    """CUDA when available (benchmarks report which), else CPU."""
+    import torch
+
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def run_method_and_score_heldout(
+    method: str, dataset: str, targets: Sequence[str], seed: int, workdir: Path | str, *,
+    config_overrides: dict[str, Any] | None = None, data_root: Path | str | None = None,
+    source: str | None = None, spec_target: str | None = None, image_size: tuple[int, int] | None = None,
+    num_threads: int | None = None, context_class: Callable[..., Any] | None = None,
+) -> ScoredRun:
+    """Train ``method`` in-process (LocalSession, fresh cache and output folders under ``workdir``), then score
+    the returned model on the held-out split of every domain in ``targets``.
+
+    ``spec_target`` is the target the run is trained for (default: the first of ``targets``); ``source`` the
+    source domain (default: the family's). ``context_class`` replaces :class:`RunContext` (e.g. an oracle
+    context that trains on labelled target data). The stage cache lives in ``workdir`` so nothing is reused
+    from earlier runs and the measured training time is real.
+    """
+    from raysel import data
+    from raysel.heldout import heldout_scores
+    from raysel.methods.base import LocalSession, RunContext, RunSpec, config_from_dict
+    from raysel.registry import get_method
+
+    family = data.get_family(dataset)
+    root = Path(data_root) if data_root is not None else data.default_data_root()
+    data.prepare(family, root)
+    workdir = Path(workdir)
+    registered = get_method(method)
+    config = config_from_dict(registered.config_class, dict(config_overrides or {}), context=f"{method} overrides")
+    spec = RunSpec(method=method, dataset=family.name, data_root=str(root), source=source,
+                   target=spec_target or targets[0], image_size=image_size, seed=seed,
+                   output_dir=str(workdir / "output"), cache_dir=str(workdir / "cache"), num_threads=num_threads)
+    session = LocalSession(checkpoint_root=str(workdir / "checkpoints"), device=default_device())
+    ctx = (context_class or RunContext)(spec, session)
+    started = time.perf_counter()
+    model = registered.train(config, ctx)
+    train_seconds = time.perf_counter() - started
+    started = time.perf_counter()
+    key = heldout_score_key(family.task)
+    details = {target: heldout_scores(model, family, root, target, session.device, image_size=image_size)
+               for target in targets}
+    eval_seconds = time.perf_counter() - started
+    return ScoredRun(method=method, dataset=family.name, seed=seed,
+                     scores={target: float(result[key]) for target, result in details.items()},
+                     details=details, train_seconds=train_seconds, eval_seconds=eval_seconds,
+                     reports=[dict(report) for report in session.reports])
+
+
+def config_defaults(method: str) -> dict[str, Any]:
+    """The registered method's default hyperparameters as a dict (for documenting a run)."""
+    from raysel.registry import get_method
+
+    return dataclasses.asdict(get_method(method).config_class())
