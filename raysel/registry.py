@@ -38,6 +38,9 @@ class Method:
     config_class: type
     train: Callable[[Any, "RunContext"], "nn.Module"]
     description: str
+    # Optional: build the stages that do not depend on swept hyperparameters (source model, warm-up) through
+    # ``ctx.cached_stage``. The sweep calls it once per target before any trial starts, with all the CPUs it has.
+    prepare_shared: Callable[[Any, "RunContext"], None] | None = None
 
     @property
     def search_space_path(self) -> Path:

@@ -544,8 +544,9 @@ class ProgressPrinter:
 
         self.callback = _Callback()
 
-    def _counts(self, trials: list) -> str:
-        states = [t.status for t in trials]
+    def _counts(self, trials: list, just_ended: Any = None) -> str:
+        # Tune calls the completion hooks before it updates the trial's status: count that trial as done.
+        states = ["TERMINATED" if t is just_ended else t.status for t in trials]
         done = sum(s in ("TERMINATED", "ERROR") for s in states)
         running = states.count("RUNNING")
         pending = states.count("PENDING")
@@ -566,7 +567,8 @@ class ProgressPrinter:
         detail = f"held-out {100 * score:.1f}" if isinstance(score, (int, float)) and math.isfinite(score) else result.get("error", "")
         elapsed = time.time() - self.started
         # sys.stdout is looked up at print time: Tune pickles callbacks, and a stream object cannot be pickled.
-        print(f"[{elapsed:6.0f}s] trial {trial.trial_id} {status}: {detail}  ({self._counts(trials)})", flush=True)
+        print(f"[{elapsed:6.0f}s] trial {trial.trial_id} {status}: {detail}  ({self._counts(trials, trial)})",
+              flush=True)
 
 
 __all__ = [
@@ -638,6 +640,7 @@ def run_sweep(settings: SweepSettings, search: SearchSettings, space: Any, *, re
         settings.run["data_root"] = str(root)
         if not resume:
             save_settings(settings, search, space.to_dict() if hasattr(space, "to_dict") else {})
+        prepare_shared_stages(settings, space, local=started_here, stream=stream)
         if search.max_concurrent is None and started_here:
             search.max_concurrent = max(1, int(cluster_cpus() // max(settings.resources.trial_cpus(), 1e-6)))
         param_space = {"hp": space.to_tune(search.search), "target": _target_space(settings.targets, search.search)}
@@ -660,6 +663,45 @@ def run_sweep(settings: SweepSettings, search: SearchSettings, space: Any, *, re
     decisions = select_sweep(store, settings.sweep_id, settings.method, selectors=settings.selectors, stream=stream)
     trials = store.load_sweep(settings.sweep_id)
     return SweepOutcome(settings.sweep_id, settings.results, trials, decisions)
+
+
+def prepare_shared_stages(settings: SweepSettings, space: Any, *, local: bool, stream: Any) -> None:
+    """Build the method's hyperparameter-independent stages once per target, as one Ray task, before any trial.
+
+    Without this, the first trials would build them on one CPU each while the rest wait on the stage lock. On a
+    local Ray the task takes every CPU; on a cluster it asks for one trial's resources.
+    """
+    import ray
+
+    method = get_method(settings.method)
+    if method.prepare_shared is None:
+        return
+    resources = settings.resources
+    cpus = max(1, int(cluster_cpus())) if local else max(1, int(round(resources.workers * resources.cpus_per_worker)))
+    gpus = resources.gpus_per_worker if resources.gpus_per_worker > 0 else 0
+    task = ray.remote(_prepare_shared_task).options(num_cpus=cpus, num_gpus=gpus)
+    fixed = space.fixed_values() if hasattr(space, "fixed_values") else {}
+    for target in settings.targets:
+        started = time.perf_counter()
+        print(f"building shared stages of {method.name} for target {target} once (source model / warm-up; cached) ...",
+              file=stream, flush=True)
+        ray.get(task.remote(settings.method, fixed, dict(settings.run, target=target), cpus, gpus > 0))
+        print(f"  ready in {time.perf_counter() - started:.0f} s", file=stream, flush=True)
+
+
+def _prepare_shared_task(method_name: str, fixed: dict[str, Any], run: dict[str, Any], threads: int,
+                         use_gpu: bool) -> None:
+    """Ray task body: run ``Method.prepare_shared`` in a LocalSession with ``threads`` torch threads."""
+    import tempfile as _tempfile
+
+    from raysel.methods.base import LocalSession
+
+    method = get_method(method_name)
+    config = config_from_dict(method.config_class, fixed)
+    with _tempfile.TemporaryDirectory(prefix="raysel-prepare-") as scratch:
+        spec = RunSpec.from_dict({**run, "output_dir": scratch, "num_threads": threads})
+        device = torch.device("cuda") if use_gpu and torch.cuda.is_available() else torch.device("cpu")
+        method.prepare_shared(config, RunContext(spec, LocalSession(checkpoint_root=scratch, device=device)))
 
 
 def _target_space(targets: list[str], search: str) -> Any:

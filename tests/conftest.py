@@ -17,6 +17,12 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
 REPO = Path(__file__).resolve().parent.parent
 
+# Small convolutions on a shared 2-core machine ran up to 10x slower with torch's default 2 intra-op threads while
+# Ray trials used the other core; tests use one thread (trials set their own from --cpus-per-worker).
+import torch  # noqa: E402
+
+torch.set_num_threads(1)
+
 
 @pytest.fixture(scope="session")
 def embedded_data_root() -> Path:
