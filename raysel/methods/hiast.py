@@ -1,0 +1,701 @@
+"""HIAST: hard-aware instance adaptive self-training for UDA semantic segmentation (Zhu et al., TPAMI 2025).
+
+Phases (paper §4.1, Fig. 2):
+
+(a) **Warm-up** (§3.3, Eq. 2-3): source-only model, then source CE + ``lambda_at`` x least-squares output-space
+    adversarial loss -> the initial pseudo-label generator G. It does not depend on any swept self-training
+    hyperparameter, so it is trained once per (data, model, warm-up settings, seed) via ``ctx.cached_stage``.
+(b) **Pseudo-labels** with the instance adaptive selector (IAS, Alg. 1, Eq. 6-8): per-class thresholds start at 0.9;
+    for every instance the local threshold is the ``alpha * theta**gamma`` position of that class's descending
+    confidences (hard-class weight decay, Eq. 8); thresholds follow an EMA with momentum ``beta`` (Eq. 7); pixels
+    at or below their class threshold get the ignore label 255 (Eq. 6).
+(c) **Self-training** on target images only (Eq. 4): hard-aware pseudo-label augmentation (HPLA, Alg. 2, Eq. 9-10)
+    copies the pixels of the ``k`` hardest classes from another target image (image and pseudo-label together);
+    the student sees a strong (RandAugment, 3 photometric ops) view, the EMA teacher (Eq. 13, ``tau``) the weak
+    view; loss = CE on pseudo-labels + ``lambda_c`` KL-to-uniform on the confident region (Eq. 11) + ``lambda_i``
+    entropy on the ignored region (Eq. 12) + ``lambda_cst`` teacher-student soft CE on the ignored region (Eq. 14).
+    All BatchNorm layers are frozen. Each round ends by letting the EMA teacher regenerate the pseudo-labels.
+
+Paper vs reference code (``bupt-ai-cz/HIAST``, see ``shared/reference/methods.md`` §1). The paper is the default;
+the reference behaviour is one switch away where it is cheap:
+
+=================================  ==============================================  =====================================
+choice                             paper (default)                                 reference code (switch)
+=================================  ==============================================  =====================================
+IAS instance                       one image, Eq. 8 index ``alpha theta^g |P|``    ``ias_instance="batch"``: a loader
+                                                                                   batch of ``pseudo_label_batch_size``,
+                                                                                   previous theta inserted in the pool,
+                                                                                   linear quantile, theta capped 0.999
+hardness of a class (Eq. 9-10)     IAS threshold theta_c                           ``hardness="mean_probability"``: EMA
+                                                                                   (0.99) of the mean accepted confidence
+sampling probability (Eq. 10)      ``(1 - v_c) / sum``                             ``sampling_power=2`` (squared)
+class drawn for the donor          any class with a donor (Alg. 2 line 3)          ``sample_hard_only=True``
+donor pool                         every image containing the class                ``donor_pool_drop_fraction=0.1``
+donors per image                   one (Alg. 2)                                    the code loops up to 3 donors until
+                                                                                   half the hard classes are copied, but
+                                                                                   its bookkeeping quirk always stops
+                                                                                   after one; ``hpla_max_donors=3`` gives
+                                                                                   the intended (fixed) loop
+loss normalisation (Eq. 11-14)     per-pixel mean over the region of the          ``loss_normalisation="reference"``:
+                                   equation's per-pixel term                       an extra 1/C (the code divides by
+                                                                                   C x pixels)
+strong-op firing                   all 3 drawn ops applied                         ``strong_op_probability=0.5``
+=================================  ==============================================  =====================================
+
+Choices the paper leaves open: a class absent from an instance keeps its threshold (Psi = theta_{t-1}, as the
+code does); empty regions give a zero loss (the code divides by zero); with ``selector="constant"`` (the "No IAS"
+ablation) thresholds cannot rank classes, so HPLA ranks them by mean confidence; the returned model is the EMA
+teacher (``final_model``), the network the paper uses as the next round's generator; the warm-up starts from the
+source-only model (the reference pipeline).
+
+Defaults are scaled for the embedded benchmark on a 2-core CPU (one run about a minute after the cached warm-up);
+the paper-scale values are in each field's comment and stay selectable.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+from torch.utils.data import Dataset
+
+from raysel.errors import ConfigError
+from raysel.methods import common
+from raysel.methods.base import RunContext, require
+from raysel.registry import Method, register
+
+IGNORE_INDEX = 255
+SEGMENTATION_NUM_CLASSES = 19  # every raysel segmentation family uses the 19 Cityscapes trainIds
+INITIAL_THRESHOLD = 0.9  # Alg. 1 line 1
+CLASS_MEAN_PROBABILITY_MOMENTUM = 0.99  # reference code's copy_paste.gamma
+PSEUDO_LABEL_FORWARD_BATCH = 8  # images per forward pass when labelling with per-image IAS (speed only)
+
+
+@dataclass
+class HiastConfig:
+    """HIAST hyperparameters under the paper's names. ``# paper: ...`` gives the GTA5->Cityscapes value."""
+
+    # --- instance adaptive selector (Alg. 1, Eq. 6-8)
+    alpha: float = 0.5  # proportion of each class kept per instance; paper 0.5
+    beta: float = 0.9  # EMA momentum of the thresholds; paper 0.9
+    gamma: float = 8.0  # hard-class weight decay; paper 8.0
+    selector: str = "ias"  # "ias" | "constant" (Table 7 "No IAS": one constant threshold for every class)
+    constant_threshold: float = 0.9  # threshold of selector="constant"
+    ias_instance: str = "image"  # "image" (paper) | "batch" (reference code)
+    pseudo_label_batch_size: int = 2  # the IAS instance of ias_instance="batch" (reference: 2)
+    # --- hard-aware pseudo-label augmentation (Alg. 2, Eq. 9-10)
+    use_hpla: bool = True  # Table 7 "No HPLA" switches it off
+    k: int = 14  # number of hard classes; paper 14 (GTA5), 10 (SYNTHIA), 5 (RobotCar)
+    hardness: str = "threshold"  # "threshold" (paper) | "mean_probability" (reference)
+    sampling_power: float = 1.0  # exponent on (1 - v_c); paper 1, reference 2
+    sample_hard_only: bool = False  # reference: the drawn class must be a hard class
+    donor_pool_drop_fraction: float = 0.0  # reference 0.1: drop the images with the fewest pixels of the class
+    hpla_max_donors: int = 1  # paper 1; >1 = the reference's intended loop (until k/2 hard classes copied)
+    # --- region-adaptive regularization (Eq. 11-14)
+    lambda_i: float = 1.0  # entropy on the ignored region; paper 1.0
+    lambda_c: float = 0.1  # KL to uniform on the confident region; paper 0.1
+    lambda_cst: float = 0.5  # teacher-student consistency on the ignored region; paper 0.5
+    tau: float = 0.98  # EMA of the mean teacher; paper 0.999 over 8000 iterations/round (scaled with the rounds)
+    loss_normalisation: str = "paper"  # "paper" | "reference" (extra 1/C)
+    strong_num_ops: int = 3  # RandAugment ops of the strong view; paper 3
+    strong_op_probability: float = 1.0  # paper 1.0 (all drawn ops applied); reference 0.5
+    # --- multi-round self-training
+    rounds: int = 2  # paper 3
+    iterations_per_round: int = 120  # paper 8000
+    batch_size: int = 4  # paper 6
+    learning_rate: float = 2e-4  # Adam, cosine to lr*1e-3 each round; paper 3e-5 (reference: heads 3e-5, backbone 3e-6)
+    backbone_lr_ratio: float = 1.0  # reference 0.1 (ImageNet backbone at 1/10)
+    weight_decay: float = 5e-4  # paper/reference 5e-4
+    final_model: str = "teacher"  # "teacher" (EMA, the next round's generator) | "student"
+    reports_per_round: int = 2  # reports (ASHA steps) per round; the last one of a round carries the checkpoint
+    # --- warm-up (not swept: cached once per data/model/seed and these values)
+    lambda_at: float = 0.05  # adversarial weight (Eq. 2); reference code 0.05
+    warmup_iterations: int = 200  # reference: 4 epochs of GTA5 at batch 4
+    warmup_learning_rate: float = 2e-4  # reference 2e-5 (Adam)
+    discriminator_learning_rate: float = 1e-4  # reference 1e-4 (HIAST) / 2e-5 (IAST)
+    discriminator_width: int = 16  # ndf of the output-space discriminator; paper 64
+    source_learning_rate: float = 1e-3  # source-only stage (shared with the source_only method's defaults)
+    source_iterations: int = 600
+
+    def validate(self) -> None:
+        """Raise ConfigError naming the first invalid hyperparameter."""
+        require(0.0 < self.alpha <= 1.0, f"alpha must lie in (0, 1], got {self.alpha}")
+        require(0.0 <= self.beta < 1.0, f"beta must lie in [0, 1), got {self.beta}")
+        require(self.gamma >= 0.0, f"gamma must be >= 0, got {self.gamma}")
+        require(self.selector in ("ias", "constant"), f"selector must be 'ias' or 'constant', got {self.selector!r}")
+        require(0.0 < self.constant_threshold < 1.0,
+                f"constant_threshold must lie in (0, 1), got {self.constant_threshold}")
+        require(self.ias_instance in ("image", "batch"),
+                f"ias_instance must be 'image' or 'batch', got {self.ias_instance!r}")
+        require(self.pseudo_label_batch_size >= 1,
+                f"pseudo_label_batch_size must be >= 1, got {self.pseudo_label_batch_size}")
+        require(1 <= self.k <= SEGMENTATION_NUM_CLASSES,
+                f"k must lie in [1, {SEGMENTATION_NUM_CLASSES}] (the number of classes), got {self.k}")
+        require(self.hardness in ("threshold", "mean_probability"),
+                f"hardness must be 'threshold' or 'mean_probability', got {self.hardness!r}")
+        require(self.sampling_power > 0.0, f"sampling_power must be > 0, got {self.sampling_power}")
+        require(0.0 <= self.donor_pool_drop_fraction < 1.0,
+                f"donor_pool_drop_fraction must lie in [0, 1), got {self.donor_pool_drop_fraction}")
+        require(self.hpla_max_donors >= 1, f"hpla_max_donors must be >= 1, got {self.hpla_max_donors}")
+        for name in ("lambda_i", "lambda_c", "lambda_cst", "lambda_at"):
+            require(getattr(self, name) >= 0.0, f"{name} must be >= 0, got {getattr(self, name)}")
+        require(0.0 <= self.tau < 1.0, f"tau must lie in [0, 1), got {self.tau}")
+        require(self.loss_normalisation in ("paper", "reference"),
+                f"loss_normalisation must be 'paper' or 'reference', got {self.loss_normalisation!r}")
+        require(0 <= self.strong_num_ops <= len(common.PHOTOMETRIC_OPS),
+                f"strong_num_ops must lie in [0, {len(common.PHOTOMETRIC_OPS)}], got {self.strong_num_ops}")
+        require(0.0 <= self.strong_op_probability <= 1.0,
+                f"strong_op_probability must lie in [0, 1], got {self.strong_op_probability}")
+        require(self.rounds >= 1, f"rounds must be >= 1, got {self.rounds}")
+        require(self.iterations_per_round >= 1, f"iterations_per_round must be >= 1, got {self.iterations_per_round}")
+        require(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")
+        require(self.learning_rate > 0.0, f"learning_rate must be > 0, got {self.learning_rate}")
+        require(self.backbone_lr_ratio > 0.0, f"backbone_lr_ratio must be > 0, got {self.backbone_lr_ratio}")
+        require(self.weight_decay >= 0.0, f"weight_decay must be >= 0, got {self.weight_decay}")
+        require(self.final_model in ("teacher", "student"),
+                f"final_model must be 'teacher' or 'student', got {self.final_model!r}")
+        require(1 <= self.reports_per_round <= self.iterations_per_round,
+                f"reports_per_round must lie in [1, iterations_per_round], got {self.reports_per_round}")
+        self.source_settings().validate()
+        self.warmup_settings().validate()
+
+    def source_settings(self) -> common.SourceStageSettings:
+        """The cached source-only stage the warm-up starts from (same defaults as the source_only method)."""
+        return common.SourceStageSettings(learning_rate=self.source_learning_rate, iterations=self.source_iterations)
+
+    def warmup_settings(self) -> common.AdversarialWarmupSettings:
+        """The cached adversarial warm-up stage (phase a)."""
+        return common.AdversarialWarmupSettings(
+            lambda_at=self.lambda_at, iterations=self.warmup_iterations, learning_rate=self.warmup_learning_rate,
+            discriminator_learning_rate=self.discriminator_learning_rate,
+            discriminator_width=self.discriminator_width)
+
+
+# ==============================================================================================================
+# (b) Instance adaptive selector (Alg. 1)
+# ==============================================================================================================
+
+
+def instance_thresholds(confidence: torch.Tensor, labels: torch.Tensor, previous: torch.Tensor, alpha: float,
+                        gamma: float) -> torch.Tensor:
+    """Local thresholds Psi(x_t, theta_{t-1}) of one instance, Eq. 8 (vectorised over classes).
+
+    ``confidence``/``labels``: the max softmax value and arg-max class of every pixel. For class c with pixel
+    confidences P sorted descending, Psi_c = P[floor(alpha * theta_c^gamma * |P|)] (clamped to the last element).
+    Classes absent from the instance keep their previous threshold.
+    """
+    num_classes = previous.numel()
+    confidence, labels = confidence.reshape(-1).float(), labels.reshape(-1).long()
+    # Sort by confidence (descending), then stably by class: each class's run stays in descending order.
+    by_confidence = torch.argsort(confidence, descending=True)
+    by_class = torch.argsort(labels[by_confidence], stable=True)
+    sorted_confidence = confidence[by_confidence][by_class]
+    counts = torch.bincount(labels, minlength=num_classes)[:num_classes]
+    starts = torch.cumsum(counts, 0) - counts
+    position = torch.floor(alpha * previous.float().pow(gamma) * counts.float()).long()
+    position = torch.minimum(position, (counts - 1).clamp(min=0))
+    present = counts > 0
+    values = sorted_confidence[(starts + position).clamp(max=max(0, sorted_confidence.numel() - 1))] \
+        if sorted_confidence.numel() else torch.zeros(num_classes)
+    return torch.where(present, values.to(previous.dtype), previous)
+
+
+def reference_batch_thresholds(confidence: torch.Tensor, labels: torch.Tensor, previous: torch.Tensor,
+                               alpha: float, gamma: float) -> torch.Tensor:
+    """The reference code's local thresholds for one loader batch: quantile ``1 - alpha theta^gamma`` of
+    ``[theta_c] + confidences of class c`` (linear interpolation, like numpy), so absent classes keep theta_c."""
+    confidence, labels = confidence.reshape(-1).float(), labels.reshape(-1).long()
+    result = previous.clone()
+    for class_index in torch.unique(labels).tolist():
+        pool = torch.cat([previous[class_index:class_index + 1].float(), confidence[labels == class_index]])
+        quantile = 1.0 - alpha * float(previous[class_index]) ** gamma
+        result[class_index] = torch.quantile(pool.double(), min(max(quantile, 0.0), 1.0)).to(previous.dtype)
+    return result
+
+
+def ema_thresholds(previous: torch.Tensor, local: torch.Tensor, beta: float) -> torch.Tensor:
+    """Eq. 7: theta_t = beta * theta_{t-1} + (1 - beta) * Psi(x_t, theta_{t-1})."""
+    return beta * previous + (1.0 - beta) * local
+
+
+def select_pseudo_labels(confidence: torch.Tensor, labels: torch.Tensor, thresholds: torch.Tensor) -> torch.Tensor:
+    """Eq. 6: keep the arg-max class where its probability exceeds that class's threshold, else 255 (ignored)."""
+    keep = confidence > thresholds.to(confidence.dtype)[labels]
+    return torch.where(keep, labels, torch.full_like(labels, IGNORE_INDEX))
+
+
+class InstanceAdaptiveSelector:
+    """Alg. 1 as a stateful selector: feed probability maps in generation order, get pseudo-labels back.
+
+    ``instance="image"`` updates the thresholds after every image (paper); ``"batch"`` once per call (reference).
+    Also tracks the reference code's per-class EMA of the mean accepted confidence (for ``hardness``) and which
+    classes were observed (so statistics from several workers can be combined).
+    """
+
+    def __init__(self, num_classes: int, alpha: float, beta: float, gamma: float, instance: str = "image",
+                 initial: float = INITIAL_THRESHOLD) -> None:
+        self.num_classes, self.alpha, self.beta, self.gamma, self.instance = num_classes, alpha, beta, gamma, instance
+        self.thresholds = torch.full((num_classes,), float(initial), dtype=torch.float64)
+        self.class_mean_probability = torch.zeros(num_classes, dtype=torch.float64)
+        self.seen = torch.zeros(num_classes, dtype=torch.bool)  # class appeared as an arg-max
+        self.accepted_seen = torch.zeros(num_classes, dtype=torch.bool)  # class got accepted pseudo-label pixels
+
+    def __call__(self, probabilities: torch.Tensor) -> torch.Tensor:
+        """Pseudo-labels ``[B, H, W]`` (int64, 255 = ignored) for softmax maps ``[B, C, H, W]``."""
+        confidence, labels = probabilities.max(dim=1)
+        return self.select(confidence, labels)
+
+    def select(self, confidence: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Pseudo-labels from per-pixel max probability and arg-max class ``[B, H, W]`` (instances in order)."""
+        if self.instance == "batch":
+            return self._update_and_select(confidence, labels, reference_batch_thresholds, cap=True)
+        return torch.stack([self._update_and_select(confidence[i], labels[i], instance_thresholds)
+                            for i in range(confidence.shape[0])])
+
+    def _update_and_select(self, confidence: torch.Tensor, labels: torch.Tensor, local_rule: Any,
+                           cap: bool = False) -> torch.Tensor:
+        local = local_rule(confidence, labels, self.thresholds, self.alpha, self.gamma)
+        self.thresholds = ema_thresholds(self.thresholds, local, self.beta)
+        if cap:  # reference: theta[theta >= 1] = 0.999
+            self.thresholds = torch.where(self.thresholds >= 1.0, torch.full_like(self.thresholds, 0.999),
+                                          self.thresholds)
+        self.seen |= torch.bincount(labels.reshape(-1), minlength=self.num_classes)[:self.num_classes] > 0
+        pseudo_labels = select_pseudo_labels(confidence, labels, self.thresholds)
+        self._track_mean_probability(confidence, pseudo_labels)
+        return pseudo_labels
+
+    def _track_mean_probability(self, confidence: torch.Tensor, pseudo_labels: torch.Tensor) -> None:
+        accepted = pseudo_labels != IGNORE_INDEX
+        classes = pseudo_labels[accepted].reshape(-1)
+        if classes.numel() == 0:
+            return
+        sums = torch.bincount(classes, weights=confidence[accepted].reshape(-1).double(), minlength=self.num_classes)
+        counts = torch.bincount(classes, minlength=self.num_classes)
+        present = counts > 0
+        means = sums / counts.clamp(min=1)
+        first = present & ~self.accepted_seen  # the first observation initialises the EMA (reference)
+        updated = CLASS_MEAN_PROBABILITY_MOMENTUM * self.class_mean_probability \
+            + (1 - CLASS_MEAN_PROBABILITY_MOMENTUM) * means
+        self.class_mean_probability = torch.where(first, means, torch.where(present, updated,
+                                                                            self.class_mean_probability))
+        self.accepted_seen |= present
+
+
+class ConstantSelector(InstanceAdaptiveSelector):
+    """Table 7 "No IAS": the same constant threshold for every class and instance."""
+
+    def __init__(self, num_classes: int, threshold: float) -> None:
+        super().__init__(num_classes, alpha=1.0, beta=1.0, gamma=0.0, initial=threshold)
+
+    def select(self, confidence: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        self.seen |= torch.bincount(labels.reshape(-1), minlength=self.num_classes)[:self.num_classes] > 0
+        pseudo_labels = select_pseudo_labels(confidence, labels, self.thresholds)
+        self._track_mean_probability(confidence, pseudo_labels)
+        return pseudo_labels
+
+
+def make_selector(config: HiastConfig, num_classes: int) -> InstanceAdaptiveSelector:
+    """The pseudo-label selector the config asks for."""
+    if config.selector == "constant":
+        return ConstantSelector(num_classes, config.constant_threshold)
+    return InstanceAdaptiveSelector(num_classes, config.alpha, config.beta, config.gamma, config.ias_instance)
+
+
+def combine_across_workers(ctx: RunContext, values: torch.Tensor, observed: torch.Tensor,
+                           fallback: torch.Tensor) -> torch.Tensor:
+    """Per-class mean of ``values`` over the workers that observed the class; ``fallback`` where none did."""
+    weights = observed.double()
+    total = ctx.all_reduce_sum(values.double() * weights)
+    count = ctx.all_reduce_sum(weights)
+    return torch.where(count > 0, total / count.clamp(min=1), fallback.double())
+
+
+@dataclass
+class PseudoLabelBank:
+    """Pseudo-labels of every target training image (by dataset index) plus the statistics HPLA needs."""
+
+    labels: dict[int, torch.Tensor]  # index -> uint8 [H, W], 255 = ignored
+    thresholds: torch.Tensor  # [C] final IAS thresholds (combined over workers)
+    class_mean_probability: torch.Tensor  # [C] reference hardness; +inf for classes never accepted
+    class_pixel_counts: dict[int, torch.Tensor]  # index -> int64 [C] accepted pixels per class
+    statistics: dict[str, float]
+
+    def class_values(self, hardness: str, selector: str) -> torch.Tensor:
+        """Per-class hardness values v_c (lower = harder) for Eq. 9-10."""
+        if hardness == "mean_probability" or selector == "constant":
+            return self.class_mean_probability
+        return self.thresholds
+
+
+@torch.no_grad()
+def generate_pseudo_labels(ctx: RunContext, generator_model: nn.Module, config: HiastConfig, round_index: int,
+                           dataset: Dataset | None = None) -> PseudoLabelBank:
+    """Phase (b): label every target training image with G and the selector; combine all workers' results.
+
+    Each worker labels its shard in a shuffled order (the thresholds depend on the order, as in the reference);
+    pseudo-labels are gathered so every worker holds all of them (HPLA draws donors from the whole target set),
+    thresholds and class statistics are averaged over the workers that observed each class, and counts summed.
+    """
+    generator_model.eval()
+    dataset = dataset if dataset is not None else ctx.target_dataset()
+    # Per-image IAS only batches the forward passes; the reference's batch instance is the loader batch.
+    per_worker = config.pseudo_label_batch_size if config.ias_instance == "batch" else PSEUDO_LABEL_FORWARD_BATCH
+    loader = ctx.loader(dataset, per_worker * ctx.world_size, shuffle=True, drop_last=False,
+                        seed_offset=1000 + round_index)
+    selector = make_selector(config, ctx.num_classes)
+    local: dict[int, torch.Tensor] = {}
+    confidence_sum = torch.zeros((), dtype=torch.float64)
+    pixel_count = torch.zeros((), dtype=torch.float64)
+    for batch in loader:
+        confidence, labels = generator_model(batch["image"].to(ctx.device)).float().softmax(dim=1).max(dim=1)
+        confidence, labels = confidence.cpu(), labels.cpu()
+        pseudo_labels = selector.select(confidence, labels)
+        confidence_sum += confidence.double().sum()
+        pixel_count += confidence.numel()
+        for position, index in enumerate(batch["index"].tolist()):
+            local[int(index)] = pseudo_labels[position].to(torch.uint8)
+    merged: dict[int, torch.Tensor] = {}
+    for part in ctx.all_gather_objects(local):
+        merged.update(part)  # DistributedSampler pads with repeats: identical keys, either copy is fine
+    initial = torch.full((ctx.num_classes,), INITIAL_THRESHOLD if config.selector == "ias"
+                         else config.constant_threshold, dtype=torch.float64)
+    thresholds = combine_across_workers(ctx, selector.thresholds, selector.seen, initial)
+    mean_probability = combine_across_workers(ctx, selector.class_mean_probability, selector.accepted_seen,
+                                              torch.full((ctx.num_classes,), math.inf, dtype=torch.float64))
+    counts = {index: torch.bincount(label.reshape(-1).long(), minlength=256)[:ctx.num_classes]
+              for index, label in merged.items()}
+    accepted = sum(int(c.sum()) for c in counts.values())
+    total = sum(label.numel() for label in merged.values())
+    mean_confidence = float(ctx.all_reduce_sum(confidence_sum) / ctx.all_reduce_sum(pixel_count).clamp(min=1))
+    class_totals = torch.stack(list(counts.values())).sum(0) if counts else torch.zeros(ctx.num_classes)
+    observed = ctx.all_reduce_sum(selector.seen.double()) > 0
+    statistics = {
+        "pseudo_label_ratio": accepted / max(1, total),
+        "pseudo_label_confidence": mean_confidence,
+        "pseudo_label_classes": int((class_totals > 0).sum()),
+        "mean_threshold": float(thresholds[observed].mean()) if bool(observed.any()) else float("nan"),
+    }
+    return PseudoLabelBank(merged, thresholds.float(), mean_probability.float(), counts, statistics)
+
+
+# ==============================================================================================================
+# (c1) Hard-aware pseudo-label augmentation (Alg. 2)
+# ==============================================================================================================
+
+
+def hard_classes(class_values: torch.Tensor, k: int) -> torch.Tensor:
+    """Eq. 9: the k classes with the lowest value (threshold), ascending; ties broken by class id."""
+    return torch.argsort(class_values.double(), stable=True)[:k]
+
+
+def class_sampling_probabilities(class_values: torch.Tensor, power: float = 1.0,
+                                 available: torch.Tensor | None = None,
+                                 allowed: torch.Tensor | None = None) -> torch.Tensor | None:
+    """Eq. 10: r_c = (1 - v_c)^power / sum_i (1 - v_i)^power over classes that can be drawn (None if none can).
+
+    ``available`` marks classes with at least one donor image; ``allowed`` (bool mask) optionally restricts the
+    draw (reference: hard classes only). Values above 1 (e.g. +inf for never-accepted classes) get weight 0.
+    """
+    values = class_values.double()
+    weights = torch.where(torch.isfinite(values), (1.0 - values).clamp(min=0.0), torch.zeros_like(values))
+    weights = weights.pow(power)
+    if available is not None:
+        weights = weights * available.double()
+    if allowed is not None:
+        weights = weights * allowed.double()
+    total = weights.sum()
+    if not bool(total > 0):
+        return None
+    return weights / total
+
+
+def copy_paste(image: torch.Tensor, label: torch.Tensor, donor_image: torch.Tensor, donor_label: torch.Tensor,
+               hard: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Fig. 5: paste the donor's pixels whose pseudo-label is a hard class (image and label together).
+
+    The donor is resized to the image's size first (bilinear image, nearest label) when shapes differ.
+    Returns ``(image, label, mask)`` with ``mask`` the pasted pixels.
+    """
+    if donor_image.shape[-2:] != image.shape[-2:]:
+        donor_image = F.interpolate(donor_image[None].float(), size=image.shape[-2:], mode="bilinear",
+                                    align_corners=False)[0]
+        donor_label = F.interpolate(donor_label[None, None].float(), size=label.shape[-2:],
+                                    mode="nearest")[0, 0].to(label.dtype)
+    mask = torch.isin(donor_label, hard.to(donor_label.device))
+    return (torch.where(mask[None], donor_image.to(image.dtype), image),
+            torch.where(mask, donor_label.to(label.dtype), label), mask)
+
+
+def donor_pools(class_pixel_counts: dict[int, torch.Tensor], num_classes: int,
+                drop_fraction: float = 0.0) -> list[torch.Tensor]:
+    """For each class, the indices of images whose pseudo-label contains it (optionally without the
+    ``drop_fraction`` of them with the fewest pixels of the class, as the reference does)."""
+    if not class_pixel_counts:
+        return [torch.zeros(0, dtype=torch.long) for _ in range(num_classes)]
+    indices = torch.tensor(list(class_pixel_counts), dtype=torch.long)
+    counts = torch.stack([class_pixel_counts[i] for i in indices.tolist()])  # [N, C]
+    pools = []
+    for class_index in range(num_classes):
+        holders = counts[:, class_index] > 0
+        pool, pixels = indices[holders], counts[holders, class_index]
+        if drop_fraction > 0 and pool.numel() > 1:
+            order = torch.argsort(pixels, stable=True)
+            pool = pool[order[int(math.floor(drop_fraction * pool.numel())):]]
+        pools.append(pool)
+    return pools
+
+
+class HardAwareAugmenter:
+    """Alg. 2 applied to a training batch: draw a class by r, a donor image containing it, paste the hard classes."""
+
+    def __init__(self, bank: PseudoLabelBank, dataset: Dataset, config: HiastConfig, num_classes: int,
+                 generator: torch.Generator) -> None:
+        values = bank.class_values(config.hardness, config.selector)
+        self.hard = hard_classes(values, config.k)
+        self.pools = donor_pools(bank.class_pixel_counts, num_classes, config.donor_pool_drop_fraction)
+        available = torch.tensor([pool.numel() > 0 for pool in self.pools])
+        allowed = torch.isin(torch.arange(num_classes), self.hard) if config.sample_hard_only else None
+        self.probabilities = class_sampling_probabilities(values, config.sampling_power, available, allowed)
+        self.bank, self.dataset, self.generator = bank, dataset, generator
+        self.max_donors, self.k = config.hpla_max_donors, config.k
+        self.pasted_fraction = RunningFraction()
+
+    def __call__(self, images: torch.Tensor, labels: torch.Tensor,
+                 indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Augmented copies of ``images [B,3,H,W]`` and ``labels [B,H,W]`` (int64, 255 ignored)."""
+        if self.probabilities is None:
+            return images, labels
+        images, labels = images.clone(), labels.clone()
+        for position, index in enumerate(indices.tolist()):
+            copied: set[int] = set()
+            pasted = torch.zeros(labels.shape[-2:], dtype=torch.bool)
+            for _ in range(self.max_donors):
+                donor = self._draw_donor(int(index))
+                if donor is None:
+                    break
+                donor_image = self.dataset[donor]["image"]
+                donor_label = self.bank.labels[donor].long()
+                images[position], labels[position], mask = copy_paste(images[position], labels[position],
+                                                                      donor_image, donor_label, self.hard)
+                pasted |= mask
+                copied |= set(torch.unique(donor_label[mask]).tolist())
+                if len(copied) >= 0.5 * self.k:
+                    break
+            self.pasted_fraction.add(float(pasted.float().mean()))
+        return images, labels
+
+    def _draw_donor(self, index: int) -> int | None:
+        class_index = int(torch.multinomial(self.probabilities.float(), 1, generator=self.generator))
+        pool = self.pools[class_index]
+        if pool.numel() > 1:  # a donor other than the image itself
+            pool = pool[pool != index]
+        if pool.numel() == 0:
+            return None
+        return int(pool[int(torch.randint(0, pool.numel(), (), generator=self.generator))])
+
+
+class RunningFraction:
+    """Mean of fractions (here: share of pixels pasted by HPLA)."""
+
+    def __init__(self) -> None:
+        self.total, self.count = 0.0, 0
+
+    def add(self, value: float) -> None:
+        self.total, self.count = self.total + value, self.count + 1
+
+    def pop(self) -> float:
+        value = self.total / self.count if self.count else 0.0
+        self.total, self.count = 0.0, 0
+        return value
+
+
+# ==============================================================================================================
+# (c2) Region-adaptive regularization (Eq. 11-14)
+# ==============================================================================================================
+
+
+def _region_mean(per_pixel: torch.Tensor, mask: torch.Tensor, divisor: float) -> torch.Tensor:
+    """Mean of ``per_pixel [B,H,W]`` over ``mask`` divided by ``divisor``; 0 (keeping the graph) if the mask is empty."""
+    count = mask.sum()
+    if int(count) == 0:
+        return per_pixel.sum() * 0.0
+    return (per_pixel * mask).sum() / (count * divisor)
+
+
+def _divisor(num_classes: int, normalisation: str) -> float:
+    # paper: per-pixel mean of the equation's per-pixel term; reference: the code divides by C x pixels.
+    return float(num_classes) if normalisation == "reference" else 1.0
+
+
+def confident_region_kl(logits: torch.Tensor, confident: torch.Tensor, normalisation: str = "paper") -> torch.Tensor:
+    """Eq. 11, R_c: -(1/C) sum_c log p_c on confident pixels (KL(uniform || p) + log C): log C when p is uniform."""
+    per_pixel = -F.log_softmax(logits, dim=1).mean(dim=1)
+    return _region_mean(per_pixel, confident, _divisor(logits.shape[1], normalisation))
+
+
+def ignored_region_entropy(logits: torch.Tensor, ignored: torch.Tensor, normalisation: str = "paper") -> torch.Tensor:
+    """Eq. 12, R_i: entropy -sum_c p_c log p_c on ignored pixels (log C for uniform, 0 for one-hot)."""
+    log_probabilities = F.log_softmax(logits, dim=1)
+    per_pixel = -(log_probabilities.exp() * log_probabilities).sum(dim=1)
+    return _region_mean(per_pixel, ignored, _divisor(logits.shape[1], normalisation))
+
+
+def ignored_region_consistency(student_logits: torch.Tensor, teacher_probabilities: torch.Tensor,
+                               ignored: torch.Tensor, normalisation: str = "paper") -> torch.Tensor:
+    """Eq. 14, R_cst: soft cross-entropy -sum_c q_c log p_c of the student (strong view) against the EMA teacher's
+    probabilities q (weak view) on ignored pixels. (The reference divides by the non-zero elements, = C x pixels.)"""
+    per_pixel = -(teacher_probabilities.detach() * F.log_softmax(student_logits, dim=1)).sum(dim=1)
+    return _region_mean(per_pixel, ignored, _divisor(student_logits.shape[1], normalisation))
+
+
+def self_training_losses(student_logits: torch.Tensor, teacher_probabilities: torch.Tensor | None,
+                         pseudo_labels: torch.Tensor, config: HiastConfig) -> dict[str, torch.Tensor]:
+    """Eq. 4: CE on the confident region plus the weighted region terms; returns every term and ``loss``."""
+    confident = pseudo_labels != IGNORE_INDEX
+    ignored = ~confident
+    terms = {"cross_entropy": common.cross_entropy(student_logits, pseudo_labels)}
+    loss = terms["cross_entropy"]
+    if config.lambda_c > 0:
+        terms["r_c"] = confident_region_kl(student_logits, confident, config.loss_normalisation)
+        loss = loss + config.lambda_c * terms["r_c"]
+    if config.lambda_i > 0:
+        terms["r_i"] = ignored_region_entropy(student_logits, ignored, config.loss_normalisation)
+        loss = loss + config.lambda_i * terms["r_i"]
+    if config.lambda_cst > 0 and teacher_probabilities is not None:
+        terms["r_cst"] = ignored_region_consistency(student_logits, teacher_probabilities, ignored,
+                                                    config.loss_normalisation)
+        loss = loss + config.lambda_cst * terms["r_cst"]
+    terms["loss"] = loss
+    return terms
+
+
+# ==============================================================================================================
+# The train loop
+# ==============================================================================================================
+
+
+class PseudoLabelledTarget(Dataset):
+    """Target training images paired with their current pseudo-labels (never with ground truth)."""
+
+    def __init__(self, images: Dataset, bank: PseudoLabelBank) -> None:
+        self.images, self.bank = images, bank
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        sample = self.images[index]
+        return {"image": sample["image"], "pseudo_label": self.bank.labels[int(sample["index"])].long(),
+                "index": int(sample["index"])}
+
+
+def report_points(iterations: int, reports: int) -> set[int]:
+    """Iteration numbers (1-based) after which a round reports; the last is always the round's end."""
+    return {round(iterations * (j + 1) / reports) for j in range(reports)}
+
+
+def train_hiast(config: HiastConfig, ctx: RunContext) -> nn.Module:
+    """Per-worker HIAST loop: cached warm-up, then ``rounds`` x (pseudo-labels by IAS, self-training with HPLA and
+    region losses). Checkpoints at every round end; resumes from the last completed round."""
+    config.validate()
+    if ctx.task != "segmentation":
+        raise ConfigError(f"hiast is a segmentation method; dataset {ctx.spec.dataset!r} is {ctx.task}")
+    if config.k > ctx.num_classes:
+        raise ConfigError(f"k must be at most the number of classes ({ctx.num_classes}), got {config.k}")
+    watch = common.Stopwatch()
+    with watch.time("warmup"):
+        warmup = common.adversarial_warmup_stage(ctx, config.source_settings(), config.warmup_settings())
+    torch.manual_seed(ctx.spec.seed + 7)
+    student = ctx.build_model(pretrained=False)
+    student.load_state_dict(warmup["model"])
+    common.freeze_batchnorm(student)  # §5.1: all BN layers frozen during self-training
+    student.train()
+    teacher = common.make_ema_teacher(student)  # G for round 1 = the warm-up model
+    start_round, epoch, iteration = 0, 0, 0
+    restored = ctx.restore()
+    if restored is not None:
+        student.load_state_dict(restored["student"])
+        teacher.load_state_dict(restored["teacher"])
+        start_round, epoch, iteration = restored["round"], restored["epoch"], restored["iteration"]
+    network = ctx.distributed(student)
+    images = common.MemoizedDataset(ctx.target_dataset())
+    generator = torch.Generator().manual_seed(ctx.spec.seed * 7919 + ctx.rank)
+    final = teacher if config.final_model == "teacher" else student
+    for round_index in range(start_round, config.rounds):
+        generator.manual_seed(ctx.spec.seed * 7919 + ctx.rank * 104729 + round_index)
+        with watch.time("pseudo_labels"):
+            bank = generate_pseudo_labels(ctx, teacher, config, round_index, images)  # G = EMA teacher (§4.4.3)
+        augmenter = HardAwareAugmenter(bank, images, config, ctx.num_classes, generator) if config.use_hpla else None
+        optimizer = common.build_optimizer(network, config.learning_rate, weight_decay=config.weight_decay,
+                                           backbone_lr_ratio=config.backbone_lr_ratio)
+        scheduler = common.build_scheduler(optimizer, config.iterations_per_round, "cosine")
+        loader = ctx.loader(PseudoLabelledTarget(images, bank), config.batch_size, shuffle=True, drop_last=True,
+                            seed_offset=2000 + round_index)
+        batches = common.infinite_batches(loader)
+        running = common.RunningMean()
+        points = report_points(config.iterations_per_round, config.reports_per_round)
+        for step in range(1, config.iterations_per_round + 1):
+            with watch.time("train_loop"):
+                terms = self_training_step(config, ctx, network, teacher, next(batches), augmenter, generator,
+                                           optimizer, scheduler)
+            running.add(**terms)
+            iteration += 1
+            if step not in points:
+                continue
+            epoch += 1
+            round_end = step == config.iterations_per_round
+            with watch.time("evaluation"):
+                confidence = common.target_confidence(final, ctx, images)
+            metrics = {"round": round_index + 1, "epoch": epoch, "iteration": iteration, **running.means(ctx),
+                       **bank.statistics, "target_confidence": confidence,
+                       "hpla_pasted_fraction": augmenter.pasted_fraction.pop() if augmenter else 0.0,
+                       "hard_classes": ",".join(str(c) for c in augmenter.hard.tolist()) if augmenter else "",
+                       **{f"seconds_{name}": value for name, value in watch.seconds.items()}}
+            running.reset()
+            state = None
+            if round_end:
+                state = {"round": round_index + 1, "epoch": epoch, "iteration": iteration,
+                         "student": common.unwrap(network).state_dict(), "teacher": teacher.state_dict(),
+                         "config": dataclasses.asdict(config)}
+            ctx.report(metrics, checkpoint_state=state)
+    final.eval()
+    return final
+
+
+def self_training_step(config: HiastConfig, ctx: RunContext, network: nn.Module, teacher: nn.Module,
+                       batch: dict[str, Any], augmenter: HardAwareAugmenter | None, generator: torch.Generator,
+                       optimizer: torch.optim.Optimizer, scheduler: Any) -> dict[str, float]:
+    """One iteration of phase (c): HPLA -> weak/strong views -> Eq. 4 -> Adam step -> EMA teacher (Eq. 13)."""
+    images, labels = batch["image"], batch["pseudo_label"]
+    if augmenter is not None:
+        images, labels = augmenter(images, labels, batch["index"])
+    weak, labels = common.weak_augment(images, labels, generator)
+    strong = common.strong_augment(weak, generator, config.strong_num_ops, config.strong_op_probability)
+    logits = network(strong.to(ctx.device))
+    teacher_probabilities = None
+    if config.lambda_cst > 0:
+        with torch.no_grad():
+            teacher_probabilities = teacher(weak.to(ctx.device)).float().softmax(dim=1)
+    terms = self_training_losses(logits, teacher_probabilities, labels.to(ctx.device), config)
+    optimizer.zero_grad(set_to_none=True)
+    terms["loss"].backward()
+    optimizer.step()
+    scheduler.step()
+    common.ema_update(teacher, network, config.tau)
+    return {name: float(value.detach()) for name, value in terms.items()}
+
+
+register(Method(
+    name="hiast",
+    tasks=("segmentation",),
+    config_class=HiastConfig,
+    train=train_hiast,
+    description="HIAST (TPAMI 2025): adversarial warm-up, instance adaptive selector, hard-aware pseudo-label "
+                "augmentation, region-adaptive regularization with a mean teacher, multi-round self-training",
+))
