@@ -1,0 +1,138 @@
+"""Label-free merge-quality score and error barrier for merged (quantized) multi-target models (HDRQ setting).
+
+**Merge quality.** For every target domain, the merged model's predictions on that target's unlabeled selection
+subset are compared with the predictions of the target's own (quantized) specialist, the model it was merged from:
+``agreement="miou"`` (default) is the mIoU of the merged predictions against the specialist's predictions used as
+labels, with intersections and unions accumulated over the subset (:mod:`raysel.metrics`, absent classes skipped);
+``"pixel"`` is the fraction of pixels (images, for classification) with the same class. The score is the harmonic
+mean over targets (:func:`raysel.metrics.harmonic_mean`), like the paper's harmonic mean of per-target mIoU: a merge
+that forgets any one target's behaviour scores low. No target labels are read.
+
+**Error barrier** (Frankle et al. 2020; HDRQ eq. 2), label-free: along ``theta(t) = (1 - t) theta_a + t theta_b``
+the loss is the cross-entropy against the endpoints' own predictions, each on its own target's images,
+``L(theta) = 1/2 [CE(theta(x_a), argmax theta_a(x_a)) + CE(theta(x_b), argmax theta_b(x_b))]``, and
+``barrier = max_t [L(theta(t)) - ((1 - t) L(theta_a) + t L(theta_b))]`` over an even grid of ``t`` including both
+ends (so it is >= 0; 0 for identical models). Interpolation is :func:`raysel.quant.merge.interpolate_models`:
+float-domain for quantized models (their steps are interpolated too), moment-matched for BatchNorm statistics.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterable, Mapping
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from raysel.errors import ConfigError
+from raysel.metrics import confusion_matrix, harmonic_mean, miou, pixel_accuracy
+from raysel.quant.merge import interpolate_models
+
+AGREEMENTS = ("miou", "pixel")
+Images = torch.Tensor | Iterable[torch.Tensor]
+
+
+@dataclass
+class MergeQuality:
+    """Harmonic-mean agreement ``score`` in [0, 1] and the per-target agreements it combines."""
+
+    score: float
+    per_target: dict[str, float]
+    agreement: str
+
+
+@dataclass
+class ErrorBarrier:
+    """``barrier`` and the path it was read from: ``t``, ``losses`` L(theta(t)) and the endpoint line."""
+
+    barrier: float
+    t: list[float]
+    losses: list[float]
+    linear: list[float]
+
+
+@torch.no_grad()
+def predict_labels(model: nn.Module, images: Images, batch_size: int = 8) -> torch.Tensor:
+    """Arg-max class predictions of ``model`` (eval mode) for a ``[N, ...]`` tensor or an iterable of batches."""
+    return torch.cat([logits.argmax(dim=1).cpu() for logits in _logits(model, images, batch_size)])
+
+
+def agreement_score(predictions: torch.Tensor, reference: torch.Tensor, num_classes: int, agreement: str = "miou") -> float:
+    """Agreement of ``predictions`` with ``reference`` predictions: mIoU against them or the matching fraction."""
+    if agreement not in AGREEMENTS:
+        raise ConfigError(f"unknown agreement {agreement!r}; valid: {', '.join(AGREEMENTS)}")
+    matrix = confusion_matrix(predictions, reference, num_classes, ignore_index=-1)
+    return miou(matrix) if agreement == "miou" else pixel_accuracy(matrix)
+
+
+def merge_quality(merged: nn.Module, specialists: Mapping[str, nn.Module], target_images: Mapping[str, Images],
+                  agreement: str = "miou", batch_size: int = 8) -> MergeQuality:
+    """Harmonic mean over targets of the merged model's agreement with each target's specialist on its images."""
+    if agreement not in AGREEMENTS:
+        raise ConfigError(f"unknown agreement {agreement!r}; valid: {', '.join(AGREEMENTS)}")
+    if not specialists:
+        raise ConfigError("merge_quality needs at least one target specialist")
+    missing = sorted(set(specialists) - set(target_images))
+    if missing:
+        raise ConfigError(f"no unlabeled images given for target(s) {', '.join(missing)}")
+    per_target = {}
+    for target, specialist in specialists.items():
+        merged_logits = torch.cat([logits.cpu() for logits in _logits(merged, target_images[target], batch_size)])
+        reference = predict_labels(specialist, target_images[target], batch_size)
+        if merged_logits.shape[0] == 0:
+            raise ConfigError(f"target {target!r} has no unlabeled images for the merge-quality score")
+        per_target[target] = agreement_score(merged_logits.argmax(dim=1), reference, merged_logits.shape[1], agreement)
+    return MergeQuality(harmonic_mean(per_target.values()), per_target, agreement)
+
+
+@torch.no_grad()
+def error_barrier(model_a: nn.Module, model_b: nn.Module, images_a: Images, images_b: Images | None = None,
+                  num_points: int = 11, batch_size: int = 8) -> ErrorBarrier:
+    """Label-free error barrier between two models on the linear path (see module docstring)."""
+    if isinstance(num_points, bool) or not isinstance(num_points, int) or num_points < 2:
+        raise ConfigError(f"num_points must be an integer >= 2, got {num_points!r}")
+    images_a = _materialise(images_a)
+    images_b = images_a if images_b is None else _materialise(images_b)
+    pseudo_a = predict_labels(model_a, images_a, batch_size)
+    pseudo_b = predict_labels(model_b, images_b, batch_size)
+    ts = np.linspace(0.0, 1.0, num_points).tolist()
+    losses = []
+    for t in ts:
+        model = model_a if t == 0.0 else model_b if t == 1.0 else interpolate_models([model_a, model_b], [1.0 - t, t])
+        losses.append(0.5 * (_cross_entropy(model, images_a, pseudo_a, batch_size)
+                             + _cross_entropy(model, images_b, pseudo_b, batch_size)))
+    linear = [(1.0 - t) * losses[0] + t * losses[-1] for t in ts]
+    barrier = max(loss - line for loss, line in zip(losses, linear))
+    return ErrorBarrier(float(barrier), ts, losses, linear)
+
+
+def _materialise(images: Images) -> list[torch.Tensor]:
+    """A list of batches (so the same images can be read several times)."""
+    if isinstance(images, torch.Tensor):
+        return [images]
+    return [batch if isinstance(batch, torch.Tensor) else torch.as_tensor(batch) for batch in images]
+
+
+def _logits(model: nn.Module, images: Images, batch_size: int) -> Iterable[torch.Tensor]:
+    model.eval()
+    parameter = next(model.parameters(), None)
+    device = parameter.device if parameter is not None else torch.device("cpu")
+    batches = images.split(batch_size) if isinstance(images, torch.Tensor) else images
+    with torch.no_grad():
+        for batch in batches:
+            batch = batch if isinstance(batch, torch.Tensor) else torch.as_tensor(batch)
+            for chunk in batch.split(batch_size):
+                yield model(chunk.to(device))
+
+
+def _cross_entropy(model: nn.Module, images: list[torch.Tensor], pseudo_labels: torch.Tensor, batch_size: int) -> float:
+    """Mean cross-entropy (per pixel / per image) of ``model`` against fixed pseudo-labels."""
+    total, count, offset = 0.0, 0, 0
+    for logits in _logits(model, images, batch_size):
+        labels = pseudo_labels[offset:offset + logits.shape[0]].to(logits.device)
+        offset += logits.shape[0]
+        total += float(F.cross_entropy(logits.float(), labels, reduction="sum"))
+        count += labels.numel()
+    return total / max(count, 1)

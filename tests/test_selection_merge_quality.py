@@ -1,0 +1,152 @@
+"""Label-free merge-quality score and error barrier on known cases."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from raysel.errors import ConfigError
+from raysel.metrics import confusion_matrix, harmonic_mean, miou
+from raysel.quant import merge_models, quantize_model
+from raysel.selection.merge_quality import agreement_score, error_barrier, merge_quality, predict_labels
+
+@pytest.fixture(autouse=True)
+def single_thread():
+    """Tiny tensors: one intra-op thread avoids OpenMP spin-waits on the shared 2-core machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+
+def pixel_classifier(seed: int, num_classes: int = 4) -> nn.Module:
+    """A 1x1-conv per-pixel classifier: logits [B, C, H, W]."""
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Conv2d(3, 8, 1), nn.ReLU(), nn.Conv2d(8, num_classes, 1)).eval()
+
+
+def subset(seed: int, count: int = 3) -> torch.Tensor:
+    return torch.randn(count, 3, 6, 6, generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize("agreement", ["miou", "pixel"])
+def test_identical_models_agree_fully_and_have_zero_barrier(agreement):
+    model = pixel_classifier(0)
+    targets = {"day": subset(1), "dusk": subset(2)}
+    merged = merge_models([model, pixel_classifier(0)])
+    quality = merge_quality(merged, {"day": model, "dusk": pixel_classifier(0)}, targets, agreement=agreement)
+    assert quality.score == pytest.approx(1.0) and quality.per_target == {"day": 1.0, "dusk": 1.0}
+    barrier = error_barrier(model, pixel_classifier(0), targets["day"], targets["dusk"], num_points=5)
+    assert abs(barrier.barrier) < 1e-6 and len(barrier.losses) == 5
+    assert barrier.losses == pytest.approx([barrier.losses[0]] * 5, abs=1e-6)
+
+
+def test_score_is_the_harmonic_mean_of_per_target_agreement_with_each_specialist():
+    day, dusk = pixel_classifier(0), pixel_classifier(1)
+    targets = {"day": subset(1), "dusk": subset(2)}
+    quality = merge_quality(day, {"day": day, "dusk": dusk}, targets, agreement="pixel")  # "merged" = day specialist
+    expected_dusk = float((predict_labels(day, targets["dusk"]) == predict_labels(dusk, targets["dusk"])).float().mean())
+    assert quality.per_target["day"] == 1.0
+    assert quality.per_target["dusk"] == pytest.approx(expected_dusk)
+    assert 0 < expected_dusk < 1
+    assert quality.score == pytest.approx(harmonic_mean([1.0, expected_dusk]))
+    miou_quality = merge_quality(day, {"day": day, "dusk": dusk}, targets)
+    reference = predict_labels(dusk, targets["dusk"])
+    assert miou_quality.per_target["dusk"] == pytest.approx(
+        miou(confusion_matrix(predict_labels(day, targets["dusk"]), reference, 4)))
+
+
+def test_agreement_on_hand_labels():
+    predictions = torch.tensor([0, 0, 1, 1])
+    reference = torch.tensor([0, 1, 1, 1])
+    assert agreement_score(predictions, reference, 2, "pixel") == pytest.approx(0.75)
+    # IoU class 0: 1 / 2, class 1: 2 / 3
+    assert agreement_score(predictions, reference, 2, "miou") == pytest.approx((0.5 + 2 / 3) / 2)
+
+
+def test_barrier_on_opposite_linear_models_is_log_classes_minus_endpoint_mean():
+    # theta_b = -theta_a: the midpoint has zero logits, so its loss is exactly log C.
+    torch.manual_seed(0)
+    model_a = nn.Conv2d(3, 4, 1, bias=False).eval()
+    model_a.weight.data *= 10  # confident endpoints: low loss, so the zero-logit midpoint is a real barrier
+    model_b = nn.Conv2d(3, 4, 1, bias=False).eval()
+    model_b.weight.data = -model_a.weight.data
+    images_a, images_b = subset(1), subset(2)
+    pseudo_a, pseudo_b = model_a(images_a).argmax(1), model_b(images_b).argmax(1)
+
+    @torch.no_grad()
+    def loss(model: nn.Module) -> float:
+        return 0.5 * float(F.cross_entropy(model(images_a), pseudo_a) + F.cross_entropy(model(images_b), pseudo_b))
+
+    barrier = error_barrier(model_a, model_b, images_a, images_b, num_points=3)
+    assert barrier.t == [0.0, 0.5, 1.0]
+    assert barrier.losses[1] == pytest.approx(math.log(4), abs=1e-6)
+    assert barrier.losses[0] == pytest.approx(loss(model_a), abs=1e-6)
+    # Each endpoint contradicts the other's pseudo-labels, so here the endpoints are worse than the midpoint.
+    assert barrier.barrier == pytest.approx(max(0.0, math.log(4) - 0.5 * (loss(model_a) + loss(model_b))), abs=1e-6)
+
+
+@torch.no_grad()
+def test_barrier_between_permuted_copies_is_the_midpoint_loss_increase():
+    # Permuting hidden units gives the same function (equal endpoint losses) but a different, worse midpoint:
+    # the classic non-zero barrier of Frankle et al. / Git Re-Basin.
+    torch.manual_seed(0)
+    model_a = nn.Sequential(nn.Conv2d(3, 8, 1), nn.ReLU(), nn.Conv2d(8, 4, 1)).eval()
+    for module in model_a:
+        if isinstance(module, nn.Conv2d):
+            module.weight.mul_(4)
+    permutation = torch.randperm(8)
+    model_b = nn.Sequential(nn.Conv2d(3, 8, 1), nn.ReLU(), nn.Conv2d(8, 4, 1)).eval()
+    model_b[0].weight.copy_(model_a[0].weight[permutation])
+    model_b[0].bias.copy_(model_a[0].bias[permutation])
+    model_b[2].weight.copy_(model_a[2].weight[:, permutation])
+    model_b[2].bias.copy_(model_a[2].bias)
+    images_a, images_b = subset(1), subset(2)
+    midpoint = nn.Sequential(nn.Conv2d(3, 8, 1), nn.ReLU(), nn.Conv2d(8, 4, 1)).eval()
+    for target, first, second in zip(midpoint.parameters(), model_a.parameters(), model_b.parameters()):
+        target.copy_((first + second) / 2)
+
+    def loss(model: nn.Module) -> float:  # pseudo-labels of the endpoints = model_a's (same function)
+        return 0.5 * float(F.cross_entropy(model(images_a), model_a(images_a).argmax(1))
+                           + F.cross_entropy(model(images_b), model_a(images_b).argmax(1)))
+
+    barrier = error_barrier(model_a, model_b, images_a, images_b, num_points=3)
+    assert barrier.losses[0] == pytest.approx(barrier.losses[2], abs=1e-6)
+    assert barrier.barrier == pytest.approx(loss(midpoint) - loss(model_a), abs=1e-5)
+    assert barrier.barrier > 0.05
+
+
+def test_classification_models_and_batches_work():
+    torch.manual_seed(0)
+    first, second = nn.Linear(5, 3).eval(), nn.Linear(5, 3).eval()
+    batches = [torch.randn(4, 5), torch.randn(3, 5)]
+    quality = merge_quality(first, {"a": first, "b": first}, {"a": batches, "b": torch.randn(6, 5)})
+    assert quality.score == pytest.approx(1.0)
+    assert error_barrier(first, second, batches).barrier >= 0.0
+
+
+def test_quantized_identical_specialists_merge_with_full_agreement():
+    x = subset(3)
+    model = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.ReLU(), nn.Conv2d(6, 6, 1), nn.ReLU(), nn.Conv2d(6, 4, 1)).eval()
+    specialist = quantize_model(model, 4, 4, example_input=x[:1]).calibrate(x)
+    merged = merge_models([specialist, quantize_model(model, 4, 4, example_input=x[:1]).calibrate(x)])
+    quality = merge_quality(merged, {"a": specialist}, {"a": x})
+    assert quality.score == pytest.approx(1.0)
+    assert abs(error_barrier(specialist, merged, x).barrier) < 1e-6
+
+
+def test_bad_inputs_are_config_errors():
+    model = pixel_classifier(0)
+    with pytest.raises(ConfigError, match="miou, pixel"):
+        merge_quality(model, {"a": model}, {"a": subset(1)}, agreement="kappa")
+    with pytest.raises(ConfigError, match="no unlabeled images given for target"):
+        merge_quality(model, {"a": model, "b": model}, {"a": subset(1)})
+    with pytest.raises(ConfigError, match="at least one target"):
+        merge_quality(model, {}, {})
+    with pytest.raises(ConfigError, match="num_points"):
+        error_barrier(model, model, subset(1), num_points=1)
