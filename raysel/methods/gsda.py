@@ -544,5 +544,6 @@ register(Method(
     tasks=("classification",),
     config_class=GsdaConfig,
     train=train_gsda,
+    prepare_shared=lambda config, ctx: common.source_stage(ctx, config.source_settings()) if config.init_from_source else None,
     description="GSDA: global, group and class adversarial alignment with hierarchical gradient synchronization",
 ))

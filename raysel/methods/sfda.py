@@ -651,6 +651,7 @@ register(Method(
     tasks=("segmentation",),
     config_class=SfdaConfig,
     train=train_sfda,
+    prepare_shared=lambda config, ctx: None if config.source_checkpoint else common.source_stage(ctx, config.source_settings()),
     description="SFDA (CVPR 2021): source-free adaptation via generator-based knowledge transfer (BNS, MAE, dual "
                 "attention distillation) and patch-level entropy-ranked self-supervision (IPSM) with MaxSquare",
 ))

@@ -73,5 +73,6 @@ register(Method(
     tasks=("segmentation", "classification"),
     config_class=SourceOnlyConfig,
     train=train_source_only,
+    prepare_shared=lambda config, ctx: common.source_stage(ctx, config.settings()),
     description="Source-only baseline: cross-entropy on the labelled source domain, no adaptation",
 ))

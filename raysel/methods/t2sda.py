@@ -695,6 +695,7 @@ register(Method(
     tasks=("segmentation",),
     config_class=T2sdaConfig,
     train=train,
+    prepare_shared=lambda config, ctx: source_stage(ctx, source_settings(config)),
     description="T2S-DA: DACS mean teacher + pulling FDA pseudo-target features to teacher source prototypes "
                 "(InfoNCE/MSE, class-balanced queries, domain-equalized negatives, dynamic re-weighting)",
 ))
