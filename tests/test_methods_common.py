@@ -14,15 +14,6 @@ from raysel.methods import common
 from raysel.methods.base import NonFiniteLossError
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """The machine is shared: one intra-op thread keeps these small tests fast and predictable."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 class OneWorker:
     """The collective part of RunContext for a single worker (identity reductions)."""
 

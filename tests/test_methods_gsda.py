@@ -16,15 +16,6 @@ from raysel.methods.base import LocalSession, RunContext, RunSpec, StopRun, conf
 from raysel.registry import get_method
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread: the machine's cores are shared, and oversubscribed OpenMP threads slow torch 10x."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 # --------------------------------------------------------------------------------------------------------------
 # A tiny in-test classification benchmark and a RunContext over it (no data package, no Ray)
 # --------------------------------------------------------------------------------------------------------------

@@ -16,15 +16,6 @@ from raysel.methods.base import config_from_dict
 IGNORE = 255
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """The machine is shared: one intra-op thread keeps these small tests fast and predictable."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 class OneWorker:
     rank, world_size, num_classes = 0, 1, 3
 

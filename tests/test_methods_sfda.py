@@ -74,15 +74,6 @@ def make_family(source_available: bool = True) -> DatasetFamily:
                          loader=loader, preparer=lambda root: root)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread: the test machine's 2 cores are shared, and oversubscribed OpenMP threads spin."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 @pytest.fixture
 def make_context(monkeypatch, tmp_path):
     """Build RunContexts on the synthetic family (RunContext looks families up via raysel.data.get_family)."""

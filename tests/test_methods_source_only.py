@@ -13,15 +13,6 @@ from raysel.methods import common, source_only
 from raysel.methods.base import LocalSession, RunContext, RunSpec, config_from_dict
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """The machine is shared: one intra-op thread keeps these small tests fast and predictable."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def test_registered_for_both_tasks() -> None:
     from raysel.registry import get_method
 

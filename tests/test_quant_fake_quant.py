@@ -13,16 +13,6 @@ from raysel.quant.fake_quant import (
     signed_range, unsigned_range, validate_bits,
 )
 
-@pytest.fixture(autouse=True)
-def single_thread():
-    """Tiny tensors: one intra-op thread avoids OpenMP spin-waits on the shared 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-
 def test_eight_bit_quantization_is_identity_within_half_a_step():
     torch.manual_seed(0)
     weight = torch.randn(64, 32)

@@ -12,16 +12,6 @@ from raysel.models import build_model
 from raysel.quant import fold_batchnorm, quantize_model
 from raysel.quant.fold import BATCHNORM_TYPES, fold_pair, unfolded_batchnorms
 
-@pytest.fixture(autouse=True)
-def single_thread():
-    """Tiny tensors: one intra-op thread avoids OpenMP spin-waits on the shared 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-
 def randomize_batchnorm(model: nn.Module, seed: int = 0) -> nn.Module:
     """Non-trivial BN statistics and affine parameters, so folding has something to do."""
     generator = torch.Generator().manual_seed(seed)

@@ -12,16 +12,6 @@ from raysel.models.base import SegmentationModel
 from raysel.quant import interpolate_models, merge_batchnorm_statistics, merge_models, merge_quantized_weights
 from raysel.quant import quantize_model
 
-@pytest.fixture(autouse=True)
-def single_thread():
-    """Tiny tensors: one intra-op thread avoids OpenMP spin-waits on the shared 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-
 class TinyNet(SegmentationModel):
     def __init__(self, num_classes: int = 4, width: int = 6) -> None:
         super().__init__()

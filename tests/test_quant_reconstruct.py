@@ -16,16 +16,6 @@ from raysel.quant import PtqConfig, QuantizedBlock, fold_batchnorm, output_error
 from raysel.quant import fake_quant
 from raysel.quant.reconstruct import quantize_and_reconstruct
 
-@pytest.fixture(autouse=True)
-def single_thread():
-    """Tiny tensors: one intra-op thread avoids OpenMP spin-waits on the shared 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-
 class TinySegNet(SegmentationModel):
     """Stem + a two-layer conv-BN-ReLU stage + 1x1 classifier: three reconstruction units."""
 

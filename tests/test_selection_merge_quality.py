@@ -14,16 +14,6 @@ from raysel.metrics import confusion_matrix, harmonic_mean, miou
 from raysel.quant import merge_models, quantize_model
 from raysel.selection.merge_quality import agreement_score, error_barrier, merge_quality, predict_labels
 
-@pytest.fixture(autouse=True)
-def single_thread():
-    """Tiny tensors: one intra-op thread avoids OpenMP spin-waits on the shared 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-
 def pixel_classifier(seed: int, num_classes: int = 4) -> nn.Module:
     """A 1x1-conv per-pixel classifier: logits [B, C, H, W]."""
     torch.manual_seed(seed)
