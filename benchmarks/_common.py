@@ -2,8 +2,9 @@
 
 * :func:`machine_description` — cores, CPU model, GPU or not, torch version (what a reader needs to compare runs).
 * :func:`write_section` — replace (or append) one ``## <name>`` section of ``BENCHMARKS.md`` at the repo root,
-  atomically (temp file + ``os.replace``) and under a file lock, so concurrent benchmarks never lose each
-  other's sections.
+  with the command, date and machine, atomically (temp file + ``os.replace``) and under a file lock, so
+  concurrent benchmarks never lose each other's sections; :func:`replace_section` does the same for a section
+  text the caller formatted itself.
 * :func:`run_method_and_score_heldout` — train a registered method in-process (``LocalSession``) and score the
   returned model on the held-out labels of one or more target domains. Held-out labels are read here only
   through :func:`raysel.heldout.heldout_scores` (benchmark/evaluation code, never a method).
@@ -85,7 +86,7 @@ def _section_pattern(name: str) -> re.Pattern[str]:
 
 def format_section(name: str, command: str, body_markdown: str, *, date: str | None = None,
                    machine: str | None = None) -> str:
-    """The section text: heading, command, date, machine, then the body (ending with one blank line)."""
+    """The section text: heading, command, date, machine, then the body (ending with a newline)."""
     lines = [
         f"## {name}",
         "",
@@ -94,20 +95,61 @@ def format_section(name: str, command: str, body_markdown: str, *, date: str | N
         f"Machine: {machine or machine_description()}",
         "",
         body_markdown.strip("\n"),
-        "",
     ]
     return "\n".join(lines) + "\n"
 
 
 @contextlib.contextmanager
 def _locked(path: Path) -> Iterator[None]:
-    """Hold an exclusive lock on ``<path>.lock`` (other benchmark scripts may write their sections meanwhile)."""
-    with open(path.with_name(path.name + ".lock"), "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    """Hold an exclusive lock on the file's folder while reading and replacing it (other benchmark scripts may
+    write their sections meanwhile). Locking the folder, not a ``.lock`` file, leaves nothing behind in the repo."""
+    descriptor = os.open(path.parent, os.O_RDONLY)
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(descriptor)  # closing releases the lock
+
+
+def _check_section_name(name: str) -> None:
+    if not re.fullmatch(r"[\w.\-]+", name):
+        raise ValueError(f"section name must be one word of letters, digits, '_', '-', '.', got {name!r}")
+
+
+def replace_section(name: str, section: str, *, path: Path | str | None = None) -> None:
+    """Put ``section`` (a complete text starting with ``## <name>``) in place of the file's ``## <name>`` section,
+    or append it; other sections are untouched. Atomic (temp file + ``os.replace``) and under a lock."""
+    _check_section_name(name)
+    section = section.strip("\n") + "\n"
+    if not section.startswith(f"## {name}\n"):
+        raise ValueError(f"section must start with the heading line '## {name}'")
+    if re.search(r"^## ", section[len(name) + 4:], re.M):
+        raise ValueError("a section must not contain another level-2 '## ' heading (use '###')")
+    path = Path(path) if path is not None else BENCHMARKS_PATH
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with _locked(path):
+        text = path.read_text() if path.exists() else BENCHMARKS_TITLE
+        pattern = _section_pattern(name)
+        if pattern.search(text):
+            # The replaced span runs up to the next heading: keep one blank line before it.
+            text = pattern.sub(lambda _: section + "\n", text, count=1).rstrip("\n") + "\n"
+        else:
+            text = text.rstrip("\n") + "\n\n" + section
+        _atomic_write(path, text)
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    """Write ``text`` to a temp file beside ``path`` and rename it over ``path`` (readers never see half a file)."""
+    descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(descriptor, "w") as handle:
+            handle.write(text)
+        os.chmod(temporary, path.stat().st_mode & 0o777 if path.exists() else 0o644)
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+        raise
 
 
 def write_section(name: str, command: str, body_markdown: str, *, path: Path | str | None = None,
@@ -115,37 +157,15 @@ def write_section(name: str, command: str, body_markdown: str, *, path: Path | s
     """Replace the ``## <name>`` section of BENCHMARKS.md (or append it), leaving every other section untouched.
 
     The section holds the command, the date (today unless given), the machine (:func:`machine_description`
-    unless given) and ``body_markdown``. The file is rewritten atomically (temp file in the same folder, then
-    ``os.replace``) under a lock. The body may use ``###`` sub-headings but no ``## `` line, which would split
-    the section. Returns the section text written.
+    unless given) and ``body_markdown``. The file is rewritten atomically under a lock (:func:`replace_section`).
+    The body may use ``###`` sub-headings but no ``## `` line, which would split the section. Returns the
+    section text written.
     """
-    if not re.fullmatch(r"[\w.\-]+", name):
-        raise ValueError(f"section name must be one word of letters, digits, '_', '-', '.', got {name!r}")
+    _check_section_name(name)
     if re.search(r"^## ", body_markdown, re.M):
         raise ValueError("body_markdown must not contain a level-2 '## ' heading (use '###')")
-    path = Path(path) if path is not None else BENCHMARKS_PATH
     section = format_section(name, command, body_markdown, date=date, machine=machine)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with _locked(path):
-        text = path.read_text() if path.exists() else BENCHMARKS_TITLE
-        pattern = _section_pattern(name)
-        if pattern.search(text):
-            text = pattern.sub(lambda _: section, text, count=1)
-        else:
-            text = text.rstrip("\n") + "\n\n" + section
-        descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(descriptor, "w") as handle:
-                handle.write(text)
-            if path.exists():
-                os.chmod(temporary, path.stat().st_mode & 0o777)
-            else:
-                os.chmod(temporary, 0o644)
-            os.replace(temporary, path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(temporary)
-            raise
+    replace_section(name, section, path=path)
     return section
 
 
@@ -189,7 +209,7 @@ def run_method_and_score_heldout(
     method: str, dataset: str, targets: Sequence[str], seed: int, workdir: Path | str, *,
     config_overrides: dict[str, Any] | None = None, data_root: Path | str | None = None,
     source: str | None = None, spec_target: str | None = None, image_size: tuple[int, int] | None = None,
-    num_threads: int | None = None, context_class: Callable[..., Any] | None = None,
+    num_threads: int | None = None, context_class: Callable[..., Any] | None = None, prepare_data: bool = True,
 ) -> ScoredRun:
     """Train ``method`` in-process (LocalSession, fresh cache and output folders under ``workdir``), then score
     the returned model on the held-out split of every domain in ``targets``.
@@ -197,7 +217,8 @@ def run_method_and_score_heldout(
     ``spec_target`` is the target the run is trained for (default: the first of ``targets``); ``source`` the
     source domain (default: the family's). ``context_class`` replaces :class:`RunContext` (e.g. an oracle
     context that trains on labelled target data). The stage cache lives in ``workdir`` so nothing is reused
-    from earlier runs and the measured training time is real.
+    from earlier runs and the measured training time is real. ``prepare_data=False`` skips
+    :func:`raysel.data.prepare` (the caller prepared the data once and must not regenerate it mid-benchmark).
     """
     from raysel import data
     from raysel.heldout import heldout_scores
@@ -206,7 +227,8 @@ def run_method_and_score_heldout(
 
     family = data.get_family(dataset)
     root = Path(data_root) if data_root is not None else data.default_data_root()
-    data.prepare(family, root)
+    if prepare_data:
+        data.prepare(family, root)
     workdir = Path(workdir)
     registered = get_method(method)
     config = config_from_dict(registered.config_class, dict(config_overrides or {}), context=f"{method} overrides")

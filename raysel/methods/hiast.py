@@ -120,6 +120,7 @@ class HiastConfig:
     warmup_learning_rate: float = 2e-4  # reference 2e-5 (Adam)
     discriminator_learning_rate: float = 1e-4  # reference 1e-4 (HIAST) / 2e-5 (IAST)
     discriminator_width: int = 16  # ndf of the output-space discriminator; paper 64
+    warmup_freeze_batchnorm: bool = False  # reference True (DeepLab, ImageNet BN); see AdversarialWarmupSettings
     source_learning_rate: float = 1e-3  # source-only stage (shared with the source_only method's defaults)
     source_iterations: int = 600
 
@@ -174,7 +175,7 @@ class HiastConfig:
         return common.AdversarialWarmupSettings(
             lambda_at=self.lambda_at, iterations=self.warmup_iterations, learning_rate=self.warmup_learning_rate,
             discriminator_learning_rate=self.discriminator_learning_rate,
-            discriminator_width=self.discriminator_width)
+            discriminator_width=self.discriminator_width, freeze_batchnorm=self.warmup_freeze_batchnorm)
 
 
 # ==============================================================================================================
