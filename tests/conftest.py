@@ -1,7 +1,7 @@
 """Shared fixtures: a real local Ray owned by the test session, and the embedded benchmark generated once.
 
 Ray hygiene (../shared/reference/ray.md): explicit num_cpus, a capped object store, a temp dir the session owns,
-and only ``ray.shutdown()`` of the instance started here — never `ray stop`.
+and only ``ray.shutdown()`` of the instance started here — never the CLI command that stops every Ray on the host.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """A real `ray start --head --block` owned by one test: free ports, own temp dir, token auth, own process group.
 
-Stopping it signals only this process group (SIGTERM, then SIGKILL): never `ray stop`, which would hit every Ray
+Stopping it signals only this process group (SIGTERM, then SIGKILL), never the CLI stop command, which would hit every Ray
 instance on the machine (../shared/reference/ray.md).
 """
 

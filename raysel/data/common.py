@@ -8,9 +8,10 @@ eagerly in the dataset constructors, where errors are cheap to find; decoding is
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -46,22 +47,28 @@ def read_rgb(path: Path) -> Image.Image:
         raise DataError(f"cannot read image file {path}: {error}") from error
 
 
-def read_label_ids(path: Path) -> np.ndarray:
-    """Decode a single-channel (8/16-bit or palette) label PNG into its raw ids; errors name the file."""
+@contextlib.contextmanager
+def label_read_errors(path: Path) -> Iterator[None]:
+    """Turn any failure while reading a label file into one DataError that names the file."""
     try:
-        with Image.open(path) as image:
-            image.load()
-            if image.mode not in ("L", "P", "I", "I;16", "I;16B", "I;16L"):
-                raise DataError(f"label file {path} has image mode {image.mode}; expected a single-channel "
-                                "id image (mode L, P or I;16)")
-            # Palette images keep their indices (GTA5 labels are palette PNGs whose indices are label ids).
-            return np.array(image)
+        yield
     except DataError:
         raise
     except FileNotFoundError:
         raise DataError(f"label file {path} does not exist") from None
     except Exception as error:
         raise DataError(f"cannot read label file {path}: {error}") from error
+
+
+def read_label_ids(path: Path) -> np.ndarray:
+    """Decode a single-channel (8/16-bit or palette) label PNG into its raw ids; errors name the file."""
+    with label_read_errors(path), Image.open(path) as image:
+        image.load()
+        if image.mode not in ("L", "P", "I", "I;16", "I;16B", "I;16L"):
+            raise DataError(f"label file {path} has image mode {image.mode}; expected a single-channel "
+                            "id image (mode L, P or I;16)")
+        # Palette images keep their indices (GTA5 labels are palette PNGs whose indices are label ids).
+        return np.array(image)
 
 
 def read_png_channel0_16bit(path: Path) -> np.ndarray:
@@ -72,7 +79,7 @@ def read_png_channel0_16bit(path: Path) -> np.ndarray:
     modes, which unfilter identically (same 48/64 bits per pixel) and keep the high and the low byte
     respectively; their combination is the exact 16-bit value. Single-channel and 8-bit files are read as is.
     """
-    try:
+    with label_read_errors(path):
         with Image.open(path) as probe:
             tile = probe.tile[0] if probe.tile else None
             rawmode = tile.args if tile is not None and isinstance(tile.args, str) else None
@@ -83,12 +90,6 @@ def read_png_channel0_16bit(path: Path) -> np.ndarray:
         high = _decode_png_with_rawmode(path, rawmode)
         low = _decode_png_with_rawmode(path, rawmode[:-1] + "L")
         return (high[..., 0].astype(np.uint16) << 8) | low[..., 0].astype(np.uint16)
-    except DataError:
-        raise
-    except FileNotFoundError:
-        raise DataError(f"label file {path} does not exist") from None
-    except Exception as error:
-        raise DataError(f"cannot read label file {path}: {error}") from error
 
 
 def _decode_png_with_rawmode(path: Path, rawmode: str) -> np.ndarray:
