@@ -9,7 +9,6 @@ COMMANDS = {
     "sweep": "sweep a method's hyperparameters with Ray Tune and select without target labels",
     "select": "re-score a finished sweep offline with a label-free selector",
     "query": "run SQL over the Parquet result store",
-    "report": "write plots and a summary of a finished sweep",
     "submit": "submit a job definition from jobs/ to a Ray cluster (token auth)",
 }
 
