@@ -1,4 +1,4 @@
-"""The `raysel` console script: `raysel sweep|select|query|report ...` dispatches to `python -m raysel.<command>`."""
+"""The `raysel` console script: `raysel sweep|select|query|submit ...` dispatches to `python -m raysel.<command>`."""
 
 from __future__ import annotations
 
