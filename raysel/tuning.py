@@ -630,10 +630,13 @@ def run_sweep(settings: SweepSettings, search: SearchSettings, space: Any, *, re
     from raysel.store import ResultStore
 
     stream = stream or sys.stdout
+    # Trials run in their own working directory (Tune's trial dir): every path they use must be absolute.
+    settings.results = str(Path(settings.results).expanduser().resolve())
     store = ResultStore(Path(settings.results))
     store.check_writable()
     family = data_module.get_family(settings.run["dataset"])
     root = Path(settings.run["data_root"]) if settings.run.get("data_root") else data_module.default_data_root()
+    root = root.expanduser().resolve()
     started_here = connect(address)
     try:
         data_module.prepare(family, root)

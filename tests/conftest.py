@@ -62,10 +62,16 @@ def tiny_hiast_sweep(ray_local, embedded_data_root: Path, tmp_path_factory) -> d
 
     from raysel.sweep import main
 
-    results = tmp_path_factory.mktemp("sweep") / "results"
+    workdir = tmp_path_factory.mktemp("sweep")
+    results = workdir / "results"
     printed = io.StringIO()
-    with contextlib.redirect_stdout(printed):
-        code = main(["hiast", "--data-root", str(embedded_data_root), "--results", str(results), "--name", "tiny",
-                     *TINY_HIAST])
+    previous = os.getcwd()
+    os.chdir(workdir)  # a relative --results, as users type it: trials run in another working directory
+    try:
+        with contextlib.redirect_stdout(printed):
+            code = main(["hiast", "--data-root", str(embedded_data_root), "--results", "results", "--name", "tiny",
+                         *TINY_HIAST])
+    finally:
+        os.chdir(previous)
     return {"code": code, "results": results, "printed": printed.getvalue(), "sweep_id": "tiny",
             "data_root": embedded_data_root}
