@@ -223,7 +223,7 @@ def test_self_training_losses_combine_eq4_and_skip_zero_weights() -> None:
     logits = torch.zeros(1, 4, 1, 2)
     labels = torch.tensor([[[1, IGNORE]]])
     teacher = torch.full((1, 4, 1, 2), 0.25)
-    config = hiast.HiastConfig(lambda_i=1.0, lambda_c=0.1, lambda_cst=0.5)
+    config = hiast.HiastConfig(lambda_i=1.0, lambda_c=0.1, lambda_cst=0.5, loss_normalisation="paper")
     terms = hiast.self_training_losses(logits, teacher, labels, config)
     log_c = math.log(4)
     assert terms["cross_entropy"].item() == pytest.approx(log_c)
@@ -231,6 +231,9 @@ def test_self_training_losses_combine_eq4_and_skip_zero_weights() -> None:
     off = hiast.self_training_losses(logits, teacher, labels, dataclasses.replace(config, lambda_i=0, lambda_c=0,
                                                                                   lambda_cst=0))
     assert set(off) == {"cross_entropy", "loss"}
+    reference = hiast.self_training_losses(logits, teacher, labels, dataclasses.replace(config,
+                                                                                        loss_normalisation="reference"))
+    assert reference["loss"].item() == pytest.approx(log_c * (1 + (0.1 + 1.0 + 0.5) / 4))
 
 
 def test_report_points() -> None:

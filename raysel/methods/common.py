@@ -337,9 +337,10 @@ def _photometric_ops() -> list[tuple[str, Any]]:
     from torchvision.transforms.v2 import functional as TF
 
     def color_jitter(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
-        x = TF.adjust_brightness(x, _uniform(g, 0.6, 1.4))
-        x = TF.adjust_contrast(x, _uniform(g, 0.6, 1.4))
-        return TF.adjust_saturation(x, _uniform(g, 0.6, 1.4))
+        # albumentations' ColorJitter defaults (HIAST's pool): factors in [0.8, 1.2]
+        x = TF.adjust_brightness(x, _uniform(g, 0.8, 1.2))
+        x = TF.adjust_contrast(x, _uniform(g, 0.8, 1.2))
+        return TF.adjust_saturation(x, _uniform(g, 0.8, 1.2))
 
     def gaussian_blur(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
         # HIAST draws kernels 3..41 at 1024 px width; scale the kernel with the image width.
