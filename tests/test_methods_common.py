@@ -203,6 +203,27 @@ def test_infinite_batches_cycles_and_running_mean() -> None:
     assert math.isnan(running.means()["loss"])
 
 
+def test_memoized_dataset_decodes_once_and_respects_the_size_cap() -> None:
+    class Counting(torch.utils.data.Dataset):
+        def __init__(self) -> None:
+            self.calls = 0
+
+        def __len__(self) -> int:
+            return 3
+
+        def __getitem__(self, index: int) -> dict:
+            self.calls += 1
+            return {"image": torch.full((2,), float(index)), "index": index}
+
+    inner = Counting()
+    cached = common.MemoizedDataset(inner)
+    assert [cached[i]["index"] for i in (0, 1, 1, 2, 2)] == [0, 1, 1, 2, 2] and len(cached) == 3
+    assert inner.calls == 3
+    uncached = common.MemoizedDataset(Counting(), max_bytes=8)  # 3 samples x 8 bytes do not fit
+    uncached[1], uncached[1]
+    assert not uncached.enabled and uncached.dataset.calls == 3
+
+
 def test_stop_if_not_finite() -> None:
     common.stop_if_not_finite(OneWorker(), torch.tensor(1.0), "step 1")
     with pytest.raises(NonFiniteLossError, match="step 2"):

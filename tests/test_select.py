@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -27,12 +28,14 @@ class OpenedFiles:
 
 
 @pytest.mark.integration
-def test_selection_never_opens_heldout_labels(tiny_hiast_sweep: dict) -> None:
+def test_selection_never_opens_heldout_labels(tiny_hiast_sweep: dict, tmp_path: Path) -> None:
     """Re-select with every held-out label folder moved away AND an audit of every open: no label is touched."""
     from raysel.selection.decision import select_sweep
     from raysel.store import ResultStore
 
     data_root = Path(tiny_hiast_sweep["data_root"])
+    results = tmp_path / "results"  # a copy: the shared sweep's own decisions stay as the sweep wrote them
+    shutil.copytree(tiny_hiast_sweep["results"], results)
     label_folders = sorted(data_root.glob("street_scenes/*/gtFine"))
     assert label_folders, "the embedded targets should have gtFine label folders"
     hidden = [folder.with_name("gtFine.hidden-during-selection") for folder in label_folders]
@@ -41,7 +44,7 @@ def test_selection_never_opens_heldout_labels(tiny_hiast_sweep: dict) -> None:
         folder.rename(away)
     try:
         opened.active = True
-        decisions = select_sweep(ResultStore(tiny_hiast_sweep["results"]), "tiny",
+        decisions = select_sweep(ResultStore(results), "tiny",
                                  selectors=("fmiou", "soft_vote", "entropy", "im", "snd"))
         opened.active = False
     finally:
@@ -55,8 +58,9 @@ def test_selection_never_opens_heldout_labels(tiny_hiast_sweep: dict) -> None:
 
 
 @pytest.mark.integration
-def test_select_cli_rescoring_records_decisions(tiny_hiast_sweep: dict) -> None:
-    results = tiny_hiast_sweep["results"]
+def test_select_cli_rescoring_records_decisions(tiny_hiast_sweep: dict, tmp_path: Path) -> None:
+    results = tmp_path / "results"  # a copy: the shared sweep's own decisions stay as the sweep wrote them
+    shutil.copytree(tiny_hiast_sweep["results"], results)
     result = subprocess.run([sys.executable, "-m", "raysel.select", "tiny", "--results", str(results),
                              "--selector", "rank_mean"], capture_output=True, text=True, timeout=300, cwd=REPO)
     assert result.returncode == 0, result.stderr

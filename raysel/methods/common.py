@@ -205,6 +205,7 @@ class RunningMean:
         self.counts: dict[str, int] = {}
 
     def add(self, **values: float) -> None:
+        """Record one value per name."""
         for name, value in values.items():
             self.totals[name] = self.totals.get(name, 0.0) + float(value)
             self.counts[name] = self.counts.get(name, 0) + 1
@@ -218,6 +219,7 @@ class RunningMean:
         return {name: float(value) for name, value in zip(names, local.tolist())}
 
     def reset(self) -> None:
+        """Forget everything recorded."""
         self.totals.clear()
         self.counts.clear()
 
@@ -237,6 +239,7 @@ class Stopwatch:
         self.seconds: dict[str, float] = {}
 
     def time(self, name: str) -> "_Phase":
+        """Context manager adding the enclosed wall time to phase ``name``."""
         return _Phase(self, name)
 
 

@@ -517,9 +517,11 @@ class RunningFraction:
         self.total, self.count = 0.0, 0
 
     def add(self, value: float) -> None:
+        """Record one fraction."""
         self.total, self.count = self.total + value, self.count + 1
 
     def pop(self) -> float:
+        """Mean since the last pop (0 if nothing was recorded), then reset."""
         value = self.total / self.count if self.count else 0.0
         self.total, self.count = 0.0, 0
         return value
@@ -591,7 +593,11 @@ def self_training_losses(student_logits: torch.Tensor, teacher_probabilities: to
 
 
 class PseudoLabelledTarget(Dataset):
-    """Target training images paired with their current pseudo-labels (never with ground truth)."""
+    """Target training images paired with their current pseudo-labels (never with ground truth).
+
+    raysel datasets number samples by position (``sample["index"] == position``), which is how pseudo-labels and
+    HPLA donors are looked up.
+    """
 
     def __init__(self, images: Dataset, bank: PseudoLabelBank) -> None:
         self.images, self.bank = images, bank
