@@ -430,23 +430,37 @@ class SourceStageSettings:
 
     learning_rate: float = 1e-3
     iterations: int = 600
-    batch_size: int = 8
+    # None: 8 segmentation images, 32 classification images (measured on digits: batches of 8 under BatchNorm
+    # reached 83% held-out source accuracy and collapsed to chance with photometric ops; 32 reached 91-98%).
+    batch_size: int | None = None
     optimizer: str = "adam"
     weight_decay: float = 5e-4
     schedule: str = "cosine"
     backbone_lr_ratio: float = 1.0
     freeze_batchnorm: bool = False
     augment: bool = True
+    # Photometric ops from the strong-augmentation pool on source images. A network trained from scratch on a
+    # single synthetic look otherwise transfers to nothing (measured: dusk_city 3.2 mIoU, chance 1.6); ImageNet
+    # initialisation gives the papers' source-only models that robustness, a small CPU model needs it from here.
+    photometric_ops: int = 2
 
     def validate(self) -> None:
+        require(self.photometric_ops >= 0, f"source photometric_ops must be >= 0, got {self.photometric_ops}")
         require(self.learning_rate > 0, f"source learning_rate must be > 0, got {self.learning_rate}")
         require(self.iterations >= 1, f"source iterations must be >= 1, got {self.iterations}")
-        require(self.batch_size >= 1, f"source batch_size must be >= 1, got {self.batch_size}")
+        require(self.batch_size is None or self.batch_size >= 1,
+                f"source batch_size must be >= 1, got {self.batch_size}")
         require(self.optimizer in ("adam", "sgd"), f"source optimizer must be adam or sgd, got {self.optimizer!r}")
         require(self.weight_decay >= 0, f"source weight_decay must be >= 0, got {self.weight_decay}")
         require(self.schedule in ("cosine", "poly", "constant"),
                 f"source schedule must be cosine, poly or constant, got {self.schedule!r}")
         require(self.backbone_lr_ratio > 0, f"backbone_lr_ratio must be > 0, got {self.backbone_lr_ratio}")
+
+    def batch_size_for(self, task: str) -> int:
+        """The source batch size for ``task`` (the explicit value, else the per-task default)."""
+        if self.batch_size is not None:
+            return self.batch_size
+        return 8 if task == "segmentation" else 32
 
 
 def train_on_source(ctx: RunContext, settings: SourceStageSettings) -> dict[str, Any]:
@@ -464,8 +478,8 @@ def train_on_source(ctx: RunContext, settings: SourceStageSettings) -> dict[str,
     optimizer = build_optimizer(network, settings.learning_rate, optimizer=settings.optimizer,
                                 weight_decay=settings.weight_decay, backbone_lr_ratio=settings.backbone_lr_ratio)
     scheduler = build_scheduler(optimizer, settings.iterations, settings.schedule)
-    loader = ctx.loader(MemoizedDataset(ctx.source_dataset()), settings.batch_size, shuffle=True, drop_last=True,
-                        seed_offset=11)
+    loader = ctx.loader(MemoizedDataset(ctx.source_dataset()), settings.batch_size_for(ctx.task), shuffle=True,
+                        drop_last=True, seed_offset=11)
     batches = infinite_batches(loader)
     generator = torch.Generator().manual_seed(ctx.spec.seed * 1009 + ctx.rank)
     segmentation = ctx.task == "segmentation"
@@ -474,8 +488,8 @@ def train_on_source(ctx: RunContext, settings: SourceStageSettings) -> dict[str,
     for iteration in range(settings.iterations):
         batch = next(batches)
         images, labels = batch["image"], batch["label"]
-        if segmentation and settings.augment:
-            images, labels = weak_augment(images, labels, generator)
+        if settings.augment:
+            images, labels = source_augment(images, labels, generator, segmentation, settings.photometric_ops)
         logits = network(images.to(ctx.device))
         loss = cross_entropy(logits, labels.to(ctx.device))
         stop_if_not_finite(ctx, loss, f"source stage iteration {iteration}")
@@ -488,6 +502,19 @@ def train_on_source(ctx: RunContext, settings: SourceStageSettings) -> dict[str,
     return {"model": {k: v.detach().cpu() for k, v in unwrap(network).state_dict().items()},
             "final_loss": running.means(ctx).get("loss", float("nan")), "seconds": seconds,
             "iterations": settings.iterations}
+
+
+def source_augment(images: torch.Tensor, labels: torch.Tensor, generator: torch.Generator, segmentation: bool,
+                   photometric_ops: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Source-training view: geometric (flip + scaled crop; digits get no flip and labels stay per image), then
+    ``photometric_ops`` ops of the strong pool each firing with p=0.5 (0 = geometry only)."""
+    if segmentation:
+        images, labels = weak_augment(images, labels, generator)
+    else:
+        images, _ = weak_augment(images, None, generator, flip=False, scale_range=(0.8, 1.0))
+    if photometric_ops > 0:
+        images = strong_augment(images, generator, num_ops=photometric_ops, op_probability=0.5)
+    return images, labels
 
 
 def source_stage(ctx: RunContext, settings: SourceStageSettings) -> dict[str, Any]:

@@ -4,7 +4,8 @@ Every sweep includes it as the reference point. Training is the shared stage
 :func:`raysel.methods.common.source_stage`, cached per (data, model, settings, seed) and *not* per target, so the
 same network serves every target domain and is also the starting point of HIAST's adversarial warm-up when the
 settings agree (the defaults do). Segmentation: pixel cross-entropy (ignore 255) with flip + scaled-crop
-augmentation; classification: image cross-entropy without augmentation.
+augmentation; classification: image cross-entropy with scaled crops; both with ``photometric_ops`` ops of the
+strong-augmentation pool (colour jitter, blur, contrast, brightness, posterize, equalize, solarize, grey).
 """
 
 from __future__ import annotations
@@ -25,12 +26,13 @@ class SourceOnlyConfig:
 
     learning_rate: float = 1e-3  # Adam; DeepLab practice would be SGD 2.5e-4 with poly decay
     iterations: int = 600
-    batch_size: int = 8
+    batch_size: int | None = None  # None: 8 segmentation / 32 classification images
     optimizer: str = "adam"  # "adam" | "sgd"
     weight_decay: float = 5e-4
     schedule: str = "cosine"  # "cosine" | "poly" | "constant"
     backbone_lr_ratio: float = 1.0  # 0.1 for ImageNet backbones (DeepLab/DANN practice)
     freeze_batchnorm: bool = False  # True for batch-1 DeepLab training
+    photometric_ops: int = 2  # 0 = geometric augmentation only
 
     def validate(self) -> None:
         """Raise ConfigError naming the first invalid hyperparameter."""
@@ -43,7 +45,8 @@ class SourceOnlyConfig:
         return common.SourceStageSettings(
             learning_rate=self.learning_rate, iterations=self.iterations, batch_size=self.batch_size,
             optimizer=self.optimizer, weight_decay=self.weight_decay, schedule=self.schedule,
-            backbone_lr_ratio=self.backbone_lr_ratio, freeze_batchnorm=self.freeze_batchnorm)
+            backbone_lr_ratio=self.backbone_lr_ratio, freeze_batchnorm=self.freeze_batchnorm,
+            photometric_ops=self.photometric_ops)
 
 
 def train_source_only(config: SourceOnlyConfig, ctx: RunContext) -> nn.Module:
