@@ -1,7 +1,9 @@
 """`python -m raysel.select SWEEP`: re-score a finished sweep offline with label-free selectors.
 
-Reads only the predictions each trial cached on the target training subset (no model is re-run, no target label
-is read) and records the decision in the result store's ``selections`` table.
+Reads only the predictions each trial cached on the target training subset (no target label is read) and records
+the decision in the result store's ``selections`` table. No model is re-run, except for finished candidates whose
+predictions file is missing, and for every candidate with ``--repredict``: those predict again from their
+checkpoints as Ray tasks, one per candidate with the trial's CPU/GPU request (:mod:`raysel.selection.remote`).
 """
 
 from __future__ import annotations
@@ -18,15 +20,23 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(
         prog="python -m raysel.select",
-        description="Re-score a finished sweep's candidates with label-free selectors (no model re-run, no target "
-        "labels) and record each decision in the result store.",
-        epilog="example:\n  python -m raysel.select hiast-20261123-120000 --selector fmiou --selector rank_mean",
+        description="Re-score a finished sweep's candidates with label-free selectors (no target labels) and record "
+        "each decision in the result store. Models run again only to replace missing prediction files, or for every "
+        "candidate with --repredict.",
+        epilog="examples:\n  python -m raysel.select hiast-20261123-120000 --selector fmiou --selector rank_mean\n"
+        "  python -m raysel.select hiast-20261123-120000 --repredict   # predict every candidate again on Ray",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("sweep", help="sweep id (see: python -m raysel.query \"SELECT DISTINCT sweep_id FROM trials\")")
     parser.add_argument("--selector", dest="selectors", action="append", choices=selector_names(), default=None,
                         help="selector to score with (repeatable; default fmiou)")
     parser.add_argument("--results", type=Path, default=Path("results"), help="result store folder (default ./results)")
+    parser.add_argument("--repredict", action="store_true",
+                        help="recompute every finished candidate's predictions from its checkpoint first, as Ray tasks "
+                        "(one per candidate, with the trial's CPUs and GPUs); without it only missing prediction "
+                        "files are recomputed")
+    parser.add_argument("--address", default=None,
+                        help="Ray cluster for re-prediction (default: RAY_ADDRESS, else a local Ray for this command)")
     return parser
 
 
@@ -34,9 +44,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from raysel.selection.decision import select_sweep
+    from raysel.selection.remote import repredict_sweep
     from raysel.store import ResultStore
 
     store = ResultStore(args.results)
+    repredict_sweep(store, args.sweep, only_missing=not args.repredict, address=args.address)
     decisions = select_sweep(store, args.sweep, selectors=tuple(args.selectors or ("fmiou",)))
     for decision in decisions:
         line = (f"{decision['selector']:>16}  target {decision['target']}: trial {decision['selected_trial_id']} "

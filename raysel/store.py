@@ -490,6 +490,19 @@ class ResultStore:
                 table = table.append_column(column, array)
         return write_table_atomically(table, path)
 
+    def update_trial_columns(self, sweep_id: str, trial_id: str, values: dict[str, Any]) -> Path:
+        """Set existing columns of a stored trial, keeping their types (atomic rewrite); e.g. a re-computed
+        ``predictions_path``. A column the file does not have raises ValueError (add columns with write_trial)."""
+        path = self._find_one("trials", sweep_id, trial_id)
+        table = pq.read_table(path)
+        for column, value in values.items():
+            if column not in table.column_names:
+                raise ValueError(f"trial {trial_id!r} of sweep {sweep_id!r} has no column {column!r} to update")
+            arrow_type = table.schema.field(column).type
+            array = pa.array([_coerce_value(column, value, arrow_type)], type=arrow_type)
+            table = table.set_column(table.column_names.index(column), column, array)
+        return write_table_atomically(table, path)
+
     def _remove_other_partitions(self, table: str, path: Path) -> None:
         """Keep one file per key even if a key was first written under another method (never expected, but cheap)."""
         for other in self.table_dir(table).glob(f"method=*/{_glob_escape(path.name)}"):

@@ -133,3 +133,22 @@ def test_candidate_predictions_validates_shapes():
     with pytest.raises(ValueError, match="one entry per image"):
         CandidatePredictions(labels=np.zeros(2, dtype=np.uint8), probabilities=None, image_ids=("a",),
                              image_indices=np.arange(2), num_classes=3, task="classification")
+
+
+def test_cache_candidate_predictions_predicts_the_runs_seeded_subset(tmp_path):
+    """The one implementation a trial and a re-prediction task share: seeded subset, spec's probability switch."""
+    from types import SimpleNamespace
+
+    from raysel.selection.predictions import cache_candidate_predictions
+
+    model = PixelClassifier()
+    dataset = TinyImages(9)
+    spec = SimpleNamespace(selection_size=4, selection_seed=3, keep_probabilities=False)
+    ctx = SimpleNamespace(spec=spec, device=torch.device("cpu"), target_dataset=lambda: dataset)
+    path = cache_candidate_predictions(model, ctx, tmp_path / "trial" / "predictions.npz")
+    assert path == tmp_path / "trial" / "predictions.npz"
+    cached = load_predictions(path)
+    expected = predict_subset(model, dataset, selection_subset(9, size=4, seed=3), "cpu")
+    np.testing.assert_array_equal(cached.labels, expected.labels)
+    np.testing.assert_array_equal(cached.image_indices, selection_subset(9, size=4, seed=3))
+    assert cached.probabilities is None

@@ -1,0 +1,507 @@
+"""`python -m raysel.report SWEEP`: PNG plots and a Markdown summary of a finished sweep and its selection.
+
+Written into ``--output`` (default ``<results>/reports/<SWEEP>/``), per target domain of the sweep:
+
+* ``score_vs_heldout_<target>.png`` — every selector that has scores (``score_<name>`` columns) against the
+  held-out mIoU (accuracy for classification) of the same candidates, when held-out scores exist;
+* ``hyperparameters_<target>.png`` — each swept hyperparameter (``hp_*`` columns that vary) against the selection
+  score of the report's selector;
+* ``class_iou_<target>.png`` — held-out per-class IoU (``heldout_iou``) of the selected candidate next to the best
+  held-out candidate (segmentation);
+* ``report.md`` — embeds the plots and lists the recorded selection decisions, the evaluation of every selector
+  (:func:`raysel.selection.evaluate.evaluate_selector`: regret, top-3 regret, gap closed, Kendall τ, Spearman ρ)
+  and the candidates.
+
+Held-out labels enter only through the ``heldout_*`` columns the trials stored; they appear in plots and tables
+marked *held-out (oracle)*, evaluate the label-free choices, and never change which candidate is selected.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import math
+import re
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Sequence
+
+import numpy as np
+
+from raysel.errors import UserError, exits_cleanly_on_user_error
+
+if TYPE_CHECKING:  # pragma: no cover
+    import pandas
+    from matplotlib.figure import Figure
+
+SCORE_PREFIX = "score_"
+HYPERPARAMETER_PREFIX = "hp_"
+HELDOUT_COLUMNS = {"heldout_miou": "held-out mIoU", "heldout_accuracy": "held-out accuracy"}
+DEFAULT_SELECTOR = "fmiou"
+POINTS = 100.0
+SELECTED_STYLE = {"marker": "*", "s": 260, "color": "tab:red", "edgecolors": "black", "zorder": 4}
+BEST_STYLE = {"marker": "o", "s": 220, "facecolors": "none", "edgecolors": "tab:green", "linewidths": 2, "zorder": 5}
+
+
+@dataclass
+class TargetReport:
+    """What the report shows for one target domain: candidates, the chosen and best trials, evaluations, figures."""
+
+    target: str
+    candidates: "pandas.DataFrame"
+    selected_trial: str | None
+    best_trial: str | None
+    evaluations: dict[str, dict[str, Any] | None] = field(default_factory=dict)
+    figures: dict[str, str] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Reading the store
+# --------------------------------------------------------------------------------------------------------------
+
+
+def load_sweep_tables(store: Any, sweep_id: str) -> tuple["pandas.DataFrame", "pandas.DataFrame"]:
+    """The sweep's trials and selection decisions; UserError when the store is empty or lacks the sweep."""
+    trials = store.load_sweep(sweep_id)
+    if trials.empty:
+        known = store.sweeps()
+        if not known:
+            raise UserError(f"the result store {store.root} is empty: no sweep has stored a trial yet "
+                            f"(run `python -m raysel.sweep METHOD --results {store.root}` first)")
+        raise UserError(f"sweep {sweep_id!r} is not in the result store {store.root}; sweeps there: "
+                        f"{', '.join(known)}")
+    return trials, store.load("selections", sweep_id=sweep_id)
+
+
+def score_columns(trials: "pandas.DataFrame") -> list[str]:
+    """``score_<selector>`` columns holding at least one value, sorted."""
+    return sorted(column for column in trials.columns
+                  if column.startswith(SCORE_PREFIX) and trials[column].notna().any())
+
+
+def heldout_column(trials: "pandas.DataFrame") -> str | None:
+    """``heldout_miou`` (segmentation) or ``heldout_accuracy`` (classification), whichever holds values; or None."""
+    return next((column for column in HELDOUT_COLUMNS if column in trials and trials[column].notna().any()), None)
+
+
+def _hashable(series: "pandas.Series") -> "pandas.Series":
+    """List-valued hyperparameters (``tuple[int, ...]``) as strings, so they can be counted and compared."""
+    if series.dtype != object:
+        return series
+    return series.map(lambda value: str(list(value)) if isinstance(value, (list, tuple, np.ndarray)) else value)
+
+
+def swept_hyperparameters(trials: "pandas.DataFrame") -> list[str]:
+    """``hp_*`` columns taking more than one value among ``trials`` (the hyperparameters the sweep varied)."""
+    return [column for column in trials.columns
+            if column.startswith(HYPERPARAMETER_PREFIX) and _hashable(trials[column]).nunique(dropna=True) > 1]
+
+
+def choose_selector(trials: "pandas.DataFrame", selections: "pandas.DataFrame", requested: str | None) -> str | None:
+    """The selector whose choice the report follows: ``requested``, else fmiou, else the first decided or scored."""
+    scored = [column[len(SCORE_PREFIX):] for column in score_columns(trials)]
+    if requested is not None:
+        if requested not in scored:
+            raise UserError(f"selector {requested!r} has no scores in this sweep (scored: {', '.join(scored) or 'none'});"
+                            f" score it first with `python -m raysel.select SWEEP --selector {requested}`")
+        return requested
+    if DEFAULT_SELECTOR in scored:
+        return DEFAULT_SELECTOR
+    decided = [name for name in selections.get("selector", []) if name in scored]
+    return decided[0] if decided else (scored[0] if scored else None)
+
+
+def _top_index(scores: np.ndarray) -> int:
+    """Index of the highest score (NaN never chosen, ties to the first), as evaluate.py and decision.py pick."""
+    return int(np.argmax(np.where(np.isnan(scores), -np.inf, scores)))
+
+
+def selected_trial(candidates: "pandas.DataFrame", selections: "pandas.DataFrame", target: str,
+                   selector: str | None) -> str | None:
+    """The trial the selector chose for ``target``: its recorded decision, else the highest score; None if unscored."""
+    if selector is None:
+        return None
+    if not selections.empty:
+        recorded = selections[(selections["target"] == target) & (selections["selector"] == selector)]
+        recorded = recorded.sort_values("created_at")["selected_trial_id"]
+        if len(recorded) and recorded.iloc[-1] in set(candidates["trial_id"]):
+            return str(recorded.iloc[-1])
+    scores = candidates[SCORE_PREFIX + selector].to_numpy(dtype=np.float64, na_value=np.nan)
+    if np.isnan(scores).all():
+        return None
+    return str(candidates["trial_id"].iloc[_top_index(scores)])
+
+
+def evaluate_target(candidates: "pandas.DataFrame", heldout: str | None) -> dict[str, dict[str, Any] | None]:
+    """Held-out evaluation of every scored selector on one target (None where a scored candidate lacks held-out)."""
+    from raysel.selection.evaluate import evaluate_selector
+
+    evaluations: dict[str, dict[str, Any] | None] = {}
+    if heldout is None:
+        return evaluations
+    for column in score_columns(candidates):
+        scored = candidates[candidates[column].notna()]
+        truth = scored[heldout].to_numpy(dtype=np.float64, na_value=np.nan)
+        if len(scored) < 2 or not np.isfinite(truth).all():
+            evaluations[column[len(SCORE_PREFIX):]] = None
+            continue
+        result = evaluate_selector(scored[column].to_numpy(dtype=np.float64), truth)
+        result["selected_trial_id"] = str(scored["trial_id"].iloc[result["selected_index"]])
+        evaluations[column[len(SCORE_PREFIX):]] = result
+    return evaluations
+
+
+def class_names_of(dataset: Any, count: int) -> list[str]:
+    """Class names of the dataset family (``class <i>`` when the family is unknown or has another class count)."""
+    from raysel.data import get_family
+
+    try:
+        names = list(get_family(str(dataset)).class_names)
+    except UserError:
+        names = []
+    return names if len(names) == count else [f"class {index}" for index in range(count)]
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Plots (matplotlib's Agg canvas: no display, no global pyplot state)
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _new_figure(panels: int, width: float = 4.2, height: float = 3.4) -> tuple["Figure", list[Any]]:
+    """A figure on the Agg canvas with ``panels`` axes in rows of at most three."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    columns = min(3, panels)
+    rows = math.ceil(panels / columns)
+    figure = Figure(figsize=(width * columns, height * rows), layout="constrained")
+    FigureCanvasAgg(figure)
+    axes = figure.subplots(rows, columns, squeeze=False).ravel()
+    for unused in axes[panels:]:
+        unused.set_visible(False)
+    return figure, list(axes[:panels])
+
+
+def _save(figure: "Figure", path: Path) -> str:
+    """Write ``figure`` as PNG to ``path``; return the file name (the Markdown links relative to the report)."""
+    try:
+        figure.savefig(path, format="png", dpi=100)
+    except OSError as error:
+        raise UserError(f"cannot write the report plot {path}: {error.strerror or error}") from None
+    return path.name
+
+
+def plot_scores_against_heldout(candidates: "pandas.DataFrame", heldout: str, selectors: Sequence[str],
+                                best_trial: str, path: Path, kendall_taus: dict[str, float] | None = None) -> str:
+    """One panel per selector: label-free score (x) against held-out score in points (y); top score and best marked.
+
+    ``kendall_taus`` (selector -> τ against the held-out scores) goes into the panel titles when given.
+    """
+    figure, axes = _new_figure(len(selectors), width=5.0)
+    truth = candidates[heldout].to_numpy(dtype=np.float64, na_value=np.nan) * POINTS
+    is_best = (candidates["trial_id"] == best_trial).to_numpy()
+    for axis, selector in zip(axes, selectors):
+        scores = candidates[SCORE_PREFIX + selector].to_numpy(dtype=np.float64, na_value=np.nan)
+        axis.scatter(scores, truth, color="tab:blue", s=36, label="candidate", zorder=3)
+        if not np.isnan(scores).all():
+            top = _top_index(scores)
+            axis.scatter(scores[top], truth[top], label="selected (top score)", **SELECTED_STYLE)
+        axis.scatter(scores[is_best], truth[is_best], label="best held-out (oracle)", **BEST_STYLE)
+        tau = (kendall_taus or {}).get(selector)
+        axis.set_title(selector if tau is None or not math.isfinite(tau) else f"{selector}  (Kendall τ {tau:.2f})")
+        axis.set_xlabel(f"{selector} score (label-free)")
+        axis.set_ylabel(f"{HELDOUT_COLUMNS[heldout]} (oracle, points)")
+        axis.grid(alpha=0.3)
+    axes[0].legend(fontsize=7, loc="best")
+    figure.suptitle(f"Label-free scores against {HELDOUT_COLUMNS[heldout]} (oracle check)", fontsize=10)
+    return _save(figure, path)
+
+
+def plot_hyperparameters(candidates: "pandas.DataFrame", hyperparameters: Sequence[str], selector: str,
+                         selected: str | None, path: Path) -> str:
+    """One panel per swept hyperparameter: its value (x; categories for non-numbers) against the selection score."""
+    import pandas
+
+    figure, axes = _new_figure(len(hyperparameters))
+    scores = candidates[SCORE_PREFIX + selector].to_numpy(dtype=np.float64, na_value=np.nan)
+    is_selected = (candidates["trial_id"] == selected).to_numpy()
+    for axis, column in zip(axes, hyperparameters):
+        values = _hashable(candidates[column])
+        numeric = pandas.api.types.is_numeric_dtype(values) and not pandas.api.types.is_bool_dtype(values)
+        if numeric:
+            positions = values.to_numpy(dtype=np.float64, na_value=np.nan)
+        else:
+            categories = pandas.Categorical(values.astype(str))
+            positions = categories.codes.astype(np.float64)
+            axis.set_xticks(np.arange(len(categories.categories)), list(categories.categories), rotation=30,
+                            fontsize=8)
+            axis.set_xlim(-0.5, len(categories.categories) - 0.5)
+        axis.scatter(positions, scores, color="tab:blue", s=36, zorder=3)
+        axis.scatter(positions[is_selected], scores[is_selected], label="selected", **SELECTED_STYLE)
+        axis.set_xlabel(column[len(HYPERPARAMETER_PREFIX):])
+        axis.set_ylabel(f"{selector} score")
+        axis.grid(alpha=0.3)
+    axes[0].legend(fontsize=7, loc="best")
+    figure.suptitle(f"Swept hyperparameters against the {selector} selection score", fontsize=10)
+    return _save(figure, path)
+
+
+def plot_class_iou(class_names: Sequence[str], selected_iou: np.ndarray, best_iou: np.ndarray, selector: str,
+                   same: bool, path: Path) -> str:
+    """Grouped bars of held-out per-class IoU (points) of the selected and the best held-out candidate."""
+    figure, (axis,) = _new_figure(1, width=max(6.0, 0.55 * len(class_names)), height=4.2)
+    positions = np.arange(len(class_names))
+    axis.bar(positions - 0.2, selected_iou * POINTS, width=0.4, color="tab:red", label=f"selected by {selector}")
+    axis.bar(positions + 0.2, best_iou * POINTS, width=0.4, color="tab:green", label="best held-out (oracle)")
+    axis.set_xticks(positions, list(class_names), rotation=45, ha="right", fontsize=8)
+    for position in np.flatnonzero(np.isnan(selected_iou) & np.isnan(best_iou)):
+        axis.text(position, 0.5, "absent", rotation=90, ha="center", va="bottom", fontsize=7, color="gray")
+    axis.set_ylabel("held-out IoU (points)")
+    axis.grid(axis="y", alpha=0.3)
+    axis.legend(fontsize=8)
+    suffix = " (the selector chose the best candidate)" if same else ""
+    axis.set_title(f"Held-out per-class IoU: selected vs best candidate{suffix}")
+    return _save(figure, path)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The report
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _file_stem(text: str) -> str:
+    """A file-name-safe version of a target name."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text) or "target"
+
+
+def report_target(candidates: "pandas.DataFrame", selections: "pandas.DataFrame", target: str, selector: str | None,
+                  output: Path) -> TargetReport:
+    """Evaluate and plot one target's candidates into ``output``."""
+    heldout = heldout_column(candidates)
+    truth = candidates[heldout].to_numpy(dtype=np.float64, na_value=np.nan) if heldout else None
+    best = (str(candidates["trial_id"].iloc[int(np.nanargmax(truth))])
+            if truth is not None and np.isfinite(truth).any() else None)
+    report = TargetReport(target=target, candidates=candidates,
+                          selected_trial=selected_trial(candidates, selections, target, selector), best_trial=best,
+                          evaluations=evaluate_target(candidates, heldout))
+    stem = _file_stem(target)
+    selectors = [column[len(SCORE_PREFIX):] for column in score_columns(candidates)]
+    if heldout is not None and selectors and best is not None:
+        taus = {name: result["kendall_tau"] for name, result in report.evaluations.items() if result is not None}
+        report.figures["scores"] = plot_scores_against_heldout(candidates, heldout, selectors, best,
+                                                               output / f"score_vs_heldout_{stem}.png", taus)
+    elif heldout is None:
+        report.notes.append("No held-out scores were stored for these trials, so selectors cannot be compared "
+                            "with the truth here.")
+    else:
+        report.notes.append("No selector scores yet: run `python -m raysel.select SWEEP --selector NAME`.")
+    swept = swept_hyperparameters(candidates)
+    if selector is not None and swept:
+        report.figures["hyperparameters"] = plot_hyperparameters(candidates, swept, selector, report.selected_trial,
+                                                                 output / f"hyperparameters_{stem}.png")
+    elif not swept:
+        report.notes.append("No hyperparameter varies among these candidates.")
+    per_class = _class_iou_pair(candidates, report.selected_trial, best)
+    if per_class is not None:
+        names = class_names_of(candidates["dataset"].iloc[0], per_class[0].size)
+        report.figures["class_iou"] = plot_class_iou(names, per_class[0], per_class[1], str(selector),
+                                                     report.selected_trial == best, output / f"class_iou_{stem}.png")
+    elif "heldout_iou" not in candidates or candidates["heldout_iou"].isna().all():
+        report.notes.append("No per-class held-out IoU is stored for these trials (classification trials store "
+                            "accuracy only).")
+    return report
+
+
+def _class_iou_pair(candidates: "pandas.DataFrame", selected: str | None, best: str | None
+                    ) -> tuple[np.ndarray, np.ndarray] | None:
+    """Held-out per-class IoU arrays of the selected and the best candidate, when both are stored with one length."""
+    if selected is None or best is None or "heldout_iou" not in candidates:
+        return None
+    by_trial = candidates.set_index("trial_id")["heldout_iou"]
+    pair = [by_trial.get(trial) for trial in (selected, best)]
+    if any(value is None or (np.ndim(value) == 0) for value in pair):
+        return None
+    selected_iou, best_iou = (np.asarray(value, dtype=np.float64) for value in pair)
+    return (selected_iou, best_iou) if selected_iou.shape == best_iou.shape and selected_iou.size else None
+
+
+def _number(value: Any, digits: int = 2) -> str:
+    """A table cell: the number rounded, or an en dash for missing / NaN."""
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "–"
+    try:
+        if value != value:  # pandas NA / NaN
+            return "–"
+    except TypeError:
+        return "–"
+    if isinstance(value, (bool, np.bool_)):
+        return str(bool(value))
+    if isinstance(value, (int, np.integer)):
+        return str(int(value))
+    if isinstance(value, (float, np.floating)):
+        return f"{float(value):.{digits}f}"
+    return str(value)
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    """A Markdown table."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return lines + [""]
+
+
+def _decision_lines(selections: "pandas.DataFrame", sweep_id: str) -> list[str]:
+    """The recorded selection decisions as a table (held-out columns marked as the oracle check they are)."""
+    lines = ["## Selection decisions", ""]
+    if selections.empty:
+        return lines + [f"No decision is recorded yet: run `python -m raysel.select {sweep_id}`.", ""]
+    latest = selections.sort_values("created_at").drop_duplicates(["target", "selector"], keep="last")
+    rows = [[str(row["target"]), str(row["selector"]), f"`{row['selected_trial_id']}`", _number(row["score"], 4),
+             _number(row["num_candidates"]), _number(_points(row.get("heldout_selected"))),
+             _number(_points(row.get("heldout_best"))), _number(row.get("heldout_regret"))]
+            for row in latest.sort_values(["target", "selector"]).to_dict("records")]
+    return lines + _table(["target", "selector", "selected trial", "score", "candidates",
+                           "held-out of selected (points, oracle)", "held-out best (points, oracle)",
+                           "regret (points, oracle)"], rows)
+
+
+def _evaluation_lines(report: TargetReport) -> list[str]:
+    """Per-selector evaluation against held-out labels (regret, gap closed, τ, ρ, top-3 regret)."""
+    if not report.evaluations:
+        return []
+    rows = []
+    for selector, result in sorted(report.evaluations.items()):
+        if result is None:
+            rows.append([selector, "–", "not every scored candidate has a held-out score", "", "", "", "", ""])
+            continue
+        rows.append([selector, f"`{result['selected_trial_id']}`", _number(result["regret"]),
+                     _number(result["top3_regret"]), _number(result["gap_closed"]), _number(result["kendall_tau"]),
+                     _number(result["spearman_rho"]), _number(result["num_candidates"])])
+    return (["### Selectors against held-out labels (oracle evaluation, never used to select)", ""]
+            + _table(["selector", "selected trial", "regret (points)", "top-3 regret (points)", "gap closed",
+                      "Kendall τ", "Spearman ρ", "candidates"], rows))
+
+
+def _candidate_lines(report: TargetReport) -> list[str]:
+    """One row per candidate: swept hyperparameters, selector scores, held-out score."""
+    candidates = report.candidates
+    swept = swept_hyperparameters(candidates)
+    scores = score_columns(candidates)
+    heldout = heldout_column(candidates)
+    header = (["trial"] + [column[len(HYPERPARAMETER_PREFIX):] for column in swept] + scores
+              + ([f"{HELDOUT_COLUMNS[heldout]} (points, oracle)"] if heldout else []))
+    rows = []
+    for row in candidates.to_dict("records"):
+        marks = ("selected " if row["trial_id"] == report.selected_trial else "") + (
+            "best" if row["trial_id"] == report.best_trial else "")
+        cells = [f"`{row['trial_id']}`" + (f" ({marks.strip()})" if marks else "")]
+        cells += [_number(_hashable_value(row[column]), 4) for column in swept]
+        cells += [_number(row[column], 4) for column in scores]
+        cells += [_number(_points(row[heldout]))] if heldout else []
+        rows.append(cells)
+    return ["### Candidates", ""] + _table(header, rows)
+
+
+def _points(fraction: Any) -> Any:
+    """A held-out fraction in mIoU (accuracy) points; missing values unchanged."""
+    return fraction * POINTS if isinstance(fraction, (float, np.floating)) else fraction
+
+
+def _hashable_value(value: Any) -> Any:
+    """A list-valued hyperparameter as a string; other values unchanged."""
+    return str(list(value)) if isinstance(value, (list, tuple, np.ndarray)) else value
+
+
+def render_markdown(sweep_id: str, trials: "pandas.DataFrame", selections: "pandas.DataFrame",
+                    reports: Sequence[TargetReport], selector: str | None) -> str:
+    """The Markdown summary: sweep facts, decisions, and per target the evaluation, plots and candidates."""
+    finished = int((trials["status"] == "finished").sum())
+    methods = ", ".join(sorted(set(trials["method"].astype(str))))
+    first = trials.iloc[0]
+    lines = [f"# Selection report: sweep `{sweep_id}`", "",
+             f"Method {methods} on {first['dataset']} (source {first['source']}); {len(trials)} trial(s), "
+             f"{finished} finished; targets: {', '.join(r.target for r in reports)}. The plots follow selector "
+             f"`{selector or 'none'}`.", "",
+             f"Written by `python -m raysel.report` at {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} "
+             "UTC. Held-out labels enter only through the columns and plots marked *held-out* or *oracle*: they "
+             "evaluate the label-free choices and never influenced them.", ""]
+    lines += _decision_lines(selections, sweep_id)
+    captions = {"scores": "Selector scores against held-out scores",
+                "hyperparameters": "Swept hyperparameters against the selection score",
+                "class_iou": "Held-out per-class IoU of the selected and the best candidate"}
+    for report in reports:
+        lines += [f"## Target `{report.target}`", ""]
+        if report.selected_trial is not None:
+            lines += [f"Selected by `{selector}`: `{report.selected_trial}`; best held-out candidate (oracle): "
+                      f"`{report.best_trial or 'unknown'}`.", ""]
+        lines += _evaluation_lines(report)
+        for key, name in report.figures.items():
+            lines += [f"### {captions[key]}", "", f"![{captions[key]}]({name})", ""]
+        lines += [f"*{note}*" for note in report.notes] + ([""] if report.notes else [])
+        lines += _candidate_lines(report)
+    return "\n".join(lines)
+
+
+def write_report(store: Any, sweep_id: str, output: Path | str | None = None, selector: str | None = None) -> Path:
+    """Write the sweep's PNG plots and ``report.md`` into ``output`` (default ``<store>/reports/<sweep>``)."""
+    trials, selections = load_sweep_tables(store, sweep_id)
+    finished = trials[trials["status"] == "finished"].sort_values("trial_id")
+    if finished.empty:
+        raise UserError(f"sweep {sweep_id!r} has no finished trial ({len(trials)} failed or stopped); nothing to "
+                        "report")
+    chosen = choose_selector(finished, selections, selector)
+    output = Path(output) if output is not None else Path(store.root) / "reports" / sweep_id
+    try:
+        output.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise UserError(f"cannot create the report folder {output}: {error.strerror or error}") from None
+    reports = [report_target(group.reset_index(drop=True), selections, str(target), chosen, output)
+               for target, group in finished.groupby("target", sort=True)]
+    path = output / "report.md"
+    try:
+        path.write_text(render_markdown(sweep_id, trials, selections, reports, chosen) + "\n")
+    except OSError as error:
+        raise UserError(f"cannot write {path}: {error.strerror or error}") from None
+    return path
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Command line
+# --------------------------------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``python -m raysel.report`` argument parser."""
+    parser = argparse.ArgumentParser(
+        prog="python -m raysel.report",
+        description="Plot a finished sweep (selector scores against held-out scores, hyperparameters against the "
+        "selection score, per-class held-out IoU of the selected and best candidate) and write a Markdown summary "
+        "embedding the plots.",
+        epilog="example:\n  python -m raysel.report hiast-20261123-120000 --output report/",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("sweep", help="sweep id (see: python -m raysel.query \"SELECT DISTINCT sweep_id FROM trials\")")
+    parser.add_argument("--results", type=Path, default=Path("results"), help="result store folder (default ./results)")
+    parser.add_argument("--output", type=Path, default=None,
+                        help="folder for the PNGs and report.md (default <results>/reports/<sweep>)")
+    parser.add_argument("--selector", default=None,
+                        help="selector whose choice the plots follow (default fmiou when scored)")
+    return parser
+
+
+@exits_cleanly_on_user_error
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``python -m raysel.report`` and ``raysel report``."""
+    args = build_parser().parse_args(argv)
+    from raysel.store import ResultStore
+
+    path = write_report(ResultStore(args.results), args.sweep, args.output, args.selector)
+    images = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", path.read_text())
+    print(f"wrote {path} with {len(images)} plot(s): {', '.join(images) or 'none'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
