@@ -41,6 +41,8 @@ class Method:
     # Optional: build the stages that do not depend on swept hyperparameters (source model, warm-up) through
     # ``ctx.cached_stage``. The sweep calls it once per target before any trial starts, with all the CPUs it has.
     prepare_shared: Callable[[Any, "RunContext"], None] | None = None
+    # Label-free selectors recorded after a sweep when ``--selector`` is not given; the first decides.
+    default_selectors: tuple[str, ...] = ("fmiou",)
 
     @property
     def search_space_path(self) -> Path:

@@ -81,7 +81,8 @@ def build_parser() -> argparse.ArgumentParser:
     out.add_argument("--resume", action="store_true",
                      help="continue the sweep --name (default: the latest sweep of METHOD); finished trials are kept")
     out.add_argument("--selector", dest="selectors", action="append", default=None,
-                     help="label-free selector(s) recorded after the sweep; the first decides (default fmiou)")
+                     help="label-free selector(s) recorded after the sweep; the first decides (default: the method's, "
+                          "fmiou; hdrq: merge_quality then fmiou)")
     out.add_argument("--progress-interval", type=float, default=30.0,
                      help="seconds between progress lines (default 30)")
     return parser
@@ -129,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
                "selection_size": args.selection_size}
         settings = tuning.SweepSettings(method=method.name, sweep_id=sweep_id, results=results, run=run,
                                         targets=targets, resources=resources, max_failures=args.max_failures,
-                                        selectors=tuple(args.selectors or ("fmiou",)),
+                                        selectors=tuple(args.selectors or method.default_selectors),
                                         space_path=str(space_path), overrides=list(args.overrides))
         search = tuning.SearchSettings(search=args.search, scheduler=args.scheduler, num_samples=args.num_samples,
                                        max_concurrent=args.max_concurrent, seed=args.seed)

@@ -37,6 +37,13 @@ from raysel.registry import get_method
 DRIVER_CPU = 0.1  # the Tune trial's own share when it only drives a TorchTrainer (ray.md: 0 is rejected)
 ATTEMPTS_FILE = "attempts"
 FINAL_FILE = "final.json"
+# A method's returned model may carry this attribute (a dict) for what finish_run cannot know by itself:
+#   "evaluation_targets": [target, ...]  held-out evaluation on each (multi-target methods such as hdrq):
+#                                        heldout_<metric>_<target> per target, heldout_<metric> their harmonic mean;
+#   "scores": {name: value}              label-free scores the trial computed itself, stored as score_<name>;
+#   "metrics": {name: scalar}            further columns of the trial's row.
+TRIAL_EXTRAS = "trial_extras"
+PER_TARGET_HELDOUT_PREFIXES = ("heldout_miou_", "heldout_accuracy_", "heldout_iou_")
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -205,23 +212,42 @@ def run_worker(loop_config: dict[str, Any], session: Any) -> dict[str, Any]:
 def finish_run(model: torch.nn.Module, ctx: RunContext) -> dict[str, Any]:
     """Save the final model, cache predictions on the label-free selection subset, score on held-out labels."""
     from raysel.heldout import heldout_scores
-    from raysel.selection.predictions import predict_subset, save_predictions, selection_subset
+    from raysel.selection.predictions import cache_candidate_predictions
 
+    extras = getattr(model, TRIAL_EXTRAS, None) or {}
     model = getattr(model, "module", model)
     model.eval()
     output_dir = Path(ctx.spec.output_dir)
     checkpoint_path = output_dir / "model.pt"
     torch.save(model.state_dict(), checkpoint_path)
-
-    target_images = ctx.target_dataset()
-    indices = selection_subset(len(target_images), size=ctx.spec.selection_size, seed=ctx.spec.selection_seed)
-    predictions = predict_subset(model, target_images, indices, ctx.device, keep_probabilities=ctx.spec.keep_probabilities)
-    predictions_path = output_dir / "predictions.npz"
-    save_predictions(predictions_path, predictions)
+    predictions_path = cache_candidate_predictions(model, ctx, output_dir / "predictions.npz")
 
     final: dict[str, Any] = {"checkpoint_path": str(checkpoint_path), "predictions_path": str(predictions_path)}
-    heldout = heldout_scores(model, ctx.family, ctx.data_root, ctx.target, ctx.device, image_size=ctx.spec.image_size)
-    final.update(heldout)
+    if extras.get("evaluation_targets"):
+        final.update(multi_target_heldout(model, ctx, list(extras["evaluation_targets"])))
+    else:
+        final.update(heldout_scores(model, ctx.family, ctx.data_root, ctx.target, ctx.device,
+                                    image_size=ctx.spec.image_size))
+    for key in ("scores", "metrics"):
+        if extras.get(key):
+            final[key] = dict(extras[key])
+    return final
+
+
+def multi_target_heldout(model: torch.nn.Module, ctx: RunContext, targets: list[str]) -> dict[str, Any]:
+    """Held-out scores of one model on several targets: ``heldout_<metric>_<target>`` (and per-class IoU) per
+    target, and ``heldout_<metric>`` = their harmonic mean (HDRQ's H, 2ab/(a+b) for two targets)."""
+    from raysel.heldout import heldout_scores
+    from raysel.metrics import harmonic_mean
+
+    key = "heldout_accuracy" if ctx.task == "classification" else "heldout_miou"
+    final: dict[str, Any] = {}
+    for target in targets:
+        scores = heldout_scores(model, ctx.family, ctx.data_root, target, ctx.device, image_size=ctx.spec.image_size)
+        final[f"{key}_{target}"] = scores[key]
+        if "heldout_iou" in scores:
+            final[f"heldout_iou_{target}"] = scores["heldout_iou"]
+    final[key] = harmonic_mean(final[f"{key}_{target}"] for target in targets)
     return final
 
 
@@ -363,6 +389,8 @@ def _write_row(store: Any, settings: SweepSettings, trial_id: str, config: dict[
     for key in ("heldout_miou", "heldout_accuracy", "heldout_iou", "train_time_s"):
         if key in final:
             row[key] = final[key]
+    row.update({key: value for key, value in final.items() if key.startswith(PER_TARGET_HELDOUT_PREFIXES)})
+    row["scores"], row["metrics"] = final.get("scores"), final.get("metrics")  # from TRIAL_EXTRAS (finish_run)
     # Every hyperparameter, swept or default, becomes its own typed column.
     row["hyperparameters"] = dataclasses.asdict(config_from_dict(method.config_class, dict(config["hp"])))
     store.write_trial(row, hyperparameter_types=_hyperparameter_types(method.config_class))

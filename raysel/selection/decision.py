@@ -24,14 +24,17 @@ def select_sweep(store: Any, sweep_id: str, method: str | None = None, selectors
     and skipped (F-mIoU is undefined for a single candidate).
     """
     from raysel.selection.predictions import load_predictions
-    from raysel.selection.selectors import get_selector
+    from raysel.selection.selectors import TrialScoreSelector, get_selector
 
     stream = stream or sys.stdout
     trials = store.load_sweep(sweep_id)
     if trials.empty:
         raise UserError(f"sweep {sweep_id!r} has no trials in the result store {store.root}")
-    finished = trials[(trials["status"] == "finished") & trials["predictions_path"].notna()]
     selector_objects = [get_selector(name) for name in selectors]
+    needs_predictions = any(not isinstance(s, TrialScoreSelector) for s in selector_objects)
+    finished = trials[trials["status"] == "finished"]
+    if needs_predictions:
+        finished = finished[finished["predictions_path"].notna()]
     decisions: list[dict[str, Any]] = []
     for target, group in finished.groupby("target", sort=True):
         group = group.sort_values("trial_id")
@@ -41,12 +44,15 @@ def select_sweep(store: Any, sweep_id: str, method: str | None = None, selectors
             continue
         needs_probabilities = any(s.needs_probabilities for s in selector_objects)
         candidates = [load_predictions(path, with_probabilities=needs_probabilities)
-                      for path in group["predictions_path"]]
+                      for path in group["predictions_path"]] if needs_predictions else []
         trial_ids = list(group["trial_id"])
         for selector in selector_objects:
-            scores = np.asarray(selector.score(candidates), dtype=np.float64)
-            for trial_id, score in zip(trial_ids, scores):
-                store.update_trial_scores(sweep_id, trial_id, {selector.name: float(score)})
+            if isinstance(selector, TrialScoreSelector):  # scored inside each trial (hdrq: merge_quality)
+                scores = selector.score_trials(group)
+            else:
+                scores = np.asarray(selector.score(candidates), dtype=np.float64)
+                for trial_id, score in zip(trial_ids, scores):
+                    store.update_trial_scores(sweep_id, trial_id, {selector.name: float(score)})
             decision = _decision_row(sweep_id, method or str(group["method"].iloc[0]), str(target), selector.name,
                                      trial_ids, scores, group)
             store.write_selection(decision)

@@ -17,6 +17,12 @@ name               score                                                        
 
 For classification the agreement selectors use accuracy instead of mIoU (fused-vote agreement), and the
 probability selectors work on per-image rather than per-pixel probability vectors.
+
+**Trial-scored selectors** (:data:`TRIAL_SCORE_SELECTORS`) score what the cached predictions cannot hold: each
+trial computes its label-free score itself and stores it as ``score_<name>``; selection reads the stored scores
+(:func:`raysel.selection.decision.select_sweep`). ``merge_quality`` is HDRQ's merge-quality score
+(:mod:`raysel.selection.merge_quality`: agreement of the merged model with every target's quantized specialist,
+harmonic mean over targets), computed by the ``hdrq`` method, which alone holds the specialists.
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
-from typing import ClassVar, Protocol, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, Sequence
 
 import numpy as np
 import torch
@@ -35,6 +41,9 @@ from raysel.errors import ConfigError, DataError
 from raysel.metrics import ConfusionMatrix, miou, pixel_accuracy
 from raysel.selection.predictions import CandidatePredictions
 from raysel.selection.voting import fused_vote_accumulator
+
+if TYPE_CHECKING:  # pragma: no cover
+    import pandas
 
 
 class Selector(Protocol):
@@ -336,14 +345,16 @@ for _selector_class in (FMIoUSelector, ConfidentFMIoUSelector, SoftVoteSelector,
 
 
 def selector_names() -> list[str]:
-    """Registered selector names, in registration order."""
-    return list(SELECTORS)
+    """Registered selector names (prediction-based, then trial-scored), in registration order."""
+    return list(SELECTORS) + list(TRIAL_SCORE_SELECTORS)
 
 
-def get_selector(name: str, **params: object) -> BaseSelector:
+def get_selector(name: str, **params: object) -> "BaseSelector | TrialScoreSelector":
     """Build the selector ``name`` with optional hyperparameters; ConfigError naming the valid names or keys."""
+    if name in TRIAL_SCORE_SELECTORS and not params:
+        return TRIAL_SCORE_SELECTORS[name]()
     if name not in SELECTORS:
-        raise ConfigError(f"unknown selector {name!r}; valid selectors: {', '.join(SELECTORS)}")
+        raise ConfigError(f"unknown selector {name!r}; valid selectors: {', '.join(selector_names())}")
     selector_class = SELECTORS[name]
     valid = {field.name for field in dataclasses.fields(selector_class)}
     unknown = sorted(set(params) - valid)
@@ -360,3 +371,38 @@ def select_best(scores: Sequence[float] | np.ndarray) -> int:
         raise DataError("no candidate has a finite selector score; nothing to select")
     return int(np.nanargmax(scores))
 
+
+# --------------------------------------------------------------------------------------------------------------
+# Trial-scored selectors: the label-free score was computed inside each trial and stored with its row
+# --------------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TrialScoreSelector:
+    """A label-free score each trial computed itself (stored as ``score_<name>``); higher is better."""
+
+    name: ClassVar[str] = ""
+    needs_probabilities: ClassVar[bool] = False
+
+    @property
+    def column(self) -> str:
+        """The store column holding the score."""
+        return f"score_{self.name}"
+
+    def score_trials(self, trials: "pandas.DataFrame") -> np.ndarray:
+        """The stored scores of ``trials`` (rows of the result store), in row order; DataError when absent."""
+        if self.column not in trials or trials[self.column].isna().all():
+            raise DataError(f"selector {self.name!r} reads the score every trial stores as {self.column}; these "
+                            "trials have none (only methods that compute it, e.g. hdrq for merge_quality, do)")
+        return trials[self.column].to_numpy(dtype=np.float64, na_value=np.nan)
+
+
+@dataclass(frozen=True)
+class MergeQualitySelector(TrialScoreSelector):
+    """HDRQ merge quality: harmonic mean over targets of the merged model's agreement (mIoU, or accuracy) with each
+    target's quantized specialist on the target's unlabeled selection subset (raysel.selection.merge_quality)."""
+
+    name: ClassVar[str] = "merge_quality"
+
+
+TRIAL_SCORE_SELECTORS: dict[str, type[TrialScoreSelector]] = {MergeQualitySelector.name: MergeQualitySelector}
