@@ -244,8 +244,8 @@ def main(argv: list[str] | None = None) -> int:
         f"Command: `{command}`  ",
         f"Date: {datetime.datetime.now().strftime('%Y-%m-%d %H:%M')}  ",
         f"Machine: {machine_description()}; "
-        f"{args.parallel} runs in parallel with {args.threads} torch thread(s) each; the machine was shared with "
-        f"other jobs, so times are noisy. Total wall time {total / 60:.1f} min.  ",
+        f"{args.parallel} runs in parallel with {args.threads} torch thread(s) each; load average "
+        f"{os.getloadavg()[0]:.1f} at the end. Total wall time {total / 60:.1f} min.  ",
         f"Data: embedded street_scenes (source game -> {', '.join(targets)}), 96x192, held-out split; "
         f"seeds {args.seeds}. Model small_segnet.  ",
         f"HIAST defaults: alpha {defaults.alpha}, beta {defaults.beta}, gamma {defaults.gamma}, k {defaults.k}, "
