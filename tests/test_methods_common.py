@@ -237,3 +237,11 @@ def test_stage_settings_validate() -> None:
         common.AdversarialWarmupSettings(lambda_at=-1).validate()
     with pytest.raises(ConfigError, match="source iterations"):
         common.SourceStageSettings(iterations=0).validate()
+
+
+def test_source_batch_size_defaults_per_task_and_never_exceed_the_data() -> None:
+    settings = common.SourceStageSettings()
+    assert settings.batch_size_for("segmentation", 500) == 8
+    assert settings.batch_size_for("classification", 360) == 32
+    assert settings.batch_size_for("classification", 12) == 12  # tiny data: one batch of everything
+    assert common.SourceStageSettings(batch_size=64).batch_size_for("classification", 12) == 64  # explicit wins

@@ -456,11 +456,12 @@ class SourceStageSettings:
                 f"source schedule must be cosine, poly or constant, got {self.schedule!r}")
         require(self.backbone_lr_ratio > 0, f"backbone_lr_ratio must be > 0, got {self.backbone_lr_ratio}")
 
-    def batch_size_for(self, task: str) -> int:
-        """The source batch size for ``task`` (the explicit value, else the per-task default)."""
+    def batch_size_for(self, task: str, images_per_worker: int) -> int:
+        """The source batch size: the explicit value, else the per-task default capped at the images one worker
+        holds (tiny test datasets), so a default never asks for more than exists."""
         if self.batch_size is not None:
             return self.batch_size
-        return 8 if task == "segmentation" else 32
+        return max(1, min(8 if task == "segmentation" else 32, images_per_worker))
 
 
 def train_on_source(ctx: RunContext, settings: SourceStageSettings) -> dict[str, Any]:
@@ -478,8 +479,9 @@ def train_on_source(ctx: RunContext, settings: SourceStageSettings) -> dict[str,
     optimizer = build_optimizer(network, settings.learning_rate, optimizer=settings.optimizer,
                                 weight_decay=settings.weight_decay, backbone_lr_ratio=settings.backbone_lr_ratio)
     scheduler = build_scheduler(optimizer, settings.iterations, settings.schedule)
-    loader = ctx.loader(MemoizedDataset(ctx.source_dataset()), settings.batch_size_for(ctx.task), shuffle=True,
-                        drop_last=True, seed_offset=11)
+    source = MemoizedDataset(ctx.source_dataset())
+    batch_size = settings.batch_size_for(ctx.task, len(source) // ctx.world_size)
+    loader = ctx.loader(source, batch_size, shuffle=True, drop_last=True, seed_offset=11)
     batches = infinite_batches(loader)
     generator = torch.Generator().manual_seed(ctx.spec.seed * 1009 + ctx.rank)
     segmentation = ctx.task == "segmentation"
