@@ -256,3 +256,18 @@ def config_defaults(method: str) -> dict[str, Any]:
     from raysel.registry import get_method
 
     return dataclasses.asdict(get_method(method).config_class())
+
+
+def run_in_processes(function: Callable[[Any], Any], jobs: Sequence[Any], parallel: int) -> Iterator[Any]:
+    """Yield ``function(job)`` results: in order in this process, or as they complete in ``parallel`` spawned
+    processes (spawn, so each run starts with a clean torch and its own thread setting)."""
+    if parallel <= 1:
+        yield from map(function, jobs)
+        return
+    import concurrent.futures
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(max_workers=parallel, mp_context=context) as pool:
+        for future in concurrent.futures.as_completed([pool.submit(function, job) for job in jobs]):
+            yield future.result()

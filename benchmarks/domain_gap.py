@@ -28,10 +28,8 @@ Writes the ``## domain_gap`` section of BENCHMARKS.md (replacing an existing one
 from __future__ import annotations
 
 import argparse
-import concurrent.futures
 import datetime as dt
 import json
-import multiprocessing
 import os
 import sys
 import tempfile
@@ -46,8 +44,9 @@ from torch.utils.data import DataLoader, Dataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks._common import (BENCHMARKS_PATH, ScoredRun, command_line, config_defaults,  # noqa: E402
+from benchmarks._common import (BENCHMARKS_PATH, ScoredRun, command_line, config_defaults,
                                 run_method_and_score_heldout, write_section)
+from benchmarks._common import run_in_processes  # noqa: E402
 
 from raysel import data  # noqa: E402
 from raysel.data import DatasetFamily  # noqa: E402
@@ -317,13 +316,7 @@ def family_jobs(family: DatasetFamily, args: argparse.Namespace, root: Path, ove
 
 def execute(jobs: Sequence[Job], parallel: int) -> Iterator[tuple[Job, ScoredRun]]:
     """Yield finished jobs: in order in this process, or as they complete in ``parallel`` spawned workers."""
-    if parallel <= 1:
-        yield from map(run_job, jobs)
-        return
-    context = multiprocessing.get_context("spawn")
-    with concurrent.futures.ProcessPoolExecutor(max_workers=parallel, mp_context=context) as pool:
-        for future in concurrent.futures.as_completed([pool.submit(run_job, job) for job in jobs]):
-            yield future.result()
+    return run_in_processes(run_job, jobs, parallel)
 
 
 def run_benchmark(args: argparse.Namespace, overrides: dict[str, Any], workdir: Path) -> list[FamilyResult]:

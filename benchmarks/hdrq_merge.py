@@ -34,9 +34,7 @@ stage cache (under ``--workdir``, default a temporary folder), so the timings ar
 from __future__ import annotations
 
 import argparse
-import concurrent.futures
 import dataclasses
-import multiprocessing
 import os
 import sys
 import tempfile
@@ -50,8 +48,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks._common import (BENCHMARKS_PATH, command_line, default_device, heldout_score_key,  # noqa: E402
+from benchmarks._common import (BENCHMARKS_PATH, command_line, default_device, heldout_score_key,
                                 write_section)
+from benchmarks._common import run_in_processes  # noqa: E402
 
 from raysel import data  # noqa: E402
 from raysel.heldout import heldout_scores  # noqa: E402
@@ -213,13 +212,7 @@ def progress_line(job: Job, entry: ConfigResult) -> str:
 
 def execute(jobs: Sequence[Job], parallel: int) -> Iterator[JobResult]:
     """Yield finished jobs: in order in this process, or as they complete in ``parallel`` spawned workers."""
-    if parallel <= 1:
-        yield from map(run_job, jobs)
-        return
-    context = multiprocessing.get_context("spawn")
-    with concurrent.futures.ProcessPoolExecutor(max_workers=parallel, mp_context=context) as pool:
-        for future in concurrent.futures.as_completed([pool.submit(run_job, job) for job in jobs]):
-            yield future.result()
+    return run_in_processes(run_job, jobs, parallel)
 
 
 # --------------------------------------------------------------------------------------------------------------
