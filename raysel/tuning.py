@@ -43,6 +43,9 @@ FINAL_FILE = "final.json"
 #   "scores": {name: value}              label-free scores the trial computed itself, stored as score_<name>;
 #   "metrics": {name: scalar}            further columns of the trial's row.
 TRIAL_EXTRAS = "trial_extras"
+# Set to 1 on the nodes (not the client) only for Ray's fake multi-node provider, whose GPU nodes have no CUDA:
+# GPU-requesting trials then compute on CPU instead of failing (benchmarks/_fake_cluster.py sets it on the head).
+FAKE_GPUS_ENV = "RAYSEL_FAKE_GPUS"
 PER_TARGET_HELDOUT_PREFIXES = ("heldout_miou_", "heldout_accuracy_", "heldout_iou_")
 
 
@@ -148,7 +151,7 @@ class TrainWorkerSession:
         context = ray.train.get_context()
         self.world_rank = context.get_world_rank()
         self.world_size = context.get_world_size()
-        self.device = ray.train.torch.get_device()
+        self.device = _cpu_if_fake_gpu(ray.train.torch.get_device())
 
     def report(self, metrics: dict[str, Any], checkpoint_dir: str | None) -> None:
         import ray.train
@@ -343,10 +346,19 @@ def _fit_with_train(loop_config: dict[str, Any], settings: SweepSettings, trial_
 
 
 def _direct_device(resources: Resources) -> torch.device:
-    if resources.gpus_per_worker > 0:
-        if not torch.cuda.is_available():
-            raise RuntimeError("this trial asked for a GPU but CUDA is not available on its node")
-        return torch.device("cuda")
+    """The trial's device: CUDA when it asked for a GPU (CPU on opted-in fake GPU nodes), else CPU."""
+    return _cpu_if_fake_gpu(torch.device("cuda")) if resources.gpus_per_worker > 0 else torch.device("cpu")
+
+
+def _cpu_if_fake_gpu(device: torch.device) -> torch.device:
+    """A CUDA device this node cannot back is an error, except under RAYSEL_FAKE_GPUS=1 (Ray's fake multi-node
+    provider advertises GPUs a CPU-only machine lacks; used to exercise autoscaling), where the trial uses CPU."""
+    if device.type != "cuda" or torch.cuda.is_available():
+        return device
+    if os.environ.get(FAKE_GPUS_ENV) != "1":
+        raise RuntimeError("this trial asked for a GPU but CUDA is not available on its node")
+    print(f"raysel: {FAKE_GPUS_ENV}=1 and no CUDA on this node: the GPU this trial holds is fake, computing on CPU",
+          file=sys.stderr, flush=True)
     return torch.device("cpu")
 
 
