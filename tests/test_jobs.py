@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
 import json
+import shlex
 import subprocess
 import sys
 import urllib.error
@@ -30,11 +32,42 @@ def test_job_definitions_parse() -> None:
     from raysel.submit import load_job
 
     jobs = sorted((REPO / "jobs").glob("*.yaml"))
-    assert {job.stem for job in jobs} >= {"embedded_demo", "hiast_gta5_cityscapes"}
+    assert {job.stem for job in jobs} >= {"embedded_demo", "hiast_gta5_cityscapes", "hdrq_gta5_cityscapes_idd"}
     for job in jobs:
         definition = load_job(job)
         assert definition["entrypoint"].startswith("python -m raysel.")
         assert ".venv" in definition["runtime_env"]["excludes"]
+        command = shlex.split(definition["entrypoint"])  # the job server runs the entrypoint through a shell
+        if command[:3] == ["python", "-m", "raysel.sweep"]:
+            check_sweep_entrypoint(command[3:])
+
+
+def check_sweep_entrypoint(argv: list[str]) -> None:
+    """Resolve a sweep entrypoint as `python -m raysel.sweep` would before starting Ray: its arguments, method, data
+    family and domains, search space with the --set overrides, and the configuration of every grid point."""
+    from raysel import data
+    from raysel.methods.base import config_from_dict
+    from raysel.models import model_names
+    from raysel.registry import get_method
+    from raysel.search_space import load_search_space
+    from raysel.sweep import _default_dataset, build_parser
+
+    args = build_parser().parse_args(argv)
+    method = get_method(args.method)
+    family = data.get_family(args.data or _default_dataset(method))
+    assert family.task in method.tasks, (method.name, family.name)
+    assert args.model is None or args.model in model_names(family.task), args.model
+    for domain in [args.source or family.default_source, *(args.target or ())]:
+        assert domain in family.domains, (domain, family.name)
+    space = load_search_space(args.space or method.search_space_path, method).apply_overrides(args.overrides)
+    gridded = {name: entry.values for name, entry in space.entries.items() if entry.kind == "grid"}
+    sampled = {name: entry.values[0] for name, entry in space.entries.items() if entry.swept and name not in gridded}
+    for point in itertools.product(*gridded.values()):
+        config = config_from_dict(method.config_class, {**space.fixed_values(), **sampled, **dict(zip(gridded, point))})
+        if method.name == "hdrq":  # its adaptation settings are resolved per task: check them here too
+            from raysel.methods.hdrq import resolve_adaptation
+
+            resolve_adaptation(config, family.task)
 
 
 @pytest.mark.integration
