@@ -7,7 +7,10 @@
   text the caller formatted itself.
 * :func:`run_method_and_score_heldout` — train a registered method in-process (``LocalSession``) and score the
   returned model on the held-out labels of one or more target domains. Held-out labels are read here only
-  through :func:`raysel.heldout.heldout_scores` (benchmark/evaluation code, never a method).
+  through :func:`raysel.heldout.heldout_scores` (benchmark/evaluation code, never a method);
+  :func:`build_shared_stages` builds a method's cached stages first, as a sweep does, so runs time one configuration.
+* :func:`run_in_processes`, :func:`working_directory`, :func:`prepare_benchmark_data` — job pools, scratch folders
+  and data for the scripts.
 """
 
 from __future__ import annotations
@@ -210,6 +213,7 @@ def run_method_and_score_heldout(
     config_overrides: dict[str, Any] | None = None, data_root: Path | str | None = None,
     source: str | None = None, spec_target: str | None = None, image_size: tuple[int, int] | None = None,
     num_threads: int | None = None, context_class: Callable[..., Any] | None = None, prepare_data: bool = True,
+    cache_dir: Path | str | None = None,
 ) -> ScoredRun:
     """Train ``method`` in-process (LocalSession, fresh cache and output folders under ``workdir``), then score
     the returned model on the held-out split of every domain in ``targets``.
@@ -219,6 +223,8 @@ def run_method_and_score_heldout(
     context that trains on labelled target data). The stage cache lives in ``workdir`` so nothing is reused
     from earlier runs and the measured training time is real. ``prepare_data=False`` skips
     :func:`raysel.data.prepare` (the caller prepared the data once and must not regenerate it mid-benchmark).
+    ``cache_dir`` shares one stage cache between runs (stages built beforehand with :func:`build_shared_stages`,
+    so the measured time is one sweep configuration's); default: a fresh cache in ``workdir``.
     """
     from raysel import data
     from raysel.heldout import heldout_scores
@@ -234,7 +240,8 @@ def run_method_and_score_heldout(
     config = config_from_dict(registered.config_class, dict(config_overrides or {}), context=f"{method} overrides")
     spec = RunSpec(method=method, dataset=family.name, data_root=str(root), source=source,
                    target=spec_target or targets[0], image_size=image_size, seed=seed,
-                   output_dir=str(workdir / "output"), cache_dir=str(workdir / "cache"), num_threads=num_threads)
+                   output_dir=str(workdir / "output"), cache_dir=str(cache_dir or workdir / "cache"),
+                   num_threads=num_threads)
     session = LocalSession(checkpoint_root=str(workdir / "checkpoints"), device=default_device())
     ctx = (context_class or RunContext)(spec, session)
     started = time.perf_counter()
@@ -251,11 +258,65 @@ def run_method_and_score_heldout(
                      reports=[dict(report) for report in session.reports])
 
 
+def build_shared_stages(
+    method: str, dataset: str, target: str, seed: int, cache_dir: Path | str, *,
+    config_overrides: dict[str, Any] | None = None, data_root: Path | str | None = None,
+    image_size: tuple[int, int] | None = None, num_threads: int | None = None,
+) -> float:
+    """Build the method's hyperparameter-independent stages (``Method.prepare_shared``: source model, HIAST warm-up)
+    into ``cache_dir`` for one target and seed, in-process, as a sweep does before its trials; returns the seconds
+    taken (about 0 when they were cached already). Runs that later use ``cache_dir`` then time one configuration."""
+    from raysel import data
+    from raysel.methods.base import LocalSession, RunContext, RunSpec, config_from_dict
+    from raysel.registry import get_method
+
+    registered = get_method(method)
+    if registered.prepare_shared is None:
+        return 0.0
+    started = time.perf_counter()
+    config = config_from_dict(registered.config_class, dict(config_overrides or {}), context=f"{method} overrides")
+    root = Path(data_root) if data_root is not None else data.default_data_root()
+    with tempfile.TemporaryDirectory(prefix="raysel-shared-") as scratch:
+        spec = RunSpec(method=method, dataset=dataset, data_root=str(root), target=target, image_size=image_size,
+                       seed=seed, output_dir=scratch, cache_dir=str(cache_dir), num_threads=num_threads)
+        session = LocalSession(checkpoint_root=scratch, device=default_device())
+        registered.prepare_shared(config, RunContext(spec, session))
+    return time.perf_counter() - started
+
+
 def config_defaults(method: str) -> dict[str, Any]:
     """The registered method's default hyperparameters as a dict (for documenting a run)."""
     from raysel.registry import get_method
 
     return dataclasses.asdict(get_method(method).config_class())
+
+
+def working_directory(path: Path | str | None, prefix: str) -> contextlib.AbstractContextManager[str]:
+    """``path`` (created, kept afterwards) or a temporary folder named ``<prefix>...`` removed afterwards."""
+    if path is None:
+        return tempfile.TemporaryDirectory(prefix=prefix)
+    Path(path).mkdir(parents=True, exist_ok=True)
+    return contextlib.nullcontext(str(path))
+
+
+def prepare_benchmark_data(families: Sequence[str], data_root: Path | str | None = None, *,
+                           tiny_into: Path | None = None) -> Path:
+    """The data root with every family prepared once (raysel's default root unless ``data_root``); with
+    ``tiny_into``: both embedded families generated at test size in that folder (smoke runs; the numbers mean
+    nothing)."""
+    from raysel import data
+
+    if tiny_into is not None:
+        from raysel.data.digits import DigitsConfig, prepare_digits
+        from raysel.data.street_scenes import StreetScenesConfig, prepare_street_scenes
+
+        prepare_street_scenes(tiny_into, StreetScenesConfig.small())
+        prepare_digits(tiny_into, DigitsConfig.small())
+        return tiny_into
+    root = Path(data_root) if data_root is not None else data.default_data_root()
+    for family in families:
+        data.prepare(data.get_family(family), root)
+    return root
 
 
 def run_in_processes(function: Callable[[Any], Any], jobs: Sequence[Any], parallel: int) -> Iterator[Any]:

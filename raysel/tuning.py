@@ -324,7 +324,7 @@ def _fit_with_train(loop_config: dict[str, Any], settings: SweepSettings, trial_
     trainer = TorchTrainer(
         _train_loop_per_worker,
         train_loop_config=loop_config,
-        torch_config=TorchConfig(backend="nccl" if use_gpu and torch.cuda.is_available() else "gloo"),
+        torch_config=TorchConfig(backend=process_group_backend(use_gpu)),
         scaling_config=ray.train.ScalingConfig(num_workers=resources.workers, use_gpu=use_gpu,
                                                resources_per_worker=per_worker),
         run_config=ray.train.RunConfig(
@@ -343,6 +343,15 @@ def _fit_with_train(loop_config: dict[str, Any], settings: SweepSettings, trial_
     if not final:
         raise RuntimeError(f"Ray Train run train-{trial_id} finished without final metrics")
     return final
+
+
+def process_group_backend(use_gpu: bool) -> str:
+    """NCCL for GPU workers, gloo on CPU and on fake GPU nodes.
+
+    Decided from the request, not from ``torch.cuda.is_available()`` here: this runs in the Tune trial's driver
+    process, which holds no GPU on a real cluster (CUDA hidden), while its Train workers do.
+    """
+    return "nccl" if use_gpu and os.environ.get(FAKE_GPUS_ENV) != "1" else "gloo"
 
 
 def _direct_device(resources: Resources) -> torch.device:

@@ -30,6 +30,31 @@ def test_bad_resources_are_config_errors(kwargs: dict, fragment: str) -> None:
         Resources(**kwargs).validate()
 
 
+def test_gpu_trials_use_nccl_from_the_request_and_gloo_on_cpu_or_fake_gpus(monkeypatch) -> None:
+    from raysel.tuning import FAKE_GPUS_ENV, process_group_backend
+
+    monkeypatch.delenv(FAKE_GPUS_ENV, raising=False)
+    assert process_group_backend(use_gpu=True) == "nccl"  # even here, where this process sees no CUDA
+    assert process_group_backend(use_gpu=False) == "gloo"
+    monkeypatch.setenv(FAKE_GPUS_ENV, "1")
+    assert process_group_backend(use_gpu=True) == "gloo"
+
+
+def test_gpu_request_without_cuda_fails_unless_fake_gpus_are_declared(monkeypatch) -> None:
+    import torch
+
+    from raysel.tuning import FAKE_GPUS_ENV, _direct_device
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    monkeypatch.delenv(FAKE_GPUS_ENV, raising=False)
+    with pytest.raises(RuntimeError, match="CUDA is not available"):
+        _direct_device(Resources(gpus_per_worker=1))
+    monkeypatch.setenv(FAKE_GPUS_ENV, "1")
+    assert _direct_device(Resources(gpus_per_worker=1)).type == "cpu"
+    assert _direct_device(Resources()).type == "cpu"
+
+
 @pytest.mark.integration
 def test_two_worker_trials_run_as_ray_train_jobs(ray_local, embedded_data_root: Path, tmp_path: Path) -> None:
     from raysel import store
