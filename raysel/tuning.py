@@ -525,7 +525,7 @@ def build_tuner(settings: SweepSettings, search: SearchSettings, param_space: di
     search_alg, scheduler = _search_and_scheduler(search)
     tune_config = tune.TuneConfig(
         num_samples=search.num_samples,
-        max_concurrent_trials=search.max_concurrent,
+        max_concurrent_trials=None,  # the search algorithm limits concurrency (see _search_and_scheduler)
         search_alg=search_alg,
         scheduler=scheduler,
         trial_dirname_creator=lambda trial: trial.trial_id,
@@ -553,7 +553,12 @@ def _search_and_scheduler(search: SearchSettings) -> tuple[Any, Any]:
         search_alg = OptunaSearch(metric=search.asha_metric, mode="max", sampler=TPESampler(seed=search.seed))
         if search.max_concurrent:
             search_alg = ConcurrencyLimiter(search_alg, max_concurrent=search.max_concurrent)
-    elif search.search not in ("grid", "random"):
+    elif search.search in ("grid", "random"):
+        from ray.tune.search import BasicVariantGenerator
+
+        # Seeded, so --seed fixes the sampled configurations (Tune's default generator draws unseeded).
+        search_alg = BasicVariantGenerator(max_concurrent=search.max_concurrent or 0, random_state=search.seed)
+    else:
         raise ConfigError(f"--search must be grid, random or optuna, got {search.search!r}")
     if search.scheduler == "asha":
         scheduler = ASHAScheduler(time_attr="epoch", metric=search.asha_metric, mode="max",

@@ -74,3 +74,22 @@ def test_two_worker_trials_run_as_ray_train_jobs(ray_local, embedded_data_root: 
     for trial_id in trials["trial_id"]:  # Ray Train kept this run's checkpoints under its deterministic name
         run_dir = results / "sweeps" / "ddp" / "train" / f"train-{trial_id}"
         assert any(run_dir.rglob("state.pt")), f"no Ray Train checkpoint for {trial_id}"
+
+
+def test_seed_fixes_the_sampled_configurations() -> None:
+    from ray import tune
+    from ray.tune.experiment import Experiment
+
+    from raysel.tuning import SearchSettings, _search_and_scheduler
+
+    def draw(seed: int) -> list[dict]:
+        search_alg, _ = _search_and_scheduler(SearchSettings(search="random", seed=seed))
+        space = {"alpha": tune.uniform(0, 1), "k": tune.choice([10, 12, 14, 16, 18])}
+        search_alg.add_configurations([Experiment("draw", run=lambda config: None, config=space, num_samples=6)])
+        configs = []
+        while (trial := search_alg.next_trial()) is not None:
+            configs.append(trial.config)
+        return configs
+
+    assert len(draw(3)) == 6 and draw(3) == draw(3)
+    assert draw(3) != draw(4)
