@@ -37,7 +37,6 @@ import argparse
 import dataclasses
 import os
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,7 +49,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks._common import (BENCHMARKS_PATH, command_line, default_device, heldout_score_key,
                                 write_section)
-from benchmarks._common import run_in_processes  # noqa: E402
+from benchmarks._common import prepare_benchmark_data, run_in_processes, working_directory  # noqa: E402
 
 from raysel import data  # noqa: E402
 from raysel.heldout import heldout_scores  # noqa: E402
@@ -384,22 +383,6 @@ def _job(args: argparse.Namespace, family: str, seed: int, root: str, workdir: s
                bits=tuple(args.bits), reconstruction_iterations=args.iterations)
 
 
-def prepare_data(args: argparse.Namespace, workdir: Path) -> Path:
-    """The data root: raysel's default (generated once) or --data-root; --quick: tiny generated data in workdir."""
-    if args.quick:
-        from raysel.data.digits import DigitsConfig, prepare_digits
-        from raysel.data.street_scenes import StreetScenesConfig, prepare_street_scenes
-
-        root = workdir / "data"
-        prepare_street_scenes(root, StreetScenesConfig.small())
-        prepare_digits(root, DigitsConfig.small())
-        return root
-    root = Path(args.data_root) if args.data_root else data.default_data_root()
-    for family in args.families:
-        data.prepare(data.get_family(family), root)
-    return root
-
-
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -435,9 +418,9 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     command = command_line("hdrq_merge.py", argv)
     load_before, started = os.getloadavg()[0], time.perf_counter()
-    with working_directory(args.workdir) as directory:
+    with working_directory(args.workdir, "raysel-hdrq-merge-") as directory:
         workdir = Path(directory)
-        root = prepare_data(args, workdir)
+        root = prepare_benchmark_data(args.families, args.data_root, tiny_into=workdir / "data" if args.quick else None)
         jobs = [_job(args, family, seed, str(root), str(workdir)) for family in args.families for seed in args.seeds]
         results = list(execute(jobs, args.parallel))
     order = {(job.family, job.seed): index for index, job in enumerate(jobs)}
@@ -448,16 +431,6 @@ def main(argv: list[str] | None = None) -> int:
         write_section(SECTION, command, body, path=args.output)
         print(f"wrote the '## {SECTION}' section of {args.output}")
     return 0
-
-
-def working_directory(path: Path | None) -> Any:
-    """``path`` (created) or a temporary folder removed afterwards."""
-    import contextlib
-
-    if path is None:
-        return tempfile.TemporaryDirectory(prefix="raysel-hdrq-merge-")
-    path.mkdir(parents=True, exist_ok=True)
-    return contextlib.nullcontext(str(path))
 
 
 if __name__ == "__main__":
