@@ -173,7 +173,7 @@ class FakeCluster:
         while time.time() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"fake cluster head exited early:\n{self.head_log()}")
-            if self._dashboard_answers():
+            if dashboard_answers(self.dashboard_url, self.token):
                 return self
             time.sleep(0.5)
         raise RuntimeError(f"fake cluster head not ready in {timeout_s:.0f} s:\n{self.head_log()}")
@@ -195,19 +195,10 @@ class FakeCluster:
                 found.append(path)
         return found
 
-    def _dashboard_answers(self) -> bool:
-        request = urllib.request.Request(f"{self.dashboard_url}/api/version",
-                                         headers={"Authorization": f"Bearer {self.token}"})
-        try:
-            with urllib.request.urlopen(request, timeout=2) as response:
-                return response.status == 200 and bool(json.loads(response.read()))
-        except Exception:
-            return False
-
     def stop(self) -> None:
         """Terminate the head's process group, then leftovers of this cluster; remove the temp dir."""
         if self.process is not None and self.process.poll() is None:
-            _signal_group(self.process, (signal.SIGTERM, signal.SIGKILL), wait_s=15)
+            signal_group(self.process, (signal.SIGTERM, signal.SIGKILL), wait_s=15)
         kill_leftovers(str(self.temp_dir))
         if getattr(self, "_log", None):
             self._log.close()
@@ -224,7 +215,17 @@ class FakeCluster:
         self.stop()
 
 
-def _signal_group(process: subprocess.Popen, signals: Sequence[int], wait_s: float) -> None:
+def dashboard_answers(dashboard_url: str, token: str) -> bool:
+    """Whether a token-authenticated Ray head's dashboard answers (its readiness probe)."""
+    request = urllib.request.Request(f"{dashboard_url}/api/version", headers={"Authorization": f"Bearer {token}"})
+    try:
+        with urllib.request.urlopen(request, timeout=2) as response:
+            return response.status == 200 and bool(json.loads(response.read()))
+    except Exception:
+        return False
+
+
+def signal_group(process: subprocess.Popen, signals: Sequence[int], wait_s: float) -> None:
     """Send each signal in turn to the process's group until the process exits."""
     for sig in signals:
         try:

@@ -6,7 +6,6 @@ instance on the machine (../shared/reference/ray.md).
 
 from __future__ import annotations
 
-import json
 import os
 import secrets
 import shutil
@@ -16,8 +15,10 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from benchmarks._fake_cluster import dashboard_answers, signal_group  # noqa: E402  (shared with the fake cluster)
 
 PORT_FLAGS = ("--port", "--dashboard-port", "--ray-client-server-port", "--dashboard-agent-listen-port",
               "--dashboard-agent-grpc-port", "--runtime-env-agent-port", "--metrics-export-port",
@@ -85,32 +86,14 @@ class RayHead:
         while time.time() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"ray head exited early: {(self.temp_dir / 'head.log').read_text()[-3000:]}")
-            if self._dashboard_answers():
+            if dashboard_answers(self.dashboard_url, self.token):
                 return self
             time.sleep(0.5)
         raise RuntimeError(f"ray head not ready in {timeout_s}s: {(self.temp_dir / 'head.log').read_text()[-3000:]}")
 
-    def _dashboard_answers(self) -> bool:
-        request = urllib.request.Request(f"{self.dashboard_url}/api/version",
-                                         headers={"Authorization": f"Bearer {self.token}"})
-        try:
-            with urllib.request.urlopen(request, timeout=2) as response:
-                return response.status == 200 and bool(json.loads(response.read()))
-        except Exception:
-            return False
-
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
-            for sig, wait_s in ((signal.SIGTERM, 10), (signal.SIGKILL, 10)):
-                try:
-                    os.killpg(self.process.pid, sig)
-                except ProcessLookupError:
-                    break
-                try:
-                    self.process.wait(timeout=wait_s)
-                    break
-                except subprocess.TimeoutExpired:
-                    continue
+            signal_group(self.process, (signal.SIGTERM, signal.SIGKILL), wait_s=10)
         if getattr(self, "log", None):
             self.log.close()
         shutil.rmtree(self.temp_dir, ignore_errors=True)
