@@ -10,7 +10,6 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -18,23 +17,11 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from benchmarks._fake_cluster import dashboard_answers, signal_group  # noqa: E402  (shared with the fake cluster)
+from benchmarks._fake_cluster import dashboard_answers, free_ports, signal_group  # noqa: E402  (shared with the fake cluster)
 
 PORT_FLAGS = ("--port", "--dashboard-port", "--ray-client-server-port", "--dashboard-agent-listen-port",
               "--dashboard-agent-grpc-port", "--runtime-env-agent-port", "--metrics-export-port",
               "--node-manager-port", "--object-manager-port")
-
-
-def free_ports(count: int, low: int = 20000, high: int = 60000) -> list[int]:
-    """Distinct free TCP ports outside Ray's worker port range (10002-19999)."""
-    ports: list[int] = []
-    while len(ports) < count:
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            port = probe.getsockname()[1]
-        if low <= port < high and port not in ports:
-            ports.append(port)
-    return ports
 
 
 class RayHead:
