@@ -139,13 +139,7 @@ class FakeCluster:
     @property
     def env(self) -> dict[str, str]:
         """Environment for a token-carrying client of this cluster (ray.init, the sweep CLI)."""
-        env = dict(os.environ)
-        env.update({"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(self.token_path),
-                    "RAY_USAGE_STATS_ENABLED": "0",
-                    "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"})
-        for key in ("RAY_AUTH_TOKEN", "RAY_ADDRESS"):
-            env.pop(key, None)
-        return env
+        return token_client_env(self.token_path)
 
     def head_env(self) -> dict[str, str]:
         """The head's environment: fake provider, 1-s autoscaler loop, autoscaler v1, quick SIGTERM, raysel opt-in."""
@@ -213,6 +207,20 @@ class FakeCluster:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def token_client_env(token_path: Path) -> dict[str, str]:
+    """This process's environment for a client of a token-authenticated head we own (ray CLI, job SDK, ray.init).
+
+    The token comes from ``token_path`` only (an inherited ``RAY_AUTH_TOKEN`` or ``RAY_ADDRESS`` would point elsewhere),
+    and this virtual environment's ``bin`` leads ``PATH``, because jobs run ``python ...`` through the head's PATH.
+    """
+    env = dict(os.environ)
+    env.update({"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token_path), "RAY_USAGE_STATS_ENABLED": "0",
+                "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"})
+    for key in ("RAY_AUTH_TOKEN", "RAY_ADDRESS"):
+        env.pop(key, None)
+    return env
 
 
 def dashboard_answers(dashboard_url: str, token: str) -> bool:

@@ -6,7 +6,6 @@ instance on the machine (../shared/reference/ray.md).
 
 from __future__ import annotations
 
-import os
 import secrets
 import shutil
 import signal
@@ -17,7 +16,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from benchmarks._fake_cluster import dashboard_answers, free_ports, signal_group  # noqa: E402  (shared with the fake cluster)
+from benchmarks._fake_cluster import (dashboard_answers, free_ports, signal_group,  # noqa: E402
+                                      token_client_env)
 
 PORT_FLAGS = ("--port", "--dashboard-port", "--ray-client-server-port", "--dashboard-agent-listen-port",
               "--dashboard-agent-grpc-port", "--runtime-env-agent-port", "--metrics-export-port",
@@ -49,14 +49,7 @@ class RayHead:
     @property
     def env(self) -> dict[str, str]:
         """Environment for a token-carrying client (ray CLI, job SDK, ray.init)."""
-        env = dict(os.environ)
-        env.update({"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(self.token_path),
-                    "RAY_USAGE_STATS_ENABLED": "0",
-                    # jobs run `python ...` through the head's PATH: make that this virtual environment's python
-                    "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"})
-        env.pop("RAY_AUTH_TOKEN", None)
-        env.pop("RAY_ADDRESS", None)
-        return env
+        return token_client_env(self.token_path)
 
     def start(self, timeout_s: float = 60.0) -> "RayHead":
         self.token_path.write_text(self.token)
