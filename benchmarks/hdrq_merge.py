@@ -21,7 +21,7 @@ Per dataset family and seed, with the ``hdrq`` method's own pipeline pieces (:mo
   targets, bit-widths and seeds) and HDRQ's per-iteration cost relative to QDrop (the issue asks for <= 1.3x).
 
 Held-out labels are read only here, through :func:`raysel.heldout.heldout_scores` and
-:func:`raysel.tuning.multi_target_heldout` (evaluation code; the method and its selector never read them).
+:func:`raysel.execution.trial.multi_target_heldout` (evaluation code; the method and its selector never read them).
 
     python benchmarks/hdrq_merge.py                       # both families, seeds 0 1; writes BENCHMARKS.md
     python benchmarks/hdrq_merge.py --parallel 2          # (family, seed) jobs in 2 spawned processes
@@ -56,7 +56,7 @@ from raysel.heldout import heldout_scores  # noqa: E402
 from raysel.methods import hdrq  # noqa: E402
 from raysel.methods.base import LocalSession, RunContext, RunSpec  # noqa: E402
 from raysel.selection.evaluate import evaluate_selector  # noqa: E402
-from raysel.tuning import multi_target_heldout  # noqa: E402
+from raysel.execution.trial import multi_target_heldout  # noqa: E402
 
 SECTION = "hdrq_merge"
 FAMILIES = ("street_scenes", "digits")

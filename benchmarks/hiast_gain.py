@@ -86,7 +86,7 @@ def run_job(job: Job) -> dict[str, Any]:
     if job.variant == "source_only":
         config = source_only.SourceOnlyConfig(iterations=defaults.source_iterations,
                                               learning_rate=defaults.source_learning_rate)
-        model = source_only.train_source_only(config, ctx)
+        model = source_only.train_source_only(config, ctx).model
         info["stage_seconds"] = session.reports[-1].get("seconds_train_loop")
     elif job.variant == "warm_up":
         stage = common.adversarial_warmup_stage(ctx, defaults.source_settings(), defaults.warmup_settings())
@@ -95,7 +95,7 @@ def run_job(job: Job) -> dict[str, Any]:
         info["stage_seconds"] = stage.get("seconds")
     else:
         config = dataclasses.replace(defaults, **ABLATIONS[job.variant])
-        model = hiast.train_hiast(config, ctx)
+        model = hiast.train_hiast(config, ctx).model
         last = session.reports[-1]
         iterations = config.rounds * config.iterations_per_round
         info.update(

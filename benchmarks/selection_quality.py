@@ -264,7 +264,7 @@ def stored_trial_count(results: Path, name: str) -> int:
 
 def check_same_sweep(results: Path, plan: SweepPlan) -> None:
     """Refuse to reuse a stored sweep of the same id that was started with other arguments."""
-    from raysel.tuning import load_settings
+    from raysel.execution.settings import load_settings
 
     settings, search, _ = load_settings(str(results), plan.sweep_id)
     overrides = [plan.argv[i + 1] for i, item in enumerate(plan.argv) if item == "--set"]

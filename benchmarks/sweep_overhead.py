@@ -10,7 +10,7 @@ One run measures, on the same machine and data, with the shared warm-up/source s
 
 The ratio sweep/plain (one at a time) is the orchestration overhead; the default-concurrency ratio is what a user
 sees. Single-worker trials run the loop inside the Tune trial (``--executor auto``) because Ray Train's worker-group
-start-up would otherwise dominate small trials (see raysel/tuning.py).
+start-up would otherwise dominate small trials (see raysel/execution/__init__.py).
 """
 
 from __future__ import annotations
@@ -39,8 +39,8 @@ def plain_loops(alphas: list[float], fixed: dict[str, object], data_root: Path, 
     """Run every configuration's per-worker loop directly, sequentially, one thread; return wall seconds."""
     import torch
 
+    from raysel.execution.trial import run_worker
     from raysel.methods.base import LocalSession
-    from raysel.tuning import run_worker
 
     torch.set_num_threads(1)
     started = time.perf_counter()

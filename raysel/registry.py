@@ -16,9 +16,8 @@ from typing import TYPE_CHECKING, Any, Callable
 from raysel.errors import ConfigError
 
 if TYPE_CHECKING:  # pragma: no cover
-    from torch import nn
-
     from raysel.methods.base import RunContext
+    from raysel.methods.result import TrainResult
 
 SEARCH_SPACE_DIR = Path(__file__).resolve().parent.parent / "search_spaces"
 TASKS = ("segmentation", "classification")
@@ -29,14 +28,15 @@ class Method:
     """A registered adaptation method.
 
     ``train(config, ctx)`` is the per-worker training loop (it runs on every Ray Train worker, or directly inside a
-    Tune trial for single-worker runs) and returns the model whose predictions are evaluated and selected.
+    Tune trial for single-worker runs) and returns a :class:`~raysel.methods.result.TrainResult`: the model whose
+    predictions are evaluated and selected, and how to rebuild it.
     ``tasks`` lists the tasks the method supports (HDRQ supports both).
     """
 
     name: str
     tasks: tuple[str, ...]
     config_class: type
-    train: Callable[[Any, "RunContext"], "nn.Module"]
+    train: Callable[[Any, "RunContext"], "TrainResult"]
     description: str
     # Optional: build the stages that do not depend on swept hyperparameters (source model, warm-up) through
     # ``ctx.cached_stage``. The sweep calls it once per target before any trial starts, with all the CPUs it has.

@@ -3,7 +3,7 @@
 Reads only the predictions each trial cached on the target training subset (no target label is read) and records
 the decision in the result store's ``selections`` table. No model is re-run, except for finished candidates whose
 predictions file is missing, and for every candidate with ``--repredict``: those predict again from their
-checkpoints as Ray tasks, one per candidate with the trial's CPU/GPU request (:mod:`raysel.selection.remote`).
+checkpoints as Ray tasks, one per candidate with the trial's CPU/GPU request (:mod:`raysel.execution.repredict`).
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from raysel.selection.decision import select_sweep
-    from raysel.selection.remote import repredict_sweep
+    from raysel.execution.repredict import repredict_sweep
     from raysel.store import ResultStore
 
     store = ResultStore(args.results)

@@ -26,13 +26,10 @@ Decisions:
 
 from __future__ import annotations
 
-import dataclasses
-import datetime
 import errno
 import os
 import re
 import time
-import types
 import typing
 import uuid
 from pathlib import Path
@@ -42,16 +39,17 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from raysel.errors import ConfigError, DataError, UserError
+from raysel.store_schema import (  # noqa: F401  (the schema's names stay importable from the store)
+    HYPERPARAMETER_PREFIX, KEY_SEPARATOR, NESTED_GROUPS, SCORE_PREFIX, SELECTION_FIXED_COLUMNS, TIMESTAMP,
+    TRIAL_FIXED_COLUMNS, TRIAL_HELDOUT_COLUMNS, TRIAL_IDENTITY_COLUMNS, TRIAL_RUN_COLUMNS, TRIAL_STATUSES,
+    TRIAL_TRAILING_COLUMNS, _check_name, _coerce_value, _score_column, arrow_type_for_annotation, arrow_type_for_value,
+    hyperparameter_arrow_types, selection_table, trial_table)
 
 if typing.TYPE_CHECKING:  # pragma: no cover
     import pandas
 
 TABLES = ("trials", "selections")
-TRIAL_STATUSES = ("finished", "failed", "stopped")
 RESULTS_ENV = "RAYSEL_RESULTS"
-HYPERPARAMETER_PREFIX = "hp_"
-SCORE_PREFIX = "score_"
-KEY_SEPARATOR = "__"
 PARQUET_SUFFIX = ".parquet"
 
 # Errors that mean "this location cannot take a write" (full disk, read-only mount, permissions, a file in the way):
@@ -59,279 +57,8 @@ PARQUET_SUFFIX = ".parquet"
 UNWRITABLE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOTDIR,
                                errno.EEXIST, errno.EISDIR})
 
-_TIMESTAMP = pa.timestamp("us", tz="UTC")
-
-# Fixed columns of a trial row, in display order. Hyperparameter columns go after ``seed``; score columns, held-out
-# metrics and other final metrics after ``finished_at``. Every file carries all of them (NULL when absent), so
-# ``SELECT heldout_miou FROM trials`` works even when no trial had labels.
-TRIAL_IDENTITY_COLUMNS: dict[str, pa.DataType] = {
-    "sweep_id": pa.string(),
-    "trial_id": pa.string(),
-    "task": pa.string(),
-    "dataset": pa.string(),
-    "source": pa.string(),
-    "target": pa.string(),
-    "model": pa.string(),
-    "seed": pa.int64(),
-}
-TRIAL_RUN_COLUMNS: dict[str, pa.DataType] = {
-    "status": pa.string(),
-    "error": pa.string(),
-    "retries": pa.int64(),
-    "wall_time_s": pa.float64(),
-    "started_at": _TIMESTAMP,
-    "finished_at": _TIMESTAMP,
-}
-TRIAL_HELDOUT_COLUMNS: dict[str, pa.DataType] = {
-    "heldout_miou": pa.float64(),
-    "heldout_iou": pa.list_(pa.float64()),
-    "heldout_accuracy": pa.float64(),
-}
-TRIAL_TRAILING_COLUMNS: dict[str, pa.DataType] = {
-    "checkpoint_path": pa.string(),
-    "predictions_path": pa.string(),
-    "raysel_version": pa.string(),
-    "ray_version": pa.string(),
-    "torch_version": pa.string(),
-}
-TRIAL_FIXED_COLUMNS: dict[str, pa.DataType] = {
-    **TRIAL_IDENTITY_COLUMNS, **TRIAL_RUN_COLUMNS, **TRIAL_HELDOUT_COLUMNS, **TRIAL_TRAILING_COLUMNS,
-}
-SELECTION_FIXED_COLUMNS: dict[str, pa.DataType] = {
-    "sweep_id": pa.string(),
-    "selection_id": pa.string(),
-    "target": pa.string(),
-    "selector": pa.string(),
-    "selected_trial_id": pa.string(),
-    "score": pa.float64(),
-    "num_candidates": pa.int64(),
-    "created_at": _TIMESTAMP,
-}
-# Keys of a row dict that hold nested groups of columns rather than a column.
-_NESTED_GROUPS = ("hyperparameters", "scores", "metrics")
-
-
-# --------------------------------------------------------------------------------------------------------------
-# Types: Python annotations and values -> pyarrow types, values -> column arrays
-# --------------------------------------------------------------------------------------------------------------
-
-
-def arrow_type_for_annotation(annotation: Any) -> pa.DataType | None:
-    """The pyarrow type of a hyperparameter annotation (``int``, ``float | None``, ``tuple[int, ...]``), or None."""
-    if isinstance(annotation, pa.DataType):
-        return annotation
-    if isinstance(annotation, str):
-        annotation = {"int": int, "float": float, "bool": bool, "str": str}.get(annotation, annotation)
-    scalar = {bool: pa.bool_(), int: pa.int64(), float: pa.float64(), str: pa.string()}
-    if annotation in scalar:
-        return scalar[annotation]
-    origin = typing.get_origin(annotation)
-    arguments = [argument for argument in typing.get_args(annotation) if argument is not type(None)]
-    if origin in (typing.Union, types.UnionType) and len(arguments) == 1:  # Optional[X]
-        return arrow_type_for_annotation(arguments[0])
-    if origin is typing.Literal and arguments:
-        literal_types = {type(argument) for argument in arguments}
-        return scalar.get(literal_types.pop()) if len(literal_types) == 1 else None
-    if origin in (tuple, list):
-        inner = [argument for argument in arguments if argument is not Ellipsis]
-        if len(set(inner)) == 1:
-            inner_type = arrow_type_for_annotation(inner[0])
-            return pa.list_(inner_type) if inner_type is not None else None
-    return None
-
-
-def arrow_type_for_value(value: Any) -> pa.DataType:
-    """The pyarrow type of a Python/numpy scalar or sequence (None -> float64: unknown metrics are numbers)."""
-    value = _plain(value)
-    if value is None:
-        return pa.float64()
-    if isinstance(value, bool):
-        return pa.bool_()
-    if isinstance(value, int):
-        return pa.int64()
-    if isinstance(value, float):
-        return pa.float64()
-    if isinstance(value, str):
-        return pa.string()
-    if isinstance(value, datetime.datetime):
-        return _TIMESTAMP
-    if isinstance(value, (list, tuple)):
-        items = [item for item in value if item is not None]
-        if items and all(isinstance(item, bool) for item in items):
-            return pa.list_(pa.bool_())
-        if items and all(isinstance(item, int) and not isinstance(item, bool) for item in items):
-            return pa.list_(pa.int64())
-        if all(isinstance(item, (int, float)) and not isinstance(item, bool) for item in items):
-            return pa.list_(pa.float64())
-        return pa.list_(pa.string())
-    return pa.string()
-
-
-def hyperparameter_arrow_types(hyperparameter_types: Any) -> dict[str, pa.DataType | None]:
-    """Normalise ``hyperparameter_types`` (a config dataclass, or name -> annotation / pyarrow type) to arrow types."""
-    if hyperparameter_types is None:
-        return {}
-    if dataclasses.is_dataclass(hyperparameter_types):
-        config_class = hyperparameter_types if isinstance(hyperparameter_types, type) else type(hyperparameter_types)
-        try:
-            hints = typing.get_type_hints(config_class)
-        except Exception:  # unresolvable forward references: fall back to the raw annotations
-            hints = {}
-        hyperparameter_types = {f.name: hints.get(f.name, f.type) for f in dataclasses.fields(config_class)}
-    return {name: arrow_type_for_annotation(annotation) for name, annotation in dict(hyperparameter_types).items()}
-
-
-def _plain(value: Any) -> Any:
-    """Turn numpy/torch scalars and arrays into plain Python values (lists for arrays)."""
-    if hasattr(value, "tolist") and not isinstance(value, (str, bytes)):
-        return value.tolist()
-    if isinstance(value, tuple):
-        return list(value)
-    return value
-
-
-def _to_timestamp(value: Any) -> datetime.datetime | None:
-    """Epoch seconds, an ISO string or a datetime (naive = local time) -> an aware UTC datetime."""
-    value = _plain(value)
-    if value is None:
-        return None
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return datetime.datetime.fromtimestamp(float(value), tz=datetime.timezone.utc)
-    if isinstance(value, str):
-        value = datetime.datetime.fromisoformat(value)
-    if hasattr(value, "to_pydatetime"):  # pandas.Timestamp
-        value = value.to_pydatetime()
-    if isinstance(value, datetime.datetime):
-        return value.astimezone(datetime.timezone.utc)
-    raise TypeError(f"cannot read {value!r} as a timestamp")
-
-
-def _coerce_value(column: str, value: Any, arrow_type: pa.DataType) -> Any:
-    """Convert a value to what ``arrow_type`` holds; a value of the wrong kind raises ValueError naming the column."""
-    value = _plain(value)
-    if value is None:
-        return None
-    try:
-        if pa.types.is_timestamp(arrow_type):
-            return _to_timestamp(value)
-        if pa.types.is_boolean(arrow_type):
-            if not isinstance(value, bool):
-                raise TypeError
-            return value
-        if pa.types.is_integer(arrow_type):
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or float(value) != int(value):
-                raise TypeError
-            return int(value)
-        if pa.types.is_floating(arrow_type):
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise TypeError
-            return float(value)
-        if pa.types.is_string(arrow_type):
-            return value if isinstance(value, str) else str(value)
-        if pa.types.is_list(arrow_type):
-            if not isinstance(value, list):
-                raise TypeError
-            return [_coerce_value(column, item, arrow_type.value_type) for item in value]
-    except (TypeError, ValueError, OverflowError):
-        raise ValueError(f"result column {column!r} is typed {arrow_type} but got {value!r}") from None
-    return value
-
-
-def _table_from_columns(columns: dict[str, tuple[pa.DataType, Any]]) -> pa.Table:
-    """A one-row table from ``{name: (type, value)}``, each value coerced to its type."""
-    arrays = {name: pa.array([_coerce_value(name, value, arrow_type)], type=arrow_type)
-              for name, (arrow_type, value) in columns.items()}
-    return pa.table(arrays)
-
-
-def _check_name(kind: str, value: Any, *, allow_separator: bool = True) -> str:
-    """Validate a key part used in a file or folder name (no path separators, no leading dot, not empty)."""
-    if not isinstance(value, str) or not value or value.startswith(".") or any(c in value for c in "/\\\0"):
-        raise ConfigError(f"invalid {kind} {value!r}: it must be a non-empty name without '/', '\\' or a leading '.'")
-    if not allow_separator and KEY_SEPARATOR in value:
-        raise ConfigError(f"invalid {kind} {value!r}: it may not contain {KEY_SEPARATOR!r} (the store's key separator)")
-    return value
-
-
-# --------------------------------------------------------------------------------------------------------------
-# Building rows
-# --------------------------------------------------------------------------------------------------------------
-
-
-def trial_table(row: dict[str, Any], hyperparameter_types: Any = None) -> tuple[str, pa.Table]:
-    """Build the one-row table of a trial (without the ``method`` partition column); returns (method, table).
-
-    ``row`` holds the fixed columns by name; hyperparameters either as ``row["hyperparameters"] = {name: value}`` or as
-    ``hp_<name>`` keys; selector scores as ``row["scores"] = {selector: value}`` or ``score_<selector>`` keys; other
-    final metrics as ``row["metrics"] = {name: scalar}`` or as any further top-level key (typed from the value).
-    """
-    row = dict(row)
-    method = _check_name("method", row.pop("method", None))
-    status = row.get("status")
-    if status not in TRIAL_STATUSES:
-        raise ValueError(f"trial status must be one of {', '.join(TRIAL_STATUSES)}, got {status!r}")
-    hyperparameters = {f"{HYPERPARAMETER_PREFIX}{name}": value for name, value in (row.pop("hyperparameters", None) or {}).items()}
-    scores = {_score_column(name): value for name, value in (row.pop("scores", None) or {}).items()}
-    metrics = dict(row.pop("metrics", None) or {})
-    for key in list(row):
-        if key in TRIAL_FIXED_COLUMNS:
-            continue
-        value = row.pop(key)
-        if key.startswith(HYPERPARAMETER_PREFIX):
-            hyperparameters[key] = value
-        elif key.startswith(SCORE_PREFIX):
-            scores[key] = value
-        else:
-            metrics[key] = value
-    clashes = sorted(set(metrics) & (set(TRIAL_FIXED_COLUMNS) | set(hyperparameters) | set(scores) | {"method"}))
-    if clashes:
-        raise ValueError(f"metric name(s) {', '.join(clashes)} clash with fixed trial columns")
-    declared = {f"{HYPERPARAMETER_PREFIX}{name}": arrow_type
-                for name, arrow_type in hyperparameter_arrow_types(hyperparameter_types).items()}
-    for column in declared:  # a declared hyperparameter absent from the row is still a typed (NULL) column
-        hyperparameters.setdefault(column, None)
-
-    columns: dict[str, tuple[pa.DataType, Any]] = {}
-    for name, arrow_type in TRIAL_IDENTITY_COLUMNS.items():
-        columns[name] = (arrow_type, row.get(name))
-    for name, value in hyperparameters.items():
-        columns[name] = (declared.get(name) or arrow_type_for_value(value), value)
-    for name, arrow_type in TRIAL_RUN_COLUMNS.items():
-        columns[name] = (arrow_type, row.get(name))
-    for name, value in sorted(scores.items()):
-        columns[name] = (pa.float64(), value)
-    for name, arrow_type in TRIAL_HELDOUT_COLUMNS.items():
-        columns[name] = (arrow_type, row.get(name))
-    for name, value in metrics.items():
-        columns[name] = (arrow_type_for_value(value), value)
-    for name, arrow_type in TRIAL_TRAILING_COLUMNS.items():
-        columns[name] = (arrow_type, row.get(name))
-    _check_name("sweep_id", columns["sweep_id"][1], allow_separator=False)
-    _check_name("trial_id", columns["trial_id"][1])
-    return method, _table_from_columns(columns)
-
-
-def selection_table(row: dict[str, Any]) -> tuple[str, pa.Table]:
-    """Build the one-row table of a selection decision (without ``method``); returns (method, table).
-
-    ``selection_id`` defaults to ``<target>-<selector>``; ``created_at`` to now. Further keys (``heldout_regret``,
-    ``heldout_selected_miou``, ...) become columns typed from their values.
-    """
-    row = dict(row)
-    method = _check_name("method", row.pop("method", None))
-    row.setdefault("selection_id", f"{row.get('target')}-{row.get('selector')}")
-    row.setdefault("created_at", datetime.datetime.now(datetime.timezone.utc))
-    columns: dict[str, tuple[pa.DataType, Any]] = {name: (arrow_type, row.pop(name, None))
-                                                   for name, arrow_type in SELECTION_FIXED_COLUMNS.items()}
-    for name, value in row.items():
-        columns[name] = (arrow_type_for_value(value), value)
-    _check_name("sweep_id", columns["sweep_id"][1], allow_separator=False)
-    _check_name("selection_id", columns["selection_id"][1])
-    return method, _table_from_columns(columns)
-
-
-def _score_column(selector: str) -> str:
-    return selector if selector.startswith(SCORE_PREFIX) else f"{SCORE_PREFIX}{selector}"
+_TIMESTAMP = TIMESTAMP
+_NESTED_GROUPS = NESTED_GROUPS
 
 
 # --------------------------------------------------------------------------------------------------------------

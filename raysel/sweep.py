@@ -1,6 +1,6 @@
 """`python -m raysel.sweep METHOD`: sweep a method's hyperparameters with Ray Tune and select without target labels.
 
-Argument parsing only; the work happens in :mod:`raysel.tuning`.
+Argument parsing only; the work happens in :mod:`raysel.sweeping` (and :mod:`raysel.execution`).
 """
 
 from __future__ import annotations
@@ -91,8 +91,9 @@ def build_parser() -> argparse.ArgumentParser:
 @exits_cleanly_on_user_error
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # Imported here, not at the top, for start-up time only: --help and argument errors answer without torch and Ray.
     from raysel import data as data_module
-    from raysel import tuning
+    from raysel import execution, sweeping
     from raysel.registry import get_method
     from raysel.search_space import load_search_space
     from raysel.summary import print_sweep_summary
@@ -100,10 +101,10 @@ def main(argv: list[str] | None = None) -> int:
     method = get_method(args.method)
     results = str(args.results)
     if args.resume:
-        sweep_id = args.name or tuning.latest_sweep_id(results, method.name)
+        sweep_id = args.name or execution.latest_sweep_id(results, method.name)
         if sweep_id is None:
             raise UserError(f"--resume: no previous {method.name} sweep under {args.results / 'sweeps'}")
-        settings, search, _ = tuning.load_settings(results, sweep_id)
+        settings, search, _ = execution.load_settings(results, sweep_id)
         space = load_search_space(Path(settings.space_path or method.search_space_path), method)
         space.apply_overrides(settings.overrides)
     else:
@@ -118,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
         for domain in [args.source or family.default_source, *targets]:
             if domain not in family.domains:
                 raise ConfigError(f"unknown domain {domain!r} for {family.name}; valid: {', '.join(family.domains)}")
-        resources = tuning.Resources(args.workers, args.cpus_per_worker, args.gpus_per_worker, args.executor)
+        resources = execution.Resources(args.workers, args.cpus_per_worker, args.gpus_per_worker, args.executor)
         resources.validate()
         sweep_id = args.name or f"{method.name}-{datetime.datetime.now():%Y%m%d-%H%M%S}"
         if "__" in sweep_id or "/" in sweep_id or "\\" in sweep_id or sweep_id.startswith("."):
@@ -128,15 +129,15 @@ def main(argv: list[str] | None = None) -> int:
                "source": args.source or family.default_source, "model": args.model,
                "image_size": tuple(args.image_size) if args.image_size else None, "seed": args.seed,
                "selection_size": args.selection_size}
-        settings = tuning.SweepSettings(method=method.name, sweep_id=sweep_id, results=results, run=run,
+        settings = execution.SweepSettings(method=method.name, sweep_id=sweep_id, results=results, run=run,
                                         targets=targets, resources=resources, max_failures=args.max_failures,
                                         selectors=tuple(args.selectors or method.default_selectors),
                                         space_path=str(space_path), overrides=list(args.overrides))
-        search = tuning.SearchSettings(search=args.search, scheduler=args.scheduler, num_samples=args.num_samples,
+        search = execution.SearchSettings(search=args.search, scheduler=args.scheduler, num_samples=args.num_samples,
                                        max_concurrent=args.max_concurrent, seed=args.seed)
         if args.num_samples < 1:
             raise ConfigError(f"--num-samples must be at least 1, got {args.num_samples}")
-    outcome = tuning.run_sweep(settings, search, space, resume=args.resume, address=args.address,
+    outcome = sweeping.run_sweep(settings, search, space, resume=args.resume, address=args.address,
                                progress_interval_s=args.progress_interval)
     print_sweep_summary(outcome)
     return 0 if outcome.decisions else 1

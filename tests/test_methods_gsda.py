@@ -263,7 +263,7 @@ def test_report_points_end_at_the_last_iteration():
 def test_tiny_run_reports_and_resumes_exactly_from_a_checkpoint(tmp_path):
     config = tiny_config()
     session = LocalSession(checkpoint_root=str(tmp_path / "full"))
-    model = gsda.train_gsda(config, StripeContext(session, tmp_path))
+    model = gsda.train_gsda(config, StripeContext(session, tmp_path)).model
     assert [r["epoch"] for r in session.reports] == [1, 2, 3]
     assert [r["iteration"] for r in session.reports] == [2, 4, 6]
     for report in session.reports:
@@ -277,7 +277,7 @@ def test_tiny_run_reports_and_resumes_exactly_from_a_checkpoint(tmp_path):
     with pytest.raises(StopRun):
         gsda.train_gsda(config, context)
     interrupted.stop_after_reports = None
-    resumed = gsda.train_gsda(config, context)  # ctx.restore() picks up the checkpoint of report 1
+    resumed = gsda.train_gsda(config, context).model  # ctx.restore() picks up the checkpoint of report 1
     assert [r["epoch"] for r in interrupted.reports] == [1, 2, 3]
     for key, value in resumed.state_dict().items():
         torch.testing.assert_close(value, full[key], msg=f"resumed run differs in {key}")
@@ -304,7 +304,7 @@ def test_run_from_the_cached_source_stage_adapts_and_beats_chance(tmp_path):
     config = tiny_config(init_from_source=True, source_iterations=60, iterations=30, num_reports=2)
     session = LocalSession(checkpoint_root=str(tmp_path / "ckpt"))
     context = StripeContext(session, tmp_path)
-    model = gsda.train_gsda(config, context)
+    model = gsda.train_gsda(config, context).model
     assert any((tmp_path / "cache" / "source_only").iterdir())  # the shared source-only stage was built and cached
     target = StripeImages(24, 3, target=True, with_labels=True)
     with torch.no_grad():
@@ -324,7 +324,7 @@ def _ddp_worker(rank: int, world_size: int, port: int, root: str) -> None:
     try:
         session = LocalSession(checkpoint_root=str(Path(root) / f"checkpoints{rank}"), world_rank=rank,
                                world_size=world_size)
-        model = gsda.train_gsda(tiny_config(batch_size=8), StripeContext(session, Path(root)))
+        model = gsda.train_gsda(tiny_config(batch_size=8), StripeContext(session, Path(root))).model
         torch.save({"model": model.state_dict(), "reports": session.reports}, Path(root) / f"rank{rank}.pt")
     finally:
         dist.destroy_process_group()

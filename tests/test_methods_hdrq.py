@@ -188,7 +188,7 @@ def run_context(root: Path, dataset: str, target: str, tmp_path: Path, session: 
 @pytest.mark.integration
 def test_segmentation_pipeline_caches_stages_restores_and_scores_every_target(tiny_roots, tmp_path,
                                                                                monkeypatch) -> None:
-    from raysel import tuning
+    from raysel.execution.trial import finish_run
     from raysel.quant import QuantizedModel
     from raysel.registry import get_method
 
@@ -206,7 +206,8 @@ def test_segmentation_pipeline_caches_stages_restores_and_scores_every_target(ti
                              merge_samples=4, barrier_points=3, adaptation="hiast", adaptation_settings=TINY_HIAST)
     session = LocalSession(checkpoint_root=str(tmp_path / "ckpt"))
     ctx = run_context(tiny_roots["street_scenes"], "street_scenes", "day_city", tmp_path, session, (32, 64))
-    merged = hdrq.train_hdrq(config, ctx)
+    result = hdrq.train_hdrq(config, ctx)
+    merged = result.model
 
     assert isinstance(merged, QuantizedModel) and not merged.training
     assert merged(torch.zeros(1, 3, 32, 64)).shape == (1, 19, 32, 64)
@@ -217,12 +218,11 @@ def test_segmentation_pipeline_caches_stages_restores_and_scores_every_target(ti
                 "ptq_iterations_per_second", "seconds_ptq_stage"):
         assert math.isfinite(report[key]), key
     assert report["error_barrier"] >= 0.0 and report["ptq_iterations_per_second"] > 0
-    extras = getattr(merged, tuning.TRIAL_EXTRAS)
-    assert extras["evaluation_targets"] == ["day_city", "dusk_city"]
-    assert extras["scores"] == {"merge_quality": report["merge_quality"]}
+    assert result.evaluation_targets == ("day_city", "dusk_city") and result.saved_as == "module"
+    assert result.scores == {"merge_quality": report["merge_quality"]}
 
-    # held-out scores come only from tuning.finish_run: per target and their harmonic mean
-    final = tuning.finish_run(merged, ctx)
+    # held-out scores come only from execution.trial.finish_run: per target and their harmonic mean
+    final = finish_run(result, ctx)
     day, dusk = final["heldout_miou_day_city"], final["heldout_miou_dusk_city"]
     expected = 0.0 if min(day, dusk) <= 0 else 2 * day * dusk / (day + dusk)
     assert final["heldout_miou"] == pytest.approx(expected)
@@ -234,34 +234,35 @@ def test_segmentation_pipeline_caches_stages_restores_and_scores_every_target(ti
                             run_context(tiny_roots["street_scenes"], "street_scenes", "dusk_city", tmp_path,
                                         LocalSession(), (32, 64)))
     assert len(trains) == 2 and len(quantizations) == 2
-    assert getattr(other, tuning.TRIAL_EXTRAS)["evaluation_targets"] == ["day_city", "dusk_city"]
+    assert other.evaluation_targets == ("day_city", "dusk_city")
     # a restarted trial returns the checkpointed merge without recomputing
     restored_session = LocalSession(_last_checkpoint=session._last_checkpoint)
     restored = hdrq.train_hdrq(config, run_context(tiny_roots["street_scenes"], "street_scenes", "day_city",
                                                    tmp_path, restored_session, (32, 64)))
     assert restored_session.reports == [] and len(quantizations) == 2
     images = torch.randn(2, 3, 32, 64)
-    torch.testing.assert_close(restored(images), merged(images))
-    assert getattr(restored, tuning.TRIAL_EXTRAS) == extras
+    torch.testing.assert_close(restored.model(images), merged(images))
+    assert (restored.scores, restored.metrics, restored.evaluation_targets) == (
+        result.scores, result.metrics, result.evaluation_targets)
 
 
 @pytest.mark.integration
 @pytest.mark.parametrize("ptq_method, bits", [("qdrop", "W4A8"), ("none", "W8A8")])
 def test_classification_pipeline_merges_three_targets(tiny_roots, tmp_path, ptq_method: str, bits: str) -> None:
-    from raysel import tuning
+    from raysel.execution.trial import finish_run
     from raysel.quant import QuantizedModel
 
     config = hdrq.HdrqConfig(bits=bits, ptq_method=ptq_method, reconstruction_iterations=3, calibration_images=4,
                              merge_samples=4, barrier_points=0, adaptation_settings=TINY_GSDA)
     session = LocalSession()
     ctx = run_context(tiny_roots["digits"], "digits", "noisy_digits", tmp_path, session, None)
-    merged = hdrq.train_hdrq(config, ctx)
-    assert isinstance(merged, QuantizedModel) == (ptq_method != "none")
+    result = hdrq.train_hdrq(config, ctx)
+    assert isinstance(result.model, QuantizedModel) == (ptq_method != "none")
     (report,) = session.reports
     assert set(k for k in report if k.startswith("merge_quality_")) == {
         "merge_quality_photo_digits", "merge_quality_noisy_digits", "merge_quality_inverted_blur_digits"}
     assert 0.0 <= report["merge_quality"] <= 1.0 and "error_barrier" not in report
-    final = tuning.finish_run(merged, ctx)
+    final = finish_run(result, ctx)
     accuracies = [final[f"heldout_accuracy_{t}"] for t in ("photo_digits", "noisy_digits", "inverted_blur_digits")]
     assert all(0.0 <= a <= 1.0 for a in accuracies)
     expected = 0.0 if min(accuracies) <= 0 else 3 / sum(1 / a for a in accuracies)

@@ -355,7 +355,7 @@ def test_hiast_checkpoints_each_round_and_resumes(tiny_street_root, tmp_path, mo
     assert first._last_checkpoint is not None
 
     second = LocalSession(checkpoint_root=str(tmp_path / "ckpt2"), _last_checkpoint=first._last_checkpoint)
-    model = hiast.train_hiast(config, tiny_context(tiny_street_root, tmp_path, second))
+    model = hiast.train_hiast(config, tiny_context(tiny_street_root, tmp_path, second)).model
     assert [r["round"] for r in second.reports] == [2, 2] and [r["epoch"] for r in second.reports] == [3, 4]
     assert second.reports[-1]["iteration"] == 8
     assert len(warmups) == 1  # the warm-up stage was cached, not retrained on resume

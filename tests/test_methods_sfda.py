@@ -295,7 +295,7 @@ def test_adaptation_runs_without_any_source_data_given_a_checkpoint(make_context
     ctx = make_context(source_available=False)  # the family itself refuses to load the source domain
     ctx.source_dataset = _forbid  # type: ignore[method-assign]
     ctx.cached_stage = _forbid  # type: ignore[method-assign]  # no source stage either
-    model = sfda.train_sfda(tiny_config(source_checkpoint=str(path)), ctx)
+    model = sfda.train_sfda(tiny_config(source_checkpoint=str(path)), ctx).model
     assert not model.training
     assert model(torch.zeros(1, 3, *IMAGE_SIZE)).shape == (1, NUM_CLASSES, *IMAGE_SIZE)
 
@@ -330,7 +330,7 @@ def test_tiny_run_reports_and_resumes(make_context, tmp_path):
     # resume from the checkpoint: the run continues at iteration 2 and the epoch counter keeps increasing
     session.stop_after_reports = None
     restored_state = torch.load(Path(session._last_checkpoint) / "state.pt", weights_only=False)
-    model = sfda.train_sfda(config, make_context(session=session))
+    model = sfda.train_sfda(config, make_context(session=session)).model
     assert [r["epoch"] for r in session.reports] == [1, 2]
     assert session.reports[1]["iteration"] == 4
     assert not torch.equal(model.state_dict()["classifier.weight"], restored_state["model"]["classifier.weight"])

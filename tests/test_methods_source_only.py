@@ -68,7 +68,7 @@ def test_trains_caches_and_restores(tiny_roots, tmp_path, monkeypatch, dataset: 
 
     session = LocalSession(checkpoint_root=str(tmp_path / "ckpt"))
     ctx = context(session, targets[0] if targets else None)
-    model = source_only.train_source_only(config, ctx)
+    model = source_only.train_source_only(config, ctx).model
     assert len(session.reports) == 1 and session.reports[0]["epoch"] == 1
     assert math.isfinite(session.reports[0]["loss"]) and 0 < session.reports[0]["target_confidence"] <= 1
     images = ctx.target_dataset()[0]["image"][None]
@@ -80,7 +80,7 @@ def test_trains_caches_and_restores(tiny_roots, tmp_path, monkeypatch, dataset: 
     assert len(builds) == 1
     # restoring from the checkpoint returns the same network without training
     restored = source_only.train_source_only(
-        config, context(LocalSession(_last_checkpoint=session._last_checkpoint), targets[0] if targets else None))
+        config, context(LocalSession(_last_checkpoint=session._last_checkpoint), targets[0] if targets else None)).model
     assert torch.allclose(restored(images), logits)
     assert len(builds) == 1
 

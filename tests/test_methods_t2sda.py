@@ -390,7 +390,7 @@ def test_end_to_end_run_reports_and_resumes(tmp_path, synthetic_family):
     assert [report["iteration"] for report in session.reports] == [2]
 
     session.stop_after_reports = None
-    model = t2sda.train(config, RunContext(spec, session))
+    model = t2sda.train(config, RunContext(spec, session)).model
     assert [report["epoch"] for report in session.reports] == [1, 2]   # resumed: no second report of epoch 1
     assert [report["iteration"] for report in session.reports] == [2, 4]
     for report in session.reports:
@@ -409,6 +409,6 @@ def test_end_to_end_with_the_ablation_switches(tmp_path, synthetic_family):
         "quality_weight": "batch", "dynamic_reweighting": False, "freeze_batchnorm": False,
         "projector_final_relu": False, "evaluate_teacher": True, "warmup_iterations": 0})
     session = LocalSession(checkpoint_root=str(tmp_path / "ckpt"))
-    model = t2sda.train(config, RunContext(spec, session))
+    model = t2sda.train(config, RunContext(spec, session)).model
     assert [report["epoch"] for report in session.reports] == [1]      # the last iteration always reports
     assert math.isfinite(session.reports[0]["loss"]) and not model.training

@@ -88,14 +88,14 @@ def test_select_cli_unknown_sweep_exits_2(tmp_path: Path) -> None:
 
 
 # --------------------------------------------------------------------------------------------------------------
-# Candidate prediction as Ray tasks (raysel.selection.remote)
+# Candidate prediction as Ray tasks (raysel.execution.repredict)
 # --------------------------------------------------------------------------------------------------------------
 
 
 def write_sweep_with_checkpoints(results: Path, with_predictions: tuple[str, ...] = ("t0", "t2")):
     """A stored sweep (settings file, trial rows, checkpoint files) as raysel.sweep lays it out; no model inside."""
     from raysel.store import ResultStore
-    from raysel.tuning import Resources, SearchSettings, SweepSettings, save_settings
+    from raysel.execution.settings import Resources, SearchSettings, SweepSettings, save_settings
 
     settings = SweepSettings(method="hiast", sweep_id="s", results=str(results.resolve()),
                              run={"method": "hiast", "dataset": "street_scenes", "data_root": "/data",
@@ -118,7 +118,7 @@ def write_sweep_with_checkpoints(results: Path, with_predictions: tuple[str, ...
 
 
 def test_prediction_jobs_ask_for_the_trials_resources_and_only_missing_files(tmp_path: Path) -> None:
-    from raysel.selection.remote import prediction_jobs
+    from raysel.execution.repredict import prediction_jobs
 
     settings, store = write_sweep_with_checkpoints(tmp_path / "results")
     (job,) = prediction_jobs(store, "s")
@@ -132,7 +132,7 @@ def test_prediction_jobs_ask_for_the_trials_resources_and_only_missing_files(tmp
 
 
 def test_prediction_jobs_of_a_copied_store_write_into_the_copy(tmp_path: Path) -> None:
-    from raysel.selection.remote import prediction_jobs, relocated_path
+    from raysel.execution.repredict import prediction_jobs, relocated_path
     from raysel.store import ResultStore
 
     write_sweep_with_checkpoints(tmp_path / "original")
@@ -150,7 +150,7 @@ def test_prediction_jobs_of_a_copied_store_write_into_the_copy(tmp_path: Path) -
 
 def test_prediction_jobs_name_what_is_missing(tmp_path: Path) -> None:
     from raysel.errors import DataError
-    from raysel.selection.remote import prediction_jobs
+    from raysel.execution.repredict import prediction_jobs
 
     settings, store = write_sweep_with_checkpoints(tmp_path / "results")
     (settings.trial_dir("t1") / "model.pt").unlink()
@@ -165,7 +165,7 @@ def test_prediction_jobs_name_what_is_missing(tmp_path: Path) -> None:
 
 
 def test_nothing_missing_means_no_ray_and_no_change(tmp_path: Path) -> None:
-    from raysel.selection.remote import repredict_sweep
+    from raysel.execution.repredict import repredict_sweep
 
     _, store = write_sweep_with_checkpoints(tmp_path / "results", with_predictions=("t0", "t1", "t2"))
     assert repredict_sweep(store, "s") == []
@@ -187,7 +187,7 @@ def test_repredict_as_ray_tasks_reproduces_the_trials_predictions(tiny_hiast_swe
 
     from raysel.selection.decision import select_sweep
     from raysel.selection.predictions import load_predictions
-    from raysel.selection.remote import repredict_sweep
+    from raysel.execution.repredict import repredict_sweep
     from raysel.store import ResultStore
 
     results = tmp_path / "results"

@@ -139,7 +139,7 @@ def test_cache_candidate_predictions_predicts_the_runs_seeded_subset(tmp_path):
     """The one implementation a trial and a re-prediction task share: seeded subset, spec's probability switch."""
     from types import SimpleNamespace
 
-    from raysel.selection.predictions import cache_candidate_predictions
+    from raysel.execution.predictions import cache_candidate_predictions
 
     model = PixelClassifier()
     dataset = TinyImages(9)

@@ -54,6 +54,7 @@ from torch.utils.data import DataLoader
 from raysel.errors import ConfigError
 from raysel.methods import common
 from raysel.methods.base import RunContext, require
+from raysel.methods.result import TrainResult
 from raysel.models.discriminators import DomainDiscriminator, dann_coefficient
 from raysel.registry import Method, register
 
@@ -419,7 +420,7 @@ def _build_trainables(config: GsdaConfig, ctx: RunContext, fresh: bool) -> _Trai
                        common.build_scheduler(discriminator_optimizer, config.iterations, config.schedule))
 
 
-def train_gsda(config: GsdaConfig, ctx: RunContext) -> nn.Module:
+def train_gsda(config: GsdaConfig, ctx: RunContext) -> TrainResult:
     """Per-worker GSDA loop (alternating D-step / E,C-step, Eq. 14-17); returns the trained classifier.
 
     Reports ``num_reports`` times (``epoch`` counts the reports), each with a checkpoint of the model, the
@@ -463,7 +464,7 @@ def train_gsda(config: GsdaConfig, ctx: RunContext) -> nn.Module:
                      "iteration": iteration, "epoch": epoch, "config": dataclasses.asdict(config)}
             ctx.report(report, checkpoint_state=state)
     trainables.model.eval()
-    return trainables.model
+    return TrainResult(trainables.model)
 
 
 @dataclass

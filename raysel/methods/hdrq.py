@@ -24,8 +24,9 @@ merged ... Quantization is applied between the single-target domain adaptation a
    reported as ``merge_quality`` and stored as the trial's ``score_merge_quality`` (the sweep selects with it);
    plus the label-free error barrier (eq. 2) between specialists, averaged over target pairs.
 
-The merged model is returned with ``trial_extras`` (:data:`raysel.tuning.TRIAL_EXTRAS`): the targets to evaluate,
-the label-free score and metrics. :func:`raysel.tuning.finish_run` scores it on every target's held-out labels
+The merged model is returned in a :class:`~raysel.methods.result.TrainResult` saved as a whole module (no builder
+makes a quantized merged model): the targets to evaluate, the label-free score and metrics.
+:func:`raysel.execution.trial.finish_run` scores it on every target's held-out labels
 (``heldout_miou_<target>`` and their harmonic mean ``heldout_miou``; accuracy for classification). This module
 never reads a target label.
 
@@ -54,12 +55,12 @@ from torch import nn
 from raysel.errors import ConfigError
 from raysel.methods import common
 from raysel.methods.base import LocalSession, RunContext, config_from_dict, require
+from raysel.methods.result import MODULE, TrainResult
 from raysel.quant import PTQ_METHODS, PtqConfig, merge_models, quantize_and_reconstruct, validate_bits
 from raysel.quant.reconstruct import NOISE_CHOICES
 from raysel.registry import Method, get_method, register
 from raysel.selection.merge_quality import error_barrier, merge_quality
 from raysel.selection.predictions import selection_subset
-from raysel.tuning import TRIAL_EXTRAS
 
 FULL_PRECISION = "none"
 PTQ_CHOICES = (*PTQ_METHODS, FULL_PRECISION)
@@ -224,7 +225,7 @@ def adapted_stage(tctx: RunContext, method: Method, adapt_config: Any) -> dict[s
     """The model adapted to ``tctx.target`` by ``method`` (trained once, cached per target and settings)."""
 
     def build() -> dict[str, Any]:
-        model = method.train(adapt_config, tctx)
+        model = method.train(adapt_config, tctx).model
         return {"model": {k: v.detach().cpu() for k, v in common.unwrap(model).state_dict().items()},
                 "reports": [dict(report) for report in getattr(tctx.session, "reports", [])[-1:]]}
 
@@ -351,7 +352,7 @@ def merge_specialists(config: HdrqConfig, ctx: RunContext, specialists: Speciali
     return Merge(merged, quality, metrics)
 
 
-def train_hdrq(config: HdrqConfig, ctx: RunContext) -> nn.Module:
+def train_hdrq(config: HdrqConfig, ctx: RunContext) -> TrainResult:
     """Adapt every target, quantize each specialist, merge them and score the merge without labels (module doc).
 
     Reports once (``merge_quality``, per-target agreement, error barrier, target confidence, PTQ speed) with a
@@ -361,9 +362,7 @@ def train_hdrq(config: HdrqConfig, ctx: RunContext) -> nn.Module:
     targets = merge_targets(config, ctx)
     restored = ctx.restore()
     if restored is not None:
-        merged = restored["merged"].to(ctx.device).eval()
-        setattr(merged, TRIAL_EXTRAS, restored["extras"])
-        return merged
+        return merged_result(restored["merged"].to(ctx.device).eval(), restored["extras"])
     watch = common.Stopwatch()
     merge = merge_specialists(config, ctx, build_specialists(config, ctx, targets, watch), watch)
     metrics = {**merge.metrics, **{f"seconds_{name}": value for name, value in watch.seconds.items()}}
@@ -373,8 +372,13 @@ def train_hdrq(config: HdrqConfig, ctx: RunContext) -> nn.Module:
               "target_confidence": common.target_confidence(merge.model, ctx, ctx.target_dataset()), **metrics}
     ctx.report(report, checkpoint_state={"merged": merge.model, "extras": extras,
                                          "config": dataclasses.asdict(config)})
-    setattr(merge.model, TRIAL_EXTRAS, extras)
-    return merge.model
+    return merged_result(merge.model, extras)
+
+
+def merged_result(model: nn.Module, extras: dict[str, Any]) -> TrainResult:
+    """The merged model as a TrainResult saved whole, with its evaluation targets, merge quality and metrics."""
+    return TrainResult(model, saved_as=MODULE, scores=dict(extras["scores"]), metrics=dict(extras["metrics"]),
+                       evaluation_targets=tuple(extras["evaluation_targets"]))
 
 
 def mean_error_barrier(specialists: dict[str, nn.Module], images: dict[str, list[torch.Tensor]],

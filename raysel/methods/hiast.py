@@ -77,6 +77,7 @@ from torch.utils.data import Dataset
 from raysel.errors import ConfigError
 from raysel.methods import common
 from raysel.methods.base import RunContext, require
+from raysel.methods.result import TrainResult
 from raysel.registry import Method, register
 
 IGNORE_INDEX = 255
@@ -616,7 +617,7 @@ def report_points(iterations: int, reports: int) -> set[int]:
     return {round(iterations * (j + 1) / reports) for j in range(reports)}
 
 
-def train_hiast(config: HiastConfig, ctx: RunContext) -> nn.Module:
+def train_hiast(config: HiastConfig, ctx: RunContext) -> TrainResult:
     """Per-worker HIAST loop: cached warm-up, then ``rounds`` x (pseudo-labels by IAS, self-training with HPLA and
     region losses). Checkpoints at every round end; resumes from the last completed round."""
     config.validate()
@@ -681,7 +682,7 @@ def train_hiast(config: HiastConfig, ctx: RunContext) -> nn.Module:
                          "config": dataclasses.asdict(config)}
             ctx.report(metrics, checkpoint_state=state)
     final.eval()
-    return final
+    return TrainResult(final)
 
 
 def self_training_step(config: HiastConfig, ctx: RunContext, network: nn.Module, teacher: nn.Module,

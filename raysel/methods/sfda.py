@@ -74,6 +74,7 @@ from torch.nn import functional as F
 from raysel.errors import ConfigError
 from raysel.methods import common
 from raysel.methods.base import RunContext, require
+from raysel.methods.result import TrainResult
 from raysel.registry import Method, register
 
 BATCHNORM_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
@@ -637,13 +638,13 @@ def adapt(config: SfdaConfig, ctx: RunContext, source_state: dict[str, torch.Ten
     return nets.target
 
 
-def train_sfda(config: SfdaConfig, ctx: RunContext) -> nn.Module:
+def train_sfda(config: SfdaConfig, ctx: RunContext) -> TrainResult:
     """Get the source model (checkpoint or cached stage), then adapt it to the target without source data."""
     config.validate()
     if ctx.task != "segmentation":
         raise ConfigError(f"sfda is a segmentation method; dataset {ctx.spec.dataset!r} is {ctx.task}")
     source_state = source_model_state(config, ctx)
-    return adapt(config, ctx, source_state)
+    return TrainResult(adapt(config, ctx, source_state))
 
 
 register(Method(

@@ -13,10 +13,10 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from torch import nn
 
 from raysel.methods import common
 from raysel.methods.base import RunContext, require
+from raysel.methods.result import TrainResult
 from raysel.registry import Method, register
 
 
@@ -49,7 +49,7 @@ class SourceOnlyConfig:
             photometric_ops=self.photometric_ops)
 
 
-def train_source_only(config: SourceOnlyConfig, ctx: RunContext) -> nn.Module:
+def train_source_only(config: SourceOnlyConfig, ctx: RunContext) -> TrainResult:
     """Train (or fetch from the stage cache) the source-only model, report once with a checkpoint, return it."""
     config.validate()
     model = ctx.build_model(pretrained=False)
@@ -57,7 +57,7 @@ def train_source_only(config: SourceOnlyConfig, ctx: RunContext) -> nn.Module:
     if restored is not None:
         model.load_state_dict(restored["model"])
         model.eval()
-        return model
+        return TrainResult(model)
     watch = common.Stopwatch()
     with watch.time("source_stage"):
         stage = common.source_stage(ctx, config.settings())
@@ -68,7 +68,7 @@ def train_source_only(config: SourceOnlyConfig, ctx: RunContext) -> nn.Module:
                "seconds_source_stage": watch.seconds["source_stage"],
                "seconds_train_loop": stage.get("seconds", 0.0)}
     ctx.report(metrics, checkpoint_state={"model": model.state_dict(), "config": dataclasses.asdict(config)})
-    return model
+    return TrainResult(model)
 
 
 register(Method(

@@ -64,6 +64,7 @@ from torch.nn import functional as F
 
 from raysel.errors import ConfigError
 from raysel.methods.base import RunContext, require
+from raysel.methods.result import TrainResult
 from raysel.methods.common import (
     IGNORE_INDEX,
     RunningMean,
@@ -642,7 +643,7 @@ def source_settings(config: T2sdaConfig) -> SourceStageSettings:
     return dataclasses.replace(SourceStageSettings(), iterations=config.source_iterations)
 
 
-def train(config: T2sdaConfig, ctx: RunContext) -> nn.Module:
+def train(config: T2sdaConfig, ctx: RunContext) -> TrainResult:
     """Per-worker T2S-DA loop from the cached source model; reports every ``report_interval`` iterations.
 
     Returns the student segmenter (``evaluate_teacher=True``: the EMA teacher's), without the projector.
@@ -687,7 +688,7 @@ def train(config: T2sdaConfig, ctx: RunContext) -> nn.Module:
                           "generator": generator.get_state(), "iteration": done, "epoch": reports}
             ctx.report(metrics, checkpoint_state=checkpoint)
     model = teacher.segmenter if config.evaluate_teacher else unwrap(network).segmenter
-    return model.eval()
+    return TrainResult(model.eval())
 
 
 register(Method(

@@ -30,16 +30,13 @@ import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from raysel.errors import DataError
-
-if TYPE_CHECKING:  # pragma: no cover
-    from raysel.methods.base import RunContext
 
 FORMAT_VERSION = 1
 TASKS = ("segmentation", "classification")
@@ -223,20 +220,6 @@ def save_predictions(path: str | os.PathLike, predictions: CandidatePredictions)
         Path(temp_name).unlink(missing_ok=True)
         raise
     return path
-
-
-def cache_candidate_predictions(model: torch.nn.Module, ctx: "RunContext", path: str | os.PathLike) -> Path:
-    """Predict the run's seeded selection subset of target *training* images and save the cache at ``path``.
-
-    The one implementation behind a trial's own predictions (``raysel.tuning.finish_run``) and their re-computation
-    as Ray tasks (:mod:`raysel.selection.remote`), so both give the same images, subset and file format. The subset
-    follows ``ctx.spec.selection_size`` / ``selection_seed``; probabilities are kept when ``keep_probabilities``.
-    """
-    target_images = ctx.target_dataset()
-    indices = selection_subset(len(target_images), size=ctx.spec.selection_size, seed=ctx.spec.selection_seed)
-    predictions = predict_subset(model, target_images, indices, ctx.device,
-                                 keep_probabilities=ctx.spec.keep_probabilities)
-    return save_predictions(path, predictions)
 
 
 def load_predictions(path: str | os.PathLike, with_probabilities: bool = True) -> CandidatePredictions:

@@ -7,9 +7,10 @@ trial's own resources: one worker's CPUs and, when the sweep used GPUs, ``--gpus
 allowed). Selecting among 40 candidates on a GPU cluster therefore runs 40 GPU tasks side by side, and the autoscaler
 adds GPU nodes for them as it does for trials.
 
-Each task rebuilds the trial's network (``RunContext.build_model``, the same builder the method trained), loads the
-state dict the trial saved (``checkpoint_path``, ``model.pt``) and calls
-:func:`~raysel.selection.predictions.cache_candidate_predictions`, the same function the trial used, on the same
+Each task rebuilds the trial's model from what the trial saved (``checkpoint_path``, ``model.pt``, and its rebuild
+recipe: :func:`raysel.methods.result.rebuild_model`; the run's network builder plus the state dict, or the whole
+module for HDRQ's quantized merged model) and calls
+:func:`~raysel.execution.predictions.cache_candidate_predictions`, the same function the trial used, on the same
 seeded subset of target *training* images (the sweep's ``selection_size`` / ``selection_seed``). No label is read.
 
 Paths: a sweep records absolute paths under its results folder. When that folder was copied or moved, paths under
@@ -25,9 +26,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from raysel.errors import DataError, UserError
+import ray
+import torch
+from ray.exceptions import RayTaskError
 
-PREDICTIONS_FILE = "predictions.npz"
+from raysel.errors import DataError, UserError
+from raysel.execution.connection import connect
+from raysel.execution.predictions import cache_candidate_predictions
+from raysel.execution.settings import SETTINGS_FILE, SweepSettings, load_settings
+from raysel.execution.trial import PREDICTIONS_FILE
+from raysel.methods.base import LocalSession, RunContext, RunSpec
+from raysel.methods.result import rebuild_model
 
 
 @dataclass(frozen=True)
@@ -43,10 +52,8 @@ class PredictionJob:
     num_gpus: float
 
 
-def sweep_settings(store: Any, sweep_id: str) -> Any | None:
+def sweep_settings(store: Any, sweep_id: str) -> SweepSettings | None:
     """The sweep's saved settings (``sweeps/<id>/sweep.json`` under the store), or None when it has none."""
-    from raysel.tuning import SETTINGS_FILE, load_settings
-
     if not (Path(store.root) / "sweeps" / sweep_id / SETTINGS_FILE).is_file():
         return None
     settings, _, _ = load_settings(str(store.root), sweep_id)
@@ -110,24 +117,14 @@ def prediction_jobs(store: Any, sweep_id: str, *, only_missing: bool = True) -> 
 
 def predict_candidate(job: PredictionJob) -> str:
     """Rebuild one candidate's model from its checkpoint and write its predictions file (the Ray task's body)."""
-    import torch
-
-    from raysel.methods.base import LocalSession, RunContext, RunSpec
-    from raysel.selection.predictions import cache_candidate_predictions
-
     if job.num_gpus > 0 and not torch.cuda.is_available():
         raise UserError(f"re-predicting trial {job.trial_id} asked for a GPU but CUDA is not available on its node")
     device = torch.device("cuda" if job.num_gpus > 0 else "cpu")
-    spec = RunSpec.from_dict(job.run)
-    ctx = RunContext(spec, LocalSession(device=device))
-    model = ctx.build_model(pretrained=False)
-    state = torch.load(job.checkpoint_path, map_location="cpu", weights_only=True)
+    ctx = RunContext(RunSpec.from_dict(job.run), LocalSession(device=device))
     try:
-        model.load_state_dict(state)
-    except RuntimeError as error:
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise DataError(f"checkpoint {job.checkpoint_path} of trial {job.trial_id} does not fit the model "
-                        f"{spec.model or 'default'} of this sweep ({first_line})") from None
+        model = rebuild_model(job.checkpoint_path, ctx)
+    except DataError as error:
+        raise DataError(f"trial {job.trial_id}: {error}") from None
     return str(cache_candidate_predictions(model, ctx, job.predictions_path))
 
 
@@ -140,11 +137,6 @@ def run_prediction_tasks(jobs: list[PredictionJob], address: str | None = None) 
     """
     if not jobs:
         return []
-    import ray
-    from ray.exceptions import RayTaskError
-
-    from raysel.tuning import connect
-
     started_here = connect(address)
     try:
         remote_function = ray.remote(predict_candidate)

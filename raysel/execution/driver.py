@@ -1,0 +1,88 @@
+"""The Tune trial driver: run one configuration directly in the trial or on Ray Train workers, and store its row."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import ray.train
+from ray import tune
+from ray.train.torch import TorchConfig, TorchTrainer
+from ray.tune.integration.ray_train import TuneReportCallback
+
+from raysel.execution.connection import one_line
+from raysel.execution.devices import direct_device, process_group_backend
+from raysel.execution.rows import write_row
+from raysel.execution.sessions import TrainWorkerSession, TuneTrialSession, reportable
+from raysel.execution.settings import SweepSettings
+from raysel.execution.trial import ATTEMPTS_FILE, FINAL_FILE, read_int, run_worker
+from raysel.store import ResultStore
+
+RESUMED_EPOCH = 1_000_000  # the epoch a finished trial reports, past any ASHA rung
+
+
+def trial_driver(config: dict[str, Any], settings: SweepSettings) -> None:
+    """Tune function trainable: run one configuration (direct or via TorchTrainer) and store its row."""
+    trial_id = tune.get_context().get_trial_id()
+    store = ResultStore(Path(settings.results))
+    previous = store.read_trial(settings.sweep_id, trial_id)
+    if previous is not None and previous.get("status") == "finished":
+        tune.report({"status": "finished", "epoch": RESUMED_EPOCH, "skipped_on_resume": True})
+        return
+
+    output_dir = settings.trial_dir(trial_id)
+    run = dict(settings.run, target=config["target"], output_dir=str(output_dir))
+    loop_config = {"method": settings.method, "hyperparameters": dict(config["hp"]), "run": run}
+    started = time.time()
+    try:
+        if settings.resources.uses_train:
+            final = fit_with_train(loop_config, settings, trial_id)
+        else:
+            device = direct_device(settings.resources)
+            run["num_threads"] = max(1, int(round(settings.resources.cpus_per_worker)))
+            final = run_worker(loop_config, TuneTrialSession(device))
+    except Exception as error:  # recorded, then re-raised so Tune's FailureConfig can retry the trial
+        write_row(store, settings, trial_id, config, started, {"status": "failed", "error": one_line(error),
+                                                                "retries": read_int(output_dir / ATTEMPTS_FILE) - 1})
+        raise
+    write_row(store, settings, trial_id, config, started, final)
+    tune.report(reportable({**final, "epoch": RESUMED_EPOCH}))
+
+
+def fit_with_train(loop_config: dict[str, Any], settings: SweepSettings, trial_id: str) -> dict[str, Any]:
+    """Run the loop on ``workers`` Ray Train workers; restarts from the last checkpoint on worker failure."""
+    resources = settings.resources
+    use_gpu = resources.gpus_per_worker > 0
+    per_worker: dict[str, float] = {"CPU": resources.cpus_per_worker}
+    if use_gpu:
+        per_worker["GPU"] = resources.gpus_per_worker
+    loop_config["run"]["num_threads"] = max(1, int(round(resources.cpus_per_worker)))
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config=loop_config,
+        torch_config=TorchConfig(backend=process_group_backend(use_gpu)),
+        scaling_config=ray.train.ScalingConfig(num_workers=resources.workers, use_gpu=use_gpu,
+                                               resources_per_worker=per_worker),
+        run_config=ray.train.RunConfig(
+            name=f"train-{trial_id}",  # deterministic: a resumed sweep finds this run's checkpoints again
+            storage_path=str((settings.sweep_dir / "train").resolve()),
+            callbacks=[TuneReportCallback()],
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
+            failure_config=ray.train.FailureConfig(max_failures=settings.max_failures),
+        ),
+    )
+    result = trainer.fit()
+    final = getattr(result, "return_value", None)
+    if not final:
+        final_path = settings.trial_dir(trial_id) / FINAL_FILE
+        final = json.loads(final_path.read_text()) if final_path.exists() else None
+    if not final:
+        raise RuntimeError(f"Ray Train run train-{trial_id} finished without final metrics")
+    return final
+
+
+def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
+    """Ray Train entry point: every worker runs the method loop through a TrainWorkerSession."""
+    return run_worker(loop_config, TrainWorkerSession())

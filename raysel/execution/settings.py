@@ -1,0 +1,122 @@
+"""The settings of one sweep (everything the command line decides), their validation, and their save/load for --resume."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from raysel.errors import ConfigError, UserError
+
+DRIVER_CPU = 0.1  # the Tune trial's own share when it only drives a TorchTrainer (ray.md: 0 is rejected)
+SETTINGS_FILE = "sweep.json"
+SEARCH_ALGORITHMS = ("grid", "random", "optuna")
+SCHEDULERS = ("fifo", "asha")
+
+
+@dataclass
+class Resources:
+    """Per-trial resources: ``workers`` data-parallel workers with this many CPUs/GPUs each (fractions allowed)."""
+
+    workers: int = 1
+    cpus_per_worker: float = 1.0
+    gpus_per_worker: float = 0.0
+    executor: str = "auto"  # auto | train | direct
+
+    def validate(self) -> None:
+        """Raise ConfigError naming the command-line option that is out of range."""
+        if self.workers < 1:
+            raise ConfigError(f"--workers must be at least 1, got {self.workers}")
+        if self.cpus_per_worker <= 0:
+            raise ConfigError(f"--cpus-per-worker must be positive, got {self.cpus_per_worker}")
+        if self.gpus_per_worker < 0:
+            raise ConfigError(f"--gpus-per-worker must be 0 or positive, got {self.gpus_per_worker}")
+        if self.executor not in ("auto", "train", "direct"):
+            raise ConfigError(f"--executor must be auto, train or direct, got {self.executor!r}")
+        if self.executor == "direct" and self.workers > 1:
+            raise ConfigError("--executor direct runs one worker; use --executor train (or auto) with --workers > 1")
+
+    @property
+    def uses_train(self) -> bool:
+        """Whether trials run their loop on Ray Train workers (else directly inside the Tune trial)."""
+        return self.executor == "train" or (self.executor == "auto" and self.workers > 1)
+
+    def trial_cpus(self) -> float:
+        """CPUs one trial occupies: driver share plus workers (Train) or the worker itself (direct)."""
+        if self.uses_train:
+            return DRIVER_CPU + self.workers * self.cpus_per_worker
+        return self.cpus_per_worker
+
+
+@dataclass
+class SweepSettings:
+    """A whole sweep: which method, which data, how to search, where results go."""
+
+    method: str
+    sweep_id: str
+    results: str
+    run: dict[str, Any]  # RunSpec fields shared by every trial (dataset, data_root, source, model, seed, ...)
+    targets: list[str]
+    resources: Resources = field(default_factory=Resources)
+    max_failures: int = 1
+    selectors: tuple[str, ...] = ("fmiou",)
+    space_path: str | None = None
+    overrides: list[str] = field(default_factory=list)
+
+    @property
+    def sweep_dir(self) -> Path:
+        return Path(self.results) / "sweeps" / self.sweep_id
+
+    def trial_dir(self, trial_id: str) -> Path:
+        return self.sweep_dir / "trials" / trial_id
+
+
+@dataclass
+class SearchSettings:
+    """How configurations are proposed and stopped."""
+
+    search: str = "grid"  # grid | random | optuna
+    scheduler: str = "fifo"  # fifo | asha
+    num_samples: int = 1
+    max_concurrent: int | None = None
+    seed: int = 0
+    asha_metric: str = "target_confidence"
+    asha_grace_epochs: int = 1
+
+    def validate(self) -> None:
+        """Raise ConfigError naming ``--search`` or ``--scheduler`` when it is not one raysel knows."""
+        if self.search not in SEARCH_ALGORITHMS:
+            raise ConfigError(f"--search must be grid, random or optuna, got {self.search!r}")
+        if self.scheduler not in SCHEDULERS:
+            raise ConfigError(f"--scheduler must be fifo or asha, got {self.scheduler!r}")
+
+
+def save_settings(settings: SweepSettings, search: SearchSettings, space_entries: dict[str, Any]) -> None:
+    """Persist the sweep's settings so ``--resume`` continues exactly the same sweep."""
+    settings.sweep_dir.mkdir(parents=True, exist_ok=True)
+    payload = {"settings": dataclasses.asdict(settings), "search": dataclasses.asdict(search), "space": space_entries}
+    temporary = settings.sweep_dir / f".{SETTINGS_FILE}.tmp"
+    temporary.write_text(json.dumps(payload, indent=2, default=str))
+    os.replace(temporary, settings.sweep_dir / SETTINGS_FILE)
+
+
+def load_settings(results: str, sweep_id: str) -> tuple[SweepSettings, SearchSettings, dict[str, Any]]:
+    """Read back a sweep's settings for ``--resume``; a missing sweep is a UserError naming where it looked."""
+    path = Path(results) / "sweeps" / sweep_id / SETTINGS_FILE
+    if not path.exists():
+        raise UserError(f"--resume: no previous sweep named {sweep_id!r} under {Path(results) / 'sweeps'}")
+    payload = json.loads(path.read_text())
+    raw = payload["settings"]
+    raw["resources"] = Resources(**raw["resources"])
+    raw["selectors"] = tuple(raw["selectors"])
+    return SweepSettings(**raw), SearchSettings(**payload["search"]), payload["space"]
+
+
+def latest_sweep_id(results: str, method: str) -> str | None:
+    """The most recently started sweep of ``method`` under ``results`` (used by ``--resume`` without ``--name``)."""
+    root = Path(results) / "sweeps"
+    candidates = [p for p in root.glob(f"{method}-*") if (p / SETTINGS_FILE).exists()] if root.exists() else []
+    return max(candidates, key=lambda p: p.stat().st_mtime).name if candidates else None

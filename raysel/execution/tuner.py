@@ -1,0 +1,71 @@
+"""Building the Tune experiment: the trainable with its resources, the search algorithm and the scheduler."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from optuna.samplers import TPESampler
+from ray import tune
+from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter
+from ray.tune.search.optuna import OptunaSearch
+
+from raysel.errors import UserError
+from raysel.execution.driver import trial_driver
+from raysel.execution.settings import DRIVER_CPU, SearchSettings, SweepSettings
+
+
+def build_tuner(settings: SweepSettings, search: SearchSettings, param_space: dict[str, Any], resume: bool,
+                callbacks: list[Any]) -> tune.Tuner:
+    """A ``tune.Tuner`` (or a restored one) for this sweep."""
+    trainable = tune.with_parameters(trial_driver, settings=settings)
+    resources = settings.resources
+    if resources.uses_train:
+        trainable = tune.with_resources(trainable, {"cpu": DRIVER_CPU})
+    else:
+        request = {"cpu": resources.cpus_per_worker}
+        if resources.gpus_per_worker:
+            request["gpu"] = resources.gpus_per_worker
+        trainable = tune.with_resources(trainable, request)
+    tune_dir = settings.sweep_dir
+    if resume:
+        path = str((tune_dir / "tune").resolve())
+        if not tune.Tuner.can_restore(path):
+            raise UserError(f"--resume: sweep {settings.sweep_id!r} has no restorable Tune state at {path}")
+        return tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True, resume_errored=True)
+
+    search_alg, scheduler = search_and_scheduler(search)
+    tune_config = tune.TuneConfig(
+        num_samples=search.num_samples,
+        max_concurrent_trials=None,  # the search algorithm limits concurrency (see search_and_scheduler)
+        search_alg=search_alg,
+        scheduler=scheduler,
+        trial_dirname_creator=lambda trial: trial.trial_id,
+    )
+    run_config = tune.RunConfig(
+        name="tune",
+        storage_path=str(tune_dir.resolve()),
+        failure_config=tune.FailureConfig(max_failures=settings.max_failures),
+        verbose=0,
+        callbacks=callbacks,
+    )
+    return tune.Tuner(trainable, param_space=param_space, tune_config=tune_config, run_config=run_config)
+
+
+def search_and_scheduler(search: SearchSettings) -> tuple[Any, Any]:
+    """Tune's search algorithm (seeded, concurrency-limited) and trial scheduler for these settings."""
+    search.validate()
+    if search.search == "optuna":
+        # TPE needs an objective: the label-free confidence each method reports (never held-out labels).
+        search_alg: Any = OptunaSearch(metric=search.asha_metric, mode="max", sampler=TPESampler(seed=search.seed))
+        if search.max_concurrent:
+            search_alg = ConcurrencyLimiter(search_alg, max_concurrent=search.max_concurrent)
+    else:
+        # Seeded, so --seed fixes the sampled configurations (Tune's default generator draws unseeded).
+        search_alg = BasicVariantGenerator(max_concurrent=search.max_concurrent or 0, random_state=search.seed)
+    if search.scheduler == "asha":
+        scheduler: Any = ASHAScheduler(time_attr="epoch", metric=search.asha_metric, mode="max",
+                                       grace_period=search.asha_grace_epochs)
+    else:
+        scheduler = FIFOScheduler()
+    return search_alg, scheduler

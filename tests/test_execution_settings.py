@@ -1,0 +1,65 @@
+"""raysel.execution.settings and .tuner: resources arithmetic, validation, save/load, seeded search (fast)."""
+
+from __future__ import annotations
+
+import pytest
+
+from raysel.errors import ConfigError, UserError
+from raysel.execution.settings import (DRIVER_CPU, Resources, SearchSettings, SweepSettings, latest_sweep_id,
+                                       load_settings, save_settings)
+from raysel.execution.tuner import search_and_scheduler
+
+
+def test_single_worker_runs_inside_the_trial_and_several_use_train() -> None:
+    assert not Resources(workers=1).uses_train
+    assert Resources(workers=2).uses_train
+    assert Resources(workers=1, executor="train").uses_train
+    assert Resources(workers=2, cpus_per_worker=0.45).trial_cpus() == pytest.approx(DRIVER_CPU + 0.9)
+    assert Resources(workers=1, cpus_per_worker=2).trial_cpus() == 2
+
+
+@pytest.mark.parametrize("kwargs, fragment", [
+    ({"workers": 0}, "--workers"), ({"cpus_per_worker": 0}, "--cpus-per-worker"),
+    ({"gpus_per_worker": -1}, "--gpus-per-worker"), ({"executor": "magic"}, "--executor"),
+    ({"workers": 2, "executor": "direct"}, "--executor direct"),
+])
+def test_bad_resources_are_config_errors(kwargs: dict, fragment: str) -> None:
+    with pytest.raises(ConfigError, match=fragment):
+        Resources(**kwargs).validate()
+
+
+@pytest.mark.parametrize("kwargs, fragment", [({"search": "bayes"}, "--search"), ({"scheduler": "pbt"}, "--scheduler")])
+def test_bad_search_settings_are_config_errors(kwargs: dict, fragment: str) -> None:
+    with pytest.raises(ConfigError, match=fragment):
+        SearchSettings(**kwargs).validate()
+    with pytest.raises(ConfigError, match=fragment):
+        search_and_scheduler(SearchSettings(**kwargs))
+
+
+def test_settings_round_trip_through_the_sweep_folder(tmp_path) -> None:
+    settings = SweepSettings(method="hiast", sweep_id="hiast-1", results=str(tmp_path), run={"dataset": "digits"},
+                             targets=["a", "b"], resources=Resources(workers=2, cpus_per_worker=0.5),
+                             selectors=("fmiou", "im"), overrides=["alpha=0.5"])
+    search = SearchSettings(search="random", num_samples=3, seed=7)
+    save_settings(settings, search, {"alpha": 0.5})
+    assert load_settings(str(tmp_path), "hiast-1") == (settings, search, {"alpha": 0.5})
+    assert latest_sweep_id(str(tmp_path), "hiast") == "hiast-1" and latest_sweep_id(str(tmp_path), "sfda") is None
+    with pytest.raises(UserError, match="no previous sweep named 'other'"):
+        load_settings(str(tmp_path), "other")
+
+
+def test_seed_fixes_the_sampled_configurations() -> None:
+    from ray import tune
+    from ray.tune.experiment import Experiment
+
+    def draw(seed: int) -> list[dict]:
+        search_alg, _ = search_and_scheduler(SearchSettings(search="random", seed=seed))
+        space = {"alpha": tune.uniform(0, 1), "k": tune.choice([10, 12, 14, 16, 18])}
+        search_alg.add_configurations([Experiment("draw", run=lambda config: None, config=space, num_samples=6)])
+        configs = []
+        while (trial := search_alg.next_trial()) is not None:
+            configs.append(trial.config)
+        return configs
+
+    assert len(draw(3)) == 6 and draw(3) == draw(3)
+    assert draw(3) != draw(4)
