@@ -198,7 +198,9 @@ class ScoredRun:
 
 def heldout_score_key(task: str) -> str:
     """The headline key of :func:`raysel.heldout.heldout_scores` for a task."""
-    return "heldout_miou" if task == "segmentation" else "heldout_accuracy"
+    from raysel.store_schema import primary_heldout_column
+
+    return primary_heldout_column(task)
 
 
 def default_device() -> "Any":
@@ -227,35 +229,33 @@ def run_method_and_score_heldout(
     so the measured time is one sweep configuration's); default: a fresh cache in ``workdir``.
     """
     from raysel import data
+    from raysel.execution import run_local
     from raysel.heldout import heldout_scores
-    from raysel.methods.base import LocalSession, RunContext, RunSpec, config_from_dict
-    from raysel.registry import get_method
+    from raysel.methods.base import RunContext, RunSpec
 
     family = data.get_family(dataset)
     root = Path(data_root) if data_root is not None else data.default_data_root()
     if prepare_data:
         data.prepare(family, root)
     workdir = Path(workdir)
-    registered = get_method(method)
-    config = config_from_dict(registered.config_class, dict(config_overrides or {}), context=f"{method} overrides")
     spec = RunSpec(method=method, dataset=family.name, data_root=str(root), source=source,
                    target=spec_target or targets[0], image_size=image_size, seed=seed,
                    output_dir=str(workdir / "output"), cache_dir=str(cache_dir or workdir / "cache"),
                    num_threads=num_threads)
-    session = LocalSession(checkpoint_root=str(workdir / "checkpoints"), device=default_device())
-    ctx = (context_class or RunContext)(spec, session)
-    started = time.perf_counter()
-    model = registered.train(config, ctx)
-    train_seconds = time.perf_counter() - started
+    device = default_device()
+    run = run_local(method, dict(config_overrides or {}), spec, device=device,
+                    checkpoint_root=workdir / "checkpoints", context_class=context_class or RunContext)
+    if run.result is None:
+        raise RuntimeError(f"{method} run failed: {run.final.get('error')}")
     started = time.perf_counter()
     key = heldout_score_key(family.task)
-    details = {target: heldout_scores(model, family, root, target, session.device, image_size=image_size)
+    details = {target: heldout_scores(run.result.model, family, root, target, device, image_size=image_size)
                for target in targets}
     eval_seconds = time.perf_counter() - started
     return ScoredRun(method=method, dataset=family.name, seed=seed,
                      scores={target: float(result[key]) for target, result in details.items()},
-                     details=details, train_seconds=train_seconds, eval_seconds=eval_seconds,
-                     reports=[dict(report) for report in session.reports])
+                     details=details, train_seconds=float(run.final["train_time_s"]), eval_seconds=eval_seconds,
+                     reports=run.reports)
 
 
 def build_shared_stages(

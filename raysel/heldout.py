@@ -16,6 +16,7 @@ from torch import nn
 from torch.nn import functional as F
 from torch.utils.data import DataLoader
 
+from raysel.data import default_data_root, get_family
 from raysel.metrics import ConfusionMatrix
 
 HELDOUT_SPLIT = "heldout"
@@ -28,8 +29,6 @@ def _resolve(family_or_ctx: Any, data_root: Path | str | None, target: str | Non
         ctx = family_or_ctx
         return (ctx.family, Path(ctx.data_root), target or ctx.target, device or ctx.device,
                 image_size if image_size is not None else ctx.spec.image_size)
-    from raysel.data import default_data_root, get_family
-
     family = get_family(family_or_ctx) if isinstance(family_or_ctx, str) else family_or_ctx
     root = Path(data_root) if data_root is not None else default_data_root()
     return family, root, target or family.default_targets[0], device or torch.device("cpu"), image_size

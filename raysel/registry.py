@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
+import raysel.methods as methods_package
 from raysel.errors import ConfigError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -74,11 +75,9 @@ def _discover() -> None:
     global _DISCOVERED
     if _DISCOVERED:
         return
-    import raysel.methods as package
-
-    for module in pkgutil.iter_modules(package.__path__):
-        if not module.name.startswith("_") and module.name not in ("base", "common"):
-            importlib.import_module(f"{package.__name__}.{module.name}")
+    for module in pkgutil.iter_modules(methods_package.__path__):
+        if not module.name.startswith("_") and module.name not in ("base", "common", "result"):
+            importlib.import_module(f"{methods_package.__name__}.{module.name}")
     _DISCOVERED = True
 
 

@@ -30,13 +30,12 @@ from typing import TYPE_CHECKING, Any, Sequence
 import numpy as np
 
 from raysel.errors import UserError, exits_cleanly_on_user_error
+from raysel.store_schema import HYPERPARAMETER_PREFIX, SCORE_PREFIX
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas
     from matplotlib.figure import Figure
 
-SCORE_PREFIX = "score_"
-HYPERPARAMETER_PREFIX = "hp_"
 HELDOUT_COLUMNS = {"heldout_miou": "held-out mIoU", "heldout_accuracy": "held-out accuracy"}
 DEFAULT_SELECTOR = "fmiou"
 POINTS = 100.0

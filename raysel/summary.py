@@ -6,7 +6,7 @@ import math
 import sys
 from typing import Any
 
-HYPERPARAMETER_PREFIX = "hp_"
+from raysel.store_schema import HYPERPARAMETER_PREFIX, heldout_column_with_values
 
 
 def swept_columns(trials: Any) -> list[str]:
@@ -19,8 +19,7 @@ def format_trials_table(trials: Any, decisions: list[dict[str, Any]], primary_se
     """An aligned text table of the sweep's trials; '*' marks the trial the primary selector chose (per target)."""
     selected = {(d["target"], d["selected_trial_id"]) for d in decisions if d["selector"] == primary_selector}
     score_column = f"score_{primary_selector}"
-    heldout_column = "heldout_miou" if trials.get("heldout_miou") is not None and trials["heldout_miou"].notna().any() else (
-        "heldout_accuracy" if trials.get("heldout_accuracy") is not None and trials["heldout_accuracy"].notna().any() else None)
+    heldout_column = heldout_column_with_values(trials)
     hyperparameters = swept_columns(trials)
     header = ["sel", "trial", "target", *[c[len(HYPERPARAMETER_PREFIX):] for c in hyperparameters], primary_selector]
     if heldout_column:

@@ -60,7 +60,22 @@ def build_parser() -> argparse.ArgumentParser:
                       help="resize images to H W (default: the dataset's native size)")
     data.add_argument("--selection-size", type=int, default=500,
                       help="target training images in the label-free selection subset (default 500, or all)")
-    res = parser.add_argument_group("resources (per trial)")
+    _add_resource_arguments(parser.add_argument_group("resources (per trial)"))
+    out = parser.add_argument_group("results")
+    out.add_argument("--results", type=Path, default=Path("results"), help="result store folder (default ./results)")
+    out.add_argument("--name", default=None, help="sweep id (default METHOD-YYYYmmdd-HHMMSS)")
+    out.add_argument("--resume", action="store_true",
+                     help="continue the sweep --name (default: the latest sweep of METHOD); finished trials are kept")
+    out.add_argument("--selector", dest="selectors", action="append", default=None,
+                     help="label-free selector(s) recorded after the sweep; the first decides (default: the method's, "
+                          "fmiou; hdrq: merge_quality then fmiou)")
+    out.add_argument("--progress-interval", type=float, default=30.0,
+                     help="seconds between progress lines (default 30)")
+    return parser
+
+
+def _add_resource_arguments(res: argparse._ArgumentGroup) -> None:
+    """The per-trial resource options (workers, CPUs, GPUs, executor, failures, cluster address)."""
     res.add_argument("--workers", type=int, default=1, help="data-parallel Ray Train workers per trial (default 1)")
     res.add_argument("--cpus-per-worker", type=float, default=1.0, help="CPUs per worker (default 1)")
     res.add_argument("--gpus-per-worker", type=float, default=0.0,
@@ -75,17 +90,6 @@ def build_parser() -> argparse.ArgumentParser:
     res.add_argument("--address", default=None,
                      help="Ray cluster to join (default: $RAY_ADDRESS, as set by `ray job submit`, else start a "
                      "local Ray)")
-    out = parser.add_argument_group("results")
-    out.add_argument("--results", type=Path, default=Path("results"), help="result store folder (default ./results)")
-    out.add_argument("--name", default=None, help="sweep id (default METHOD-YYYYmmdd-HHMMSS)")
-    out.add_argument("--resume", action="store_true",
-                     help="continue the sweep --name (default: the latest sweep of METHOD); finished trials are kept")
-    out.add_argument("--selector", dest="selectors", action="append", default=None,
-                     help="label-free selector(s) recorded after the sweep; the first decides (default: the method's, "
-                          "fmiou; hdrq: merge_quality then fmiou)")
-    out.add_argument("--progress-interval", type=float, default=30.0,
-                     help="seconds between progress lines (default 30)")
-    return parser
 
 
 @exits_cleanly_on_user_error

@@ -25,7 +25,9 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
+from raysel import data as data_module
 from raysel.errors import ConfigError
+from raysel.models import build_model, default_model_name
 
 CHECKPOINT_FILE = "state.pt"
 
@@ -188,8 +190,6 @@ class RunContext:
     """Everything a per-worker train loop needs: data, models, device, rank, reporting, restoring, shared stages."""
 
     def __init__(self, spec: RunSpec, session: Session) -> None:
-        from raysel import data as data_module
-
         self.spec = spec
         self.session = session
         self.family = data_module.get_family(spec.dataset)
@@ -273,8 +273,6 @@ class RunContext:
 
     # -- models -------------------------------------------------------------------------------------------------
     def build_model(self, pretrained: bool = True) -> nn.Module:
-        from raysel.models import build_model, default_model_name
-
         name = self.spec.model or default_model_name(self.task)
         return build_model(name, self.task, self.num_classes, pretrained=pretrained).to(self.device)
 

@@ -14,6 +14,10 @@ from typing import Any, Iterable
 import numpy as np
 
 from raysel.errors import UserError
+from raysel.selection.evaluate import evaluate_selector
+from raysel.selection.predictions import load_predictions
+from raysel.selection.selectors import TrialScoreSelector, get_selector
+from raysel.store_schema import heldout_column_with_values
 
 
 def select_sweep(store: Any, sweep_id: str, method: str | None = None, selectors: Iterable[str] = ("fmiou",),
@@ -23,9 +27,6 @@ def select_sweep(store: Any, sweep_id: str, method: str | None = None, selectors
     Returns one decision dict per (target, selector). Targets with fewer than two finished candidates are reported
     and skipped (F-mIoU is undefined for a single candidate).
     """
-    from raysel.selection.predictions import load_predictions
-    from raysel.selection.selectors import TrialScoreSelector, get_selector
-
     stream = stream or sys.stdout
     trials = store.load_sweep(sweep_id)
     if trials.empty:
@@ -68,11 +69,8 @@ def _decision_row(sweep_id: str, method: str, target: str, selector: str, trial_
         "sweep_id": sweep_id, "method": method, "target": target, "selector": selector,
         "selected_trial_id": trial_ids[best], "score": float(scores[best]), "num_candidates": len(trial_ids),
     }
-    heldout_column = "heldout_miou" if "heldout_miou" in group and group["heldout_miou"].notna().all() else (
-        "heldout_accuracy" if "heldout_accuracy" in group and group["heldout_accuracy"].notna().all() else None)
+    heldout_column = heldout_column_with_values(group, every_row=True)
     if heldout_column is not None:
-        from raysel.selection.evaluate import evaluate_selector
-
         heldout = group[heldout_column].to_numpy(dtype=np.float64)
         evaluation = evaluate_selector(scores, heldout)
         row.update({f"heldout_{key}": _finite_or_none(value) for key, value in evaluation.items()})
