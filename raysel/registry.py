@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
-from raysel.errors import ConfigError
+from raysel.errors import unknown_name_error
 
 if TYPE_CHECKING:  # pragma: no cover
     from torch import nn
@@ -94,4 +94,4 @@ def get_method(name: str) -> Method:
     try:
         return _REGISTRY[name]
     except KeyError:
-        raise ConfigError(f"unknown method {name!r}; registered methods: {', '.join(sorted(_REGISTRY))}") from None
+        raise unknown_name_error("method", name, sorted(_REGISTRY), "registered methods") from None

@@ -250,11 +250,6 @@ def test_search_space_has_six_grid_points_of_valid_configs():
         config_from_dict(gsda.GsdaConfig, dict(zip(swept, values))).validate(num_classes=10)  # digits
 
 
-def test_report_points_end_at_the_last_iteration():
-    assert gsda.report_points(10, 3) == [3, 7, 10]
-    assert gsda.report_points(2, 5) == [1, 2]
-
-
 # --------------------------------------------------------------------------------------------------------------
 # End to end on the tiny in-test benchmark
 # --------------------------------------------------------------------------------------------------------------

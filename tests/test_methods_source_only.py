@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from raysel.errors import ConfigError
-from raysel.methods import common, source_only
+from raysel.methods import source_only, stages
 from raysel.methods.base import LocalSession, RunContext, RunSpec, config_from_dict
 
 
@@ -56,7 +56,7 @@ def tiny_roots(tmp_path_factory: pytest.TempPathFactory):
 @pytest.mark.parametrize("dataset, size", [("street_scenes", (32, 64)), ("digits", None)])
 def test_trains_caches_and_restores(tiny_roots, tmp_path, monkeypatch, dataset: str, size) -> None:
     builds = []
-    original = common.train_on_source
+    original = stages.train_on_source
     monkeypatch.setattr(common, "train_on_source", lambda *a, **k: builds.append(1) or original(*a, **k))
     config = source_only.SourceOnlyConfig(iterations=3, batch_size=4)
     targets = {"street_scenes": ("day_city", "dusk_city"), "digits": None}[dataset]

@@ -19,11 +19,10 @@ from PIL import Image
 from torch.utils.data import Dataset
 from torchvision.transforms.v2 import functional as TF
 
+from raysel.conventions import IMAGENET_MEAN, IMAGENET_STD
 from raysel.data.labels import LabelMapping
-from raysel.errors import ConfigError, DataError
+from raysel.errors import DataError, unknown_name_error
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".tif", ".tiff")
 SPLITS = ("train", "heldout")
 
@@ -271,4 +270,4 @@ def match_choice(value: str, choices: Iterable[str], what: str) -> str:
     folded = {choice.lower(): choice for choice in choices}
     if isinstance(value, str) and value.lower() in folded:
         return folded[value.lower()]
-    raise ConfigError(f"unknown {what} {value!r}; valid choices: {', '.join(choices)}")
+    raise unknown_name_error(what, value, choices)

@@ -244,6 +244,12 @@ class RunContext:
             torch.distributed.all_reduce(tensor)
         return tensor
 
+    def any_rank_not_finite(self, value: float | None) -> bool:
+        """Whether any worker's ``value`` is NaN/inf (None counts as finite), decided together: one rank stopping
+        alone would leave the others blocked in the next collective (every rank must call this)."""
+        locally_finite = value is None or math.isfinite(value)
+        return bool(self.all_reduce_sum(torch.tensor(0.0 if locally_finite else 1.0)).item() > 0.0)
+
     def all_gather_objects(self, value: Any) -> list[Any]:
         """Gather one picklable object from every worker (a one-element list for one worker)."""
         if self.world_size > 1 and torch.distributed.is_initialized():
@@ -293,9 +299,7 @@ class RunContext:
         NonFiniteLossError after the report, so the trial stops with that reason and earlier checkpoints survive.
         """
         loss = metrics.get("loss")
-        locally_finite = loss is None or math.isfinite(float(loss))
-        # Decide together: one rank stopping alone would leave the others blocked in the next collective.
-        finite = bool(self.all_reduce_sum(torch.tensor(0.0 if locally_finite else 1.0)).item() == 0.0)
+        finite = not self.any_rank_not_finite(None if loss is None else float(loss))
         if checkpoint_state is not None and self.is_main and finite:
             with tempfile.TemporaryDirectory(prefix="raysel-ckpt-") as directory:
                 torch.save(checkpoint_state, Path(directory) / CHECKPOINT_FILE)
@@ -356,8 +360,3 @@ def _step_text(metrics: dict[str, Any]) -> str:
     parts = [f"{key}={metrics[key]}" for key in ("round", "epoch", "iteration") if key in metrics]
     return ", ".join(parts) or "an unknown step"
 
-
-def check_finite(loss: torch.Tensor, where: str) -> None:
-    """Raise NonFiniteLossError naming the step when a loss is NaN or infinite."""
-    if not torch.isfinite(loss).all():
-        raise NonFiniteLossError(f"training loss became {loss.item()} at {where}; stopping this trial")

@@ -30,7 +30,7 @@ Choices where the paper is silent or our CPU setting differs (each a config fiel
   (the paper gives no schedule; DANN/CDAN/MADA, whose settings it follows, use this one). ``"constant"`` = Eq. 16.
 * ``confidence_threshold``: §3.1 says only confidently pseudo-labelled target samples are used; target samples whose
   max probability is below it get zero class/group weight (0 = every sample weighted by its probabilities, Eq. 7).
-* ``init_from_source=True`` starts from the shared cached source-only model (:func:`common.source_stage`, the same
+* ``init_from_source=True`` starts from the shared cached source-only model (:func:`stages.source_stage`, the same
   stage the ``source_only`` baseline trains) because the CPU default ``small_cnn`` has no ImageNet weights; the
   paper trains ImageNet-initialised ResNet-50 jointly from the start (``init_from_source=False``).
 * Class-balanced re-sampling of source images (§3.1) is not done: the loaders are sharded uniform samplers.
@@ -52,8 +52,9 @@ from torch.nn import functional as F
 from torch.utils.data import DataLoader
 
 from raysel.errors import ConfigError
-from raysel.methods import common
+from raysel.methods import optim, stages, training
 from raysel.methods.base import RunContext, require
+from raysel.methods.losses import cross_entropy
 from raysel.models.discriminators import DomainDiscriminator, dann_coefficient
 from raysel.registry import Method, register
 
@@ -127,9 +128,9 @@ class GsdaConfig:
         require(self.num_reports >= 1, f"num_reports must be >= 1, got {self.num_reports}")
         self.source_settings().validate()
 
-    def source_settings(self) -> common.SourceStageSettings:
+    def source_settings(self) -> stages.SourceStageSettings:
         """The cached source-only stage GSDA starts from when ``init_from_source`` (source_only's defaults)."""
-        return common.SourceStageSettings(learning_rate=self.source_learning_rate, iterations=self.source_iterations)
+        return stages.SourceStageSettings(learning_rate=self.source_learning_rate, iterations=self.source_iterations)
 
     @property
     def uses_groups(self) -> bool:
@@ -321,23 +322,10 @@ class _FeaturesAndLogits(nn.Module):
         return features, self.model.head(features)
 
 
-def _average_gradients(ctx: RunContext, parameters: list[nn.Parameter]) -> None:
-    """All-reduce-mean the discriminators' gradients (they are not DDP-wrapped: their loss uses autograd.grad)."""
-    if ctx.world_size <= 1:
-        return
-    with_grad = [p for p in parameters if p.grad is not None]
-    flat = ctx.all_reduce_mean(torch.cat([p.grad.reshape(-1) for p in with_grad]))
-    offset = 0
-    for parameter in with_grad:
-        count = parameter.grad.numel()
-        parameter.grad.copy_(flat[offset:offset + count].view_as(parameter.grad))
-        offset += count
-
-
 def _batches_from(loader: DataLoader, iteration: int) -> Iterator[Any]:
     """The loader's batch stream positioned at ``iteration`` (deterministic shuffles: exact resume)."""
     per_epoch = max(1, len(loader))
-    return itertools.islice(common.infinite_batches(loader, start_epoch=iteration // per_epoch),
+    return itertools.islice(training.infinite_batches(loader, start_epoch=iteration // per_epoch),
                             iteration % per_epoch, None)
 
 
@@ -356,11 +344,6 @@ def _set_rng_state(ctx: RunContext, state: dict[str, torch.Tensor]) -> None:
         torch.cuda.set_rng_state(state["cuda"], ctx.device)
 
 
-def report_points(iterations: int, reports: int) -> list[int]:
-    """Iteration counts after which to report (evenly spaced, the last one at ``iterations``)."""
-    return sorted({max(1, round(iterations * (j + 1) / reports)) for j in range(reports)})
-
-
 def adversarial_coefficient(config: GsdaConfig, iteration: int) -> float:
     """lambda_p weighting -(L^g + L^l) in the E-step: DANN's ramp or the constant 1 of Eq. 16."""
     if config.adversarial_schedule == "constant":
@@ -372,7 +355,7 @@ def _initial_model(config: GsdaConfig, ctx: RunContext) -> nn.Module:
     """A fresh classification model, or the cached source-only model when ``init_from_source``."""
     model = ctx.build_model(pretrained=True)
     if config.init_from_source:
-        stage = common.source_stage(ctx, config.source_settings())
+        stage = stages.source_stage(ctx, config.source_settings())
         model.load_state_dict(stage["model"])
     return model
 
@@ -408,15 +391,15 @@ def _build_trainables(config: GsdaConfig, ctx: RunContext, fresh: bool) -> _Trai
     discriminators = HierarchicalDiscriminators(
         model.feature_dim, config.groups if config.uses_groups else 0, ctx.num_classes if config.uses_classes else 0,
         hidden=config.discriminator_hidden, dropout=config.discriminator_dropout).to(ctx.device)
-    optimizer = common.build_optimizer(model, config.learning_rate, optimizer=config.optimizer,
+    optimizer = optim.build_optimizer(model, config.learning_rate, optimizer=config.optimizer,
                                        weight_decay=config.weight_decay, backbone_lr_ratio=config.backbone_lr_ratio,
                                        momentum=config.momentum)
-    discriminator_optimizer = common.build_optimizer(
+    discriminator_optimizer = optim.build_optimizer(
         discriminators, config.discriminator_learning_rate, optimizer=config.optimizer,
         weight_decay=config.weight_decay, momentum=config.momentum)
     return _Trainables(model, discriminators, optimizer, discriminator_optimizer,
-                       common.build_scheduler(optimizer, config.iterations, config.schedule),
-                       common.build_scheduler(discriminator_optimizer, config.iterations, config.schedule))
+                       optim.build_scheduler(optimizer, config.iterations, config.schedule),
+                       optim.build_scheduler(discriminator_optimizer, config.iterations, config.schedule))
 
 
 def train_gsda(config: GsdaConfig, ctx: RunContext) -> nn.Module:
@@ -443,8 +426,8 @@ def train_gsda(config: GsdaConfig, ctx: RunContext) -> nn.Module:
 
     source_batches = _batches_from(ctx.loader(ctx.source_dataset(), config.batch_size, seed_offset=31), iteration)
     target_batches = _batches_from(ctx.loader(ctx.target_dataset(), config.batch_size, seed_offset=32), iteration)
-    checkpoints = set(report_points(config.iterations, config.num_reports))
-    running = common.RunningMean()
+    checkpoints = set(training.report_points(config.iterations, config.num_reports))
+    running = training.RunningMean()
     started = time.perf_counter()
     trainables.model.train()
     trainables.discriminators.train()
@@ -489,10 +472,11 @@ def _discriminator_step(config: GsdaConfig, ctx: RunContext, trainables: _Traina
     losses = alignment_losses(trainables.discriminators, fixed_features, batch.class_probabilities,
                               batch.domain_labels, membership, synchronize)
     discriminator_loss = losses.adversarial + config.beta * losses.sync_loss
-    common.stop_if_not_finite(ctx, discriminator_loss, f"gsda discriminator step, iteration {iteration}")
+    training.stop_if_not_finite(ctx, discriminator_loss, f"gsda discriminator step, iteration {iteration}")
     trainables.discriminator_optimizer.zero_grad(set_to_none=True)
     discriminator_loss.backward()
-    _average_gradients(ctx, list(trainables.discriminators.parameters()))
+    # the discriminators are not DDP-wrapped: their loss uses autograd.grad
+    training.average_gradients(ctx, list(trainables.discriminators.parameters()))
     trainables.discriminator_optimizer.step()
     return discriminator_loss.detach()
 
@@ -502,13 +486,13 @@ def _feature_step(config: GsdaConfig, ctx: RunContext, trainables: _Trainables, 
     """E,C-step: min L^c + beta L^syn - lambda_p (L^g + L^l) against the frozen D (Eq. 16-17); returns the terms."""
     count = batch.source_count
     trainables.discriminators.requires_grad_(False)
-    source_ce = common.cross_entropy(batch.logits[:count], batch.source_labels)  # Eq. 3
+    source_ce = cross_entropy(batch.logits[:count], batch.source_labels)  # Eq. 3
     target_entropy = conditional_entropy(batch.logits[count:])  # Eq. 4
     losses = alignment_losses(trainables.discriminators, batch.features, batch.class_probabilities,
                               batch.domain_labels, membership, synchronize)
     coefficient = adversarial_coefficient(config, iteration)
     loss = source_ce + config.alpha * target_entropy + config.beta * losses.sync_loss - coefficient * losses.adversarial
-    common.stop_if_not_finite(ctx, loss, f"gsda feature step, iteration {iteration}")
+    training.stop_if_not_finite(ctx, loss, f"gsda feature step, iteration {iteration}")
     trainables.optimizer.zero_grad(set_to_none=True)
     loss.backward()
     trainables.optimizer.step()
@@ -544,6 +528,6 @@ register(Method(
     tasks=("classification",),
     config_class=GsdaConfig,
     train=train_gsda,
-    prepare_shared=lambda config, ctx: common.source_stage(ctx, config.source_settings()) if config.init_from_source else None,
+    prepare_shared=lambda config, ctx: stages.source_stage(ctx, config.source_settings()) if config.init_from_source else None,
     description="GSDA: global, group and class adversarial alignment with hierarchical gradient synchronization",
 ))

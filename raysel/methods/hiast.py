@@ -74,12 +74,12 @@ from torch import nn
 from torch.nn import functional as F
 from torch.utils.data import Dataset
 
+from raysel.conventions import IGNORE_INDEX
 from raysel.errors import ConfigError
-from raysel.methods import common
+from raysel.methods import augment, losses, networks, optim, stages, training
 from raysel.methods.base import RunContext, require
 from raysel.registry import Method, register
 
-IGNORE_INDEX = 255
 SEGMENTATION_NUM_CLASSES = 19  # every raysel segmentation family uses the 19 Cityscapes trainIds
 INITIAL_THRESHOLD = 0.9  # Alg. 1 line 1
 CLASS_MEAN_PROBABILITY_MOMENTUM = 0.99  # reference code's copy_paste.gamma
@@ -158,8 +158,8 @@ class HiastConfig:
         require(0.0 <= self.tau < 1.0, f"tau must lie in [0, 1), got {self.tau}")
         require(self.loss_normalisation in ("paper", "reference"),
                 f"loss_normalisation must be 'paper' or 'reference', got {self.loss_normalisation!r}")
-        require(0 <= self.strong_num_ops <= len(common.PHOTOMETRIC_OPS),
-                f"strong_num_ops must lie in [0, {len(common.PHOTOMETRIC_OPS)}], got {self.strong_num_ops}")
+        require(0 <= self.strong_num_ops <= len(augment.PHOTOMETRIC_OPS),
+                f"strong_num_ops must lie in [0, {len(augment.PHOTOMETRIC_OPS)}], got {self.strong_num_ops}")
         require(0.0 <= self.strong_op_probability <= 1.0,
                 f"strong_op_probability must lie in [0, 1], got {self.strong_op_probability}")
         require(self.rounds >= 1, f"rounds must be >= 1, got {self.rounds}")
@@ -175,13 +175,13 @@ class HiastConfig:
         self.source_settings().validate()
         self.warmup_settings().validate()
 
-    def source_settings(self) -> common.SourceStageSettings:
+    def source_settings(self) -> stages.SourceStageSettings:
         """The cached source-only stage the warm-up starts from (same defaults as the source_only method)."""
-        return common.SourceStageSettings(learning_rate=self.source_learning_rate, iterations=self.source_iterations)
+        return stages.SourceStageSettings(learning_rate=self.source_learning_rate, iterations=self.source_iterations)
 
-    def warmup_settings(self) -> common.AdversarialWarmupSettings:
+    def warmup_settings(self) -> stages.AdversarialWarmupSettings:
         """The cached adversarial warm-up stage (phase a)."""
-        return common.AdversarialWarmupSettings(
+        return stages.AdversarialWarmupSettings(
             lambda_at=self.lambda_at, iterations=self.warmup_iterations, learning_rate=self.warmup_learning_rate,
             discriminator_learning_rate=self.discriminator_learning_rate,
             discriminator_width=self.discriminator_width, freeze_batchnorm=self.warmup_freeze_batchnorm)
@@ -571,7 +571,7 @@ def self_training_losses(student_logits: torch.Tensor, teacher_probabilities: to
     """Eq. 4: CE on the confident region plus the weighted region terms; returns every term and ``loss``."""
     confident = pseudo_labels != IGNORE_INDEX
     ignored = ~confident
-    terms = {"cross_entropy": common.cross_entropy(student_logits, pseudo_labels)}
+    terms = {"cross_entropy": losses.cross_entropy(student_logits, pseudo_labels)}
     loss = terms["cross_entropy"]
     if config.lambda_c > 0:
         terms["r_c"] = confident_region_kl(student_logits, confident, config.loss_normalisation)
@@ -611,11 +611,6 @@ class PseudoLabelledTarget(Dataset):
                 "index": int(sample["index"])}
 
 
-def report_points(iterations: int, reports: int) -> set[int]:
-    """Iteration numbers (1-based) after which a round reports; the last is always the round's end."""
-    return {round(iterations * (j + 1) / reports) for j in range(reports)}
-
-
 def train_hiast(config: HiastConfig, ctx: RunContext) -> nn.Module:
     """Per-worker HIAST loop: cached warm-up, then ``rounds`` x (pseudo-labels by IAS, self-training with HPLA and
     region losses). Checkpoints at every round end; resumes from the last completed round."""
@@ -624,15 +619,15 @@ def train_hiast(config: HiastConfig, ctx: RunContext) -> nn.Module:
         raise ConfigError(f"hiast is a segmentation method; dataset {ctx.spec.dataset!r} is {ctx.task}")
     if config.k > ctx.num_classes:
         raise ConfigError(f"k must be at most the number of classes ({ctx.num_classes}), got {config.k}")
-    watch = common.Stopwatch()
+    watch = training.Stopwatch()
     with watch.time("warmup"):
-        warmup = common.adversarial_warmup_stage(ctx, config.source_settings(), config.warmup_settings())
+        warmup = stages.adversarial_warmup_stage(ctx, config.source_settings(), config.warmup_settings())
     torch.manual_seed(ctx.spec.seed + 7)
     student = ctx.build_model(pretrained=False)
     student.load_state_dict(warmup["model"])
-    common.freeze_batchnorm(student)  # §5.1: all BN layers frozen during self-training
+    networks.freeze_batchnorm(student)  # §5.1: all BN layers frozen during self-training
     student.train()
-    teacher = common.make_ema_teacher(student)  # G for round 1 = the warm-up model
+    teacher = networks.make_ema_teacher(student)  # G for round 1 = the warm-up model
     start_round, epoch, iteration = 0, 0, 0
     restored = ctx.restore()
     if restored is not None:
@@ -640,7 +635,7 @@ def train_hiast(config: HiastConfig, ctx: RunContext) -> nn.Module:
         teacher.load_state_dict(restored["teacher"])
         start_round, epoch, iteration = restored["round"], restored["epoch"], restored["iteration"]
     network = ctx.distributed(student)
-    images = common.MemoizedDataset(ctx.target_dataset())
+    images = training.MemoizedDataset(ctx.target_dataset())
     generator = torch.Generator().manual_seed(ctx.spec.seed * 7919 + ctx.rank)
     final = teacher if config.final_model == "teacher" else student
     for round_index in range(start_round, config.rounds):
@@ -648,14 +643,14 @@ def train_hiast(config: HiastConfig, ctx: RunContext) -> nn.Module:
         with watch.time("pseudo_labels"):
             bank = generate_pseudo_labels(ctx, teacher, config, round_index, images)  # G = EMA teacher (§4.4.3)
         augmenter = HardAwareAugmenter(bank, images, config, ctx.num_classes, generator) if config.use_hpla else None
-        optimizer = common.build_optimizer(network, config.learning_rate, weight_decay=config.weight_decay,
+        optimizer = optim.build_optimizer(network, config.learning_rate, weight_decay=config.weight_decay,
                                            backbone_lr_ratio=config.backbone_lr_ratio)
-        scheduler = common.build_scheduler(optimizer, config.iterations_per_round, "cosine")
+        scheduler = optim.build_scheduler(optimizer, config.iterations_per_round, "cosine")
         loader = ctx.loader(PseudoLabelledTarget(images, bank), config.batch_size, shuffle=True, drop_last=True,
                             seed_offset=2000 + round_index)
-        batches = common.infinite_batches(loader)
-        running = common.RunningMean()
-        points = report_points(config.iterations_per_round, config.reports_per_round)
+        batches = training.infinite_batches(loader)
+        running = training.RunningMean()
+        points = training.report_points(config.iterations_per_round, config.reports_per_round)
         for step in range(1, config.iterations_per_round + 1):
             with watch.time("train_loop"):
                 terms = self_training_step(config, ctx, network, teacher, next(batches), augmenter, generator,
@@ -667,7 +662,7 @@ def train_hiast(config: HiastConfig, ctx: RunContext) -> nn.Module:
             epoch += 1
             round_end = step == config.iterations_per_round
             with watch.time("evaluation"):
-                confidence = common.target_confidence(final, ctx, images)
+                confidence = training.target_confidence(final, ctx, images)
             metrics = {"round": round_index + 1, "epoch": epoch, "iteration": iteration, **running.means(ctx),
                        **bank.statistics, "target_confidence": confidence,
                        "hpla_pasted_fraction": augmenter.pasted_fraction.pop() if augmenter else 0.0,
@@ -677,7 +672,7 @@ def train_hiast(config: HiastConfig, ctx: RunContext) -> nn.Module:
             state = None
             if round_end:
                 state = {"round": round_index + 1, "epoch": epoch, "iteration": iteration,
-                         "student": common.unwrap(network).state_dict(), "teacher": teacher.state_dict(),
+                         "student": networks.unwrap(network).state_dict(), "teacher": teacher.state_dict(),
                          "config": dataclasses.asdict(config)}
             ctx.report(metrics, checkpoint_state=state)
     final.eval()
@@ -691,8 +686,8 @@ def self_training_step(config: HiastConfig, ctx: RunContext, network: nn.Module,
     images, labels = batch["image"], batch["pseudo_label"]
     if augmenter is not None:
         images, labels = augmenter(images, labels, batch["index"])
-    weak, labels = common.weak_augment(images, labels, generator)
-    strong = common.strong_augment(weak, generator, config.strong_num_ops, config.strong_op_probability)
+    weak, labels = augment.weak_augment(images, labels, generator)
+    strong = augment.strong_augment(weak, generator, config.strong_num_ops, config.strong_op_probability)
     logits = network(strong.to(ctx.device))
     teacher_probabilities = None
     if config.lambda_cst > 0:
@@ -703,7 +698,7 @@ def self_training_step(config: HiastConfig, ctx: RunContext, network: nn.Module,
     terms["loss"].backward()
     optimizer.step()
     scheduler.step()
-    common.ema_update(teacher, network, config.tau)
+    networks.ema_update(teacher, network, config.tau)
     return {name: float(value.detach()) for name, value in terms.items()}
 
 
@@ -712,7 +707,7 @@ register(Method(
     tasks=("segmentation",),
     config_class=HiastConfig,
     train=train_hiast,
-    prepare_shared=lambda config, ctx: common.adversarial_warmup_stage(ctx, config.source_settings(), config.warmup_settings()),
+    prepare_shared=lambda config, ctx: stages.adversarial_warmup_stage(ctx, config.source_settings(), config.warmup_settings()),
     description="HIAST (TPAMI 2025): adversarial warm-up, instance adaptive selector, hard-aware pseudo-label "
                 "augmentation, region-adaptive regularization with a mean teacher, multi-round self-training",
 ))

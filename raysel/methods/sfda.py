@@ -2,7 +2,7 @@
 
 Only a trained source model and unlabeled target images are used for adaptation. The source model comes from
 ``source_checkpoint`` or, when that is empty, from the shared cached source-only stage
-(:func:`raysel.methods.common.source_stage`, which alone reads labelled source data); :func:`adapt` never touches
+(:func:`raysel.methods.stages.source_stage`, which alone reads labelled source data); :func:`adapt` never touches
 source data. No official code exists; the paper (§3, Eq. 1-16) is the specification.
 
 Networks: the frozen source model S~ (a copy of the source model, eval mode), the target model T (= S: one network
@@ -71,12 +71,12 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from raysel.conventions import BATCHNORM_TYPES
 from raysel.errors import ConfigError
-from raysel.methods import common
+from raysel.methods import networks, optim, stages, training
 from raysel.methods.base import RunContext, require
 from raysel.registry import Method, register
 
-BATCHNORM_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
 MAE_SPACES = ("logits", "probabilities")
 BNS_NORMS = ("squared", "l2")
 ATTENTION_SCALINGS = ("none", "sqrt_dim")
@@ -149,9 +149,9 @@ class SfdaConfig:
         if not self.source_checkpoint:
             self.source_settings().validate()
 
-    def source_settings(self) -> common.SourceStageSettings:
+    def source_settings(self) -> stages.SourceStageSettings:
         """The cached source-only stage used when ``source_checkpoint`` is empty."""
-        return common.SourceStageSettings(learning_rate=self.source_learning_rate, iterations=self.source_iterations)
+        return stages.SourceStageSettings(learning_rate=self.source_learning_rate, iterations=self.source_iterations)
 
 
 # ==============================================================================================================
@@ -406,7 +406,7 @@ def source_model_state(config: SfdaConfig, ctx: RunContext) -> dict[str, torch.T
     if config.source_checkpoint:
         probe = ctx.build_model(pretrained=False)
         return read_source_checkpoint(Path(config.source_checkpoint).expanduser(), probe, ctx.spec.dataset)
-    return common.source_stage(ctx, config.source_settings())["model"]
+    return stages.source_stage(ctx, config.source_settings())["model"]
 
 
 # ==============================================================================================================
@@ -454,15 +454,6 @@ def discriminator_layers(patch_size: tuple[int, int], k: int, image_size: tuple[
     return depth
 
 
-def average_gradients(ctx: RunContext, parameters: Sequence[nn.Parameter]) -> None:
-    """All-reduce-mean the gradients of modules that are not DDP-wrapped (G, D) across workers."""
-    if ctx.world_size <= 1:
-        return
-    for parameter in parameters:
-        if parameter.grad is not None:
-            parameter.grad.copy_(ctx.all_reduce_mean(parameter.grad))
-
-
 @dataclass
 class _Networks:
     """Everything trained or used by one SFDA iteration."""
@@ -503,7 +494,7 @@ def sfda_step(config: SfdaConfig, ctx: RunContext, nets: _Networks, target_image
         nets.discriminator.requires_grad_(False)
         adversarial = patch_adversarial_loss(nets.discriminator(hard, positions))  # Eq. 15, T's side
     target_loss = maxsquare + config.alpha * mae + config.beta * dad_ss + config.gamma * adversarial  # Eq. 16
-    common.stop_if_not_finite(ctx, target_loss + generator_loss, "an SFDA iteration")
+    training.stop_if_not_finite(ctx, target_loss + generator_loss, "an SFDA iteration")
 
     generator_parameters = [p for p in nets.generator.parameters() if p.requires_grad]
     generator_gradients = torch.autograd.grad(generator_loss, generator_parameters, retain_graph=True)
@@ -514,7 +505,7 @@ def sfda_step(config: SfdaConfig, ctx: RunContext, nets: _Networks, target_image
     nets.target_scheduler.step()
     for parameter, gradient in zip(generator_parameters, generator_gradients):
         parameter.grad = gradient
-    average_gradients(ctx, generator_parameters)
+    training.average_gradients(ctx, generator_parameters)
     nets.generator_optimizer.step()
     nets.generator_optimizer.zero_grad(set_to_none=True)
 
@@ -525,7 +516,7 @@ def sfda_step(config: SfdaConfig, ctx: RunContext, nets: _Networks, target_image
                                                       nets.discriminator(hard.detach(), positions))
         nets.discriminator_optimizer.zero_grad(set_to_none=True)
         discriminator_loss.backward()
-        average_gradients(ctx, list(nets.discriminator.parameters()))
+        training.average_gradients(ctx, list(nets.discriminator.parameters()))
         nets.discriminator_optimizer.step()
 
     confidence = target_probabilities.detach().max(dim=1).values.mean()
@@ -546,7 +537,7 @@ def _build_networks(config: SfdaConfig, ctx: RunContext, source_state: dict[str,
     target = ctx.build_model(pretrained=False)
     target.load_state_dict(source_state)
     if config.freeze_batchnorm:
-        common.freeze_batchnorm(target)
+        networks.freeze_batchnorm(target)
     target.train()
     two_stream = ctx.distributed(TwoStreamForward(target))
     fake_size = (max(1, round(image_size[0] * config.fake_scale)), max(1, round(image_size[1] * config.fake_scale)))
@@ -563,10 +554,10 @@ def _build_networks(config: SfdaConfig, ctx: RunContext, source_state: dict[str,
                                            ndf=config.discriminator_width, num_layers=depth,
                                            embedding_dim=config.embedding_dim).to(ctx.device)
         discriminator_optimizer = torch.optim.Adam(discriminator.parameters(), lr=config.discriminator_learning_rate)
-    groups = common.parameter_groups(target, config.learning_rate, config.backbone_lr_ratio)
+    groups = optim.parameter_groups(target, config.learning_rate, config.backbone_lr_ratio)
     target_optimizer = torch.optim.SGD(groups, lr=config.learning_rate, momentum=config.momentum,
                                        weight_decay=config.weight_decay, nesterov=config.momentum > 0)
-    target_scheduler = common.build_scheduler(target_optimizer, config.iterations, "poly")
+    target_scheduler = optim.build_scheduler(target_optimizer, config.iterations, "poly")
     generator_optimizer = torch.optim.Adam(generator.parameters(), lr=config.generator_learning_rate)
     return _Networks(source, target, two_stream, generator, discriminator, target_optimizer, target_scheduler,
                      generator_optimizer, discriminator_optimizer)
@@ -600,26 +591,21 @@ def _load_checkpoint_state(nets: _Networks, state: dict[str, Any]) -> tuple[int,
     return int(state["iteration"]), int(state["epoch"])
 
 
-def report_points(iterations: int, reports: int) -> set[int]:
-    """Iteration numbers (1-based) after which the run reports; the last iteration always reports."""
-    return {round(iterations * (j + 1) / reports) for j in range(reports)}
-
-
 def adapt(config: SfdaConfig, ctx: RunContext, source_state: dict[str, torch.Tensor]) -> nn.Module:
     """The source-free adaptation loop (Eq. 11 + Eq. 16); reads only ``source_state`` and unlabeled target images."""
     loader = ctx.loader(ctx.target_dataset(), config.batch_size, shuffle=True, drop_last=True, seed_offset=41)
     restored = ctx.restore()
     # A resumed run reshuffles from a different pass than the first one (the exact pass is not tracked).
     start_pass = int(restored["iteration"]) if restored is not None else 0
-    batches = common.infinite_batches(loader, start_epoch=start_pass)
+    batches = training.infinite_batches(loader, start_epoch=start_pass)
     first = next(batches)
     images = first["image"]
     nets = _build_networks(config, ctx, source_state, tuple(images.shape[-2:]), images.shape[0])
     iteration, epoch = _load_checkpoint_state(nets, restored) if restored is not None else (0, 0)
     # Noise is reseeded from the iteration a run resumes at, so a resumed run does not replay the same z.
     noise_rng = torch.Generator().manual_seed(ctx.spec.seed * 7919 + ctx.rank * 104729 + iteration)
-    points = report_points(config.iterations, config.reports)
-    running = common.RunningMean()
+    points = training.report_points(config.iterations, config.reports)
+    running = training.RunningMean()
     started = time.perf_counter()
     for batch in itertools.chain([first], batches):
         if iteration >= config.iterations:
@@ -651,7 +637,7 @@ register(Method(
     tasks=("segmentation",),
     config_class=SfdaConfig,
     train=train_sfda,
-    prepare_shared=lambda config, ctx: None if config.source_checkpoint else common.source_stage(ctx, config.source_settings()),
+    prepare_shared=lambda config, ctx: None if config.source_checkpoint else stages.source_stage(ctx, config.source_settings()),
     description="SFDA (CVPR 2021): source-free adaptation via generator-based knowledge transfer (BNS, MAE, dual "
                 "attention distillation) and patch-level entropy-ranked self-supervision (IPSM) with MaxSquare",
 ))

@@ -1,7 +1,7 @@
 """Source-only baseline: supervised training on the labelled source domain, no adaptation (both tasks).
 
 Every sweep includes it as the reference point. Training is the shared stage
-:func:`raysel.methods.common.source_stage`, cached per (data, model, settings, seed) and *not* per target, so the
+:func:`raysel.methods.stages.source_stage`, cached per (data, model, settings, seed) and *not* per target, so the
 same network serves every target domain and is also the starting point of HIAST's adversarial warm-up when the
 settings agree (the defaults do). Segmentation: pixel cross-entropy (ignore 255) with flip + scaled-crop
 augmentation; classification: image cross-entropy with scaled crops; both with ``photometric_ops`` ops of the
@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from raysel.methods import common
+from raysel.methods import stages, training
 from raysel.methods.base import RunContext, require
 from raysel.registry import Method, register
 
@@ -40,9 +40,9 @@ class SourceOnlyConfig:
         require(self.iterations >= 1, f"iterations must be >= 1, got {self.iterations}")
         self.settings().validate()
 
-    def settings(self) -> common.SourceStageSettings:
+    def settings(self) -> stages.SourceStageSettings:
         """The shared source stage these hyperparameters describe."""
-        return common.SourceStageSettings(
+        return stages.SourceStageSettings(
             learning_rate=self.learning_rate, iterations=self.iterations, batch_size=self.batch_size,
             optimizer=self.optimizer, weight_decay=self.weight_decay, schedule=self.schedule,
             backbone_lr_ratio=self.backbone_lr_ratio, freeze_batchnorm=self.freeze_batchnorm,
@@ -58,13 +58,13 @@ def train_source_only(config: SourceOnlyConfig, ctx: RunContext) -> nn.Module:
         model.load_state_dict(restored["model"])
         model.eval()
         return model
-    watch = common.Stopwatch()
+    watch = training.Stopwatch()
     with watch.time("source_stage"):
-        stage = common.source_stage(ctx, config.settings())
+        stage = stages.source_stage(ctx, config.settings())
     model.load_state_dict(stage["model"])
     model.eval()
     metrics = {"round": 1, "epoch": 1, "iteration": config.iterations, "loss": stage["final_loss"],
-               "target_confidence": common.target_confidence(model, ctx, ctx.target_dataset()),
+               "target_confidence": training.target_confidence(model, ctx, ctx.target_dataset()),
                "seconds_source_stage": watch.seconds["source_stage"],
                "seconds_train_loop": stage.get("seconds", 0.0)}
     ctx.report(metrics, checkpoint_state={"model": model.state_dict(), "config": dataclasses.asdict(config)})
@@ -76,6 +76,6 @@ register(Method(
     tasks=("segmentation", "classification"),
     config_class=SourceOnlyConfig,
     train=train_source_only,
-    prepare_shared=lambda config, ctx: common.source_stage(ctx, config.settings()),
+    prepare_shared=lambda config, ctx: stages.source_stage(ctx, config.settings()),
     description="Source-only baseline: cross-entropy on the labelled source domain, no adaptation",
 ))

@@ -47,7 +47,7 @@ No official code exists. Choices where the paper is silent or ambiguous (each do
   eta 0.999. The defaults are scaled down for CPU: 120 iterations take about 65 s of one core on street_scenes at
   96x192 with small_segnet (measured: 100 iterations, 56 CPU-s). Over ~100 steps only eta 0.99 lets the
   teacher move at all.
-* The run starts from the shared cached source-only model (:func:`raysel.methods.common.source_stage`). The student
+* The run starts from the shared cached source-only model (:func:`raysel.methods.stages.source_stage`). The student
   is returned for evaluation (DACS/DAFormer evaluate the student); ``evaluate_teacher=True`` returns the teacher.
 """
 
@@ -62,26 +62,15 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from raysel.conventions import IGNORE_INDEX
 from raysel.errors import ConfigError
+from raysel.methods.augment import denormalize, normalize, weak_augment
 from raysel.methods.base import RunContext, require
-from raysel.methods.common import (
-    IGNORE_INDEX,
-    RunningMean,
-    SourceStageSettings,
-    build_scheduler,
-    cross_entropy,
-    denormalize,
-    ema_update,
-    freeze_batchnorm,
-    infinite_batches,
-    make_ema_teacher,
-    normalize,
-    parameter_groups,
-    source_stage,
-    stop_if_not_finite,
-    unwrap,
-    weak_augment,
-)
+from raysel.methods.losses import cross_entropy
+from raysel.methods.networks import ema_update, freeze_batchnorm, make_ema_teacher, unwrap
+from raysel.methods.optim import build_scheduler, parameter_groups
+from raysel.methods.stages import SourceStageSettings, source_stage
+from raysel.methods.training import RunningMean, infinite_batches, stop_if_not_finite
 from raysel.models.projector import ProjectorHead, SegmenterWithProjector
 from raysel.registry import Method, register
 

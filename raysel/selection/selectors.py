@@ -37,7 +37,7 @@ import torch
 from scipy.special import xlogy
 from scipy.stats import rankdata
 
-from raysel.errors import ConfigError, DataError
+from raysel.errors import ConfigError, DataError, unknown_name_error
 from raysel.metrics import ConfusionMatrix, miou, pixel_accuracy
 from raysel.selection.predictions import CandidatePredictions
 from raysel.selection.voting import fused_vote_accumulator
@@ -354,7 +354,7 @@ def get_selector(name: str, **params: object) -> "BaseSelector | TrialScoreSelec
     if name in TRIAL_SCORE_SELECTORS and not params:
         return TRIAL_SCORE_SELECTORS[name]()
     if name not in SELECTORS:
-        raise ConfigError(f"unknown selector {name!r}; valid selectors: {', '.join(selector_names())}")
+        raise unknown_name_error("selector", name, selector_names(), "valid selectors")
     selector_class = SELECTORS[name]
     valid = {field.name for field in dataclasses.fields(selector_class)}
     unknown = sorted(set(params) - valid)
