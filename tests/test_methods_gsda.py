@@ -11,8 +11,9 @@ from torch.nn import functional as F
 from torch.utils.data import Dataset
 
 from raysel.errors import ConfigError
+from raysel.hyperparameters import config_from_dict
 from raysel.methods import gsda
-from raysel.methods.base import LocalSession, RunContext, RunSpec, StopRun, config_from_dict
+from raysel.methods.base import LocalSession, RunContext, RunSpec, StopRun
 from raysel.registry import get_method
 
 

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from raysel.errors import ConfigError
+from raysel.hyperparameters import config_from_dict
 from raysel.methods import hiast
-from raysel.methods.base import config_from_dict
 
 IGNORE = 255
 

@@ -9,8 +9,9 @@ import pytest
 import torch
 
 from raysel.errors import ConfigError
+from raysel.hyperparameters import config_from_dict
 from raysel.methods import source_only, stages
-from raysel.methods.base import LocalSession, RunContext, RunSpec, config_from_dict
+from raysel.methods.base import LocalSession, RunContext, RunSpec
 
 
 def test_registered_for_both_tasks() -> None:

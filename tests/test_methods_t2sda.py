@@ -9,10 +9,11 @@ import pytest
 import torch
 from torch.utils.data import Dataset
 
-from raysel.errors import ConfigError
-from raysel.methods import t2sda
-from raysel.methods.base import LocalSession, RunContext, RunSpec, StopRun, config_from_dict
 from raysel.conventions import IMAGENET_MEAN, IMAGENET_STD
+from raysel.errors import ConfigError
+from raysel.hyperparameters import config_from_dict
+from raysel.methods import t2sda
+from raysel.methods.base import LocalSession, RunContext, RunSpec, StopRun
 from raysel.models.projector import ProjectorHead, SegmenterWithProjector
 
 REPO = Path(__file__).resolve().parent.parent

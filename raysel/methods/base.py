@@ -16,7 +16,6 @@ import math
 import os
 import shutil
 import tempfile
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Protocol
@@ -26,6 +25,8 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from raysel.errors import ConfigError
+# config_from_dict lives in raysel.hyperparameters; imported here only until tuning.py's split (h1) imports it there.
+from raysel.hyperparameters import config_from_dict  # noqa: F401
 
 CHECKPOINT_FILE = "state.pt"
 
@@ -33,56 +34,6 @@ CHECKPOINT_FILE = "state.pt"
 # --------------------------------------------------------------------------------------------------------------
 # Hyperparameters: plain dataclasses, built from dicts (YAML, Tune configs, --set overrides)
 # --------------------------------------------------------------------------------------------------------------
-
-
-def _coerce(name: str, value: Any, annotation: Any) -> Any:
-    """Convert a YAML/Tune value to the dataclass field's declared type, or raise ConfigError naming the key."""
-    if isinstance(annotation, str):
-        annotation = {"int": int, "float": float, "bool": bool, "str": str}.get(annotation, annotation)
-    origin = typing.get_origin(annotation)
-    try:
-        if annotation is bool:
-            if isinstance(value, str):
-                lowered = value.strip().lower()
-                if lowered in ("true", "1", "yes", "on"):
-                    return True
-                if lowered in ("false", "0", "no", "off"):
-                    return False
-                raise ValueError(value)
-            return bool(value)
-        if annotation is int:
-            if isinstance(value, float) and not value.is_integer():
-                raise ValueError(value)
-            return int(value)
-        if annotation is float:
-            return float(value)
-        if annotation is str:
-            return str(value)
-        if origin in (tuple, list) and isinstance(value, (list, tuple)):
-            (inner,) = set(typing.get_args(annotation)) - {Ellipsis} or {Any}
-            return tuple(_coerce(name, item, inner) for item in value)
-    except (TypeError, ValueError):
-        raise ConfigError(f"hyperparameter {name!r} expects {getattr(annotation, '__name__', annotation)}, got {value!r}") from None
-    return value
-
-
-def config_from_dict(config_class: type, values: dict[str, Any], *, context: str = "") -> Any:
-    """Build a hyperparameter dataclass from a dict; unknown keys raise ConfigError listing the valid ones."""
-    valid = {f.name: f for f in dataclasses.fields(config_class)}
-    unknown = sorted(set(values) - set(valid))
-    if unknown:
-        where = f" in {context}" if context else ""
-        raise ConfigError(
-            f"unknown hyperparameter(s) {', '.join(unknown)}{where}; valid keys for "
-            f"{config_class.__name__}: {', '.join(sorted(valid))}"
-        )
-    hints = typing.get_type_hints(config_class)
-    converted = {key: _coerce(key, value, hints.get(key, Any)) for key, value in values.items()}
-    config = config_class(**converted)
-    validate = getattr(config, "validate", None)
-    if validate is not None:
-        validate()
-    return config
 
 
 def require(condition: bool, message: str) -> None:

@@ -52,8 +52,9 @@ import yaml
 from torch import nn
 
 from raysel.errors import ConfigError
+from raysel.hyperparameters import config_from_dict
 from raysel.methods import networks, stages, training
-from raysel.methods.base import LocalSession, RunContext, config_from_dict, require
+from raysel.methods.base import LocalSession, RunContext, require
 from raysel.quant import PTQ_METHODS, PtqConfig, merge_models, quantize_and_reconstruct, validate_bits
 from raysel.quant.reconstruct import NOISE_CHOICES
 from raysel.registry import Method, get_method, register
