@@ -153,7 +153,6 @@ class HiastConfig:
         self.source_settings().validate()
         self.warmup_settings().validate()
 
-
     def source_settings(self) -> stages.SourceStageSettings:
         """The cached source-only stage the warm-up starts from (same defaults as the source_only method)."""
         return stages.SourceStageSettings(learning_rate=self.source_learning_rate, iterations=self.source_iterations)

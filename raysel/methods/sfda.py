@@ -65,7 +65,7 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Literal, Sequence
 
 import torch
 from torch import nn
@@ -73,6 +73,7 @@ from torch.nn import functional as F
 
 from raysel.conventions import BATCHNORM_TYPES
 from raysel.errors import ConfigError
+from raysel.hyperparameters import bounded, check_fields
 from raysel.methods import networks, optim, stages, training
 from raysel.methods.base import RunContext, require
 from raysel.registry import Method, register
@@ -84,7 +85,7 @@ MAX_DISCRIMINATOR_LAYERS = 4  # DCGAN discriminator depth
 MIN_DISCRIMINATOR_LAYERS = 2
 
 
-@dataclass
+@dataclass(frozen=True)
 class SfdaConfig:
     """SFDA hyperparameters under the paper's names. ``# paper: ...`` gives the value of §4.1.2 (GTA5->Cityscapes).
 
@@ -92,60 +93,50 @@ class SfdaConfig:
     """
 
     # --- loss weights (Eq. 11, 12, 16)
-    alpha: float = 1.0  # weight of L_MAE; paper 1.0 (Table 5: 0.1..2.0)
-    beta: float = 0.5  # weight of L_DAD^ss, and tau of L_DAD^st (tau = beta); paper 0.5 (Table 6: 0.01..1.0)
-    gamma: float = 0.01  # weight of the IPSM adversarial loss L_ADV; paper 0.01
-    k_patches: int = 3  # the paper's K: K x K patches per target image for IPSM; paper {3, 4, 5}; 1 = no IPSM
+    alpha: float = bounded(1.0, ge=0.0, lt=math.inf)  # weight of L_MAE; paper 1.0 (Table 5: 0.1..2.0)
+    # weight of L_DAD^ss, and tau of L_DAD^st (tau = beta); paper 0.5 (Table 6: 0.01..1.0)
+    beta: float = bounded(0.5, ge=0.0, lt=math.inf)
+    gamma: float = bounded(0.01, ge=0.0, lt=math.inf)  # weight of the IPSM adversarial loss L_ADV; paper 0.01
+    # the paper's K: K x K patches per target image for IPSM; paper {3, 4, 5}; 1 = no IPSM
+    k_patches: int = bounded(3, ge=1, le=16)
     # --- optimisation
-    iterations: int = 150  # paper: 120 epochs of Cityscapes (2975 images) at batch 8 ~ 44.6k iterations
-    batch_size: int = 4  # target images and fake images per iteration; paper 8 (must be even for IPSM's B/2 split)
-    learning_rate: float = 2.5e-4  # T: SGD with Nesterov, poly decay (power 0.9); paper 2.5e-4
-    momentum: float = 0.9  # paper 0.9
-    weight_decay: float = 1e-4  # paper 1e-4
-    backbone_lr_ratio: float = 1.0  # DeepLab practice 0.1 for ImageNet backbones; the paper does not say
-    generator_learning_rate: float = 1e-3  # Adam; paper 0.1 (diverges here, see module docs); DFAD 1e-3
-    discriminator_learning_rate: float = 1e-4  # Adam; paper 0.1 (diverges here); AdaptSegNet/AdvEnt 1e-4
+    iterations: int = bounded(150, ge=1)  # paper: 120 epochs of Cityscapes (2975 images) at batch 8 ~ 44.6k iterations
+    # target images and fake images per iteration; paper 8 (must be even for IPSM's B/2 split)
+    batch_size: int = bounded(4, ge=2)
+    learning_rate: float = bounded(2.5e-4, gt=0.0)  # T: SGD with Nesterov, poly decay (power 0.9); paper 2.5e-4
+    momentum: float = bounded(0.9, ge=0.0, lt=1.0)  # paper 0.9
+    weight_decay: float = bounded(1e-4, ge=0.0)  # paper 1e-4
+    # DeepLab practice 0.1 for ImageNet backbones; the paper does not say
+    backbone_lr_ratio: float = bounded(1.0, gt=0.0)
+    # Adam; paper 0.1 (diverges here, see module docs); DFAD 1e-3
+    generator_learning_rate: float = bounded(1e-3, gt=0.0)
+    # Adam; paper 0.1 (diverges here); AdaptSegNet/AdvEnt 1e-4
+    discriminator_learning_rate: float = bounded(1e-4, gt=0.0)
     freeze_batchnorm: bool = False  # freeze T's BatchNorm (running stats and affine); the paper does not say
-    reports: int = 5  # reports (ASHA steps, checkpoints) per run
+    reports: int = bounded(5, ge=1)  # reports (ASHA steps, checkpoints) per run
     # --- architecture
-    latent_dim: int = 256  # dimension of z; paper 256
-    generator_width: int = 32  # ngf of the DCGAN generator; DCGAN/DFAD 64
-    discriminator_width: int = 32  # ndf of the patch discriminator; DCGAN 64
-    embedding_dim: int = 256  # position (label) embedding of the conditional D; paper 256
-    fake_scale: float = 0.5  # fake image size / target image size; paper 256x128 vs 512x256 = 0.5
+    latent_dim: int = bounded(256, ge=1)  # dimension of z; paper 256
+    generator_width: int = bounded(32, ge=1)  # ngf of the DCGAN generator; DCGAN/DFAD 64
+    discriminator_width: int = bounded(32, ge=1)  # ndf of the patch discriminator; DCGAN 64
+    embedding_dim: int = bounded(256, ge=1)  # position (label) embedding of the conditional D; paper 256
+    # fake image size / target image size; paper 256x128 vs 512x256 = 0.5
+    fake_scale: float = bounded(0.5, gt=0.0, le=1.0)
     # --- loss variants (cheap alternatives where the paper is ambiguous)
-    mae_space: str = "logits"  # "logits" (DFAD) | "probabilities"
-    bns_norm: str = "squared"  # "squared" (Eq. 4 as printed) | "l2" (DeepInversion)
-    attention_scaling: str = "none"  # "none" (Eq. 8-9) | "sqrt_dim"
+    mae_space: Literal["logits", "probabilities"] = "logits"  # "logits" (DFAD) | "probabilities"
+    bns_norm: Literal["squared", "l2"] = "squared"  # "squared" (Eq. 4 as printed) | "l2" (DeepInversion)
+    attention_scaling: Literal["none", "sqrt_dim"] = "none"  # "none" (Eq. 8-9) | "sqrt_dim"
     # --- source model
     source_checkpoint: str = ""  # path to a trained source model; "" = the cached source-only stage
-    source_learning_rate: float = 1e-3  # source-only stage (shared with the source_only method's defaults)
+    # source-only stage (shared with the source_only method's defaults)
+    source_learning_rate: float = bounded(1e-3, gt=0.0)
     source_iterations: int = 600
 
     def validate(self) -> None:
-        """Raise ConfigError naming the first invalid hyperparameter."""
-        for name in ("alpha", "beta", "gamma"):
-            value = getattr(self, name)
-            require(math.isfinite(value) and value >= 0.0, f"{name} must be a finite number >= 0, got {value}")
-        require(1 <= self.k_patches <= 16, f"k_patches (the paper's K) must lie in [1, 16], got {self.k_patches}")
-        require(self.iterations >= 1, f"iterations must be >= 1, got {self.iterations}")
-        require(self.batch_size >= 2, f"batch_size must be >= 2, got {self.batch_size}")
+        """Raise ConfigError naming the first invalid hyperparameter (schema, then cross-field checks)."""
+        check_fields(self)
         require(self.k_patches == 1 or self.batch_size % 2 == 0,
                 f"batch_size must be even when k_patches > 1 (IPSM ranks B/2 easy vs B/2 hard), got {self.batch_size}")
-        for name in ("learning_rate", "generator_learning_rate", "discriminator_learning_rate",
-                     "backbone_lr_ratio", "source_learning_rate"):
-            require(getattr(self, name) > 0.0, f"{name} must be > 0, got {getattr(self, name)}")
-        require(0.0 <= self.momentum < 1.0, f"momentum must lie in [0, 1), got {self.momentum}")
-        require(self.weight_decay >= 0.0, f"weight_decay must be >= 0, got {self.weight_decay}")
-        require(1 <= self.reports <= self.iterations, f"reports must lie in [1, iterations], got {self.reports}")
-        for name in ("latent_dim", "generator_width", "discriminator_width", "embedding_dim"):
-            require(getattr(self, name) >= 1, f"{name} must be >= 1, got {getattr(self, name)}")
-        require(0.0 < self.fake_scale <= 1.0, f"fake_scale must lie in (0, 1], got {self.fake_scale}")
-        require(self.mae_space in MAE_SPACES,
-                f"mae_space must be one of {', '.join(MAE_SPACES)}, got {self.mae_space!r}")
-        require(self.bns_norm in BNS_NORMS, f"bns_norm must be one of {', '.join(BNS_NORMS)}, got {self.bns_norm!r}")
-        require(self.attention_scaling in ATTENTION_SCALINGS,
-                f"attention_scaling must be one of {', '.join(ATTENTION_SCALINGS)}, got {self.attention_scaling!r}")
+        require(self.reports <= self.iterations, f"reports must lie in [1, iterations], got {self.reports}")
         if not self.source_checkpoint:
             self.source_settings().validate()
 

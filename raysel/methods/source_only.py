@@ -15,29 +15,29 @@ from dataclasses import dataclass
 
 from torch import nn
 
+from raysel.hyperparameters import bounded, check_fields
 from raysel.methods import stages, training
-from raysel.methods.base import RunContext, require
+from raysel.methods.base import RunContext
 from raysel.registry import Method, register
 
 
-@dataclass
+@dataclass(frozen=True)
 class SourceOnlyConfig:
     """Source-only hyperparameters; defaults are sized for the embedded benchmarks on CPU."""
 
-    learning_rate: float = 1e-3  # Adam; DeepLab practice would be SGD 2.5e-4 with poly decay
-    iterations: int = 600
-    batch_size: int | None = None  # None: 8 segmentation / 32 classification images
-    optimizer: str = "adam"  # "adam" | "sgd"
-    weight_decay: float = 5e-4
-    schedule: str = "cosine"  # "cosine" | "poly" | "constant"
-    backbone_lr_ratio: float = 1.0  # 0.1 for ImageNet backbones (DeepLab/DANN practice)
+    learning_rate: float = bounded(1e-3, gt=0.0)  # Adam; DeepLab practice would be SGD 2.5e-4 with poly decay
+    iterations: int = bounded(600, ge=1)
+    batch_size: int | None = bounded(None, ge=1)  # None: 8 segmentation / 32 classification images
+    optimizer: Literal["adam", "sgd"] = "adam"  # "adam" | "sgd"
+    weight_decay: float = bounded(5e-4, ge=0.0)
+    schedule: Literal["cosine", "poly", "constant"] = "cosine"  # "cosine" | "poly" | "constant"
+    backbone_lr_ratio: float = bounded(1.0, gt=0.0)  # 0.1 for ImageNet backbones (DeepLab/DANN practice)
     freeze_batchnorm: bool = False  # True for batch-1 DeepLab training
-    photometric_ops: int = 2  # 0 = geometric augmentation only
+    photometric_ops: int = bounded(2, ge=0)  # 0 = geometric augmentation only
 
     def validate(self) -> None:
         """Raise ConfigError naming the first invalid hyperparameter."""
-        require(self.learning_rate > 0, f"learning_rate must be > 0, got {self.learning_rate}")
-        require(self.iterations >= 1, f"iterations must be >= 1, got {self.iterations}")
+        check_fields(self)
         self.settings().validate()
 
     def settings(self) -> stages.SourceStageSettings:

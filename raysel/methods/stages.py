@@ -8,13 +8,14 @@ from __future__ import annotations
 import dataclasses
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
 from raysel.errors import ConfigError
+from raysel.hyperparameters import bounded, check_fields
 from raysel.methods.augment import source_augment, weak_augment
-from raysel.methods.base import RunContext, require
+from raysel.methods.base import RunContext
 from raysel.methods.losses import cross_entropy, lsgan_discriminator_loss, lsgan_generator_loss
 from raysel.methods.networks import freeze_batchnorm, model_name, unwrap
 from raysel.methods.optim import build_optimizer, build_scheduler
@@ -31,33 +32,25 @@ from raysel.models.discriminators import OutputSpaceDiscriminator
 class SourceStageSettings:
     """Hyperparameters of source-only training (none of them is swept by the adaptation methods' sweeps)."""
 
-    learning_rate: float = 1e-3
-    iterations: int = 600
+    learning_rate: float = bounded(1e-3, gt=0.0)
+    iterations: int = bounded(600, ge=1)
     # None: 8 segmentation images, 32 classification images (measured on digits: batches of 8 under BatchNorm
     # reached 83% held-out source accuracy and collapsed to chance with photometric ops; 32 reached 91-98%).
-    batch_size: int | None = None
-    optimizer: str = "adam"
-    weight_decay: float = 5e-4
-    schedule: str = "cosine"
-    backbone_lr_ratio: float = 1.0
+    batch_size: int | None = bounded(None, ge=1)
+    optimizer: Literal["adam", "sgd"] = "adam"
+    weight_decay: float = bounded(5e-4, ge=0.0)
+    schedule: Literal["cosine", "poly", "constant"] = "cosine"
+    backbone_lr_ratio: float = bounded(1.0, gt=0.0)
     freeze_batchnorm: bool = False
     augment: bool = True
     # Photometric ops from the strong-augmentation pool on source images. A network trained from scratch on a
     # single synthetic look otherwise transfers to nothing (measured: dusk_city 3.2 mIoU, chance 1.6); ImageNet
     # initialisation gives the papers' source-only models that robustness, a small CPU model needs it from here.
-    photometric_ops: int = 2
+    photometric_ops: int = bounded(2, ge=0)
 
     def validate(self) -> None:
-        require(self.photometric_ops >= 0, f"source photometric_ops must be >= 0, got {self.photometric_ops}")
-        require(self.learning_rate > 0, f"source learning_rate must be > 0, got {self.learning_rate}")
-        require(self.iterations >= 1, f"source iterations must be >= 1, got {self.iterations}")
-        require(self.batch_size is None or self.batch_size >= 1,
-                f"source batch_size must be >= 1, got {self.batch_size}")
-        require(self.optimizer in ("adam", "sgd"), f"source optimizer must be adam or sgd, got {self.optimizer!r}")
-        require(self.weight_decay >= 0, f"source weight_decay must be >= 0, got {self.weight_decay}")
-        require(self.schedule in ("cosine", "poly", "constant"),
-                f"source schedule must be cosine, poly or constant, got {self.schedule!r}")
-        require(self.backbone_lr_ratio > 0, f"backbone_lr_ratio must be > 0, got {self.backbone_lr_ratio}")
+        """Raise ConfigError naming the first invalid setting (messages say "source ...")."""
+        check_fields(self, label="source ")
 
     def batch_size_for(self, task: str, images_per_worker: int) -> int:
         """The source batch size: the explicit value, else the per-task default capped at the images one worker
@@ -135,24 +128,19 @@ class AdversarialWarmupSettings:
     Self-training then freezes these statistics, as the paper does.
     """
 
-    lambda_at: float = 0.05
-    iterations: int = 200
-    batch_size: int = 4
-    learning_rate: float = 2e-4
-    discriminator_learning_rate: float = 1e-4
-    discriminator_width: int = 16
+    lambda_at: float = bounded(0.05, ge=0.0)
+    iterations: int = bounded(200, ge=0)
+    batch_size: int = bounded(4, ge=1)
+    learning_rate: float = bounded(2e-4, gt=0.0)
+    discriminator_learning_rate: float = bounded(1e-4, gt=0.0)
+    discriminator_width: int = bounded(16, ge=1)
     weight_decay: float = 5e-4
     backbone_lr_ratio: float = 1.0
     freeze_batchnorm: bool = False
 
     def validate(self) -> None:
-        require(self.lambda_at >= 0, f"lambda_at must be >= 0, got {self.lambda_at}")
-        require(self.iterations >= 0, f"warmup_iterations must be >= 0, got {self.iterations}")
-        require(self.batch_size >= 1, f"warm-up batch_size must be >= 1, got {self.batch_size}")
-        require(self.learning_rate > 0, f"warmup_learning_rate must be > 0, got {self.learning_rate}")
-        require(self.discriminator_learning_rate > 0,
-                f"discriminator_learning_rate must be > 0, got {self.discriminator_learning_rate}")
-        require(self.discriminator_width >= 1, f"discriminator_width must be >= 1, got {self.discriminator_width}")
+        """Raise ConfigError naming the first invalid setting (messages say "warm-up ...")."""
+        check_fields(self, label="warm-up ")
 
 
 def train_adversarial_warmup(ctx: RunContext, initial_state: dict[str, torch.Tensor],
