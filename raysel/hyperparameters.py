@@ -27,6 +27,7 @@ from typing import Any
 from raysel.errors import ConfigError
 
 RANGE_KEY = "range"
+HELP_KEY = "help"
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -66,13 +67,15 @@ def _number_text(value: float | None) -> str:
 
 
 def bounded(default: Any, *, ge: float | None = None, gt: float | None = None, le: float | None = None,
-            lt: float | None = None) -> Any:
-    """A dataclass field with ``default`` and a declared range: ``ge``/``le`` inclusive, ``gt``/``lt`` exclusive."""
+            lt: float | None = None, help: str = "") -> Any:
+    """A dataclass field with ``default`` and a declared range: ``ge``/``le`` inclusive, ``gt``/``lt`` exclusive;
+    ``help`` (the paper's meaning) is shown in error messages after the key."""
     if (ge is not None and gt is not None) or (le is not None and lt is not None):
         raise ValueError("give at most one lower (ge/gt) and one upper (le/lt) bound")
     value_range = Range(low=ge if ge is not None else gt, high=le if le is not None else lt,
                         low_inclusive=gt is None, high_inclusive=lt is None)
-    return dataclasses.field(default=default, metadata={RANGE_KEY: value_range})
+    metadata = {RANGE_KEY: value_range, **({HELP_KEY: help} if help else {})}
+    return dataclasses.field(default=default, metadata=metadata)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -219,14 +222,16 @@ def check_fields(config: Any, label: str = "") -> None:
     config_class = type(config)
     types_by_name = field_types(config_class)
     ranges = field_ranges(config_class)
+    helps = {f.name: f.metadata.get(HELP_KEY) for f in dataclasses.fields(config_class)}
     for name, annotation in types_by_name.items():
         value = getattr(config, name)
+        key = f"{label}{name} ({helps[name]})" if helps.get(name) else f"{label}{name}"
         choices = literal_choices(annotation)
         if choices is not None and value not in choices and not (value is None and _allows_none(annotation)):
-            raise ConfigError(f"{label}{name} must be one of {', '.join(str(c) for c in choices)}, got {value!r}")
+            raise ConfigError(f"{key} must be one of {', '.join(str(c) for c in choices)}, got {value!r}")
         reason = range_problem(value, ranges.get(name))
         if reason:
-            raise ConfigError(f"{label}{name} {reason}, got {value!r}")
+            raise ConfigError(f"{key} {reason}, got {value!r}")
 
 
 def _allows_none(annotation: Any) -> bool:

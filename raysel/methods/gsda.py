@@ -44,7 +44,7 @@ import dataclasses
 import itertools
 import time
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any, Iterator, Literal
 
 import torch
 from torch import nn
@@ -52,14 +52,13 @@ from torch.nn import functional as F
 from torch.utils.data import DataLoader
 
 from raysel.errors import ConfigError
+from raysel.hyperparameters import bounded, check_fields
 from raysel.methods import optim, stages, training
 from raysel.methods.base import RunContext, require
 from raysel.methods.losses import cross_entropy
 from raysel.models.discriminators import DomainDiscriminator, dann_coefficient
 from raysel.registry import Method, register
 
-ALIGNMENTS = ("global", "class", "hierarchical")
-ADVERSARIAL_SCHEDULES = ("dann", "constant")
 SOURCE_DOMAIN_LABEL = 1.0  # d_i in Eq. 6-8: 1 for source, 0 for target
 TARGET_DOMAIN_LABEL = 0.0
 
@@ -69,63 +68,47 @@ TARGET_DOMAIN_LABEL = 0.0
 # --------------------------------------------------------------------------------------------------------------
 
 
-@dataclass
+@dataclass(frozen=True)
 class GsdaConfig:
     """GSDA hyperparameters. Paper values (§3.1, ResNet-50) in comments; defaults are sized for digits on CPU."""
 
-    alpha: float = 0.02  # Eq. 5 target entropy weight [paper: 0.02 Office-31/Office-Home, 0.2 VisDA-2017/PDA]
-    beta: float = 1.0  # Eq. 13 synchronization weight [paper: 1.0 Office-31/Office-Home, 10.0 VisDA-2017/PDA]
-    groups: int = 3  # b, number of class groups [paper: 6 of 31, 13 of 65, 4 of 12 classes]; 1..num_classes
+    # Eq. 5 target entropy weight [paper: 0.02 Office-31/Office-Home, 0.2 VisDA-2017/PDA]
+    alpha: float = bounded(0.02, ge=0.0)
+    # Eq. 13 synchronization weight [paper: 1.0 Office-31/Office-Home, 10.0 VisDA-2017/PDA]
+    beta: float = bounded(1.0, ge=0.0)
+    # b, number of class groups [paper: 6 of 31, 13 of 65, 4 of 12 classes]; 1..num_classes
+    groups: int = bounded(3, ge=1)
     group_seed: int = 0  # seed of the random class-to-group partition
-    alignment: str = "hierarchical"  # "hierarchical" | "class" | "global" (Table 1 ablation rows)
-    iterations: int = 150  # E/C + D updates [paper: not given]
-    batch_size: int = 32  # images per domain per step (split across workers) [paper: not given]
-    optimizer: str = "sgd"  # "sgd" | "adam" for E/C and D [paper: not given; DANN/CDAN practice: SGD momentum 0.9]
-    learning_rate: float = 0.01  # E/C head learning rate [DANN/CDAN practice: 0.01, backbone 0.001]
-    backbone_lr_ratio: float = 1.0  # backbone lr = ratio * learning_rate [0.1 for ImageNet ResNet-50]
-    discriminator_learning_rate: float = 0.01  # all discriminators
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    schedule: str = "constant"  # lr schedule of E/C and D: "cosine" | "poly" | "constant"
-    adversarial_schedule: str = "dann"  # "dann" (lambda_p ramp 0 -> 1) | "constant" (Eq. 16 exactly)
-    discriminator_hidden: int = 128  # DomainDiscriminator width [DANN ResNet-50: 1024]
-    discriminator_dropout: float = 0.5  # [DANN: 0.5]
-    confidence_threshold: float = 0.0  # target samples below it get no class/group weight (0 = Eq. 7 exactly)
+    # "hierarchical" | "class" | "global" (Table 1 ablation rows)
+    alignment: Literal["hierarchical", "class", "global"] = "hierarchical"
+    iterations: int = bounded(150, ge=1)  # E/C + D updates [paper: not given]
+    batch_size: int = bounded(32, ge=1)  # images per domain per step (split across workers) [paper: not given]
+    # "sgd" | "adam" for E/C and D [paper: not given; DANN/CDAN practice: SGD momentum 0.9]
+    optimizer: Literal["sgd", "adam"] = "sgd"
+    learning_rate: float = bounded(0.01, gt=0.0)  # E/C head learning rate [DANN/CDAN practice: 0.01, backbone 0.001]
+    backbone_lr_ratio: float = bounded(1.0, gt=0.0)  # backbone lr = ratio * learning_rate [0.1 for ImageNet ResNet-50]
+    discriminator_learning_rate: float = bounded(0.01, gt=0.0)  # all discriminators
+    momentum: float = bounded(0.9, ge=0.0, lt=1.0)
+    weight_decay: float = bounded(5e-4, ge=0.0)
+    # lr schedule of E/C and D: "cosine" | "poly" | "constant"
+    schedule: Literal["cosine", "poly", "constant"] = "constant"
+    # "dann" (lambda_p ramp 0 -> 1) | "constant" (Eq. 16 exactly)
+    adversarial_schedule: Literal["dann", "constant"] = "dann"
+    discriminator_hidden: int = bounded(128, ge=1)  # DomainDiscriminator width [DANN ResNet-50: 1024]
+    discriminator_dropout: float = bounded(0.5, ge=0.0, lt=1.0)  # [DANN: 0.5]
+    # target samples below it get no class/group weight (0 = Eq. 7 exactly)
+    confidence_threshold: float = bounded(0.0, ge=0.0, lt=1.0)
     init_from_source: bool = True  # start from the cached source-only model [paper: ImageNet init, joint training]
     source_learning_rate: float = 1e-3  # source-only stage (not swept; shared with the source_only method's defaults)
     source_iterations: int = 600
-    num_reports: int = 4  # reports (with checkpoints) spread evenly over the iterations
+    num_reports: int = bounded(4, ge=1)  # reports (with checkpoints) spread evenly over the iterations
 
     def validate(self, num_classes: int | None = None) -> None:
         """Raise ConfigError naming the first invalid hyperparameter; ``num_classes`` also bounds ``groups``."""
-        require(self.alpha >= 0, f"alpha must be >= 0, got {self.alpha}")
-        require(self.beta >= 0, f"beta must be >= 0, got {self.beta}")
-        require(self.groups >= 1, f"groups must be >= 1, got {self.groups}")
+        check_fields(self)
         if num_classes is not None:
             require(self.groups <= num_classes,
                     f"groups must be between 1 and the number of classes ({num_classes}), got {self.groups}")
-        require(self.alignment in ALIGNMENTS,
-                f"alignment must be one of {', '.join(ALIGNMENTS)}, got {self.alignment!r}")
-        require(self.iterations >= 1, f"iterations must be >= 1, got {self.iterations}")
-        require(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")
-        require(self.optimizer in ("sgd", "adam"), f"optimizer must be sgd or adam, got {self.optimizer!r}")
-        require(self.learning_rate > 0, f"learning_rate must be > 0, got {self.learning_rate}")
-        require(self.backbone_lr_ratio > 0, f"backbone_lr_ratio must be > 0, got {self.backbone_lr_ratio}")
-        require(self.discriminator_learning_rate > 0,
-                f"discriminator_learning_rate must be > 0, got {self.discriminator_learning_rate}")
-        require(0 <= self.momentum < 1, f"momentum must be in [0, 1), got {self.momentum}")
-        require(self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}")
-        require(self.schedule in ("cosine", "poly", "constant"),
-                f"schedule must be cosine, poly or constant, got {self.schedule!r}")
-        require(self.adversarial_schedule in ADVERSARIAL_SCHEDULES,
-                f"adversarial_schedule must be one of {', '.join(ADVERSARIAL_SCHEDULES)}, "
-                f"got {self.adversarial_schedule!r}")
-        require(self.discriminator_hidden >= 1, f"discriminator_hidden must be >= 1, got {self.discriminator_hidden}")
-        require(0 <= self.discriminator_dropout < 1,
-                f"discriminator_dropout must be in [0, 1), got {self.discriminator_dropout}")
-        require(0 <= self.confidence_threshold < 1,
-                f"confidence_threshold must be in [0, 1), got {self.confidence_threshold}")
-        require(self.num_reports >= 1, f"num_reports must be >= 1, got {self.num_reports}")
         self.source_settings().validate()
 
     def source_settings(self) -> stages.SourceStageSettings:

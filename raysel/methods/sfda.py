@@ -80,7 +80,6 @@ from raysel.registry import Method, register
 
 MAE_SPACES = ("logits", "probabilities")
 BNS_NORMS = ("squared", "l2")
-ATTENTION_SCALINGS = ("none", "sqrt_dim")
 MAX_DISCRIMINATOR_LAYERS = 4  # DCGAN discriminator depth
 MIN_DISCRIMINATOR_LAYERS = 2
 
