@@ -267,7 +267,8 @@ def build_shared_stages(
     into ``cache_dir`` for one target and seed, in-process, as a sweep does before its trials; returns the seconds
     taken (about 0 when they were cached already). Runs that later use ``cache_dir`` then time one configuration."""
     from raysel import data
-    from raysel.methods.base import LocalSession, RunContext, RunSpec, config_from_dict
+    from raysel.hyperparameters import config_from_dict
+    from raysel.methods.base import LocalSession, RunContext, RunSpec
     from raysel.registry import get_method
 
     registered = get_method(method)

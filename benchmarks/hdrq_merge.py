@@ -174,7 +174,7 @@ def score_configuration(ctx: RunContext, config: hdrq.HdrqConfig, targets: tuple
 
 def run_job(job: Job) -> JobResult:
     """Every configuration of one family and seed (in this process or a spawned worker)."""
-    from raysel.methods import common
+    from raysel.methods import training
 
     torch.set_num_threads(job.threads)
     started = time.perf_counter()
@@ -182,7 +182,7 @@ def run_job(job: Job) -> JobResult:
     settings = base_settings(job)
     targets = hdrq.merge_targets(hdrq.HdrqConfig(**settings), ctx)
     result = JobResult(job.family, job.seed, targets)
-    watch = common.Stopwatch()
+    watch = training.Stopwatch()
     two_targets = len(targets) == 2
 
     def run(label: str, roundings: Sequence[str], **values: Any) -> None:

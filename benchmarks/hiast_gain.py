@@ -72,7 +72,7 @@ def run_job(job: Job) -> dict[str, Any]:
 
     torch.set_num_threads(job.threads)
     from raysel.heldout import heldout_scores
-    from raysel.methods import common, hiast, source_only
+    from raysel.methods import hiast, source_only, stages
     from raysel.methods.base import LocalSession, RunContext, RunSpec
 
     started = time.perf_counter()
@@ -89,7 +89,7 @@ def run_job(job: Job) -> dict[str, Any]:
         model = source_only.train_source_only(config, ctx).model
         info["stage_seconds"] = session.reports[-1].get("seconds_train_loop")
     elif job.variant == "warm_up":
-        stage = common.adversarial_warmup_stage(ctx, defaults.source_settings(), defaults.warmup_settings())
+        stage = stages.adversarial_warmup_stage(ctx, defaults.source_settings(), defaults.warmup_settings())
         model = ctx.build_model(pretrained=False)
         model.load_state_dict(stage["model"])
         info["stage_seconds"] = stage.get("seconds")

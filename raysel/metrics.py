@@ -20,7 +20,7 @@ from typing import Iterable, Sequence
 import numpy as np
 import torch
 
-IGNORE_INDEX = 255
+from raysel.conventions import IGNORE_INDEX
 
 ArrayLike = np.ndarray | torch.Tensor
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 import raysel.methods as methods_package
-from raysel.errors import ConfigError
+from raysel.errors import unknown_name_error
 
 if TYPE_CHECKING:  # pragma: no cover
     from raysel.methods.base import RunContext
@@ -76,7 +76,7 @@ def _discover() -> None:
     if _DISCOVERED:
         return
     for module in pkgutil.iter_modules(methods_package.__path__):
-        if not module.name.startswith("_") and module.name not in ("base", "common", "result"):
+        if not module.name.startswith("_") and module.name not in ("base", "result"):
             importlib.import_module(f"{methods_package.__name__}.{module.name}")
     _DISCOVERED = True
 
@@ -93,4 +93,4 @@ def get_method(name: str) -> Method:
     try:
         return _REGISTRY[name]
     except KeyError:
-        raise ConfigError(f"unknown method {name!r}; registered methods: {', '.join(sorted(_REGISTRY))}") from None
+        raise unknown_name_error("method", name, sorted(_REGISTRY), "registered methods") from None

@@ -14,8 +14,9 @@ Format: a mapping from hyperparameter name (the method's config dataclass field,
 * A bare list is a fixed value only for list-typed hyperparameters (e.g. ``tuple[int, ...]``); to sweep, write
   ``{grid: [...]}`` or ``{choice: [...]}``.
 * Scientific notation works as in YAML 1.2 (``1e-4`` is a float, not the string PyYAML's YAML 1.1 rules would make).
-* Values are checked against the dataclass field types (``k: {uniform: ...}`` on an ``int`` field is an error: use
-  ``randint``); range checks of the method's ``validate()`` happen when each trial's config is built.
+* Values are checked against the config's schema (:mod:`raysel.hyperparameters`): field types (``k: {uniform: ...}``
+  on an ``int`` field is an error: use ``randint``), ``Literal`` choices and declared ranges of fixed, grid and choice
+  values; cross-field checks of the method's ``validate()`` happen when each trial's config is built.
 * ``--set key=value`` (:meth:`SearchSpace.apply_overrides`) replaces one entry; ``value`` is YAML, so
   ``--set alpha=0.5`` fixes a value and ``--set 'alpha={grid: [0.2, 0.5]}'`` sweeps it.
 
@@ -39,6 +40,7 @@ from typing import Any, Iterable
 import yaml
 
 from raysel.errors import ConfigError
+from raysel.hyperparameters import Range, field_ranges, field_types, type_name, value_problem
 
 SAMPLED_KINDS = ("grid", "choice", "uniform", "loguniform", "randint")
 RANGE_KINDS = ("uniform", "loguniform", "randint")
@@ -153,44 +155,6 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def _type_name(annotation: Any) -> str:
-    return getattr(annotation, "__name__", None) or str(annotation).replace("typing.", "")
-
-
-def _check_value(value: Any, annotation: Any) -> str | None:
-    """Why ``value`` does not fit the field ``annotation`` (None when it fits or the type is not checked)."""
-    if annotation is None or annotation is Any:
-        return None
-    origin = typing.get_origin(annotation)
-    arguments = typing.get_args(annotation)
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in arguments:
-            return None
-        reasons = [_check_value(value, argument) for argument in arguments if argument is not type(None)]
-        return None if any(reason is None for reason in reasons) else reasons[0]
-    if origin is typing.Literal:
-        return None if value in arguments else f"expects one of {', '.join(repr(a) for a in arguments)}"
-    if origin in (tuple, list):
-        if not isinstance(value, (list, tuple)):
-            return f"expects a list ({_type_name(annotation)})"
-        inner = [argument for argument in arguments if argument is not Ellipsis]
-        if len(set(inner)) == 1:
-            for item in value:
-                reason = _check_value(item, inner[0])
-                if reason:
-                    return reason
-        return None
-    if annotation is bool:
-        return None if isinstance(value, bool) else "expects true or false"
-    if annotation is int:
-        return None if _is_number(value) and float(value).is_integer() else "expects an integer"
-    if annotation is float:
-        return None if _is_number(value) else "expects a number"
-    if annotation is str:
-        return None if isinstance(value, str) else "expects a string"
-    return None
-
-
 def _numeric_kind(annotation: Any) -> str | None:
     """``int``/``float`` for numeric fields (Optional unwrapped), else None."""
     origin = typing.get_origin(annotation)
@@ -211,8 +175,10 @@ def _is_list_type(annotation: Any) -> bool:
     return origin in (tuple, list) or annotation in (tuple, list)
 
 
-def parse_entry(name: str, raw: Any, annotation: Any = None, *, where: str) -> SearchEntry:
-    """Turn one YAML entry into a :class:`SearchEntry`, or raise ConfigError naming ``where`` and the key."""
+def parse_entry(name: str, raw: Any, annotation: Any = None, *, where: str,
+                value_range: Range | None = None) -> SearchEntry:
+    """Turn one YAML entry into a :class:`SearchEntry`, or raise ConfigError naming ``where`` and the key; values are
+    checked against the field's type, Literal choices and declared range (:mod:`raysel.hyperparameters`)."""
 
     def fail(message: str) -> ConfigError:
         return ConfigError(f"{where}: hyperparameter {name!r}: {message}")
@@ -229,9 +195,9 @@ def parse_entry(name: str, raw: Any, annotation: Any = None, *, where: str) -> S
             entry = _parse_range(kind, arguments, annotation, fail)
         else:
             for value in arguments:
-                reason = _check_value(value, annotation)
+                reason = value_problem(value, annotation, value_range)
                 if reason:
-                    raise fail(f"{kind} value {value!r}: {_type_name(annotation)} field {reason}")
+                    raise fail(f"{kind} value {value!r}: {type_name(annotation)} field {reason}")
             entry = SearchEntry(name, kind, tuple(_plain_copy(value) for value in arguments))
         return dataclasses.replace(entry, name=name)
     if isinstance(raw, list) and known_types and not _is_list_type(annotation):
@@ -239,9 +205,9 @@ def parse_entry(name: str, raw: Any, annotation: Any = None, *, where: str) -> S
                    f"{{grid: {raw}}} or {{choice: {raw}}}")
     if raw is None and type(None) not in typing.get_args(annotation):
         raise fail("no value given (write a value, or remove the line to keep the default)")
-    reason = _check_value(raw, annotation)
+    reason = value_problem(raw, annotation, value_range)
     if reason:
-        raise fail(f"value {raw!r}: {_type_name(annotation)} field {reason}")
+        raise fail(f"value {raw!r}: {type_name(annotation)} field {reason}")
     return SearchEntry(name, FIXED, (_plain_copy(raw),))
 
 
@@ -252,7 +218,7 @@ def _parse_range(kind: str, arguments: list[Any], annotation: Any, fail: Any) ->
     low, high = arguments
     numeric = _numeric_kind(annotation)
     if annotation is not None and numeric is None:
-        raise fail(f"{kind} needs a numeric hyperparameter, but it is {_type_name(annotation)}; use grid or choice")
+        raise fail(f"{kind} needs a numeric hyperparameter, but it is {type_name(annotation)}; use grid or choice")
     if kind == "randint":
         if not all(float(value).is_integer() for value in arguments) or low > high:
             raise fail(f"randint needs integer bounds [low, high] with low <= high (both inclusive), got {arguments!r}")
@@ -281,6 +247,7 @@ class SearchSpace:
     valid_names: tuple[str, ...]
     field_types: dict[str, Any] = field(default_factory=dict)
     path: Path | None = None
+    field_ranges: dict[str, Range] = field(default_factory=dict)
 
     def _unknown(self, name: str, where: str) -> ConfigError:
         return ConfigError(f"{where}: unknown hyperparameter {name!r} for method {self.method}; valid keys: "
@@ -290,7 +257,8 @@ class SearchSpace:
         """Parse and store one entry (replacing any previous one); unknown names raise ConfigError."""
         if name not in self.valid_names:
             raise self._unknown(name, where)
-        entry = parse_entry(name, raw, self.field_types.get(name), where=where)
+        entry = parse_entry(name, raw, self.field_types.get(name), where=where,
+                            value_range=self.field_ranges.get(name))
         self.entries[name] = entry
         return entry
 
@@ -337,8 +305,10 @@ class SearchSpace:
     @classmethod
     def empty(cls, method: Any, path: Path | None = None) -> "SearchSpace":
         """A space with no entries (every hyperparameter at its default) for ``method``."""
+        config_class = getattr(method, "config_class", None)
         return cls(method=getattr(method, "name", str(method)), entries={},
-                   valid_names=tuple(method.hyperparameter_names()), field_types=_field_types(method), path=path)
+                   valid_names=tuple(method.hyperparameter_names()), field_types=field_types(config_class), path=path,
+                   field_ranges=field_ranges(config_class))
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], method: Any, *, where: str = "saved search space") -> "SearchSpace":
@@ -347,18 +317,6 @@ class SearchSpace:
         for name, raw in data.items():
             space.set_entry(name, raw, where)
         return space
-
-
-def _field_types(method: Any) -> dict[str, Any]:
-    """Field annotations of the method's config dataclass (empty when it has none or they cannot be resolved)."""
-    config_class = getattr(method, "config_class", None)
-    if config_class is None or not dataclasses.is_dataclass(config_class):
-        return {}
-    try:
-        hints = typing.get_type_hints(config_class)
-    except Exception:  # unresolvable forward reference: skip type checks rather than refuse the file
-        return {}
-    return {f.name: hints.get(f.name) for f in dataclasses.fields(config_class)}
 
 
 def load_search_space(path: Path | str, method: Any) -> SearchSpace:

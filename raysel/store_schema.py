@@ -18,6 +18,7 @@ from typing import Any
 import pyarrow as pa
 
 from raysel.errors import ConfigError
+from raysel.hyperparameters import field_types
 
 HYPERPARAMETER_PREFIX = "hp_"  # hp_<name>: one typed column per hyperparameter, swept or default
 SCORE_PREFIX = "score_"  # score_<selector>: label-free scores (selectors, and scores a method computed itself)
@@ -160,11 +161,7 @@ def hyperparameter_arrow_types(hyperparameter_types: Any) -> dict[str, pa.DataTy
         return {}
     if dataclasses.is_dataclass(hyperparameter_types):
         config_class = hyperparameter_types if isinstance(hyperparameter_types, type) else type(hyperparameter_types)
-        try:
-            hints = typing.get_type_hints(config_class)
-        except Exception:  # unresolvable forward references: fall back to the raw annotations
-            hints = {}
-        hyperparameter_types = {f.name: hints.get(f.name, f.type) for f in dataclasses.fields(config_class)}
+        hyperparameter_types = field_types(config_class)
     return {name: arrow_type_for_annotation(annotation) for name, annotation in dict(hyperparameter_types).items()}
 
 

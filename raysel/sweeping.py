@@ -17,7 +17,8 @@ from raysel import data as data_module
 from raysel.errors import ConfigError
 from raysel.execution import (ProgressPrinter, SearchSettings, SweepSettings, build_tuner, cluster_cpus, connect,
                               save_settings)
-from raysel.methods.base import LocalSession, RunContext, RunSpec, config_from_dict
+from raysel.methods.base import LocalSession, RunContext, RunSpec
+from raysel.hyperparameters import config_from_dict
 from raysel.registry import get_method
 from raysel.selection.decision import select_sweep
 from raysel.store import ResultStore

@@ -46,7 +46,7 @@ def check_sweep_entrypoint(argv: list[str]) -> None:
     """Resolve a sweep entrypoint as `python -m raysel.sweep` would before starting Ray: its arguments, method, data
     family and domains, search space with the --set overrides, and the configuration of every grid point."""
     from raysel import data
-    from raysel.methods.base import config_from_dict
+    from raysel.hyperparameters import config_from_dict
     from raysel.models import model_names
     from raysel.registry import get_method
     from raysel.search_space import load_search_space

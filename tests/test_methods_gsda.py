@@ -11,8 +11,9 @@ from torch.nn import functional as F
 from torch.utils.data import Dataset
 
 from raysel.errors import ConfigError
+from raysel.hyperparameters import config_from_dict
 from raysel.methods import gsda
-from raysel.methods.base import LocalSession, RunContext, RunSpec, StopRun, config_from_dict
+from raysel.methods.base import LocalSession, RunContext, RunSpec, StopRun
 from raysel.registry import get_method
 
 
@@ -248,11 +249,6 @@ def test_search_space_has_six_grid_points_of_valid_configs():
     swept = {name: entry.values for name, entry in space.entries.items()}
     for values in itertools.product(*swept.values()):
         config_from_dict(gsda.GsdaConfig, dict(zip(swept, values))).validate(num_classes=10)  # digits
-
-
-def test_report_points_end_at_the_last_iteration():
-    assert gsda.report_points(10, 3) == [3, 7, 10]
-    assert gsda.report_points(2, 5) == [1, 2]
 
 
 # --------------------------------------------------------------------------------------------------------------

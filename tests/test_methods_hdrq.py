@@ -16,8 +16,9 @@ import pytest
 import torch
 
 from raysel.errors import ConfigError, DataError
+from raysel.hyperparameters import config_from_dict
 from raysel.methods import hdrq
-from raysel.methods.base import LocalSession, RunContext, RunSpec, config_from_dict
+from raysel.methods.base import LocalSession, RunContext, RunSpec
 
 # Tiny HIAST / GSDA adaptations (sources of 3 iterations): enough to give two different specialists per target.
 TINY_HIAST = ("source_iterations=3, warmup_iterations=2, rounds=1, iterations_per_round=2, reports_per_round=1, "

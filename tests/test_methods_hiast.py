@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from raysel.errors import ConfigError
+from raysel.hyperparameters import config_from_dict
 from raysel.methods import hiast
-from raysel.methods.base import config_from_dict
 
 IGNORE = 255
 
@@ -253,11 +253,6 @@ def test_self_training_losses_combine_eq4_and_skip_zero_weights() -> None:
     assert reference["loss"].item() == pytest.approx(log_c * (1 + (0.1 + 1.0 + 0.5) / 4))
 
 
-def test_report_points() -> None:
-    assert hiast.report_points(10, 2) == {5, 10}
-    assert hiast.report_points(7, 1) == {7}
-
-
 # ---------------------------------------------------------------------------------------------------- config
 
 
@@ -336,13 +331,13 @@ def test_pseudo_labels_cover_every_target_image(tiny_street_root, tmp_path) -> N
 
 @pytest.mark.integration
 def test_hiast_checkpoints_each_round_and_resumes(tiny_street_root, tmp_path, monkeypatch) -> None:
-    from raysel.methods import common
+    from raysel.methods import stages
     from raysel.methods.base import LocalSession, StopRun
 
     config = hiast.HiastConfig(**TINY)
     warmups = []
-    original = common.train_adversarial_warmup
-    monkeypatch.setattr(common, "train_adversarial_warmup",
+    original = stages.train_adversarial_warmup
+    monkeypatch.setattr(stages, "train_adversarial_warmup",
                         lambda *args, **kwargs: warmups.append(1) or original(*args, **kwargs))
     first = LocalSession(checkpoint_root=str(tmp_path / "ckpt"), stop_after_reports=2)
     with pytest.raises(StopRun):

@@ -15,8 +15,9 @@ from torch.utils.data import Dataset
 import raysel.data
 from raysel.data.family import DatasetFamily
 from raysel.errors import ConfigError
+from raysel.hyperparameters import config_from_dict
 from raysel.methods import sfda
-from raysel.methods.base import LocalSession, RunContext, RunSpec, StopRun, config_from_dict
+from raysel.methods.base import LocalSession, RunContext, RunSpec, StopRun
 from raysel.models.discriminators import PatchDiscriminator
 from raysel.models.generator import NoiseToImageGenerator
 from raysel.registry import get_method

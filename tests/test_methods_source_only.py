@@ -9,8 +9,9 @@ import pytest
 import torch
 
 from raysel.errors import ConfigError
-from raysel.methods import common, source_only
-from raysel.methods.base import LocalSession, RunContext, RunSpec, config_from_dict
+from raysel.hyperparameters import config_from_dict
+from raysel.methods import source_only, stages
+from raysel.methods.base import LocalSession, RunContext, RunSpec
 
 
 def test_registered_for_both_tasks() -> None:
@@ -56,8 +57,8 @@ def tiny_roots(tmp_path_factory: pytest.TempPathFactory):
 @pytest.mark.parametrize("dataset, size", [("street_scenes", (32, 64)), ("digits", None)])
 def test_trains_caches_and_restores(tiny_roots, tmp_path, monkeypatch, dataset: str, size) -> None:
     builds = []
-    original = common.train_on_source
-    monkeypatch.setattr(common, "train_on_source", lambda *a, **k: builds.append(1) or original(*a, **k))
+    original = stages.train_on_source
+    monkeypatch.setattr(stages, "train_on_source", lambda *a, **k: builds.append(1) or original(*a, **k))
     config = source_only.SourceOnlyConfig(iterations=3, batch_size=4)
     targets = {"street_scenes": ("day_city", "dusk_city"), "digits": None}[dataset]
 

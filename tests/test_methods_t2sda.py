@@ -9,10 +9,11 @@ import pytest
 import torch
 from torch.utils.data import Dataset
 
+from raysel.conventions import IMAGENET_MEAN, IMAGENET_STD
 from raysel.errors import ConfigError
+from raysel.hyperparameters import config_from_dict
 from raysel.methods import t2sda
-from raysel.methods.base import LocalSession, RunContext, RunSpec, StopRun, config_from_dict
-from raysel.methods.common import IMAGENET_MEAN, IMAGENET_STD
+from raysel.methods.base import LocalSession, RunContext, RunSpec, StopRun
 from raysel.models.projector import ProjectorHead, SegmenterWithProjector
 
 REPO = Path(__file__).resolve().parent.parent
@@ -296,7 +297,7 @@ def test_warmup_poly_schedule_and_ema_momentum():
 
 
 def test_projector_head_shapes_and_parameter_groups():
-    from raysel.methods.common import parameter_groups
+    from raysel.methods.optim import parameter_groups
     from raysel.models import build_model
 
     projector = ProjectorHead(64, 16)

@@ -127,13 +127,13 @@ def assert_selected_and_stored(run: SweepRun, method: str, heldout: str, swept: 
 
 def save_source_checkpoint(data_root: Path, workdir: Path, iterations: int = 10) -> Path:
     """Train the shared source-only model for a few iterations and save it as a standalone SFDA source checkpoint."""
-    from raysel.methods import common
+    from raysel.methods import stages
     from raysel.methods.base import LocalSession, RunContext, RunSpec
 
     spec = RunSpec(method="sfda", dataset="street_scenes", data_root=str(data_root), output_dir=str(workdir / "source"),
                    num_threads=1)
     ctx = RunContext(spec, LocalSession(checkpoint_root=str(workdir / "source-checkpoints")))
-    state = common.train_on_source(ctx, common.SourceStageSettings(iterations=iterations))["model"]
+    state = stages.train_on_source(ctx, stages.SourceStageSettings(iterations=iterations))["model"]
     path = workdir / "source_model.pt"
     torch.save({"model": state}, path)
     return path

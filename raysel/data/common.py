@@ -19,11 +19,10 @@ from PIL import Image
 from torch.utils.data import Dataset
 from torchvision.transforms.v2 import functional as TF
 
+from raysel.conventions import IMAGENET_MEAN, IMAGENET_STD
 from raysel.data.labels import LabelMapping
-from raysel.errors import ConfigError, DataError
+from raysel.errors import DataError, unknown_name_error
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".tif", ".tiff")
 SPLITS = ("train", "heldout")
 
@@ -271,4 +270,21 @@ def match_choice(value: str, choices: Iterable[str], what: str) -> str:
     folded = {choice.lower(): choice for choice in choices}
     if isinstance(value, str) and value.lower() in folded:
         return folded[value.lower()]
-    raise ConfigError(f"unknown {what} {value!r}; valid choices: {', '.join(choices)}")
+    raise unknown_name_error(what, value, choices)
+
+
+DEFAULT_SELECTION_SIZE = 500  # HIAST §4.5: 500 random target training images
+
+
+def selection_subset(num_images: int, size: int = DEFAULT_SELECTION_SIZE, seed: int = 0) -> np.ndarray:
+    """Sorted indices of a fixed seeded random subset of ``size`` target training images (all if fewer).
+
+    The same (num_images, size, seed) always gives the same subset, so every candidate of a sweep, on any worker,
+    predicts the same images.
+    """
+    if num_images < 0 or size < 1:
+        raise DataError(f"selection subset needs num_images >= 0 and size >= 1; got {num_images}, {size}")
+    if num_images <= size:
+        return np.arange(num_images, dtype=np.int64)
+    chosen = np.random.default_rng(seed).choice(num_images, size=size, replace=False)
+    return np.sort(chosen).astype(np.int64)

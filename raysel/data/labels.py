@@ -25,9 +25,9 @@ from pathlib import Path
 
 import numpy as np
 
+from raysel.conventions import IGNORE_INDEX
 from raysel.errors import DataError
 
-IGNORE_INDEX = 255
 
 CITYSCAPES_CLASS_NAMES: tuple[str, ...] = (
     "road", "sidewalk", "building", "wall", "fence", "pole", "traffic light", "traffic sign", "vegetation",

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import time
-import typing
 from typing import Any
 
 import ray
@@ -13,7 +12,7 @@ import torch
 from raysel import __version__
 from raysel.data import get_family
 from raysel.execution.settings import SweepSettings
-from raysel.methods.base import config_from_dict
+from raysel.hyperparameters import config_from_dict
 from raysel.registry import get_method
 from raysel.store import ResultStore
 from raysel.store_schema import FINAL_METRIC_COLUMNS, PER_TARGET_HELDOUT_PREFIXES
@@ -53,10 +52,5 @@ def write_row(store: ResultStore, settings: SweepSettings, trial_id: str, config
     row["scores"], row["metrics"] = final.get("scores"), final.get("metrics")  # from the TrainResult (finish_run)
     # Every hyperparameter, swept or default, becomes its own typed column.
     row["hyperparameters"] = dataclasses.asdict(config_from_dict(method.config_class, dict(config["hp"])))
-    store.write_trial(row, hyperparameter_types=hyperparameter_types(method.config_class))
+    store.write_trial(row, hyperparameter_types=method.config_class)
 
-
-def hyperparameter_types(config_class: type) -> dict[str, type]:
-    """Each hyperparameter's declared type (float when undeclared), for the store's typed ``hp_`` columns."""
-    hints = typing.get_type_hints(config_class)
-    return {f.name: hints.get(f.name, float) for f in dataclasses.fields(config_class)}

@@ -18,7 +18,8 @@ import torch
 
 from raysel.execution.predictions import cache_candidate_predictions
 from raysel.heldout import heldout_scores
-from raysel.methods.base import NonFiniteLossError, RunContext, RunSpec, Session, config_from_dict
+from raysel.methods.base import NonFiniteLossError, RunContext, RunSpec, Session
+from raysel.hyperparameters import config_from_dict
 from raysel.methods.result import TrainResult, save_model, unwrapped
 from raysel.metrics import harmonic_mean
 from raysel.registry import get_method

@@ -16,7 +16,6 @@ import math
 import os
 import shutil
 import tempfile
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Protocol
@@ -35,56 +34,6 @@ CHECKPOINT_FILE = "state.pt"
 # --------------------------------------------------------------------------------------------------------------
 # Hyperparameters: plain dataclasses, built from dicts (YAML, Tune configs, --set overrides)
 # --------------------------------------------------------------------------------------------------------------
-
-
-def _coerce(name: str, value: Any, annotation: Any) -> Any:
-    """Convert a YAML/Tune value to the dataclass field's declared type, or raise ConfigError naming the key."""
-    if isinstance(annotation, str):
-        annotation = {"int": int, "float": float, "bool": bool, "str": str}.get(annotation, annotation)
-    origin = typing.get_origin(annotation)
-    try:
-        if annotation is bool:
-            if isinstance(value, str):
-                lowered = value.strip().lower()
-                if lowered in ("true", "1", "yes", "on"):
-                    return True
-                if lowered in ("false", "0", "no", "off"):
-                    return False
-                raise ValueError(value)
-            return bool(value)
-        if annotation is int:
-            if isinstance(value, float) and not value.is_integer():
-                raise ValueError(value)
-            return int(value)
-        if annotation is float:
-            return float(value)
-        if annotation is str:
-            return str(value)
-        if origin in (tuple, list) and isinstance(value, (list, tuple)):
-            (inner,) = set(typing.get_args(annotation)) - {Ellipsis} or {Any}
-            return tuple(_coerce(name, item, inner) for item in value)
-    except (TypeError, ValueError):
-        raise ConfigError(f"hyperparameter {name!r} expects {getattr(annotation, '__name__', annotation)}, got {value!r}") from None
-    return value
-
-
-def config_from_dict(config_class: type, values: dict[str, Any], *, context: str = "") -> Any:
-    """Build a hyperparameter dataclass from a dict; unknown keys raise ConfigError listing the valid ones."""
-    valid = {f.name: f for f in dataclasses.fields(config_class)}
-    unknown = sorted(set(values) - set(valid))
-    if unknown:
-        where = f" in {context}" if context else ""
-        raise ConfigError(
-            f"unknown hyperparameter(s) {', '.join(unknown)}{where}; valid keys for "
-            f"{config_class.__name__}: {', '.join(sorted(valid))}"
-        )
-    hints = typing.get_type_hints(config_class)
-    converted = {key: _coerce(key, value, hints.get(key, Any)) for key, value in values.items()}
-    config = config_class(**converted)
-    validate = getattr(config, "validate", None)
-    if validate is not None:
-        validate()
-    return config
 
 
 def require(condition: bool, message: str) -> None:
@@ -244,6 +193,12 @@ class RunContext:
             torch.distributed.all_reduce(tensor)
         return tensor
 
+    def any_rank_not_finite(self, value: float | None) -> bool:
+        """Whether any worker's ``value`` is NaN/inf (None counts as finite), decided together: one rank stopping
+        alone would leave the others blocked in the next collective (every rank must call this)."""
+        locally_finite = value is None or math.isfinite(value)
+        return bool(self.all_reduce_sum(torch.tensor(0.0 if locally_finite else 1.0)).item() > 0.0)
+
     def all_gather_objects(self, value: Any) -> list[Any]:
         """Gather one picklable object from every worker (a one-element list for one worker)."""
         if self.world_size > 1 and torch.distributed.is_initialized():
@@ -291,9 +246,7 @@ class RunContext:
         NonFiniteLossError after the report, so the trial stops with that reason and earlier checkpoints survive.
         """
         loss = metrics.get("loss")
-        locally_finite = loss is None or math.isfinite(float(loss))
-        # Decide together: one rank stopping alone would leave the others blocked in the next collective.
-        finite = bool(self.all_reduce_sum(torch.tensor(0.0 if locally_finite else 1.0)).item() == 0.0)
+        finite = not self.any_rank_not_finite(None if loss is None else float(loss))
         if checkpoint_state is not None and self.is_main and finite:
             with tempfile.TemporaryDirectory(prefix="raysel-ckpt-") as directory:
                 torch.save(checkpoint_state, Path(directory) / CHECKPOINT_FILE)
@@ -354,8 +307,3 @@ def _step_text(metrics: dict[str, Any]) -> str:
     parts = [f"{key}={metrics[key]}" for key in ("round", "epoch", "iteration") if key in metrics]
     return ", ".join(parts) or "an unknown step"
 
-
-def check_finite(loss: torch.Tensor, where: str) -> None:
-    """Raise NonFiniteLossError naming the step when a loss is NaN or infinite."""
-    if not torch.isfinite(loss).all():
-        raise NonFiniteLossError(f"training loss became {loss.item()} at {where}; stopping this trial")

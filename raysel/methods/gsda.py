@@ -30,7 +30,7 @@ Choices where the paper is silent or our CPU setting differs (each a config fiel
   (the paper gives no schedule; DANN/CDAN/MADA, whose settings it follows, use this one). ``"constant"`` = Eq. 16.
 * ``confidence_threshold``: §3.1 says only confidently pseudo-labelled target samples are used; target samples whose
   max probability is below it get zero class/group weight (0 = every sample weighted by its probabilities, Eq. 7).
-* ``init_from_source=True`` starts from the shared cached source-only model (:func:`common.source_stage`, the same
+* ``init_from_source=True`` starts from the shared cached source-only model (:func:`stages.source_stage`, the same
   stage the ``source_only`` baseline trains) because the CPU default ``small_cnn`` has no ImageNet weights; the
   paper trains ImageNet-initialised ResNet-50 jointly from the start (``init_from_source=False``).
 * Class-balanced re-sampling of source images (§3.1) is not done: the loaders are sharded uniform samplers.
@@ -44,7 +44,7 @@ import dataclasses
 import itertools
 import time
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any, Iterator, Literal
 
 import torch
 from torch import nn
@@ -52,14 +52,14 @@ from torch.nn import functional as F
 from torch.utils.data import DataLoader
 
 from raysel.errors import ConfigError
-from raysel.methods import common
+from raysel.hyperparameters import bounded, check_fields
+from raysel.methods import optim, stages, training
 from raysel.methods.base import RunContext, require
 from raysel.methods.result import TrainResult
+from raysel.methods.losses import cross_entropy
 from raysel.models.discriminators import DomainDiscriminator, dann_coefficient
 from raysel.registry import Method, register
 
-ALIGNMENTS = ("global", "class", "hierarchical")
-ADVERSARIAL_SCHEDULES = ("dann", "constant")
 SOURCE_DOMAIN_LABEL = 1.0  # d_i in Eq. 6-8: 1 for source, 0 for target
 TARGET_DOMAIN_LABEL = 0.0
 
@@ -69,68 +69,52 @@ TARGET_DOMAIN_LABEL = 0.0
 # --------------------------------------------------------------------------------------------------------------
 
 
-@dataclass
+@dataclass(frozen=True)
 class GsdaConfig:
     """GSDA hyperparameters. Paper values (§3.1, ResNet-50) in comments; defaults are sized for digits on CPU."""
 
-    alpha: float = 0.02  # Eq. 5 target entropy weight [paper: 0.02 Office-31/Office-Home, 0.2 VisDA-2017/PDA]
-    beta: float = 1.0  # Eq. 13 synchronization weight [paper: 1.0 Office-31/Office-Home, 10.0 VisDA-2017/PDA]
-    groups: int = 3  # b, number of class groups [paper: 6 of 31, 13 of 65, 4 of 12 classes]; 1..num_classes
+    # Eq. 5 target entropy weight [paper: 0.02 Office-31/Office-Home, 0.2 VisDA-2017/PDA]
+    alpha: float = bounded(0.02, ge=0.0)
+    # Eq. 13 synchronization weight [paper: 1.0 Office-31/Office-Home, 10.0 VisDA-2017/PDA]
+    beta: float = bounded(1.0, ge=0.0)
+    # b, number of class groups [paper: 6 of 31, 13 of 65, 4 of 12 classes]; 1..num_classes
+    groups: int = bounded(3, ge=1)
     group_seed: int = 0  # seed of the random class-to-group partition
-    alignment: str = "hierarchical"  # "hierarchical" | "class" | "global" (Table 1 ablation rows)
-    iterations: int = 150  # E/C + D updates [paper: not given]
-    batch_size: int = 32  # images per domain per step (split across workers) [paper: not given]
-    optimizer: str = "sgd"  # "sgd" | "adam" for E/C and D [paper: not given; DANN/CDAN practice: SGD momentum 0.9]
-    learning_rate: float = 0.01  # E/C head learning rate [DANN/CDAN practice: 0.01, backbone 0.001]
-    backbone_lr_ratio: float = 1.0  # backbone lr = ratio * learning_rate [0.1 for ImageNet ResNet-50]
-    discriminator_learning_rate: float = 0.01  # all discriminators
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    schedule: str = "constant"  # lr schedule of E/C and D: "cosine" | "poly" | "constant"
-    adversarial_schedule: str = "dann"  # "dann" (lambda_p ramp 0 -> 1) | "constant" (Eq. 16 exactly)
-    discriminator_hidden: int = 128  # DomainDiscriminator width [DANN ResNet-50: 1024]
-    discriminator_dropout: float = 0.5  # [DANN: 0.5]
-    confidence_threshold: float = 0.0  # target samples below it get no class/group weight (0 = Eq. 7 exactly)
+    # "hierarchical" | "class" | "global" (Table 1 ablation rows)
+    alignment: Literal["hierarchical", "class", "global"] = "hierarchical"
+    iterations: int = bounded(150, ge=1)  # E/C + D updates [paper: not given]
+    batch_size: int = bounded(32, ge=1)  # images per domain per step (split across workers) [paper: not given]
+    # "sgd" | "adam" for E/C and D [paper: not given; DANN/CDAN practice: SGD momentum 0.9]
+    optimizer: Literal["sgd", "adam"] = "sgd"
+    learning_rate: float = bounded(0.01, gt=0.0)  # E/C head learning rate [DANN/CDAN practice: 0.01, backbone 0.001]
+    backbone_lr_ratio: float = bounded(1.0, gt=0.0)  # backbone lr = ratio * learning_rate [0.1 for ImageNet ResNet-50]
+    discriminator_learning_rate: float = bounded(0.01, gt=0.0)  # all discriminators
+    momentum: float = bounded(0.9, ge=0.0, lt=1.0)
+    weight_decay: float = bounded(5e-4, ge=0.0)
+    # lr schedule of E/C and D: "cosine" | "poly" | "constant"
+    schedule: Literal["cosine", "poly", "constant"] = "constant"
+    # "dann" (lambda_p ramp 0 -> 1) | "constant" (Eq. 16 exactly)
+    adversarial_schedule: Literal["dann", "constant"] = "dann"
+    discriminator_hidden: int = bounded(128, ge=1)  # DomainDiscriminator width [DANN ResNet-50: 1024]
+    discriminator_dropout: float = bounded(0.5, ge=0.0, lt=1.0)  # [DANN: 0.5]
+    # target samples below it get no class/group weight (0 = Eq. 7 exactly)
+    confidence_threshold: float = bounded(0.0, ge=0.0, lt=1.0)
     init_from_source: bool = True  # start from the cached source-only model [paper: ImageNet init, joint training]
     source_learning_rate: float = 1e-3  # source-only stage (not swept; shared with the source_only method's defaults)
     source_iterations: int = 600
-    num_reports: int = 4  # reports (with checkpoints) spread evenly over the iterations
+    num_reports: int = bounded(4, ge=1)  # reports (with checkpoints) spread evenly over the iterations
 
     def validate(self, num_classes: int | None = None) -> None:
         """Raise ConfigError naming the first invalid hyperparameter; ``num_classes`` also bounds ``groups``."""
-        require(self.alpha >= 0, f"alpha must be >= 0, got {self.alpha}")
-        require(self.beta >= 0, f"beta must be >= 0, got {self.beta}")
-        require(self.groups >= 1, f"groups must be >= 1, got {self.groups}")
+        check_fields(self)
         if num_classes is not None:
             require(self.groups <= num_classes,
                     f"groups must be between 1 and the number of classes ({num_classes}), got {self.groups}")
-        require(self.alignment in ALIGNMENTS,
-                f"alignment must be one of {', '.join(ALIGNMENTS)}, got {self.alignment!r}")
-        require(self.iterations >= 1, f"iterations must be >= 1, got {self.iterations}")
-        require(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")
-        require(self.optimizer in ("sgd", "adam"), f"optimizer must be sgd or adam, got {self.optimizer!r}")
-        require(self.learning_rate > 0, f"learning_rate must be > 0, got {self.learning_rate}")
-        require(self.backbone_lr_ratio > 0, f"backbone_lr_ratio must be > 0, got {self.backbone_lr_ratio}")
-        require(self.discriminator_learning_rate > 0,
-                f"discriminator_learning_rate must be > 0, got {self.discriminator_learning_rate}")
-        require(0 <= self.momentum < 1, f"momentum must be in [0, 1), got {self.momentum}")
-        require(self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}")
-        require(self.schedule in ("cosine", "poly", "constant"),
-                f"schedule must be cosine, poly or constant, got {self.schedule!r}")
-        require(self.adversarial_schedule in ADVERSARIAL_SCHEDULES,
-                f"adversarial_schedule must be one of {', '.join(ADVERSARIAL_SCHEDULES)}, "
-                f"got {self.adversarial_schedule!r}")
-        require(self.discriminator_hidden >= 1, f"discriminator_hidden must be >= 1, got {self.discriminator_hidden}")
-        require(0 <= self.discriminator_dropout < 1,
-                f"discriminator_dropout must be in [0, 1), got {self.discriminator_dropout}")
-        require(0 <= self.confidence_threshold < 1,
-                f"confidence_threshold must be in [0, 1), got {self.confidence_threshold}")
-        require(self.num_reports >= 1, f"num_reports must be >= 1, got {self.num_reports}")
         self.source_settings().validate()
 
-    def source_settings(self) -> common.SourceStageSettings:
+    def source_settings(self) -> stages.SourceStageSettings:
         """The cached source-only stage GSDA starts from when ``init_from_source`` (source_only's defaults)."""
-        return common.SourceStageSettings(learning_rate=self.source_learning_rate, iterations=self.source_iterations)
+        return stages.SourceStageSettings(learning_rate=self.source_learning_rate, iterations=self.source_iterations)
 
     @property
     def uses_groups(self) -> bool:
@@ -322,23 +306,10 @@ class _FeaturesAndLogits(nn.Module):
         return features, self.model.head(features)
 
 
-def _average_gradients(ctx: RunContext, parameters: list[nn.Parameter]) -> None:
-    """All-reduce-mean the discriminators' gradients (they are not DDP-wrapped: their loss uses autograd.grad)."""
-    if ctx.world_size <= 1:
-        return
-    with_grad = [p for p in parameters if p.grad is not None]
-    flat = ctx.all_reduce_mean(torch.cat([p.grad.reshape(-1) for p in with_grad]))
-    offset = 0
-    for parameter in with_grad:
-        count = parameter.grad.numel()
-        parameter.grad.copy_(flat[offset:offset + count].view_as(parameter.grad))
-        offset += count
-
-
 def _batches_from(loader: DataLoader, iteration: int) -> Iterator[Any]:
     """The loader's batch stream positioned at ``iteration`` (deterministic shuffles: exact resume)."""
     per_epoch = max(1, len(loader))
-    return itertools.islice(common.infinite_batches(loader, start_epoch=iteration // per_epoch),
+    return itertools.islice(training.infinite_batches(loader, start_epoch=iteration // per_epoch),
                             iteration % per_epoch, None)
 
 
@@ -357,11 +328,6 @@ def _set_rng_state(ctx: RunContext, state: dict[str, torch.Tensor]) -> None:
         torch.cuda.set_rng_state(state["cuda"], ctx.device)
 
 
-def report_points(iterations: int, reports: int) -> list[int]:
-    """Iteration counts after which to report (evenly spaced, the last one at ``iterations``)."""
-    return sorted({max(1, round(iterations * (j + 1) / reports)) for j in range(reports)})
-
-
 def adversarial_coefficient(config: GsdaConfig, iteration: int) -> float:
     """lambda_p weighting -(L^g + L^l) in the E-step: DANN's ramp or the constant 1 of Eq. 16."""
     if config.adversarial_schedule == "constant":
@@ -373,7 +339,7 @@ def _initial_model(config: GsdaConfig, ctx: RunContext) -> nn.Module:
     """A fresh classification model, or the cached source-only model when ``init_from_source``."""
     model = ctx.build_model(pretrained=True)
     if config.init_from_source:
-        stage = common.source_stage(ctx, config.source_settings())
+        stage = stages.source_stage(ctx, config.source_settings())
         model.load_state_dict(stage["model"])
     return model
 
@@ -409,15 +375,15 @@ def _build_trainables(config: GsdaConfig, ctx: RunContext, fresh: bool) -> _Trai
     discriminators = HierarchicalDiscriminators(
         model.feature_dim, config.groups if config.uses_groups else 0, ctx.num_classes if config.uses_classes else 0,
         hidden=config.discriminator_hidden, dropout=config.discriminator_dropout).to(ctx.device)
-    optimizer = common.build_optimizer(model, config.learning_rate, optimizer=config.optimizer,
+    optimizer = optim.build_optimizer(model, config.learning_rate, optimizer=config.optimizer,
                                        weight_decay=config.weight_decay, backbone_lr_ratio=config.backbone_lr_ratio,
                                        momentum=config.momentum)
-    discriminator_optimizer = common.build_optimizer(
+    discriminator_optimizer = optim.build_optimizer(
         discriminators, config.discriminator_learning_rate, optimizer=config.optimizer,
         weight_decay=config.weight_decay, momentum=config.momentum)
     return _Trainables(model, discriminators, optimizer, discriminator_optimizer,
-                       common.build_scheduler(optimizer, config.iterations, config.schedule),
-                       common.build_scheduler(discriminator_optimizer, config.iterations, config.schedule))
+                       optim.build_scheduler(optimizer, config.iterations, config.schedule),
+                       optim.build_scheduler(discriminator_optimizer, config.iterations, config.schedule))
 
 
 def train_gsda(config: GsdaConfig, ctx: RunContext) -> TrainResult:
@@ -444,8 +410,8 @@ def train_gsda(config: GsdaConfig, ctx: RunContext) -> TrainResult:
 
     source_batches = _batches_from(ctx.loader(ctx.source_dataset(), config.batch_size, seed_offset=31), iteration)
     target_batches = _batches_from(ctx.loader(ctx.target_dataset(), config.batch_size, seed_offset=32), iteration)
-    checkpoints = set(report_points(config.iterations, config.num_reports))
-    running = common.RunningMean()
+    checkpoints = set(training.report_points(config.iterations, config.num_reports))
+    running = training.RunningMean()
     started = time.perf_counter()
     trainables.model.train()
     trainables.discriminators.train()
@@ -490,10 +456,11 @@ def _discriminator_step(config: GsdaConfig, ctx: RunContext, trainables: _Traina
     losses = alignment_losses(trainables.discriminators, fixed_features, batch.class_probabilities,
                               batch.domain_labels, membership, synchronize)
     discriminator_loss = losses.adversarial + config.beta * losses.sync_loss
-    common.stop_if_not_finite(ctx, discriminator_loss, f"gsda discriminator step, iteration {iteration}")
+    training.stop_if_not_finite(ctx, discriminator_loss, f"gsda discriminator step, iteration {iteration}")
     trainables.discriminator_optimizer.zero_grad(set_to_none=True)
     discriminator_loss.backward()
-    _average_gradients(ctx, list(trainables.discriminators.parameters()))
+    # the discriminators are not DDP-wrapped: their loss uses autograd.grad
+    training.average_gradients(ctx, list(trainables.discriminators.parameters()))
     trainables.discriminator_optimizer.step()
     return discriminator_loss.detach()
 
@@ -503,13 +470,13 @@ def _feature_step(config: GsdaConfig, ctx: RunContext, trainables: _Trainables, 
     """E,C-step: min L^c + beta L^syn - lambda_p (L^g + L^l) against the frozen D (Eq. 16-17); returns the terms."""
     count = batch.source_count
     trainables.discriminators.requires_grad_(False)
-    source_ce = common.cross_entropy(batch.logits[:count], batch.source_labels)  # Eq. 3
+    source_ce = cross_entropy(batch.logits[:count], batch.source_labels)  # Eq. 3
     target_entropy = conditional_entropy(batch.logits[count:])  # Eq. 4
     losses = alignment_losses(trainables.discriminators, batch.features, batch.class_probabilities,
                               batch.domain_labels, membership, synchronize)
     coefficient = adversarial_coefficient(config, iteration)
     loss = source_ce + config.alpha * target_entropy + config.beta * losses.sync_loss - coefficient * losses.adversarial
-    common.stop_if_not_finite(ctx, loss, f"gsda feature step, iteration {iteration}")
+    training.stop_if_not_finite(ctx, loss, f"gsda feature step, iteration {iteration}")
     trainables.optimizer.zero_grad(set_to_none=True)
     loss.backward()
     trainables.optimizer.step()
@@ -545,6 +512,6 @@ register(Method(
     tasks=("classification",),
     config_class=GsdaConfig,
     train=train_gsda,
-    prepare_shared=lambda config, ctx: common.source_stage(ctx, config.source_settings()) if config.init_from_source else None,
+    prepare_shared=lambda config, ctx: stages.source_stage(ctx, config.source_settings()) if config.init_from_source else None,
     description="GSDA: global, group and class adversarial alignment with hierarchical gradient synchronization",
 ))

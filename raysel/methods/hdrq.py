@@ -3,7 +3,7 @@
 One trial runs the paper's pipeline (§5: "models are first adapted independently to each target domain and then
 merged ... Quantization is applied between the single-target domain adaptation and the merging process"):
 
-1. **Source model**: the shared cached source stage (:func:`raysel.methods.common.source_stage`) that every
+1. **Source model**: the shared cached source stage (:func:`raysel.methods.stages.source_stage`) that every
    per-target adaptation starts from. Its BN-folded weights are HDRQ's distance anchor (§4.2, eq. 10).
 2. **One adapted model per target** (``targets``, default every target of the dataset family): a registered UDA
    method (``adaptation``; ``auto`` = a short HIAST for segmentation, GSDA for classification; the paper uses HRDA
@@ -19,7 +19,7 @@ merged ... Quantization is applied between the single-target domain adaptation a
    the quantization grid with HDRQ's noise-sampling rounding (§4.3, eq. 12, cosine-similarity rejection over
    ``merge_samples`` draws) when ``noise_sampling``, else the plain float-domain rounding (eq. 11); FP models merge
    with moment-matched BN statistics.
-5. **Label-free merge quality** (:func:`raysel.selection.merge_quality.merge_quality`): harmonic mean over targets
+5. **Label-free merge quality** (:func:`raysel.quant.merge_quality.merge_quality`): harmonic mean over targets
    of the merged model's agreement with each target's (quantized) specialist on that target's selection subset,
    reported as ``merge_quality`` and stored as the trial's ``score_merge_quality`` (the sweep selects with it);
    plus the label-free error barrier (eq. 2) between specialists, averaged over target pairs.
@@ -53,14 +53,15 @@ import yaml
 from torch import nn
 
 from raysel.errors import ConfigError
-from raysel.methods import common
-from raysel.methods.base import LocalSession, RunContext, config_from_dict, require
+from raysel.hyperparameters import config_from_dict
+from raysel.methods import networks, stages, training
+from raysel.methods.base import LocalSession, RunContext, require
 from raysel.methods.result import MODULE, TrainResult
 from raysel.quant import PTQ_METHODS, PtqConfig, merge_models, quantize_and_reconstruct, validate_bits
 from raysel.quant.reconstruct import NOISE_CHOICES
 from raysel.registry import Method, get_method, register
-from raysel.selection.merge_quality import error_barrier, merge_quality
-from raysel.selection.predictions import selection_subset
+from raysel.quant.merge_quality import error_barrier, merge_quality
+from raysel.data.common import selection_subset
 
 FULL_PRECISION = "none"
 PTQ_CHOICES = (*PTQ_METHODS, FULL_PRECISION)
@@ -175,7 +176,7 @@ def resolve_adaptation(config: HdrqConfig, task: str) -> tuple[Method, Any]:
     return method, adaptation_config(method, parse_settings(config.adaptation_settings))
 
 
-def source_settings_of(method: Method, adapt_config: Any) -> common.SourceStageSettings:
+def source_settings_of(method: Method, adapt_config: Any) -> stages.SourceStageSettings:
     """The shared source stage the adaptation starts from (its ``source_settings()``, or source_only's ``settings()``)."""
     for attribute in ("source_settings", "settings"):
         settings = getattr(adapt_config, attribute, None)
@@ -218,7 +219,7 @@ def target_context(ctx: RunContext, target: str) -> Iterator[RunContext]:
 def adaptation_key(method: Method, adapt_config: Any, ctx: RunContext) -> dict[str, Any]:
     """What identifies an adapted model besides data and target: method, its settings, seed, network."""
     return {"adaptation": method.name, "settings": dataclasses.asdict(adapt_config), "seed": ctx.spec.seed,
-            "model_name": common.model_name(ctx)}
+            "model_name": networks.model_name(ctx)}
 
 
 def adapted_stage(tctx: RunContext, method: Method, adapt_config: Any) -> dict[str, Any]:
@@ -226,7 +227,7 @@ def adapted_stage(tctx: RunContext, method: Method, adapt_config: Any) -> dict[s
 
     def build() -> dict[str, Any]:
         model = method.train(adapt_config, tctx).model
-        return {"model": {k: v.detach().cpu() for k, v in common.unwrap(model).state_dict().items()},
+        return {"model": {k: v.detach().cpu() for k, v in networks.unwrap(model).state_dict().items()},
                 "reports": [dict(report) for report in getattr(tctx.session, "reports", [])[-1:]]}
 
     return tctx.cached_stage("hdrq_adapted", key=adaptation_key(method, adapt_config, tctx), build=build)
@@ -275,7 +276,7 @@ def selection_images(ctx: RunContext) -> list[torch.Tensor]:
 def prepare_hdrq(config: HdrqConfig, ctx: RunContext) -> None:
     """Shared stages of a sweep: the source model and every target's adapted model (PTQ depends on swept values)."""
     method, adapt_config = resolve_adaptation(config, ctx.task)
-    common.source_stage(ctx, source_settings_of(method, adapt_config))
+    stages.source_stage(ctx, source_settings_of(method, adapt_config))
     for target in merge_targets(config, ctx):
         with target_context(ctx, target) as tctx:
             adapted_stage(tctx, method, adapt_config)
@@ -301,17 +302,17 @@ class Merge:
     """A merged model, its label-free merge quality and the metrics reported with it."""
 
     model: nn.Module
-    quality: Any  # raysel.selection.merge_quality.MergeQuality
+    quality: Any  # raysel.quant.merge_quality.MergeQuality
     metrics: dict[str, Any]
 
 
 def build_specialists(config: HdrqConfig, ctx: RunContext, targets: tuple[str, ...],
-                      watch: common.Stopwatch | None = None) -> Specialists:
+                      watch: training.Stopwatch | None = None) -> Specialists:
     """Steps 1-3 of the module doc: source stage, per-target adaptation and PTQ (all cached stages)."""
-    watch = watch or common.Stopwatch()
+    watch = watch or training.Stopwatch()
     method, adapt_config = resolve_adaptation(config, ctx.task)
     with watch.time("source_stage"):
-        source = load_model(ctx, common.source_stage(ctx, source_settings_of(method, adapt_config))["model"])
+        source = load_model(ctx, stages.source_stage(ctx, source_settings_of(method, adapt_config))["model"])
     ptq = config.ptq_config(ctx.spec.seed) if config.ptq_method != FULL_PRECISION else None
     specialists = Specialists({}, {}, {})
     for target in targets:
@@ -329,9 +330,9 @@ def build_specialists(config: HdrqConfig, ctx: RunContext, targets: tuple[str, .
 
 
 def merge_specialists(config: HdrqConfig, ctx: RunContext, specialists: Specialists,
-                      watch: common.Stopwatch | None = None) -> Merge:
+                      watch: training.Stopwatch | None = None) -> Merge:
     """Steps 4-5: merge (noise sampling eq. 12 or float rounding eq. 11), merge quality and error barrier."""
-    watch = watch or common.Stopwatch()
+    watch = watch or training.Stopwatch()
     with watch.time("merge"):
         merged = merge_models(list(specialists.models.values()),
                               rounding="noise" if config.noise_sampling else "float",
@@ -363,13 +364,13 @@ def train_hdrq(config: HdrqConfig, ctx: RunContext) -> TrainResult:
     restored = ctx.restore()
     if restored is not None:
         return merged_result(restored["merged"].to(ctx.device).eval(), restored["extras"])
-    watch = common.Stopwatch()
+    watch = training.Stopwatch()
     merge = merge_specialists(config, ctx, build_specialists(config, ctx, targets, watch), watch)
     metrics = {**merge.metrics, **{f"seconds_{name}": value for name, value in watch.seconds.items()}}
     extras = {"evaluation_targets": list(targets), "scores": {"merge_quality": merge.quality.score},
               "metrics": metrics}
     report = {"epoch": 1, "iteration": 1, "merge_quality": merge.quality.score,
-              "target_confidence": common.target_confidence(merge.model, ctx, ctx.target_dataset()), **metrics}
+              "target_confidence": training.target_confidence(merge.model, ctx, ctx.target_dataset()), **metrics}
     ctx.report(report, checkpoint_state={"merged": merge.model, "extras": extras,
                                          "config": dataclasses.asdict(config)})
     return merged_result(merge.model, extras)

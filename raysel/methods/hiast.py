@@ -65,67 +65,78 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 from torch.utils.data import Dataset
 
+from raysel.conventions import IGNORE_INDEX
 from raysel.errors import ConfigError
-from raysel.methods import common
+from raysel.hyperparameters import bounded, check_fields
+from raysel.methods import augment, losses, networks, optim, stages, training
+from raysel.methods.augment import PHOTOMETRIC_OPS
 from raysel.methods.base import RunContext, require
 from raysel.methods.result import TrainResult
 from raysel.registry import Method, register
 
-IGNORE_INDEX = 255
 SEGMENTATION_NUM_CLASSES = 19  # every raysel segmentation family uses the 19 Cityscapes trainIds
 INITIAL_THRESHOLD = 0.9  # Alg. 1 line 1
 CLASS_MEAN_PROBABILITY_MOMENTUM = 0.99  # reference code's copy_paste.gamma
 PSEUDO_LABEL_FORWARD_BATCH = 8  # images per forward pass when labelling with per-image IAS (speed only)
 
 
-@dataclass
+@dataclass(frozen=True)
 class HiastConfig:
     """HIAST hyperparameters under the paper's names. ``# paper: ...`` gives the GTA5->Cityscapes value."""
 
     # --- instance adaptive selector (Alg. 1, Eq. 6-8)
-    alpha: float = 0.5  # proportion of each class kept per instance; paper 0.5
-    beta: float = 0.9  # EMA momentum of the thresholds; paper 0.9
-    gamma: float = 8.0  # hard-class weight decay; paper 8.0
-    selector: str = "ias"  # "ias" | "constant" (Table 7 "No IAS": one constant threshold for every class)
-    constant_threshold: float = 0.9  # threshold of selector="constant"
-    ias_instance: str = "image"  # "image" (paper) | "batch" (reference code)
-    pseudo_label_batch_size: int = 2  # the IAS instance of ias_instance="batch" (reference: 2)
+    alpha: float = bounded(0.5, gt=0.0, le=1.0)  # proportion of each class kept per instance; paper 0.5
+    beta: float = bounded(0.9, ge=0.0, lt=1.0)  # EMA momentum of the thresholds; paper 0.9
+    gamma: float = bounded(8.0, ge=0.0)  # hard-class weight decay; paper 8.0
+    # "ias" | "constant" (Table 7 "No IAS": one constant threshold for every class)
+    selector: Literal["ias", "constant"] = "ias"
+    constant_threshold: float = bounded(0.9, gt=0.0, lt=1.0)  # threshold of selector="constant"
+    ias_instance: Literal["image", "batch"] = "image"  # "image" (paper) | "batch" (reference code)
+    pseudo_label_batch_size: int = bounded(2, ge=1)  # the IAS instance of ias_instance="batch" (reference: 2)
     # --- hard-aware pseudo-label augmentation (Alg. 2, Eq. 9-10)
     use_hpla: bool = True  # Table 7 "No HPLA" switches it off
-    k: int = 14  # number of hard classes; paper 14 (GTA5), 10 (SYNTHIA), 5 (RobotCar)
-    hardness: str = "threshold"  # "threshold" (paper) | "mean_probability" (reference)
-    sampling_power: float = 1.0  # exponent on (1 - v_c); paper 1, reference 2
+    # number of hard classes; paper 14 (GTA5), 10 (SYNTHIA), 5 (RobotCar)
+    k: int = bounded(14, ge=1, le=SEGMENTATION_NUM_CLASSES)
+    # "threshold" (paper) | "mean_probability" (reference)
+    hardness: Literal["threshold", "mean_probability"] = "threshold"
+    sampling_power: float = bounded(1.0, gt=0.0)  # exponent on (1 - v_c); paper 1, reference 2
     sample_hard_only: bool = False  # reference: the drawn class must be a hard class
-    donor_pool_drop_fraction: float = 0.0  # reference 0.1: drop the images with the fewest pixels of the class
-    hpla_max_donors: int = 1  # paper 1; >1 = the reference's intended loop (until k/2 hard classes copied)
+    # reference 0.1: drop the images with the fewest pixels of the class
+    donor_pool_drop_fraction: float = bounded(0.0, ge=0.0, lt=1.0)
+    # paper 1; >1 = the reference's intended loop (until k/2 hard classes copied)
+    hpla_max_donors: int = bounded(1, ge=1)
     # --- region-adaptive regularization (Eq. 11-14)
-    lambda_i: float = 1.0  # entropy on the ignored region; paper 1.0
-    lambda_c: float = 0.1  # KL to uniform on the confident region; paper 0.1
-    lambda_cst: float = 0.5  # teacher-student consistency on the ignored region; paper 0.5
-    tau: float = 0.98  # EMA of the mean teacher; paper 0.999 over 8000 iterations/round (scaled with the rounds)
-    loss_normalisation: str = "reference"  # "reference" (x 1/C, the scale the paper's lambdas were tuned at) | "paper"
-    strong_num_ops: int = 3  # RandAugment ops of the strong view; paper 3
-    strong_op_probability: float = 0.5  # each drawn op fires with p (reference and FixMatch's RandAugment: 0.5)
+    lambda_i: float = bounded(1.0, ge=0.0)  # entropy on the ignored region; paper 1.0
+    lambda_c: float = bounded(0.1, ge=0.0)  # KL to uniform on the confident region; paper 0.1
+    lambda_cst: float = bounded(0.5, ge=0.0)  # teacher-student consistency on the ignored region; paper 0.5
+    # EMA of the mean teacher; paper 0.999 over 8000 iterations/round (scaled with the rounds)
+    tau: float = bounded(0.98, ge=0.0, lt=1.0)
+    # "reference" (x 1/C, the scale the paper's lambdas were tuned at) | "paper"
+    loss_normalisation: Literal["reference", "paper"] = "reference"
+    strong_num_ops: int = bounded(3, ge=0, le=len(PHOTOMETRIC_OPS))  # RandAugment ops of the strong view; paper 3
+    # each drawn op fires with p (reference and FixMatch's RandAugment: 0.5)
+    strong_op_probability: float = bounded(0.5, ge=0.0, le=1.0)
     # --- multi-round self-training
-    rounds: int = 2  # paper 3
-    iterations_per_round: int = 120  # paper 8000
-    batch_size: int = 4  # paper 6
-    learning_rate: float = 2e-4  # Adam, cosine to lr*1e-3 each round; paper 3e-5 (reference: heads 3e-5, backbone 3e-6)
-    backbone_lr_ratio: float = 1.0  # reference 0.1 (ImageNet backbone at 1/10)
-    weight_decay: float = 5e-4  # paper/reference 5e-4
-    final_model: str = "teacher"  # "teacher" (EMA, the next round's generator) | "student"
-    reports_per_round: int = 2  # reports (ASHA steps) per round; the last one of a round carries the checkpoint
+    rounds: int = bounded(2, ge=1)  # paper 3
+    iterations_per_round: int = bounded(120, ge=1)  # paper 8000
+    batch_size: int = bounded(4, ge=1)  # paper 6
+    # Adam, cosine to lr*1e-3 each round; paper 3e-5 (reference: heads 3e-5, backbone 3e-6)
+    learning_rate: float = bounded(2e-4, gt=0.0)
+    backbone_lr_ratio: float = bounded(1.0, gt=0.0)  # reference 0.1 (ImageNet backbone at 1/10)
+    weight_decay: float = bounded(5e-4, ge=0.0)  # paper/reference 5e-4
+    final_model: Literal["teacher", "student"] = "teacher"  # "teacher" (EMA, the next round's generator) | "student"
+    # reports (ASHA steps) per round; the last one of a round carries the checkpoint
+    reports_per_round: int = bounded(2, ge=1)
     # --- warm-up (not swept: cached once per data/model/seed and these values)
-    lambda_at: float = 0.05  # adversarial weight (Eq. 2); reference code 0.05
+    lambda_at: float = bounded(0.05, ge=0.0)  # adversarial weight (Eq. 2); reference code 0.05
     warmup_iterations: int = 200  # reference: 4 epochs of GTA5 at batch 4
     warmup_learning_rate: float = 2e-4  # reference 2e-5 (Adam)
     discriminator_learning_rate: float = 1e-4  # reference 1e-4 (HIAST) / 2e-5 (IAST)
@@ -135,54 +146,20 @@ class HiastConfig:
     source_iterations: int = 600
 
     def validate(self) -> None:
-        """Raise ConfigError naming the first invalid hyperparameter."""
-        require(0.0 < self.alpha <= 1.0, f"alpha must lie in (0, 1], got {self.alpha}")
-        require(0.0 <= self.beta < 1.0, f"beta must lie in [0, 1), got {self.beta}")
-        require(self.gamma >= 0.0, f"gamma must be >= 0, got {self.gamma}")
-        require(self.selector in ("ias", "constant"), f"selector must be 'ias' or 'constant', got {self.selector!r}")
-        require(0.0 < self.constant_threshold < 1.0,
-                f"constant_threshold must lie in (0, 1), got {self.constant_threshold}")
-        require(self.ias_instance in ("image", "batch"),
-                f"ias_instance must be 'image' or 'batch', got {self.ias_instance!r}")
-        require(self.pseudo_label_batch_size >= 1,
-                f"pseudo_label_batch_size must be >= 1, got {self.pseudo_label_batch_size}")
-        require(1 <= self.k <= SEGMENTATION_NUM_CLASSES,
-                f"k must lie in [1, {SEGMENTATION_NUM_CLASSES}] (the number of classes), got {self.k}")
-        require(self.hardness in ("threshold", "mean_probability"),
-                f"hardness must be 'threshold' or 'mean_probability', got {self.hardness!r}")
-        require(self.sampling_power > 0.0, f"sampling_power must be > 0, got {self.sampling_power}")
-        require(0.0 <= self.donor_pool_drop_fraction < 1.0,
-                f"donor_pool_drop_fraction must lie in [0, 1), got {self.donor_pool_drop_fraction}")
-        require(self.hpla_max_donors >= 1, f"hpla_max_donors must be >= 1, got {self.hpla_max_donors}")
-        for name in ("lambda_i", "lambda_c", "lambda_cst", "lambda_at"):
-            require(getattr(self, name) >= 0.0, f"{name} must be >= 0, got {getattr(self, name)}")
-        require(0.0 <= self.tau < 1.0, f"tau must lie in [0, 1), got {self.tau}")
-        require(self.loss_normalisation in ("paper", "reference"),
-                f"loss_normalisation must be 'paper' or 'reference', got {self.loss_normalisation!r}")
-        require(0 <= self.strong_num_ops <= len(common.PHOTOMETRIC_OPS),
-                f"strong_num_ops must lie in [0, {len(common.PHOTOMETRIC_OPS)}], got {self.strong_num_ops}")
-        require(0.0 <= self.strong_op_probability <= 1.0,
-                f"strong_op_probability must lie in [0, 1], got {self.strong_op_probability}")
-        require(self.rounds >= 1, f"rounds must be >= 1, got {self.rounds}")
-        require(self.iterations_per_round >= 1, f"iterations_per_round must be >= 1, got {self.iterations_per_round}")
-        require(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")
-        require(self.learning_rate > 0.0, f"learning_rate must be > 0, got {self.learning_rate}")
-        require(self.backbone_lr_ratio > 0.0, f"backbone_lr_ratio must be > 0, got {self.backbone_lr_ratio}")
-        require(self.weight_decay >= 0.0, f"weight_decay must be >= 0, got {self.weight_decay}")
-        require(self.final_model in ("teacher", "student"),
-                f"final_model must be 'teacher' or 'student', got {self.final_model!r}")
-        require(1 <= self.reports_per_round <= self.iterations_per_round,
+        """Raise ConfigError naming the first invalid hyperparameter (schema, then cross-field checks)."""
+        check_fields(self)
+        require(self.reports_per_round <= self.iterations_per_round,
                 f"reports_per_round must lie in [1, iterations_per_round], got {self.reports_per_round}")
         self.source_settings().validate()
         self.warmup_settings().validate()
 
-    def source_settings(self) -> common.SourceStageSettings:
+    def source_settings(self) -> stages.SourceStageSettings:
         """The cached source-only stage the warm-up starts from (same defaults as the source_only method)."""
-        return common.SourceStageSettings(learning_rate=self.source_learning_rate, iterations=self.source_iterations)
+        return stages.SourceStageSettings(learning_rate=self.source_learning_rate, iterations=self.source_iterations)
 
-    def warmup_settings(self) -> common.AdversarialWarmupSettings:
+    def warmup_settings(self) -> stages.AdversarialWarmupSettings:
         """The cached adversarial warm-up stage (phase a)."""
-        return common.AdversarialWarmupSettings(
+        return stages.AdversarialWarmupSettings(
             lambda_at=self.lambda_at, iterations=self.warmup_iterations, learning_rate=self.warmup_learning_rate,
             discriminator_learning_rate=self.discriminator_learning_rate,
             discriminator_width=self.discriminator_width, freeze_batchnorm=self.warmup_freeze_batchnorm)
@@ -572,7 +549,7 @@ def self_training_losses(student_logits: torch.Tensor, teacher_probabilities: to
     """Eq. 4: CE on the confident region plus the weighted region terms; returns every term and ``loss``."""
     confident = pseudo_labels != IGNORE_INDEX
     ignored = ~confident
-    terms = {"cross_entropy": common.cross_entropy(student_logits, pseudo_labels)}
+    terms = {"cross_entropy": losses.cross_entropy(student_logits, pseudo_labels)}
     loss = terms["cross_entropy"]
     if config.lambda_c > 0:
         terms["r_c"] = confident_region_kl(student_logits, confident, config.loss_normalisation)
@@ -612,11 +589,6 @@ class PseudoLabelledTarget(Dataset):
                 "index": int(sample["index"])}
 
 
-def report_points(iterations: int, reports: int) -> set[int]:
-    """Iteration numbers (1-based) after which a round reports; the last is always the round's end."""
-    return {round(iterations * (j + 1) / reports) for j in range(reports)}
-
-
 def train_hiast(config: HiastConfig, ctx: RunContext) -> TrainResult:
     """Per-worker HIAST loop: cached warm-up, then ``rounds`` x (pseudo-labels by IAS, self-training with HPLA and
     region losses). Checkpoints at every round end; resumes from the last completed round."""
@@ -625,15 +597,15 @@ def train_hiast(config: HiastConfig, ctx: RunContext) -> TrainResult:
         raise ConfigError(f"hiast is a segmentation method; dataset {ctx.spec.dataset!r} is {ctx.task}")
     if config.k > ctx.num_classes:
         raise ConfigError(f"k must be at most the number of classes ({ctx.num_classes}), got {config.k}")
-    watch = common.Stopwatch()
+    watch = training.Stopwatch()
     with watch.time("warmup"):
-        warmup = common.adversarial_warmup_stage(ctx, config.source_settings(), config.warmup_settings())
+        warmup = stages.adversarial_warmup_stage(ctx, config.source_settings(), config.warmup_settings())
     torch.manual_seed(ctx.spec.seed + 7)
     student = ctx.build_model(pretrained=False)
     student.load_state_dict(warmup["model"])
-    common.freeze_batchnorm(student)  # §5.1: all BN layers frozen during self-training
+    networks.freeze_batchnorm(student)  # §5.1: all BN layers frozen during self-training
     student.train()
-    teacher = common.make_ema_teacher(student)  # G for round 1 = the warm-up model
+    teacher = networks.make_ema_teacher(student)  # G for round 1 = the warm-up model
     start_round, epoch, iteration = 0, 0, 0
     restored = ctx.restore()
     if restored is not None:
@@ -641,7 +613,7 @@ def train_hiast(config: HiastConfig, ctx: RunContext) -> TrainResult:
         teacher.load_state_dict(restored["teacher"])
         start_round, epoch, iteration = restored["round"], restored["epoch"], restored["iteration"]
     network = ctx.distributed(student)
-    images = common.MemoizedDataset(ctx.target_dataset())
+    images = training.MemoizedDataset(ctx.target_dataset())
     generator = torch.Generator().manual_seed(ctx.spec.seed * 7919 + ctx.rank)
     final = teacher if config.final_model == "teacher" else student
     for round_index in range(start_round, config.rounds):
@@ -649,14 +621,14 @@ def train_hiast(config: HiastConfig, ctx: RunContext) -> TrainResult:
         with watch.time("pseudo_labels"):
             bank = generate_pseudo_labels(ctx, teacher, config, round_index, images)  # G = EMA teacher (§4.4.3)
         augmenter = HardAwareAugmenter(bank, images, config, ctx.num_classes, generator) if config.use_hpla else None
-        optimizer = common.build_optimizer(network, config.learning_rate, weight_decay=config.weight_decay,
+        optimizer = optim.build_optimizer(network, config.learning_rate, weight_decay=config.weight_decay,
                                            backbone_lr_ratio=config.backbone_lr_ratio)
-        scheduler = common.build_scheduler(optimizer, config.iterations_per_round, "cosine")
+        scheduler = optim.build_scheduler(optimizer, config.iterations_per_round, "cosine")
         loader = ctx.loader(PseudoLabelledTarget(images, bank), config.batch_size, shuffle=True, drop_last=True,
                             seed_offset=2000 + round_index)
-        batches = common.infinite_batches(loader)
-        running = common.RunningMean()
-        points = report_points(config.iterations_per_round, config.reports_per_round)
+        batches = training.infinite_batches(loader)
+        running = training.RunningMean()
+        points = training.report_points(config.iterations_per_round, config.reports_per_round)
         for step in range(1, config.iterations_per_round + 1):
             with watch.time("train_loop"):
                 terms = self_training_step(config, ctx, network, teacher, next(batches), augmenter, generator,
@@ -668,7 +640,7 @@ def train_hiast(config: HiastConfig, ctx: RunContext) -> TrainResult:
             epoch += 1
             round_end = step == config.iterations_per_round
             with watch.time("evaluation"):
-                confidence = common.target_confidence(final, ctx, images)
+                confidence = training.target_confidence(final, ctx, images)
             metrics = {"round": round_index + 1, "epoch": epoch, "iteration": iteration, **running.means(ctx),
                        **bank.statistics, "target_confidence": confidence,
                        "hpla_pasted_fraction": augmenter.pasted_fraction.pop() if augmenter else 0.0,
@@ -678,7 +650,7 @@ def train_hiast(config: HiastConfig, ctx: RunContext) -> TrainResult:
             state = None
             if round_end:
                 state = {"round": round_index + 1, "epoch": epoch, "iteration": iteration,
-                         "student": common.unwrap(network).state_dict(), "teacher": teacher.state_dict(),
+                         "student": networks.unwrap(network).state_dict(), "teacher": teacher.state_dict(),
                          "config": dataclasses.asdict(config)}
             ctx.report(metrics, checkpoint_state=state)
     final.eval()
@@ -692,8 +664,8 @@ def self_training_step(config: HiastConfig, ctx: RunContext, network: nn.Module,
     images, labels = batch["image"], batch["pseudo_label"]
     if augmenter is not None:
         images, labels = augmenter(images, labels, batch["index"])
-    weak, labels = common.weak_augment(images, labels, generator)
-    strong = common.strong_augment(weak, generator, config.strong_num_ops, config.strong_op_probability)
+    weak, labels = augment.weak_augment(images, labels, generator)
+    strong = augment.strong_augment(weak, generator, config.strong_num_ops, config.strong_op_probability)
     logits = network(strong.to(ctx.device))
     teacher_probabilities = None
     if config.lambda_cst > 0:
@@ -704,7 +676,7 @@ def self_training_step(config: HiastConfig, ctx: RunContext, network: nn.Module,
     terms["loss"].backward()
     optimizer.step()
     scheduler.step()
-    common.ema_update(teacher, network, config.tau)
+    networks.ema_update(teacher, network, config.tau)
     return {name: float(value.detach()) for name, value in terms.items()}
 
 
@@ -713,7 +685,7 @@ register(Method(
     tasks=("segmentation",),
     config_class=HiastConfig,
     train=train_hiast,
-    prepare_shared=lambda config, ctx: common.adversarial_warmup_stage(ctx, config.source_settings(), config.warmup_settings()),
+    prepare_shared=lambda config, ctx: stages.adversarial_warmup_stage(ctx, config.source_settings(), config.warmup_settings()),
     description="HIAST (TPAMI 2025): adversarial warm-up, instance adaptive selector, hard-aware pseudo-label "
                 "augmentation, region-adaptive regularization with a mean teacher, multi-round self-training",
 ))

@@ -2,7 +2,7 @@
 
 Only a trained source model and unlabeled target images are used for adaptation. The source model comes from
 ``source_checkpoint`` or, when that is empty, from the shared cached source-only stage
-(:func:`raysel.methods.common.source_stage`, which alone reads labelled source data); :func:`adapt` never touches
+(:func:`raysel.methods.stages.source_stage`, which alone reads labelled source data); :func:`adapt` never touches
 source data. No official code exists; the paper (§3, Eq. 1-16) is the specification.
 
 Networks: the frozen source model S~ (a copy of the source model, eval mode), the target model T (= S: one network
@@ -65,27 +65,27 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Literal, Sequence
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
+from raysel.conventions import BATCHNORM_TYPES
 from raysel.errors import ConfigError
-from raysel.methods import common
+from raysel.hyperparameters import bounded, check_fields
+from raysel.methods import networks, optim, stages, training
 from raysel.methods.base import RunContext, require
 from raysel.methods.result import TrainResult
 from raysel.registry import Method, register
 
-BATCHNORM_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
 MAE_SPACES = ("logits", "probabilities")
 BNS_NORMS = ("squared", "l2")
-ATTENTION_SCALINGS = ("none", "sqrt_dim")
 MAX_DISCRIMINATOR_LAYERS = 4  # DCGAN discriminator depth
 MIN_DISCRIMINATOR_LAYERS = 2
 
 
-@dataclass
+@dataclass(frozen=True)
 class SfdaConfig:
     """SFDA hyperparameters under the paper's names. ``# paper: ...`` gives the value of §4.1.2 (GTA5->Cityscapes).
 
@@ -93,66 +93,56 @@ class SfdaConfig:
     """
 
     # --- loss weights (Eq. 11, 12, 16)
-    alpha: float = 1.0  # weight of L_MAE; paper 1.0 (Table 5: 0.1..2.0)
-    beta: float = 0.5  # weight of L_DAD^ss, and tau of L_DAD^st (tau = beta); paper 0.5 (Table 6: 0.01..1.0)
-    gamma: float = 0.01  # weight of the IPSM adversarial loss L_ADV; paper 0.01
-    k_patches: int = 3  # the paper's K: K x K patches per target image for IPSM; paper {3, 4, 5}; 1 = no IPSM
+    alpha: float = bounded(1.0, ge=0.0, lt=math.inf)  # weight of L_MAE; paper 1.0 (Table 5: 0.1..2.0)
+    # weight of L_DAD^ss, and tau of L_DAD^st (tau = beta); paper 0.5 (Table 6: 0.01..1.0)
+    beta: float = bounded(0.5, ge=0.0, lt=math.inf)
+    gamma: float = bounded(0.01, ge=0.0, lt=math.inf)  # weight of the IPSM adversarial loss L_ADV; paper 0.01
+    # the paper's K: K x K patches per target image for IPSM; paper {3, 4, 5}; 1 = no IPSM
+    k_patches: int = bounded(3, ge=1, le=16)
     # --- optimisation
-    iterations: int = 150  # paper: 120 epochs of Cityscapes (2975 images) at batch 8 ~ 44.6k iterations
-    batch_size: int = 4  # target images and fake images per iteration; paper 8 (must be even for IPSM's B/2 split)
-    learning_rate: float = 2.5e-4  # T: SGD with Nesterov, poly decay (power 0.9); paper 2.5e-4
-    momentum: float = 0.9  # paper 0.9
-    weight_decay: float = 1e-4  # paper 1e-4
-    backbone_lr_ratio: float = 1.0  # DeepLab practice 0.1 for ImageNet backbones; the paper does not say
-    generator_learning_rate: float = 1e-3  # Adam; paper 0.1 (diverges here, see module docs); DFAD 1e-3
-    discriminator_learning_rate: float = 1e-4  # Adam; paper 0.1 (diverges here); AdaptSegNet/AdvEnt 1e-4
+    iterations: int = bounded(150, ge=1)  # paper: 120 epochs of Cityscapes (2975 images) at batch 8 ~ 44.6k iterations
+    # target images and fake images per iteration; paper 8 (must be even for IPSM's B/2 split)
+    batch_size: int = bounded(4, ge=2)
+    learning_rate: float = bounded(2.5e-4, gt=0.0)  # T: SGD with Nesterov, poly decay (power 0.9); paper 2.5e-4
+    momentum: float = bounded(0.9, ge=0.0, lt=1.0)  # paper 0.9
+    weight_decay: float = bounded(1e-4, ge=0.0)  # paper 1e-4
+    # DeepLab practice 0.1 for ImageNet backbones; the paper does not say
+    backbone_lr_ratio: float = bounded(1.0, gt=0.0)
+    # Adam; paper 0.1 (diverges here, see module docs); DFAD 1e-3
+    generator_learning_rate: float = bounded(1e-3, gt=0.0)
+    # Adam; paper 0.1 (diverges here); AdaptSegNet/AdvEnt 1e-4
+    discriminator_learning_rate: float = bounded(1e-4, gt=0.0)
     freeze_batchnorm: bool = False  # freeze T's BatchNorm (running stats and affine); the paper does not say
-    reports: int = 5  # reports (ASHA steps, checkpoints) per run
+    reports: int = bounded(5, ge=1)  # reports (ASHA steps, checkpoints) per run
     # --- architecture
-    latent_dim: int = 256  # dimension of z; paper 256
-    generator_width: int = 32  # ngf of the DCGAN generator; DCGAN/DFAD 64
-    discriminator_width: int = 32  # ndf of the patch discriminator; DCGAN 64
-    embedding_dim: int = 256  # position (label) embedding of the conditional D; paper 256
-    fake_scale: float = 0.5  # fake image size / target image size; paper 256x128 vs 512x256 = 0.5
+    latent_dim: int = bounded(256, ge=1)  # dimension of z; paper 256
+    generator_width: int = bounded(32, ge=1)  # ngf of the DCGAN generator; DCGAN/DFAD 64
+    discriminator_width: int = bounded(32, ge=1)  # ndf of the patch discriminator; DCGAN 64
+    embedding_dim: int = bounded(256, ge=1)  # position (label) embedding of the conditional D; paper 256
+    # fake image size / target image size; paper 256x128 vs 512x256 = 0.5
+    fake_scale: float = bounded(0.5, gt=0.0, le=1.0)
     # --- loss variants (cheap alternatives where the paper is ambiguous)
-    mae_space: str = "logits"  # "logits" (DFAD) | "probabilities"
-    bns_norm: str = "squared"  # "squared" (Eq. 4 as printed) | "l2" (DeepInversion)
-    attention_scaling: str = "none"  # "none" (Eq. 8-9) | "sqrt_dim"
+    mae_space: Literal["logits", "probabilities"] = "logits"  # "logits" (DFAD) | "probabilities"
+    bns_norm: Literal["squared", "l2"] = "squared"  # "squared" (Eq. 4 as printed) | "l2" (DeepInversion)
+    attention_scaling: Literal["none", "sqrt_dim"] = "none"  # "none" (Eq. 8-9) | "sqrt_dim"
     # --- source model
     source_checkpoint: str = ""  # path to a trained source model; "" = the cached source-only stage
-    source_learning_rate: float = 1e-3  # source-only stage (shared with the source_only method's defaults)
+    # source-only stage (shared with the source_only method's defaults)
+    source_learning_rate: float = bounded(1e-3, gt=0.0)
     source_iterations: int = 600
 
     def validate(self) -> None:
-        """Raise ConfigError naming the first invalid hyperparameter."""
-        for name in ("alpha", "beta", "gamma"):
-            value = getattr(self, name)
-            require(math.isfinite(value) and value >= 0.0, f"{name} must be a finite number >= 0, got {value}")
-        require(1 <= self.k_patches <= 16, f"k_patches (the paper's K) must lie in [1, 16], got {self.k_patches}")
-        require(self.iterations >= 1, f"iterations must be >= 1, got {self.iterations}")
-        require(self.batch_size >= 2, f"batch_size must be >= 2, got {self.batch_size}")
+        """Raise ConfigError naming the first invalid hyperparameter (schema, then cross-field checks)."""
+        check_fields(self)
         require(self.k_patches == 1 or self.batch_size % 2 == 0,
                 f"batch_size must be even when k_patches > 1 (IPSM ranks B/2 easy vs B/2 hard), got {self.batch_size}")
-        for name in ("learning_rate", "generator_learning_rate", "discriminator_learning_rate",
-                     "backbone_lr_ratio", "source_learning_rate"):
-            require(getattr(self, name) > 0.0, f"{name} must be > 0, got {getattr(self, name)}")
-        require(0.0 <= self.momentum < 1.0, f"momentum must lie in [0, 1), got {self.momentum}")
-        require(self.weight_decay >= 0.0, f"weight_decay must be >= 0, got {self.weight_decay}")
-        require(1 <= self.reports <= self.iterations, f"reports must lie in [1, iterations], got {self.reports}")
-        for name in ("latent_dim", "generator_width", "discriminator_width", "embedding_dim"):
-            require(getattr(self, name) >= 1, f"{name} must be >= 1, got {getattr(self, name)}")
-        require(0.0 < self.fake_scale <= 1.0, f"fake_scale must lie in (0, 1], got {self.fake_scale}")
-        require(self.mae_space in MAE_SPACES,
-                f"mae_space must be one of {', '.join(MAE_SPACES)}, got {self.mae_space!r}")
-        require(self.bns_norm in BNS_NORMS, f"bns_norm must be one of {', '.join(BNS_NORMS)}, got {self.bns_norm!r}")
-        require(self.attention_scaling in ATTENTION_SCALINGS,
-                f"attention_scaling must be one of {', '.join(ATTENTION_SCALINGS)}, got {self.attention_scaling!r}")
+        require(self.reports <= self.iterations, f"reports must lie in [1, iterations], got {self.reports}")
         if not self.source_checkpoint:
             self.source_settings().validate()
 
-    def source_settings(self) -> common.SourceStageSettings:
+    def source_settings(self) -> stages.SourceStageSettings:
         """The cached source-only stage used when ``source_checkpoint`` is empty."""
-        return common.SourceStageSettings(learning_rate=self.source_learning_rate, iterations=self.source_iterations)
+        return stages.SourceStageSettings(learning_rate=self.source_learning_rate, iterations=self.source_iterations)
 
 
 # ==============================================================================================================
@@ -407,7 +397,7 @@ def source_model_state(config: SfdaConfig, ctx: RunContext) -> dict[str, torch.T
     if config.source_checkpoint:
         probe = ctx.build_model(pretrained=False)
         return read_source_checkpoint(Path(config.source_checkpoint).expanduser(), probe, ctx.spec.dataset)
-    return common.source_stage(ctx, config.source_settings())["model"]
+    return stages.source_stage(ctx, config.source_settings())["model"]
 
 
 # ==============================================================================================================
@@ -455,15 +445,6 @@ def discriminator_layers(patch_size: tuple[int, int], k: int, image_size: tuple[
     return depth
 
 
-def average_gradients(ctx: RunContext, parameters: Sequence[nn.Parameter]) -> None:
-    """All-reduce-mean the gradients of modules that are not DDP-wrapped (G, D) across workers."""
-    if ctx.world_size <= 1:
-        return
-    for parameter in parameters:
-        if parameter.grad is not None:
-            parameter.grad.copy_(ctx.all_reduce_mean(parameter.grad))
-
-
 @dataclass
 class _Networks:
     """Everything trained or used by one SFDA iteration."""
@@ -504,7 +485,7 @@ def sfda_step(config: SfdaConfig, ctx: RunContext, nets: _Networks, target_image
         nets.discriminator.requires_grad_(False)
         adversarial = patch_adversarial_loss(nets.discriminator(hard, positions))  # Eq. 15, T's side
     target_loss = maxsquare + config.alpha * mae + config.beta * dad_ss + config.gamma * adversarial  # Eq. 16
-    common.stop_if_not_finite(ctx, target_loss + generator_loss, "an SFDA iteration")
+    training.stop_if_not_finite(ctx, target_loss + generator_loss, "an SFDA iteration")
 
     generator_parameters = [p for p in nets.generator.parameters() if p.requires_grad]
     generator_gradients = torch.autograd.grad(generator_loss, generator_parameters, retain_graph=True)
@@ -515,7 +496,7 @@ def sfda_step(config: SfdaConfig, ctx: RunContext, nets: _Networks, target_image
     nets.target_scheduler.step()
     for parameter, gradient in zip(generator_parameters, generator_gradients):
         parameter.grad = gradient
-    average_gradients(ctx, generator_parameters)
+    training.average_gradients(ctx, generator_parameters)
     nets.generator_optimizer.step()
     nets.generator_optimizer.zero_grad(set_to_none=True)
 
@@ -526,7 +507,7 @@ def sfda_step(config: SfdaConfig, ctx: RunContext, nets: _Networks, target_image
                                                       nets.discriminator(hard.detach(), positions))
         nets.discriminator_optimizer.zero_grad(set_to_none=True)
         discriminator_loss.backward()
-        average_gradients(ctx, list(nets.discriminator.parameters()))
+        training.average_gradients(ctx, list(nets.discriminator.parameters()))
         nets.discriminator_optimizer.step()
 
     confidence = target_probabilities.detach().max(dim=1).values.mean()
@@ -547,7 +528,7 @@ def _build_networks(config: SfdaConfig, ctx: RunContext, source_state: dict[str,
     target = ctx.build_model(pretrained=False)
     target.load_state_dict(source_state)
     if config.freeze_batchnorm:
-        common.freeze_batchnorm(target)
+        networks.freeze_batchnorm(target)
     target.train()
     two_stream = ctx.distributed(TwoStreamForward(target))
     fake_size = (max(1, round(image_size[0] * config.fake_scale)), max(1, round(image_size[1] * config.fake_scale)))
@@ -564,10 +545,10 @@ def _build_networks(config: SfdaConfig, ctx: RunContext, source_state: dict[str,
                                            ndf=config.discriminator_width, num_layers=depth,
                                            embedding_dim=config.embedding_dim).to(ctx.device)
         discriminator_optimizer = torch.optim.Adam(discriminator.parameters(), lr=config.discriminator_learning_rate)
-    groups = common.parameter_groups(target, config.learning_rate, config.backbone_lr_ratio)
+    groups = optim.parameter_groups(target, config.learning_rate, config.backbone_lr_ratio)
     target_optimizer = torch.optim.SGD(groups, lr=config.learning_rate, momentum=config.momentum,
                                        weight_decay=config.weight_decay, nesterov=config.momentum > 0)
-    target_scheduler = common.build_scheduler(target_optimizer, config.iterations, "poly")
+    target_scheduler = optim.build_scheduler(target_optimizer, config.iterations, "poly")
     generator_optimizer = torch.optim.Adam(generator.parameters(), lr=config.generator_learning_rate)
     return _Networks(source, target, two_stream, generator, discriminator, target_optimizer, target_scheduler,
                      generator_optimizer, discriminator_optimizer)
@@ -601,26 +582,21 @@ def _load_checkpoint_state(nets: _Networks, state: dict[str, Any]) -> tuple[int,
     return int(state["iteration"]), int(state["epoch"])
 
 
-def report_points(iterations: int, reports: int) -> set[int]:
-    """Iteration numbers (1-based) after which the run reports; the last iteration always reports."""
-    return {round(iterations * (j + 1) / reports) for j in range(reports)}
-
-
 def adapt(config: SfdaConfig, ctx: RunContext, source_state: dict[str, torch.Tensor]) -> nn.Module:
     """The source-free adaptation loop (Eq. 11 + Eq. 16); reads only ``source_state`` and unlabeled target images."""
     loader = ctx.loader(ctx.target_dataset(), config.batch_size, shuffle=True, drop_last=True, seed_offset=41)
     restored = ctx.restore()
     # A resumed run reshuffles from a different pass than the first one (the exact pass is not tracked).
     start_pass = int(restored["iteration"]) if restored is not None else 0
-    batches = common.infinite_batches(loader, start_epoch=start_pass)
+    batches = training.infinite_batches(loader, start_epoch=start_pass)
     first = next(batches)
     images = first["image"]
     nets = _build_networks(config, ctx, source_state, tuple(images.shape[-2:]), images.shape[0])
     iteration, epoch = _load_checkpoint_state(nets, restored) if restored is not None else (0, 0)
     # Noise is reseeded from the iteration a run resumes at, so a resumed run does not replay the same z.
     noise_rng = torch.Generator().manual_seed(ctx.spec.seed * 7919 + ctx.rank * 104729 + iteration)
-    points = report_points(config.iterations, config.reports)
-    running = common.RunningMean()
+    points = training.report_points(config.iterations, config.reports)
+    running = training.RunningMean()
     started = time.perf_counter()
     for batch in itertools.chain([first], batches):
         if iteration >= config.iterations:
@@ -652,7 +628,7 @@ register(Method(
     tasks=("segmentation",),
     config_class=SfdaConfig,
     train=train_sfda,
-    prepare_shared=lambda config, ctx: None if config.source_checkpoint else common.source_stage(ctx, config.source_settings()),
+    prepare_shared=lambda config, ctx: None if config.source_checkpoint else stages.source_stage(ctx, config.source_settings()),
     description="SFDA (CVPR 2021): source-free adaptation via generator-based knowledge transfer (BNS, MAE, dual "
                 "attention distillation) and patch-level entropy-ranked self-supervision (IPSM) with MaxSquare",
 ))

@@ -1,7 +1,7 @@
 """Source-only baseline: supervised training on the labelled source domain, no adaptation (both tasks).
 
 Every sweep includes it as the reference point. Training is the shared stage
-:func:`raysel.methods.common.source_stage`, cached per (data, model, settings, seed) and *not* per target, so the
+:func:`raysel.methods.stages.source_stage`, cached per (data, model, settings, seed) and *not* per target, so the
 same network serves every target domain and is also the starting point of HIAST's adversarial warm-up when the
 settings agree (the defaults do). Segmentation: pixel cross-entropy (ignore 255) with flip + scaled-crop
 augmentation; classification: image cross-entropy with scaled crops; both with ``photometric_ops`` ops of the
@@ -12,37 +12,38 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from typing import Literal
 
 
-from raysel.methods import common
-from raysel.methods.base import RunContext, require
+from raysel.hyperparameters import bounded, check_fields
+from raysel.methods import stages, training
+from raysel.methods.base import RunContext
 from raysel.methods.result import TrainResult
 from raysel.registry import Method, register
 
 
-@dataclass
+@dataclass(frozen=True)
 class SourceOnlyConfig:
     """Source-only hyperparameters; defaults are sized for the embedded benchmarks on CPU."""
 
-    learning_rate: float = 1e-3  # Adam; DeepLab practice would be SGD 2.5e-4 with poly decay
-    iterations: int = 600
-    batch_size: int | None = None  # None: 8 segmentation / 32 classification images
-    optimizer: str = "adam"  # "adam" | "sgd"
-    weight_decay: float = 5e-4
-    schedule: str = "cosine"  # "cosine" | "poly" | "constant"
-    backbone_lr_ratio: float = 1.0  # 0.1 for ImageNet backbones (DeepLab/DANN practice)
+    learning_rate: float = bounded(1e-3, gt=0.0)  # Adam; DeepLab practice would be SGD 2.5e-4 with poly decay
+    iterations: int = bounded(600, ge=1)
+    batch_size: int | None = bounded(None, ge=1)  # None: 8 segmentation / 32 classification images
+    optimizer: Literal["adam", "sgd"] = "adam"  # "adam" | "sgd"
+    weight_decay: float = bounded(5e-4, ge=0.0)
+    schedule: Literal["cosine", "poly", "constant"] = "cosine"  # "cosine" | "poly" | "constant"
+    backbone_lr_ratio: float = bounded(1.0, gt=0.0)  # 0.1 for ImageNet backbones (DeepLab/DANN practice)
     freeze_batchnorm: bool = False  # True for batch-1 DeepLab training
-    photometric_ops: int = 2  # 0 = geometric augmentation only
+    photometric_ops: int = bounded(2, ge=0)  # 0 = geometric augmentation only
 
     def validate(self) -> None:
         """Raise ConfigError naming the first invalid hyperparameter."""
-        require(self.learning_rate > 0, f"learning_rate must be > 0, got {self.learning_rate}")
-        require(self.iterations >= 1, f"iterations must be >= 1, got {self.iterations}")
+        check_fields(self)
         self.settings().validate()
 
-    def settings(self) -> common.SourceStageSettings:
+    def settings(self) -> stages.SourceStageSettings:
         """The shared source stage these hyperparameters describe."""
-        return common.SourceStageSettings(
+        return stages.SourceStageSettings(
             learning_rate=self.learning_rate, iterations=self.iterations, batch_size=self.batch_size,
             optimizer=self.optimizer, weight_decay=self.weight_decay, schedule=self.schedule,
             backbone_lr_ratio=self.backbone_lr_ratio, freeze_batchnorm=self.freeze_batchnorm,
@@ -58,13 +59,13 @@ def train_source_only(config: SourceOnlyConfig, ctx: RunContext) -> TrainResult:
         model.load_state_dict(restored["model"])
         model.eval()
         return TrainResult(model)
-    watch = common.Stopwatch()
+    watch = training.Stopwatch()
     with watch.time("source_stage"):
-        stage = common.source_stage(ctx, config.settings())
+        stage = stages.source_stage(ctx, config.settings())
     model.load_state_dict(stage["model"])
     model.eval()
     metrics = {"round": 1, "epoch": 1, "iteration": config.iterations, "loss": stage["final_loss"],
-               "target_confidence": common.target_confidence(model, ctx, ctx.target_dataset()),
+               "target_confidence": training.target_confidence(model, ctx, ctx.target_dataset()),
                "seconds_source_stage": watch.seconds["source_stage"],
                "seconds_train_loop": stage.get("seconds", 0.0)}
     ctx.report(metrics, checkpoint_state={"model": model.state_dict(), "config": dataclasses.asdict(config)})
@@ -76,6 +77,6 @@ register(Method(
     tasks=("segmentation", "classification"),
     config_class=SourceOnlyConfig,
     train=train_source_only,
-    prepare_shared=lambda config, ctx: common.source_stage(ctx, config.settings()),
+    prepare_shared=lambda config, ctx: stages.source_stage(ctx, config.settings()),
     description="Source-only baseline: cross-entropy on the labelled source domain, no adaptation",
 ))

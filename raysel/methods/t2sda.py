@@ -47,7 +47,7 @@ No official code exists. Choices where the paper is silent or ambiguous (each do
   eta 0.999. The defaults are scaled down for CPU: 120 iterations take about 65 s of one core on street_scenes at
   96x192 with small_segnet (measured: 100 iterations, 56 CPU-s). Over ~100 steps only eta 0.99 lets the
   teacher move at all.
-* The run starts from the shared cached source-only model (:func:`raysel.methods.common.source_stage`). The student
+* The run starts from the shared cached source-only model (:func:`raysel.methods.stages.source_stage`). The student
   is returned for evaluation (DACS/DAFormer evaluate the student); ``evaluate_teacher=True`` returns the teacher.
 """
 
@@ -56,41 +56,25 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
+from raysel.conventions import IGNORE_INDEX
 from raysel.errors import ConfigError
-from raysel.methods.base import RunContext, require
+from raysel.hyperparameters import bounded, check_fields
+from raysel.methods.augment import denormalize, normalize, weak_augment
+from raysel.methods.base import RunContext
 from raysel.methods.result import TrainResult
-from raysel.methods.common import (
-    IGNORE_INDEX,
-    RunningMean,
-    SourceStageSettings,
-    build_scheduler,
-    cross_entropy,
-    denormalize,
-    ema_update,
-    freeze_batchnorm,
-    infinite_batches,
-    make_ema_teacher,
-    normalize,
-    parameter_groups,
-    source_stage,
-    stop_if_not_finite,
-    unwrap,
-    weak_augment,
-)
+from raysel.methods.losses import cross_entropy
+from raysel.methods.networks import ema_update, freeze_batchnorm, make_ema_teacher, unwrap
+from raysel.methods.optim import build_scheduler, parameter_groups
+from raysel.methods.stages import SourceStageSettings, source_stage
+from raysel.methods.training import RunningMean, infinite_batches, stop_if_not_finite
 from raysel.models.projector import ProjectorHead, SegmenterWithProjector
 from raysel.registry import Method, register
-
-PULL_LOSSES = ("infonce", "mse")
-QUERY_SAMPLINGS = ("class_balanced", "class_equalized")
-NEGATIVE_SAMPLINGS = ("domain_equalized", "pooled")
-PULL_REDUCTIONS = ("weighted_mean", "paper_sum")
-QUALITY_WEIGHTS = ("per_image", "batch")
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -98,7 +82,7 @@ QUALITY_WEIGHTS = ("per_image", "batch")
 # --------------------------------------------------------------------------------------------------------------
 
 
-@dataclass
+@dataclass(frozen=True)
 class T2sdaConfig:
     """T2S-DA hyperparameters: paper values, with paper settings in brackets where the CPU default differs.
 
@@ -110,72 +94,40 @@ class T2sdaConfig:
     class_equalized and negative_sampling domain_equalized|pooled (Tab. 8), dynamic_reweighting (Tab. 9).
     """
 
-    lambda_: float = 0.1
-    tau: float = 0.2
-    beta: float = 0.5
-    alpha: float = 0.5
-    n: int = 128
-    m: int = 1024
-    fda_beta: float = 0.05
-    pull_loss: str = "infonce"
-    query_sampling: str = "class_balanced"
-    negative_sampling: str = "domain_equalized"
+    lambda_: float = bounded(0.1, ge=0.0, help="λ, pull-loss weight")
+    tau: float = bounded(0.2, gt=0.0, help="InfoNCE temperature")
+    beta: float = bounded(0.5, ge=0.0, help="re-weighting exponent, Eq. 17")
+    alpha: float = bounded(0.5, gt=0.0, le=1.0, help="unreliable partition, Eq. 14; 0.5 = 50 %")
+    n: int = bounded(128, ge=1, help="base number of queries per class")
+    m: int = bounded(1024, ge=2, help="negative keys per query")
+    fda_beta: float = bounded(0.05, gt=0.0, le=0.5)
+    pull_loss: Literal["infonce", "mse"] = "infonce"
+    query_sampling: Literal["class_balanced", "class_equalized"] = "class_balanced"
+    negative_sampling: Literal["domain_equalized", "pooled"] = "domain_equalized"
     dynamic_reweighting: bool = True
-    pull_reduction: str = "weighted_mean"
-    projector_dim: int = 64
+    pull_reduction: Literal["weighted_mean", "paper_sum"] = "weighted_mean"
+    projector_dim: int = bounded(64, ge=1)
     projector_final_relu: bool = True
-    delta_p: float = 0.968
-    quality_weight: str = "per_image"
-    eta: float = 0.99
-    color_jitter_strength: float = 0.2
-    color_jitter_probability: float = 0.2
+    delta_p: float = bounded(0.968, gt=0.0, lt=1.0, help="pseudo-label quality threshold")
+    quality_weight: Literal["per_image", "batch"] = "per_image"
+    eta: float = bounded(0.99, ge=0.0, lt=1.0, help="EMA momentum")
+    color_jitter_strength: float = bounded(0.2, ge=0.0, le=0.5)
+    color_jitter_probability: float = bounded(0.2, ge=0.0, le=1.0)
     blur: bool = True
-    iterations: int = 120
-    warmup_iterations: int = 5
-    batch_size: int = 2
-    learning_rate: float = 6e-4
-    backbone_lr_ratio: float = 0.1
-    weight_decay: float = 0.01
+    iterations: int = bounded(120, ge=1)
+    warmup_iterations: int = bounded(5, ge=0)
+    batch_size: int = bounded(2, ge=1)
+    learning_rate: float = bounded(6e-4, gt=0.0)
+    backbone_lr_ratio: float = bounded(0.1, gt=0.0)
+    weight_decay: float = bounded(0.01, ge=0.0)
     freeze_batchnorm: bool = True
-    report_interval: int = 20
-    source_iterations: int = SourceStageSettings.iterations
+    report_interval: int = bounded(20, ge=1)
+    source_iterations: int = bounded(SourceStageSettings.iterations, ge=1)
     evaluate_teacher: bool = False
 
     def validate(self) -> None:
         """Raise ConfigError naming the first out-of-range hyperparameter and its valid range."""
-        require(self.lambda_ >= 0, f"t2sda lambda_ (λ, pull-loss weight) must be >= 0, got {self.lambda_}")
-        require(self.tau > 0, f"t2sda tau (InfoNCE temperature) must be > 0, got {self.tau}")
-        require(self.beta >= 0, f"t2sda beta (re-weighting exponent, Eq. 17) must be >= 0, got {self.beta}")
-        require(0 < self.alpha <= 1,
-                f"t2sda alpha (unreliable partition, Eq. 14) must be a fraction in (0, 1] (0.5 = 50 %), "
-                f"got {self.alpha}")
-        require(self.n >= 1, f"t2sda n (base number of queries per class) must be >= 1, got {self.n}")
-        require(self.m >= 2, f"t2sda m (negative keys per query) must be >= 2, got {self.m}")
-        require(0 < self.fda_beta <= 0.5,
-                f"t2sda fda_beta must be in (0, 0.5] (FDA low-frequency window, b = floor(min(H, W) * fda_beta)), "
-                f"got {self.fda_beta}")
-        for key, value, choices in (("pull_loss", self.pull_loss, PULL_LOSSES),
-                                    ("query_sampling", self.query_sampling, QUERY_SAMPLINGS),
-                                    ("negative_sampling", self.negative_sampling, NEGATIVE_SAMPLINGS),
-                                    ("pull_reduction", self.pull_reduction, PULL_REDUCTIONS),
-                                    ("quality_weight", self.quality_weight, QUALITY_WEIGHTS)):
-            require(value in choices, f"t2sda {key} must be one of {', '.join(choices)}; got {value!r}")
-        require(self.projector_dim >= 1, f"t2sda projector_dim must be >= 1, got {self.projector_dim}")
-        require(0 < self.delta_p < 1,
-                f"t2sda delta_p (pseudo-label quality threshold) must be in (0, 1), got {self.delta_p}")
-        require(0 <= self.eta < 1, f"t2sda eta (EMA momentum) must be in [0, 1), got {self.eta}")
-        require(0 <= self.color_jitter_strength <= 0.5,
-                f"t2sda color_jitter_strength must be in [0, 0.5], got {self.color_jitter_strength}")
-        require(0 <= self.color_jitter_probability <= 1,
-                f"t2sda color_jitter_probability must be in [0, 1], got {self.color_jitter_probability}")
-        require(self.iterations >= 1, f"t2sda iterations must be >= 1, got {self.iterations}")
-        require(self.warmup_iterations >= 0, f"t2sda warmup_iterations must be >= 0, got {self.warmup_iterations}")
-        require(self.batch_size >= 1, f"t2sda batch_size must be >= 1, got {self.batch_size}")
-        require(self.learning_rate > 0, f"t2sda learning_rate must be > 0, got {self.learning_rate}")
-        require(self.backbone_lr_ratio > 0, f"t2sda backbone_lr_ratio must be > 0, got {self.backbone_lr_ratio}")
-        require(self.weight_decay >= 0, f"t2sda weight_decay must be >= 0, got {self.weight_decay}")
-        require(self.report_interval >= 1, f"t2sda report_interval must be >= 1, got {self.report_interval}")
-        require(self.source_iterations >= 1, f"t2sda source_iterations must be >= 1, got {self.source_iterations}")
+        check_fields(self, label="t2sda ")
 
 
 # --------------------------------------------------------------------------------------------------------------

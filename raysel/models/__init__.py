@@ -14,7 +14,7 @@ from typing import Callable
 
 from torch import nn
 
-from raysel.errors import ConfigError
+from raysel.errors import ConfigError, unknown_name_error
 from raysel.models.base import ClassificationModel, FeatureModel, SegmentationModel, count_parameters
 from raysel.models.classification import ResNet50Classifier, SmallCNN
 from raysel.models.segmentation import DeepLabV2, SmallSegNet
@@ -62,7 +62,7 @@ def build_model(name: str, task: str, num_classes: int, pretrained: bool = True)
     """
     builders = _builders_for(task)
     if name not in builders:
-        raise ConfigError(f"unknown {task} model {name!r}; valid models: {', '.join(builders)}")
+        raise unknown_name_error(f"{task} model", name, builders, "valid models")
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
         raise ConfigError(f"num_classes must be a positive integer, got {num_classes!r}")
     return builders[name](num_classes, pretrained)

@@ -12,7 +12,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-BATCHNORM_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.SyncBatchNorm)
+from raysel.conventions import BATCHNORM_TYPES
+
 
 
 class FeatureModel(nn.Module):

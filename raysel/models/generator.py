@@ -20,9 +20,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-# ImageNet statistics, as used by raysel.data to normalise real images.
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from raysel.conventions import IMAGENET_MEAN, IMAGENET_STD  # as raysel.data normalises real images
+
 UPSAMPLINGS = 4  # four stride-2 transposed convs: the projected map is 1/16 of the output
 
 

@@ -19,9 +19,9 @@ import copy
 import torch
 from torch import nn
 
+from raysel.conventions import BATCHNORM_TYPES
 from raysel.errors import ConfigError
 
-BATCHNORM_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
 FOLDABLE_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 
 

@@ -36,11 +36,11 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
+from raysel.data.common import DEFAULT_SELECTION_SIZE, selection_subset  # noqa: F401  (re-exported)
 from raysel.errors import DataError
 
 FORMAT_VERSION = 1
 TASKS = ("segmentation", "classification")
-DEFAULT_SELECTION_SIZE = 500  # HIAST §4.5: 500 random target training images
 DEFAULT_PROBABILITY_GRID = (16, 32)
 MAX_CLASSES = 255  # class ids are stored as uint8; 255 stays free as the ignore value
 
@@ -95,20 +95,6 @@ class CandidatePredictions:
         if self.task == "classification":
             return probabilities[:, None, :]
         return probabilities.reshape(self.num_images, self.num_classes, -1).transpose(0, 2, 1)
-
-
-def selection_subset(num_images: int, size: int = DEFAULT_SELECTION_SIZE, seed: int = 0) -> np.ndarray:
-    """Sorted indices of a fixed seeded random subset of ``size`` target training images (all if fewer).
-
-    The same (num_images, size, seed) always gives the same subset, so every candidate of a sweep, on any worker,
-    predicts the same images.
-    """
-    if num_images < 0 or size < 1:
-        raise DataError(f"selection subset needs num_images >= 0 and size >= 1; got {num_images}, {size}")
-    if num_images <= size:
-        return np.arange(num_images, dtype=np.int64)
-    chosen = np.random.default_rng(seed).choice(num_images, size=size, replace=False)
-    return np.sort(chosen).astype(np.int64)
 
 
 def probability_grid(height: int, width: int, grid: tuple[int, int] = DEFAULT_PROBABILITY_GRID

@@ -21,7 +21,7 @@ probability selectors work on per-image rather than per-pixel probability vector
 **Trial-scored selectors** (:data:`TRIAL_SCORE_SELECTORS`) score what the cached predictions cannot hold: each
 trial computes its label-free score itself and stores it as ``score_<name>``; selection reads the stored scores
 (:func:`raysel.selection.decision.select_sweep`). ``merge_quality`` is HDRQ's merge-quality score
-(:mod:`raysel.selection.merge_quality`: agreement of the merged model with every target's quantized specialist,
+(:mod:`raysel.quant.merge_quality`: agreement of the merged model with every target's quantized specialist,
 harmonic mean over targets), computed by the ``hdrq`` method, which alone holds the specialists.
 """
 
@@ -37,7 +37,7 @@ import torch
 from scipy.special import xlogy
 from scipy.stats import rankdata
 
-from raysel.errors import ConfigError, DataError
+from raysel.errors import ConfigError, DataError, unknown_name_error
 from raysel.metrics import ConfusionMatrix, miou, pixel_accuracy
 from raysel.selection.predictions import CandidatePredictions
 from raysel.selection.voting import fused_vote_accumulator
@@ -354,7 +354,7 @@ def get_selector(name: str, **params: object) -> "BaseSelector | TrialScoreSelec
     if name in TRIAL_SCORE_SELECTORS and not params:
         return TRIAL_SCORE_SELECTORS[name]()
     if name not in SELECTORS:
-        raise ConfigError(f"unknown selector {name!r}; valid selectors: {', '.join(selector_names())}")
+        raise unknown_name_error("selector", name, selector_names(), "valid selectors")
     selector_class = SELECTORS[name]
     valid = {field.name for field in dataclasses.fields(selector_class)}
     unknown = sorted(set(params) - valid)
@@ -400,7 +400,7 @@ class TrialScoreSelector:
 @dataclass(frozen=True)
 class MergeQualitySelector(TrialScoreSelector):
     """HDRQ merge quality: harmonic mean over targets of the merged model's agreement (mIoU, or accuracy) with each
-    target's quantized specialist on the target's unlabeled selection subset (raysel.selection.merge_quality)."""
+    target's quantized specialist on the target's unlabeled selection subset (raysel.quant.merge_quality)."""
 
     name: ClassVar[str] = "merge_quality"
 

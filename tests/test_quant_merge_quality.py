@@ -12,7 +12,7 @@ from torch.nn import functional as F
 from raysel.errors import ConfigError
 from raysel.metrics import confusion_matrix, harmonic_mean, miou
 from raysel.quant import merge_models, quantize_model
-from raysel.selection.merge_quality import agreement_score, error_barrier, merge_quality, predict_labels
+from raysel.quant.merge_quality import agreement_score, error_barrier, merge_quality, predict_labels
 
 def pixel_classifier(seed: int, num_classes: int = 4) -> nn.Module:
     """A 1x1-conv per-pixel classifier: logits [B, C, H, W]."""
