@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 from raysel.errors import ConfigError, UserError, exits_cleanly_on_user_error
+from raysel.methods.acceleration import acceleration_from_arguments, add_acceleration_arguments
 
 EPILOG = """examples:
   python -m raysel.sweep hiast                                  # embedded benchmark, CPU, local Ray
@@ -65,6 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     res.add_argument("--cpus-per-worker", type=float, default=1.0, help="CPUs per worker (default 1)")
     res.add_argument("--gpus-per-worker", type=float, default=0.0,
                      help="GPUs per worker; fractions share a GPU, e.g. 0.5 (default 0: CPU)")
+    add_acceleration_arguments(parser)
     res.add_argument("--max-concurrent", type=int, default=None,
                      help="trials at once (default: as many as the local CPUs fit; on a cluster, Tune decides)")
     res.add_argument("--executor", choices=("auto", "train", "direct"), default="auto",
@@ -127,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
                "data_root": str(args.data_root) if args.data_root else None,
                "source": args.source or family.default_source, "model": args.model,
                "image_size": tuple(args.image_size) if args.image_size else None, "seed": args.seed,
-               "selection_size": args.selection_size}
+               "selection_size": args.selection_size, "acceleration": acceleration_from_arguments(args)}
         settings = tuning.SweepSettings(method=method.name, sweep_id=sweep_id, results=results, run=run,
                                         targets=targets, resources=resources, max_failures=args.max_failures,
                                         selectors=tuple(args.selectors or method.default_selectors),
