@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 from raysel.errors import ConfigError, UserError, exits_cleanly_on_user_error
+from raysel.methods.acceleration import acceleration_from_arguments, add_acceleration_arguments
 
 EPILOG = """examples:
   python -m raysel.sweep hiast                                  # embedded benchmark, CPU, local Ray
@@ -61,6 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--selection-size", type=int, default=500,
                       help="target training images in the label-free selection subset (default 500, or all)")
     _add_resource_arguments(parser.add_argument_group("resources (per trial)"))
+    add_acceleration_arguments(parser)
     out = parser.add_argument_group("results")
     out.add_argument("--results", type=Path, default=Path("results"), help="result store folder (default ./results)")
     out.add_argument("--name", default=None, help="sweep id (default METHOD-YYYYmmdd-HHMMSS)")
@@ -132,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
                "data_root": str(args.data_root) if args.data_root else None,
                "source": args.source or family.default_source, "model": args.model,
                "image_size": tuple(args.image_size) if args.image_size else None, "seed": args.seed,
-               "selection_size": args.selection_size}
+               "selection_size": args.selection_size, "acceleration": acceleration_from_arguments(args)}
         settings = execution.SweepSettings(method=method.name, sweep_id=sweep_id, results=results, run=run,
                                         targets=targets, resources=resources, max_failures=args.max_failures,
                                         selectors=tuple(args.selectors or method.default_selectors),

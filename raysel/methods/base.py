@@ -27,6 +27,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from raysel import data as data_module
 from raysel.errors import ConfigError
 from raysel.models import build_model, default_model_name
+from raysel.methods.acceleration import Acceleration, DeviceAcceleration
 
 CHECKPOINT_FILE = "state.pt"
 
@@ -65,6 +66,7 @@ class RunSpec:
     selection_seed: int = 0
     keep_probabilities: bool = True
     num_threads: int | None = None
+    acceleration: dict[str, Any] = field(default_factory=dict)  # raysel.methods.acceleration.Acceleration fields
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -156,6 +158,7 @@ class RunContext:
         self.cache_dir = Path(spec.cache_dir) if spec.cache_dir else self.data_root / "_raysel_cache"
         if spec.num_threads:
             torch.set_num_threads(spec.num_threads)
+        self.acceleration.apply_backend_settings()
 
     # -- distributed facts --------------------------------------------------------------------------------------
     @property
@@ -173,6 +176,13 @@ class RunContext:
     @property
     def device(self) -> torch.device:
         return self.session.device
+
+    @property
+    def acceleration(self) -> DeviceAcceleration:
+        """The spec's GPU switches resolved for this device (all off on CPU), made once per context."""
+        if getattr(self, "_acceleration", None) is None:
+            self._acceleration = Acceleration.from_dict(self.spec.acceleration).resolve(self.device)
+        return self._acceleration
 
     def barrier(self) -> None:
         if self.world_size > 1 and torch.distributed.is_initialized():
@@ -224,12 +234,14 @@ class RunContext:
             seed=self.spec.seed + seed_offset, drop_last=drop_last,
         )
         per_worker = max(1, batch_size // self.world_size)
-        return DataLoader(dataset, batch_size=per_worker, sampler=sampler, drop_last=drop_last, num_workers=0)
+        return DataLoader(dataset, batch_size=per_worker, sampler=sampler, drop_last=drop_last,
+                          **self.acceleration.loader_options())
 
     # -- models -------------------------------------------------------------------------------------------------
     def build_model(self, pretrained: bool = True) -> nn.Module:
         name = self.spec.model or default_model_name(self.task)
-        return build_model(name, self.task, self.num_classes, pretrained=pretrained).to(self.device)
+        model = build_model(name, self.task, self.num_classes, pretrained=pretrained).to(self.device)
+        return self.acceleration.prepare_model(model)
 
     def distributed(self, model: nn.Module) -> nn.Module:
         """Wrap in DistributedDataParallel when running on several workers; unchanged for one."""
@@ -278,6 +290,8 @@ class RunContext:
         full_key = {"stage": name, "dataset": self.spec.dataset, "source": self.source,
                     "target": self.target if per_target else None,
                     "model": self.spec.model, "image_size": self.spec.image_size, **key}
+        if self.acceleration.amp != "off":  # mixed precision trains a different stage; fp32 keys stay as they were
+            full_key["amp"] = self.acceleration.amp
         digest = hashlib.sha256(json.dumps(full_key, sort_keys=True, default=str).encode()).hexdigest()[:16]
         directory = self.cache_dir / name / digest
         path = directory / CHECKPOINT_FILE

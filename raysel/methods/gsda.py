@@ -478,8 +478,7 @@ def _feature_step(config: GsdaConfig, ctx: RunContext, trainables: _Trainables, 
     loss = source_ce + config.alpha * target_entropy + config.beta * losses.sync_loss - coefficient * losses.adversarial
     training.stop_if_not_finite(ctx, loss, f"gsda feature step, iteration {iteration}")
     trainables.optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    trainables.optimizer.step()
+    ctx.acceleration.backward_step(loss, trainables.optimizer)
     trainables.discriminators.requires_grad_(True)
     return {"loss": loss.item(), "source_ce": source_ce.item(), "target_entropy": target_entropy.item(),
             "global_loss": losses.global_loss.item(), "local_loss": losses.local_loss.item(),
@@ -493,7 +492,9 @@ def gsda_step(config: GsdaConfig, ctx: RunContext, network: nn.Module, trainable
     (Eq. 14-15) on the detached features and the E,C-step (Eq. 16-17) against the updated D; returns scalars."""
     source_labels = source["label"].to(ctx.device)
     count = source_labels.shape[0]
-    features, logits = network(torch.cat([source["image"], target["image"]]).to(ctx.device))
+    with ctx.acceleration.autocast():
+        features, logits = network(torch.cat([source["image"], target["image"]]).to(ctx.device))
+    features, logits = features.float(), logits.float()  # the losses and discriminators run in float32
     domain_labels = torch.cat([torch.full((count,), SOURCE_DOMAIN_LABEL),
                                torch.full((features.shape[0] - count,), TARGET_DOMAIN_LABEL)]).to(ctx.device)
     class_probabilities = class_probabilities_for_alignment(

@@ -666,15 +666,15 @@ def self_training_step(config: HiastConfig, ctx: RunContext, network: nn.Module,
         images, labels = augmenter(images, labels, batch["index"])
     weak, labels = augment.weak_augment(images, labels, generator)
     strong = augment.strong_augment(weak, generator, config.strong_num_ops, config.strong_op_probability)
-    logits = network(strong.to(ctx.device))
-    teacher_probabilities = None
-    if config.lambda_cst > 0:
-        with torch.no_grad():
-            teacher_probabilities = teacher(weak.to(ctx.device)).float().softmax(dim=1)
+    with ctx.acceleration.autocast():
+        logits = network(strong.to(ctx.device)).float()
+        teacher_probabilities = None
+        if config.lambda_cst > 0:
+            with torch.no_grad():
+                teacher_probabilities = teacher(weak.to(ctx.device)).float().softmax(dim=1)
     terms = self_training_losses(logits, teacher_probabilities, labels.to(ctx.device), config)
     optimizer.zero_grad(set_to_none=True)
-    terms["loss"].backward()
-    optimizer.step()
+    ctx.acceleration.backward_step(terms["loss"], optimizer)
     scheduler.step()
     networks.ema_update(teacher, network, config.tau)
     return {name: float(value.detach()) for name, value in terms.items()}

@@ -88,12 +88,12 @@ def train_on_source(ctx: RunContext, settings: SourceStageSettings) -> dict[str,
         images, labels = batch["image"], batch["label"]
         if settings.augment:
             images, labels = source_augment(images, labels, generator, segmentation, settings.photometric_ops)
-        logits = network(images.to(ctx.device))
+        with ctx.acceleration.autocast():
+            logits = network(images.to(ctx.device)).float()
         loss = cross_entropy(logits, labels.to(ctx.device))
         stop_if_not_finite(ctx, loss, f"source stage iteration {iteration}")
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        ctx.acceleration.backward_step(loss, optimizer)
         scheduler.step()
         running.add(loss=loss.item())
     seconds = time.perf_counter() - started
@@ -178,7 +178,8 @@ def train_adversarial_warmup(ctx: RunContext, initial_state: dict[str, torch.Ten
         source_images, source_labels = weak_augment(source["image"], source["label"], generator)
         target_images, _ = weak_augment(target["image"], None, generator)
         count = source_images.shape[0]
-        logits = network(torch.cat([source_images, target_images]).to(ctx.device))
+        with ctx.acceleration.autocast():
+            logits = network(torch.cat([source_images, target_images]).to(ctx.device)).float()
         probabilities = logits.softmax(dim=1)
         segmentation_loss = cross_entropy(logits[:count], source_labels.to(ctx.device))
         discriminator.requires_grad_(False)
@@ -186,8 +187,7 @@ def train_adversarial_warmup(ctx: RunContext, initial_state: dict[str, torch.Ten
         loss = segmentation_loss + settings.lambda_at * adversarial_loss
         stop_if_not_finite(ctx, loss, f"warm-up iteration {iteration}")
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        ctx.acceleration.backward_step(loss, optimizer)
         scheduler.step()
         discriminator.requires_grad_(True)
         scores = discriminator_network(probabilities.detach())

@@ -545,8 +545,8 @@ def training_step(network: nn.Module, teacher: SegmenterWithProjector, optimizer
     source_images, source_labels = _match_size(source_images.to(device), source_labels.to(device), size)
     batch = source_images.shape[0]
 
-    with torch.no_grad():
-        teacher_logits, teacher_embeddings = teacher(torch.cat([source_images, target_images]))
+    with torch.no_grad(), ctx.acceleration.autocast():
+        teacher_logits, teacher_embeddings = (t.float() for t in teacher(torch.cat([source_images, target_images])))
         target_logits_low = teacher_logits[batch:]
         target_confidence, pseudo_labels = _upsample(target_logits_low, size).softmax(dim=1).max(dim=1)
         low_confidence, low_pseudo_labels = target_logits_low.softmax(dim=1).max(dim=1)
@@ -559,7 +559,9 @@ def training_step(network: nn.Module, teacher: SegmenterWithProjector, optimizer
                                        config.color_jitter_probability, config.blur)
     pseudo_target_images = translate_to_target_style(source_images, target_images, config.fda_beta, generator)
 
-    logits_low, embeddings = network(torch.cat([source_images, pseudo_target_images, mixed_images]))
+    with ctx.acceleration.autocast():
+        logits_low, embeddings = network(torch.cat([source_images, pseudo_target_images, mixed_images]))
+    logits_low, embeddings = logits_low.float(), embeddings.float()  # the losses run in float32
     logits = _upsample(logits_low, size)
     loss_source = cross_entropy(logits[:batch], source_labels)
     loss_target = weighted_cross_entropy(logits[2 * batch:], mixed_labels, mixed_weights)
@@ -577,8 +579,7 @@ def training_step(network: nn.Module, teacher: SegmenterWithProjector, optimizer
     loss = loss_source + loss_target + config.lambda_ * loss_pull
     stop_if_not_finite(ctx, loss, f"t2sda iteration {iteration}")
     optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    optimizer.step()
+    ctx.acceleration.backward_step(loss, optimizer)
     ema_update(teacher, network, ema_momentum(iteration + 1, config.eta))
 
     if config.evaluate_teacher:
