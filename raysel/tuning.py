@@ -32,6 +32,7 @@ import torch
 
 from raysel.errors import ConfigError, UserError
 from raysel.methods.base import NonFiniteLossError, RunContext, RunSpec, config_from_dict
+from raysel.progress import PROGRESS_FILE, heartbeat, read_status_file
 from raysel.registry import get_method
 
 DRIVER_CPU = 0.1  # the Tune trial's own share when it only drives a TorchTrainer (ray.md: 0 is rejected)
@@ -742,7 +743,10 @@ def prepare_shared_stages(settings: SweepSettings, space: Any, *, local: bool, s
         started = time.perf_counter()
         print(f"building shared stages of {method.name} for target {target} once (source model / warm-up; cached) ...",
               file=stream, flush=True)
-        ray.get(task.remote(settings.method, fixed, dict(settings.run, target=target), cpus, gpus > 0))
+        status = settings.sweep_dir / "shared" / target / PROGRESS_FILE  # the task's latest progress line
+        with heartbeat(f"  shared stages ({target})", stream=stream, detail=lambda: read_status_file(status)):
+            ray.get(task.remote(settings.method, fixed, dict(settings.run, target=target, output_dir=str(status.parent)),
+                                cpus, gpus > 0))
         print(f"  ready in {time.perf_counter() - started:.0f} s", file=stream, flush=True)
 
 
@@ -756,7 +760,7 @@ def _prepare_shared_task(method_name: str, fixed: dict[str, Any], run: dict[str,
     method = get_method(method_name)
     config = config_from_dict(method.config_class, fixed)
     with _tempfile.TemporaryDirectory(prefix="raysel-prepare-") as scratch:
-        spec = RunSpec.from_dict({**run, "output_dir": scratch, "num_threads": threads})
+        spec = RunSpec.from_dict({"output_dir": scratch, **run, "num_threads": threads})
         device = torch.device("cuda") if use_gpu and torch.cuda.is_available() else torch.device("cpu")
         method.prepare_shared(config, RunContext(spec, LocalSession(checkpoint_root=scratch, device=device)))
 

@@ -26,6 +26,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from raysel.errors import ConfigError
+from raysel.progress import PROGRESS_FILE
 
 CHECKPOINT_FILE = "state.pt"
 
@@ -220,6 +221,11 @@ class RunContext:
     @property
     def is_main(self) -> bool:
         return self.session.world_rank == 0
+
+    @property
+    def progress_file(self) -> Path:
+        """Where this run's progress counters keep their latest line (read by the sweep driver and `raysel status`)."""
+        return self.output_dir / PROGRESS_FILE
 
     @property
     def device(self) -> torch.device:

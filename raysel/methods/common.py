@@ -28,6 +28,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from raysel.errors import ConfigError
 from raysel.methods.base import NonFiniteLossError, RunContext, require
+from raysel.progress import progress
 
 IGNORE_INDEX = 255
 # The data helpers normalise images with ImageNet statistics; photometric ops work on [0, 1] pixels.
@@ -487,6 +488,7 @@ def train_on_source(ctx: RunContext, settings: SourceStageSettings) -> dict[str,
     segmentation = ctx.task == "segmentation"
     running = RunningMean()
     started = time.perf_counter()
+    bar = progress(settings.iterations, "source training", disable=not ctx.is_main, status_file=ctx.progress_file)
     for iteration in range(settings.iterations):
         batch = next(batches)
         images, labels = batch["image"], batch["label"]
@@ -500,6 +502,9 @@ def train_on_source(ctx: RunContext, settings: SourceStageSettings) -> dict[str,
         optimizer.step()
         scheduler.step()
         running.add(loss=loss.item())
+        bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
+        bar.update(1)
+    bar.close()
     seconds = time.perf_counter() - started
     return {"model": {k: v.detach().cpu() for k, v in unwrap(network).state_dict().items()},
             "final_loss": running.means(ctx).get("loss", float("nan")), "seconds": seconds,
@@ -611,6 +616,7 @@ def train_adversarial_warmup(ctx: RunContext, initial_state: dict[str, torch.Ten
     generator = torch.Generator().manual_seed(ctx.spec.seed * 2003 + ctx.rank)
     running = RunningMean()
     started = time.perf_counter()
+    bar = progress(settings.iterations, "adversarial warm-up", disable=not ctx.is_main, status_file=ctx.progress_file)
     for iteration in range(settings.iterations):
         source, target = next(source_batches), next(target_batches)
         source_images, source_labels = weak_augment(source["image"], source["label"], generator)
@@ -635,6 +641,9 @@ def train_adversarial_warmup(ctx: RunContext, initial_state: dict[str, torch.Ten
         discriminator_optimizer.step()
         running.add(loss=loss.item(), segmentation=segmentation_loss.item(), adversarial=adversarial_loss.item(),
                     discriminator=discriminator_loss.item())
+        bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
+        bar.update(1)
+    bar.close()
     return {"model": {k: v.detach().cpu() for k, v in unwrap(network).state_dict().items()},
             "statistics": running.means(ctx), "seconds": time.perf_counter() - started,
             "iterations": settings.iterations}

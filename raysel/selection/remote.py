@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from raysel.errors import DataError, UserError
+from raysel.progress import heartbeat, progress
 
 PREDICTIONS_FILE = "predictions.npz"
 
@@ -152,13 +153,17 @@ def run_prediction_tasks(jobs: list[PredictionJob], address: str | None = None) 
                                               name=f"raysel-predict-{job.trial_id}").remote(job) for job in jobs]
         written: list[str] = []
         failures: list[str] = []
-        for job, reference in zip(jobs, references):
-            try:
-                written.append(ray.get(reference))
-            except RayTaskError as error:
-                cause = getattr(error, "cause", None) or error
-                message = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
-                failures.append(f"trial {job.trial_id}: {message}")
+        bar = progress(len(jobs), "re-predicting candidates", unit="candidate")
+        with heartbeat("re-predicting candidates", detail=lambda: f"{bar.n}/{len(jobs)} done"):
+            for job, reference in zip(jobs, references):
+                try:
+                    written.append(ray.get(reference))
+                except RayTaskError as error:
+                    cause = getattr(error, "cause", None) or error
+                    message = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
+                    failures.append(f"trial {job.trial_id}: {message}")
+                bar.update(1)
+        bar.close()
         if failures:
             raise UserError(f"re-predicting {len(failures)} of {len(jobs)} candidate(s) failed: " + "; ".join(failures))
         return written
