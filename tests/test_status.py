@@ -15,7 +15,9 @@ from test_report import build_store
 def save_sweep(results: Path, sweep_id: str = "sweep-a", alpha_grid: tuple = (0.3, 0.5, 0.7, 0.9, 1.0, 1.1)) -> None:
     """Saved settings of a 6-point alpha grid on one target (6 expected trials), as raysel.sweep writes them."""
     settings = SweepSettings(method="hiast", sweep_id=sweep_id, results=str(results),
-                             run={"dataset": "street_scenes"}, targets=["day_city"], resources=Resources())
+                             run={"method": "hiast", "dataset": "street_scenes", "data_root": "/data",
+                                  "source": "game", "model": None, "image_size": None, "seed": 0,
+                                  "selection_size": 12}, targets=["day_city"], resources=Resources())
     save_settings(settings, SearchSettings(), {"alpha": {"grid": list(alpha_grid)}})
 
 
