@@ -678,8 +678,9 @@ def latest_sweep_id(results: str, method: str) -> str | None:
 
 
 def run_sweep(settings: SweepSettings, search: SearchSettings, space: Any, *, resume: bool, address: str | None,
-              progress_interval_s: float = 30.0, stream: Any = None) -> SweepOutcome:
-    """Run (or resume) a sweep end to end and return its trials and selection decisions."""
+              progress_interval_s: float = 30.0, stream: Any = None, mlflow_uri: str | None = None) -> SweepOutcome:
+    """Run (or resume) a sweep end to end and return its trials and selection decisions (tracked in MLflow when
+    ``mlflow_uri`` is given: one run per trial under one parent run per sweep)."""
     from raysel import data as data_module
     from raysel.selection.decision import select_sweep
     from raysel.store import ResultStore
@@ -689,6 +690,7 @@ def run_sweep(settings: SweepSettings, search: SearchSettings, space: Any, *, re
     settings.results = str(Path(settings.results).expanduser().resolve())
     store = ResultStore(Path(settings.results))
     store.check_writable()
+    tracker = _start_tracking(mlflow_uri, settings, search)  # an unusable URI fails here, before any trial
     family = data_module.get_family(settings.run["dataset"])
     root = Path(settings.run["data_root"]) if settings.run.get("data_root") else data_module.default_data_root()
     root = root.expanduser().resolve()
@@ -710,7 +712,8 @@ def run_sweep(settings: SweepSettings, search: SearchSettings, space: Any, *, re
               f"{settings.resources.workers} worker(s) x {settings.resources.cpus_per_worker} CPU"
               f"{f' + {settings.resources.gpus_per_worker} GPU' if settings.resources.gpus_per_worker else ''} per trial",
               file=stream, flush=True)
-        tuner = build_tuner(settings, search, param_space, resume, [printer.callback])
+        tuner = build_tuner(settings, search, param_space, resume,
+                            [printer.callback] + ([tracker.callback()] if tracker else []))
         tuner.fit()
     finally:
         if started_here:
@@ -720,7 +723,21 @@ def run_sweep(settings: SweepSettings, search: SearchSettings, space: Any, *, re
 
     decisions = select_sweep(store, settings.sweep_id, settings.method, selectors=settings.selectors, stream=stream)
     trials = store.load_sweep(settings.sweep_id)
+    if tracker is not None:
+        tracker.finish(trials, decisions)
     return SweepOutcome(settings.sweep_id, settings.results, trials, decisions)
+
+
+def _start_tracking(uri: str | None, settings: SweepSettings, search: SearchSettings) -> Any:
+    """The sweep's MLflow tracker (``--mlflow``), or None; mlflow is imported only when asked for (optional)."""
+    if not uri:
+        return None
+    from raysel.tracking import SweepTracker  # lazy: mlflow is heavy and only needed with --mlflow
+
+    params = {"method": settings.method, "targets": settings.targets, "search": search.search,
+              "scheduler": search.scheduler, "num_samples": search.num_samples, "seed": search.seed,
+              "selectors": list(settings.selectors), **{f"run.{k}": v for k, v in settings.run.items()}}
+    return SweepTracker.start(uri, settings.sweep_id, params)
 
 
 def prepare_shared_stages(settings: SweepSettings, space: Any, *, local: bool, stream: Any) -> None:
