@@ -88,3 +88,13 @@ def test_without_a_sweep_id_the_latest_sweep_is_shown(tmp_path: Path, capsys) ->
     os.utime(results / "sweeps" / "older" / "sweep.json", (1, 1))
     assert main(["--results", str(results)]) == 0
     assert "sweep newer (hiast)" in capsys.readouterr().out
+
+
+@pytest.mark.integration
+def test_status_of_the_real_tiny_sweep(tiny_hiast_sweep, capsys) -> None:
+    assert tiny_hiast_sweep["code"] == 0
+    assert main([tiny_hiast_sweep["sweep_id"], "--results", str(tiny_hiast_sweep["results"])]) == 0
+    printed = capsys.readouterr().out
+    assert "sweep tiny (hiast): finished" in printed
+    assert "3 finished, 0 running, 0 failed, 3 expected" in printed
+    assert "best so far: fmiou (label-free)" in printed
