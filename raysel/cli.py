@@ -1,4 +1,4 @@
-"""The `raysel` console script: `raysel sweep|select|report|query|submit ...` dispatches to `python -m raysel.<command>`."""
+"""The `raysel` console script: `raysel sweep|select|query|report|submit|status ...` runs `python -m raysel.<command>`."""
 
 from __future__ import annotations
 
@@ -8,9 +8,10 @@ import sys
 COMMANDS = {
     "sweep": "sweep a method's hyperparameters with Ray Tune and select without target labels",
     "select": "re-score a finished sweep offline with a label-free selector",
-    "report": "plot a finished sweep's selection and write a Markdown summary",
     "query": "run SQL over the Parquet result store",
+    "report": "plot a finished sweep's selection into report.md and a self-contained report.html",
     "submit": "submit a job definition from jobs/ to a Ray cluster (token auth)",
+    "status": "show a running or finished sweep: trials done/running/failed, best label-free score, time left",
 }
 
 

@@ -31,6 +31,7 @@ import numpy as np
 
 from raysel.errors import UserError, exits_cleanly_on_user_error
 from raysel.store_schema import HYPERPARAMETER_PREFIX, SCORE_PREFIX
+from raysel.report_html import write_html_report
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas
@@ -54,6 +55,7 @@ class TargetReport:
     evaluations: dict[str, dict[str, Any] | None] = field(default_factory=dict)
     figures: dict[str, str] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    picks: dict[str, str | None] = field(default_factory=dict)  # every scored selector's pick (report.html)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -287,6 +289,7 @@ def report_target(candidates: "pandas.DataFrame", selections: "pandas.DataFrame"
                           evaluations=evaluate_target(candidates, heldout))
     stem = _file_stem(target)
     selectors = [column[len(SCORE_PREFIX):] for column in score_columns(candidates)]
+    report.picks = {name: selected_trial(candidates, selections, target, name) for name in selectors}
     if heldout is not None and selectors and best is not None:
         taus = {name: result["kendall_tau"] for name, result in report.evaluations.items() if result is not None}
         report.figures["scores"] = plot_scores_against_heldout(candidates, heldout, selectors, best,
@@ -463,6 +466,7 @@ def write_report(store: Any, sweep_id: str, output: Path | str | None = None, se
         path.write_text(render_markdown(sweep_id, trials, selections, reports, chosen) + "\n")
     except OSError as error:
         raise UserError(f"cannot write {path}: {error.strerror or error}") from None
+    write_html_report(store.root, sweep_id, trials, reports, chosen, output)
     return path
 
 
@@ -499,6 +503,7 @@ def main(argv: list[str] | None = None) -> int:
     path = write_report(ResultStore(args.results), args.sweep, args.output, args.selector)
     images = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", path.read_text())
     print(f"wrote {path} with {len(images)} plot(s): {', '.join(images) or 'none'}")
+    print(f"wrote {path.with_name('report.html')} (self-contained: plots embedded, opens offline)")
     return 0
 
 

@@ -73,6 +73,10 @@ def build_parser() -> argparse.ArgumentParser:
                           "fmiou; hdrq: merge_quality then fmiou)")
     out.add_argument("--progress-interval", type=float, default=30.0,
                      help="seconds between progress lines (default 30)")
+    out.add_argument("--mlflow", metavar="URI", default=None,
+                     help="also track the sweep in MLflow (off by default): one run per trial (hyperparameters, "
+                     "metrics over time, label-free scores, held-out scores as oracle_*) under a parent run carrying "
+                     "the selection decision; e.g. sqlite:///mlflow.db (no server) or http://HOST:5000")
     return parser
 
 
@@ -144,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.num_samples < 1:
             raise ConfigError(f"--num-samples must be at least 1, got {args.num_samples}")
     outcome = sweeping.run_sweep(settings, search, space, resume=args.resume, address=args.address,
-                               progress_interval_s=args.progress_interval)
+                                 progress_interval_s=args.progress_interval, mlflow_uri=args.mlflow)
     print_sweep_summary(outcome)
     return 0 if outcome.decisions else 1
 

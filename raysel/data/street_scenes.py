@@ -46,6 +46,7 @@ from raysel.data.cityscapes import load_cityscapes
 from raysel.data.common import ImageSize
 from raysel.data.family import DatasetFamily, register_family
 from raysel.data.generation import ensure_generated, generate_tree
+from raysel.progress import progress
 from raysel.data.gta5 import load_gta5
 from raysel.data.labels import CITYSCAPES_CLASS_NAMES, NUM_SEGMENTATION_CLASSES
 
@@ -856,6 +857,7 @@ def generate_domain(directory: Path, domain: str, config: StreetScenesConfig) ->
     """Write one domain's images and label-id PNGs in its layout (GTA5 for the source, Cityscapes for targets)."""
     palette = _cityscapes_palette()
     counts = config.counts(domain)
+    bar = progress(sum(counts.values()), f"generating street_scenes/{domain}", unit="img")
     for split, number in counts.items():
         for index in range(number):
             rgb, label = render_scene(domain, config.height, config.width,
@@ -876,6 +878,8 @@ def generate_domain(directory: Path, domain: str, config: StreetScenesConfig) ->
             label_path.parent.mkdir(parents=True, exist_ok=True)
             Image.fromarray(rgb, mode="RGB").save(image_path)
             label_image.save(label_path)
+            bar.update(1)
+    bar.close()
     return counts
 
 

@@ -37,6 +37,7 @@ from raysel.execution.settings import SETTINGS_FILE, SweepSettings, load_setting
 from raysel.execution.trial import PREDICTIONS_FILE
 from raysel.methods.base import LocalSession, RunContext, RunSpec
 from raysel.methods.result import rebuild_model
+from raysel.progress import heartbeat, progress
 
 
 @dataclass(frozen=True)
@@ -144,13 +145,17 @@ def run_prediction_tasks(jobs: list[PredictionJob], address: str | None = None) 
                                               name=f"raysel-predict-{job.trial_id}").remote(job) for job in jobs]
         written: list[str] = []
         failures: list[str] = []
-        for job, reference in zip(jobs, references):
-            try:
-                written.append(ray.get(reference))
-            except RayTaskError as error:
-                cause = getattr(error, "cause", None) or error
-                message = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
-                failures.append(f"trial {job.trial_id}: {message}")
+        bar = progress(len(jobs), "re-predicting candidates", unit="candidate")
+        with heartbeat("re-predicting candidates", detail=lambda: f"{bar.n}/{len(jobs)} done"):
+            for job, reference in zip(jobs, references):
+                try:
+                    written.append(ray.get(reference))
+                except RayTaskError as error:
+                    cause = getattr(error, "cause", None) or error
+                    message = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
+                    failures.append(f"trial {job.trial_id}: {message}")
+                bar.update(1)
+        bar.close()
         if failures:
             raise UserError(f"re-predicting {len(failures)} of {len(jobs)} candidate(s) failed: " + "; ".join(failures))
         return written

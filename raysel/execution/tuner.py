@@ -14,6 +14,8 @@ from raysel.errors import UserError
 from raysel.execution.driver import trial_driver
 from raysel.execution.settings import DRIVER_CPU, SearchSettings, SweepSettings
 
+TUNE_FOLDER = "tune"  # the Tune experiment's folder under the sweep folder (read by raysel status)
+
 
 def build_tuner(settings: SweepSettings, search: SearchSettings, param_space: dict[str, Any], resume: bool,
                 callbacks: list[Any]) -> tune.Tuner:
@@ -29,7 +31,7 @@ def build_tuner(settings: SweepSettings, search: SearchSettings, param_space: di
         trainable = tune.with_resources(trainable, request)
     tune_dir = settings.sweep_dir
     if resume:
-        path = str((tune_dir / "tune").resolve())
+        path = str((tune_dir / TUNE_FOLDER).resolve())
         if not tune.Tuner.can_restore(path):
             raise UserError(f"--resume: sweep {settings.sweep_id!r} has no restorable Tune state at {path}")
         return tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True, resume_errored=True)
@@ -43,7 +45,7 @@ def build_tuner(settings: SweepSettings, search: SearchSettings, param_space: di
         trial_dirname_creator=lambda trial: trial.trial_id,
     )
     run_config = tune.RunConfig(
-        name="tune",
+        name=TUNE_FOLDER,
         storage_path=str(tune_dir.resolve()),
         failure_config=tune.FailureConfig(max_failures=settings.max_failures),
         verbose=0,

@@ -28,6 +28,7 @@ from raysel import data as data_module
 from raysel.errors import ConfigError
 from raysel.models import build_model, default_model_name
 from raysel.methods.acceleration import Acceleration, DeviceAcceleration
+from raysel.progress import PROGRESS_FILE
 
 CHECKPOINT_FILE = "state.pt"
 
@@ -172,6 +173,11 @@ class RunContext:
     @property
     def is_main(self) -> bool:
         return self.session.world_rank == 0
+
+    @property
+    def progress_file(self) -> Path:
+        """Where this run's progress counters keep their latest line (read by the sweep driver and `raysel status`)."""
+        return self.output_dir / PROGRESS_FILE
 
     @property
     def device(self) -> torch.device:

@@ -21,6 +21,7 @@ from raysel.methods.networks import freeze_batchnorm, model_name, unwrap
 from raysel.methods.optim import build_optimizer, build_scheduler
 from raysel.methods.training import MemoizedDataset, RunningMean, infinite_batches, stop_if_not_finite
 from raysel.models.discriminators import OutputSpaceDiscriminator
+from raysel.progress import progress
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -83,6 +84,7 @@ def train_on_source(ctx: RunContext, settings: SourceStageSettings) -> dict[str,
     segmentation = ctx.task == "segmentation"
     running = RunningMean()
     started = time.perf_counter()
+    bar = progress(settings.iterations, "source training", disable=not ctx.is_main, status_file=ctx.progress_file)
     for iteration in range(settings.iterations):
         batch = next(batches)
         images, labels = batch["image"], batch["label"]
@@ -96,9 +98,11 @@ def train_on_source(ctx: RunContext, settings: SourceStageSettings) -> dict[str,
         ctx.acceleration.backward_step(loss, optimizer)
         scheduler.step()
         running.add(loss=loss.item())
-    seconds = time.perf_counter() - started
+        bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
+        bar.update(1)
+    bar.close()
     return {"model": {k: v.detach().cpu() for k, v in unwrap(network).state_dict().items()},
-            "final_loss": running.means(ctx).get("loss", float("nan")), "seconds": seconds,
+            "final_loss": running.means(ctx).get("loss", float("nan")), "seconds": time.perf_counter() - started,
             "iterations": settings.iterations}
 
 
@@ -143,15 +147,23 @@ class AdversarialWarmupSettings:
         check_fields(self, label="warm-up ")
 
 
-def train_adversarial_warmup(ctx: RunContext, initial_state: dict[str, torch.Tensor],
-                             settings: AdversarialWarmupSettings) -> dict[str, Any]:
-    """Source CE + lambda_at * LSGAN output-space adversarial loss (Eq. 2), discriminator by Eq. 3.
+@dataclass
+class _WarmupParts:
+    """The warm-up's networks, optimisers and batch streams, built in a fixed order (seeded initialisation)."""
 
-    Starts from the source-only model (the reference pipeline: source-only, then AdaptSegNet-style AT). One
-    forward of the segmentation network on the concatenated source+target batch per step (DDP-safe); the
-    discriminator is DDP-wrapped for its own step and called unwrapped, with frozen parameters, in the
-    generator step so its gradients never leak into the segmentation update.
-    """
+    network: Any
+    discriminator: Any
+    discriminator_network: Any
+    optimizer: Any
+    scheduler: Any
+    discriminator_optimizer: Any
+    source_batches: Any
+    target_batches: Any
+
+
+def _warmup_parts(ctx: RunContext, initial_state: dict[str, torch.Tensor],
+                  settings: AdversarialWarmupSettings) -> _WarmupParts:
+    """Build the warm-up's segmentation network (from ``initial_state``), discriminator, optimisers and loaders."""
     torch.manual_seed(ctx.spec.seed + 1)
     model = ctx.build_model(pretrained=False)
     model.load_state_dict(initial_state)
@@ -170,34 +182,59 @@ def train_adversarial_warmup(ctx: RunContext, initial_state: dict[str, torch.Ten
                                                  seed_offset=21))
     target_batches = infinite_batches(ctx.loader(MemoizedDataset(ctx.target_dataset()), settings.batch_size,
                                                  seed_offset=22))
+    return _WarmupParts(network, discriminator, discriminator_network, optimizer, scheduler, discriminator_optimizer,
+                        source_batches, target_batches)
+
+
+def _warmup_step(ctx: RunContext, parts: _WarmupParts, settings: AdversarialWarmupSettings,
+                 generator: torch.Generator, iteration: int) -> dict[str, float]:
+    """One warm-up step: the generator update (Eq. 2) with the discriminator frozen, then the discriminator's (Eq. 3)."""
+    source, target = next(parts.source_batches), next(parts.target_batches)
+    source_images, source_labels = weak_augment(source["image"], source["label"], generator)
+    target_images, _ = weak_augment(target["image"], None, generator)
+    count = source_images.shape[0]
+    with ctx.acceleration.autocast():
+        logits = parts.network(torch.cat([source_images, target_images]).to(ctx.device)).float()
+    probabilities = logits.softmax(dim=1)
+    segmentation_loss = cross_entropy(logits[:count], source_labels.to(ctx.device))
+    parts.discriminator.requires_grad_(False)
+    adversarial_loss = lsgan_generator_loss(parts.discriminator(probabilities[count:]))
+    loss = segmentation_loss + settings.lambda_at * adversarial_loss
+    stop_if_not_finite(ctx, loss, f"warm-up iteration {iteration}")
+    parts.optimizer.zero_grad(set_to_none=True)
+    ctx.acceleration.backward_step(loss, parts.optimizer)
+    parts.scheduler.step()
+    parts.discriminator.requires_grad_(True)
+    scores = parts.discriminator_network(probabilities.detach())
+    discriminator_loss = lsgan_discriminator_loss(scores[:count], scores[count:])
+    parts.discriminator_optimizer.zero_grad(set_to_none=True)
+    discriminator_loss.backward()
+    parts.discriminator_optimizer.step()
+    return {"loss": loss.item(), "segmentation": segmentation_loss.item(), "adversarial": adversarial_loss.item(),
+            "discriminator": discriminator_loss.item()}
+
+
+def train_adversarial_warmup(ctx: RunContext, initial_state: dict[str, torch.Tensor],
+                             settings: AdversarialWarmupSettings) -> dict[str, Any]:
+    """Source CE + lambda_at * LSGAN output-space adversarial loss (Eq. 2), discriminator by Eq. 3.
+
+    Starts from the source-only model (the reference pipeline: source-only, then AdaptSegNet-style AT). One
+    forward of the segmentation network on the concatenated source+target batch per step (DDP-safe); the
+    discriminator is DDP-wrapped for its own step and called unwrapped, with frozen parameters, in the
+    generator step so its gradients never leak into the segmentation update.
+    """
+    parts = _warmup_parts(ctx, initial_state, settings)
     generator = torch.Generator().manual_seed(ctx.spec.seed * 2003 + ctx.rank)
     running = RunningMean()
     started = time.perf_counter()
+    bar = progress(settings.iterations, "adversarial warm-up", disable=not ctx.is_main, status_file=ctx.progress_file)
     for iteration in range(settings.iterations):
-        source, target = next(source_batches), next(target_batches)
-        source_images, source_labels = weak_augment(source["image"], source["label"], generator)
-        target_images, _ = weak_augment(target["image"], None, generator)
-        count = source_images.shape[0]
-        with ctx.acceleration.autocast():
-            logits = network(torch.cat([source_images, target_images]).to(ctx.device)).float()
-        probabilities = logits.softmax(dim=1)
-        segmentation_loss = cross_entropy(logits[:count], source_labels.to(ctx.device))
-        discriminator.requires_grad_(False)
-        adversarial_loss = lsgan_generator_loss(discriminator(probabilities[count:]))
-        loss = segmentation_loss + settings.lambda_at * adversarial_loss
-        stop_if_not_finite(ctx, loss, f"warm-up iteration {iteration}")
-        optimizer.zero_grad(set_to_none=True)
-        ctx.acceleration.backward_step(loss, optimizer)
-        scheduler.step()
-        discriminator.requires_grad_(True)
-        scores = discriminator_network(probabilities.detach())
-        discriminator_loss = lsgan_discriminator_loss(scores[:count], scores[count:])
-        discriminator_optimizer.zero_grad(set_to_none=True)
-        discriminator_loss.backward()
-        discriminator_optimizer.step()
-        running.add(loss=loss.item(), segmentation=segmentation_loss.item(), adversarial=adversarial_loss.item(),
-                    discriminator=discriminator_loss.item())
-    return {"model": {k: v.detach().cpu() for k, v in unwrap(network).state_dict().items()},
+        losses = _warmup_step(ctx, parts, settings, generator, iteration)
+        running.add(**losses)
+        bar.set_postfix(loss=f"{losses['loss']:.3f}", refresh=False)
+        bar.update(1)
+    bar.close()
+    return {"model": {k: v.detach().cpu() for k, v in unwrap(parts.network).state_dict().items()},
             "statistics": running.means(ctx), "seconds": time.perf_counter() - started,
             "iterations": settings.iterations}
 

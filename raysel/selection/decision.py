@@ -18,6 +18,7 @@ from raysel.selection.evaluate import evaluate_selector
 from raysel.selection.predictions import load_predictions
 from raysel.selection.selectors import TrialScoreSelector, get_selector
 from raysel.store_schema import heldout_column_with_values
+from raysel.progress import progress
 
 
 def select_sweep(store: Any, sweep_id: str, method: str | None = None, selectors: Iterable[str] = ("fmiou",),
@@ -45,9 +46,11 @@ def select_sweep(store: Any, sweep_id: str, method: str | None = None, selectors
             continue
         needs_probabilities = any(s.needs_probabilities for s in selector_objects)
         candidates = [load_predictions(path, with_probabilities=needs_probabilities)
-                      for path in group["predictions_path"]] if needs_predictions else []
+                      for path in progress(len(group), f"loading candidates of {target}", unit="candidate",
+                                           iterable=group["predictions_path"])] if needs_predictions else []
         trial_ids = list(group["trial_id"])
-        for selector in selector_objects:
+        for selector in progress(len(selector_objects), f"scoring {target}", unit="selector",
+                                 iterable=selector_objects):
             if isinstance(selector, TrialScoreSelector):  # scored inside each trial (hdrq: merge_quality)
                 scores = selector.score_trials(group)
             else:

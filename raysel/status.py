@@ -1,0 +1,199 @@
+"""`raysel status [SWEEP]`: a running or finished sweep at a glance, from another terminal.
+
+Reads only files: the sweep's saved settings (``<results>/sweeps/<SWEEP>/sweep.json``: expected trials), the trial
+rows in the result store (finished / failed, label-free scores), Tune's per-trial folders (trials started but
+without a row yet are running; their ``result.json`` holds the label-free target confidence reported so far) and
+each running trial's latest progress line. No Ray connection, so it works while the sweep runs and after it ended.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from raysel import sweeping
+from raysel.errors import UserError, exits_cleanly_on_user_error
+from raysel.execution.settings import SETTINGS_FILE, SearchSettings
+from raysel.execution.tuner import TUNE_FOLDER
+from raysel.progress import PROGRESS_FILE, read_status_file
+from raysel.registry import get_method
+from raysel.search_space import SearchSpace
+from raysel.store import ResultStore
+
+CONFIDENCE_METRIC = "target_confidence"  # label-free, reported by every method while it trains
+
+
+@dataclass
+class SweepStatus:
+    """Counts, best label-free score and timing of one sweep, as read from its files."""
+    sweep_id: str
+    method: str
+    expected: int | None
+    finished: int
+    failed: int
+    running: list[str]
+    best_score: tuple[str, float, str] | None  # (what, value, trial)
+    elapsed_s: float
+    remaining_s: float | None
+    done: bool
+    progress_lines: dict[str, str] = field(default_factory=dict)
+
+
+def expected_trials(payload: dict[str, Any]) -> int | None:
+    """Trials the sweep will run, from its saved settings (None when the saved space no longer loads)."""
+    search, settings = payload.get("search", {}), payload.get("settings", {})
+    try:
+        space = SearchSpace.from_dict(payload.get("space") or {}, get_method(settings["method"]))
+    except (UserError, KeyError):
+        return None
+    return sweeping.expected_trials(space, SearchSettings(**search), max(1, len(settings.get("targets") or [None])))
+
+
+def read_settings(results: Path, sweep_id: str) -> dict[str, Any]:
+    """The sweep's saved settings; a UserError naming the known sweeps when there is none."""
+    path = results / "sweeps" / sweep_id / SETTINGS_FILE
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        known = sorted(p.parent.name for p in (results / "sweeps").glob(f"*/{SETTINGS_FILE}"))
+        raise UserError(f"no sweep {sweep_id!r} under {results / 'sweeps'}; sweeps there: "
+                        f"{', '.join(known) or 'none'}") from None
+    except (OSError, ValueError) as error:
+        raise UserError(f"cannot read the sweep settings {path}: {error}") from None
+
+
+def latest_sweep(results: Path) -> str:
+    """The most recently started sweep under ``results`` (its settings file is the newest)."""
+    found = list((results / "sweeps").glob(f"*/{SETTINGS_FILE}"))
+    if not found:
+        raise UserError(f"no sweep under {results / 'sweeps'}: start one with `raysel sweep METHOD --results "
+                        f"{results}`")
+    return max(found, key=lambda path: path.stat().st_mtime).parent.name
+
+
+def _last_confidence(trial_dir: Path) -> float | None:
+    """The last label-free target confidence a trial reported to Tune (its ``result.json``), if any."""
+    try:
+        lines = (trial_dir / "result.json").read_text().strip().splitlines()
+    except OSError:
+        return None
+    for line in reversed(lines):
+        try:
+            value = json.loads(line).get(CONFIDENCE_METRIC)
+        except ValueError:
+            continue
+        if isinstance(value, (int, float)) and math.isfinite(value):
+            return float(value)
+    return None
+
+
+def _best_score(rows: Any, tune_dirs: list[Path], selectors: list[str]) -> tuple[str, float, str] | None:
+    """The best recorded selector score (after selection), else the best reported target confidence so far."""
+    for selector in selectors:
+        column = f"score_{selector}"
+        if column in rows and rows[column].notna().any():
+            best = rows.loc[rows[column].idxmax()]
+            return f"{selector} (label-free)", float(best[column]), str(best["trial_id"])
+    reported = [(value, path.name) for path in tune_dirs if (value := _last_confidence(path)) is not None]
+    if not reported:
+        return None
+    value, trial = max(reported)
+    return "target confidence (label-free)", value, trial
+
+
+def sweep_status(results: Path | str, sweep_id: str, now: float | None = None) -> SweepStatus:
+    """Read a sweep's status from its settings, the store and Tune's trial folders."""
+    results = Path(results)
+    payload = read_settings(results, sweep_id)
+    sweep_dir = results / "sweeps" / sweep_id
+    rows = ResultStore(results).load_sweep(sweep_id)
+    stored = set(rows["trial_id"]) if not rows.empty else set()
+    tune_dirs = sorted(path for path in (sweep_dir / TUNE_FOLDER).glob("*") if (path / "params.json").exists())
+    running = [path.name for path in tune_dirs if path.name not in stored]
+    finished = int((rows["status"] == "finished").sum()) if not rows.empty else 0
+    failed = len(stored) - finished
+    expected = expected_trials(payload)
+    now = time.time() if now is None else now
+    started = (sweep_dir / SETTINGS_FILE).stat().st_mtime
+    if not rows.empty and "started_at" in rows:
+        started = min(started, _seconds(rows["started_at"].min()))
+    done = not running and expected is not None and len(stored) >= expected
+    end = _seconds(rows["finished_at"].max()) if done and "finished_at" in rows else now
+    elapsed = max(0.0, end - started)
+    remaining = None
+    if not done and expected is not None and len(stored):
+        remaining = elapsed / len(stored) * max(0, expected - len(stored))
+    selectors = list(payload.get("settings", {}).get("selectors") or ["fmiou"])
+    lines = {trial: line for trial in running
+             if (line := read_status_file(sweep_dir / "trials" / trial / PROGRESS_FILE))}
+    return SweepStatus(sweep_id, str(payload.get("settings", {}).get("method", "?")), expected, finished, failed,
+                       running, _best_score(rows, tune_dirs, selectors), elapsed, remaining, done, lines)
+
+
+def _seconds(moment: Any) -> float:
+    """Epoch seconds of a stored timestamp (the store keeps ``started_at``/``finished_at`` as timestamps)."""
+    return float(moment.timestamp()) if hasattr(moment, "timestamp") else float(moment)
+
+
+def _duration(seconds: float) -> str:
+    """``1h02m03s`` / ``2m05s`` / ``7s``."""
+    seconds = int(round(seconds))
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}h{minutes:02d}m{secs:02d}s" if hours else (f"{minutes}m{secs:02d}s" if minutes else f"{secs}s")
+
+
+def format_status(status: SweepStatus) -> str:
+    """The lines `raysel status` prints."""
+    expected = status.expected if status.expected is not None else "?"
+    state = "finished" if status.done else "running or interrupted" if status.running else "in progress"
+    lines = [f"sweep {status.sweep_id} ({status.method}): {state}",
+             f"  trials: {status.finished} finished, {len(status.running)} running, {status.failed} failed, "
+             f"{expected} expected"]
+    if status.best_score is not None:
+        what, value, trial = status.best_score
+        lines.append(f"  best so far: {what} {value:.4f} (trial {trial})")
+    else:
+        lines.append("  best so far: no label-free score reported yet")
+    timing = f"  elapsed {_duration(status.elapsed_s)}"
+    if status.remaining_s is not None:
+        timing += f", about {_duration(status.remaining_s)} left (expected total " \
+                  f"{_duration(status.elapsed_s + status.remaining_s)})"
+    lines.append(timing)
+    lines += [f"  {trial}: {line}" for trial, line in status.progress_lines.items()]
+    return "\n".join(lines)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``python -m raysel.status`` argument parser."""
+    parser = argparse.ArgumentParser(
+        prog="python -m raysel.status",
+        description="Show a running or finished sweep from another terminal: trials finished / running / failed out "
+        "of those expected, the best label-free score so far (the selector's score after selection, else the target "
+        "confidence the trials reported), elapsed and expected time. Reads only the result folder; no Ray needed.",
+        epilog="examples:\n  raysel status                       # the latest sweep under ./results\n"
+        "  raysel status hiast-20261123-120000 --results /shared/results",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("sweep", nargs="?", default=None, help="sweep id (default: the latest sweep started)")
+    parser.add_argument("--results", type=Path, default=Path("results"), help="result store folder (default ./results)")
+    return parser
+
+
+@exits_cleanly_on_user_error
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``python -m raysel.status`` and ``raysel status``."""
+    args = build_parser().parse_args(argv)
+    sweep_id = args.sweep or latest_sweep(args.results)
+    print(format_status(sweep_status(args.results, sweep_id)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
