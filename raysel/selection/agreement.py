@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Any, Iterable, Mapping
 
+import numpy as np
+
 ARROW = "→"
 
 
@@ -25,11 +27,16 @@ def headline_selectors(decisions: Iterable[Mapping[str, Any]]) -> dict[str, str]
     rows = list(decisions)
     chosen: dict[str, str] = {}
     for decision in rows:
-        if decision.get("headline") is True:
+        if _is_true(decision.get("headline")):
             chosen[str(decision["target"])] = str(decision["selector"])
     for decision in rows:
         chosen.setdefault(str(decision["target"]), str(decision["selector"]))
     return chosen
+
+
+def _is_true(value: Any) -> bool:
+    """True for a Python or NumPy ``True``; False for False, None, NaN or pandas' missing value."""
+    return isinstance(value, (bool, np.bool_)) and bool(value)
 
 
 def agreement_line(target: str, picks: Mapping[str, str]) -> str:
