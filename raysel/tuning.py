@@ -44,7 +44,7 @@ FINAL_FILE = "final.json"
 #   "metrics": {name: scalar}            further columns of the trial's row.
 TRIAL_EXTRAS = "trial_extras"
 # Set to 1 on the nodes (not the client) only for Ray's fake multi-node provider, whose GPU nodes have no CUDA:
-# GPU-requesting trials then compute on CPU instead of failing (benchmarks/_fake_cluster.py sets it on the head).
+# GPU-requesting trials then compute on CPU instead of failing (tests/fake_cluster.py sets it on the head).
 FAKE_GPUS_ENV = "RAYSEL_FAKE_GPUS"
 PER_TARGET_HELDOUT_PREFIXES = ("heldout_miou_", "heldout_accuracy_", "heldout_iou_")
 

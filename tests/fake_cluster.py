@@ -1,9 +1,9 @@
 """A fake multi-node autoscaling Ray cluster on one machine, and a sampler of its node count over time.
 
-Shared by ``tests/test_autoscaling.py`` and ``benchmarks/autoscaling.py``. Ray's fake multi-node provider launches
-"nodes" as local raylets, so GPU scale-up from zero can be exercised on a CPU-only machine: the worker node type
-advertises ``{"CPU": 1, "GPU": 1}`` that the machine does not have (``../shared/reference/ray.md``, "Autoscaling on
-one machine"). ``ray.cluster_utils.AutoscalingCluster`` is not usable as shipped (it reads a YAML file missing from
+A test helper shared by ``tests/test_autoscaling.py``, ``tests/ray_head.py`` and ``benchmarks/autoscaling.py``.
+Ray's fake multi-node provider launches "nodes" as local raylets, so GPU scale-up from zero can be exercised on a
+CPU-only machine: the worker node type advertises ``{"CPU": 1, "GPU": 1}`` that the machine does not have
+(``../shared/reference/ray.md``, "Autoscaling on one machine"). ``ray.cluster_utils.AutoscalingCluster`` is not usable as shipped (it reads a YAML file missing from
 the 2.60 wheel and stops every Ray on the host), so :class:`FakeCluster` writes the config and owns the head itself:
 
 * free ports outside Ray's worker port range (10002-19999), its own temp dir, token authentication on;
@@ -15,7 +15,7 @@ the 2.60 wheel and stops every Ray on the host), so :class:`FakeCluster` writes 
 The trials' nodes advertise GPUs without CUDA: the head's environment (inherited by the autoscaler, the fake nodes
 and their workers) sets ``RAYSEL_FAKE_GPUS=1`` so raysel computes GPU-requesting trials on CPU there.
 
-:class:`NodeSampler` runs ``python benchmarks/_fake_cluster.py sample ADDRESS`` (a separate token-carrying Ray
+:class:`NodeSampler` runs ``python tests/fake_cluster.py sample ADDRESS`` (a separate token-carrying Ray
 driver, so the calling process needs no Ray connection of its own) and records (time, alive worker nodes, busy
 GPUs) every ``interval_s``.
 """
