@@ -85,21 +85,24 @@ def print_sweep_summary(outcome: Any, stream: Any = None) -> None:
           f"--results {outcome.results}", file=stream)
 
 
-def _score(value: Any) -> str:
-    """A label-free score with four significant digits (scales differ: agreement in [0, 1], IM in nats, ranks)."""
+def _finite(value: Any) -> float | None:
+    """``value`` as a float, or None when it is missing, NaN or not a number."""
     try:
         value = float(value)
     except (TypeError, ValueError):
-        return "-"
-    return "-" if math.isnan(value) else f"{value:.4g}"
+        return None
+    return None if math.isnan(value) else value
+
+
+def _score(value: Any) -> str:
+    """A label-free score with four significant digits (scales differ: agreement in [0, 1], IM in nats, ranks)."""
+    number = _finite(value)
+    return "-" if number is None else f"{number:.4g}"
 
 
 def _percent(value: Any) -> str:
-    try:
-        value = float(value)
-    except (TypeError, ValueError):
-        return "-"
-    return "-" if math.isnan(value) else f"{100 * value:.2f}"
+    number = _finite(value)
+    return "-" if number is None else f"{100 * number:.2f}"
 
 
 def _cell(value: Any, digits: int = 4) -> str:
