@@ -36,7 +36,7 @@ import time
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Self, Sequence
 
 REPO = Path(__file__).resolve().parent.parent
 WORKER_TYPE = "gpu_worker"
@@ -53,6 +53,20 @@ OBJECT_STORE_BYTES = 256 * 1024 * 1024
 # --------------------------------------------------------------------------------------------------------------
 # Configuration
 # --------------------------------------------------------------------------------------------------------------
+
+
+class StartedUntilExit:
+    """A context manager over ``start()`` (which returns self) and ``stop()``: a failed start stops what it began."""
+
+    def __enter__(self) -> Self:
+        try:
+            return self.start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
 
 
 def free_ports(count: int, low: int = 20000, high: int = 60000) -> list[int]:
@@ -105,7 +119,7 @@ def autoscaling_config(gcs_address: str, max_workers: int, idle_timeout_minutes:
 # --------------------------------------------------------------------------------------------------------------
 
 
-class FakeCluster:
+class FakeCluster(StartedUntilExit):
     """A token-authenticated fake autoscaling cluster: CPU-only head, ``max_workers`` GPU nodes at most."""
 
     def __init__(self, max_workers: int = 2, idle_timeout_minutes: float = 0.2, head_cpus: int = 1,
@@ -197,16 +211,6 @@ class FakeCluster:
         if getattr(self, "_log", None):
             self._log.close()
         shutil.rmtree(self.temp_dir, ignore_errors=True)
-
-    def __enter__(self) -> "FakeCluster":
-        try:
-            return self.start()
-        except BaseException:
-            self.stop()
-            raise
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
 
 def token_client_env(token_path: Path) -> dict[str, str]:
@@ -317,7 +321,7 @@ def sampler_main(address: str, interval_s: float) -> None:
         time.sleep(interval_s)
 
 
-class NodeSampler:
+class NodeSampler(StartedUntilExit):
     """Record :class:`Sample` s of a cluster every ``interval_s`` from a separate sampler process."""
 
     def __init__(self, cluster: FakeCluster, interval_s: float = 0.5) -> None:
@@ -379,16 +383,6 @@ class NodeSampler:
             self._reader.join(timeout=5)
         if getattr(self, "_error_file", None):
             self._error_file.close()
-
-    def __enter__(self) -> "NodeSampler":
-        try:
-            return self.start()
-        except BaseException:
-            self.stop()
-            raise
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
 
 # --------------------------------------------------------------------------------------------------------------
