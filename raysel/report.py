@@ -107,8 +107,9 @@ def choose_selector(trials: "pandas.DataFrame", selections: "pandas.DataFrame", 
     scored = [column[len(SCORE_PREFIX):] for column in score_columns(trials)]
     if requested is not None:
         if requested not in scored:
-            raise UserError(f"selector {requested!r} has no scores in this sweep (scored: {', '.join(scored) or 'none'});"
-                            f" score it first with `python -m raysel.select SWEEP --selector {requested}`")
+            raise UserError(f"selector {requested!r} has no scores in this sweep (scored: "
+                            f"{', '.join(scored) or 'none'}); score it first with "
+                            f"`python -m raysel.select SWEEP --selector {requested}`")
         return requested
     if "headline" in selections and selections["headline"].fillna(False).astype(bool).any():
         latest = selections[selections["headline"].fillna(False).astype(bool)].sort_values("created_at")
@@ -363,10 +364,12 @@ def _decision_lines(selections: "pandas.DataFrame", sweep_id: str) -> list[str]:
     lines = ["## Selection decisions", ""]
     if selections.empty:
         return lines + [f"No decision is recorded yet: run `python -m raysel.select {sweep_id}`.", ""]
-    latest = selections.sort_values("created_at").drop_duplicates(["target", "selector"], keep="last").to_dict("records")
+    latest = selections.sort_values("created_at").drop_duplicates(["target", "selector"], keep="last")
+    latest = latest.to_dict("records")
     headline = headline_selectors(latest)
-    rows = [[str(row["target"]), str(row["selector"]) + (" (headline)" if headline[str(row["target"])] == row["selector"]
-                                                         else ""), f"`{row['selected_trial_id']}`",
+    rows = [[str(row["target"]),
+             str(row["selector"]) + (" (headline)" if headline[str(row["target"])] == row["selector"] else ""),
+             f"`{row['selected_trial_id']}`",
              _number(row["score"], 4), _number(row["num_candidates"]), _number(_points(row.get("heldout_selected"))),
              _number(_points(row.get("heldout_best"))), _number(row.get("heldout_regret"))]
             for row in sorted(latest, key=lambda row: str(row["target"]))]

@@ -31,9 +31,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("sweep", help="sweep id (see: python -m raysel.query \"SELECT DISTINCT sweep_id FROM trials\")")
     parser.add_argument("--selector", dest="selectors", action="append", choices=selector_names(), default=None,
-                        help="selector that decides (repeatable: the first applicable one decides; default: the method's "
-                        "default selectors, e.g. fmiou, hdrq: merge_quality); every other applicable selector is "
-                        "recorded too")
+                        help="selector that decides (repeatable: the first applicable one decides; default: the "
+                        "method's default selectors, e.g. fmiou, hdrq: merge_quality); every other applicable "
+                        "selector is recorded too")
     parser.add_argument("--results", type=Path, default=Path("results"), help="result store folder (default ./results)")
     parser.add_argument("--repredict", action="store_true",
                         help="recompute every finished candidate's predictions from its checkpoint first, as Ray tasks "

@@ -25,8 +25,8 @@ def format_trials_table(trials: Any, decisions: list[dict[str, Any]], primary_se
     if primary_selector is not None:
         headline = {target: primary_selector for target in headline}
     selectors = list(dict.fromkeys(str(d["selector"]) for d in decisions))
-    heldout_column = "heldout_miou" if trials.get("heldout_miou") is not None and trials["heldout_miou"].notna().any() else (
-        "heldout_accuracy" if trials.get("heldout_accuracy") is not None and trials["heldout_accuracy"].notna().any() else None)
+    heldout_column = next((column for column in ("heldout_miou", "heldout_accuracy")
+                           if trials.get(column) is not None and trials[column].notna().any()), None)
     hyperparameters = swept_columns(trials)
     header = ["sel", "trial", "target", *[c[len(HYPERPARAMETER_PREFIX):] for c in hyperparameters], *selectors]
     if heldout_column:
@@ -38,7 +38,8 @@ def format_trials_table(trials: Any, decisions: list[dict[str, Any]], primary_se
         chosen = picks.get(target, {})
         row = ["*" if chosen.get(headline.get(target, "")) == trial_id else "", trial_id, target]
         row += [_cell(trial[c]) for c in hyperparameters]
-        row += [_score(trial.get(f"score_{name}")) + ("*" if chosen.get(name) == trial_id else "") for name in selectors]
+        row += [_score(trial.get(f"score_{name}")) + ("*" if chosen.get(name) == trial_id else "")
+                for name in selectors]
         if heldout_column:
             row.append(_percent(trial.get(heldout_column)))
         row += [_cell(trial.get("wall_time_s"), digits=0), str(trial["status"])]

@@ -3,8 +3,9 @@
 A test helper shared by ``tests/test_autoscaling.py``, ``tests/ray_head.py`` and ``benchmarks/autoscaling.py``.
 Ray's fake multi-node provider launches "nodes" as local raylets, so GPU scale-up from zero can be exercised on a
 CPU-only machine: the worker node type advertises ``{"CPU": 1, "GPU": 1}`` that the machine does not have
-(``../shared/reference/ray.md``, "Autoscaling on one machine"). ``ray.cluster_utils.AutoscalingCluster`` is not usable as shipped (it reads a YAML file missing from
-the 2.60 wheel and stops every Ray on the host), so :class:`FakeCluster` writes the config and owns the head itself:
+(``../shared/reference/ray.md``, "Autoscaling on one machine"). ``ray.cluster_utils.AutoscalingCluster`` is not
+usable as shipped (it reads a YAML file missing from the 2.60 wheel and stops every Ray on the host), so
+:class:`FakeCluster` writes the config and owns the head itself:
 
 * free ports outside Ray's worker port range (10002-19999), its own temp dir, token authentication on;
 * ``ray start --head --block`` in its own session with ``RAY_FAKE_CLUSTER=1`` and autoscaler v1;

@@ -178,9 +178,9 @@ def synthetic_candidates(task: str, count: int = 5, num_classes: int = 4, seed: 
             rows, cols = probability_grid(8, 8, (4, 4))
             probabilities = np.moveaxis(probabilities[:, rows][:, :, cols], -1, 1)
         candidates.append(CandidatePredictions(
-            labels=labels, probabilities=probabilities.astype(np.float16), image_ids=tuple(f"i{k}" for k in range(shape[0])),
-            image_indices=np.arange(shape[0]), num_classes=num_classes, task=task, probability_rows=rows,
-            probability_cols=cols))
+            labels=labels, probabilities=probabilities.astype(np.float16),
+            image_ids=tuple(f"i{k}" for k in range(shape[0])), image_indices=np.arange(shape[0]),
+            num_classes=num_classes, task=task, probability_rows=rows, probability_cols=cols))
     return candidates
 
 

@@ -34,7 +34,7 @@ def cached_arrays_needed(selector: Any) -> tuple[str, ...]:
 
 
 def selector_candidates(trials: "pandas.DataFrame", selector: Any) -> "pandas.DataFrame":
-    """The finished rows ``selector`` can score, sorted by trial id: with a prediction file, or with its stored score."""
+    """The finished rows ``selector`` can score, by trial id: those with a prediction file, or with its stored score."""
     finished = trials[trials["status"] == FINISHED].sort_values("trial_id")
     if isinstance(selector, TrialScoreSelector):
         return finished[finished[selector.column].notna()] if selector.column in finished else finished.iloc[0:0]
