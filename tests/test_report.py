@@ -204,4 +204,6 @@ def test_report_on_a_real_sweep(tiny_hiast_sweep: dict, tmp_path: Path) -> None:
     assert images == ["score_vs_heldout_day_city.png", "hyperparameters_day_city.png", "class_iou_day_city.png"]
     for name in images:
         assert_png(tmp_path / "report" / name)
-    assert "| day_city | fmiou |" in markdown and "Kendall τ" in markdown
+    assert "| day_city | fmiou (headline) |" in markdown and "| day_city | im |" in markdown  # every selector
+    assert "selectors agree on day_city" in markdown or "selectors disagree on day_city" in markdown
+    assert "Kendall τ" in markdown
