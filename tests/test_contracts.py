@@ -83,18 +83,6 @@ def test_method_declares_a_valid_config_search_space_and_selectors(name: str) ->
     assert method.default_selectors and set(method.default_selectors) <= set(selector_names())
 
 
-@pytest.fixture(scope="module")
-def tiny_roots(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """The embedded families' small generated data, once per module."""
-    from raysel.data.digits import DigitsConfig, prepare_digits
-    from raysel.data.street_scenes import StreetScenesConfig, prepare_street_scenes
-
-    street, digits = tmp_path_factory.mktemp("street"), tmp_path_factory.mktemp("digits")
-    prepare_street_scenes(street, StreetScenesConfig.small())
-    prepare_digits(digits, DigitsConfig.small())
-    return {"street_scenes": street, "digits": digits}
-
-
 def method_cases() -> list[Any]:
     """(method, task) for every registered method and each task it supports."""
     return [pytest.param(name, task, id=f"{name}-{task}") for name in method_names() for task in get_method(name).tasks]
