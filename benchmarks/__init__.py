@@ -1,1 +1,1 @@
-"""Benchmark scripts: `python -m benchmarks.<name>`; each writes its own section of BENCHMARKS.md."""
+"""raysel's benchmarks: run each as `python -m benchmarks.NAME` from the repository root (see BENCHMARKS.md)."""

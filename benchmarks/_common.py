@@ -72,9 +72,11 @@ def machine_description() -> str:
 
 
 def command_line(script: str, argv: Sequence[str] | None = None) -> str:
-    """The exact command that reproduces this run: ``python benchmarks/<script> <args>`` (shell-quoted)."""
+    """The exact command that reproduces this run: ``python -m benchmarks.<script> <args>`` (shell-quoted; ``script``
+    with or without ``.py``)."""
     arguments = list(sys.argv[1:] if argv is None else argv)
-    return " ".join(["python", f"benchmarks/{script}", *([shlex.join(arguments)] if arguments else [])])
+    module = f"benchmarks.{script.removesuffix('.py')}"
+    return " ".join(["python", "-m", module, *([shlex.join(arguments)] if arguments else [])])
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -1,6 +1,6 @@
 """GPU autoscaling on one machine: how fast a raysel sweep scales fake GPU nodes up from zero and back down.
 
-Ray's fake multi-node provider (benchmarks/_fake_cluster.py) runs a token-authenticated cluster whose head has one
+Ray's fake multi-node provider (tests/fake_cluster.py) runs a token-authenticated cluster whose head has one
 CPU and no GPU and whose ``gpu_worker`` node type advertises ``{"CPU": 1, "GPU": 1}`` (min 0 nodes). A
 ``python -m raysel.sweep source_only --gpus-per-worker 1 --address ...`` sweep (a learning-rate grid) runs against
 it while a separate driver samples the alive worker nodes and busy GPUs every 0.5 s. The trials compute on CPU
@@ -21,11 +21,8 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from benchmarks._common import command_line, write_section  # noqa: E402
-from benchmarks._fake_cluster import (FakeCluster, NodeSampler, SweepRun, Timeline, run_sweep_cli,  # noqa: E402
-                                      summarize)
+from benchmarks._common import command_line, write_section
+from tests.fake_cluster import FakeCluster, NodeSampler, SweepRun, Timeline, run_sweep_cli, summarize
 
 SWEEP_ID = "autoscaling"
 

@@ -18,8 +18,8 @@ Scores are held-out mIoU (segmentation) or accuracy (classification), in points.
 source-only at least 10 points below the oracle on every target (mean over seeds, and each seed is listed), and
 every seed's source-only score at least 5 points above the better chance baseline ("clearly better than chance").
 
-    python benchmarks/domain_gap.py                          # both families, seeds 0 1; writes BENCHMARKS.md
-    python benchmarks/domain_gap.py --quick --families digits   # smoke run (few iterations), prints only
+    python -m benchmarks.domain_gap                          # both families, seeds 0 1; writes BENCHMARKS.md
+    python -m benchmarks.domain_gap --quick --families digits   # smoke run (few iterations), prints only
 
 Writes the ``## domain_gap`` section of BENCHMARKS.md (replacing an existing one) unless ``--quick`` or
 ``--no-write``. Every run uses a fresh stage cache, so the runtimes are real training times.
@@ -42,19 +42,17 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
 from benchmarks._common import (BENCHMARKS_PATH, ScoredRun, command_line, config_defaults,
                                 run_method_and_score_heldout, write_section)
-from benchmarks._common import run_in_processes  # noqa: E402
+from benchmarks._common import run_in_processes
 
-from raysel import data  # noqa: E402
-from raysel.data import DatasetFamily  # noqa: E402
-from raysel.data.generation import MARKER  # noqa: E402
-from raysel.heldout import HELDOUT_SPLIT  # noqa: E402
-from raysel.methods.base import RunContext  # noqa: E402
-from raysel.models import default_model_name  # noqa: E402
-from raysel.metrics import IGNORE_INDEX, miou  # noqa: E402
+from raysel import data
+from raysel.data import DatasetFamily
+from raysel.data.generation import MARKER
+from raysel.heldout import HELDOUT_SPLIT
+from raysel.methods.base import RunContext
+from raysel.models import default_model_name
+from raysel.metrics import IGNORE_INDEX, miou
 
 SECTION = "domain_gap"
 METHOD = "source_only"

@@ -23,9 +23,9 @@ Per dataset family and seed, with the ``hdrq`` method's own pipeline pieces (:mo
 Held-out labels are read only here, through :func:`raysel.heldout.heldout_scores` and
 :func:`raysel.execution.trial.multi_target_heldout` (evaluation code; the method and its selector never read them).
 
-    python benchmarks/hdrq_merge.py                       # both families, seeds 0 1; writes BENCHMARKS.md
-    python benchmarks/hdrq_merge.py --parallel 2          # (family, seed) jobs in 2 spawned processes
-    python benchmarks/hdrq_merge.py --quick               # smoke run on tiny generated data; prints only
+    python -m benchmarks.hdrq_merge                       # both families, seeds 0 1; writes BENCHMARKS.md
+    python -m benchmarks.hdrq_merge --parallel 2          # (family, seed) jobs in 2 spawned processes
+    python -m benchmarks.hdrq_merge --quick               # smoke run on tiny generated data; prints only
 
 Writes the ``## hdrq_merge`` section of BENCHMARKS.md unless ``--quick`` or ``--no-write``. Every run uses a fresh
 stage cache (under ``--workdir``, default a temporary folder), so the timings are real.
@@ -45,18 +45,16 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
 from benchmarks._common import (BENCHMARKS_PATH, command_line, default_device, heldout_score_key,
                                 write_section)
-from benchmarks._common import prepare_benchmark_data, run_in_processes, working_directory  # noqa: E402
+from benchmarks._common import prepare_benchmark_data, run_in_processes, working_directory
 
-from raysel import data  # noqa: E402
-from raysel.heldout import heldout_scores  # noqa: E402
-from raysel.methods import hdrq  # noqa: E402
-from raysel.methods.base import LocalSession, RunContext, RunSpec  # noqa: E402
-from raysel.selection.evaluate import evaluate_selector  # noqa: E402
-from raysel.execution.trial import multi_target_heldout  # noqa: E402
+from raysel import data
+from raysel.heldout import heldout_scores
+from raysel.methods import hdrq
+from raysel.methods.base import LocalSession, RunContext, RunSpec
+from raysel.selection.evaluate import evaluate_selector
+from raysel.execution.trial import multi_target_heldout
 
 SECTION = "hdrq_merge"
 FAMILIES = ("street_scenes", "digits")

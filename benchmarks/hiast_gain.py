@@ -12,8 +12,8 @@ Held-out target mIoU comes from :func:`raysel.heldout.heldout_scores` (evaluatio
 Speed of the default HIAST runs: seconds per training iteration, images/s, and the share of wall time outside the
 train loop (pseudo-label generation, label-free progress evaluation, data preparation, held-out evaluation).
 
-    python benchmarks/hiast_gain.py                 # full benchmark (20-40 min on 2 busy cores), writes BENCHMARKS.md
-    python benchmarks/hiast_gain.py --quick          # smoke run with tiny budgets (no BENCHMARKS.md unless --write)
+    python -m benchmarks.hiast_gain                 # full benchmark (20-40 min on 2 busy cores), writes BENCHMARKS.md
+    python -m benchmarks.hiast_gain --quick          # smoke run with tiny budgets (no BENCHMARKS.md unless --write)
 """
 
 from __future__ import annotations
@@ -34,9 +34,7 @@ import numpy as np
 from raysel.errors import ConfigError, exits_cleanly_on_user_error
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-
-from benchmarks._common import command_line, machine_description, replace_section  # noqa: E402
+from benchmarks._common import command_line, machine_description, replace_section
 
 SECTION = "hiast_gain"
 ABLATIONS: dict[str, dict[str, Any]] = {

@@ -23,9 +23,9 @@ safe for concurrent builders: a file lock per stage, the second waits and loads)
 through :func:`raysel.heldout.heldout_scores` (evaluation code): mIoU and per-class IoU for segmentation, accuracy
 and per-class accuracy (recall) for classification.
 
-    python benchmarks/method_gains.py --parallel 2        # both families, seeds 0 1; writes BENCHMARKS.md
-    python benchmarks/method_gains.py --families digits   # the classification rows only
-    python benchmarks/method_gains.py --quick             # smoke run: tiny budgets on tiny generated data; prints only
+    python -m benchmarks.method_gains --parallel 2        # both families, seeds 0 1; writes BENCHMARKS.md
+    python -m benchmarks.method_gains --families digits   # the classification rows only
+    python -m benchmarks.method_gains --quick             # smoke run: tiny budgets on tiny generated data; prints only
 
 Writes the ``## method_gains`` section of BENCHMARKS.md unless ``--quick`` or ``--no-write``. Exit status 1 when a
 required comparison fails (a method not above source-only on the mean over targets and seeds), 0 otherwise.
@@ -46,15 +46,13 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from benchmarks._common import (BENCHMARKS_PATH, ScoredRun, build_shared_stages, command_line,  # noqa: E402
+from benchmarks._common import (BENCHMARKS_PATH, ScoredRun, build_shared_stages, command_line,
                                 config_defaults, prepare_benchmark_data, run_in_processes,
                                 run_method_and_score_heldout, working_directory, write_section)
-from benchmarks.domain_gap import data_identity  # noqa: E402
+from benchmarks.domain_gap import data_identity
 
-from raysel import data  # noqa: E402
-from raysel.models import default_model_name  # noqa: E402
+from raysel import data
+from raysel.models import default_model_name
 
 SECTION = "method_gains"
 FAMILIES = ("street_scenes", "digits")

@@ -36,8 +36,8 @@ seed), built by the first sweep of each seed and target and reused by every late
 budget, method, seed and kind inside ``--workdir``: rerunning the same command reuses finished sweeps and resumes a
 killed one.
 
-    python benchmarks/selection_quality.py                  # full protocol (~200 trials), writes BENCHMARKS.md
-    python benchmarks/selection_quality.py --quick          # smoke run, prints only
+    python -m benchmarks.selection_quality                  # full protocol (~200 trials), writes BENCHMARKS.md
+    python -m benchmarks.selection_quality --quick          # smoke run, prints only
 """
 
 from __future__ import annotations
@@ -59,10 +59,11 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-
-from benchmarks._common import command_line, write_section  # noqa: E402
+from benchmarks._common import REPO, command_line, write_section
+from raysel.selection.applicability import recorded_selectors
+from raysel.selection.evaluate import (BASELINES, DEFAULT_BASELINE, POINTS, RANDOM_BASELINE, SelectorSummary,
+                                       baseline_evaluations, best_selector, matches_defaults, stored_evaluation,
+                                       summarize_selectors)
 
 SECTION = "selection_quality"
 METHODS = ("hiast", "t2sda", "sfda")
@@ -89,13 +90,9 @@ BUDGETS: dict[str, dict[str, dict[str, Any]]] = {
 }
 QUICK_SELECTION_SIZE = 12
 QUICK_RANDOM_SAMPLES = 4
-DEFAULT_BASELINE = "default configuration"
-RANDOM_BASELINE = "random pick (expected)"
-BASELINES = (DEFAULT_BASELINE, RANDOM_BASELINE)
 RANDOM_KIND = "random"
 SPACE_KIND = "space"
 DEFAULT_KIND = "default"
-POINTS = 100.0
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -404,36 +401,6 @@ class SweepCase:
         return self.trial_ids[int(np.argmax(self.heldout))]
 
 
-def baseline_evaluations(heldout: Sequence[float], default_heldout: float | None) -> dict[str, dict[str, Any]]:
-    """Regret and gap closed of choosing the default configuration and of the expected random pick."""
-    values = np.asarray(heldout, dtype=np.float64)
-    best, worst = float(values.max()), float(values.min())
-
-    def row(chosen: float) -> dict[str, Any]:
-        gap = 1.0 if best == worst else (chosen - worst) / (best - worst)
-        return {"regret": (best - chosen) * POINTS, "gap_closed": gap, "kendall_tau": math.nan,
-                "spearman_rho": math.nan, "top3_regret": math.nan, "selected_trial_id": None}
-
-    rows = {RANDOM_BASELINE: row(float(values.mean()))}
-    if default_heldout is not None:
-        rows[DEFAULT_BASELINE] = row(float(default_heldout))
-    return rows
-
-
-def matches_defaults(frame: Any, defaults: dict[str, Any], names: Iterable[str]) -> np.ndarray:
-    """Boolean mask of the trial rows whose ``hp_<name>`` equal ``defaults[name]`` for every name."""
-    mask = np.ones(len(frame), dtype=bool)
-    for name in names:
-        column = frame[f"hp_{name}"]
-        expected = defaults[name]
-        if isinstance(expected, (int, float)) and not isinstance(expected, bool):
-            numbers = column.to_numpy(dtype=np.float64, na_value=np.nan)
-            mask &= np.isclose(numbers, float(expected), rtol=1e-9, atol=1e-12)
-        else:
-            mask &= (column == expected).fillna(False).to_numpy(dtype=bool)
-    return mask
-
-
 def finished_trials(results: Path, name: str) -> Any:
     """The sweep's finished trials that have a held-out mIoU (pandas DataFrame, possibly empty)."""
     from raysel.store import ResultStore
@@ -445,48 +412,17 @@ def finished_trials(results: Path, name: str) -> Any:
     return trials[keep].sort_values("trial_id")
 
 
-def applicable_selectors(trials: Any) -> list[str]:
-    """Every registered label-free selector that can score these trials (trial-scored ones need their column)."""
-    from raysel.selection.selectors import TRIAL_SCORE_SELECTORS, selector_names
-
-    names = []
-    for name in selector_names():
-        column = f"score_{name}"
-        if name in TRIAL_SCORE_SELECTORS and (column not in trials or trials[column].isna().all()):
-            continue
-        names.append(name)
-    return names
-
-
-def rescore(results: Path, name: str, selectors: Sequence[str]) -> dict[tuple[str, str], dict[str, Any]]:
-    """Re-score a finished sweep as ``python -m raysel.select`` does; decisions by (target, selector)."""
-    from raysel.errors import UserError
+def rescore(results: Path, name: str) -> dict[tuple[str, str], dict[str, Any]]:
+    """Re-score a finished sweep with every selector that applies, as ``python -m raysel.select`` does; decisions by
+    (target, selector). Selectors that cannot run are skipped with the reason printed."""
     from raysel.selection.decision import select_sweep
     from raysel.store import ResultStore
 
-    store = ResultStore(results)
-    try:
-        decisions = select_sweep(store, name, selectors=tuple(selectors), stream=io.StringIO())
-    except UserError:  # one selector cannot score these candidates: score the others one by one
-        decisions = []
-        for selector in selectors:
-            try:
-                decisions += select_sweep(store, name, selectors=(selector,), stream=io.StringIO())
-            except UserError as error:
-                print(f"  {name}: selector {selector} skipped: {error}", flush=True)
+    printed = io.StringIO()
+    decisions = select_sweep(ResultStore(results), name, selectors=recorded_selectors(), stream=printed)
+    for line in printed.getvalue().splitlines():
+        print(f"  {name}: {line}", flush=True)
     return {(decision["target"], decision["selector"]): decision for decision in decisions}
-
-
-def decision_evaluation(decision: dict[str, Any]) -> dict[str, Any]:
-    """The held-out evaluation stored with a decision, NaN where undefined."""
-    keys = ("regret", "gap_closed", "kendall_tau", "spearman_rho", "top3_regret")
-    evaluation = {key: _nan_if_none(decision.get(f"heldout_{key}")) for key in keys}
-    evaluation["selected_trial_id"] = decision.get("selected_trial_id")
-    return evaluation
-
-
-def _nan_if_none(value: Any) -> float:
-    return math.nan if value is None else float(value)
 
 
 def default_heldouts(frames: dict[str, Any], plans: Sequence[SweepPlan]) -> dict[tuple[str, int, str], list[float]]:
@@ -526,7 +462,7 @@ def build_cases(plan: SweepPlan, frame: Any, decisions: dict[tuple[str, str], di
                                 else references.get((plan.method, plan.seed, str(target))))
         for (decision_target, selector), decision in decisions.items():
             if decision_target == target and decision.get("heldout_regret") is not None:
-                case.evaluations[selector] = decision_evaluation(decision)
+                case.evaluations[selector] = stored_evaluation(decision)
         cases.append(case)
     return cases
 
@@ -542,9 +478,9 @@ def evaluate_plans(plans: Sequence[SweepPlan], results: Path) -> tuple[list[Swee
         frame = frames.get(plan.sweep_id)
         if plan.kind == DEFAULT_KIND or frame is None or frame.empty:
             continue
-        selectors = applicable_selectors(frame)
-        used += [name for name in selectors if name not in used]
-        cases += build_cases(plan, frame, rescore(results, plan.sweep_id, selectors), references)
+        decisions = rescore(results, plan.sweep_id)
+        used += [selector for _, selector in decisions if selector not in used]
+        cases += build_cases(plan, frame, decisions, references)
     return cases, used, frames
 
 
@@ -553,58 +489,17 @@ def evaluate_plans(plans: Sequence[SweepPlan], results: Path) -> tuple[list[Swee
 # --------------------------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class SummaryRow:
-    """One selector (or baseline) over a set of sweeps."""
-
-    name: str
-    mean_regret: float
-    worst_regret: float
-    mean_gap_closed: float
-    mean_kendall_tau: float
-    mean_spearman_rho: float
-    mean_top3_regret: float
-    sweeps: int
-    worse_than_default: int | None  # sweeps where its regret exceeds the default configuration's (None: n/a)
-    compared_with_default: int
-
-
 def _nanmean(values: Sequence[float]) -> float:
     array = np.asarray(values, dtype=np.float64)
     return float(np.nanmean(array)) if np.isfinite(array).any() else math.nan
 
 
-def summarize(cases: Sequence[SweepCase], names: Sequence[str]) -> list[SummaryRow]:
-    """Mean/worst regret, mean gap closed, mean tau/rho/top-3 regret per selector and baseline over ``cases``."""
-    found = [case.all_evaluations() for case in cases]
-    rows = []
-    for name in [*names, *BASELINES]:
-        evaluations = [evaluation for evaluation in found if name in evaluation]
-        if not evaluations:
-            continue
-        regrets = [evaluation[name]["regret"] for evaluation in evaluations]
-        against = [(evaluation[name]["regret"], evaluation[DEFAULT_BASELINE]["regret"]) for evaluation in evaluations
-                   if DEFAULT_BASELINE in evaluation]
-        worse = None if name in BASELINES else sum(mine > default + 1e-9 for mine, default in against)
-        rows.append(SummaryRow(
-            name=name, mean_regret=_nanmean(regrets), worst_regret=float(np.nanmax(regrets)),
-            mean_gap_closed=_nanmean([evaluation[name]["gap_closed"] for evaluation in evaluations]),
-            mean_kendall_tau=_nanmean([evaluation[name]["kendall_tau"] for evaluation in evaluations]),
-            mean_spearman_rho=_nanmean([evaluation[name]["spearman_rho"] for evaluation in evaluations]),
-            mean_top3_regret=_nanmean([evaluation[name]["top3_regret"] for evaluation in evaluations]),
-            sweeps=len(evaluations), worse_than_default=worse, compared_with_default=len(against)))
-    return rows
+def summarize(cases: Sequence[SweepCase], names: Sequence[str]) -> list[SelectorSummary]:
+    """:func:`raysel.selection.evaluate.summarize_selectors` over the cases' evaluations (baselines included)."""
+    return summarize_selectors([case.all_evaluations() for case in cases], names)
 
 
-def best_selector(rows: Sequence[SummaryRow]) -> str | None:
-    """The label-free selector with the lowest mean regret (ties: higher mean gap closed, then name)."""
-    candidates = [row for row in rows if row.name not in BASELINES and math.isfinite(row.mean_regret)]
-    if not candidates:
-        return None
-    return min(candidates, key=lambda row: (row.mean_regret, -row.mean_gap_closed, row.name)).name
-
-
-def row_by_name(rows: Sequence[SummaryRow], name: str | None) -> SummaryRow | None:
+def row_by_name(rows: Sequence[SelectorSummary], name: str | None) -> SelectorSummary | None:
     """The summary row of ``name`` (None when absent)."""
     return next((row for row in rows if row.name == name), None)
 
@@ -640,7 +535,7 @@ def fmt_value(value: Any) -> str:
     return str(int(number)) if number.is_integer() else f"{number:g}"
 
 
-def selector_table(rows: Sequence[SummaryRow], best: str | None) -> str:
+def selector_table(rows: Sequence[SelectorSummary], best: str | None) -> str:
     """Markdown table: one row per selector and baseline; the best selector in bold."""
     lines = ["| selector | mean regret | worst regret | mean gap closed | mean Kendall τ | mean Spearman ρ | "
              "mean top-3 regret | worse than default (sweeps) | sweeps |",
@@ -715,7 +610,7 @@ def per_sweep_table(cases: Sequence[SweepCase], best: str | None) -> str:
     return "\n".join(lines)
 
 
-def regret_pair(row: SummaryRow | None) -> str:
+def regret_pair(row: SelectorSummary | None) -> str:
     """``mean / worst`` regret of a summary row (em dashes when absent)."""
     return "— / —" if row is None else f"{fmt(row.mean_regret)} / {fmt(row.worst_regret)}"
 
@@ -740,12 +635,12 @@ def methods_table(cases: Sequence[SweepCase], names: Sequence[str], methods: Seq
     return "\n".join(lines)
 
 
-def worse_text(row: SummaryRow) -> str:
+def worse_text(row: SelectorSummary) -> str:
     """``n/m`` sweeps in which a selector did worse than the default configuration."""
     return f"{row.worse_than_default}/{row.compared_with_default}"
 
 
-def goal_lines(rows: Sequence[SummaryRow], best: str | None) -> list[str]:
+def goal_lines(rows: Sequence[SelectorSummary], best: str | None) -> list[str]:
     """What the issue asked for, and what was measured (reported either way)."""
     fmiou, chosen, default = row_by_name(rows, "fmiou"), row_by_name(rows, best), row_by_name(rows, DEFAULT_BASELINE)
     lines = []

@@ -23,9 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from benchmarks._common import command_line, write_section  # noqa: E402
+from benchmarks._common import command_line, write_section
 
 
 def space_yaml(alphas: list[float], fixed: dict[str, object]) -> str:

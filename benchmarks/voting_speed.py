@@ -17,8 +17,8 @@ Synthetic predictions look like a sweep: a piecewise-constant scene, candidates 
 shared "hard" region (correlated errors) plus a little independent noise. A worst case with independent uniform
 labels (no agreement to exploit) is timed on ``--worst-case-images`` images.
 
-    python benchmarks/voting_speed.py                       # full size: 10 candidates, 500 images of 512x1024
-    python benchmarks/voting_speed.py --images 20 --height 128 --width 256 --no-write   # quick run
+    python -m benchmarks.voting_speed                       # full size: 10 candidates, 500 images of 512x1024
+    python -m benchmarks.voting_speed --images 20 --height 128 --width 256 --no-write   # quick run
 
 Writes the ``## voting_speed`` section of BENCHMARKS.md (replacing an existing one) unless ``--no-write``.
 """
@@ -263,7 +263,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    command = "python benchmarks/voting_speed.py" + ("" if not argv and len(sys.argv) <= 1 else
+    command = "python -m benchmarks.voting_speed" + ("" if not argv and len(sys.argv) <= 1 else
                                                       " " + shlex.join(argv if argv is not None else sys.argv[1:]))
     load_before = os.getloadavg()[0]
     result = run(args)

@@ -8,7 +8,8 @@ Written into ``--output`` (default ``<results>/reports/<SWEEP>/``), per target d
   score of the report's selector;
 * ``class_iou_<target>.png`` — held-out per-class IoU (``heldout_iou``) of the selected candidate next to the best
   held-out candidate (segmentation);
-* ``report.md`` — embeds the plots and lists the recorded selection decisions, the evaluation of every selector
+* ``report.md`` — embeds the plots and lists every recorded selector's pick side by side (headline marked, with
+  whether they agree), the evaluation of every selector
   (:func:`raysel.selection.evaluate.evaluate_selector`: regret, top-3 regret, gap closed, Kendall τ, Spearman ρ)
   and the candidates.
 
@@ -30,15 +31,16 @@ from typing import TYPE_CHECKING, Any, Sequence
 import numpy as np
 
 from raysel.errors import UserError, exits_cleanly_on_user_error
-from raysel.store_schema import HYPERPARAMETER_PREFIX, SCORE_PREFIX
+from raysel.registry import get_method
 from raysel.report_html import write_html_report
+from raysel.selection.agreement import agreement_lines, headline_selectors
+from raysel.store_schema import HYPERPARAMETER_PREFIX, SCORE_PREFIX
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas
     from matplotlib.figure import Figure
 
 HELDOUT_COLUMNS = {"heldout_miou": "held-out mIoU", "heldout_accuracy": "held-out accuracy"}
-DEFAULT_SELECTOR = "fmiou"
 POINTS = 100.0
 SELECTED_STYLE = {"marker": "*", "s": 260, "color": "tab:red", "edgecolors": "black", "zorder": 4}
 BEST_STYLE = {"marker": "o", "s": 220, "facecolors": "none", "edgecolors": "tab:green", "linewidths": 2, "zorder": 5}
@@ -101,17 +103,22 @@ def swept_hyperparameters(trials: "pandas.DataFrame") -> list[str]:
 
 
 def choose_selector(trials: "pandas.DataFrame", selections: "pandas.DataFrame", requested: str | None) -> str | None:
-    """The selector whose choice the report follows: ``requested``, else fmiou, else the first decided or scored."""
+    """The selector whose choice the report follows: ``requested``, else the latest headline decision, else the
+    method's first scored ``default_selectors`` (registry), else the first decided or scored selector."""
     scored = [column[len(SCORE_PREFIX):] for column in score_columns(trials)]
     if requested is not None:
         if requested not in scored:
-            raise UserError(f"selector {requested!r} has no scores in this sweep (scored: {', '.join(scored) or 'none'});"
-                            f" score it first with `python -m raysel.select SWEEP --selector {requested}`")
+            raise UserError(f"selector {requested!r} has no scores in this sweep (scored: "
+                            f"{', '.join(scored) or 'none'}); score it first with "
+                            f"`python -m raysel.select SWEEP --selector {requested}`")
         return requested
-    if DEFAULT_SELECTOR in scored:
-        return DEFAULT_SELECTOR
+    if "headline" in selections and selections["headline"].fillna(False).astype(bool).any():
+        latest = selections[selections["headline"].fillna(False).astype(bool)].sort_values("created_at")
+        if latest["selector"].iloc[-1] in scored:
+            return str(latest["selector"].iloc[-1])
+    defaults = get_method(str(trials["method"].iloc[0])).default_selectors if len(trials) else ()
     decided = [name for name in selections.get("selector", []) if name in scored]
-    return decided[0] if decided else (scored[0] if scored else None)
+    return next((name for name in [*defaults, *decided, *scored] if name in scored), None)
 
 
 def _top_index(scores: np.ndarray) -> int:
@@ -360,13 +367,17 @@ def _decision_lines(selections: "pandas.DataFrame", sweep_id: str) -> list[str]:
     if selections.empty:
         return lines + [f"No decision is recorded yet: run `python -m raysel.select {sweep_id}`.", ""]
     latest = selections.sort_values("created_at").drop_duplicates(["target", "selector"], keep="last")
-    rows = [[str(row["target"]), str(row["selector"]), f"`{row['selected_trial_id']}`", _number(row["score"], 4),
-             _number(row["num_candidates"]), _number(_points(row.get("heldout_selected"))),
+    latest = latest.to_dict("records")
+    headline = headline_selectors(latest)
+    rows = [[str(row["target"]),
+             str(row["selector"]) + (" (headline)" if headline[str(row["target"])] == row["selector"] else ""),
+             f"`{row['selected_trial_id']}`",
+             _number(row["score"], 4), _number(row["num_candidates"]), _number(_points(row.get("heldout_selected"))),
              _number(_points(row.get("heldout_best"))), _number(row.get("heldout_regret"))]
-            for row in latest.sort_values(["target", "selector"]).to_dict("records")]
+            for row in sorted(latest, key=lambda row: str(row["target"]))]
     return lines + _table(["target", "selector", "selected trial", "score", "candidates",
                            "held-out of selected (points, oracle)", "held-out best (points, oracle)",
-                           "regret (points, oracle)"], rows)
+                           "regret (points, oracle)"], rows) + [f"{line}." for line in agreement_lines(latest)] + [""]
 
 
 def _evaluation_lines(report: TargetReport) -> list[str]:
@@ -490,7 +501,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--output", type=Path, default=None,
                         help="folder for the PNGs and report.md (default <results>/reports/<sweep>)")
     parser.add_argument("--selector", default=None,
-                        help="selector whose choice the plots follow (default fmiou when scored)")
+                        help="selector whose choice the plots follow (default: the sweep's headline decision, i.e. "
+                        "the method's default selector)")
     return parser
 
 

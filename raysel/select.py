@@ -1,7 +1,9 @@
 """`python -m raysel.select SWEEP`: re-score a finished sweep offline with label-free selectors.
 
 Reads only the predictions each trial cached on the target training subset (no target label is read) and records
-the decision in the result store's ``selections`` table. No model is re-run, except for finished candidates whose
+the decisions in the result store's ``selections`` table: every selector the cached outputs allow is scored and
+recorded, the method's default selector (or the first ``--selector``) makes the headline decision, and each
+selector's pick is printed side by side. No model is re-run, except for finished candidates whose
 predictions file is missing, and for every candidate with ``--repredict``: those predict again from their
 checkpoints as Ray tasks, one per candidate with the trial's CPU/GPU request (:mod:`raysel.execution.repredict`).
 """
@@ -29,7 +31,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("sweep", help="sweep id (see: python -m raysel.query \"SELECT DISTINCT sweep_id FROM trials\")")
     parser.add_argument("--selector", dest="selectors", action="append", choices=selector_names(), default=None,
-                        help="selector to score with (repeatable; default fmiou)")
+                        help="selector that decides (repeatable: the first applicable one decides; default: the "
+                        "method's default selectors, e.g. fmiou, hdrq: merge_quality); every other applicable "
+                        "selector is recorded too")
     parser.add_argument("--results", type=Path, default=Path("results"), help="result store folder (default ./results)")
     parser.add_argument("--repredict", action="store_true",
                         help="recompute every finished candidate's predictions from its checkpoint first, as Ray tasks "
@@ -43,21 +47,22 @@ def build_parser() -> argparse.ArgumentParser:
 @exits_cleanly_on_user_error
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from raysel.errors import DataError
     from raysel.selection.decision import select_sweep
     from raysel.execution.repredict import repredict_sweep
     from raysel.store import ResultStore
+    from raysel.summary import decision_lines, format_trials_table
 
     store = ResultStore(args.results)
     repredict_sweep(store, args.sweep, only_missing=not args.repredict, address=args.address)
-    decisions = select_sweep(store, args.sweep, selectors=tuple(args.selectors or ("fmiou",)))
-    for decision in decisions:
-        line = (f"{decision['selector']:>16}  target {decision['target']}: trial {decision['selected_trial_id']} "
-                f"(score {decision['score']:.4f}, {decision['num_candidates']} candidates)")
-        if decision.get("heldout_regret") is not None:
-            line += f"  held-out regret {decision['heldout_regret']:.2f} points (oracle check)"
+    decisions = select_sweep(store, args.sweep, selectors=args.selectors, record_all=True)
+    if not decisions:
+        raise DataError(f"no selector could score sweep {args.sweep!r} (the lines above say why)")
+    print("\n" + format_trials_table(store.load_sweep(args.sweep), decisions) + "\n")
+    for line in decision_lines(decisions):
         print(line)
     print(f"recorded {len(decisions)} decision(s) in {args.results}/selections")
-    return 0 if decisions else 1
+    return 0
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""The table printed at the end of a sweep: one row per trial, the selected row marked, where results went."""
+"""The table printed at the end of a sweep: one row per trial, each selector's pick side by side, where results went."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import math
 import sys
 from typing import Any
 
+from raysel.selection.agreement import agreement_line, headline_selectors, picks_by_target
 from raysel.store_schema import HYPERPARAMETER_PREFIX, heldout_column_with_values
 
 
@@ -15,21 +16,28 @@ def swept_columns(trials: Any) -> list[str]:
     return [c for c in columns if trials[c].astype(str).nunique(dropna=False) > 1]
 
 
-def format_trials_table(trials: Any, decisions: list[dict[str, Any]], primary_selector: str) -> str:
-    """An aligned text table of the sweep's trials; '*' marks the trial the primary selector chose (per target)."""
-    selected = {(d["target"], d["selected_trial_id"]) for d in decisions if d["selector"] == primary_selector}
-    score_column = f"score_{primary_selector}"
+def format_trials_table(trials: Any, decisions: list[dict[str, Any]], primary_selector: str | None = None) -> str:
+    """An aligned text table of the sweep's trials: one column per recorded selector with '*' on its pick, and the
+    'sel' column marking the headline decision (``primary_selector``'s, else each target's headline) per target."""
+    picks = picks_by_target(decisions)
+    headline = headline_selectors(decisions)
+    if primary_selector is not None:
+        headline = {target: primary_selector for target in headline}
+    selectors = list(dict.fromkeys(str(d["selector"]) for d in decisions))
     heldout_column = heldout_column_with_values(trials)
     hyperparameters = swept_columns(trials)
-    header = ["sel", "trial", "target", *[c[len(HYPERPARAMETER_PREFIX):] for c in hyperparameters], primary_selector]
+    header = ["sel", "trial", "target", *[c[len(HYPERPARAMETER_PREFIX):] for c in hyperparameters], *selectors]
     if heldout_column:
         header.append(heldout_column.replace("_", "-"))
     header += ["wall s", "status"]
     rows = []
     for _, trial in trials.sort_values(["target", "trial_id"]).iterrows():
-        row = ["*" if (trial["target"], trial["trial_id"]) in selected else "", str(trial["trial_id"]), str(trial["target"])]
+        target, trial_id = str(trial["target"]), str(trial["trial_id"])
+        chosen = picks.get(target, {})
+        row = ["*" if chosen.get(headline.get(target, "")) == trial_id else "", trial_id, target]
         row += [_cell(trial[c]) for c in hyperparameters]
-        row.append(_percent(trial.get(score_column)))
+        row += [_score(trial.get(f"score_{name}")) + ("*" if chosen.get(name) == trial_id else "")
+                for name in selectors]
         if heldout_column:
             row.append(_percent(trial.get(heldout_column)))
         row += [_cell(trial.get("wall_time_s"), digits=0), str(trial["status"])]
@@ -40,21 +48,33 @@ def format_trials_table(trials: Any, decisions: list[dict[str, Any]], primary_se
     return "\n".join(lines)
 
 
+def decision_lines(decisions: list[dict[str, Any]]) -> list[str]:
+    """Per target: the headline decision, whether the selectors agree, and each selector's held-out regret (oracle)."""
+    headline = headline_selectors(decisions)
+    lines = []
+    for target in sorted(headline):
+        rows = [d for d in decisions if str(d["target"]) == target]
+        first = next(d for d in rows if d["selector"] == headline[target])
+        line = (f"selected by {first['selector']} for target {target}: trial {first['selected_trial_id']} "
+                f"(score {_score(first['score'])} over {first['num_candidates']} candidates)")
+        if first.get("heldout_regret") is not None:
+            line += (f"; held-out check (oracle, not used to select): {100 * first['heldout_selected']:.1f} vs best "
+                     f"{100 * first['heldout_best']:.1f}, regret {first['heldout_regret']:.2f} points")
+        lines += [line, agreement_line(target, picks_by_target(rows)[target])]
+        regrets = [f"{d['selector']} {d['heldout_regret']:.2f}" for d in rows if d.get("heldout_regret") is not None]
+        if len(regrets) > 1:
+            lines.append(f"held-out regret per selector (oracle, points): {', '.join(regrets)}")
+    return lines
+
+
 def print_sweep_summary(outcome: Any, stream: Any = None) -> None:
-    """Print the trials table, each selection decision, and where the results are stored."""
+    """Print the trials table, each target's decision and selector agreement, and where the results are stored."""
     stream = stream or sys.stdout
     trials, decisions = outcome.trials, outcome.decisions
-    primary = decisions[0]["selector"] if decisions else "fmiou"
     print("", file=stream)
-    print(format_trials_table(trials, decisions, primary), file=stream)
+    print(format_trials_table(trials, decisions), file=stream)
     print("", file=stream)
-    for decision in decisions:
-        line = (f"selected by {decision['selector']} for target {decision['target']}: trial "
-                f"{decision['selected_trial_id']} (score {100 * decision['score']:.2f} over "
-                f"{decision['num_candidates']} candidates)")
-        if decision.get("heldout_regret") is not None:
-            line += (f"; held-out check (oracle, not used to select): {100 * decision['heldout_selected']:.1f} vs best "
-                     f"{100 * decision['heldout_best']:.1f}, regret {decision['heldout_regret']:.2f} points")
+    for line in decision_lines(decisions):
         print(line, file=stream)
     failed = trials[trials["status"] != "finished"]
     for _, trial in failed.iterrows():
@@ -64,12 +84,24 @@ def print_sweep_summary(outcome: Any, stream: Any = None) -> None:
           f"--results {outcome.results}", file=stream)
 
 
-def _percent(value: Any) -> str:
+def _finite(value: Any) -> float | None:
+    """``value`` as a float, or None when it is missing, NaN or not a number."""
     try:
         value = float(value)
     except (TypeError, ValueError):
-        return "-"
-    return "-" if math.isnan(value) else f"{100 * value:.2f}"
+        return None
+    return None if math.isnan(value) else value
+
+
+def _score(value: Any) -> str:
+    """A label-free score with four significant digits (scales differ: agreement in [0, 1], IM in nats, ranks)."""
+    number = _finite(value)
+    return "-" if number is None else f"{number:.4g}"
+
+
+def _percent(value: Any) -> str:
+    number = _finite(value)
+    return "-" if number is None else f"{100 * number:.2f}"
 
 
 def _cell(value: Any, digits: int = 4) -> str:

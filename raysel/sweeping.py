@@ -68,7 +68,7 @@ def run_sweep(settings: SweepSettings, search: SearchSettings, space: Any, *, re
         if started_here:
             ray.shutdown()
 
-    decisions = select_sweep(store, settings.sweep_id, settings.method, selectors=settings.selectors, stream=stream)
+    decisions = select_sweep(store, settings.sweep_id, settings.method, settings.selectors, stream, record_all=True)
     trials = store.load_sweep(settings.sweep_id)
     if tracker is not None:
         tracker.finish(trials, decisions)

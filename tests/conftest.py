@@ -37,6 +37,18 @@ def embedded_data_root() -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_roots(tmp_path_factory) -> dict[str, Path]:
+    """The embedded families' small generated data (a few images per split), once per session."""
+    from raysel.data.digits import DigitsConfig, prepare_digits
+    from raysel.data.street_scenes import StreetScenesConfig, prepare_street_scenes
+
+    street, digits = tmp_path_factory.mktemp("street"), tmp_path_factory.mktemp("digits")
+    prepare_street_scenes(street, StreetScenesConfig.small())
+    prepare_digits(digits, DigitsConfig.small())
+    return {"street_scenes": street, "digits": digits}
+
+
+@pytest.fixture(scope="session")
 def ray_local():
     """A real in-process Ray instance with 2 CPUs, started and shut down by this test session only."""
     import ray

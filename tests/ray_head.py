@@ -15,9 +15,7 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from benchmarks._fake_cluster import (dashboard_answers, free_ports, signal_group,  # noqa: E402
-                                      token_client_env)
+from tests.fake_cluster import dashboard_answers, free_ports, signal_group, token_client_env
 
 PORT_FLAGS = ("--port", "--dashboard-port", "--ray-client-server-port", "--dashboard-agent-listen-port",
               "--dashboard-agent-grpc-port", "--runtime-env-agent-port", "--metrics-export-port",

@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-
-from benchmarks._common import (command_line, format_section, machine_description,  # noqa: E402
+from benchmarks._common import (command_line, format_section, machine_description,
                                 replace_section, write_section)
 
 EXISTING = """# Benchmarks
@@ -39,7 +35,7 @@ Omega body.
 
 
 def write(path: Path, name: str = "domain_gap", body: str = "| a | b |\n|---|---|\n| 1 | 2 |") -> str:
-    return write_section(name, "python benchmarks/domain_gap.py --seeds 0", body, path=path, date="2026-01-02",
+    return write_section(name, "python -m benchmarks.domain_gap --seeds 0", body, path=path, date="2026-01-02",
                          machine="2 cores (test CPU), no GPU")
 
 
@@ -52,7 +48,7 @@ def test_creates_the_file_with_title_and_section(tmp_path: Path) -> None:
     write(path)
     text = path.read_text()
     assert text.startswith("# Benchmarks\n\n## domain_gap\n")
-    assert "Command: `python benchmarks/domain_gap.py --seeds 0`" in text
+    assert "Command: `python -m benchmarks.domain_gap --seeds 0`" in text
     assert "Date: 2026-01-02" in text and "Machine: 2 cores (test CPU), no GPU" in text
     assert text.endswith("| 1 | 2 |\n")
 
@@ -149,10 +145,10 @@ def test_replace_section_takes_a_preformatted_section(tmp_path: Path) -> None:
 
 
 def test_format_section_and_helpers() -> None:
-    section = format_section("s", "python benchmarks/s.py", "\n\nbody\n\n", date="2026-01-02", machine="m")
-    assert section == "## s\n\nCommand: `python benchmarks/s.py`  \nDate: 2026-01-02  \nMachine: m\n\nbody\n"
+    section = format_section("s", "python -m benchmarks.s", "\n\nbody\n\n", date="2026-01-02", machine="m")
+    assert section == "## s\n\nCommand: `python -m benchmarks.s`  \nDate: 2026-01-02  \nMachine: m\n\nbody\n"
     assert command_line("s.py", ["--seeds", "0", "1", "--note", "a b"]) == \
-        "python benchmarks/s.py --seeds 0 1 --note 'a b'"
-    assert command_line("s.py", []) == "python benchmarks/s.py"
+        "python -m benchmarks.s --seeds 0 1 --note 'a b'"
+    assert command_line("s.py", []) == "python -m benchmarks.s"
     description = machine_description()
     assert "cores" in description and ("GPU" in description)

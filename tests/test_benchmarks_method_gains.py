@@ -11,9 +11,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-
-from benchmarks import method_gains as mg  # noqa: E402
+from benchmarks import method_gains as mg
 
 TARGETS = ("day_city", "dusk_city")
 SEEDS = (0, 1)
@@ -157,7 +155,7 @@ def test_parse_args_rejects_unknown_methods_and_defaults_seeds() -> None:
 @pytest.mark.integration
 def test_quick_run_end_to_end(tmp_path: Path) -> None:
     completed = subprocess.run(
-        [sys.executable, str(REPO / "benchmarks" / "method_gains.py"), "--quick", "--no-write",
+        [sys.executable, "-m", "benchmarks.method_gains", "--quick", "--no-write",
          "--workdir", str(tmp_path / "work")],
         cwd=REPO, capture_output=True, text=True, timeout=600)
     assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]

@@ -1,19 +1,14 @@
-"""benchmarks/selection_quality.py: the plan, the baselines and the per-selector aggregation, on synthetic sweeps."""
+"""benchmarks/selection_quality.py: the plan, the per-selector aggregation of its cases and its tables, on synthetic
+sweeps (the baselines and the evaluation itself are tested in test_selection_evaluate.py)."""
 
 from __future__ import annotations
 
 import math
-import sys
-from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-
-from benchmarks import selection_quality as sq  # noqa: E402
+from benchmarks import selection_quality as sq
 
 
 def evaluation(regret: float, gap: float = 0.5, tau: float = 0.0, trial: str | None = None) -> dict:
@@ -26,35 +21,6 @@ def case(heldout: list[float], evaluations: dict, default: float | None, kind: s
     trial_ids = [f"t{i}" for i in range(len(heldout))]
     return sq.SweepCase("hiast", 0, "day_city", kind, "sweep", trial_ids, heldout, evaluations, values or [],
                         default_heldout=default, default_in_sweep=default is not None)
-
-
-def test_default_configuration_regret_and_gap_closed():
-    rows = sq.baseline_evaluations([0.30, 0.40, 0.35], default_heldout=0.35)
-    assert rows[sq.DEFAULT_BASELINE]["regret"] == pytest.approx(5.0)
-    assert rows[sq.DEFAULT_BASELINE]["gap_closed"] == pytest.approx(0.5)
-    assert rows[sq.RANDOM_BASELINE]["regret"] == pytest.approx(5.0)  # mean 0.35
-    assert math.isnan(rows[sq.RANDOM_BASELINE]["kendall_tau"])
-
-
-def test_default_from_other_sweeps_may_beat_the_sweep_best():
-    rows = sq.baseline_evaluations([0.30, 0.32], default_heldout=0.34)
-    assert rows[sq.DEFAULT_BASELINE]["regret"] == pytest.approx(-2.0)
-    assert rows[sq.DEFAULT_BASELINE]["gap_closed"] == pytest.approx(2.0)
-
-
-def test_no_default_known_gives_no_default_row():
-    assert sq.DEFAULT_BASELINE not in sq.baseline_evaluations([0.3, 0.4], default_heldout=None)
-
-
-def test_equal_candidates_close_the_whole_gap():
-    rows = sq.baseline_evaluations([0.3, 0.3], default_heldout=0.3)
-    assert rows[sq.DEFAULT_BASELINE]["gap_closed"] == 1.0 and rows[sq.RANDOM_BASELINE]["regret"] == 0.0
-
-
-def test_matches_defaults_compares_numbers_with_tolerance():
-    frame = pd.DataFrame({"hp_alpha": [0.5, 0.5 + 1e-15, 0.7], "hp_k": pd.array([14, 12, 14], dtype="Int64")})
-    mask = sq.matches_defaults(frame, {"alpha": 0.5, "k": 14}, ["alpha", "k"])
-    assert mask.tolist() == [True, False, False]
 
 
 def test_summary_means_worst_and_worse_than_default():

@@ -10,7 +10,7 @@ from PIL import Image
 from raysel import data
 from raysel.data.labels import cityscapes_mapping
 from raysel.errors import ConfigError, DataError, UserError
-from test_data_real import (id_map, make_cityscapes, make_gta5, make_idd, make_office31, make_synthia,
+from tests.test_data_real import (id_map, make_cityscapes, make_gta5, make_idd, make_office31, make_synthia,
                             write_label_l, write_label_palette, write_png16_rgb, write_rgb)
 
 

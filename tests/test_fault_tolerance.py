@@ -22,7 +22,7 @@ from typing import Any, Callable
 
 import pytest
 
-from ray_head import RayHead  # tests/ is on sys.path under pytest's default import mode
+from tests.ray_head import RayHead
 
 REPO = Path(__file__).resolve().parent.parent
 SWEEP_ID = "worker-kill"

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from ray_head import RayHead  # tests/ is on sys.path under pytest's default import mode
+from tests.ray_head import RayHead
 
 REPO = Path(__file__).resolve().parent.parent
 EXCLUDES = [".venv", "results", ".git", "**/__pycache__", ".pytest_cache", "*.egg-info", ".whl", ".gl"]

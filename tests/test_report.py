@@ -95,7 +95,8 @@ def test_report_writes_valid_pngs_and_markdown_that_embeds_them(tmp_path: Path) 
                 in markdown)
     assert "Kendall τ" in markdown and "gap closed" in markdown and "regret" in markdown
     # The recorded decision is listed, and the failed trial is no candidate.
-    assert "| day_city | fmiou | `t2` | 0.9000 | 4 |" in markdown
+    assert "| day_city | fmiou (headline) | `t2` | 0.9000 | 4 |" in markdown
+    assert "selectors agree on day_city: the only one picks t2." in markdown
     assert "`t2` (selected)" in markdown and "`t1` (best)" in markdown and "t9" not in markdown.split("## Target")[1]
     # Swept hyperparameters are the varying ones only (alpha, k, final_model), not rounds or use_hpla.
     candidates_header = next(line for line in markdown.splitlines() if line.startswith("| trial |"))
@@ -135,6 +136,28 @@ def test_report_follows_the_requested_selector_and_rejects_an_unscored_one(tmp_p
     assert "Selected by `entropy`: `t1`" in markdown
     with pytest.raises(UserError, match="selector 'snd' has no scores.*raysel.select"):
         write_report(store, "sweep-a", tmp_path / "out", selector="snd")
+
+
+def test_report_shows_each_selectors_pick_side_by_side_and_follows_the_headline(tmp_path: Path) -> None:
+    store = build_store(tmp_path / "results")
+    store.write_selection({"sweep_id": "sweep-a", "method": "hiast", "target": "day_city", "selector": "entropy",
+                           "selected_trial_id": "t1", "score": -0.40, "num_candidates": 4, "headline": True})
+    markdown = write_report(store, "sweep-a", tmp_path / "out").read_text()
+    assert "| day_city | entropy (headline) | `t1` |" in markdown and "| day_city | fmiou | `t2` |" in markdown
+    assert "selectors disagree on day_city: fmiou → t2; entropy → t1." in markdown
+    assert "Selected by `entropy`: `t1`" in markdown
+
+
+def test_report_follows_the_methods_default_selector_without_a_headline() -> None:
+    import pandas
+
+    from raysel.report import choose_selector
+
+    trials = pandas.DataFrame({"method": ["hdrq", "hdrq"], "score_fmiou": [0.1, 0.2],
+                               "score_merge_quality": [0.5, 0.4]})
+    assert choose_selector(trials, pandas.DataFrame(), None) == "merge_quality"
+    assert choose_selector(trials.assign(method="hiast"), pandas.DataFrame(), None) == "fmiou"
+    assert choose_selector(trials, pandas.DataFrame(), "fmiou") == "fmiou"
 
 
 def test_report_cli_unknown_sweep_and_empty_store_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
@@ -181,4 +204,6 @@ def test_report_on_a_real_sweep(tiny_hiast_sweep: dict, tmp_path: Path) -> None:
     assert images == ["score_vs_heldout_day_city.png", "hyperparameters_day_city.png", "class_iou_day_city.png"]
     for name in images:
         assert_png(tmp_path / "report" / name)
-    assert "| day_city | fmiou |" in markdown and "Kendall τ" in markdown
+    assert "| day_city | fmiou (headline) |" in markdown and "| day_city | im |" in markdown  # every selector
+    assert "selectors agree on day_city" in markdown or "selectors disagree on day_city" in markdown
+    assert "Kendall τ" in markdown

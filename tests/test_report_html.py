@@ -12,8 +12,8 @@ import pytest
 from raysel.report import main, write_report
 from raysel.report_html import reproduce_commands
 from raysel.store import ResultStore
-from test_report import PNG_SIGNATURE, build_store, trial_row
-from test_status import save_sweep
+from tests.test_report import PNG_SIGNATURE, build_store, trial_row
+from tests.test_status import save_sweep
 
 
 @pytest.fixture(scope="module")

@@ -1,12 +1,15 @@
-"""Evaluation of selectors against held-out scores: regret, gap closed, Kendall τ, Spearman ρ, top-3 regret."""
+"""Evaluation of selectors against held-out scores: regret, gap closed, Kendall τ, Spearman ρ, top-3 regret, and the
+default-configuration and random-pick baselines."""
 
 from __future__ import annotations
 
 import math
 
 import numpy as np
+import pandas as pd
 import pytest
 
+from raysel.selection import evaluate
 from raysel.selection.evaluate import evaluate_selector, evaluate_selectors, summarize_sweeps
 
 
@@ -61,3 +64,56 @@ def test_several_selectors_and_summary():
     assert results["good"]["regret"] == 0.0 and results["bad"]["regret"] == pytest.approx(40.0)
     summary = summarize_sweeps([results["good"], results["bad"]])
     assert summary["regret"] == pytest.approx(20.0) and summary["num_sweeps"] == 2
+
+
+# ---------------------------------------------------------------------------------------- baselines over sweeps
+
+
+def test_default_configuration_regret_and_gap_closed():
+    rows = evaluate.baseline_evaluations([0.30, 0.40, 0.35], default_heldout=0.35)
+    assert rows[evaluate.DEFAULT_BASELINE]["regret"] == pytest.approx(5.0)
+    assert rows[evaluate.DEFAULT_BASELINE]["gap_closed"] == pytest.approx(0.5)
+    assert rows[evaluate.RANDOM_BASELINE]["regret"] == pytest.approx(5.0)  # mean 0.35
+    assert math.isnan(rows[evaluate.RANDOM_BASELINE]["kendall_tau"])
+
+
+def test_default_from_other_sweeps_may_beat_the_sweep_best():
+    rows = evaluate.baseline_evaluations([0.30, 0.32], default_heldout=0.34)
+    assert rows[evaluate.DEFAULT_BASELINE]["regret"] == pytest.approx(-2.0)
+    assert rows[evaluate.DEFAULT_BASELINE]["gap_closed"] == pytest.approx(2.0)
+
+
+def test_no_default_known_gives_no_default_row():
+    assert evaluate.DEFAULT_BASELINE not in evaluate.baseline_evaluations([0.3, 0.4], default_heldout=None)
+
+
+def test_equal_candidates_close_the_whole_gap():
+    rows = evaluate.baseline_evaluations([0.3, 0.3], default_heldout=0.3)
+    assert rows[evaluate.DEFAULT_BASELINE]["gap_closed"] == 1.0 and rows[evaluate.RANDOM_BASELINE]["regret"] == 0.0
+
+
+def test_matches_defaults_compares_numbers_with_tolerance():
+    frame = pd.DataFrame({"hp_alpha": [0.5, 0.5 + 1e-15, 0.7], "hp_k": pd.array([14, 12, 14], dtype="Int64")})
+    mask = evaluate.matches_defaults(frame, {"alpha": 0.5, "k": 14}, ["alpha", "k"])
+    assert mask.tolist() == [True, False, False]
+
+
+def test_stored_evaluation_reads_a_selection_row_with_nan_for_undefined() -> None:
+    row = {"selected_trial_id": "t1", "heldout_regret": 1.5, "heldout_gap_closed": 0.5, "heldout_kendall_tau": None}
+    stored = evaluate.stored_evaluation(row)
+    assert stored["regret"] == 1.5 and stored["selected_trial_id"] == "t1"
+    assert math.isnan(stored["kendall_tau"]) and math.isnan(stored["top3_regret"])
+
+
+def test_summarize_selectors_over_sweeps_and_the_best_one() -> None:
+    def sweep(heldout, default, **regrets):
+        rows = {name: {"regret": r, "gap_closed": 0.5, "kendall_tau": 0.1, "spearman_rho": 0.1, "top3_regret": 0.0}
+                for name, r in regrets.items()}
+        return {**rows, **evaluate.baseline_evaluations(heldout, default)}
+
+    rows = evaluate.summarize_selectors([sweep([0.3, 0.4], 0.38, fmiou=2.0, im=0.0),
+                                         sweep([0.2, 0.3], 0.29, fmiou=4.0, im=6.0)], ["fmiou", "im"])
+    by_name = {row.name: row for row in rows}
+    assert by_name["fmiou"].mean_regret == pytest.approx(3.0) and by_name["im"].worst_regret == pytest.approx(6.0)
+    assert by_name["fmiou"].worse_than_default == 1 and by_name[evaluate.DEFAULT_BASELINE].worse_than_default is None
+    assert evaluate.best_selector(rows) == "fmiou" and evaluate.best_selector(rows[2:]) is None

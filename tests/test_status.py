@@ -9,7 +9,7 @@ import pytest
 
 from raysel.status import format_status, main, sweep_status
 from raysel.execution import Resources, SearchSettings, SweepSettings, save_settings
-from test_report import build_store
+from tests.test_report import build_store
 
 
 def save_sweep(results: Path, sweep_id: str = "sweep-a", alpha_grid: tuple = (0.3, 0.4, 0.5, 0.7, 0.9, 1.0)) -> None:

@@ -159,14 +159,12 @@ def test_writer_killed_before_the_rename_leaves_the_old_file(tmp_path: Path) -> 
     before = path.read_bytes()
     script = textwrap.dedent(f"""
         import os, signal, sys
-        sys.path.insert(0, {str(REPO)!r})
-        sys.path.insert(0, {str(Path(__file__).parent)!r})
-        from test_store import trial_row, HiastLikeConfig
+        from tests.test_store import trial_row, HiastLikeConfig
         from raysel.store import ResultStore
         os.replace = lambda *args: os.kill(os.getpid(), signal.SIGKILL)  # die right before the rename
         ResultStore({str(tmp_path)!r}).write_trial(trial_row(status="finished"), HiastLikeConfig)
     """)
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, timeout=60)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, timeout=60, cwd=REPO)
     assert result.returncode == -9, result.stderr.decode()
     leftovers = list(path.parent.glob(".*.tmp-*"))
     assert len(leftovers) == 1 and leftovers[0].stat().st_size > 0  # the complete-but-unrenamed new version

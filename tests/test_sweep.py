@@ -89,12 +89,18 @@ def test_sweep_runs_selects_and_stores(tiny_hiast_sweep: dict) -> None:
     assert sorted(trials["hp_alpha"]) == [0.3, 0.5, 0.7] and str(trials["hp_k"].dtype) == "Int64"
     assert trials["score_fmiou"].between(0, 1).all() and trials["heldout_miou"].between(0, 1).all()
     selections = store.load(results, table="selections", sweep_id="tiny")
-    assert list(selections["selector"]) == ["fmiou"]
-    selected = selections["selected_trial_id"].iloc[0]
+    from raysel.selection.selectors import selector_names
+
+    assert set(selections["selector"]) == set(selector_names()) - {"merge_quality"}  # every applicable selector
+    headline = selections[selections["headline"]]
+    assert list(headline["selector"]) == ["fmiou"]  # hiast's default decides
+    selected = headline["selected_trial_id"].iloc[0]
     assert selected == trials.loc[trials["score_fmiou"].idxmax(), "trial_id"]
     marked = [line for line in printed.splitlines() if line.startswith("*")]
     assert len(marked) == 1 and selected in marked[0]
-    assert "results:" in printed
+    assert "results:" in printed and ("selectors agree on day_city" in printed
+                                      or "selectors disagree on day_city" in printed)
+    assert "merge_quality skipped: no trial stored score_merge_quality" in printed
 
     query = subprocess.run([sys.executable, "-m", "raysel.query", "--results", str(results), "--format", "csv",
                             "SELECT trial_id, hp_alpha, score_fmiou FROM trials ORDER BY score_fmiou DESC"],

@@ -10,7 +10,7 @@ from mlflow.tracking import MlflowClient
 
 from raysel.errors import UserError
 from raysel.tracking import PARENT_TAG, TRIAL_TAG, SweepTracker, check_tracking_uri, oracle_marked
-from test_report import build_store
+from tests.test_report import build_store
 
 
 def test_heldout_metrics_are_marked_oracle() -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from conftest import TINY_HIAST
+from tests.conftest import TINY_HIAST
 from raysel.tracking import EXPERIMENT, PARENT_TAG, SWEEP_TAG, TRIAL_TAG
 
 pytestmark = pytest.mark.integration

@@ -1,67 +1,108 @@
-"""Select among a finished sweep's candidates without target labels, and record the decision in the store.
+"""Select among a finished sweep's candidates without target labels, and record the decisions in the store.
 
-The decision reads only the candidates' cached predictions on the target *training* subset. After deciding, the
-decision is evaluated against the held-out scores already stored in the trial rows (``heldout_*`` columns), so users
-see the regret of every label-free choice; the held-out values never influence which candidate is chosen.
+Every selector the stored outputs allow is scored and recorded (``score_<name>`` columns, one selection row per
+selector and target); the first applicable one of the requested order is the *headline* decision (the method's
+``default_selectors`` unless asked otherwise). A selector that cannot run is skipped with one line saying why
+(:mod:`raysel.selection.applicability`), and nothing already stored for it is touched.
+
+The decision reads only the candidates' cached predictions on the target *training* subset (or the label-free
+scores the trials stored). After deciding, the decision is evaluated against the held-out scores already stored in
+the trial rows (``heldout_*`` columns), so users see the regret of every label-free choice; the held-out values never
+influence which candidate is chosen.
 """
 
 from __future__ import annotations
 
 import math
 import sys
-from typing import Any, Iterable
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from raysel.errors import UserError
+from raysel.errors import DataError, UserError
+from raysel.registry import get_method
+from raysel.selection.applicability import applicable_selectors, recorded_selectors, selector_candidates
 from raysel.selection.evaluate import evaluate_selector
-from raysel.selection.predictions import load_predictions
+from raysel.selection.predictions import CandidatePredictions, load_predictions
 from raysel.selection.selectors import TrialScoreSelector, get_selector
-from raysel.store_schema import heldout_column_with_values
 from raysel.progress import progress
+from raysel.store_schema import heldout_column_with_values
 
 
-def select_sweep(store: Any, sweep_id: str, method: str | None = None, selectors: Iterable[str] = ("fmiou",),
-                 stream: Any = None) -> list[dict[str, Any]]:
-    """Score every finished candidate of ``sweep_id`` with each selector, per target; write scores and decisions.
+def decision_order(method: str, selectors: Iterable[str] | None, record_all: bool) -> tuple[str, ...]:
+    """Selectors in decision order: ``selectors`` (default: the method's ``default_selectors``), then with
+    ``record_all`` every other registered one; the first applicable one makes the headline decision."""
+    preferred = tuple(selectors) if selectors else get_method(method).default_selectors
+    return recorded_selectors(preferred) if record_all else tuple(dict.fromkeys(preferred))
 
-    Returns one decision dict per (target, selector). Targets with fewer than two finished candidates are reported
-    and skipped (F-mIoU is undefined for a single candidate).
+
+def select_sweep(store: Any, sweep_id: str, method: str | None = None, selectors: Iterable[str] | None = None,
+                 stream: Any = None, *, record_all: bool = False) -> list[dict[str, Any]]:
+    """Score ``sweep_id``'s finished candidates per target with each selector; write scores and decisions.
+
+    ``selectors`` is the decision order (default: the method's ``default_selectors``); ``record_all`` adds every
+    other registered selector after them. Returns one decision dict per (target, selector) that could run, in that
+    order; the first per target carries ``headline=True``. Selectors that cannot run are reported and skipped.
     """
     stream = stream or sys.stdout
     trials = store.load_sweep(sweep_id)
     if trials.empty:
         raise UserError(f"sweep {sweep_id!r} has no trials in the result store {store.root}")
-    selector_objects = [get_selector(name) for name in selectors]
-    needs_predictions = any(not isinstance(s, TrialScoreSelector) for s in selector_objects)
-    finished = trials[trials["status"] == "finished"]
-    if needs_predictions:
-        finished = finished[finished["predictions_path"].notna()]
+    method = method or str(trials["method"].iloc[0])
+    names = decision_order(method, selectors, record_all)
     decisions: list[dict[str, Any]] = []
-    for target, group in finished.groupby("target", sort=True):
-        group = group.sort_values("trial_id")
-        if len(group) < 2:
-            print(f"target {target}: only {len(group)} finished candidate(s); selection needs at least two, skipped",
-                  file=stream)
-            continue
-        needs_probabilities = any(s.needs_probabilities for s in selector_objects)
-        candidates = [load_predictions(path, with_probabilities=needs_probabilities)
-                      for path in progress(len(group), f"loading candidates of {target}", unit="candidate",
-                                           iterable=group["predictions_path"])] if needs_predictions else []
-        trial_ids = list(group["trial_id"])
-        for selector in progress(len(selector_objects), f"scoring {target}", unit="selector",
-                                 iterable=selector_objects):
-            if isinstance(selector, TrialScoreSelector):  # scored inside each trial (hdrq: merge_quality)
-                scores = selector.score_trials(group)
-            else:
-                scores = np.asarray(selector.score(candidates), dtype=np.float64)
-                for trial_id, score in zip(trial_ids, scores):
-                    store.update_trial_scores(sweep_id, trial_id, {selector.name: float(score)})
-            decision = _decision_row(sweep_id, method or str(group["method"].iloc[0]), str(target), selector.name,
-                                     trial_ids, scores, group)
-            store.write_selection(decision)
-            decisions.append(decision)
+    for target, group in trials.groupby("target", sort=True):
+        decisions += select_target(store, sweep_id, method, str(target), group, names, stream)
     return decisions
+
+
+def select_target(store: Any, sweep_id: str, method: str, target: str, trials: Any, names: Sequence[str],
+                  stream: Any) -> list[dict[str, Any]]:
+    """Decisions of every applicable selector in ``names`` on one target's trials; skipped ones get one line."""
+    decisions: list[dict[str, Any]] = []
+    skipped: dict[str, list[str]] = {}
+    loaded: dict[tuple[str, bool], CandidatePredictions] = {}
+    applicability = applicable_selectors(trials, names)
+    for name, reason in progress(len(applicability), f"scoring target {target}", unit="selector",
+                                 iterable=applicability):
+        if reason is None:
+            selector = get_selector(name)
+            rows = selector_candidates(trials, selector)
+            try:
+                scores = _scores(selector, rows, loaded)
+            except DataError as error:
+                reason = str(error)
+        if reason is not None:
+            skipped.setdefault(reason, []).append(name)
+            continue
+        if not isinstance(selector, TrialScoreSelector):
+            for trial_id, score in zip(rows["trial_id"], scores):
+                store.update_trial_scores(sweep_id, trial_id, {name: float(score)})
+        decision = _decision_row(sweep_id, method, target, name, list(rows["trial_id"]), scores, rows)
+        decision["headline"] = not decisions
+        store.write_selection(decision)
+        decisions.append(decision)
+    for reason, skipped_names in skipped.items():
+        print(f"target {target}: selector{'s' if len(skipped_names) > 1 else ''} {', '.join(skipped_names)} "
+              f"skipped: {reason}", file=stream)
+    return decisions
+
+
+def _scores(selector: Any, rows: Any, loaded: dict[tuple[str, bool], CandidatePredictions]) -> np.ndarray:
+    """One score per row: the stored trial score, or the selector on the rows' cached predictions (loaded once)."""
+    if isinstance(selector, TrialScoreSelector):
+        scores = selector.score_trials(rows)
+    else:
+        candidates = []
+        for path in rows["predictions_path"]:
+            key = (path, selector.needs_probabilities)
+            if key not in loaded:
+                loaded[key] = load_predictions(path, with_probabilities=selector.needs_probabilities)
+            candidates.append(loaded[key])
+        scores = np.asarray(selector.score(candidates), dtype=np.float64)
+    if not np.isfinite(scores).any():
+        raise DataError("no candidate has a finite score")
+    return scores
 
 
 def _decision_row(sweep_id: str, method: str, target: str, selector: str, trial_ids: list[str], scores: np.ndarray,

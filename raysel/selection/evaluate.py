@@ -13,12 +13,18 @@ Per sweep, with ``heldout`` as fractions in [0, 1] (mIoU or accuracy) and ``scor
 
 The selected candidate is the highest score; NaN scores are never selected and count as the lowest score
 (they rank last for τ/ρ); ties go to the first candidate.
+
+Across sweeps (the selection benchmark): two baselines, keeping the *default configuration* (:func:`matches_defaults`
+finds its trials) and the *expected random pick*; :func:`summarize_selectors` aggregates per selector (mean and
+worst regret, how often worse than the default) and :func:`best_selector` names the lowest mean regret.
 """
 
 from __future__ import annotations
 
+import math
 import warnings
-from typing import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 from scipy import stats
@@ -86,3 +92,107 @@ def summarize_sweeps(evaluations: Sequence[Mapping[str, float]]) -> dict[str, fl
         summary[key] = float(np.nanmean(values)) if np.isfinite(values).any() else float("nan")
     summary["num_sweeps"] = float(len(evaluations))
     return summary
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Baselines and aggregation over sweeps (the selection benchmark's tables)
+# --------------------------------------------------------------------------------------------------------------
+
+DEFAULT_BASELINE = "default configuration"
+RANDOM_BASELINE = "random pick (expected)"
+BASELINES = (DEFAULT_BASELINE, RANDOM_BASELINE)
+EVALUATION_KEYS = ("regret", "gap_closed", "kendall_tau", "spearman_rho", "top3_regret")
+
+
+def baseline_evaluations(heldout: Sequence[float] | np.ndarray,
+                         default_heldout: float | None) -> dict[str, dict[str, Any]]:
+    """Regret and gap closed of keeping the default configuration (its held-out score ``default_heldout``, which may
+    come from another sweep and so beat this sweep's best: negative regret) and of the expected random pick."""
+    values = np.asarray(heldout, dtype=np.float64)
+    best, worst = float(values.max()), float(values.min())
+
+    def row(chosen: float) -> dict[str, Any]:
+        gap = 1.0 if best == worst else (chosen - worst) / (best - worst)
+        return {"regret": (best - chosen) * POINTS, "gap_closed": gap, "kendall_tau": math.nan,
+                "spearman_rho": math.nan, "top3_regret": math.nan, "selected_trial_id": None}
+
+    rows = {RANDOM_BASELINE: row(float(values.mean()))}
+    if default_heldout is not None:
+        rows[DEFAULT_BASELINE] = row(float(default_heldout))
+    return rows
+
+
+def matches_defaults(trials: Any, defaults: Mapping[str, Any], names: Iterable[str]) -> np.ndarray:
+    """Boolean mask of the trial rows whose ``hp_<name>`` equal ``defaults[name]`` for every name (numbers compared
+    with a relative tolerance of 1e-9): the default configuration's trials."""
+    mask = np.ones(len(trials), dtype=bool)
+    for name in names:
+        column = trials[f"hp_{name}"]
+        expected = defaults[name]
+        if isinstance(expected, (int, float)) and not isinstance(expected, bool):
+            numbers = column.to_numpy(dtype=np.float64, na_value=np.nan)
+            mask &= np.isclose(numbers, float(expected), rtol=1e-9, atol=1e-12)
+        else:
+            mask &= (column == expected).fillna(False).to_numpy(dtype=bool)
+    return mask
+
+
+def stored_evaluation(decision: Mapping[str, Any]) -> dict[str, Any]:
+    """The held-out evaluation a selection row carries (``heldout_<metric>``), NaN where undefined."""
+    evaluation: dict[str, Any] = {key: math.nan if decision.get(f"heldout_{key}") is None
+                                  else float(decision[f"heldout_{key}"]) for key in EVALUATION_KEYS}
+    evaluation["selected_trial_id"] = decision.get("selected_trial_id")
+    return evaluation
+
+
+@dataclass(frozen=True)
+class SelectorSummary:
+    """One selector (or baseline) over a set of sweeps: regrets in points, means skip NaN."""
+
+    name: str
+    mean_regret: float
+    worst_regret: float
+    mean_gap_closed: float
+    mean_kendall_tau: float
+    mean_spearman_rho: float
+    mean_top3_regret: float
+    sweeps: int
+    worse_than_default: int | None  # sweeps where its regret exceeds the default configuration's (None: a baseline)
+    compared_with_default: int
+
+
+def _nanmean(values: Sequence[float]) -> float:
+    array = np.asarray(values, dtype=np.float64)
+    return float(np.nanmean(array)) if np.isfinite(array).any() else math.nan
+
+
+def summarize_selectors(sweeps: Sequence[Mapping[str, Mapping[str, Any]]],
+                        names: Sequence[str]) -> list[SelectorSummary]:
+    """Per selector in ``names`` and per baseline: mean/worst regret, mean gap closed, τ, ρ and top-3 regret over
+    ``sweeps`` (each: name -> evaluation, baselines included), and how often it did worse than the default."""
+    rows = []
+    for name in [*names, *BASELINES]:
+        evaluations = [sweep for sweep in sweeps if name in sweep]
+        if not evaluations:
+            continue
+        regrets = [sweep[name]["regret"] for sweep in evaluations]
+        against = [(sweep[name]["regret"], sweep[DEFAULT_BASELINE]["regret"]) for sweep in evaluations
+                   if DEFAULT_BASELINE in sweep]
+        worse = None if name in BASELINES else sum(mine > default + 1e-9 for mine, default in against)
+        rows.append(SelectorSummary(
+            name=name, mean_regret=_nanmean(regrets), worst_regret=float(np.nanmax(regrets)),
+            mean_gap_closed=_nanmean([sweep[name]["gap_closed"] for sweep in evaluations]),
+            mean_kendall_tau=_nanmean([sweep[name]["kendall_tau"] for sweep in evaluations]),
+            mean_spearman_rho=_nanmean([sweep[name]["spearman_rho"] for sweep in evaluations]),
+            mean_top3_regret=_nanmean([sweep[name]["top3_regret"] for sweep in evaluations]),
+            sweeps=len(evaluations), worse_than_default=worse, compared_with_default=len(against)))
+    return rows
+
+
+def best_selector(rows: Sequence[SelectorSummary]) -> str | None:
+    """The label-free selector with the lowest mean regret (ties: higher mean gap closed, then name); never a
+    baseline."""
+    candidates = [row for row in rows if row.name not in BASELINES and math.isfinite(row.mean_regret)]
+    if not candidates:
+        return None
+    return min(candidates, key=lambda row: (row.mean_regret, -row.mean_gap_closed, row.name)).name

@@ -1,10 +1,11 @@
 """A fake multi-node autoscaling Ray cluster on one machine, and a sampler of its node count over time.
 
-Shared by ``tests/test_autoscaling.py`` and ``benchmarks/autoscaling.py``. Ray's fake multi-node provider launches
-"nodes" as local raylets, so GPU scale-up from zero can be exercised on a CPU-only machine: the worker node type
-advertises ``{"CPU": 1, "GPU": 1}`` that the machine does not have (``../shared/reference/ray.md``, "Autoscaling on
-one machine"). ``ray.cluster_utils.AutoscalingCluster`` is not usable as shipped (it reads a YAML file missing from
-the 2.60 wheel and stops every Ray on the host), so :class:`FakeCluster` writes the config and owns the head itself:
+A test helper shared by ``tests/test_autoscaling.py``, ``tests/ray_head.py`` and ``benchmarks/autoscaling.py``.
+Ray's fake multi-node provider launches "nodes" as local raylets, so GPU scale-up from zero can be exercised on a
+CPU-only machine: the worker node type advertises ``{"CPU": 1, "GPU": 1}`` that the machine does not have
+(``../shared/reference/ray.md``, "Autoscaling on one machine"). ``ray.cluster_utils.AutoscalingCluster`` is not
+usable as shipped (it reads a YAML file missing from the 2.60 wheel and stops every Ray on the host), so
+:class:`FakeCluster` writes the config and owns the head itself:
 
 * free ports outside Ray's worker port range (10002-19999), its own temp dir, token authentication on;
 * ``ray start --head --block`` in its own session with ``RAY_FAKE_CLUSTER=1`` and autoscaler v1;
@@ -15,7 +16,7 @@ the 2.60 wheel and stops every Ray on the host), so :class:`FakeCluster` writes 
 The trials' nodes advertise GPUs without CUDA: the head's environment (inherited by the autoscaler, the fake nodes
 and their workers) sets ``RAYSEL_FAKE_GPUS=1`` so raysel computes GPU-requesting trials on CPU there.
 
-:class:`NodeSampler` runs ``python benchmarks/_fake_cluster.py sample ADDRESS`` (a separate token-carrying Ray
+:class:`NodeSampler` runs ``python tests/fake_cluster.py sample ADDRESS`` (a separate token-carrying Ray
 driver, so the calling process needs no Ray connection of its own) and records (time, alive worker nodes, busy
 GPUs) every ``interval_s``.
 """
@@ -36,7 +37,7 @@ import time
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Self, Sequence
 
 REPO = Path(__file__).resolve().parent.parent
 WORKER_TYPE = "gpu_worker"
@@ -53,6 +54,20 @@ OBJECT_STORE_BYTES = 256 * 1024 * 1024
 # --------------------------------------------------------------------------------------------------------------
 # Configuration
 # --------------------------------------------------------------------------------------------------------------
+
+
+class StartedUntilExit:
+    """A context manager over ``start()`` (which returns self) and ``stop()``: a failed start stops what it began."""
+
+    def __enter__(self) -> Self:
+        try:
+            return self.start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
 
 
 def free_ports(count: int, low: int = 20000, high: int = 60000) -> list[int]:
@@ -105,7 +120,7 @@ def autoscaling_config(gcs_address: str, max_workers: int, idle_timeout_minutes:
 # --------------------------------------------------------------------------------------------------------------
 
 
-class FakeCluster:
+class FakeCluster(StartedUntilExit):
     """A token-authenticated fake autoscaling cluster: CPU-only head, ``max_workers`` GPU nodes at most."""
 
     def __init__(self, max_workers: int = 2, idle_timeout_minutes: float = 0.2, head_cpus: int = 1,
@@ -197,16 +212,6 @@ class FakeCluster:
         if getattr(self, "_log", None):
             self._log.close()
         shutil.rmtree(self.temp_dir, ignore_errors=True)
-
-    def __enter__(self) -> "FakeCluster":
-        try:
-            return self.start()
-        except BaseException:
-            self.stop()
-            raise
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
 
 def token_client_env(token_path: Path) -> dict[str, str]:
@@ -317,7 +322,7 @@ def sampler_main(address: str, interval_s: float) -> None:
         time.sleep(interval_s)
 
 
-class NodeSampler:
+class NodeSampler(StartedUntilExit):
     """Record :class:`Sample` s of a cluster every ``interval_s`` from a separate sampler process."""
 
     def __init__(self, cluster: FakeCluster, interval_s: float = 0.5) -> None:
@@ -379,16 +384,6 @@ class NodeSampler:
             self._reader.join(timeout=5)
         if getattr(self, "_error_file", None):
             self._error_file.close()
-
-    def __enter__(self) -> "NodeSampler":
-        try:
-            return self.start()
-        except BaseException:
-            self.stop()
-            raise
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
 
 # --------------------------------------------------------------------------------------------------------------
