@@ -38,7 +38,8 @@ def test_family_contract(family) -> None:
     assert family.development_targets == family.default_targets == ("photo_digits", "noisy_digits",
                                                                      "inverted_blur_digits")
     assert family.test_targets == ("stroke_digits",)
-    assert set(family.test_targets) <= set(family.domains) and not set(family.test_targets) & set(family.default_targets)
+    assert set(family.test_targets) <= set(family.domains)
+    assert not set(family.test_targets) & set(family.default_targets)
 
 
 def test_image_folder_layout(root, family) -> None:
