@@ -215,6 +215,7 @@ def run_worker(loop_config: dict[str, Any], session: Any) -> dict[str, Any]:
 def finish_run(model: torch.nn.Module, ctx: RunContext) -> dict[str, Any]:
     """Save the final model, cache predictions on the label-free selection subset, score on held-out labels."""
     from raysel.heldout import heldout_scores
+    from raysel.selection.model_scores import run_trial_selection_scores
     from raysel.selection.predictions import cache_candidate_predictions
 
     extras = getattr(model, TRIAL_EXTRAS, None) or {}
@@ -234,6 +235,7 @@ def finish_run(model: torch.nn.Module, ctx: RunContext) -> dict[str, Any]:
     for key in ("scores", "metrics"):
         if extras.get(key):
             final[key] = dict(extras[key])
+    final["scores"] = {**run_trial_selection_scores(model, ctx), **final.get("scores", {})}  # consistency, mixval
     return final
 
 

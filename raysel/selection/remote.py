@@ -11,6 +11,9 @@ Each task rebuilds the trial's network (``RunContext.build_model``, the same bui
 state dict the trial saved (``checkpoint_path``, ``model.pt``) and calls
 :func:`~raysel.selection.predictions.cache_candidate_predictions`, the same function the trial used, on the same
 seeded subset of target *training* images (the sweep's ``selection_size`` / ``selection_seed``). No label is read.
+The same task recomputes the trial-scored label-free scores that need the model (``consistency``, ``mixval``:
+:mod:`raysel.selection.model_scores`), writes them next to the predictions (``trial_scores.json``), and
+:func:`repredict_sweep` stores them in the trial rows as ``score_<name>``.
 
 Paths: a sweep records absolute paths under its results folder. When that folder was copied or moved, paths under
 the recorded folder are taken relative to the store being used, so a copy re-predicts into itself and never
@@ -20,6 +23,7 @@ must be shared storage, exactly as for the trials themselves.
 
 from __future__ import annotations
 
+import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +32,7 @@ from typing import Any
 from raysel.errors import DataError, UserError
 
 PREDICTIONS_FILE = "predictions.npz"
+TRIAL_SCORES_FILE = "trial_scores.json"
 
 
 @dataclass(frozen=True)
@@ -113,6 +118,7 @@ def predict_candidate(job: PredictionJob) -> str:
     import torch
 
     from raysel.methods.base import LocalSession, RunContext, RunSpec
+    from raysel.selection.model_scores import run_trial_selection_scores
     from raysel.selection.predictions import cache_candidate_predictions
 
     if job.num_gpus > 0 and not torch.cuda.is_available():
@@ -128,7 +134,9 @@ def predict_candidate(job: PredictionJob) -> str:
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise DataError(f"checkpoint {job.checkpoint_path} of trial {job.trial_id} does not fit the model "
                         f"{spec.model or 'default'} of this sweep ({first_line})") from None
-    return str(cache_candidate_predictions(model, ctx, job.predictions_path))
+    written = cache_candidate_predictions(model, ctx, job.predictions_path)
+    written.with_name(TRIAL_SCORES_FILE).write_text(json.dumps(run_trial_selection_scores(model, ctx)))
+    return str(written)
 
 
 def run_prediction_tasks(jobs: list[PredictionJob], address: str | None = None) -> list[str]:
@@ -186,4 +194,7 @@ def repredict_sweep(store: Any, sweep_id: str, *, only_missing: bool = True, add
     for job, path in zip(jobs, written):
         if stored.get(job.trial_id) != path:
             store.update_trial_columns(sweep_id, job.trial_id, {"predictions_path": path})
+        scores_file = Path(path).with_name(TRIAL_SCORES_FILE)
+        if scores_file.is_file():
+            store.update_trial_scores(sweep_id, job.trial_id, json.loads(scores_file.read_text()))
     return jobs
