@@ -19,8 +19,7 @@ from raysel.data.street_scenes import StreetScenesConfig
 from raysel.models.classification import SmallCNN
 from raysel.models.segmentation import SmallSegNet
 from raysel.selection.model_scores import class_balanced_agreement, trial_selection_scores
-from raysel.selection.predictions import (CandidatePredictions, load_predictions, predict_subset,
-                                          probability_grid, save_predictions)
+from raysel.selection.predictions import CandidatePredictions, load_predictions, predict_subset, save_predictions
 from raysel.selection.selectors import SelectionSkipped, get_selector, selector_names
 
 NUM_CLASSES = 4

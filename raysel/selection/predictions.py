@@ -219,6 +219,7 @@ class FeatureRecorder:
         return features.to(torch.float16).cpu().numpy()
 
     def remove(self) -> None:
+        """Detach the hook (the model is left as it was)."""
         if self.handle is not None:
             self.handle.remove()
 
