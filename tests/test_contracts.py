@@ -156,13 +156,16 @@ def synthetic_candidates(task: str, count: int = 5, num_classes: int = 4, seed: 
         logits = rng.normal(size=(*shape, num_classes)) + 3.0 * np.eye(num_classes)[labels]
         probabilities = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
         rows = cols = None
+        features = logits + rng.normal(size=logits.shape)  # penultimate-feature stand-ins, correlated with labels
         if task == "segmentation":
             rows, cols = probability_grid(8, 8, (4, 4))
             probabilities = np.moveaxis(probabilities[:, rows][:, :, cols], -1, 1)
+            features = np.moveaxis(features[:, rows][:, :, cols], -1, 1)
         candidates.append(CandidatePredictions(
             labels=labels, probabilities=probabilities.astype(np.float16),
             image_ids=tuple(f"i{k}" for k in range(shape[0])), image_indices=np.arange(shape[0]),
-            num_classes=num_classes, task=task, probability_rows=rows, probability_cols=cols))
+            num_classes=num_classes, task=task, probability_rows=rows, probability_cols=cols,
+            features=features.astype(np.float16), feature_rows=rows, feature_cols=cols))
     return candidates
 
 

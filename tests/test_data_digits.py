@@ -35,6 +35,11 @@ def test_family_contract(family) -> None:
     assert family.class_names == tuple("0123456789")
     assert family.default_source == "clean_digits" and len(family.default_targets) >= 3
     assert family.default_image_size == (32, 32)
+    assert family.development_targets == family.default_targets == ("photo_digits", "noisy_digits",
+                                                                     "inverted_blur_digits")
+    assert family.test_targets == ("stroke_digits",)
+    assert set(family.test_targets) <= set(family.domains)
+    assert not set(family.test_targets) & set(family.default_targets)
 
 
 def test_image_folder_layout(root, family) -> None:
@@ -59,7 +64,7 @@ def test_loads_through_the_image_folder_loader(root, family) -> None:
 
 def test_domains_use_disjoint_handwritten_samples() -> None:
     parts = digits.domain_partition(1797, CONFIG.seed)
-    assert len(parts) == len(digits.DOMAINS)
+    assert len(parts) == len(digits.HANDWRITTEN_DOMAINS) == len(digits.DOMAINS) - len(digits.TEST_TARGETS)
     combined = np.concatenate(parts)
     assert len(combined) == 1797 and len(np.unique(combined)) == 1797
 
@@ -89,7 +94,34 @@ def test_generation_is_deterministic(tmp_path) -> None:
 
     first = digits.prepare_digits(tmp_path / "a", config)
     second = digits.prepare_digits(tmp_path / "b", config)
-    assert len(hashes(first)) == 20 and hashes(first) == hashes(second)
+    assert len(hashes(first)) == 25 and hashes(first) == hashes(second)
+
+
+# Pixels of the four handwritten domains (sorted paths, decoded images) for DigitsConfig(per_domain=12), computed
+# on the generator before the stroke_digits test target was added: adding it must not shift their random streams.
+HANDWRITTEN_PIXELS_SHA256 = "294cff68c3c4dfc19b75ad159d97b3ff47fd71a73d7dea5987ded9361944dca1"
+
+
+def test_adding_the_test_target_left_the_handwritten_domains_byte_identical(tmp_path) -> None:
+    tree = digits.prepare_digits(tmp_path, DigitsConfig(per_domain=12))
+    digest = hashlib.sha256()
+    for domain in digits.HANDWRITTEN_DOMAINS:
+        for path in sorted((tree / domain).rglob("*.png")):
+            digest.update(str(path.relative_to(tree)).encode())
+            digest.update(np.asarray(read_rgb(path)).tobytes())
+    assert digest.hexdigest() == HANDWRITTEN_PIXELS_SHA256
+
+
+def test_stroke_digits_test_target_loads_with_every_class(root, family) -> None:
+    """The test target loads through the same loader, holds every class, and is printed on texture (not flat)."""
+    train = family.load(root, "stroke_digits", "train", with_labels=True)
+    heldout = family.load(root, "stroke_digits", "heldout", with_labels=True)
+    labels = [int(train[i]["label"]) for i in range(len(train))] + [int(heldout[i]["label"])
+                                                                     for i in range(len(heldout))]
+    assert sorted(set(labels)) == list(range(10)) and np.bincount(labels).min() == 3  # 30 balanced samples
+    assert train[0]["image"].shape == (3, 32, 32)
+    image = np.asarray(read_rgb(train.items[0][0]), dtype=np.float32) / 255
+    assert image.std() > 0.05 and np.abs(np.diff(image, axis=1)).mean() > 0.02  # textured background and ink
 
 
 def test_domain_shift_is_measurable(root, family) -> None:

@@ -56,8 +56,9 @@ def domain_labels(family, root, domain: str) -> list[np.ndarray]:
 
 def test_family_contract(family) -> None:
     assert family.task == "segmentation" and family.embedded and family.num_classes == 19
-    assert family.domains == ("game", "day_city", "dusk_city")
+    assert family.domains == ("game", "day_city", "dusk_city", "foggy_city")
     assert family.default_source == "game" and family.default_targets == ("day_city", "dusk_city")
+    assert family.development_targets == family.default_targets and family.test_targets == ("foggy_city",)
     assert family.splits("game") == ("train",) and family.splits("day_city") == ("train", "heldout")
 
 
@@ -88,7 +89,7 @@ def test_generation_is_deterministic_in_the_seed(tmp_path) -> None:
     other = street_scenes.prepare_street_scenes(tmp_path / "c", StreetScenesConfig(
         seed=TINY.seed + 1, source_train=2, target_train=1, target_heldout=1))
     hashes = tree_hashes(first)
-    assert len(hashes) == 2 * (2 + 2 * (1 + 1))
+    assert len(hashes) == 2 * (2 + 3 * (1 + 1))  # game + three targets (train, val), image + label each
     assert hashes == tree_hashes(second)
     assert set(hashes) == set(tree_hashes(other)) and hashes != tree_hashes(other)
 
@@ -265,3 +266,38 @@ def test_describe_reports_counts_frequencies_and_colour(root) -> None:
     assert "game/train: 16 images, 96x192" in text
     assert "day_city/heldout: 8 images" in text and "dusk_city/train: 8 images" in text
     assert "mean RGB (" in text and "road " in text and "ignore " in text
+
+
+# Pixels of the three original domains (sorted paths, decoded images) for the config below, computed on the generator
+# before the foggy_city test target was added: adding it must not shift their random streams.
+ORIGINAL_DOMAINS_PIXELS_SHA256 = "3bf0b3b7bbc7219178590b97e4949f997617de23456dfa01be43a9440a2e9862"
+
+
+def test_adding_the_test_target_left_the_original_domains_byte_identical(tmp_path) -> None:
+    config = StreetScenesConfig(height=48, width=96, source_train=3, target_train=3, target_heldout=2)
+    tree = street_scenes.prepare_street_scenes(tmp_path, config)
+    digest = hashlib.sha256()
+    for domain in ("game", "day_city", "dusk_city"):
+        for path in sorted((tree / domain).rglob("*.png")):
+            digest.update(str(path.relative_to(tree)).encode())
+            digest.update(np.asarray(PIL.Image.open(path)).tobytes())
+    assert digest.hexdigest() == ORIGINAL_DOMAINS_PIXELS_SHA256
+
+
+def test_foggy_city_fades_with_distance(family, root) -> None:
+    """Fog is not a re-tint: far road (near the horizon) is closer to the fog colour, i.e. lower in contrast, than
+    near road at the image bottom, much more so than in day_city; and the test target's held-out split loads."""
+
+    def far_to_near_contrast(domain: str) -> float:
+        dataset = family.load(root, domain, "train", with_labels=True)
+        ratios = []
+        for index in range(len(dataset)):
+            image = np.asarray(read_rgb(dataset.items[index].image), dtype=np.float32) / 255
+            road_rows = np.flatnonzero((dataset.oracle_train_ids(index) == 0).any(axis=1))
+            far, near = image[road_rows[0]:road_rows[0] + 4], image[-8:]
+            ratios.append(far.std() / max(near.std(), 1e-3))
+        return float(np.median(ratios))
+
+    assert far_to_near_contrast("foggy_city") < 0.8 * far_to_near_contrast("day_city")
+    heldout = family.load(root, "foggy_city", "heldout", with_labels=True)
+    assert len(heldout) == CONFIG.target_heldout and heldout[0]["label"].shape == (96, 192)

@@ -27,6 +27,9 @@ class OpenedFiles:
             self.paths.append(str(args[0]))
 
 
+SELECTORS_AUDITED = ("fmiou", "soft_vote", "entropy", "im", "snd", "cluster_ami", "robust", "consistency", "mixval")
+
+
 @pytest.mark.integration
 def test_selection_never_opens_heldout_labels(tiny_hiast_sweep: dict, tmp_path: Path) -> None:
     """Re-select with every held-out label folder moved away AND an audit of every open: no label is touched."""
@@ -44,14 +47,13 @@ def test_selection_never_opens_heldout_labels(tiny_hiast_sweep: dict, tmp_path: 
         folder.rename(away)
     try:
         opened.active = True
-        decisions = select_sweep(ResultStore(results), "tiny",
-                                 selectors=("fmiou", "soft_vote", "entropy", "im", "snd"))
+        decisions = select_sweep(ResultStore(results), "tiny", selectors=SELECTORS_AUDITED)
         opened.active = False
     finally:
         opened.active = False
         for folder, away in zip(label_folders, hidden):
             away.rename(folder)
-    assert {d["selector"] for d in decisions} == {"fmiou", "soft_vote", "entropy", "im", "snd"}
+    assert {d["selector"] for d in decisions} == set(SELECTORS_AUDITED)
     assert any(path.endswith("predictions.npz") for path in opened.paths)
     touched = [p for p in opened.paths if "gtFine" in p or "labels" in Path(p).parts or "heldout" in Path(p).parts]
     assert touched == []

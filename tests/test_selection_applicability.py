@@ -12,7 +12,7 @@ from raysel.selection.agreement import agreement_line, agreement_lines, headline
 from raysel.selection.applicability import applicable_selectors, recorded_selectors
 from raysel.selection.decision import select_sweep
 from raysel.selection.predictions import CandidatePredictions, save_predictions
-from raysel.selection.selectors import selector_names
+from raysel.selection.selectors import TRIAL_SCORE_SELECTORS, get_selector, selector_names
 from raysel.store import ResultStore
 from raysel.summary import decision_lines, format_trials_table
 
@@ -56,8 +56,10 @@ def test_every_prediction_selector_applies_and_trial_scores_need_their_column(tm
     store = ResultStore(tmp_path / "results")
     write_trials(store, tmp_path, [("t0", "finished", {}), ("t1", "finished", {}), ("t2", "failed", {})])
     verdicts = dict(applicable_selectors(store.load_sweep("sw")))
-    assert [name for name, reason in verdicts.items() if reason is None] == [
-        name for name in selector_names() if name != "merge_quality"]
+    assert [name for name, reason in verdicts.items() if reason is None] == [  # these caches hold no features
+        name for name in selector_names()
+        if name not in TRIAL_SCORE_SELECTORS and not getattr(get_selector(name), "needs_features", False)]
+    assert all("score_" + name in verdicts[name] for name in TRIAL_SCORE_SELECTORS)
     assert "score_merge_quality" in verdicts["merge_quality"]
 
 
@@ -93,7 +95,7 @@ def test_select_sweep_records_all_applicable_and_the_methods_default_decides(tmp
     decided = [d["selector"] for d in decisions]
     assert decided == ["fmiou", "confident_fmiou"]  # gsda's default (fmiou) decides; the others lack probabilities
     assert [d["headline"] for d in decisions] == [True, False]
-    assert "selectors soft_vote, entropy, im, snd, rank_mean skipped: no probabilities cached" in printed.getvalue()
+    assert "selectors soft_vote, entropy, im, snd, rank_mean, cluster_ami, robust skipped: no probabilities cached" in printed.getvalue()
     assert "merge_quality skipped: no trial stored score_merge_quality" in printed.getvalue()
     trials = store.load_sweep("sw").set_index("trial_id")
     assert trials.loc[["t0", "t1", "t2"], "score_confident_fmiou"].notna().all()
@@ -121,7 +123,8 @@ def test_trial_scored_default_decides_hdrq_and_fmiou_is_one_flag_away(tmp_path: 
                                    for k, q in enumerate((0.2, 0.9, 0.5))], method="hdrq")
     decisions = select_sweep(store, "sw", stream=io.StringIO(), record_all=True)
     assert decisions[0]["selector"] == "merge_quality" and decisions[0]["headline"]
-    assert decisions[0]["selected_trial_id"] == "t1" and {d["selector"] for d in decisions} == set(selector_names())
+    assert decisions[0]["selected_trial_id"] == "t1" and {d["selector"] for d in decisions} == (
+        set(selector_names()) - {"consistency", "mixval", "cluster_ami"})  # not scored / no features in this store
     again = select_sweep(store, "sw", selectors=("fmiou",), stream=io.StringIO(), record_all=True)
     assert again[0]["selector"] == "fmiou" and again[0]["headline"]
 

@@ -25,6 +25,8 @@ class DatasetFamily:
     never opens a label file. ``image_size`` is (height, width); None keeps the native size for segmentation and
     uses ``default_image_size`` for classification (whose images must be batched at one size).
     ``standard_image_sizes`` lists, per domain, the size the reference papers train at (for callers to pass).
+    ``default_targets`` are the *development* targets (defaults and design choices may be tuned on their held-out
+    labels); ``test_targets`` are held back: their labels are read only by final evaluation tables (SPEC §5).
     """
 
     name: str
@@ -40,6 +42,12 @@ class DatasetFamily:
     default_image_size: ImageSize | None = None
     standard_image_sizes: Mapping[str, ImageSize] = field(default_factory=dict, repr=False, compare=False)
     splits_by_domain: Mapping[str, tuple[str, ...]] = field(default_factory=dict, repr=False, compare=False)
+    test_targets: tuple[str, ...] = ()
+
+    @property
+    def development_targets(self) -> tuple[str, ...]:
+        """The targets whose held-out labels may justify defaults and design choices (= ``default_targets``)."""
+        return self.default_targets
 
     def resolve_domain(self, domain: str) -> str:
         """The canonical domain name (case-insensitive match); ConfigError listing valid domains otherwise."""

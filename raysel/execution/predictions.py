@@ -22,5 +22,6 @@ def cache_candidate_predictions(model: torch.nn.Module, ctx: RunContext, path: s
     target_images = ctx.target_dataset()
     indices = selection_subset(len(target_images), size=ctx.spec.selection_size, seed=ctx.spec.selection_seed)
     predictions = predict_subset(model, target_images, indices, ctx.device,
-                                 keep_probabilities=ctx.spec.keep_probabilities)
+                                 keep_probabilities=ctx.spec.keep_probabilities,
+                                 keep_features=ctx.spec.keep_probabilities)
     return save_predictions(path, predictions)

@@ -12,6 +12,9 @@ recipe: :func:`raysel.methods.result.rebuild_model`; the run's network builder p
 module for HDRQ's quantized merged model) and calls
 :func:`~raysel.execution.predictions.cache_candidate_predictions`, the same function the trial used, on the same
 seeded subset of target *training* images (the sweep's ``selection_size`` / ``selection_seed``). No label is read.
+The same task recomputes the trial-scored label-free scores that need the model (``consistency``, ``mixval``:
+:mod:`raysel.selection.model_scores`), writes them next to the predictions (``trial_scores.json``), and
+:func:`repredict_sweep` stores them in the trial rows as ``score_<name>``.
 
 Paths: a sweep records absolute paths under its results folder. When that folder was copied or moved, paths under
 the recorded folder are taken relative to the store being used, so a copy re-predicts into itself and never
@@ -21,6 +24,7 @@ must be shared storage, exactly as for the trials themselves.
 
 from __future__ import annotations
 
+import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +42,9 @@ from raysel.execution.trial import PREDICTIONS_FILE
 from raysel.methods.base import LocalSession, RunContext, RunSpec
 from raysel.methods.result import rebuild_model
 from raysel.progress import heartbeat, progress
+from raysel.selection.model_scores import run_trial_selection_scores
+
+TRIAL_SCORES_FILE = "trial_scores.json"
 
 
 @dataclass(frozen=True)
@@ -126,7 +133,9 @@ def predict_candidate(job: PredictionJob) -> str:
         model = rebuild_model(job.checkpoint_path, ctx)
     except DataError as error:
         raise DataError(f"trial {job.trial_id}: {error}") from None
-    return str(cache_candidate_predictions(model, ctx, job.predictions_path))
+    written = cache_candidate_predictions(model, ctx, job.predictions_path)
+    written.with_name(TRIAL_SCORES_FILE).write_text(json.dumps(run_trial_selection_scores(model, ctx)))
+    return str(written)
 
 
 def run_prediction_tasks(jobs: list[PredictionJob], address: str | None = None) -> list[str]:
@@ -183,4 +192,7 @@ def repredict_sweep(store: Any, sweep_id: str, *, only_missing: bool = True, add
     for job, path in zip(jobs, written):
         if stored.get(job.trial_id) != path:
             store.update_trial_columns(sweep_id, job.trial_id, {"predictions_path": path})
+        scores_file = Path(path).with_name(TRIAL_SCORES_FILE)
+        if scores_file.is_file():
+            store.update_trial_scores(sweep_id, job.trial_id, json.loads(scores_file.read_text()))
     return jobs

@@ -18,11 +18,12 @@ import torch
 
 from raysel.execution.predictions import cache_candidate_predictions
 from raysel.heldout import heldout_scores
-from raysel.methods.base import NonFiniteLossError, RunContext, RunSpec, Session
 from raysel.hyperparameters import config_from_dict
+from raysel.methods.base import NonFiniteLossError, RunContext, RunSpec, Session
 from raysel.methods.result import TrainResult, save_model, unwrapped
 from raysel.metrics import harmonic_mean
 from raysel.registry import get_method
+from raysel.selection.model_scores import run_trial_selection_scores
 from raysel.store_schema import primary_heldout_column
 
 ATTEMPTS_FILE = "attempts"
@@ -92,8 +93,8 @@ def finish_run(result: TrainResult, ctx: RunContext) -> dict[str, Any]:
     else:
         final.update(heldout_scores(model, ctx.family, ctx.data_root, ctx.target, ctx.device,
                                     image_size=ctx.spec.image_size))
-    if result.scores:
-        final["scores"] = dict(result.scores)
+    # Label-free scores that need the model (consistency, MixVal); the method's own scores win on a name clash.
+    final["scores"] = {**run_trial_selection_scores(model, ctx), **result.scores}
     if result.metrics:
         final["metrics"] = dict(result.metrics)
     return final

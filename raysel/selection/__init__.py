@@ -4,7 +4,10 @@
   candidate (no labels), compact ``.npz`` cache.
 * :mod:`raysel.selection.voting` — fused majority vote (ties → lowest class id) and F-mIoU (HIAST §4.5, Alg. 3).
 * :mod:`raysel.selection.selectors` — the selector registry: ``fmiou``, ``confident_fmiou``, ``soft_vote``,
-  ``entropy``, ``im``, ``snd``, ``rank_mean`` (``get_selector(name).score(candidates)``, higher is better).
+  ``entropy``, ``im``, ``snd``, ``rank_mean``, ``cluster_ami``, ``robust`` (``get_selector(name).score(candidates)``,
+  higher is better) and the trial-scored ``merge_quality``, ``consistency``, ``mixval``.
+* :mod:`raysel.selection.model_scores` — consistency and MixVal, computed from the model inside each trial.
+* :mod:`raysel.selection.combination` — ClassAMI clustering and the ensemble guard behind ``robust``.
 * :mod:`raysel.selection.evaluate` — regret, gap closed, Kendall τ / Spearman ρ against held-out scores, the
   default-configuration and random-pick baselines, per-selector summaries over sweeps (benchmarks and the oracle
   check of a decision; held-out scores are an input, never read here).

@@ -18,8 +18,16 @@ Storage format (one ``np.savez_compressed`` file per candidate, written atomical
   (JSON: format version, task, num_classes) so that candidates predicted on different images or label spaces are
   detected before they are compared.
 
-Features are not cached: SND uses the softmax outputs as its features, which is the default of Saito et al.'s
-released code (``layer="preds"`` in pytorch-adapt's port); it needs nothing else.
+* ``features`` (format version 2, optional, kept with the probabilities): a small sample of the penultimate
+  features (the input of the model's ``classifier`` module, read by a forward pre-hook), float16. Classification:
+  ``[N, D]``; segmentation: ``[N, D, fh, fw]`` at every ``FEATURE_STRIDE``-th pixel of the probability grid
+  (``feature_rows`` / ``feature_cols``, at most 4×8 pixels per image). Features wider than ``MAX_FEATURE_DIM`` are
+  projected by a fixed seeded Gaussian matrix (Johnson–Lindenstrauss: distances, and so k-means, are kept
+  approximately) so that a ResNet's 2048 channels do not bloat the cache. ``cluster_ami`` clusters them.
+  Version-1 files (no features) still load; ``features`` is then None.
+
+SND uses the softmax outputs as its features, which is the default of Saito et al.'s released code
+(``layer="preds"`` in pytorch-adapt's port).
 """
 
 from __future__ import annotations
@@ -39,7 +47,10 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from raysel.data.common import DEFAULT_SELECTION_SIZE, selection_subset  # noqa: F401  (re-exported)
 from raysel.errors import DataError
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: optional sampled penultimate features
+READABLE_FORMAT_VERSIONS = (1, 2)  # version 1 is version 2 without features
+FEATURE_STRIDE = 4  # features at every 4th probability-grid row and column
+MAX_FEATURE_DIM = 128
 TASKS = ("segmentation", "classification")
 DEFAULT_PROBABILITY_GRID = (16, 32)
 MAX_CLASSES = 255  # class ids are stored as uint8; 255 stays free as the ignore value
@@ -57,6 +68,9 @@ class CandidatePredictions:
     task: str
     probability_rows: np.ndarray | None = None
     probability_cols: np.ndarray | None = None
+    features: np.ndarray | None = None
+    feature_rows: np.ndarray | None = None
+    feature_cols: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:
@@ -73,6 +87,11 @@ class CandidatePredictions:
                                  f"got {self.probabilities.shape}")
             if self.task == "segmentation" and (self.probability_rows is None or self.probability_cols is None):
                 raise ValueError("segmentation probabilities need probability_rows/probability_cols")
+        if self.features is not None:
+            if self.features.shape[0] != self.labels.shape[0]:
+                raise ValueError(f"features need one entry per image; got {self.features.shape}")
+            if self.task == "segmentation" and (self.feature_rows is None or self.feature_cols is None):
+                raise ValueError("segmentation features need feature_rows/feature_cols")
 
     @property
     def num_images(self) -> int:
@@ -86,6 +105,17 @@ class CandidatePredictions:
         if self.probability_rows is None or self.probability_cols is None:
             raise ValueError("no probability grid: predictions were made without keep_probabilities")
         return self.labels[:, self.probability_rows][:, :, self.probability_cols]
+
+    def feature_samples(self) -> tuple[np.ndarray, np.ndarray]:
+        """(features float32 ``[samples, D]``, predicted labels ``[samples]``) at the pixels (images) features were
+        kept for; ValueError when the cache holds no features."""
+        if self.features is None:
+            raise ValueError("predictions were cached without features")
+        features = self.features.astype(np.float32)
+        if self.task == "classification":
+            return features, self.labels
+        labels = self.labels[:, self.feature_rows][:, :, self.feature_cols]
+        return features.transpose(0, 2, 3, 1).reshape(-1, features.shape[1]), labels.reshape(-1)
 
     def probability_vectors(self) -> np.ndarray:
         """Probabilities as float32 ``[N, samples_per_image, C]`` (classification: ``[N, 1, C]``)."""
@@ -123,19 +153,72 @@ def _image_batches(dataset: Dataset, indices: np.ndarray, batch_size: int, num_w
 @torch.inference_mode()
 def predict_subset(model: torch.nn.Module, dataset: Dataset, indices: Sequence[int] | np.ndarray,
                    device: torch.device | str, keep_probabilities: bool = False, batch_size: int = 8,
-                   grid: tuple[int, int] = DEFAULT_PROBABILITY_GRID, num_workers: int = 0) -> CandidatePredictions:
+                   grid: tuple[int, int] = DEFAULT_PROBABILITY_GRID, num_workers: int = 0,
+                   keep_features: bool = False) -> CandidatePredictions:
     """Predict the images ``indices`` of ``dataset`` (target train split, no labels) once; return them compactly.
 
     The task follows from the logits: ``[B, C, H, W]`` is segmentation, ``[B, C]`` classification. The model is
-    put in eval mode for the pass and its previous mode restored afterwards.
+    put in eval mode for the pass and its previous mode restored afterwards. ``keep_features`` also keeps a sample
+    of the classifier's input features (see the module docstring) when the model has a ``classifier`` module.
     """
+    recorder = FeatureRecorder(model) if keep_features else None
+    try:
+        predictions = _predict(model, dataset, indices, device, keep_probabilities, batch_size, grid, num_workers,
+                               recorder)
+    finally:
+        if recorder is not None:
+            recorder.remove()
+    return predictions
+
+
+class FeatureRecorder:
+    """Forward pre-hook on ``model.classifier`` that keeps the last batch of its input (the penultimate features)."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        self.last: torch.Tensor | None = None
+        classifier = getattr(getattr(model, "module", model), "classifier", None)
+        self.handle = (classifier.register_forward_pre_hook(self._keep)
+                       if isinstance(classifier, torch.nn.Module) else None)
+
+    def _keep(self, module: torch.nn.Module, inputs: tuple) -> None:
+        self.last = inputs[0].detach() if inputs and isinstance(inputs[0], torch.Tensor) else None
+
+    def sample(self, rows: np.ndarray | None, cols: np.ndarray | None, height: int, width: int) -> np.ndarray | None:
+        """The kept batch at the prediction pixels ``rows`` × ``cols`` (nearest feature cell), projected; or None."""
+        if self.handle is None or self.last is None:
+            return None
+        features = self.last.float()
+        if features.ndim == 4:
+            feature_rows = np.rint(rows * (features.shape[2] - 1) / max(height - 1, 1)).astype(np.int64)
+            feature_cols = np.rint(cols * (features.shape[3] - 1) / max(width - 1, 1)).astype(np.int64)
+            features = features[:, :, torch.from_numpy(feature_rows).to(features.device)]
+            features = features[:, :, :, torch.from_numpy(feature_cols).to(features.device)]
+        elif features.ndim != 2:
+            return None
+        if features.shape[1] > MAX_FEATURE_DIM:
+            projection = torch.randn(features.shape[1], MAX_FEATURE_DIM, generator=torch.Generator().manual_seed(0))
+            projection = (projection / MAX_FEATURE_DIM ** 0.5).to(features.device)
+            features = torch.movedim(torch.movedim(features, 1, -1) @ projection, -1, 1)
+        return features.to(torch.float16).cpu().numpy()
+
+    def remove(self) -> None:
+        """Detach the hook (the model is left as it was)."""
+        if self.handle is not None:
+            self.handle.remove()
+
+
+def _predict(model: torch.nn.Module, dataset: Dataset, indices: Sequence[int] | np.ndarray,
+             device: torch.device | str, keep_probabilities: bool, batch_size: int, grid: tuple[int, int],
+             num_workers: int, recorder: "FeatureRecorder | None") -> CandidatePredictions:
+    """The prediction pass behind :func:`predict_subset`."""
     indices = np.asarray(indices, dtype=np.int64)
     if indices.size == 0:
         raise DataError("the selection subset is empty: the target training split has no images")
     device = torch.device(device)
     was_training = model.training
     model.eval()
-    labels = probabilities = rows = cols = None
+    labels = probabilities = rows = cols = feature_rows = feature_cols = None
+    feature_batches: list[np.ndarray] = []
     names: list[str] = []
     dataset_indices: list[int] = []
     task = ""
@@ -151,12 +234,20 @@ def predict_subset(model: torch.nn.Module, dataset: Dataset, indices: Sequence[i
                     probabilities = np.empty((indices.size, num_classes, rows.size, cols.size), dtype=np.float16)
                 elif keep_probabilities:
                     probabilities = np.empty((indices.size, num_classes), dtype=np.float16)
+                if task == "segmentation":
+                    grid_rows, grid_cols = probability_grid(logits.shape[2], logits.shape[3], grid)
+                    feature_rows, feature_cols = grid_rows[::FEATURE_STRIDE], grid_cols[::FEATURE_STRIDE]
             if tuple(logits.shape[1:]) != (num_classes,) + labels.shape[1:]:
                 raise DataError(f"images {batch_names} give predictions of shape {tuple(logits.shape[1:])}, "
                                 f"others {(num_classes,) + labels.shape[1:]}; use one image size")
             start = len(names)
             stop = start + logits.shape[0]
             labels[start:stop] = logits.argmax(dim=1).to(torch.uint8).cpu().numpy()
+            if recorder is not None:
+                sampled = recorder.sample(feature_rows, feature_cols, logits.shape[-2] if task == "segmentation"
+                                          else 1, logits.shape[-1] if task == "segmentation" else 1)
+                if sampled is not None:
+                    feature_batches.append(sampled)
             if probabilities is not None:
                 if task == "segmentation":
                     logits = logits[:, :, torch.from_numpy(rows).to(device)][:, :, :, torch.from_numpy(cols).to(device)]
@@ -166,9 +257,14 @@ def predict_subset(model: torch.nn.Module, dataset: Dataset, indices: Sequence[i
     finally:
         model.train(was_training)
     assert labels is not None
+    features = np.concatenate(feature_batches) if feature_batches and sum(
+        len(batch) for batch in feature_batches) == indices.size else None
+    keep_grid = features is not None and task == "segmentation"
     return CandidatePredictions(labels=labels, probabilities=probabilities, image_ids=tuple(names),
                                 image_indices=np.asarray(dataset_indices, dtype=np.int64), num_classes=num_classes,
-                                task=task, probability_rows=rows, probability_cols=cols)
+                                task=task, probability_rows=rows, probability_cols=cols, features=features,
+                                feature_rows=feature_rows if keep_grid else None,
+                                feature_cols=feature_cols if keep_grid else None)
 
 
 def _task_of(logits: torch.Tensor) -> tuple[str, int]:
@@ -197,6 +293,11 @@ def save_predictions(path: str | os.PathLike, predictions: CandidatePredictions)
         if predictions.probability_rows is not None and predictions.probability_cols is not None:
             arrays["probability_rows"] = predictions.probability_rows
             arrays["probability_cols"] = predictions.probability_cols
+    if predictions.features is not None:
+        arrays["features"] = predictions.features.astype(np.float16, copy=False)
+        if predictions.feature_rows is not None and predictions.feature_cols is not None:
+            arrays["feature_rows"] = predictions.feature_rows
+            arrays["feature_cols"] = predictions.feature_cols
     handle, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(handle, "wb") as stream:
@@ -219,13 +320,15 @@ def load_predictions(path: str | os.PathLike, with_probabilities: bool = True) -
     try:
         with np.load(path, allow_pickle=False) as archive:
             meta = json.loads(str(archive["meta"]))
-            if meta.get("format_version") != FORMAT_VERSION:
+            if meta.get("format_version") not in READABLE_FORMAT_VERSIONS:
                 raise DataError(f"prediction file {path} has format version {meta.get('format_version')}; "
                                 f"this raysel reads version {FORMAT_VERSION} (predict the candidates again)")
             arrays: dict[str, Any] = {key: archive[key] for key in ("labels", "image_indices", "image_ids")}
             keep = with_probabilities and "probabilities" in archive.files
             for key in ("probabilities", "probability_rows", "probability_cols"):
                 arrays[key] = archive[key] if keep and key in archive.files else None
+            for key in ("features", "feature_rows", "feature_cols"):
+                arrays[key] = archive[key] if with_probabilities and key in archive.files else None
     except DataError:
         raise
     except (OSError, ValueError, KeyError, zipfile.BadZipFile, json.JSONDecodeError, EOFError) as error:
@@ -235,6 +338,7 @@ def load_predictions(path: str | os.PathLike, with_probabilities: bool = True) -
                                     image_ids=tuple(str(name) for name in arrays["image_ids"]),
                                     image_indices=arrays["image_indices"], num_classes=int(meta["num_classes"]),
                                     task=str(meta["task"]), probability_rows=arrays["probability_rows"],
-                                    probability_cols=arrays["probability_cols"])
+                                    probability_cols=arrays["probability_cols"], features=arrays["features"],
+                                    feature_rows=arrays["feature_rows"], feature_cols=arrays["feature_cols"])
     except (ValueError, KeyError) as error:
         raise DataError(f"prediction file {path} is inconsistent: {error}") from None

@@ -13,6 +13,8 @@ name               score                                                        
 ``im``             information maximization H(mean p) − mean H(p)                           yes
 ``snd``            soft neighbourhood density (Saito et al., ICCV 2021)                     yes
 ``rank_mean``      mean rank over fmiou, soft_vote and im (raysel's combination)            yes
+``cluster_ami``    ClassAMI: AMI of k-means on cached features vs. predictions (Ericsson+)  features
+``robust``         ensemble-agreement veto (EnsV), then IM among the survivors (raysel's)   yes
 =================  =======================================================================  =============
 
 For classification the agreement selectors use accuracy instead of mIoU (fused-vote agreement), and the
@@ -22,7 +24,9 @@ probability selectors work on per-image rather than per-pixel probability vector
 trial computes its label-free score itself and stores it as ``score_<name>``; selection reads the stored scores
 (:func:`raysel.selection.decision.select_sweep`). ``merge_quality`` is HDRQ's merge-quality score
 (:mod:`raysel.quant.merge_quality`: agreement of the merged model with every target's quantized specialist,
-harmonic mean over targets), computed by the ``hdrq`` method, which alone holds the specialists.
+harmonic mean over targets), computed by the ``hdrq`` method, which alone holds the specialists. ``consistency``
+(perturbation consistency) and ``mixval`` (MixVal) are computed by every trial from its model
+(:mod:`raysel.selection.model_scores`). A selector that cannot run on a sweep raises :class:`SelectionSkipped`.
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar, Protocol, Sequence
+from typing import TYPE_CHECKING, ClassVar, Protocol, Sequence
 
 import numpy as np
 import torch
@@ -39,6 +43,7 @@ from scipy.stats import rankdata
 
 from raysel.errors import ConfigError, DataError, unknown_name_error
 from raysel.metrics import ConfusionMatrix, miou, pixel_accuracy
+from raysel.selection.combination import cluster_ami, guarded_ranks
 from raysel.selection.predictions import CandidatePredictions
 from raysel.selection.voting import fused_vote_accumulator
 
@@ -324,6 +329,55 @@ class RankMeanSelector(BaseSelector):
         return np.mean(ranks, axis=0)
 
 
+class SelectionSkipped(DataError):
+    """A selector cannot run on these candidates (no features cached, no trial score): skip it, the others decide."""
+
+
+@dataclass(frozen=True)
+class ClusterAMISelector(BaseSelector):
+    """ClassAMI (Ericsson, Li, Hospedales, "Better practices for domain adaptation", AutoML 2023): adjusted mutual
+    information between k-means clusters (k = C) of the candidate's cached penultimate features and its predicted
+    labels (:func:`raysel.selection.combination.cluster_ami`). Skipped when a candidate cached no features."""
+
+    name: ClassVar[str] = "cluster_ami"
+    needs_probabilities: ClassVar[bool] = True  # features are cached only together with the probabilities
+    needs_features: ClassVar[bool] = True
+    seed: int = 0
+
+    def _score(self, candidates: list[CandidatePredictions]) -> np.ndarray:
+        if any(candidate.features is None for candidate in candidates):
+            raise SelectionSkipped("selector 'cluster_ami' needs cached features; these predictions have none "
+                                   "(cached by an older raysel or with keep_probabilities=False: use --repredict)")
+        return np.array([cluster_ami(*candidate.feature_samples(), candidate.num_classes, self.seed)
+                         for candidate in candidates])
+
+
+@dataclass(frozen=True)
+class RobustSelector(BaseSelector):
+    """Veto, then rank (raysel's combination): candidates whose agreement with the ensemble (``soft_vote``, EnsV)
+    is below the ``veto_quantile`` quantile of the sweep are vetoed — EnsV's worst-case guarantee that the pick is
+    never far from the ensemble keeps collapsed or broken candidates out — and the survivors are ranked by
+    ``ranker`` (IM). Design is a priori: no number was measured for it in this session. IM is the ranker because
+    it had the lowest mean regret (0.16 points) in BENCHMARKS.md's selection_quality run, measured on day_city and
+    dusk_city (development targets); the 0.25 quantile is a round choice, not tuned on any target."""
+
+    name: ClassVar[str] = "robust"
+    needs_probabilities: ClassVar[bool] = True
+    min_candidates: ClassVar[int] = 2
+    veto_quantile: float = 0.25
+    ranker: str = "im"
+
+    def __post_init__(self) -> None:
+        valid_ranker = self.ranker in SELECTORS and self.ranker not in (self.name, "soft_vote")
+        if not 0.0 <= self.veto_quantile < 1.0 or not valid_ranker:
+            raise ConfigError(f"robust: veto_quantile must lie in [0, 1) and ranker be another selector than "
+                              f"soft_vote; got {self.veto_quantile}, {self.ranker!r}")
+
+    def _score(self, candidates: list[CandidatePredictions]) -> np.ndarray:
+        agreement = SoftVoteSelector().score(candidates)
+        return guarded_ranks(agreement, get_selector(self.ranker).score(candidates), self.veto_quantile)
+
+
 # --------------------------------------------------------------------------------------------------------------
 # Registry
 # --------------------------------------------------------------------------------------------------------------
@@ -340,7 +394,8 @@ def register_selector(selector_class: type[BaseSelector]) -> type[BaseSelector]:
 
 
 for _selector_class in (FMIoUSelector, ConfidentFMIoUSelector, SoftVoteSelector, EntropySelector,
-                        InformationMaximizationSelector, SNDSelector, RankMeanSelector):
+                        InformationMaximizationSelector, SNDSelector, RankMeanSelector, ClusterAMISelector,
+                        RobustSelector):
     register_selector(_selector_class)
 
 
@@ -392,8 +447,9 @@ class TrialScoreSelector:
     def score_trials(self, trials: "pandas.DataFrame") -> np.ndarray:
         """The stored scores of ``trials`` (rows of the result store), in row order; DataError when absent."""
         if self.column not in trials or trials[self.column].isna().all():
-            raise DataError(f"selector {self.name!r} reads the score every trial stores as {self.column}; these "
-                            "trials have none (only methods that compute it, e.g. hdrq for merge_quality, do)")
+            raise SelectionSkipped(f"selector {self.name!r} reads the score every trial stores as {self.column}; "
+                                   "these trials have none (only methods or raysel versions that compute it do; "
+                                   "--repredict recomputes consistency and mixval)")
         return trials[self.column].to_numpy(dtype=np.float64, na_value=np.nan)
 
 
@@ -405,4 +461,21 @@ class MergeQualitySelector(TrialScoreSelector):
     name: ClassVar[str] = "merge_quality"
 
 
-TRIAL_SCORE_SELECTORS: dict[str, type[TrialScoreSelector]] = {MergeQualitySelector.name: MergeQualitySelector}
+@dataclass(frozen=True)
+class ConsistencySelector(TrialScoreSelector):
+    """Perturbation consistency (CRank / CTE / DAS-FIS family): class-balanced agreement of the model with itself
+    under flip, photometric change and feature dropout, computed in the trial (raysel.selection.model_scores)."""
+
+    name: ClassVar[str] = "consistency"
+
+
+@dataclass(frozen=True)
+class MixValSelector(TrialScoreSelector):
+    """MixVal (Hu et al., NeurIPS 2023): accuracy on mixup (classification) or ClassMix (segmentation) probes built
+    from the model's own pseudo-labels, computed in the trial (raysel.selection.model_scores)."""
+
+    name: ClassVar[str] = "mixval"
+
+
+TRIAL_SCORE_SELECTORS: dict[str, type[TrialScoreSelector]] = {
+    selector.name: selector for selector in (MergeQualitySelector, ConsistencySelector, MixValSelector)}
