@@ -66,7 +66,8 @@ def test_a_tiny_hdrq_trial_repredicts_the_predictions_it_cached(digits_root: Pat
                    cache_dir=str(tmp_path / "cache"), output_dir=str(tmp_path / "trial"), selection_size=6)
     run = run_local("hdrq", hyperparameters, spec)
     assert run.final["status"] == "finished" and isinstance(run.result.model, QuantizedModel)
-    assert run.final["scores"] == {"merge_quality": run.result.scores["merge_quality"]}
+    assert run.final["scores"]["merge_quality"] == run.result.scores["merge_quality"]  # the method's own score
+    assert set(run.final["scores"]) == {"merge_quality", "consistency", "mixval"}  # and the model-based ones
     cached = load_predictions(run.final["predictions_path"])
 
     job = PredictionJob(sweep_id="s", trial_id="t", run=dict(spec.to_dict(), output_dir=str(tmp_path / "trial")),

@@ -63,3 +63,14 @@ def test_seed_fixes_the_sampled_configurations() -> None:
 
     assert len(draw(3)) == 6 and draw(3) == draw(3)
     assert draw(3) != draw(4)
+
+
+def test_optuna_objective_can_be_a_trial_scored_selector_and_asha_refuses_one() -> None:
+    search = SearchSettings(search="optuna", objective="consistency")
+    search_alg, _ = search_and_scheduler(search)
+    assert search.objective_metric == "score_consistency" and search_alg.metric == "score_consistency"
+    assert SearchSettings(search="optuna").objective_metric == "target_confidence"
+    with pytest.raises(ConfigError, match="--objective must be one of target_confidence"):
+        SearchSettings(objective="heldout_miou").validate()  # never a held-out score
+    with pytest.raises(ConfigError, match="asha stops trials on scores reported during training"):
+        SearchSettings(scheduler="asha", objective="mixval").validate()

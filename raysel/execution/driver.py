@@ -19,6 +19,7 @@ from raysel.execution.sessions import TrainWorkerSession, TuneTrialSession, repo
 from raysel.execution.settings import SweepSettings
 from raysel.execution.trial import ATTEMPTS_FILE, FINAL_FILE, read_int, run_worker
 from raysel.store import ResultStore
+from raysel.store_schema import SCORE_PREFIX
 
 RESUMED_EPOCH = 1_000_000  # the epoch a finished trial reports, past any ASHA rung
 
@@ -48,7 +49,8 @@ def trial_driver(config: dict[str, Any], settings: SweepSettings) -> None:
                                                                 "retries": read_int(output_dir / ATTEMPTS_FILE) - 1})
         raise
     write_row(store, settings, trial_id, config, started, final)
-    tune.report(reportable({**final, "epoch": RESUMED_EPOCH}))
+    scores = {f"{SCORE_PREFIX}{name}": value for name, value in (final.get("scores") or {}).items()}
+    tune.report(reportable({**final, **scores, "epoch": RESUMED_EPOCH}))  # score_<name>: an Optuna objective
 
 
 def fit_with_train(loop_config: dict[str, Any], settings: SweepSettings, trial_id: str) -> dict[str, Any]:

@@ -10,11 +10,14 @@ from pathlib import Path
 from typing import Any
 
 from raysel.errors import ConfigError, UserError
+from raysel.selection.selectors import TRIAL_SCORE_SELECTORS
+from raysel.store_schema import SCORE_PREFIX
 
 DRIVER_CPU = 0.1  # the Tune trial's own share when it only drives a TorchTrainer (ray.md: 0 is rejected)
 SETTINGS_FILE = "sweep.json"
 SEARCH_ALGORITHMS = ("grid", "random", "optuna")
 SCHEDULERS = ("fifo", "asha")
+CONFIDENCE_OBJECTIVE = "target_confidence"  # reported by every method while it trains
 
 
 @dataclass
@@ -85,13 +88,28 @@ class SearchSettings:
     seed: int = 0
     asha_metric: str = "target_confidence"
     asha_grace_epochs: int = 1
+    objective: str = CONFIDENCE_OBJECTIVE  # what Optuna maximises: the confidence or a trial-scored selector
+
+    @property
+    def objective_metric(self) -> str:
+        """The reported metric behind ``objective``: ``target_confidence`` or ``score_<trial-scored selector>``."""
+        return self.objective if self.objective == CONFIDENCE_OBJECTIVE else f"{SCORE_PREFIX}{self.objective}"
 
     def validate(self) -> None:
-        """Raise ConfigError naming ``--search`` or ``--scheduler`` when it is not one raysel knows."""
+        """Raise ConfigError naming ``--search``, ``--scheduler`` or ``--objective`` when raysel cannot use it."""
         if self.search not in SEARCH_ALGORITHMS:
             raise ConfigError(f"--search must be grid, random or optuna, got {self.search!r}")
         if self.scheduler not in SCHEDULERS:
             raise ConfigError(f"--scheduler must be fifo or asha, got {self.scheduler!r}")
+        objectives = (CONFIDENCE_OBJECTIVE, *TRIAL_SCORE_SELECTORS)
+        if self.objective not in objectives:
+            raise ConfigError(f"--objective must be one of {', '.join(objectives)} (label-free scores a trial "
+                              f"reports), got {self.objective!r}")
+        if self.objective != CONFIDENCE_OBJECTIVE and self.scheduler == "asha":
+            # ASHA compares trials at intermediate rungs; trial-scored selectors exist only once a trial has ended.
+            raise ConfigError(f"--scheduler asha stops trials on scores reported during training, and "
+                              f"{self.objective!r} is computed once at a trial's end: use --scheduler fifo with "
+                              f"--objective {self.objective}, or asha with --objective {CONFIDENCE_OBJECTIVE}")
 
 
 def save_settings(settings: SweepSettings, search: SearchSettings, space_entries: dict[str, Any]) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from optuna.samplers import TPESampler
@@ -37,6 +38,10 @@ def build_tuner(settings: SweepSettings, search: SearchSettings, param_space: di
         return tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True, resume_errored=True)
 
     search_alg, scheduler = search_and_scheduler(search)
+    if search.objective_metric != search.asha_metric:
+        # A trial-scored objective arrives only with a trial's final report; Tune's strict check would reject the
+        # intermediate reports that do not carry it yet (ray/tune/execution/tune_controller.py).
+        os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
     tune_config = tune.TuneConfig(
         num_samples=search.num_samples,
         max_concurrent_trials=None,  # the search algorithm limits concurrency (see search_and_scheduler)
@@ -58,8 +63,9 @@ def search_and_scheduler(search: SearchSettings) -> tuple[Any, Any]:
     """Tune's search algorithm (seeded, concurrency-limited) and trial scheduler for these settings."""
     search.validate()
     if search.search == "optuna":
-        # TPE needs an objective: the label-free confidence each method reports (never held-out labels).
-        search_alg: Any = OptunaSearch(metric=search.asha_metric, mode="max", sampler=TPESampler(seed=search.seed))
+        # TPE needs an objective: the label-free confidence each method reports, or a trial-scored label-free
+        # selector (never held-out labels).
+        search_alg: Any = OptunaSearch(metric=search.objective_metric, mode="max", sampler=TPESampler(seed=search.seed))
         if search.max_concurrent:
             search_alg = ConcurrencyLimiter(search_alg, max_concurrent=search.max_concurrent)
     else:
