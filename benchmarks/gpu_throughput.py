@@ -51,7 +51,8 @@ from raysel.methods import gsda, hiast, networks, optim, training
 from raysel.methods.acceleration import SWITCHES
 from raysel.methods.base import LocalSession, RunContext, RunSpec
 from raysel.models import build_model
-from raysel.quant.reconstruct import PtqConfig, quantize_and_reconstruct
+from raysel.quant.ptq_config import PtqConfig
+from raysel.quant.reconstruct import quantize_and_reconstruct
 from raysel.selection.voting import FusedVoteAccumulator
 
 SECTION = "gpu_throughput"

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from raysel.errors import exits_cleanly_on_user_error
+from raysel.store import sql_arrow
 
 FORMATS = ("table", "csv", "json")
 SIGNIFICANT_DIGITS = 4  # floats in the table view; CSV and JSON keep full precision
@@ -60,8 +61,6 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse arguments, run the query, print the result in the requested format."""
     args = build_parser().parse_args(argv)
-    from raysel.store import sql_arrow
-
     table = sql_arrow(args.query, args.results)
     columns = table.column_names
     rows = [tuple(row[name] for name in columns) for row in table.to_pylist()]

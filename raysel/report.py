@@ -21,43 +21,27 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import math
 import re
 import sys
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
+from raysel.data import get_family
 from raysel.errors import UserError, exits_cleanly_on_user_error
 from raysel.registry import get_method
+from raysel.report_format import (HELDOUT_COLUMNS, TargetReport, format_number, heldout_column, points,
+                                  score_columns, swept_hyperparameters, top_index)
 from raysel.report_html import write_html_report
+from raysel.report_plots import plot_class_iou, plot_hyperparameters, plot_scores_against_heldout
 from raysel.selection.agreement import agreement_lines, headline_selectors
+from raysel.selection.evaluate import evaluate_selector
+from raysel.store import ResultStore
 from raysel.store_schema import HYPERPARAMETER_PREFIX, SCORE_PREFIX
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas
-    from matplotlib.figure import Figure
-
-HELDOUT_COLUMNS = {"heldout_miou": "held-out mIoU", "heldout_accuracy": "held-out accuracy"}
-POINTS = 100.0
-SELECTED_STYLE = {"marker": "*", "s": 260, "color": "tab:red", "edgecolors": "black", "zorder": 4}
-BEST_STYLE = {"marker": "o", "s": 220, "facecolors": "none", "edgecolors": "tab:green", "linewidths": 2, "zorder": 5}
-
-
-@dataclass
-class TargetReport:
-    """What the report shows for one target domain: candidates, the chosen and best trials, evaluations, figures."""
-
-    target: str
-    candidates: "pandas.DataFrame"
-    selected_trial: str | None
-    best_trial: str | None
-    evaluations: dict[str, dict[str, Any] | None] = field(default_factory=dict)
-    figures: dict[str, str] = field(default_factory=dict)
-    notes: list[str] = field(default_factory=list)
-    picks: dict[str, str | None] = field(default_factory=dict)  # every scored selector's pick (report.html)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -76,30 +60,6 @@ def load_sweep_tables(store: Any, sweep_id: str) -> tuple["pandas.DataFrame", "p
         raise UserError(f"sweep {sweep_id!r} is not in the result store {store.root}; sweeps there: "
                         f"{', '.join(known)}")
     return trials, store.load("selections", sweep_id=sweep_id)
-
-
-def score_columns(trials: "pandas.DataFrame") -> list[str]:
-    """``score_<selector>`` columns holding at least one value, sorted."""
-    return sorted(column for column in trials.columns
-                  if column.startswith(SCORE_PREFIX) and trials[column].notna().any())
-
-
-def heldout_column(trials: "pandas.DataFrame") -> str | None:
-    """``heldout_miou`` (segmentation) or ``heldout_accuracy`` (classification), whichever holds values; or None."""
-    return next((column for column in HELDOUT_COLUMNS if column in trials and trials[column].notna().any()), None)
-
-
-def _hashable(series: "pandas.Series") -> "pandas.Series":
-    """List-valued hyperparameters (``tuple[int, ...]``) as strings, so they can be counted and compared."""
-    if series.dtype != object:
-        return series
-    return series.map(lambda value: str(list(value)) if isinstance(value, (list, tuple, np.ndarray)) else value)
-
-
-def swept_hyperparameters(trials: "pandas.DataFrame") -> list[str]:
-    """``hp_*`` columns taking more than one value among ``trials`` (the hyperparameters the sweep varied)."""
-    return [column for column in trials.columns
-            if column.startswith(HYPERPARAMETER_PREFIX) and _hashable(trials[column]).nunique(dropna=True) > 1]
 
 
 def choose_selector(trials: "pandas.DataFrame", selections: "pandas.DataFrame", requested: str | None) -> str | None:
@@ -121,11 +81,6 @@ def choose_selector(trials: "pandas.DataFrame", selections: "pandas.DataFrame", 
     return next((name for name in [*defaults, *decided, *scored] if name in scored), None)
 
 
-def _top_index(scores: np.ndarray) -> int:
-    """Index of the highest score (NaN never chosen, ties to the first), as evaluate.py and decision.py pick."""
-    return int(np.argmax(np.where(np.isnan(scores), -np.inf, scores)))
-
-
 def selected_trial(candidates: "pandas.DataFrame", selections: "pandas.DataFrame", target: str,
                    selector: str | None) -> str | None:
     """The trial the selector chose for ``target``: its recorded decision, else the highest score; None if unscored."""
@@ -139,13 +94,11 @@ def selected_trial(candidates: "pandas.DataFrame", selections: "pandas.DataFrame
     scores = candidates[SCORE_PREFIX + selector].to_numpy(dtype=np.float64, na_value=np.nan)
     if np.isnan(scores).all():
         return None
-    return str(candidates["trial_id"].iloc[_top_index(scores)])
+    return str(candidates["trial_id"].iloc[top_index(scores)])
 
 
 def evaluate_target(candidates: "pandas.DataFrame", heldout: str | None) -> dict[str, dict[str, Any] | None]:
     """Held-out evaluation of every scored selector on one target (None where a scored candidate lacks held-out)."""
-    from raysel.selection.evaluate import evaluate_selector
-
     evaluations: dict[str, dict[str, Any] | None] = {}
     if heldout is None:
         return evaluations
@@ -163,115 +116,11 @@ def evaluate_target(candidates: "pandas.DataFrame", heldout: str | None) -> dict
 
 def class_names_of(dataset: Any, count: int) -> list[str]:
     """Class names of the dataset family (``class <i>`` when the family is unknown or has another class count)."""
-    from raysel.data import get_family
-
     try:
         names = list(get_family(str(dataset)).class_names)
     except UserError:
         names = []
     return names if len(names) == count else [f"class {index}" for index in range(count)]
-
-
-# --------------------------------------------------------------------------------------------------------------
-# Plots (matplotlib's Agg canvas: no display, no global pyplot state)
-# --------------------------------------------------------------------------------------------------------------
-
-
-def _new_figure(panels: int, width: float = 4.2, height: float = 3.4) -> tuple["Figure", list[Any]]:
-    """A figure on the Agg canvas with ``panels`` axes in rows of at most three."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    columns = min(3, panels)
-    rows = math.ceil(panels / columns)
-    figure = Figure(figsize=(width * columns, height * rows), layout="constrained")
-    FigureCanvasAgg(figure)
-    axes = figure.subplots(rows, columns, squeeze=False).ravel()
-    for unused in axes[panels:]:
-        unused.set_visible(False)
-    return figure, list(axes[:panels])
-
-
-def _save(figure: "Figure", path: Path) -> str:
-    """Write ``figure`` as PNG to ``path``; return the file name (the Markdown links relative to the report)."""
-    try:
-        figure.savefig(path, format="png", dpi=100)
-    except OSError as error:
-        raise UserError(f"cannot write the report plot {path}: {error.strerror or error}") from None
-    return path.name
-
-
-def plot_scores_against_heldout(candidates: "pandas.DataFrame", heldout: str, selectors: Sequence[str],
-                                best_trial: str, path: Path, kendall_taus: dict[str, float] | None = None) -> str:
-    """One panel per selector: label-free score (x) against held-out score in points (y); top score and best marked.
-
-    ``kendall_taus`` (selector -> τ against the held-out scores) goes into the panel titles when given.
-    """
-    figure, axes = _new_figure(len(selectors), width=5.0)
-    truth = candidates[heldout].to_numpy(dtype=np.float64, na_value=np.nan) * POINTS
-    is_best = (candidates["trial_id"] == best_trial).to_numpy()
-    for axis, selector in zip(axes, selectors):
-        scores = candidates[SCORE_PREFIX + selector].to_numpy(dtype=np.float64, na_value=np.nan)
-        axis.scatter(scores, truth, color="tab:blue", s=36, label="candidate", zorder=3)
-        if not np.isnan(scores).all():
-            top = _top_index(scores)
-            axis.scatter(scores[top], truth[top], label="selected (top score)", **SELECTED_STYLE)
-        axis.scatter(scores[is_best], truth[is_best], label="best held-out (oracle)", **BEST_STYLE)
-        tau = (kendall_taus or {}).get(selector)
-        axis.set_title(selector if tau is None or not math.isfinite(tau) else f"{selector}  (Kendall τ {tau:.2f})")
-        axis.set_xlabel(f"{selector} score (label-free)")
-        axis.set_ylabel(f"{HELDOUT_COLUMNS[heldout]} (oracle, points)")
-        axis.grid(alpha=0.3)
-    axes[0].legend(fontsize=7, loc="best")
-    figure.suptitle(f"Label-free scores against {HELDOUT_COLUMNS[heldout]} (oracle check)", fontsize=10)
-    return _save(figure, path)
-
-
-def plot_hyperparameters(candidates: "pandas.DataFrame", hyperparameters: Sequence[str], selector: str,
-                         selected: str | None, path: Path) -> str:
-    """One panel per swept hyperparameter: its value (x; categories for non-numbers) against the selection score."""
-    import pandas
-
-    figure, axes = _new_figure(len(hyperparameters))
-    scores = candidates[SCORE_PREFIX + selector].to_numpy(dtype=np.float64, na_value=np.nan)
-    is_selected = (candidates["trial_id"] == selected).to_numpy()
-    for axis, column in zip(axes, hyperparameters):
-        values = _hashable(candidates[column])
-        numeric = pandas.api.types.is_numeric_dtype(values) and not pandas.api.types.is_bool_dtype(values)
-        if numeric:
-            positions = values.to_numpy(dtype=np.float64, na_value=np.nan)
-        else:
-            categories = pandas.Categorical(values.astype(str))
-            positions = categories.codes.astype(np.float64)
-            axis.set_xticks(np.arange(len(categories.categories)), list(categories.categories), rotation=30,
-                            fontsize=8)
-            axis.set_xlim(-0.5, len(categories.categories) - 0.5)
-        axis.scatter(positions, scores, color="tab:blue", s=36, zorder=3)
-        axis.scatter(positions[is_selected], scores[is_selected], label="selected", **SELECTED_STYLE)
-        axis.set_xlabel(column[len(HYPERPARAMETER_PREFIX):])
-        axis.set_ylabel(f"{selector} score")
-        axis.grid(alpha=0.3)
-    axes[0].legend(fontsize=7, loc="best")
-    figure.suptitle(f"Swept hyperparameters against the {selector} selection score", fontsize=10)
-    return _save(figure, path)
-
-
-def plot_class_iou(class_names: Sequence[str], selected_iou: np.ndarray, best_iou: np.ndarray, selector: str,
-                   same: bool, path: Path) -> str:
-    """Grouped bars of held-out per-class IoU (points) of the selected and the best held-out candidate."""
-    figure, (axis,) = _new_figure(1, width=max(6.0, 0.55 * len(class_names)), height=4.2)
-    positions = np.arange(len(class_names))
-    axis.bar(positions - 0.2, selected_iou * POINTS, width=0.4, color="tab:red", label=f"selected by {selector}")
-    axis.bar(positions + 0.2, best_iou * POINTS, width=0.4, color="tab:green", label="best held-out (oracle)")
-    axis.set_xticks(positions, list(class_names), rotation=45, ha="right", fontsize=8)
-    for position in np.flatnonzero(np.isnan(selected_iou) & np.isnan(best_iou)):
-        axis.text(position, 0.5, "absent", rotation=90, ha="center", va="bottom", fontsize=7, color="gray")
-    axis.set_ylabel("held-out IoU (points)")
-    axis.grid(axis="y", alpha=0.3)
-    axis.legend(fontsize=8)
-    suffix = " (the selector chose the best candidate)" if same else ""
-    axis.set_title(f"Held-out per-class IoU: selected vs best candidate{suffix}")
-    return _save(figure, path)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -336,24 +185,6 @@ def _class_iou_pair(candidates: "pandas.DataFrame", selected: str | None, best: 
     return (selected_iou, best_iou) if selected_iou.shape == best_iou.shape and selected_iou.size else None
 
 
-def _number(value: Any, digits: int = 2) -> str:
-    """A table cell: the number rounded, or an en dash for missing / NaN."""
-    if value is None or (isinstance(value, float) and not math.isfinite(value)):
-        return "–"
-    try:
-        if value != value:  # pandas NA / NaN
-            return "–"
-    except TypeError:
-        return "–"
-    if isinstance(value, (bool, np.bool_)):
-        return str(bool(value))
-    if isinstance(value, (int, np.integer)):
-        return str(int(value))
-    if isinstance(value, (float, np.floating)):
-        return f"{float(value):.{digits}f}"
-    return str(value)
-
-
 def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
     """A Markdown table."""
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
@@ -372,8 +203,8 @@ def _decision_lines(selections: "pandas.DataFrame", sweep_id: str) -> list[str]:
     rows = [[str(row["target"]),
              str(row["selector"]) + (" (headline)" if headline[str(row["target"])] == row["selector"] else ""),
              f"`{row['selected_trial_id']}`",
-             _number(row["score"], 4), _number(row["num_candidates"]), _number(_points(row.get("heldout_selected"))),
-             _number(_points(row.get("heldout_best"))), _number(row.get("heldout_regret"))]
+             format_number(row["score"], 4), format_number(row["num_candidates"]), format_number(points(row.get("heldout_selected"))),
+             format_number(points(row.get("heldout_best"))), format_number(row.get("heldout_regret"))]
             for row in sorted(latest, key=lambda row: str(row["target"]))]
     return lines + _table(["target", "selector", "selected trial", "score", "candidates",
                            "held-out of selected (points, oracle)", "held-out best (points, oracle)",
@@ -389,9 +220,9 @@ def _evaluation_lines(report: TargetReport) -> list[str]:
         if result is None:
             rows.append([selector, "–", "not every scored candidate has a held-out score", "", "", "", "", ""])
             continue
-        rows.append([selector, f"`{result['selected_trial_id']}`", _number(result["regret"]),
-                     _number(result["top3_regret"]), _number(result["gap_closed"]), _number(result["kendall_tau"]),
-                     _number(result["spearman_rho"]), _number(result["num_candidates"])])
+        rows.append([selector, f"`{result['selected_trial_id']}`", format_number(result["regret"]),
+                     format_number(result["top3_regret"]), format_number(result["gap_closed"]), format_number(result["kendall_tau"]),
+                     format_number(result["spearman_rho"]), format_number(result["num_candidates"])])
     return (["### Selectors against held-out labels (oracle evaluation, never used to select)", ""]
             + _table(["selector", "selected trial", "regret (points)", "top-3 regret (points)", "gap closed",
                       "Kendall τ", "Spearman ρ", "candidates"], rows))
@@ -410,21 +241,11 @@ def _candidate_lines(report: TargetReport) -> list[str]:
         marks = ("selected " if row["trial_id"] == report.selected_trial else "") + (
             "best" if row["trial_id"] == report.best_trial else "")
         cells = [f"`{row['trial_id']}`" + (f" ({marks.strip()})" if marks else "")]
-        cells += [_number(_hashable_value(row[column]), 4) for column in swept]
-        cells += [_number(row[column], 4) for column in scores]
-        cells += [_number(_points(row[heldout]))] if heldout else []
+        cells += [format_number(row[column], 4) for column in swept]
+        cells += [format_number(row[column], 4) for column in scores]
+        cells += [format_number(points(row[heldout]))] if heldout else []
         rows.append(cells)
     return ["### Candidates", ""] + _table(header, rows)
-
-
-def _points(fraction: Any) -> Any:
-    """A held-out fraction in mIoU (accuracy) points; missing values unchanged."""
-    return fraction * POINTS if isinstance(fraction, (float, np.floating)) else fraction
-
-
-def _hashable_value(value: Any) -> Any:
-    """A list-valued hyperparameter as a string; other values unchanged."""
-    return str(list(value)) if isinstance(value, (list, tuple, np.ndarray)) else value
 
 
 def render_markdown(sweep_id: str, trials: "pandas.DataFrame", selections: "pandas.DataFrame",
@@ -510,8 +331,6 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``python -m raysel.report`` and ``raysel report``."""
     args = build_parser().parse_args(argv)
-    from raysel.store import ResultStore
-
     path = write_report(ResultStore(args.results), args.sweep, args.output, args.selector)
     images = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", path.read_text())
     print(f"wrote {path} with {len(images)} plot(s): {', '.join(images) or 'none'}")

@@ -13,22 +13,16 @@ from __future__ import annotations
 import base64
 import html
 import json
-import math
 import os
 import shlex
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
-
-import numpy as np
+from typing import Any, Sequence
 
 from raysel.errors import UserError
 from raysel.execution.settings import SETTINGS_FILE
-
-if TYPE_CHECKING:  # pragma: no cover  (raysel.report calls this module: annotations only, no runtime import)
-    from raysel.report import TargetReport
-
-SCORE_PREFIX, HYPERPARAMETER_PREFIX = "score_", "hp_"  # the store's column prefixes (as raysel.report reads them)
-HELDOUT_COLUMNS = {"heldout_miou": "held-out mIoU", "heldout_accuracy": "held-out accuracy"}
+from raysel.report_format import (HELDOUT_COLUMNS, TargetReport, format_number, heldout_column, points,
+                                  score_columns, swept_hyperparameters)
+from raysel.store_schema import HYPERPARAMETER_PREFIX, SCORE_PREFIX
 
 CAPTIONS = {"scores": "Label-free scores against held-out scores (oracle check, never used to select)",
             "hyperparameters": "Swept hyperparameters against the selection score",
@@ -49,33 +43,7 @@ pre { background: #f6f6f6; padding: 0.8em; overflow-x: auto; }
 
 def _cell(value: Any, digits: int = 4) -> str:
     """An escaped table cell: a number rounded to ``digits``, text as is, an en dash for missing or NaN."""
-    if isinstance(value, (list, tuple, np.ndarray)):
-        return html.escape(str(list(value)))
-    if value is None or (isinstance(value, (float, np.floating)) and not math.isfinite(value)):
-        return "–"
-    if isinstance(value, (bool, np.bool_)):
-        return str(bool(value))
-    if isinstance(value, (float, np.floating)):
-        return f"{float(value):.{digits}f}"
-    return html.escape(str(value)) if value == value else "–"  # pandas NA / NaT compare unequal to themselves
-
-
-def _points(fraction: Any) -> Any:
-    """A held-out fraction in points (x100); missing values unchanged."""
-    return fraction * 100.0 if isinstance(fraction, (float, np.floating)) else fraction
-
-
-def _columns(candidates: Any, prefix: str) -> list[str]:
-    """Columns starting with ``prefix`` that hold a value; for hyperparameters, only those that vary (swept)."""
-    found = [c for c in candidates.columns if c.startswith(prefix) and candidates[c].notna().any()]
-    if prefix == HYPERPARAMETER_PREFIX:
-        found = [c for c in found if candidates[c].map(lambda v: _cell(v)).nunique() > 1]
-    return sorted(found) if prefix == SCORE_PREFIX else found
-
-
-def _heldout(candidates: Any) -> str | None:
-    """The held-out column with values (segmentation mIoU or classification accuracy), or None."""
-    return next((c for c in HELDOUT_COLUMNS if c in candidates and candidates[c].notna().any()), None)
+    return html.escape(format_number(value, digits))
 
 
 def _table(header: Sequence[str], rows: Sequence[Sequence[str]], row_classes: Sequence[str] | None = None) -> str:
@@ -96,10 +64,10 @@ def embedded_image(path: Path, caption: str) -> str:
             f"<figcaption>{html.escape(caption)}</figcaption></figure>")
 
 
-def selector_picks(report: "TargetReport", decision_selector: str | None) -> str:
+def selector_picks(report: TargetReport, decision_selector: str | None) -> str:
     """Every scored selector's pick for one target (``report.picks``) next to the decision, with their agreement."""
     candidates = report.candidates
-    heldout = _heldout(candidates)
+    heldout = heldout_column(candidates)
     selectors = list(report.picks)
     if not selectors:
         return "<p class=\"note\">No selector has scored these candidates yet.</p>"
@@ -113,7 +81,7 @@ def selector_picks(report: "TargetReport", decision_selector: str | None) -> str
         truth = by_trial[heldout].get(pick) if heldout and pick is not None else None
         rows.append([html.escape(selector) + (" (decision)" if selector == decision_selector else ""),
                      f"<code>{html.escape(str(pick))}</code>", _cell(by_trial[SCORE_PREFIX + selector].get(pick)),
-                     _cell(_points(truth), 2),
+                     _cell(points(truth), 2),
                      f"<span class=\"{'agree' if agrees else 'disagree'}\">{'agrees' if agrees else 'differs'}</span>"])
         classes.append("decision" if selector == decision_selector else "")
     agreeing = sum(row[-1].endswith("agrees</span>") for row in rows)
@@ -124,11 +92,11 @@ def selector_picks(report: "TargetReport", decision_selector: str | None) -> str
             f"<code>{html.escape(str(report.best_trial))}</code>.</p>" + _table(header, rows, classes))
 
 
-def candidate_table(report: "TargetReport") -> str:
+def candidate_table(report: TargetReport) -> str:
     """One row per candidate: swept hyperparameters, selector scores, held-out score (oracle)."""
     candidates = report.candidates
-    swept, scores = _columns(candidates, HYPERPARAMETER_PREFIX), _columns(candidates, SCORE_PREFIX)
-    heldout = _heldout(candidates)
+    swept, scores = swept_hyperparameters(candidates), score_columns(candidates)
+    heldout = heldout_column(candidates)
     header = (["trial"] + [c[len(HYPERPARAMETER_PREFIX):] for c in swept] + scores
               + ([f"{HELDOUT_COLUMNS[heldout]} (points, oracle)"] if heldout else []))
     rows = []
@@ -138,12 +106,12 @@ def candidate_table(report: "TargetReport") -> str:
         cells = [f"<code>{html.escape(str(row['trial_id']))}</code>" + (f" ({', '.join(marks)})" if marks else "")]
         cells += [_cell(row[column]) for column in swept]
         cells += [_cell(row[column]) for column in scores]
-        cells += [_cell(_points(row[heldout]), 2)] if heldout else []
+        cells += [_cell(points(row[heldout]), 2)] if heldout else []
         rows.append(cells)
     return _table(header, rows)
 
 
-def target_section(report: "TargetReport", decision_selector: str | None, output: Path) -> str:
+def target_section(report: TargetReport, decision_selector: str | None, output: Path) -> str:
     """One target: picks and agreement, embedded plots, notes and candidates."""
     parts = [f"<h2>Target <code>{html.escape(report.target)}</code></h2>", "<h3>Decision and every selector's pick</h3>",
              selector_picks(report, decision_selector)]
@@ -203,7 +171,7 @@ def reproduce_commands(payload: dict[str, Any] | None, sweep_id: str, results: P
             f"python -m raysel.report {shlex.quote(sweep_id)} --results {store}"]
 
 
-def render_html(sweep_id: str, trials: Any, reports: Sequence["TargetReport"], selector: str | None, output: Path,
+def render_html(sweep_id: str, trials: Any, reports: Sequence[TargetReport], selector: str | None, output: Path,
                 commands: Sequence[str]) -> str:
     """The whole page: sweep facts, one section per target, failed trials, commands to reproduce."""
     first = trials.iloc[0]
@@ -222,7 +190,7 @@ def render_html(sweep_id: str, trials: Any, reports: Sequence["TargetReport"], s
             + "\n".join(sections) + failed_trials_section(trials) + reproduce + "</body></html>\n")
 
 
-def write_html_report(results: Path | str, sweep_id: str, trials: Any, reports: Sequence["TargetReport"],
+def write_html_report(results: Path | str, sweep_id: str, trials: Any, reports: Sequence[TargetReport],
                       selector: str | None, output: Path) -> Path:
     """Write ``output/report.html`` atomically (a temp file renamed into place: never a half-written page)."""
     results = Path(results)

@@ -115,7 +115,7 @@ class SearchEntry:
 
     def to_tune(self, search: str) -> Any:
         """The Ray Tune domain for this entry under ``search`` (see the module docstring)."""
-        from ray import tune
+        from ray import tune  # lazy: Ray takes seconds to import; loading and checking a space needs no Ray
 
         values = list(self.values)
         if self.kind == FIXED:

@@ -14,12 +14,15 @@ import argparse
 import sys
 from pathlib import Path
 
-from raysel.errors import exits_cleanly_on_user_error
+from raysel.errors import DataError, exits_cleanly_on_user_error
+from raysel.execution.repredict import repredict_sweep
+from raysel.selection.decision import select_sweep
+from raysel.selection.selectors import selector_names
+from raysel.store import ResultStore
+from raysel.summary import decision_lines, format_trials_table
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from raysel.selection.selectors import selector_names
-
     parser = argparse.ArgumentParser(
         prog="python -m raysel.select",
         description="Re-score a finished sweep's candidates with label-free selectors (no target labels) and record "
@@ -47,12 +50,6 @@ def build_parser() -> argparse.ArgumentParser:
 @exits_cleanly_on_user_error
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from raysel.errors import DataError
-    from raysel.selection.decision import select_sweep
-    from raysel.execution.repredict import repredict_sweep
-    from raysel.store import ResultStore
-    from raysel.summary import decision_lines, format_trials_table
-
     store = ResultStore(args.results)
     repredict_sweep(store, args.sweep, only_missing=not args.repredict, address=args.address)
     decisions = select_sweep(store, args.sweep, selectors=args.selectors, record_all=True)

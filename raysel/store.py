@@ -373,7 +373,7 @@ def column_order(table: str, names: list[str]) -> list[str]:
 
 
 def _connect() -> Any:
-    import duckdb
+    import duckdb  # lazy: writing trial rows (every Ray worker) needs only pyarrow, reading needs DuckDB
 
     connection = duckdb.connect(":memory:")
     connection.execute("SET TimeZone = 'UTC'")  # timestamps come back in UTC, whatever the machine's zone
@@ -397,7 +397,7 @@ def open_connection(root: Path | str | None = None) -> Any:
 
 def sql(query: str, root: Path | str | None = None) -> "pandas.DataFrame":
     """Run DuckDB SQL over the store's ``trials`` and ``selections`` views; a bad query raises UserError."""
-    import duckdb
+    import duckdb  # lazy: see _connect
 
     connection = open_connection(root)
     try:
@@ -411,7 +411,7 @@ def sql(query: str, root: Path | str | None = None) -> "pandas.DataFrame":
 
 def sql_arrow(query: str, root: Path | str | None = None) -> pa.Table:
     """Like :func:`sql` but returns a pyarrow Table (exact types; used by the query CLI's formatters)."""
-    import duckdb
+    import duckdb  # lazy: see _connect
 
     connection = open_connection(root)
     try:
@@ -428,7 +428,7 @@ def to_pandas(table: pa.Table) -> "pandas.DataFrame":
 
     (Plain numpy dtypes would turn an integer column into float64 as soon as one method lacks it.)
     """
-    import pandas
+    import pandas  # lazy: ~0.7 s to import, and writing trial rows (every Ray worker) needs only pyarrow
 
     exact = {pa.int8(): pandas.Int8Dtype(), pa.int16(): pandas.Int16Dtype(), pa.int32(): pandas.Int32Dtype(),
              pa.int64(): pandas.Int64Dtype(), pa.uint8(): pandas.UInt8Dtype(), pa.uint16(): pandas.UInt16Dtype(),

@@ -16,6 +16,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from raysel.errors import ConfigError, UserError, exits_cleanly_on_user_error
 
 TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
@@ -23,8 +25,6 @@ TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
 
 def load_job(path: Path) -> dict[str, Any]:
     """Read and check a job definition; a missing file or key is a ConfigError naming it."""
-    import yaml
-
     if not path.is_file():
         raise ConfigError(f"job definition {path} does not exist (see jobs/ for the ready-made ones)")
     try:
@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     job = load_job(args.job)
     os.environ.setdefault("RAY_AUTH_MODE", "token")  # must be set before Ray is imported
-    from ray.job_submission import JobSubmissionClient
+    from ray.job_submission import JobSubmissionClient  # lazy: only after the line above (and Ray is slow to import)
 
     entrypoint = " ".join([str(job["entrypoint"]).strip(), *map(shlex.quote, args.extra)])
     try:

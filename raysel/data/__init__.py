@@ -13,6 +13,7 @@ from raysel.data.common import IMAGENET_MEAN, IMAGENET_STD, SPLITS, denormalize
 from raysel.data.family import DatasetFamily, default_data_root, family_names, get_family
 from raysel.data.labels import (CITYSCAPES_CLASS_NAMES, IGNORE_INDEX, NUM_SEGMENTATION_CLASSES, SYNTHIA_13_CLASSES,
                                 SYNTHIA_16_CLASSES)
+from raysel.data.statistics import describe_family
 
 # Importing the family modules registers them (order = order of family_names()).
 from raysel.data import street_scenes as _street_scenes  # noqa: E402,F401  isort: skip
@@ -36,7 +37,5 @@ def prepare(family: DatasetFamily | str, root: Path | str | None = None) -> Path
 
 def describe(family: DatasetFamily | str, root: Path | str | None = None) -> str:
     """Printable statistics of a prepared family: per domain/split image count, class frequencies, mean RGB."""
-    from raysel.data.statistics import describe_family
-
     family = get_family(family)
     return describe_family(family, Path(root).expanduser() if root is not None else default_data_root())

@@ -34,9 +34,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import skimage.data
 import torch
 import torch.nn.functional as F
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFont
 from scipy import ndimage
 
 from raysel.data.common import ImageFolderDataset, ImageSize
@@ -80,7 +81,7 @@ class DigitsConfig:
 
 def upsampled_digits() -> tuple[np.ndarray, np.ndarray]:
     """All sklearn digits as float32 [N,32,32] ink intensity in [0,1] (bilinear upsampling) and int labels [N]."""
-    from sklearn.datasets import load_digits
+    from sklearn.datasets import load_digits  # lazy: scikit-learn takes ~2 s to import, only generation needs it
 
     digits = load_digits()
     small = torch.from_numpy(digits.images.astype(np.float32) / 16.0)[:, None]
@@ -91,8 +92,6 @@ def upsampled_digits() -> tuple[np.ndarray, np.ndarray]:
 @functools.lru_cache(maxsize=1)
 def photo_bank() -> tuple[np.ndarray, ...]:
     """The colour sample photos of scikit-image (bundled with the wheel), downscaled, float32 in [0,1]."""
-    import skimage.data
-
     photos = []
     for name in PHOTO_NAMES:
         image = Image.fromarray(getattr(skimage.data, name)()).convert("RGB")
@@ -105,7 +104,7 @@ def photo_bank() -> tuple[np.ndarray, ...]:
 
 def random_hues(rng: np.random.Generator, count: int, saturation: float, value: np.ndarray) -> np.ndarray:
     """[count,3] RGB colours of uniformly random hue (HSV -> RGB, vectorised)."""
-    from matplotlib.colors import hsv_to_rgb
+    from matplotlib.colors import hsv_to_rgb  # lazy: matplotlib is heavy, only generation needs it
 
     hsv = np.stack([rng.uniform(0, 1, count), np.full(count, saturation), value], axis=1)
     return hsv_to_rgb(hsv).astype(np.float32)
@@ -152,8 +151,6 @@ def render_noisy(ink: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 def render_inverted_blur(ink: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Dark ink on light paper texture (scikit-image "page" scan), defocus-blurred with a random sigma."""
-    import skimage.data
-
     page = skimage.data.page().astype(np.float32) / 255.0
     count = len(ink)
     tops = rng.integers(page.shape[0] - IMAGE_SIZE + 1, size=count)
@@ -176,7 +173,7 @@ RENDERERS = {"clean_digits": render_clean, "photo_digits": render_photo, "noisy_
 
 def font_path(name: str) -> str:
     """A TrueType font bundled with matplotlib (so generation needs no system fonts)."""
-    import matplotlib
+    import matplotlib  # lazy: matplotlib is heavy, only generation needs its fonts
 
     return str(Path(matplotlib.get_data_path()) / "fonts" / "ttf" / name)
 
@@ -186,8 +183,6 @@ def printed_ink(labels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
     Drawn at 64x64 and downsampled (antialiased). Hollow digits draw only the outline stroke (fill = background).
     """
-    from PIL import ImageDraw, ImageFont
-
     ink = np.empty((len(labels), IMAGE_SIZE, IMAGE_SIZE), dtype=np.float32)
     for index, label in enumerate(labels):  # one PIL drawing per sample
         font = ImageFont.truetype(font_path(STROKE_FONTS[rng.integers(len(STROKE_FONTS))]),
@@ -209,8 +204,6 @@ def printed_ink(labels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 def render_stroke(labels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """The test target: printed digits (:func:`printed_ink`) in a random hue on a recoloured natural texture."""
-    import skimage.data
-
     count = len(labels)
     ink = printed_ink(labels, rng)
     textures = [getattr(skimage.data, name)().astype(np.float32) / 255.0 for name in TEXTURE_NAMES]

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from cityscapesscripts.helpers import labels as cityscapes_labels
 
 from raysel.conventions import IGNORE_INDEX
 from raysel.errors import DataError
@@ -129,10 +130,8 @@ def _mapping(name: str, valid_ids: "range | tuple[int, ...] | list[int]", to_tra
 
 def cityscapes_id_to_train_id() -> dict[int, int]:
     """Cityscapes label id -> trainId from cityscapesscripts (trainId 255 / -1 become ignore)."""
-    from cityscapesscripts.helpers.labels import labels
-
     return {label.id: (label.trainId if 0 <= label.trainId < NUM_SEGMENTATION_CLASSES else IGNORE_INDEX)
-            for label in labels if label.id >= 0}
+            for label in cityscapes_labels.labels if label.id >= 0}
 
 
 def cityscapes_mapping() -> LabelMapping:

@@ -51,6 +51,8 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
+import skimage.data
+from cityscapesscripts.helpers import labels as cityscapes_labels
 from PIL import Image
 from scipy import ndimage
 
@@ -355,8 +357,6 @@ PHOTO_SOURCES = {
 @functools.lru_cache(maxsize=1)
 def photo_texture_bank() -> dict[str, np.ndarray]:
     """The scikit-image sample photos used as textures, as float32 RGB in [0, 1], downscaled (cached per process)."""
-    import skimage.data
-
     bank: dict[str, np.ndarray] = {}
     for key, (loader_name, scale) in PHOTO_SOURCES.items():
         array = getattr(skimage.data, loader_name)()
@@ -927,10 +927,8 @@ def finish_image(canvas: Canvas, street: Street) -> np.ndarray:
 
 def _cityscapes_palette() -> list[int]:
     """The Cityscapes colour table as a PIL palette (label id -> colour), as in GTA5's palette label PNGs."""
-    from cityscapesscripts.helpers.labels import labels
-
     palette = [0] * 768
-    for label in labels:
+    for label in cityscapes_labels.labels:
         if 0 <= label.id < 256:
             palette[3 * label.id: 3 * label.id + 3] = list(label.color)
     return palette

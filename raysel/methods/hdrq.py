@@ -30,7 +30,7 @@ makes a quantized merged model): the targets to evaluate, the label-free score a
 (``heldout_miou_<target>`` and their harmonic mean ``heldout_miou``; accuracy for classification). This module
 never reads a target label.
 
-Paper vs code choices live in :mod:`raysel.quant.reconstruct` (iterations, learning rates, noise distribution,
+Paper vs code choices live in :mod:`raysel.quant.ptq_config` (iterations, learning rates, noise distribution,
 non-squared distance norm). Here: calibration on 32 target images (code) by default; one merge seed per trial (the
 paper averages 30 merge draws, the code 32 seeds). PTQ and merging are not data-parallel: with several Ray Train
 workers every worker computes them (identically seeded); the adaptation stage itself trains with DDP.
@@ -58,7 +58,7 @@ from raysel.methods import networks, stages, training
 from raysel.methods.base import LocalSession, RunContext, require
 from raysel.methods.result import MODULE, TrainResult
 from raysel.quant import PTQ_METHODS, PtqConfig, merge_models, quantize_and_reconstruct, validate_bits
-from raysel.quant.reconstruct import NOISE_CHOICES
+from raysel.quant.ptq_config import NOISE_CHOICES
 from raysel.registry import Method, get_method, register
 from raysel.quant.merge_quality import error_barrier, merge_quality
 from raysel.data.common import selection_subset

@@ -598,20 +598,7 @@ def train_hiast(config: HiastConfig, ctx: RunContext) -> TrainResult:
     if config.k > ctx.num_classes:
         raise ConfigError(f"k must be at most the number of classes ({ctx.num_classes}), got {config.k}")
     watch = training.Stopwatch()
-    with watch.time("warmup"):
-        warmup = stages.adversarial_warmup_stage(ctx, config.source_settings(), config.warmup_settings())
-    torch.manual_seed(ctx.spec.seed + 7)
-    student = ctx.build_model(pretrained=False)
-    student.load_state_dict(warmup["model"])
-    networks.freeze_batchnorm(student)  # §5.1: all BN layers frozen during self-training
-    student.train()
-    teacher = networks.make_ema_teacher(student)  # G for round 1 = the warm-up model
-    start_round, epoch, iteration = 0, 0, 0
-    restored = ctx.restore()
-    if restored is not None:
-        student.load_state_dict(restored["student"])
-        teacher.load_state_dict(restored["teacher"])
-        start_round, epoch, iteration = restored["round"], restored["epoch"], restored["iteration"]
+    student, teacher, (start_round, epoch, iteration) = _warm_started_student_and_teacher(config, ctx, watch)
     network = ctx.distributed(student)
     images = training.MemoizedDataset(ctx.target_dataset())
     generator = torch.Generator().manual_seed(ctx.spec.seed * 7919 + ctx.rank)
@@ -655,6 +642,26 @@ def train_hiast(config: HiastConfig, ctx: RunContext) -> TrainResult:
             ctx.report(metrics, checkpoint_state=state)
     final.eval()
     return TrainResult(final)
+
+
+def _warm_started_student_and_teacher(config: HiastConfig, ctx: RunContext, watch: training.Stopwatch
+                                      ) -> tuple[nn.Module, nn.Module, tuple[int, int, int]]:
+    """The student from the cached warm-up (BN frozen, §5.1), its EMA teacher, and (round, epoch, iteration) to
+    start from: zeros, or the last completed round's checkpoint when resuming."""
+    with watch.time("warmup"):
+        warmup = stages.adversarial_warmup_stage(ctx, config.source_settings(), config.warmup_settings())
+    torch.manual_seed(ctx.spec.seed + 7)
+    student = ctx.build_model(pretrained=False)
+    student.load_state_dict(warmup["model"])
+    networks.freeze_batchnorm(student)  # §5.1: all BN layers frozen during self-training
+    student.train()
+    teacher = networks.make_ema_teacher(student)  # G for round 1 = the warm-up model
+    restored = ctx.restore()
+    if restored is None:
+        return student, teacher, (0, 0, 0)
+    student.load_state_dict(restored["student"])
+    teacher.load_state_dict(restored["teacher"])
+    return student, teacher, (restored["round"], restored["epoch"], restored["iteration"])
 
 
 def self_training_step(config: HiastConfig, ctx: RunContext, network: nn.Module, teacher: nn.Module,

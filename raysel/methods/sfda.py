@@ -77,6 +77,8 @@ from raysel.hyperparameters import bounded, check_fields
 from raysel.methods import networks, optim, stages, training
 from raysel.methods.base import RunContext, require
 from raysel.methods.result import TrainResult
+from raysel.models.discriminators import PatchDiscriminator
+from raysel.models.generator import NoiseToImageGenerator
 from raysel.registry import Method, register
 
 MAE_SPACES = ("logits", "probabilities")
@@ -520,9 +522,6 @@ def sfda_step(config: SfdaConfig, ctx: RunContext, nets: _Networks, target_image
 def _build_networks(config: SfdaConfig, ctx: RunContext, source_state: dict[str, torch.Tensor],
                     image_size: tuple[int, int], local_batch: int) -> _Networks:
     """S~, T (initialised from the source model), G, D and their optimisers (paper §4.1.2)."""
-    from raysel.models.discriminators import PatchDiscriminator
-    from raysel.models.generator import NoiseToImageGenerator
-
     torch.manual_seed(ctx.spec.seed + 17)
     source = frozen_source_model(ctx, source_state)
     target = ctx.build_model(pretrained=False)

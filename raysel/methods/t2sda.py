@@ -61,6 +61,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 from torch.nn import functional as F
+from torchvision.transforms.v2 import functional as TF
 
 from raysel.conventions import IGNORE_INDEX
 from raysel.errors import ConfigError
@@ -220,8 +221,6 @@ def dacs_blur_kernel_size(length: int) -> int:
 def dacs_strong_augment(images: torch.Tensor, generator: torch.Generator, jitter_strength: float = 0.2,
                         jitter_probability: float = 0.2, blur: bool = True) -> torch.Tensor:
     """DACS strong view of mixed images: colour jitter when a uniform draw exceeds p, blur when one exceeds 0.5."""
-    from torchvision.transforms.v2 import functional as TF
-
     def uniform(low: float, high: float) -> float:
         return low + (high - low) * float(torch.rand((), generator=generator))
 

@@ -10,9 +10,9 @@ Typical use (what the ``hdrq`` method module does)::
 from raysel.quant.fake_quant import ActivationQuantizer, WeightQuantizer, validate_bits
 from raysel.quant.fold import fold_batchnorm
 from raysel.quant.merge import interpolate_models, merge_batchnorm_statistics, merge_models, merge_quantized_weights
-from raysel.quant.reconstruct import (
-    PTQ_METHODS, PtqConfig, ReconstructionReport, output_error, quantize_and_reconstruct, reconstruct,
-)
+from raysel.quant.ptq_config import PTQ_METHODS, PtqConfig
+from raysel.quant.reconstruct import output_error, quantize_and_reconstruct, reconstruct
+from raysel.quant.reconstruction_loop import ReconstructionReport
 from raysel.quant.wrap import QuantizedBlock, QuantizedLayer, QuantizedModel, quantize_model
 
 __all__ = [

@@ -41,7 +41,7 @@ LP_NORM = 2.4
 HISTOGRAM_BINS = 256
 HISTOGRAM_SAMPLES = 8192  # elements the rounding-error histogram is estimated from (0: all)
 ADAROUND_ZETA, ADAROUND_GAMMA = 1.1, -0.1  # h(V) = clamp(sigmoid(V) * (zeta - gamma) + gamma, 0, 1)
-_SCALE_FLOOR = float(torch.finfo(torch.float32).eps)
+SCALE_FLOOR = float(torch.finfo(torch.float32).eps)  # smallest quantizer step (LSQ code: scale.abs().clamp(min=eps))
 _OBSERVER_SAMPLES_PER_CALL = 1 << 16
 
 
