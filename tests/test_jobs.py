@@ -86,7 +86,8 @@ def test_ray_job_submit_with_token_runs_a_sweep(ray_head: RayHead, embedded_data
 
     trials = store.load(results, sweep_id="job-sweep")
     assert len(trials) == 2 and set(trials["status"]) == {"finished"}
-    assert len(store.load(results, table="selections", sweep_id="job-sweep")) == 1
+    selections = store.load(results, table="selections", sweep_id="job-sweep")
+    assert list(selections.loc[selections["headline"].astype(bool), "selector"]) == ["fmiou"]  # hiast's default
 
 
 @pytest.mark.integration

@@ -59,13 +59,26 @@ def build_tuner(settings: SweepSettings, search: SearchSettings, param_space: di
     return tune.Tuner(trainable, param_space=param_space, tune_config=tune_config, run_config=run_config)
 
 
+class FinalScoreOptunaSearch(OptunaSearch):
+    """Optuna TPE whose objective may first appear in a trial's final report (a trial-scored selector).
+
+    Ray's OptunaSearch reads the metric from every intermediate result; raysel does not prune with Optuna, so
+    intermediate results without it are passed over and the final one, which always carries it, completes the trial.
+    """
+
+    def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
+        if self.metric in result:
+            super().on_trial_result(trial_id, result)
+
+
 def search_and_scheduler(search: SearchSettings) -> tuple[Any, Any]:
     """Tune's search algorithm (seeded, concurrency-limited) and trial scheduler for these settings."""
     search.validate()
     if search.search == "optuna":
         # TPE needs an objective: the label-free confidence each method reports, or a trial-scored label-free
         # selector (never held-out labels).
-        search_alg: Any = OptunaSearch(metric=search.objective_metric, mode="max", sampler=TPESampler(seed=search.seed))
+        search_alg: Any = FinalScoreOptunaSearch(metric=search.objective_metric, mode="max",
+                                                 sampler=TPESampler(seed=search.seed))
         if search.max_concurrent:
             search_alg = ConcurrencyLimiter(search_alg, max_concurrent=search.max_concurrent)
     else:
