@@ -21,7 +21,7 @@ install: $(STAMP)
 test: $(STAMP)
 	@$(PY) -m pytest -q -m "not integration"; rc=$$?; \
 	  if [ $$rc -eq 5 ]; then echo "error: pytest collected no unit tests"; exit 1; fi; [ $$rc -eq 0 ] || exit $$rc
-	@$(PY) -m pytest -q -m integration; rc=$$?; \
+	@$(PY) -m pytest -q -m integration --durations=25; rc=$$?; \
 	  if [ $$rc -eq 5 ]; then echo "error: pytest collected no integration tests"; exit 1; fi; exit $$rc
 
 test-fast: $(STAMP)
