@@ -87,7 +87,7 @@ def test_search_space_refuses_values_outside_the_schema(tmp_path: Path, text: st
 @pytest.mark.parametrize("name", method_names())
 def test_every_method_config_is_frozen_and_its_defaults_fit_its_schema(name: str) -> None:
     config_class = get_method(name).config_class
-    assert config_class.__dataclass_params__.frozen or name == "hdrq"  # hdrq resolves its bits in __post_init__
+    assert config_class.__dataclass_params__.frozen
     config = config_class()
     check_fields(config)
     assert set(field_types(config_class)) == {field.name for field in dataclasses.fields(config_class)}

@@ -317,3 +317,20 @@ def test_sweep_selects_with_merge_quality_and_stores_per_target_heldout(ray_loca
     marked = [line for line in output.splitlines() if line.startswith("*")]
     assert len(marked) == 1 and best["trial_id"] in marked[0]
     assert "selected by merge_quality" in output
+
+
+def test_config_is_frozen_and_its_literals_match_the_ptq_and_noise_choices() -> None:
+    import typing
+
+    from raysel.hyperparameters import field_types, literal_choices
+    from raysel.quant.ptq_config import NOISE_CHOICES
+
+    config = hdrq.HdrqConfig(bits="W6A6")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.weight_bits = 4  # type: ignore[misc]
+    types = field_types(hdrq.HdrqConfig)
+    assert tuple(literal_choices(types["ptq_method"])) == hdrq.PTQ_CHOICES
+    assert tuple(literal_choices(types["quantization_noise"])) == NOISE_CHOICES
+    assert typing.get_origin(types["ptq_method"]) is typing.Literal
+    with pytest.raises(ConfigError, match="merge_samples must be >= 1"):
+        hdrq.HdrqConfig(merge_samples=0).validate()

@@ -46,19 +46,18 @@ import re
 import tempfile
 import time
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any, Iterator, Literal
 
 import torch
 import yaml
 from torch import nn
 
 from raysel.errors import ConfigError
-from raysel.hyperparameters import config_from_dict
+from raysel.hyperparameters import bounded, check_fields, config_from_dict
 from raysel.methods import networks, stages, training
 from raysel.methods.base import LocalSession, RunContext, require
 from raysel.methods.result import MODULE, TrainResult
 from raysel.quant import PTQ_METHODS, PtqConfig, merge_models, quantize_and_reconstruct, validate_bits
-from raysel.quant.ptq_config import NOISE_CHOICES
 from raysel.registry import Method, get_method, register
 from raysel.quant.merge_quality import error_barrier, merge_quality
 from raysel.data.common import selection_subset
@@ -78,7 +77,7 @@ HDRQ_ONLY_FIELDS = ("lambda_distance", "noise", "weight_lr", "warmup_start_multi
                     "histogram_samples")
 
 
-@dataclass
+@dataclass(frozen=True)
 class HdrqConfig:
     """HDRQ hyperparameters (paper names). ``bits`` is the paired shorthand ``W<weight>A<activation>`` that sweeps
     grid over; ``weight_bits``/``activation_bits``, when given, win over it, and ``bits`` is rewritten to match."""
@@ -86,46 +85,39 @@ class HdrqConfig:
     weight_bits: int | None = None  # W; None: from ``bits``
     activation_bits: int | None = None  # A; None: from ``bits``
     bits: str = DEFAULT_BITS  # paper settings: W8A8 W8A4 W6A6 W4A8 W4A4 W3A3
-    ptq_method: str = "hdrq"  # brecq | qdrop | hdrq | none (full precision, the FP reference)
-    lambda_distance: float = 5e-2  # λ of the distance regularization (§4.2); paper 5e-2; hdrq only
-    quantization_noise: str = "histogram"  # §4.1 noise: histogram (code) | uniform (paper) | none (Table 3); hdrq only
+    ptq_method: Literal["brecq", "qdrop", "hdrq", "none"] = "hdrq"  # none: full precision, the FP reference
+    lambda_distance: float = bounded(5e-2, ge=0.0)  # λ of the distance regularization (§4.2); paper 5e-2; hdrq only
+    quantization_noise: Literal["histogram", "uniform", "none"] = "histogram"  # §4.1: code | paper | Table 3 ablation
     noise_sampling: bool = True  # merge rounding: §4.3 noise sampling (eq. 12) or plain float rounding (eq. 11)
-    merge_samples: int = 100  # noise draws of the cosine-similarity rejection (code: 100)
-    reconstruction_iterations: int = 300  # per block (paper/code 20000)
-    calibration_images: int = 32  # unlabeled target training images per target (code 32)
+    merge_samples: int = bounded(100, ge=1)  # noise draws of the cosine-similarity rejection (code: 100)
+    reconstruction_iterations: int = bounded(300, ge=1)  # per block (paper/code 20000)
+    calibration_images: int = bounded(32, ge=1)  # unlabeled target training images per target (code 32)
     targets: tuple[str, ...] = ()  # target domains to adapt, quantize and merge; () = the family's default targets
     adaptation: str = "auto"  # registered method adapting each target; auto = hiast (segmentation) / gsda
     adaptation_settings: str = ""  # "key=value, key=value" hyperparameters of the adaptation method
-    barrier_points: int = 5  # points on the interpolation path of the error barrier (0 = not measured)
+    barrier_points: int = bounded(5, ge=0)  # points on the interpolation path of the error barrier (0 = not measured)
 
     def __post_init__(self) -> None:
-        """Resolve the bit-widths: explicit weight/activation bits win over ``bits``, which then names them."""
+        """Resolve the bit-widths: explicit weight/activation bits win over ``bits``, which then names them.
+
+        The config is frozen, so the resolved values are set once here (``object.__setattr__``) and never again.
+        """
         parsed = BITS_PATTERN.match(self.bits.strip()) if isinstance(self.bits, str) else None
-        if parsed is None:
-            if self.weight_bits is None or self.activation_bits is None:
-                raise ConfigError(f"bits must look like W4A4 (W<weight bits>A<activation bits>), got {self.bits!r}")
-        else:
-            if self.weight_bits is None:
-                self.weight_bits = int(parsed.group(1))
-            if self.activation_bits is None:
-                self.activation_bits = int(parsed.group(2))
+        if parsed is None and (self.weight_bits is None or self.activation_bits is None):
+            raise ConfigError(f"bits must look like W4A4 (W<weight bits>A<activation bits>), got {self.bits!r}")
+        if parsed is not None and self.weight_bits is None:
+            object.__setattr__(self, "weight_bits", int(parsed.group(1)))
+        if parsed is not None and self.activation_bits is None:
+            object.__setattr__(self, "activation_bits", int(parsed.group(2)))
         if isinstance(self.weight_bits, int) and isinstance(self.activation_bits, int):
-            self.bits = f"W{self.weight_bits}A{self.activation_bits}"
-        self.targets = tuple(self.targets)
+            object.__setattr__(self, "bits", f"W{self.weight_bits}A{self.activation_bits}")
+        object.__setattr__(self, "targets", tuple(self.targets))
 
     def validate(self) -> None:
-        """Raise ConfigError naming the first invalid hyperparameter."""
+        """Raise ConfigError naming the first invalid hyperparameter (declared ranges, then cross-field checks)."""
         validate_bits(self.weight_bits, "weight_bits")
         validate_bits(self.activation_bits, "activation_bits")
-        require(self.ptq_method in PTQ_CHOICES,
-                f"ptq_method must be one of {', '.join(PTQ_CHOICES)}, got {self.ptq_method!r}")
-        require(self.lambda_distance >= 0, f"lambda_distance must be >= 0, got {self.lambda_distance}")
-        require(self.quantization_noise in NOISE_CHOICES,
-                f"quantization_noise must be one of {', '.join(NOISE_CHOICES)}, got {self.quantization_noise!r}")
-        require(self.merge_samples >= 1, f"merge_samples must be >= 1, got {self.merge_samples}")
-        require(self.reconstruction_iterations >= 1,
-                f"reconstruction_iterations must be >= 1, got {self.reconstruction_iterations}")
-        require(self.calibration_images >= 1, f"calibration_images must be >= 1, got {self.calibration_images}")
+        check_fields(self)
         require(self.barrier_points == 0 or self.barrier_points >= 3,  # 2 points are the endpoints only
                 f"barrier_points must be 0 (not measured) or >= 3, got {self.barrier_points}")
         if self.targets:
