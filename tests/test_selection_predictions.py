@@ -8,9 +8,10 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
+from raysel.data.common import selection_subset
 from raysel.errors import DataError
 from raysel.selection.predictions import (CandidatePredictions, load_predictions, predict_subset, probability_grid,
-                                          save_predictions, selection_subset)
+                                          save_predictions)
 
 
 class LabelTrap(dict):

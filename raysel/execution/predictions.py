@@ -8,7 +8,8 @@ from pathlib import Path
 import torch
 
 from raysel.methods.base import RunContext
-from raysel.selection.predictions import predict_subset, save_predictions, selection_subset
+from raysel.data.common import selection_subset
+from raysel.selection.predictions import predict_subset, save_predictions
 
 
 def cache_candidate_predictions(model: torch.nn.Module, ctx: RunContext, path: str | os.PathLike) -> Path:

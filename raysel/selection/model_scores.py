@@ -36,7 +36,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from raysel.metrics import ConfusionMatrix, iou_per_class
-from raysel.selection.predictions import selection_subset
+from raysel.data.common import selection_subset
 
 if TYPE_CHECKING:  # pragma: no cover
     from raysel.methods.base import RunContext

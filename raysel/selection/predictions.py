@@ -44,7 +44,6 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from raysel.data.common import DEFAULT_SELECTION_SIZE, selection_subset  # noqa: F401  (re-exported)
 from raysel.errors import DataError
 
 FORMAT_VERSION = 2  # 2: optional sampled penultimate features
