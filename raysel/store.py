@@ -39,11 +39,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from raysel.errors import ConfigError, DataError, UserError
-from raysel.store_schema import (  # noqa: F401  (the schema's names stay importable from the store)
-    HYPERPARAMETER_PREFIX, KEY_SEPARATOR, NESTED_GROUPS, SCORE_PREFIX, SELECTION_FIXED_COLUMNS, TIMESTAMP,
-    TRIAL_FIXED_COLUMNS, TRIAL_HELDOUT_COLUMNS, TRIAL_IDENTITY_COLUMNS, TRIAL_RUN_COLUMNS, TRIAL_STATUSES,
-    TRIAL_TRAILING_COLUMNS, _check_name, _coerce_value, _score_column, arrow_type_for_annotation, arrow_type_for_value,
-    hyperparameter_arrow_types, selection_table, trial_table)
+from raysel.store_schema import (HYPERPARAMETER_PREFIX, KEY_SEPARATOR, SCORE_PREFIX, SELECTION_FIXED_COLUMNS, TIMESTAMP,
+                                  TRIAL_FIXED_COLUMNS, TRIAL_HELDOUT_COLUMNS, TRIAL_IDENTITY_COLUMNS, TRIAL_RUN_COLUMNS,
+                                  TRIAL_TRAILING_COLUMNS, _coerce_value, _score_column, selection_table, trial_table)
 
 if typing.TYPE_CHECKING:  # pragma: no cover
     import pandas
@@ -56,9 +54,6 @@ PARQUET_SUFFIX = ".parquet"
 # they become a UserError naming the path. Anything else is a bug and keeps its traceback.
 UNWRITABLE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOTDIR,
                                errno.EEXIST, errno.EISDIR})
-
-_TIMESTAMP = TIMESTAMP
-_NESTED_GROUPS = NESTED_GROUPS
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -334,7 +329,7 @@ def _existing_root(root: Path | str | None) -> Path:
 def _empty_select(table: str) -> str:
     """A zero-row SELECT with the fixed columns of ``table``: what an empty store's view returns."""
     fixed = TRIAL_FIXED_COLUMNS if table == "trials" else SELECTION_FIXED_COLUMNS
-    duck_types = {pa.string(): "VARCHAR", pa.int64(): "BIGINT", pa.float64(): "DOUBLE", _TIMESTAMP: "TIMESTAMPTZ",
+    duck_types = {pa.string(): "VARCHAR", pa.int64(): "BIGINT", pa.float64(): "DOUBLE", TIMESTAMP: "TIMESTAMPTZ",
                   pa.list_(pa.float64()): "DOUBLE[]"}
     columns = {"method": pa.string(), **fixed}
     ordered = [name for name in columns if name in ("sweep_id", "trial_id", "selection_id")]
