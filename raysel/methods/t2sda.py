@@ -47,6 +47,12 @@ No official code exists. Choices where the paper is silent or ambiguous (each do
   eta 0.999. The defaults are scaled down for CPU: 120 iterations take about 65 s of one core on street_scenes at
   96x192 with small_segnet (measured: 100 iterations, 56 CPU-s). Over ~100 steps only eta 0.99 lets the
   teacher move at all.
+* DAFormer's strategies in the paper's baseline ("DACS with two extra strategies in (Hoyer et al., 2022a)", §4),
+  both on by default (:mod:`raysel.methods.daformer_strategies`): rare-class sampling of source images
+  (``rare_class_sampling``, T = ``rcs_temperature`` 0.01) and the thing-class feature distance on the source batch's
+  encoder bottleneck (``feature_distance``, lambda_FD = ``lambda_fd`` 0.005). The loss becomes
+  ``L_source + L_target + lambda_ * L_pull + lambda_fd * L_FD``. FD's frozen ImageNet encoder is stood in for by a
+  frozen copy of the source-only model the run starts from (no ImageNet weights exist for the embedded networks).
 * The run starts from the shared cached source-only model (:func:`raysel.methods.stages.source_stage`). The student
   is returned for evaluation (DACS/DAFormer evaluate the student); ``evaluate_teacher=True`` returns the teacher.
 """
@@ -61,6 +67,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 from torch.nn import functional as F
+from torch.utils.data import DataLoader
 from torchvision.transforms.v2 import functional as TF
 
 from raysel.conventions import IGNORE_INDEX
@@ -68,6 +75,9 @@ from raysel.errors import ConfigError
 from raysel.hyperparameters import bounded, check_fields
 from raysel.methods.augment import denormalize, normalize, weak_augment
 from raysel.methods.base import RunContext
+from raysel.methods.daformer_strategies import (DAFORMER_RCS_MIN_PIXELS_FRACTION, RareClassSampler,
+                                                bottleneck_module, captured_output, frozen_reference,
+                                                source_class_pixel_counts, thing_feature_distance)
 from raysel.methods.result import TrainResult
 from raysel.methods.losses import cross_entropy
 from raysel.methods.networks import ema_update, freeze_batchnorm, make_ema_teacher, unwrap
@@ -93,6 +103,9 @@ class T2sdaConfig:
     projector and 6e-5 for the encoder (``backbone_lr_ratio`` 0.1), weight_decay 0.01.
     Switches for the paper's ablations: pull_loss infonce|mse (Tab. 10), query_sampling class_balanced|
     class_equalized and negative_sampling domain_equalized|pooled (Tab. 8), dynamic_reweighting (Tab. 9).
+    DAFormer's strategies of the baseline (§4): rare_class_sampling with rcs_temperature 0.01 and
+    rcs_min_pixels_fraction 0.0015 (3000 of a GTA5 label's pixels), feature_distance with lambda_fd 0.005 and
+    fd_min_label_ratio 0.75 (DAFormer's values).
     """
 
     lambda_: float = bounded(0.1, ge=0.0, help="λ, pull-loss weight")
@@ -125,6 +138,13 @@ class T2sdaConfig:
     report_interval: int = bounded(20, ge=1)
     source_iterations: int = bounded(SourceStageSettings.iterations, ge=1)
     evaluate_teacher: bool = False
+    rare_class_sampling: bool = True
+    rcs_temperature: float = bounded(0.01, gt=0.0, help="RCS temperature T, DAFormer Eq. 7")
+    rcs_min_pixels_fraction: float = bounded(DAFORMER_RCS_MIN_PIXELS_FRACTION, ge=0.0, lt=1.0,
+                                             help="share of an image's labelled pixels a class needs for RCS")
+    feature_distance: bool = True
+    lambda_fd: float = bounded(0.005, ge=0.0, help="λ_FD, feature-distance weight, DAFormer Eq. 11")
+    fd_min_label_ratio: float = bounded(0.75, gt=0.0, le=1.0, help="thing-mask patch share, DAFormer Eq. 10")
 
     def validate(self) -> None:
         """Raise ConfigError naming the first out-of-range hyperparameter and its valid range."""
@@ -532,10 +552,21 @@ def _mean_confidence(model: nn.Module, images: torch.Tensor) -> float:
     return float(confidence)
 
 
+def _mixed_batch(source_images: torch.Tensor, source_labels: torch.Tensor, target_images: torch.Tensor,
+                 pseudo_labels: torch.Tensor, quality: torch.Tensor, config: T2sdaConfig,
+                 generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """DACS's ClassMix of source classes onto target images, then the strong view: L_target's inputs (Eq. 2-3)."""
+    masks = class_mix_masks(source_labels, generator)
+    images, labels, weights = class_mix(source_images, source_labels, target_images, pseudo_labels, quality, masks)
+    images = dacs_strong_augment(images, generator, config.color_jitter_strength, config.color_jitter_probability,
+                                 config.blur)
+    return images, labels, weights
+
+
 def training_step(network: nn.Module, teacher: SegmenterWithProjector, optimizer: torch.optim.Optimizer,
                   source: dict[str, Any], target: dict[str, Any], config: T2sdaConfig, ctx: RunContext,
-                  generator: torch.Generator, iteration: int) -> dict[str, float]:
-    """One T2S-DA iteration: teacher pseudo-labels and keys, ClassMix, FDA, one student forward, update."""
+                  generator: torch.Generator, iteration: int, reference: nn.Module | None = None) -> dict[str, float]:
+    """One T2S-DA iteration: teacher labels and keys, ClassMix, FDA, student forward, FD if ``reference``, update."""
     device, num_classes = ctx.device, ctx.num_classes
     target_images, _ = weak_augment(target["image"], None, generator)
     source_images, source_labels = weak_augment(source["image"], source["label"], generator)
@@ -551,14 +582,13 @@ def training_step(network: nn.Module, teacher: SegmenterWithProjector, optimizer
         low_confidence, low_pseudo_labels = target_logits_low.softmax(dim=1).max(dim=1)
 
     quality = pseudo_label_quality(target_confidence, config.delta_p, per_image=config.quality_weight == "per_image")
-    masks = class_mix_masks(source_labels, generator)
-    mixed_images, mixed_labels, mixed_weights = class_mix(source_images, source_labels, target_images, pseudo_labels,
-                                                          quality, masks)
-    mixed_images = dacs_strong_augment(mixed_images, generator, config.color_jitter_strength,
-                                       config.color_jitter_probability, config.blur)
+    mixed_images, mixed_labels, mixed_weights = _mixed_batch(source_images, source_labels, target_images,
+                                                             pseudo_labels, quality, config, generator)
     pseudo_target_images = translate_to_target_style(source_images, target_images, config.fda_beta, generator)
 
-    with ctx.acceleration.autocast():
+    segmenter = unwrap(network).segmenter
+    with captured_output(bottleneck_module(segmenter) if reference is not None else None) as bottleneck, \
+            ctx.acceleration.autocast():
         logits_low, embeddings = network(torch.cat([source_images, pseudo_target_images, mixed_images]))
     logits_low, embeddings = logits_low.float(), embeddings.float()  # the losses run in float32
     logits = _upsample(logits_low, size)
@@ -575,7 +605,9 @@ def training_step(network: nn.Module, teacher: SegmenterWithProjector, optimizer
         class_confidence=class_target_confidence(pseudo_labels, target_confidence, num_classes),
     )
     loss_pull, pull_statistics = pull_loss(inputs, config, num_classes, generator)
-    loss = loss_source + loss_target + config.lambda_ * loss_pull
+    loss_fd = (loss_pull.new_zeros(()) if reference is None else thing_feature_distance(
+        bottleneck[0][:batch], reference, source_images, source_labels, num_classes, config.fd_min_label_ratio))
+    loss = loss_source + loss_target + config.lambda_ * loss_pull + config.lambda_fd * loss_fd  # + DAFormer Eq. 11
     stop_if_not_finite(ctx, loss, f"t2sda iteration {iteration}")
     optimizer.zero_grad(set_to_none=True)
     ctx.acceleration.backward_step(loss, optimizer)
@@ -584,15 +616,37 @@ def training_step(network: nn.Module, teacher: SegmenterWithProjector, optimizer
     if config.evaluate_teacher:
         confidence = float(target_confidence.mean())
     else:
-        confidence = _mean_confidence(unwrap(network).segmenter, target_images)
+        confidence = _mean_confidence(segmenter, target_images)
     return {"loss": float(loss.detach()), "loss_source": float(loss_source.detach()),
             "loss_target": float(loss_target.detach()), "loss_pull": float(loss_pull.detach()),
+            "loss_fd": float(loss_fd.detach()),
             "target_confidence": confidence, "pseudo_label_quality": float(quality.mean()), **pull_statistics}
 
 
 def source_settings(config: T2sdaConfig) -> SourceStageSettings:
     """The shared source-only stage's settings (defaults shared with the other methods; only the length may vary)."""
     return dataclasses.replace(SourceStageSettings(), iterations=config.source_iterations)
+
+
+def source_class_pixels(ctx: RunContext) -> torch.Tensor:
+    """Labelled pixels per source training image and class ``[N, C]``, counted once per source set (shared stage)."""
+    stage = ctx.cached_stage(
+        "source_class_pixels", key={"num_classes": ctx.num_classes}, per_target=False,
+        build=lambda: {"counts": source_class_pixel_counts(ctx.source_dataset(), ctx.num_classes)})
+    return stage["counts"]
+
+
+def source_loader(ctx: RunContext, config: T2sdaConfig) -> DataLoader:
+    """Source batches: DAFormer's rare-class sampling (Eq. 7) when on, else the sharded uniform shuffle."""
+    dataset = ctx.source_dataset()
+    if not config.rare_class_sampling:
+        return ctx.loader(dataset, config.batch_size, seed_offset=41)
+    per_worker = max(1, config.batch_size // ctx.world_size)
+    sampler = RareClassSampler(source_class_pixels(ctx), config.rcs_temperature,
+                               num_samples=max(per_worker, len(dataset) // ctx.world_size), seed=ctx.spec.seed + 41,
+                               rank=ctx.rank, min_pixels_fraction=config.rcs_min_pixels_fraction)
+    return DataLoader(dataset, batch_size=per_worker, sampler=sampler, drop_last=True,
+                      **ctx.acceleration.loader_options())
 
 
 def train(config: T2sdaConfig, ctx: RunContext) -> TrainResult:
@@ -604,6 +658,7 @@ def train(config: T2sdaConfig, ctx: RunContext) -> TrainResult:
         raise ConfigError(f"t2sda is a segmentation method; dataset {ctx.spec.dataset!r} is {ctx.task}")
     source_weights = source_stage(ctx, source_settings(config))["model"]
     student = build_student(ctx, source_weights, config)
+    reference = frozen_reference(student.segmenter) if config.feature_distance else None  # FD's stand-in, never resumed
     teacher = make_ema_teacher(student)
     network = ctx.distributed(student)
     optimizer = build_adamw(network, config)
@@ -621,14 +676,13 @@ def train(config: T2sdaConfig, ctx: RunContext) -> TrainResult:
         start_iteration, reports = state["iteration"], state["epoch"]
 
     # Loader passes restart with a new shuffle seed after a resume (start_epoch), never replaying the same order.
-    source_batches = infinite_batches(ctx.loader(ctx.source_dataset(), config.batch_size, seed_offset=41),
-                                      start_epoch=start_iteration)
+    source_batches = infinite_batches(source_loader(ctx, config), start_epoch=start_iteration)
     target_batches = infinite_batches(ctx.loader(ctx.target_dataset(), config.batch_size, seed_offset=42),
                                       start_epoch=start_iteration)
     running = RunningMean()
     for iteration in range(start_iteration, config.iterations):
         running.add(**training_step(network, teacher, optimizer, next(source_batches), next(target_batches),
-                                    config, ctx, generator, iteration))
+                                    config, ctx, generator, iteration, reference))
         scheduler.step()
         done = iteration + 1
         if done % config.report_interval == 0 or done == config.iterations:
