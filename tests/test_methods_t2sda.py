@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from pathlib import Path
 
@@ -12,6 +13,7 @@ from torch.utils.data import Dataset
 from raysel.conventions import IMAGENET_MEAN, IMAGENET_STD
 from raysel.errors import ConfigError
 from raysel.hyperparameters import config_from_dict
+from raysel.methods import daformer_strategies as daformer
 from raysel.methods import t2sda
 from raysel.methods.base import LocalSession, RunContext, RunSpec, StopRun
 from raysel.models.projector import ProjectorHead, SegmenterWithProjector
@@ -321,6 +323,8 @@ def test_registered_and_search_space_loads():
     space = load_search_space(REPO / "search_spaces" / "t2sda.yaml", method)
     assert set(space.swept_names()) == {"lambda_", "tau", "beta", "alpha", "n", "m", "fda_beta"}
     assert space.num_grid_points() == 6
+    assert space.fixed_values() == {"rare_class_sampling": True, "rcs_temperature": 0.01, "feature_distance": True,
+                                    "lambda_fd": 0.005}
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -413,3 +417,176 @@ def test_end_to_end_with_the_ablation_switches(tmp_path, synthetic_family):
     model = t2sda.train(config, RunContext(spec, session)).model
     assert [report["epoch"] for report in session.reports] == [1]      # the last iteration always reports
     assert math.isfinite(session.reports[0]["loss"]) and not model.training
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# DAFormer's strategies in the baseline: rare-class sampling (Eq. 6-7) and the thing-class feature distance (Eq. 8-10)
+# ---------------------------------------------------------------------------------------------------------------
+
+class RareThingStreets(Dataset):
+    """Building with a road band; one image in eight also holds a 16x16 bicycle (a rare thing class)."""
+
+    def __init__(self, domain: str, with_labels: bool, count: int = 32, size: tuple[int, int] = (32, 64)) -> None:
+        self.domain, self.with_labels, self.count, self.size = domain, with_labels, count, size
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __getitem__(self, index: int) -> dict:
+        height, width = self.size
+        label = torch.full((height, width), 2, dtype=torch.long)               # building
+        label[height * 3 // 4:] = 0                                           # road
+        if index % 8 == 0:
+            label[8:24, 16:32] = 18                                           # bicycle
+        label[0, 0] = 255
+        g = torch.Generator().manual_seed(index + (0 if self.domain == "src" else 1000))
+        palette = torch.zeros(256, 3)
+        palette[[0, 2, 18, 255]] = torch.tensor([[0.4, 0.4, 0.4], [0.7, 0.5, 0.3], [0.1, 0.8, 0.2], [0.0, 0.0, 0.0]])
+        pixels = palette[label].permute(2, 0, 1) + 0.05 * torch.randn(3, height, width, generator=g)
+        if self.domain == "tgt":
+            pixels = pixels * 0.6 + 0.1
+        image = (pixels.clamp(0, 1) - torch.tensor(IMAGENET_MEAN).view(3, 1, 1)) / torch.tensor(IMAGENET_STD).view(3, 1, 1)
+        sample = {"image": image, "index": index, "name": f"{self.domain}_{index}"}
+        if self.with_labels:
+            sample["label"] = label
+        return sample
+
+
+@pytest.fixture()
+def rare_thing_family(monkeypatch):
+    import raysel.data as data_package
+    from raysel.data.family import DatasetFamily
+
+    family = DatasetFamily(
+        name="t2sda_rare_things", task="segmentation", num_classes=19, class_names=tuple(str(i) for i in range(19)),
+        domains=("src", "tgt"), default_source="src", default_targets=("tgt",), embedded=True,
+        loader=lambda root, domain, split, with_labels, image_size: RareThingStreets(domain, with_labels),
+        preparer=lambda root: root)
+    original = getattr(data_package, "get_family", None)
+    monkeypatch.setattr(data_package, "get_family",
+                        lambda name: family if name == family.name else original(name), raising=False)
+    return family
+
+
+def _rare_thing_context(tmp_path: Path, run: str = "run") -> RunContext:
+    spec = RunSpec(method="t2sda", dataset="t2sda_rare_things", data_root=str(tmp_path / "data"),
+                   cache_dir=str(tmp_path / "cache"), output_dir=str(tmp_path), seed=0, num_threads=1)
+    return RunContext(spec, LocalSession(checkpoint_root=str(tmp_path / f"ckpt_{run}")))
+
+
+def test_source_class_pixel_counts_count_each_image_without_ignore():
+    counts = daformer.source_class_pixel_counts(RareThingStreets("src", True, count=10), 19, batch_size=4)
+    assert counts.shape == (10, 19) and counts.dtype == torch.int64
+    assert counts.sum(dim=1).tolist() == [32 * 64 - 1] * 10                      # the ignore pixel is not counted
+    assert counts[:, 18].tolist() == [256 if index % 8 == 0 else 0 for index in range(10)]
+    assert counts[:, 0].tolist() == [8 * 64] * 10
+
+
+def test_rare_class_probabilities_follow_eq7():
+    probabilities = daformer.rare_class_probabilities(torch.tensor([0, 90, 10]), temperature=0.1)
+    expected = torch.tensor([0.1 / 0.1, 0.9 / 0.1]).softmax(dim=0)                # (1 - f_c) / T for f = 0.9, 0.1
+    assert probabilities[0] == 0 and probabilities[1:].tolist() == pytest.approx(expected.tolist())
+    assert daformer.rare_class_probabilities(torch.tensor([50, 50]), 0.01).tolist() == pytest.approx([0.5, 0.5])
+
+
+def test_rare_class_sampler_draws_images_holding_the_drawn_class():
+    counts = daformer.source_class_pixel_counts(RareThingStreets("src", True), 19)
+    sampler = daformer.RareClassSampler(counts, temperature=0.01, num_samples=500, seed=0)
+    images, classes = sampler.sample(torch.Generator().manual_seed(0))
+    assert bool((counts[images, classes] > 0).all())
+    assert set(classes.tolist()) <= {0, 2, 18}
+    sampler.set_epoch(1)
+    first_pass = list(iter(sampler))
+    sampler.set_epoch(2)
+    second_pass = list(iter(sampler))
+    assert len(first_pass) == 500 and first_pass != second_pass                 # a fresh stream per epoch
+    sampler.set_epoch(1)
+    assert list(iter(sampler)) == first_pass                                      # and a reproducible one
+
+
+def test_rare_class_sampling_over_represents_the_rare_class(tmp_path, rare_thing_family):
+    """The source loader with RCS returns bicycle images far more often than the 1 in 8 of a uniform shuffle."""
+    def bicycle_share(config: t2sda.T2sdaConfig) -> float:
+        batches = first_batches(t2sda.source_loader(_rare_thing_context(tmp_path), config), 40)
+        return float(torch.cat([(batch["label"] == 18).flatten(1).any(dim=1) for batch in batches]).float().mean())
+
+    rcs = bicycle_share(config_from_dict(t2sda.T2sdaConfig, {"batch_size": 4}))
+    uniform = bicycle_share(config_from_dict(t2sda.T2sdaConfig, {"batch_size": 4, "rare_class_sampling": False}))
+    assert uniform == pytest.approx(1 / 8, abs=0.01)
+    assert rcs > 0.6                                                              # P(bicycle) ~ 0.9 at T = 0.01
+    assert (tmp_path / "cache" / "source_class_pixels").is_dir()                  # counted once, then cached
+
+
+def first_batches(loader, count: int) -> list[dict]:
+    """The first ``count`` batches of an endless pass over ``loader``."""
+    from raysel.methods.training import infinite_batches
+
+    batches = infinite_batches(loader)
+    return [next(batches) for _ in range(count)]
+
+
+def test_thing_class_mask_keeps_patches_mostly_of_one_thing_class():
+    labels = torch.full((1, 8, 8), 2)
+    labels[0, :4, :4] = 13                        # a whole patch of car
+    labels[0, :4, 4:7] = 13                       # 12 of 16 pixels car: exactly the 0.75 ratio
+    labels[0, 4:, :4] = 255                       # ignore patch
+    labels[0, 4:, 4:6] = 11                       # half a patch of person
+    mask = daformer.thing_class_mask(labels, (2, 2), num_classes=19)
+    assert mask.tolist() == [[[True, True], [False, False]]]
+    assert daformer.thing_class_mask(labels, (2, 2), 19, min_ratio=0.8).tolist() == [[[True, False], [False, False]]]
+
+
+def test_feature_distance_is_zero_for_the_reference_weights_and_trains_only_the_encoder():
+    from raysel.models import build_model
+
+    torch.manual_seed(0)
+    segmenter = build_model("small_segnet", "segmentation", 19).freeze_batchnorm(True).train()
+    reference = daformer.frozen_reference(segmenter)
+    images, labels = torch.randn(2, 3, 32, 64), torch.full((2, 32, 64), 13)
+
+    def distance() -> torch.Tensor:
+        with daformer.captured_output(daformer.bottleneck_module(segmenter)) as bottleneck:
+            segmenter(images)
+        return daformer.thing_feature_distance(bottleneck[0], reference, images, labels, 19)
+
+    assert float(distance().detach()) == 0.0                                     # identical weights, identical features
+    optimizer = torch.optim.SGD([p for p in segmenter.parameters() if p.requires_grad], lr=0.1)
+    torch.nn.functional.cross_entropy(segmenter(images), labels).backward()    # one step of the source loss
+    optimizer.step()
+    segmenter.zero_grad(set_to_none=True)
+
+    moved = distance()
+    assert float(moved.detach()) > 1e-6
+    moved.backward()
+    encoder = {id(p) for p in segmenter.backbone_parameters()}
+    trainable = [(name, p) for name, p in segmenter.named_parameters() if p.requires_grad]
+    assert all((p.grad is not None) == (id(p) in encoder) for _, p in trainable)
+    assert any(float(p.grad.abs().sum()) > 0 for _, p in trainable if id(p) in encoder)
+    assert all(p.grad is None and not p.requires_grad for p in reference.parameters())
+
+
+def test_feature_distance_without_thing_pixels_is_zero_and_keeps_the_graph():
+    features = torch.randn(1, 4, 2, 2, requires_grad=True)
+    loss = daformer.feature_distance_loss(features, torch.zeros(1, 4, 2, 2), torch.zeros(1, 2, 2, dtype=torch.bool))
+    loss.backward()
+    assert float(loss.detach()) == 0.0 and features.grad is not None
+
+
+def test_daformer_strategies_are_on_by_default_with_daformer_values():
+    config = config_from_dict(t2sda.T2sdaConfig, {})
+    assert config.rare_class_sampling and config.feature_distance
+    assert (config.rcs_temperature, config.lambda_fd, config.fd_min_label_ratio) == (0.01, 0.005, 0.75)
+    assert config.rcs_min_pixels_fraction == pytest.approx(3000 / (1914 * 1052))
+
+
+def test_end_to_end_feature_distance_enters_the_loss(tmp_path, rare_thing_family):
+    config = config_from_dict(t2sda.T2sdaConfig, {"iterations": 3, "report_interval": 3, "source_iterations": 1,
+                                                  "n": 8, "m": 16, "warmup_iterations": 0})
+    ctx = _rare_thing_context(tmp_path)
+    t2sda.train(config, ctx)
+    report = ctx.session.reports[-1]
+    assert math.isfinite(report["loss"]) and report["loss_fd"] > 0              # the student left the reference
+    off = dataclasses.replace(config, feature_distance=False)
+    ctx = _rare_thing_context(tmp_path, "without_fd")
+    t2sda.train(off, ctx)
+    assert ctx.session.reports[-1]["loss_fd"] == 0.0
