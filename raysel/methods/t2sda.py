@@ -697,12 +697,20 @@ def train(config: T2sdaConfig, ctx: RunContext) -> TrainResult:
     return TrainResult(model.eval())
 
 
+def prepare_shared(config: T2sdaConfig, ctx: RunContext) -> None:
+    """Build what every trial shares once before the sweep: the source-only model and, with RCS, the class counts."""
+    source_stage(ctx, source_settings(config))
+    if config.rare_class_sampling:
+        source_class_pixels(ctx)
+
+
 register(Method(
     name="t2sda",
     tasks=("segmentation",),
     config_class=T2sdaConfig,
     train=train,
-    prepare_shared=lambda config, ctx: source_stage(ctx, source_settings(config)),
-    description="T2S-DA: DACS mean teacher + pulling FDA pseudo-target features to teacher source prototypes "
-                "(InfoNCE/MSE, class-balanced queries, domain-equalized negatives, dynamic re-weighting)",
+    prepare_shared=prepare_shared,
+    description="T2S-DA: DACS mean teacher with DAFormer's rare-class sampling and feature distance + pulling FDA "
+                "pseudo-target features to teacher source prototypes (InfoNCE/MSE, class-balanced queries, "
+                "domain-equalized negatives, dynamic re-weighting)",
 ))
