@@ -115,7 +115,7 @@ class HiastConfig:
     sample_hard_only: bool = False  # reference: the drawn class must be a hard class
     # reference 0.1: drop the images with the fewest pixels of the class
     donor_pool_drop_fraction: float = bounded(0.0, ge=0.0, lt=1.0)
-    # paper 1; >1 = the reference's intended loop (until k/2 hard classes copied)
+    # paper 1; >1 = the reference's intended loop (until half the hard classes are copied)
     hpla_max_donors: int = bounded(1, ge=1)
     # --- region-adaptive regularization (Eq. 11-14)
     lambda_i: float = bounded(1.0, ge=0.0)  # entropy on the ignored region; paper 1.0
