@@ -15,7 +15,7 @@ from raysel.data.common import ImageFolderDataset, read_rgb
 from raysel.data.digits import DigitsConfig
 from raysel.data.statistics import split_statistics
 
-CONFIG = DigitsConfig.small()  # 30 samples per domain: 24 train + 6 heldout
+CONFIG = DigitsConfig.small()  # 30 samples per domain: source 24 train + 6 heldout, targets 16 train + 14 heldout
 
 
 @pytest.fixture(scope="module")
@@ -47,13 +47,15 @@ def test_image_folder_layout(root, family) -> None:
     for domain in family.domains:
         train = list((tree / domain / "train").glob("*/*.png"))
         heldout = list((tree / domain / "heldout").glob("*/*.png"))
-        assert len(train) == 24 and len(heldout) == 6
+        expected = (24, 6) if domain == family.default_source else (16, 14)
+        assert (len(train), len(heldout)) == expected, domain
+        assert digits.planned_split_sizes(CONFIG)[domain] == {"train": expected[0], "heldout": expected[1]}
         assert all(path.parent.name in family.class_names and len(path.stem) == 5 for path in train + heldout)
 
 
 def test_loads_through_the_image_folder_loader(root, family) -> None:
     dataset = family.load(root, "photo_digits", "train", with_labels=True)
-    assert isinstance(dataset, ImageFolderDataset) and len(dataset) == 24
+    assert isinstance(dataset, ImageFolderDataset) and len(dataset) == 16
     sample = dataset[0]
     assert sample["image"].shape == (3, 32, 32) and sample["image"].dtype == torch.float32
     assert sample["label"].dtype == torch.int64 and sample["label"].ndim == 0
@@ -85,6 +87,17 @@ def test_images_are_the_real_digits(root) -> None:
     assert np.corrcoef(distance, ink[index].ravel())[0, 1] > 0.9
 
 
+def test_every_full_size_target_holds_out_over_200_images_so_one_image_is_under_half_a_point() -> None:
+    sizes = digits.planned_split_sizes(DigitsConfig())
+    assert sizes["clean_digits"] == {"train": 360, "heldout": 90}  # the source split is unchanged
+    for domain in digits.TARGET_DOMAINS:
+        assert sizes[domain]["heldout"] > 200 and 100 / sizes[domain]["heldout"] < 0.5, domain
+        assert sizes[domain]["train"] >= 240, domain  # enough unlabeled images left to adapt on
+    handwritten = sum(part["train"] + part["heldout"] for name, part in sizes.items()
+                      if name in digits.HANDWRITTEN_DOMAINS)
+    assert handwritten == 1797  # every sklearn digit used once
+
+
 def test_generation_is_deterministic(tmp_path) -> None:
     config = DigitsConfig(per_domain=5)
 
@@ -97,18 +110,21 @@ def test_generation_is_deterministic(tmp_path) -> None:
     assert len(hashes(first)) == 25 and hashes(first) == hashes(second)
 
 
-# Pixels of the four handwritten domains (sorted paths, decoded images) for DigitsConfig(per_domain=12), computed
-# on the generator before the stroke_digits test target was added: adding it must not shift their random streams.
-HANDWRITTEN_PIXELS_SHA256 = "294cff68c3c4dfc19b75ad159d97b3ff47fd71a73d7dea5987ded9361944dca1"
+# Pixels of the four handwritten domains (per domain, the sorted (class, decoded image) pairs, whichever split holds
+# them) for DigitsConfig(per_domain=12), computed on generator version 3: neither the stroke_digits test target
+# (version 3) nor the larger target held-out splits (version 4) may change what is rendered, only where it goes.
+HANDWRITTEN_PIXELS_SHA256 = "1006892a99ffc31c77876bfaf72c5ab5e6a760bd8ad8a36227e1504907dd22c3"
 
 
-def test_adding_the_test_target_left_the_handwritten_domains_byte_identical(tmp_path) -> None:
+def test_the_test_target_and_the_split_sizes_left_the_handwritten_images_byte_identical(tmp_path) -> None:
     tree = digits.prepare_digits(tmp_path, DigitsConfig(per_domain=12))
     digest = hashlib.sha256()
     for domain in digits.HANDWRITTEN_DOMAINS:
-        for path in sorted((tree / domain).rglob("*.png")):
-            digest.update(str(path.relative_to(tree)).encode())
-            digest.update(np.asarray(read_rgb(path)).tobytes())
+        samples = sorted((path.parent.name, np.asarray(read_rgb(path)).tobytes())
+                         for path in (tree / domain).rglob("*.png"))
+        for label, pixels in samples:
+            digest.update(f"{domain}/{label}".encode())
+            digest.update(pixels)
     assert digest.hexdigest() == HANDWRITTEN_PIXELS_SHA256
 
 

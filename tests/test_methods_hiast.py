@@ -457,3 +457,53 @@ def test_two_worker_ddp_training_runs(tiny_street_root, tmp_path) -> None:
     assert reports[0][-1]["loss"] == pytest.approx(reports[1][-1]["loss"])  # metrics averaged over workers
     assert list((tmp_path / "ckpt0").iterdir())  # rank 0 wrote checkpoints
     assert not (tmp_path / "ckpt1").exists()
+
+
+# ---------------------------------------------------------------------------------------------------- item 14.6
+
+
+def test_weak_view_crops_341_to_1000_of_1024_rows_as_section_5_1() -> None:
+    height = 64
+    labels = torch.arange(height)[:, None].expand(height, 2 * height).repeat(4, 1, 1)  # label = row index
+    images = labels[:, None].float().repeat(1, 3, 1, 1)
+    generator = torch.Generator().manual_seed(0)
+    fractions = []
+    for _ in range(10):
+        weak, strong, cropped = hiast.training_views(hiast.HiastConfig(), images, labels, generator)
+        assert weak.shape == strong.shape == images.shape and cropped.shape == labels.shape
+        fractions += [cropped[i].unique().numel() / height for i in range(len(cropped))]  # rows kept (nearest)
+    assert min(fractions) >= math.floor(341 / 1024 * height) / height
+    assert max(fractions) <= math.ceil(1000 / 1024 * height) / height
+    assert min(fractions) < 0.5 and max(fractions) > 0.85  # the range is used, not a narrower one
+
+
+def test_a_class_never_predicted_takes_no_hard_class_slot() -> None:
+    # class 3 never appeared as an arg-max: it kept its initial threshold 0.9 and holds no pixel
+    values = torch.tensor([0.97, 0.95, 0.6, 0.9, 0.8])
+    predicted = torch.tensor([True, True, True, False, True])
+    assert hiast.hard_classes(values, 3).tolist() == [2, 4, 3]
+    assert hiast.hard_classes(values, 3, predicted).tolist() == [2, 4, 1]
+    assert hiast.hard_classes(values, 5, predicted).tolist() == [2, 4, 1, 0]  # fewer than k when k > predicted
+
+
+class FixedPrediction(torch.nn.Module):
+    """A segmentation 'model' predicting classes 0, 1, 2 confidently in fixed regions and no other class."""
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        logits = torch.zeros(images.shape[0], 19, *images.shape[-2:])
+        logits[:, 0, :2], logits[:, 1, 2:, :2], logits[:, 2, 2:, 2:] = 12.0, 12.0, 12.0
+        return logits
+
+
+def test_pseudo_label_bank_records_predicted_classes_and_hpla_uses_them(tmp_path) -> None:
+    from raysel.methods.base import LocalSession
+
+    ctx = tiny_context(tmp_path / "unused", tmp_path, LocalSession())
+    dataset = TinyTarget(torch.zeros(4, 3, 4, 4))
+    config = hiast.HiastConfig(k=2)
+    bank = hiast.generate_pseudo_labels(ctx, FixedPrediction(), config, 0, dataset)
+    assert bank.predicted.tolist() == [True] * 3 + [False] * 16
+    # the 16 classes never predicted keep the initial 0.9, below the thresholds of the confident classes
+    assert bool((bank.thresholds[3:] == 0.9).all()) and bool((bank.thresholds[:3] > 0.9).all())
+    augmenter = hiast.HardAwareAugmenter(bank, dataset, config, 19, torch.Generator())
+    assert sorted(augmenter.hard.tolist()) in ([0, 1], [0, 2], [1, 2])

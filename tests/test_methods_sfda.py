@@ -391,3 +391,32 @@ def test_default_run_on_street_scenes_is_cpu_sized(embedded_data_root, tmp_path)
     assert [r["epoch"] for r in session.reports] == list(range(1, config.reports + 1))
     assert all(math.isfinite(r["loss"]) and 0 < r["target_confidence"] <= 1 for r in session.reports)
     assert seconds < 150, f"default SFDA adaptation took {seconds:.0f} s of CPU"
+
+
+def _batchnorm_buffers(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {name: value.clone() for name, value in model.state_dict().items()
+            if name.endswith(("running_mean", "running_var", "num_batches_tracked"))}
+
+
+def test_fake_stream_leaves_batchnorm_running_statistics_to_the_target_stream():
+    from raysel.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model("small_segnet", "segmentation", NUM_CLASSES).train()
+    target_only = build_model("small_segnet", "segmentation", NUM_CLASSES).train()
+    fake_only = build_model("small_segnet", "segmentation", NUM_CLASSES).train()
+    target_only.load_state_dict(model.state_dict())
+    fake_only.load_state_dict(model.state_dict())
+    assert _batchnorm_buffers(model), "the model needs BatchNorm layers for this test"
+    fake, target = 3.0 + 2.0 * torch.randn(2, 3, 16, 32), torch.randn(2, 3, *IMAGE_SIZE)
+
+    _, fake_logits, _, target_logits = sfda.TwoStreamForward(model)(fake, target)
+    expected_target_logits = target_only(target)
+
+    after, expected = _batchnorm_buffers(model), _batchnorm_buffers(target_only)
+    for name in expected:  # the running statistics are those of the target batch alone
+        assert torch.equal(after[name], expected[name]), name
+    torch.testing.assert_close(target_logits, expected_target_logits)
+    # the fake stream is still normalised with its own batch statistics, as a training-mode forward does
+    torch.testing.assert_close(fake_logits, fake_only(fake))
+    assert all(m.track_running_stats for m in model.modules() if hasattr(m, "track_running_stats"))

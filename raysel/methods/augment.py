@@ -38,6 +38,9 @@ def weak_augment(images: torch.Tensor, labels: torch.Tensor | None, generator: t
                  flip: bool = True, scale_range: tuple[float, float] = (0.75, 1.0)) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Joint geometric 'weak' view: random horizontal flip and a random scaled crop resized back (HIAST 'MS').
 
+    ``scale_range`` bounds the crop's side as a fraction of the image's (aspect kept); HIAST passes its §5.1 range
+    (``hiast.WEAK_CROP_SCALE``, 0.33-0.98), the source and warm-up stages keep the milder default.
+
     The same geometry is applied to image and label (labels resized with nearest neighbour), so pseudo-labels stay
     aligned; the strong view is then built from this output with photometric ops only (shared geometry).
     """

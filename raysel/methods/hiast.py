@@ -12,8 +12,9 @@ Phases (paper §4.1, Fig. 2):
 (c) **Self-training** on target images only (Eq. 4): hard-aware pseudo-label augmentation (HPLA, Alg. 2, Eq. 9-10)
     copies the pixels of the ``k`` hardest classes from another target image (image and pseudo-label together);
     the student sees a strong (RandAugment, 3 photometric ops) view, the EMA teacher (Eq. 13, ``tau``) the weak
-    view; loss = CE on pseudo-labels + ``lambda_c`` KL-to-uniform on the confident region (Eq. 11) + ``lambda_i``
-    entropy on the ignored region (Eq. 12) + ``lambda_cst`` teacher-student soft CE on the ignored region (Eq. 14).
+    view (flip + a random crop of 341-1000 of 1024 rows, as §5.1, resized back); loss = CE on pseudo-labels
+    + ``lambda_c`` KL-to-uniform on the confident region (Eq. 11) + ``lambda_i`` entropy on the ignored region
+    (Eq. 12) + ``lambda_cst`` teacher-student soft CE on the ignored region (Eq. 14).
     All BatchNorm layers are frozen. Each round ends by letting the EMA teacher regenerate the pseudo-labels.
 
 Paper vs reference code (``bupt-ai-cz/HIAST``, see ``shared/reference/methods.md`` §1). The paper is the default
@@ -52,10 +53,11 @@ strong-op firing                   each of the 3 drawn ops fires with p = 0.5   
 =================================  ==============================================  =====================================
 
 Choices the paper leaves open: a class absent from an instance keeps its threshold (Psi = theta_{t-1}, as the
-code does); empty regions give a zero loss (the code divides by zero); with ``selector="constant"`` (the "No IAS"
-ablation) thresholds cannot rank classes, so HPLA ranks them by mean confidence; the returned model is the EMA
-teacher (``final_model``), the network the paper uses as the next round's generator; the warm-up starts from the
-source-only model (the reference pipeline).
+code does); a class never predicted while labelling keeps its initial 0.9, so it cannot take a hard-class slot
+(HPLA may then have fewer than k hard classes); empty regions give a zero loss (the code divides by zero); with
+``selector="constant"`` (the "No IAS" ablation) thresholds cannot rank classes, so HPLA ranks them by mean
+confidence; the returned model is the EMA teacher (``final_model``), the network the paper uses as the next round's
+generator; the warm-up starts from the source-only model (the reference pipeline).
 
 Defaults are scaled for the embedded benchmark on a 2-core CPU (one run about a minute after the cached warm-up);
 the paper-scale values are in each field's comment and stay selectable.
@@ -86,6 +88,8 @@ SEGMENTATION_NUM_CLASSES = 19  # every raysel segmentation family uses the 19 Ci
 INITIAL_THRESHOLD = 0.9  # Alg. 1 line 1
 CLASS_MEAN_PROBABILITY_MOMENTUM = 0.99  # reference code's copy_paste.gamma
 PSEUDO_LABEL_FORWARD_BATCH = 8  # images per forward pass when labelling with per-image IAS (speed only)
+# §5.1 / reference 'MS': RandomSizedCrop heights 341-1000 of the 1024-pixel image (aspect kept), resized back
+WEAK_CROP_SCALE = (341 / 1024, 1000 / 1024)
 
 
 @dataclass(frozen=True)
@@ -111,7 +115,7 @@ class HiastConfig:
     sample_hard_only: bool = False  # reference: the drawn class must be a hard class
     # reference 0.1: drop the images with the fewest pixels of the class
     donor_pool_drop_fraction: float = bounded(0.0, ge=0.0, lt=1.0)
-    # paper 1; >1 = the reference's intended loop (until k/2 hard classes copied)
+    # paper 1; >1 = the reference's intended loop (until half the hard classes are copied)
     hpla_max_donors: int = bounded(1, ge=1)
     # --- region-adaptive regularization (Eq. 11-14)
     lambda_i: float = bounded(1.0, ge=0.0)  # entropy on the ignored region; paper 1.0
@@ -313,6 +317,7 @@ class PseudoLabelBank:
     class_mean_probability: torch.Tensor  # [C] reference hardness; +inf for classes never accepted
     class_pixel_counts: dict[int, torch.Tensor]  # index -> int64 [C] accepted pixels per class
     statistics: dict[str, float]
+    predicted: torch.Tensor | None = None  # [C] bool: class was an arg-max somewhere; None = not recorded (all)
 
     def class_values(self, hardness: str, selector: str) -> torch.Tensor:
         """Per-class hardness values v_c (lower = harder) for Eq. 9-10."""
@@ -369,7 +374,7 @@ def generate_pseudo_labels(ctx: RunContext, generator_model: nn.Module, config: 
         "pseudo_label_classes": int((class_totals > 0).sum()),
         "mean_threshold": float(thresholds[observed].mean()) if bool(observed.any()) else float("nan"),
     }
-    return PseudoLabelBank(merged, thresholds.float(), mean_probability.float(), counts, statistics)
+    return PseudoLabelBank(merged, thresholds.float(), mean_probability.float(), counts, statistics, observed)
 
 
 # ==============================================================================================================
@@ -377,9 +382,16 @@ def generate_pseudo_labels(ctx: RunContext, generator_model: nn.Module, config: 
 # ==============================================================================================================
 
 
-def hard_classes(class_values: torch.Tensor, k: int) -> torch.Tensor:
-    """Eq. 9: the k classes with the lowest value (threshold), ascending; ties broken by class id."""
-    return torch.argsort(class_values.double(), stable=True)[:k]
+def hard_classes(class_values: torch.Tensor, k: int, eligible: torch.Tensor | None = None) -> torch.Tensor:
+    """Eq. 9: the k classes with the lowest value (threshold), ascending; ties broken by class id.
+
+    Only ``eligible`` classes (bool mask; HPLA passes the classes ever predicted) can take a slot, so fewer than k
+    may come back: a class never predicted keeps its initial threshold 0.9, which is not a measure of hardness.
+    """
+    order = torch.argsort(class_values.double(), stable=True)
+    if eligible is not None:
+        order = order[eligible.to(torch.bool)[order]]
+    return order[:k]
 
 
 def class_sampling_probabilities(class_values: torch.Tensor, power: float = 1.0,
@@ -445,13 +457,13 @@ class HardAwareAugmenter:
     def __init__(self, bank: PseudoLabelBank, dataset: Dataset, config: HiastConfig, num_classes: int,
                  generator: torch.Generator) -> None:
         values = bank.class_values(config.hardness, config.selector)
-        self.hard = hard_classes(values, config.k)
+        self.hard = hard_classes(values, config.k, bank.predicted)
         self.pools = donor_pools(bank.class_pixel_counts, num_classes, config.donor_pool_drop_fraction)
         available = torch.tensor([pool.numel() > 0 for pool in self.pools])
         allowed = torch.isin(torch.arange(num_classes), self.hard) if config.sample_hard_only else None
         self.probabilities = class_sampling_probabilities(values, config.sampling_power, available, allowed)
         self.bank, self.dataset, self.generator = bank, dataset, generator
-        self.max_donors, self.k = config.hpla_max_donors, config.k
+        self.max_donors = config.hpla_max_donors
         self.pasted_fraction = RunningFraction()
 
     def __call__(self, images: torch.Tensor, labels: torch.Tensor,
@@ -473,7 +485,7 @@ class HardAwareAugmenter:
                                                                       donor_image, donor_label, self.hard)
                 pasted |= mask
                 copied |= set(torch.unique(donor_label[mask]).tolist())
-                if len(copied) >= 0.5 * self.k:
+                if len(copied) >= 0.5 * self.hard.numel():
                     break
             self.pasted_fraction.add(float(pasted.float().mean()))
         return images, labels
@@ -664,6 +676,16 @@ def _warm_started_student_and_teacher(config: HiastConfig, ctx: RunContext, watc
     return student, teacher, (restored["round"], restored["epoch"], restored["iteration"])
 
 
+def training_views(config: HiastConfig, images: torch.Tensor, labels: torch.Tensor,
+                   generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The teacher's weak view (flip + §5.1 crop of 33-98 % of the height, resized back), the student's strong view
+    (photometric ops on the weak view, same geometry) and the pseudo-labels cropped with them."""
+    weak, cropped_labels = augment.weak_augment(images, labels, generator, scale_range=WEAK_CROP_SCALE)
+    strong = augment.strong_augment(weak, generator, config.strong_num_ops, config.strong_op_probability)
+    assert cropped_labels is not None
+    return weak, strong, cropped_labels
+
+
 def self_training_step(config: HiastConfig, ctx: RunContext, network: nn.Module, teacher: nn.Module,
                        batch: dict[str, Any], augmenter: HardAwareAugmenter | None, generator: torch.Generator,
                        optimizer: torch.optim.Optimizer, scheduler: Any) -> dict[str, float]:
@@ -671,8 +693,7 @@ def self_training_step(config: HiastConfig, ctx: RunContext, network: nn.Module,
     images, labels = batch["image"], batch["pseudo_label"]
     if augmenter is not None:
         images, labels = augmenter(images, labels, batch["index"])
-    weak, labels = augment.weak_augment(images, labels, generator)
-    strong = augment.strong_augment(weak, generator, config.strong_num_ops, config.strong_op_probability)
+    weak, strong, labels = training_views(config, images, labels, generator)
     with ctx.acceleration.autocast():
         logits = network(strong.to(ctx.device)).float()
         teacher_probabilities = None

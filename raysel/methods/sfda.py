@@ -48,6 +48,9 @@ Choices where the paper is vague (supplementary material with the algorithm is u
   adaptive-average-pooled to the fake features' size (paper §4.1.2) and detached: only G minimises Eq. 7.
 * Eq. 15 as a standard GAN with BCE on logits, averaged over patches: D labels easy patches 0 and hard patches 1;
   T "fools D from the side of hard patches" by pushing D(hard) towards 0. Ranking is per worker's batch.
+* T's BatchNorm running statistics follow the target batches only (:func:`running_statistics_untouched` around
+  the fake stream, which is still normalised with its own batch statistics): T is evaluated on target images, and
+  letting both streams update them left about 47 % fake-image statistics in the adapted model.
 * The generator emits half-resolution images (``fake_scale=0.5``: 256x128 fakes vs 512x256 targets in the paper).
 * D has 4 stride-2 convs (DCGAN) when patches allow, fewer for small patches (at least 2).
 
@@ -59,13 +62,14 @@ AdaptSegNet/AdvEnt's discriminator rate 1e-4 (same data: 0.061 -> 0.117). ``--se
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import itertools
 import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Sequence
+from typing import Any, Iterator, Literal, Sequence
 
 import torch
 from torch import nn
@@ -407,25 +411,45 @@ def source_model_state(config: SfdaConfig, ctx: RunContext) -> dict[str, torch.T
 # ==============================================================================================================
 
 
+@contextlib.contextmanager
+def running_statistics_untouched(model: nn.Module) -> Iterator[None]:
+    """Within the block, training-mode BN layers of ``model`` normalise with batch statistics but leave their
+    running statistics (and ``num_batches_tracked``) unchanged: used for the fake-image stream of T."""
+    layers = [m for m in model.modules() if isinstance(m, BATCHNORM_TYPES) and m.training and m.track_running_stats]
+    for layer in layers:
+        layer.track_running_stats = False
+    try:
+        yield
+    finally:
+        for layer in layers:
+            layer.track_running_stats = True
+
+
 class TwoStreamForward(nn.Module):
     """T applied to fake images (as S) and target images (as T) in one call: one DDP forward per iteration.
 
     Returns features and logits (bilinearly upsampled to the input size, like ``SegmentationModel.forward``) of
-    both streams; BatchNorm sees each stream as its own batch.
+    both streams; BatchNorm sees each stream as its own batch. Only the target stream updates BN's running
+    statistics: T is evaluated on target images, and the paper's running statistics describe a domain (S~'s are
+    the source's, Eq. 4), so T's should describe the target, not a mixture with G's fakes. The fake stream is
+    still normalised with its own batch statistics, as a training-mode forward does, so every loss and gradient
+    is unchanged; the paper does not say, and this changes only the buffers that no loss reads.
     """
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
         self.model = model
 
+    def _features_and_logits(self, images: torch.Tensor) -> list[torch.Tensor]:
+        features = self.model.forward_features(images)
+        logits = F.interpolate(self.model.head(features), size=images.shape[-2:], mode="bilinear",
+                               align_corners=True)
+        return [features, logits]
+
     def forward(self, fake: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        outputs: list[torch.Tensor] = []
-        for images in (fake, target):
-            features = self.model.forward_features(images)
-            logits = F.interpolate(self.model.head(features), size=images.shape[-2:], mode="bilinear",
-                                   align_corners=True)
-            outputs += [features, logits]
-        return tuple(outputs)
+        with running_statistics_untouched(self.model):
+            outputs = self._features_and_logits(fake)
+        return tuple(outputs + self._features_and_logits(target))
 
 
 def frozen_source_model(ctx: RunContext, state: dict[str, torch.Tensor]) -> nn.Module:
