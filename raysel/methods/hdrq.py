@@ -329,13 +329,15 @@ def build_specialists(config: HdrqConfig, ctx: RunContext, targets: tuple[str, .
 
 
 def merge_specialists(config: HdrqConfig, ctx: RunContext, specialists: Specialists,
-                      watch: training.Stopwatch | None = None) -> Merge:
-    """Steps 4-5: merge (noise sampling eq. 12 or float rounding eq. 11), merge quality and error barrier."""
+                      watch: training.Stopwatch | None = None, merge_seed: int | None = None) -> Merge:
+    """Steps 4-5: merge (noise sampling eq. 12 or float rounding eq. 11), merge quality and error barrier.
+
+    ``merge_seed`` seeds the noise-sampling draw (default: the run's seed); the paper averages 30 such draws."""
     watch = watch or training.Stopwatch()
     with watch.time("merge"):
         merged = merge_models(list(specialists.models.values()),
-                              rounding="noise" if config.noise_sampling else "float",
-                              num_samples=config.merge_samples, seed=ctx.spec.seed).eval()
+                              rounding="noise" if config.noise_sampling else "float", num_samples=config.merge_samples,
+                              seed=ctx.spec.seed if merge_seed is None else merge_seed).eval()
     with watch.time("merge_quality"):
         quality = merge_quality(merged, specialists.models, specialists.images)
     metrics: dict[str, Any] = {f"merge_quality_{target}": value for target, value in quality.per_target.items()}
