@@ -57,3 +57,14 @@ def test_regime_options_reach_the_jobs():
     assert hdrq_merge.base_settings(street)["targets"] == ("day_city", "dusk_city", "foggy_city")
     with pytest.raises(SystemExit):
         hdrq_merge.parse_args(["--merge-draws", "0"])
+
+
+def test_report_renders_every_table_from_job_results():
+    args = hdrq_merge.parse_args(["--families", "digits", "--bits", "W3A3", "--seeds", "0", "1", "--merge-draws", "30",
+                                  "--iterations", "2000"])
+    results = [run(0, 0.30, 0.32), run(1, 0.34, 0.35)]
+    body = hdrq_merge.report(results, args, wall_seconds=60.0, loads=(1.0, 1.0))
+    assert "2000 reconstruction iterations per block" in body and "mean of 30 merge draw(s)" in body
+    assert "used: 0.001" in body  # the scaled HDRQ weight lr at 2000 iterations
+    assert "### HDRQ − QDrop, paired by seed" in body and "+2.00 / +1.00" in body
+    assert "### merge-quality selector regret" in body and "| digits | 1 | 2 | HDRQ W3A3 | 35.00 |" in body

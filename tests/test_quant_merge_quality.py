@@ -118,7 +118,7 @@ def test_barrier_between_permuted_copies_is_the_midpoint_loss_increase():
 @pytest.mark.parametrize("slope, expected", [(0.0, 0.0), (1.0, 0.5), (-3.0, 1.5)])
 def test_barrier_of_a_linear_loss_is_half_the_endpoint_gap(slope, expected):
     # L(theta(t)) = 2 + slope * t: the path's maximum is an endpoint, so eq. 2 gives |L_a - L_b| / 2, the paper's lower
-    # bound for unequal endpoint losses (§3.2). The old baseline (the chord (1 - t) L_a + t L_b) gave 0 here.
+    # bound for unequal endpoint losses (§3.3). The old baseline (the chord (1 - t) L_a + t L_b) gave 0 here.
     losses = [2.0 + slope * t for t in torch.linspace(0, 1, 11).tolist()]
     assert barrier_of_path(losses) == pytest.approx(expected)
 

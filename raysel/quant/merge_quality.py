@@ -13,7 +13,7 @@ the loss is the cross-entropy against the endpoints' own predictions, each on it
 ``L(theta) = 1/2 [CE(theta(x_a), argmax theta_a(x_a)) + CE(theta(x_b), argmax theta_b(x_b))]``, and
 ``barrier = max_t L(theta(t)) - 1/2 (L(theta_a) + L(theta_b))`` (eq. 2: the baseline is the *mean* of the two
 endpoint losses) over an even grid of ``t`` including both ends, so it is >= ``|L(theta_a) - L(theta_b)| / 2``,
-the paper's lower bound for unequal endpoint losses (§3.2), and 0 for identical models.
+the paper's lower bound for unequal endpoint losses (§3.3), and 0 for identical models.
 Interpolation is :func:`raysel.quant.merge.interpolate_models` (moment-matched BatchNorm statistics). Quantized
 endpoints are first snapped to their deployed grid weights ``clamp(round(W/s)) s``, so a model stored on the grid
 (BRECQ/QDrop) and one stored off it (HDRQ's float weights, rounded at inference) give the same path when they deploy
