@@ -14,6 +14,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
+import yaml
 
 from raysel.errors import ConfigError
 from raysel.hyperparameters import config_from_dict
@@ -334,3 +335,14 @@ def test_config_is_frozen_and_its_literals_match_the_ptq_and_noise_choices() -> 
     assert typing.get_origin(types["ptq_method"]) is typing.Literal
     with pytest.raises(ConfigError, match="merge_samples must be >= 1"):
         hdrq.HdrqConfig(merge_samples=0).validate()
+
+
+def test_hdrq_weight_lr_schedule_reaches_the_ptq_config_and_the_search_space() -> None:
+    scaled = hdrq.HdrqConfig(reconstruction_iterations=2000).ptq_config(seed=0)
+    assert scaled.effective_weight_lr == pytest.approx(1e-3)  # 1e-4 x 20000 / 2000
+    fixed = hdrq.HdrqConfig(reconstruction_iterations=2000, weight_lr=3e-4, weight_lr_schedule="fixed").ptq_config(0)
+    assert fixed.effective_weight_lr == pytest.approx(3e-4)
+    with pytest.raises(ConfigError, match="weight_lr_schedule"):
+        hdrq.HdrqConfig(weight_lr_schedule="linear").validate()
+    space = yaml.safe_load((Path(__file__).parents[1] / "search_spaces" / "hdrq.yaml").read_text())
+    assert space["weight_lr_schedule"] == "scaled" and space["weight_lr"] == pytest.approx(1e-4)

@@ -9,7 +9,8 @@ from torch.nn import functional as F
 
 from raysel.errors import ConfigError
 from raysel.models.base import SegmentationModel
-from raysel.quant import interpolate_models, merge_batchnorm_statistics, merge_models, merge_quantized_weights
+from raysel.quant import (has_rounding_ties, interpolate_models, merge_batchnorm_statistics, merge_models,
+                          merge_quantized_weights)
 from raysel.quant import quantize_model
 
 class TinyNet(SegmentationModel):
@@ -141,6 +142,19 @@ def test_three_models_have_no_ties_so_noise_equals_float_rounding():
     noise, _ = merge_quantized_weights(weights, steps, -8, 7, "noise")
     plain, _ = merge_quantized_weights(weights, steps, -8, 7, "float")
     torch.testing.assert_close(noise, plain)
+
+
+def test_noise_draws_can_differ_only_when_the_merge_has_ties():
+    # Two quantized models have ties, so merge draws differ between seeds; three have none (odd count), so every
+    # draw is the same merge and the benchmark's 30-draw mean needs one draw; float models never have ties.
+    a, b, c = quantized(0), quantized(1), quantized(2)
+    assert has_rounding_ties([a, b]) and not has_rounding_ties([a, b, c]) and not has_rounding_ties([tiny(0), tiny(1)])
+    draws = [merge_models([a, b], rounding="noise", seed=seed) for seed in (0, 1)]
+    assert any(not torch.equal(draws[0].quantized_layers()[n].weight, draws[1].quantized_layers()[n].weight)
+               for n in draws[0].quantized_layers())
+    odd = [merge_models([a, b, c], rounding="noise", seed=seed) for seed in (0, 1)]
+    for name, layer in odd[0].quantized_layers().items():
+        assert torch.equal(layer.weight, odd[1].quantized_layers()[name].weight)
 
 
 def test_quantized_merge_averages_steps_and_is_seeded():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
@@ -12,7 +13,8 @@ from torch.nn import functional as F
 from raysel.errors import ConfigError
 from raysel.metrics import confusion_matrix, harmonic_mean, miou
 from raysel.quant import merge_models, quantize_model
-from raysel.quant.merge_quality import agreement_score, error_barrier, merge_quality, predict_labels
+from raysel.quant.merge_quality import (agreement_score, barrier_of_path, error_barrier, merge_quality,
+                                       predict_labels)
 
 def pixel_classifier(seed: int, num_classes: int = 4) -> nn.Module:
     """A 1x1-conv per-pixel classifier: logits [B, C, H, W]."""
@@ -77,8 +79,10 @@ def test_barrier_on_opposite_linear_models_is_log_classes_minus_endpoint_mean():
     assert barrier.t == [0.0, 0.5, 1.0]
     assert barrier.losses[1] == pytest.approx(math.log(4), abs=1e-6)
     assert barrier.losses[0] == pytest.approx(loss(model_a), abs=1e-6)
-    # Each endpoint contradicts the other's pseudo-labels, so here the endpoints are worse than the midpoint.
-    assert barrier.barrier == pytest.approx(max(0.0, math.log(4) - 0.5 * (loss(model_a) + loss(model_b))), abs=1e-6)
+    # Eq. 2: the highest point of the path minus the mean of the two endpoint losses.
+    endpoint_mean = 0.5 * (loss(model_a) + loss(model_b))
+    assert barrier.baseline == pytest.approx(endpoint_mean, abs=1e-6)
+    assert barrier.barrier == pytest.approx(max(loss(model_a), math.log(4), loss(model_b)) - endpoint_mean, abs=1e-6)
 
 
 @torch.no_grad()
@@ -109,6 +113,64 @@ def test_barrier_between_permuted_copies_is_the_midpoint_loss_increase():
     assert barrier.losses[0] == pytest.approx(barrier.losses[2], abs=1e-6)
     assert barrier.barrier == pytest.approx(loss(midpoint) - loss(model_a), abs=1e-5)
     assert barrier.barrier > 0.05
+
+
+@pytest.mark.parametrize("slope, expected", [(0.0, 0.0), (1.0, 0.5), (-3.0, 1.5)])
+def test_barrier_of_a_linear_loss_is_half_the_endpoint_gap(slope, expected):
+    # L(theta(t)) = 2 + slope * t: the path's maximum is an endpoint, so eq. 2 gives |L_a - L_b| / 2, the paper's lower
+    # bound for unequal endpoint losses (§3.3). The old baseline (the chord (1 - t) L_a + t L_b) gave 0 here.
+    losses = [2.0 + slope * t for t in torch.linspace(0, 1, 11).tolist()]
+    assert barrier_of_path(losses) == pytest.approx(expected)
+
+
+def test_barrier_of_a_quadratic_bump_is_its_height_above_the_endpoint_mean():
+    # L(theta(t)) = 1 + t + 4 c t (1 - t): endpoints 1 and 2 (mean 1.5); maximum at t* = (4c + 1) / (8c).
+    c = 2.0
+    ts = torch.linspace(0, 1, 1601).tolist()
+    t_star = (4 * c + 1) / (8 * c)
+    peak = 1 + t_star + 4 * c * t_star * (1 - t_star)
+    assert barrier_of_path([1 + t + 4 * c * t * (1 - t) for t in ts]) == pytest.approx(peak - 1.5, abs=1e-5)
+
+
+def quantized_pair_with_ties(x: torch.Tensor) -> tuple[nn.Module, nn.Module]:
+    """Two 4-bit quantized models with equal steps and on-grid weights, many of whose integer codes sum to an odd
+    number (exact ties at t = 0.5), as BRECQ/QDrop store them."""
+    torch.manual_seed(0)
+    base = nn.Sequential(nn.Conv2d(3, 8, 1), nn.ReLU(), nn.Conv2d(8, 8, 1), nn.ReLU(), nn.Conv2d(8, 4, 1)).eval()
+    first = quantize_model(base, 4, 4, example_input=x[:1]).calibrate(x)
+    second = copy.deepcopy(first)
+    with torch.no_grad():
+        for layer_a, layer_b in zip(first.quantized_layers().values(), second.quantized_layers().values()):
+            step = layer_a.weight_quantizer.scale
+            codes = layer_a.weight_quantizer.integer_weight(layer_a.weight)
+            layer_a.weight.copy_(codes * step)
+            shift = torch.randint(-2, 3, codes.shape, generator=torch.Generator().manual_seed(1))
+            codes_b = torch.clamp(codes + shift, layer_a.weight_quantizer.qmin, layer_a.weight_quantizer.qmax)
+            layer_b.weight.copy_(codes_b * step)
+    return first, second
+
+
+def off_grid_copy(model: nn.Module, seed: int) -> nn.Module:
+    """The same deployed integers stored off the grid (W + u s, |u| < 0.4), as HDRQ's float weights are."""
+    moved = copy.deepcopy(model)
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for layer in moved.quantized_layers().values():
+            offset = (torch.rand(layer.weight.shape, generator=generator) - 0.5) * 0.8
+            layer.weight.add_(offset * layer.weight_quantizer.scale)
+    return moved
+
+
+def test_on_grid_and_off_grid_weights_deploying_the_same_integers_have_the_same_barrier():
+    x = subset(4, count=4)
+    on_a, on_b = quantized_pair_with_ties(x)
+    off_a, off_b = off_grid_copy(on_a, 2), off_grid_copy(on_b, 3)
+    for on, off in ((on_a, off_a), (on_b, off_b)):  # same deployed model
+        assert torch.equal(on(x), off(x))
+    on_grid = error_barrier(on_a, on_b, x[:2], x[2:], num_points=3)  # t = 0.5 hits the exact ties
+    off_grid = error_barrier(off_a, off_b, x[:2], x[2:], num_points=3)
+    assert on_grid.losses == pytest.approx(off_grid.losses, abs=1e-5)
+    assert on_grid.barrier == pytest.approx(off_grid.barrier, abs=1e-5)
 
 
 def test_classification_models_and_batches_work():

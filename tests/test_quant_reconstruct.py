@@ -116,7 +116,7 @@ def _reconstruction_config(method: str, **overrides) -> PtqConfig:
     # Few iterations on a tiny model: learning rates raised so 60 steps let AdaRound's V saturate.
     values = dict(method=method, weight_bits=3, activation_bits=4, iterations=60, calibration_images=4,
                   batch_size=2, adaround_lr=5e-2, weight_lr=2e-3, activation_scale_lr=1e-3, brecq_activation_lr=1e-3,
-                  lambda_distance=1e-3, seed=0)
+                  lambda_distance=1e-3, seed=0, weight_lr_reference_iterations=None)  # the weight lr as chosen here
     values.update(overrides)
     return PtqConfig(**values)
 
@@ -209,6 +209,35 @@ def test_config_validation_and_paper_settings():
         reconstruct(quantized, images(), _reconstruction_config("qdrop"))
     with pytest.raises(ConfigError, match="non-empty"):
         reconstruct(quantized, torch.empty(0, 3, 8, 8), _reconstruction_config("qdrop", weight_bits=4))
+
+
+def test_hdrq_weight_lr_keeps_the_code_lr_times_iterations_budget_in_short_runs():
+    assert PtqConfig(iterations=20000).effective_weight_lr == pytest.approx(1e-4)  # the code's run: as is
+    assert PtqConfig(iterations=2000).effective_weight_lr == pytest.approx(1e-3)  # the paper's text value
+    assert PtqConfig(iterations=50).effective_weight_lr == pytest.approx(1e-2)  # capped at 100x
+    assert PtqConfig(iterations=40000).effective_weight_lr == pytest.approx(1e-4)  # never below weight_lr
+    assert PtqConfig(iterations=300, weight_lr_reference_iterations=None).effective_weight_lr == 1e-4
+    with pytest.raises(ConfigError, match="weight_lr_reference_iterations"):
+        PtqConfig(weight_lr_reference_iterations=0).validate()
+
+
+def test_short_hdrq_runs_with_the_scaled_weight_lr_move_integer_codes():
+    # Issue 14: with the code's 1e-4 a short run barely moves the weights (a few % of codes change). The scaled lr
+    # must let the weights travel, as AdaRound's raised lr lets V saturate.
+    model, calibration = tiny_model(), images()
+    nearest = quantize_model(model, 3, 4, example_input=calibration[:1]).calibrate(calibration)
+    start = {name: layer.weight_quantizer.integer_weight(layer.weight) for name, layer in nearest.quantized_layers().items()}
+
+    def changed_codes(reference_iterations: int | None) -> float:
+        config = _reconstruction_config("hdrq", iterations=60, weight_lr=1e-4,
+                                        weight_lr_reference_iterations=reference_iterations)
+        quantized, _ = quantize_and_reconstruct(model, calibration, config, base_model=model)
+        changed = [(layer.weight_quantizer.integer_weight(layer.weight) != start[name]).float()
+                   for name, layer in quantized.quantized_layers().items()]
+        return float(torch.cat([c.flatten() for c in changed]).mean())
+
+    unscaled, scaled = changed_codes(None), changed_codes(20000)
+    assert scaled > max(2 * unscaled, 0.05), (unscaled, scaled)
 
 
 def test_reconstruction_does_not_change_the_float_input_model():

@@ -58,6 +58,7 @@ from raysel.methods import networks, stages, training
 from raysel.methods.base import LocalSession, RunContext, require
 from raysel.methods.result import MODULE, TrainResult
 from raysel.quant import PTQ_METHODS, PtqConfig, merge_models, quantize_and_reconstruct, validate_bits
+from raysel.quant.ptq_config import CODE_ITERATIONS
 from raysel.registry import Method, get_method, register
 from raysel.quant.merge_quality import error_barrier, merge_quality
 from raysel.data.common import selection_subset
@@ -74,7 +75,7 @@ SHORT_ADAPTATION: dict[str, dict[str, Any]] = {"hiast": {"rounds": 1, "reports_p
 BARRIER_IMAGES = 32  # images per target on which the error barrier is measured (each path point re-predicts them)
 # PtqConfig fields that only HDRQ reads: left out of the cache key of BRECQ/QDrop specialists.
 HDRQ_ONLY_FIELDS = ("lambda_distance", "noise", "weight_lr", "warmup_start_multiplier", "real_quant_fraction",
-                    "histogram_samples")
+                    "histogram_samples", "weight_lr_reference_iterations")
 
 
 @dataclass(frozen=True)
@@ -91,6 +92,10 @@ class HdrqConfig:
     noise_sampling: bool = True  # merge rounding: §4.3 noise sampling (eq. 12) or plain float rounding (eq. 11)
     merge_samples: int = bounded(100, ge=1)  # noise draws of the cosine-similarity rejection (code: 100)
     reconstruction_iterations: int = bounded(300, ge=1)  # per block (paper/code 20000)
+    weight_lr: float = bounded(1e-4, gt=0.0)  # HDRQ lr of the float weights and weight steps (code 1e-4, paper text 1e-3)
+    # scaled: weight_lr x 20000 / reconstruction_iterations (at most 100x), the code's lr x steps budget in a short
+    # run (raysel.quant.ptq_config); fixed: weight_lr as given. hdrq only.
+    weight_lr_schedule: Literal["scaled", "fixed"] = "scaled"
     calibration_images: int = bounded(32, ge=1)  # unlabeled target training images per target (code 32)
     targets: tuple[str, ...] = ()  # target domains to adapt, quantize and merge; () = the family's default targets
     adaptation: str = "auto"  # registered method adapting each target; auto = hiast (segmentation) / gsda
@@ -134,7 +139,9 @@ class HdrqConfig:
         """The PTQ settings of one specialist (raysel.quant); ptq_method 'none' has none."""
         return PtqConfig(method=self.ptq_method, weight_bits=self.weight_bits, activation_bits=self.activation_bits,
                          iterations=self.reconstruction_iterations, calibration_images=self.calibration_images,
-                         lambda_distance=self.lambda_distance, noise=self.quantization_noise, seed=seed).validate()
+                         lambda_distance=self.lambda_distance, noise=self.quantization_noise, seed=seed,
+                         weight_lr=self.weight_lr, weight_lr_reference_iterations=(
+                             CODE_ITERATIONS if self.weight_lr_schedule == "scaled" else None)).validate()
 
 
 def parse_settings(text: str) -> dict[str, Any]:
@@ -322,13 +329,15 @@ def build_specialists(config: HdrqConfig, ctx: RunContext, targets: tuple[str, .
 
 
 def merge_specialists(config: HdrqConfig, ctx: RunContext, specialists: Specialists,
-                      watch: training.Stopwatch | None = None) -> Merge:
-    """Steps 4-5: merge (noise sampling eq. 12 or float rounding eq. 11), merge quality and error barrier."""
+                      watch: training.Stopwatch | None = None, merge_seed: int | None = None) -> Merge:
+    """Steps 4-5: merge (noise sampling eq. 12 or float rounding eq. 11), merge quality and error barrier.
+
+    ``merge_seed`` seeds the noise-sampling draw (default: the run's seed); the paper averages 30 such draws."""
     watch = watch or training.Stopwatch()
     with watch.time("merge"):
         merged = merge_models(list(specialists.models.values()),
-                              rounding="noise" if config.noise_sampling else "float",
-                              num_samples=config.merge_samples, seed=ctx.spec.seed).eval()
+                              rounding="noise" if config.noise_sampling else "float", num_samples=config.merge_samples,
+                              seed=ctx.spec.seed if merge_seed is None else merge_seed).eval()
     with watch.time("merge_quality"):
         quality = merge_quality(merged, specialists.models, specialists.images)
     metrics: dict[str, Any] = {f"merge_quality_{target}": value for target, value in quality.per_target.items()}

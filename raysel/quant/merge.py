@@ -77,6 +77,20 @@ def merge_models(models: Sequence[nn.Module], rounding: str = "noise", num_sampl
 
 
 @torch.no_grad()
+def has_rounding_ties(models: Sequence[nn.Module]) -> bool:
+    """Whether merging ``models`` meets an exact tie (an integer mean with fractional part 1/2) in any quantized
+    weight: only then can noise-sampling draws (eq. 12) differ; never for float models or an odd model count."""
+    if not isinstance(models[0], QuantizedModel):
+        return False
+    per_model = [model.quantized_layers() for model in models]
+    for name in per_model[0]:
+        integers = [layers[name].weight_quantizer.integer_weight(layers[name].weight) for layers in per_model]
+        if bool((torch.remainder(2 * sum(integers), 2 * len(models)) == len(models)).any()):
+            return True
+    return False
+
+
+@torch.no_grad()
 def merge_quantized_weights(weights: Sequence[torch.Tensor], steps: Sequence[torch.Tensor], qmin: int, qmax: int,
                             rounding: str = "noise", num_samples: int = 100,
                             generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:

@@ -11,15 +11,22 @@ that forgets any one target's behaviour scores low. No target labels are read.
 **Error barrier** (Frankle et al. 2020; HDRQ eq. 2), label-free: along ``theta(t) = (1 - t) theta_a + t theta_b``
 the loss is the cross-entropy against the endpoints' own predictions, each on its own target's images,
 ``L(theta) = 1/2 [CE(theta(x_a), argmax theta_a(x_a)) + CE(theta(x_b), argmax theta_b(x_b))]``, and
-``barrier = max_t [L(theta(t)) - ((1 - t) L(theta_a) + t L(theta_b))]`` over an even grid of ``t`` including both
-ends (so it is >= 0; 0 for identical models). Interpolation is :func:`raysel.quant.merge.interpolate_models`:
-float-domain for quantized models (their steps are interpolated too), moment-matched for BatchNorm statistics.
+``barrier = max_t L(theta(t)) - 1/2 (L(theta_a) + L(theta_b))`` (eq. 2: the baseline is the *mean* of the two
+endpoint losses) over an even grid of ``t`` including both ends, so it is >= ``|L(theta_a) - L(theta_b)| / 2``,
+the paper's lower bound for unequal endpoint losses (§3.3), and 0 for identical models.
+Interpolation is :func:`raysel.quant.merge.interpolate_models` (moment-matched BatchNorm statistics). Quantized
+endpoints are first snapped to their deployed grid weights ``clamp(round(W/s)) s``, so a model stored on the grid
+(BRECQ/QDrop) and one stored off it (HDRQ's float weights, rounded at inference) give the same path when they deploy
+the same integers; the path between the two deployed weight vectors is then evaluated without re-rounding the
+weights (activations stay quantized with interpolated steps). Re-rounding would make the mid-point a tie-breaking
+question (round-half-to-even of exact ties for on-grid weights only), which is the merge rule's business (§4.3).
 """
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
-from typing import Iterable, Mapping
+from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -29,6 +36,7 @@ from torch.nn import functional as F
 from raysel.errors import ConfigError
 from raysel.metrics import confusion_matrix, harmonic_mean, miou, pixel_accuracy
 from raysel.quant.merge import interpolate_models
+from raysel.quant.wrap import QuantizedModel
 
 AGREEMENTS = ("miou", "pixel")
 Images = torch.Tensor | Iterable[torch.Tensor]
@@ -45,12 +53,13 @@ class MergeQuality:
 
 @dataclass
 class ErrorBarrier:
-    """``barrier`` and the path it was read from: ``t``, ``losses`` L(theta(t)) and the endpoint line."""
+    """``barrier`` (eq. 2) and the path it was read from: ``t``, ``losses`` L(theta(t)) and ``baseline``, the mean
+    of the endpoint losses."""
 
     barrier: float
     t: list[float]
     losses: list[float]
-    linear: list[float]
+    baseline: float
 
 
 @torch.no_grad()
@@ -90,22 +99,53 @@ def merge_quality(merged: nn.Module, specialists: Mapping[str, nn.Module], targe
 @torch.no_grad()
 def error_barrier(model_a: nn.Module, model_b: nn.Module, images_a: Images, images_b: Images | None = None,
                   num_points: int = 11, batch_size: int = 8) -> ErrorBarrier:
-    """Label-free error barrier between two models on the linear path (see module docstring)."""
+    """Label-free error barrier (eq. 2) between two models on the linear path (see module docstring)."""
     if isinstance(num_points, bool) or not isinstance(num_points, int) or num_points < 2:
         raise ConfigError(f"num_points must be an integer >= 2, got {num_points!r}")
     images_a = _materialise(images_a)
     images_b = images_a if images_b is None else _materialise(images_b)
     pseudo_a = predict_labels(model_a, images_a, batch_size)
     pseudo_b = predict_labels(model_b, images_b, batch_size)
+    endpoint_a, endpoint_b = deployed_weights(model_a), deployed_weights(model_b)
     ts = np.linspace(0.0, 1.0, num_points).tolist()
     losses = []
     for t in ts:
-        model = model_a if t == 0.0 else model_b if t == 1.0 else interpolate_models([model_a, model_b], [1.0 - t, t])
+        model = path_point(endpoint_a, endpoint_b, t)
         losses.append(0.5 * (_cross_entropy(model, images_a, pseudo_a, batch_size)
                              + _cross_entropy(model, images_b, pseudo_b, batch_size)))
-    linear = [(1.0 - t) * losses[0] + t * losses[-1] for t in ts]
-    barrier = max(loss - line for loss, line in zip(losses, linear))
-    return ErrorBarrier(float(barrier), ts, losses, linear)
+    baseline = 0.5 * (losses[0] + losses[-1])
+    return ErrorBarrier(barrier_of_path(losses), ts, losses, baseline)
+
+
+def barrier_of_path(losses: Sequence[float]) -> float:
+    """Eq. 2 on a sampled path ``L(theta(t_0 = 0)), ..., L(theta(t_n = 1))``: the highest loss minus the mean of
+    the two endpoint losses (for a linear loss that is ``|L_a - L_b| / 2``, for equal endpoints the bump height)."""
+    if len(losses) < 2:
+        raise ConfigError(f"an error barrier needs the losses of at least the two endpoints, got {len(losses)}")
+    return float(max(losses) - 0.5 * (losses[0] + losses[-1]))
+
+
+def deployed_weights(model: nn.Module) -> nn.Module:
+    """A quantized model with its weights replaced by the grid weights it deploys, ``clamp(round(W/s)) s``,
+    and weight quantization off (a no-op on those weights); other models unchanged. Why: see module docstring."""
+    if not isinstance(model, QuantizedModel):
+        return model
+    snapped = copy.deepcopy(model)
+    for layer in snapped.quantized_layers().values():
+        quantizer = layer.weight_quantizer
+        layer.weight.data.copy_(quantizer.integer_weight(layer.weight) * quantizer.scale.detach())
+        quantizer.alpha = None
+        quantizer.set_mode("float")
+    return snapped
+
+
+def path_point(model_a: nn.Module, model_b: nn.Module, t: float) -> nn.Module:
+    """``theta(t) = (1 - t) theta_a + t theta_b`` (the endpoints themselves at t = 0 and 1)."""
+    if t == 0.0:
+        return model_a
+    if t == 1.0:
+        return model_b
+    return interpolate_models([model_a, model_b], [1.0 - t, t])
 
 
 def _materialise(images: Images) -> list[torch.Tensor]:

@@ -202,7 +202,7 @@ def _reconstruct_hdrq(name: str, unit: nn.Module, quantized: QuantizedModel, flo
         quantizer.set_mode(noise_mode)
         quantizer.drop_prob = config.drop_prob
     weight_steps = [layer.weight_quantizer.scale for layer in layers]
-    weight_optimizer = torch.optim.Adam([layer.weight for layer in layers] + weight_steps, lr=config.weight_lr)
+    weight_optimizer = torch.optim.Adam([layer.weight for layer in layers] + weight_steps, lr=config.effective_weight_lr)
     optimizers = [weight_optimizer]
     schedulers = [cosine_with_warmup(weight_optimizer, config.iterations, config.warm_up * config.iterations,
                                       config.warmup_start_multiplier)]
