@@ -41,7 +41,6 @@ from pathlib import Path
 from typing import Any, Callable
 
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from raysel.errors import ConfigError, DataError, UserError
@@ -260,10 +259,9 @@ class ResultStore:
             paths = sorted(self.table_dir(table).glob(f"method=*/{_glob_escape(candidate)}"))
             for path in filter(_is_visible_parquet, paths):
                 rows = pq.read_table(path)
-                if is_compacted(path):
-                    rows = rows.filter(pc.equal(rows[key_column(table)], key))
-                if rows.num_rows:
-                    return path.parent / name, rows.slice(0, 1)
+                keys = rows[key_column(table)].to_pylist()
+                if key in keys:  # the per-key file, or the key's row of the compacted file
+                    return path.parent / name, rows.slice(keys.index(key), 1)
         raise DataError(f"no {table[:-1]} {key!r} of sweep {sweep_id!r} in the result store {self.root}")
 
     def read_trial(self, sweep_id: str, trial_id: str) -> dict[str, Any] | None:
@@ -431,6 +429,7 @@ def _connect() -> Any:
 
     connection = duckdb.connect(":memory:")
     connection.execute("SET TimeZone = 'UTC'")  # timestamps come back in UTC, whatever the machine's zone
+    connection.execute("SET parquet_metadata_cache = true")  # the views' DESCRIBE parsed the footers: reuse them
     return connection
 
 
