@@ -55,9 +55,9 @@ TASKS = ("segmentation", "classification")
 DEFAULT_PROBABILITY_GRID = (16, 32)
 MAX_CLASSES = 255  # class ids are stored as uint8; 255 stays free as the ignore value
 LABELS_MEMBER = "labels.npy"
-# Label arrays larger than this are streamed from the file (StreamedLabels), not loaded: 64 MiB is 128 images of
+# Label arrays larger than this are streamed from the file (StreamedLabels), not loaded: 16 MiB is 32 images of
 # 512x1024 per candidate; selection over 40 such candidates then holds a few images of each at a time.
-STREAM_LABELS_BYTES = 64 << 20
+STREAM_LABELS_BYTES = 16 << 20
 STREAM_IMAGES_PER_BATCH = 8
 
 
