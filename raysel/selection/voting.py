@@ -409,14 +409,12 @@ class FusedVoteAccumulator:
 
 
 class StreamedLabelMaps(Protocol):
-    """Labels of one candidate that are read in image batches, not held in memory (e.g. a prediction file's
-    ``StreamedLabels``): a uint8 ``shape`` and consecutive ``[k, ...]`` batches over axis 0."""
+    """One candidate's labels read in image batches, not held in memory (a prediction file's ``StreamedLabels``)."""
 
     shape: tuple[int, ...]
 
     def batches(self, images_per_batch: int) -> Iterator[np.ndarray]:
-        """Consecutive uint8 batches of at most ``images_per_batch`` images, in order."""
-        ...
+        """Consecutive uint8 ``[k, ...]`` batches of at most ``images_per_batch`` images, in order."""
 
 
 LabelMaps = Union[np.ndarray, StreamedLabelMaps]
@@ -427,8 +425,7 @@ def _is_streamed(labels: object) -> bool:
 
 
 def _stack_label_maps(label_maps: np.ndarray | Sequence[LabelMaps], stream: bool = False) -> list[LabelMaps]:
-    """Check that all candidates' label arrays share one shape and return them as a list of uint8 arrays; with
-    ``stream``, streamed label maps stay streamed (otherwise they are read whole)."""
+    """Check the candidates' labels share one shape; return uint8 arrays (streamed maps stay so with ``stream``)."""
     maps = [m if stream and _is_streamed(m) else _as_label_array(m, f"candidate {i}")
             for i, m in enumerate(label_maps)]
     if not maps:
@@ -440,8 +437,7 @@ def _stack_label_maps(label_maps: np.ndarray | Sequence[LabelMaps], stream: bool
 
 
 def _image_batches(maps: list[LabelMaps]) -> Iterable[np.ndarray]:
-    """Yield ``[n, pixels]`` stacks of a few images at a time (axis 0 of each map indexes images); streamed maps
-    are read batch by batch, so memory stays O(n × batch) whatever the number of images."""
+    """Yield ``[n, pixels]`` stacks of a few images at a time (axis 0 indexes images): memory O(n × batch)."""
     shape = tuple(maps[0].shape)
     if not shape:
         raise ValueError("candidate labels need at least one dimension (images)")
@@ -455,9 +451,8 @@ def _batches_of(labels: LabelMaps, items_per_batch: int) -> Iterator[np.ndarray]
     """Consecutive ``[k, ...]`` batches of one candidate's labels (read from disk when streamed)."""
     if _is_streamed(labels):
         yield from labels.batches(items_per_batch)
-        return
-    for start in range(0, labels.shape[0], items_per_batch):
-        yield labels[start:start + items_per_batch]
+    else:
+        yield from (labels[start:start + items_per_batch] for start in range(0, labels.shape[0], items_per_batch))
 
 
 def fused_vote(label_maps: np.ndarray | Sequence[np.ndarray], num_classes: int | None = None) -> np.ndarray:
