@@ -65,6 +65,7 @@ class SyntheticSweep:
         self.class_probabilities = weights / weights.sum()
         # Candidate skill: the fraction of the "hard" region each candidate gets right, spread over the sweep.
         self.skills = np.linspace(0.78, 0.96, num_candidates)
+        self._scenes: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}  # candidate_image's per-image scenes
 
     def _upsample(self, blocks: np.ndarray, factor: int) -> np.ndarray:
         full = blocks.repeat(factor, axis=0).repeat(factor, axis=1)
@@ -88,15 +89,18 @@ class SyntheticSweep:
     def candidate_image(self, image: int, candidate: int, seed: int) -> np.ndarray:
         """Candidate ``candidate``'s labels of image ``image``, like :meth:`realistic` but reproducible per
         (image, candidate), so one candidate's file is written without holding every candidate's labels."""
-        block, shared = 8, np.random.default_rng([seed, image])
-        coarse = (-(-self.height // 32), -(-self.width // 32))
-        fine = (-(-self.height // block), -(-self.width // block))
-        truth = shared.choice(self.num_classes, size=coarse, p=self.class_probabilities).astype(np.uint8)
-        truth = truth.repeat(32 // block, axis=0).repeat(32 // block, axis=1)[: fine[0], : fine[1]]
-        wrong = ((truth.astype(np.int64) + shared.integers(1, 4, fine)) % self.num_classes).astype(np.uint8)
-        difficulty = shared.random(fine)
+        block = 8
+        if image not in self._scenes:  # the image's scene, shared by every candidate (small: 8-px blocks)
+            shared = np.random.default_rng([seed, image])
+            coarse = (-(-self.height // 32), -(-self.width // 32))
+            fine = (-(-self.height // block), -(-self.width // block))
+            truth = shared.choice(self.num_classes, size=coarse, p=self.class_probabilities).astype(np.uint8)
+            truth = truth.repeat(32 // block, axis=0).repeat(32 // block, axis=1)[: fine[0], : fine[1]]
+            wrong = ((truth.astype(np.int64) + shared.integers(1, 4, fine)) % self.num_classes).astype(np.uint8)
+            self._scenes[image] = (truth, wrong, shared.random(fine).astype(np.float32))
+        truth, wrong, difficulty = self._scenes[image]
         own = np.random.default_rng([seed, image, candidate + 1])
-        errs = (difficulty > self.skills[candidate]) | (own.random(fine) < 0.02)
+        errs = (difficulty > self.skills[candidate]) | (own.random(truth.shape, dtype=np.float32) < 0.02)
         return self._upsample(np.where(errs, wrong, truth), block)
 
     def worst_case(self) -> np.ndarray:

@@ -439,11 +439,12 @@ def _user_sql_error(error: Exception) -> UserError:
     return UserError(f"SQL error: {lines[0] if lines else type(error).__name__}")
 
 
-def open_connection(root: Path | str | None = None) -> Any:
-    """A DuckDB connection with views ``trials`` and ``selections`` over the store (empty views for no files)."""
+def open_connection(root: Path | str | None = None, query: str | None = None) -> Any:
+    """A DuckDB connection with views ``trials`` and ``selections`` over the store (empty views for no files); with
+    ``query``, only the views its text names (each view reads every file's schema, so a skipped one saves that)."""
     store = ResultStore(_existing_root(root))
     connection = _connect()
-    for table in TABLES:
+    for table in (name for name in TABLES if query is None or name in query.lower()):
         connection.execute(f"CREATE VIEW {table} AS {_select_files(connection, table, store.files(table))}")
     return connection
 
@@ -457,7 +458,7 @@ def sql_arrow(query: str, root: Path | str | None = None) -> pa.Table:
     """Like :func:`sql` but returns a pyarrow Table (exact types; used by the query CLI's formatters)."""
     import duckdb  # lazy: see _connect
 
-    connection = open_connection(root)
+    connection = open_connection(root, query)
     try:
         relation = connection.sql(query)
         return relation.to_arrow_table() if relation is not None else pa.table({})
