@@ -169,7 +169,7 @@ def measure(root: Path, repeats: int, compacted: bool, full: bool = True) -> dic
             median_seconds(lambda: run_command([python, "-m", "raysel.query", COUNT_QUERY, "--results", str(root)]),
                            repeats),
             median_seconds(lambda: run_command([python, "-c", duck_count]), repeats)),
-        "re-selection of one sweep (F-mIoU, 100 candidates)": (median_seconds(reselect, repeats), None),
+        "re-selection of one sweep (F-mIoU over its candidates)": (median_seconds(reselect, repeats), None),
     })
     return results
 
