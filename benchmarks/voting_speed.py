@@ -19,6 +19,7 @@ labels (no agreement to exploit) is timed on ``--worst-case-images`` images.
 
     python -m benchmarks.voting_speed                       # full size: 10 candidates, 500 images of 512x1024
     python -m benchmarks.voting_speed --images 20 --height 128 --width 256 --no-write   # quick run
+    python -m benchmarks.voting_speed --paper-scale --paper-images 50,100,200   # 40 candidates' files, peak RSS
 
 Writes the ``## voting_speed`` section of BENCHMARKS.md (replacing an existing one) unless ``--no-write``.
 """
@@ -27,11 +28,15 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import json
 import os
 import platform
 import re
+import resource
 import shlex
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -40,6 +45,8 @@ import scipy
 import scipy.stats
 
 from raysel.metrics import ConfusionMatrix
+from raysel.selection.predictions import CandidatePredictions, load_predictions, save_predictions
+from raysel.selection.selectors import get_selector
 from raysel.selection.voting import FusedVoteAccumulator, pixel_runs
 
 REPO = Path(__file__).resolve().parent.parent
@@ -58,6 +65,7 @@ class SyntheticSweep:
         self.class_probabilities = weights / weights.sum()
         # Candidate skill: the fraction of the "hard" region each candidate gets right, spread over the sweep.
         self.skills = np.linspace(0.78, 0.96, num_candidates)
+        self._scenes: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}  # candidate_image's per-image scenes
 
     def _upsample(self, blocks: np.ndarray, factor: int) -> np.ndarray:
         full = blocks.repeat(factor, axis=0).repeat(factor, axis=1)
@@ -77,6 +85,23 @@ class SyntheticSweep:
             errs = (difficulty > skill) | (rng.random(fine) < 0.02)
             stack[i] = self._upsample(np.where(errs, wrong, truth), block)
         return stack
+
+    def candidate_image(self, image: int, candidate: int, seed: int) -> np.ndarray:
+        """Candidate ``candidate``'s labels of image ``image``, like :meth:`realistic` but reproducible per
+        (image, candidate), so one candidate's file is written without holding every candidate's labels."""
+        block = 8
+        if image not in self._scenes:  # the image's scene, shared by every candidate (small: 8-px blocks)
+            shared = np.random.default_rng([seed, image])
+            coarse = (-(-self.height // 32), -(-self.width // 32))
+            fine = (-(-self.height // block), -(-self.width // block))
+            truth = shared.choice(self.num_classes, size=coarse, p=self.class_probabilities).astype(np.uint8)
+            truth = truth.repeat(32 // block, axis=0).repeat(32 // block, axis=1)[: fine[0], : fine[1]]
+            wrong = ((truth.astype(np.int64) + shared.integers(1, 4, fine)) % self.num_classes).astype(np.uint8)
+            self._scenes[image] = (truth, wrong, shared.random(fine).astype(np.float32))
+        truth, wrong, difficulty = self._scenes[image]
+        own = np.random.default_rng([seed, image, candidate + 1])
+        errs = (difficulty > self.skills[candidate]) | (own.random(truth.shape, dtype=np.float32) < 0.02)
+        return self._upsample(np.where(errs, wrong, truth), block)
 
     def worst_case(self) -> np.ndarray:
         """One image of independent uniform labels: no agreement for the fast paths to exploit."""
@@ -238,6 +263,84 @@ def write_section(path: Path, section: str) -> None:
     path.write_text(text)
 
 
+# --------------------------------------------------------------------------------------------------------------
+# --paper-scale: selection over 40 candidates' prediction files, streamed, peak RSS per image count
+# --------------------------------------------------------------------------------------------------------------
+
+
+def write_candidate_files(folder: Path, args: argparse.Namespace, num_images: int) -> list[Path]:
+    """One real prediction cache per candidate (``save_predictions``, as trials write them), built one at a time."""
+    sweep = SyntheticSweep(args.paper_candidates, args.height, args.width, args.classes, args.seed)
+    paths = []
+    for candidate in range(args.paper_candidates):
+        labels = np.empty((num_images, args.height, args.width), dtype=np.uint8)
+        for image in range(num_images):
+            labels[image] = sweep.candidate_image(image, candidate, args.seed)
+        predictions = CandidatePredictions(labels=labels, probabilities=None,
+                                           image_ids=tuple(f"image_{i:04d}" for i in range(num_images)),
+                                           image_indices=np.arange(num_images), num_classes=args.classes,
+                                           task="segmentation")
+        paths.append(save_predictions(folder / f"candidate_{candidate:02d}.npz", predictions))
+        del labels, predictions
+    return paths
+
+
+def score_files(folder: Path) -> dict:
+    """Child process: F-mIoU selection over every prediction file in ``folder`` through the product's reader and
+    selector; wall/CPU time and peak RSS (``resource.getrusage``) of this process, which did nothing else."""
+    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    wall, cpu = time.perf_counter(), time.process_time()
+    candidates = [load_predictions(path, with_probabilities=False) for path in sorted(folder.glob("*.npz"))]
+    scores = get_selector("fmiou").score(candidates)
+    return {"wall_s": time.perf_counter() - wall, "cpu_s": time.process_time() - cpu,
+            "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "rss_after_imports_mib": rss_before / 1024, "streamed": type(candidates[0].labels).__name__,
+            "best": int(np.argmax(scores))}
+
+
+def run_paper_scale(args: argparse.Namespace) -> list[dict]:
+    """For each image count: write the candidates' files (not timed), then score them in a fresh process."""
+    results = []
+    for num_images in args.paper_images:
+        with tempfile.TemporaryDirectory(prefix="raysel-paper-scale-") as scratch:
+            folder = Path(scratch)
+            started = time.perf_counter()
+            paths = write_candidate_files(folder, args, num_images)
+            written_s = time.perf_counter() - started
+            child = subprocess.run([sys.executable, "-m", "benchmarks.voting_speed", "--score-files", str(folder)],
+                                   check=True, capture_output=True, text=True, cwd=REPO)
+            result = json.loads(child.stdout.strip().splitlines()[-1])
+            result.update(images=num_images, written_s=written_s,
+                          disk_mib=sum(path.stat().st_size for path in paths) / 2**20,
+                          labels_mib=args.paper_candidates * num_images * args.height * args.width / 2**20)
+            results.append(result)
+            print(json.dumps(result), flush=True)
+    return results
+
+
+def paper_scale_report(args: argparse.Namespace, results: list[dict], command: str) -> str:
+    """The markdown subsection of the paper-scale run."""
+    lines = [f"### paper scale: {args.paper_candidates} candidates x images of {args.height}x{args.width}", "",
+             f"Command: `{command}`  ", f"Date: {dt.date.today().isoformat()}  ",
+             f"Machine: {machine()}; load average {os.getloadavg()[0]:.1f} after (shared with other jobs)", "",
+             "F-mIoU selection through the product's path: each candidate's labels written by `save_predictions` "
+             "(compressed `.npz`, the sweep's prediction cache; synthetic sweep as above, reproducible per image and "
+             "candidate), read by `load_predictions` (labels over 16 MiB stay in the file and are streamed a few "
+             "images at a time) and scored by the `fmiou` selector, in a fresh process per row so that its peak RSS "
+             "(`resource.getrusage`) is the selection's alone.", "",
+             "| images | labels if held in memory | files on disk | selection wall | CPU | peak RSS | RSS after "
+             "imports | wall per image |", "|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    lines += [f"| {r['images']} | {r['labels_mib'] / 1024:.1f} GiB | {r['disk_mib']:.0f} MiB | {r['wall_s']:.1f} s "
+              f"| {r['cpu_s']:.1f} s | {r['peak_rss_mib']:.0f} MiB | {r['rss_after_imports_mib']:.0f} MiB | "
+              f"{1e3 * r['wall_s'] / r['images']:.0f} ms |" for r in results]
+    per_image = results[-1]["cpu_s"] / results[-1]["images"]
+    lines += ["", f"Peak RSS stays flat as the images grow (the labels read are {args.paper_candidates} x one batch "
+              f"of images); at 500 images the CPU time extrapolates to {500 * per_image:.0f} s "
+              f"({1e3 * per_image:.0f} ms CPU per image of {args.paper_candidates} candidates, decompression "
+              "included).", ""]
+    return "\n".join(lines)
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -253,6 +356,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output", type=Path, default=REPO / "BENCHMARKS.md")
     parser.add_argument("--no-write", action="store_true", help="print the table only")
+    parser.add_argument("--paper-scale", action="store_true",
+                        help="instead: time F-mIoU selection over --paper-candidates prediction files of "
+                        "--paper-images images each (streamed from disk), with its peak RSS; prints a subsection")
+    parser.add_argument("--paper-candidates", type=int, default=40)
+    parser.add_argument("--paper-images", type=lambda text: [int(part) for part in text.split(",")],
+                        default=[50, 100, 200], help="comma-separated image counts, one run each (default 50,100,200)")
+    parser.add_argument("--score-files", type=Path, default=None, help=argparse.SUPPRESS)  # the --paper-scale child
     args = parser.parse_args(argv)
     if min(args.candidates, args.images, args.height, args.width, args.classes, args.reference_images) < 1:
         parser.error("--candidates, --images, --height, --width, --classes and --reference-images must be >= 1")
@@ -265,6 +375,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     command = "python -m benchmarks.voting_speed" + ("" if not argv and len(sys.argv) <= 1 else
                                                       " " + shlex.join(argv if argv is not None else sys.argv[1:]))
+    if args.score_files is not None:
+        print(json.dumps(score_files(args.score_files)))
+        return 0
+    if args.paper_scale:
+        print(paper_scale_report(args, run_paper_scale(args), command))
+        return 0
     load_before = os.getloadavg()[0]
     result = run(args)
     section = report(args, result, command, (load_before, os.getloadavg()[0]))

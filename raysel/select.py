@@ -19,6 +19,7 @@ from raysel.execution.repredict import repredict_sweep
 from raysel.selection.decision import select_sweep
 from raysel.selection.selectors import selector_names
 from raysel.store import ResultStore
+from raysel.store_compaction import compact_sweep
 from raysel.summary import decision_lines, format_trials_table
 
 
@@ -53,6 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     store = ResultStore(args.results)
     repredict_sweep(store, args.sweep, only_missing=not args.repredict, address=args.address)
     decisions = select_sweep(store, args.sweep, selectors=args.selectors, record_all=True)
+    compact_sweep(store, args.sweep)  # the re-scored rows were written as per-trial files: merge them back
     if not decisions:
         raise DataError(f"no selector could score sweep {args.sweep!r} (the lines above say why)")
     print("\n" + format_trials_table(store.load_sweep(args.sweep), decisions) + "\n")

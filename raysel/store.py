@@ -7,10 +7,14 @@ Layout under the results root (Hive-style partitions, so DuckDB/pyarrow/Spark re
 
 Decisions:
 
-* **One file per key.** The key of a trial is (sweep_id, trial_id), of a selection (sweep_id, selection_id). The key
-  *is* the file name, so a resumed sweep that writes a trial again replaces its file: rows are never duplicated and no
-  compaction or de-duplication step exists. ``sweep_id`` may not contain ``__`` (the separator), which keeps the
-  mapping from file name to key unambiguous.
+* **One file per key while a sweep runs.** The key of a trial is (sweep_id, trial_id), of a selection (sweep_id,
+  selection_id). The key *is* the file name, so a resumed sweep that writes a trial again replaces its file: rows are
+  never duplicated. ``sweep_id`` may not contain ``__`` (the separator), which keeps the mapping from file name to
+  key unambiguous.
+* **One file per finished sweep.** :mod:`raysel.store_compaction` merges a finished sweep's per-key files of one
+  method into ``<sweep_id>.parquet`` (no separator: 100 files, not 10,000, for 10,000 trials). A per-key file written
+  later (a trial re-run or re-scored) *overrides* the compacted row of its key in every reader here, so each key is
+  read once at every step of a compaction and after it.
 * **The method lives in the path only** (``method=...``), as Hive partition columns do; storing it in the files too
   makes ``pyarrow``/``pandas.read_parquet(trials/)`` fail with "Field method has incompatible types". Every reader here
   adds it back from the path.
@@ -26,6 +30,7 @@ Decisions:
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import re
@@ -33,7 +38,7 @@ import time
 import typing
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -49,6 +54,7 @@ if typing.TYPE_CHECKING:  # pragma: no cover
 TABLES = ("trials", "selections")
 RESULTS_ENV = "RAYSEL_RESULTS"
 PARQUET_SUFFIX = ".parquet"
+SOURCE_FILE_COLUMN = "__raysel_source_file"  # read_parquet's file-name column, only to drop overridden rows
 
 # Errors that mean "this location cannot take a write" (full disk, read-only mount, permissions, a file in the way):
 # they become a UserError naming the path. Anything else is a bug and keeps its traceback.
@@ -63,16 +69,12 @@ UNWRITABLE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EA
 
 def _fsync_directory(directory: Path) -> None:
     """Make a rename durable (best effort: some file systems refuse fsync on a directory)."""
-    try:
+    with contextlib.suppress(OSError):
         descriptor = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(descriptor)
-    except OSError:
-        pass
-    finally:
-        os.close(descriptor)
+        try:
+            os.fsync(descriptor)
+        finally:
+            os.close(descriptor)
 
 
 def _unwritable(path: Path, error: OSError) -> UserError:
@@ -80,8 +82,9 @@ def _unwritable(path: Path, error: OSError) -> UserError:
                      f"touched (any previous version of this file is intact)")
 
 
-def write_table_atomically(table: pa.Table, path: Path) -> Path:
-    """Write ``table`` to ``path`` so readers see the old file or the complete new one, never a partial file."""
+def write_table_atomically(table: pa.Table, path: Path, before_replace: Callable[[], None] | None = None) -> Path:
+    """Write ``table`` to ``path`` so readers see the old file or the complete new one, never a partial file.
+    ``before_replace`` runs once the temporary file is complete (a test hook of compaction)."""
     # pid plus a random suffix: two threads of one process writing the same key never share a temp file.
     temporary = path.parent / f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     try:
@@ -90,6 +93,8 @@ def write_table_atomically(table: pa.Table, path: Path) -> Path:
             pq.write_table(table, handle)
             handle.flush()
             os.fsync(handle.fileno())
+        if before_replace is not None:
+            before_replace()
         os.replace(temporary, path)
     except OSError as error:
         _remove_quietly(temporary)
@@ -104,10 +109,8 @@ def write_table_atomically(table: pa.Table, path: Path) -> Path:
 
 
 def _remove_quietly(path: Path) -> None:
-    try:
+    with contextlib.suppress(OSError):
         path.unlink()
-    except OSError:
-        pass
 
 
 def _is_visible_parquet(path: Path) -> bool:
@@ -156,7 +159,11 @@ class ResultStore:
             for path in partition.iterdir():
                 if _is_visible_parquet(path) and (sweep_id is None or _key_of(path)[0] == sweep_id):
                     found.append(path)
-        return sorted(found)
+        return sorted(found, key=_file_order)
+
+    def compacted_path(self, table: str, method: str, sweep_id: str) -> Path:
+        """Where the compacted rows of ``sweep_id`` (one method) live: ``<table>/method=<m>/<sweep_id>.parquet``."""
+        return self.table_dir(table) / f"method={method}" / f"{sweep_id}{PARQUET_SUFFIX}"
 
     # -- writing -------------------------------------------------------------------------------------------------
     def check_writable(self) -> None:
@@ -201,8 +208,7 @@ class ResultStore:
 
     def update_trial_scores(self, sweep_id: str, trial_id: str, scores: dict[str, float | None]) -> Path:
         """Set ``score_<selector>`` columns on a stored trial (atomic rewrite of its file); other columns unchanged."""
-        path = self._find_one("trials", sweep_id, trial_id)
-        table = pq.read_table(path)
+        path, table = self._read_row("trials", sweep_id, trial_id)
         for selector, value in scores.items():
             column = _score_column(selector)
             array = pa.array([_coerce_value(column, value, pa.float64())], type=pa.float64())
@@ -215,8 +221,7 @@ class ResultStore:
     def update_trial_columns(self, sweep_id: str, trial_id: str, values: dict[str, Any]) -> Path:
         """Set existing columns of a stored trial, keeping their types (atomic rewrite); e.g. a re-computed
         ``predictions_path``. A column the file does not have raises ValueError (add columns with write_trial)."""
-        path = self._find_one("trials", sweep_id, trial_id)
-        table = pq.read_table(path)
+        path, table = self._read_row("trials", sweep_id, trial_id)
         for column, value in values.items():
             if column not in table.column_names:
                 raise ValueError(f"trial {trial_id!r} of sweep {sweep_id!r} has no column {column!r} to update")
@@ -246,28 +251,39 @@ class ResultStore:
         return removed
 
     # -- reading -------------------------------------------------------------------------------------------------
-    def _find_one(self, table: str, sweep_id: str, key: str) -> Path:
+    def _read_row(self, table: str, sweep_id: str, key: str) -> tuple[Path, pa.Table]:
+        """(the key's per-key file path, its one-row table) from that file, else from the compacted sweep file (the
+        row is then rewritten to the per-key path, which overrides the compacted row). DataError when none has it."""
         name = f"{sweep_id}{KEY_SEPARATOR}{key}{PARQUET_SUFFIX}"
-        matches = sorted(p for p in self.table_dir(table).glob(f"method=*/{_glob_escape(name)}") if _is_visible_parquet(p))
-        if not matches:
-            raise DataError(f"no {table[:-1]} {key!r} of sweep {sweep_id!r} in the result store {self.root}")
-        return matches[0]
+        for candidate in (name, f"{sweep_id}{PARQUET_SUFFIX}"):
+            paths = sorted(self.table_dir(table).glob(f"method=*/{_glob_escape(candidate)}"))
+            for path in filter(_is_visible_parquet, paths):
+                rows = pq.read_table(path)
+                keys = rows[key_column(table)].to_pylist()
+                if key in keys:  # the per-key file, or the key's row of the compacted file
+                    return path.parent / name, rows.slice(keys.index(key), 1)
+        raise DataError(f"no {table[:-1]} {key!r} of sweep {sweep_id!r} in the result store {self.root}")
 
     def read_trial(self, sweep_id: str, trial_id: str) -> dict[str, Any] | None:
         """The stored row of one trial as a dict (``method`` included), or None when it was never written."""
         try:
-            path = self._find_one("trials", sweep_id, trial_id)
+            path, table = self._read_row("trials", sweep_id, trial_id)
         except DataError:
             return None
-        (record,) = pq.read_table(path).to_pylist()
+        (record,) = table.to_pylist()
         return {"method": _method_of(path), **record}
 
     def trial_ids(self, sweep_id: str, status: str | None = None) -> set[str]:
         """Trial ids that have a row in ``sweep_id`` (any status, or only ``status`` when given)."""
         paths = self.files("trials", sweep_id=sweep_id)
-        if status is None:
-            return {_key_of(path)[1] for path in paths}
-        return {_key_of(path)[1] for path in paths if pq.read_table(path, columns=["status"])["status"][0].as_py() == status}
+        per_key = {_key_of(path)[1]: path for path in paths if not is_compacted(path)}
+        found = {key for key, path in per_key.items()
+                 if status is None or pq.read_table(path, columns=["status"])["status"][0].as_py() == status}
+        for path in filter(is_compacted, paths):  # rows a per-key file overrides are not counted twice
+            table = pq.read_table(path, columns=["trial_id", "status"])
+            found |= {trial for trial, state in zip(table["trial_id"].to_pylist(), table["status"].to_pylist())
+                      if trial not in per_key and (status is None or state == status)}
+        return found
 
     def sweeps(self) -> list[str]:
         """Every sweep id with at least one trial or selection row, sorted."""
@@ -292,8 +308,25 @@ def _check_table(table: str) -> str:
     return table
 
 
+def is_compacted(path: Path) -> bool:
+    """Whether ``path`` is a compacted sweep file (``<sweep_id>.parquet``: no key separator in the name)."""
+    return KEY_SEPARATOR not in path.name
+
+
+def key_column(table: str) -> str:
+    """The column that keys a row within its sweep: ``trial_id`` or ``selection_id``."""
+    return "trial_id" if _check_table(table) == "trials" else "selection_id"
+
+
+def _file_order(path: Path) -> tuple[str, str]:
+    """Sort key of a store file: a compacted sweep file just before its sweep's per-key files (same row order)."""
+    name = f"{path.name[: -len(PARQUET_SUFFIX)]}{KEY_SEPARATOR}" if is_compacted(path) else path.name
+    return str(path.parent), name
+
+
 def _key_of(path: Path) -> tuple[str, str]:
-    """(sweep_id, trial_or_selection_id) from a file name; sweep ids contain no separator, so the first one splits."""
+    """(sweep_id, trial_or_selection_id) from a file name; sweep ids contain no separator, so the first one splits.
+    A compacted sweep file gives (sweep_id, "")."""
     stem = path.name[: -len(PARQUET_SUFFIX)]
     sweep_id, _, key = stem.partition(KEY_SEPARATOR)
     return sweep_id, key
@@ -338,16 +371,40 @@ def _empty_select(table: str) -> str:
     return f"SELECT {', '.join(parts)} WHERE false"
 
 
+def _quote(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def _overridden_rows(table: str, files: list[Path]) -> str | None:
+    """A WHERE condition dropping the compacted rows that a per-key file overrides; None when none is overridden
+    (the usual case: then no condition and no source-file column slow the read down)."""
+    compacted = {(path.parent, _key_of(path)[0]): path for path in files if is_compacted(path)}
+    overridden: dict[Path, list[str]] = {}
+    for path in files:
+        sweep_id, key = _key_of(path)
+        if not is_compacted(path) and (path.parent, sweep_id) in compacted:
+            overridden.setdefault(compacted[(path.parent, sweep_id)], []).append(key)
+    if not overridden:
+        return None
+    parts = [f"({SOURCE_FILE_COLUMN} = {_quote(str(path))} AND {key_column(table)} IN "
+             f"({', '.join(_quote(key) for key in keys)}))" for path, keys in overridden.items()]
+    return f"NOT ({' OR '.join(parts)})"
+
+
 def _select_files(connection: Any, table: str, files: list[Path]) -> str:
-    """A SELECT reading ``files`` unioned by name, columns in a stable, readable order (see :func:`column_order`)."""
+    """A SELECT reading ``files`` unioned by name, columns in a stable, readable order (see :func:`column_order`);
+    a compacted row that a per-key file overrides is left out (each key once)."""
     if not files:
         return _empty_select(table)
-    listed = ", ".join("'" + str(path).replace("'", "''") + "'" for path in files)
+    listed = ", ".join(_quote(str(path)) for path in files)
+    condition = _overridden_rows(table, files)
+    source_file = f", filename = {_quote(SOURCE_FILE_COLUMN)}" if condition else ""
     source = (f"read_parquet([{listed}], union_by_name = true, hive_partitioning = true, "
-              f"hive_types = {{'method': VARCHAR}})")
-    names = [row[0] for row in connection.execute(f"DESCRIBE SELECT * FROM {source}").fetchall()]
+              f"hive_types = {{'method': VARCHAR}}{source_file})")
+    names = [row[0] for row in connection.execute(f"DESCRIBE SELECT * FROM {source}").fetchall()
+             if row[0] != SOURCE_FILE_COLUMN]
     ordered = ", ".join('"' + name.replace('"', '""') + '"' for name in column_order(table, names))
-    return f"SELECT {ordered} FROM {source}"
+    return f"SELECT {ordered} FROM {source}" + (f" WHERE {condition}" if condition else "")
 
 
 def column_order(table: str, names: list[str]) -> list[str]:
@@ -372,6 +429,7 @@ def _connect() -> Any:
 
     connection = duckdb.connect(":memory:")
     connection.execute("SET TimeZone = 'UTC'")  # timestamps come back in UTC, whatever the machine's zone
+    connection.execute("SET parquet_metadata_cache = true")  # the views' DESCRIBE parsed the footers: reuse them
     return connection
 
 
@@ -381,34 +439,26 @@ def _user_sql_error(error: Exception) -> UserError:
     return UserError(f"SQL error: {lines[0] if lines else type(error).__name__}")
 
 
-def open_connection(root: Path | str | None = None) -> Any:
-    """A DuckDB connection with views ``trials`` and ``selections`` over the store (empty views for no files)."""
+def open_connection(root: Path | str | None = None, query: str | None = None) -> Any:
+    """A DuckDB connection with views ``trials`` and ``selections`` over the store (empty views for no files); with
+    ``query``, only the views its text names (each view reads every file's schema, so a skipped one saves that)."""
     store = ResultStore(_existing_root(root))
     connection = _connect()
-    for table in TABLES:
+    for table in (name for name in TABLES if query is None or name in query.lower()):
         connection.execute(f"CREATE VIEW {table} AS {_select_files(connection, table, store.files(table))}")
     return connection
 
 
 def sql(query: str, root: Path | str | None = None) -> "pandas.DataFrame":
     """Run DuckDB SQL over the store's ``trials`` and ``selections`` views; a bad query raises UserError."""
-    import duckdb  # lazy: see _connect
-
-    connection = open_connection(root)
-    try:
-        relation = connection.sql(query)  # None for statements without a result (SET, CREATE ...)
-        return to_pandas(relation.to_arrow_table()) if relation is not None else to_pandas(pa.table({}))
-    except duckdb.Error as error:
-        raise _user_sql_error(error) from None
-    finally:
-        connection.close()
+    return to_pandas(sql_arrow(query, root))
 
 
 def sql_arrow(query: str, root: Path | str | None = None) -> pa.Table:
     """Like :func:`sql` but returns a pyarrow Table (exact types; used by the query CLI's formatters)."""
     import duckdb  # lazy: see _connect
 
-    connection = open_connection(root)
+    connection = open_connection(root, query)
     try:
         relation = connection.sql(query)
         return relation.to_arrow_table() if relation is not None else pa.table({})

@@ -23,6 +23,7 @@ from raysel.progress import PROGRESS_FILE, heartbeat, read_status_file
 from raysel.registry import get_method
 from raysel.selection.decision import select_sweep
 from raysel.store import ResultStore
+from raysel.store_compaction import compact_sweep
 
 
 @dataclass
@@ -69,6 +70,7 @@ def run_sweep(settings: SweepSettings, search: SearchSettings, space: Any, *, re
             ray.shutdown()
 
     decisions = select_sweep(store, settings.sweep_id, settings.method, settings.selectors, stream, record_all=True)
+    compact_sweep(store, settings.sweep_id)  # one file per sweep: queries over many sweeps stay fast (issue 17)
     trials = store.load_sweep(settings.sweep_id)
     if tracker is not None:
         tracker.finish(trials, decisions)

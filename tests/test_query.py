@@ -116,3 +116,21 @@ def test_table_cells_and_alignment() -> None:
     lines = text.splitlines()
     assert lines[2] == "a           1" and lines[3] == "longer   22.5" and lines[4] == "c        NULL"
     assert format_table(["x"], []).splitlines()[-1] == "(0 rows)"
+
+
+def test_output_is_identical_after_compaction_and_the_compaction_command_explains_itself(results: Path) -> None:
+    """The same query prints the same text (rows, order, types) on the per-trial files and on the compacted sweep."""
+    ResultStore(results).write_selection({"sweep_id": "s1", "method": "hiast", "target": "day_city",
+                                          "selector": "fmiou", "selected_trial_id": "t_0", "score": 0.5,
+                                          "num_candidates": 2})
+    queries = [("SELECT * FROM trials", "--format", "csv"), ("SELECT * FROM selections", "--format", "json"),
+               ("SELECT trial_id, hp_alpha, heldout_iou, started_at FROM trials",)]
+    before = [run_query(*query, "--results", str(results)).stdout for query in queries]
+    compacted = subprocess.run([sys.executable, "-m", "raysel.store_compaction", "--results", str(results)],
+                               capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert compacted.returncode == 0 and compacted.stdout == "compacted 1 sweep(s): 4 per-trial/selection file(s) merged\n"
+    assert sorted(path.name for path in results.rglob("*.parquet")) == ["s1.parquet", "s1.parquet"]
+    assert [run_query(*query, "--results", str(results)).stdout for query in queries] == before
+    missing = subprocess.run([sys.executable, "-m", "raysel.store_compaction", "--results", str(results / "nope")],
+                             capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert missing.returncode == 2 and missing.stderr.startswith("error: no result store at")

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import tracemalloc
+
 import numpy as np
 import pytest
 import scipy.stats
 
+from raysel.errors import DataError
+
 from raysel.metrics import confusion_matrix, miou
-from raysel.selection import voting
+from raysel.selection import predictions, voting
+from raysel.selection.selectors import get_selector
 from raysel.selection.voting import (FusedVoteAccumulator, fmiou_scores, fused_agreement_scores, fused_vote,
                                      pixel_runs, plurality_vote, small_histogram)
 
@@ -158,3 +163,78 @@ def test_bad_input_is_rejected():
         fused_vote([np.array([300]), np.array([1])])
     with pytest.raises(ValueError, match=r"lie in \[0, 2\)"):
         fused_vote([np.array([2]), np.array([1])], num_classes=2)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Streamed prediction files: the selection reads a few images of each candidate at a time
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _saved_candidates(folder, num_candidates: int = 5, shape=(12, 32, 48), num_classes: int = 7,
+                      keep_grids: bool = True) -> list:
+    """Real prediction files (save_predictions) of candidates that mostly agree, with probability/feature grids."""
+    rng = np.random.default_rng(3)
+    truth = rng.integers(0, num_classes, shape, dtype=np.uint8)
+    rows, cols = predictions.probability_grid(shape[1], shape[2], (4, 8))
+    paths = []
+    for index in range(num_candidates):
+        noise = rng.integers(0, 5 * num_classes, shape, dtype=np.uint8)  # 20% of the pixels: a random class
+        labels = np.where(noise < num_classes, noise, truth)
+        probabilities = rng.dirichlet(np.ones(num_classes), (shape[0], rows.size, cols.size)).transpose(0, 3, 1, 2)
+        candidate = predictions.CandidatePredictions(
+            labels=labels, probabilities=probabilities.astype(np.float16) if keep_grids else None,
+            image_ids=tuple(f"img{i}" for i in range(shape[0])), image_indices=np.arange(shape[0]),
+            num_classes=num_classes, task="segmentation", probability_rows=rows if keep_grids else None,
+            probability_cols=cols if keep_grids else None)
+        paths.append(predictions.save_predictions(folder / f"c{index}.npz", candidate))
+    return paths
+
+
+def test_streamed_prediction_files_give_exactly_the_in_memory_scores(tmp_path):
+    paths = _saved_candidates(tmp_path)
+    eager = [predictions.load_predictions(path, stream_labels=False) for path in paths]
+    streamed = [predictions.load_predictions(path, stream_labels=True) for path in paths]
+    assert all(isinstance(c.labels, predictions.StreamedLabels) for c in streamed)
+    assert all(isinstance(c.labels, np.ndarray) for c in eager)  # small files load whole by default too
+    assert all(isinstance(predictions.load_predictions(path).labels, np.ndarray) for path in paths)
+    assert streamed[0].labels.shape == eager[0].labels.shape == (12, 32, 48)
+    for name in ("fmiou", "confident_fmiou", "soft_vote"):
+        selector = get_selector(name)
+        np.testing.assert_array_equal(selector.score(streamed), selector.score(eager))
+    np.testing.assert_array_equal(streamed[1].labels_on_probability_grid(), eager[1].labels_on_probability_grid())
+    np.testing.assert_array_equal(np.asarray(streamed[2].labels), eager[2].labels)
+    batches = list(streamed[0].labels.batches(5))
+    assert [len(batch) for batch in batches] == [5, 5, 2]
+    np.testing.assert_array_equal(np.concatenate(batches), eager[0].labels)
+
+
+def _peak_traced_bytes_of_fmiou(folder, num_images: int) -> int:
+    """Peak traced allocations (numpy reports its buffers to tracemalloc) while F-mIoU scores 8 streamed candidates."""
+    paths = _saved_candidates(folder, num_candidates=8, shape=(num_images, 128, 256), num_classes=19, keep_grids=False)
+    candidates = [predictions.load_predictions(path, with_probabilities=False, stream_labels=True) for path in paths]
+    tracemalloc.start()
+    try:
+        scores = get_selector("fmiou").score(candidates)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert np.isfinite(scores).all() and scores.shape == (8,)
+    return peak
+
+
+def test_streamed_scoring_memory_stays_flat_as_the_images_grow(tmp_path):
+    """8x the images (8 x 256 images of 128x256 = 64 MiB of labels) and the peak barely moves: the selection holds a
+    few images of each candidate, never every candidate's labels (which would add 56 MiB here)."""
+    (tmp_path / "small").mkdir()
+    (tmp_path / "large").mkdir()
+    small = _peak_traced_bytes_of_fmiou(tmp_path / "small", 32)
+    large = _peak_traced_bytes_of_fmiou(tmp_path / "large", 256)
+    assert large < 1.3 * small, f"peak {large / 2**20:.1f} MiB for 256 images, {small / 2**20:.1f} MiB for 32"
+
+
+def test_a_truncated_streamed_prediction_file_is_a_data_error_naming_it(tmp_path):
+    (path,) = _saved_candidates(tmp_path, num_candidates=1, keep_grids=False)
+    streamed = predictions.load_predictions(path, stream_labels=True)
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.raises(DataError, match=f"prediction file {path}"):
+        list(streamed.labels.batches(4))

@@ -17,8 +17,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from raysel import store as store_module
+from raysel import store_compaction
 from raysel.errors import ConfigError, DataError, UserError
 from raysel.store import ResultStore, load, sql
+from raysel.store_compaction import compact_store
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -372,3 +374,96 @@ def test_sql_errors_are_user_errors(tmp_path: Path) -> None:
         sql("SELECT no_such_column FROM trials", tmp_path)
     with pytest.raises(DataError, match="no result store"):
         sql("SELECT 1", tmp_path / "missing")
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Compaction: one file per finished sweep, crash-safe
+# --------------------------------------------------------------------------------------------------------------
+
+
+def write_compactable_store(root: Path) -> ResultStore:
+    """Two sweeps of one method (one a prefix of the other's id), a second method, and a selection per sweep."""
+    store = write_two_methods(root)
+    store.write_trial(trial_row("t_2", status="failed", error="boom", heldout_miou=None), HiastLikeConfig)
+    store.write_trial(trial_row("t_0", sweep_id="sweep-a1"), HiastLikeConfig)
+    for sweep_id in ("sweep-a", "sweep-a1"):
+        store.write_selection({"sweep_id": sweep_id, "method": "hiast", "target": "day_city", "selector": "fmiou",
+                               "selected_trial_id": "t_0", "score": 0.61, "num_candidates": 2})
+    return store
+
+
+def snapshot(root: Path) -> tuple[list[tuple], list[tuple]]:
+    """Every row of both views, in the order a query without ORDER BY returns them, with column names."""
+    trials = sql_arrow_rows("SELECT * FROM trials", root)
+    selections = sql_arrow_rows("SELECT * FROM selections", root)
+    return trials, selections
+
+
+def sorted_snapshot(root: Path) -> list[list[tuple]]:
+    return [[rows[0], *sorted(rows[1:])] for rows in snapshot(root)]
+
+
+def sql_arrow_rows(query: str, root: Path) -> list[tuple]:
+    table = store_module.sql_arrow(query, root)
+    return [tuple(table.column_names)] + [tuple(str(value) for value in row.values()) for row in table.to_pylist()]
+
+
+def test_compaction_keeps_every_row_column_type_and_the_row_order(tmp_path: Path) -> None:
+    store = write_compactable_store(tmp_path)
+    before, before_types = snapshot(tmp_path), duckdb_types_of_view(tmp_path)
+    assert compact_store(tmp_path) == {"sweep-a": 4, "sweep-a1": 2, "sweep-b": 1}
+    names = sorted(path.relative_to(tmp_path).as_posix() for path in visible_files(tmp_path))
+    assert names == ["selections/method=hiast/sweep-a.parquet", "selections/method=hiast/sweep-a1.parquet",
+                     "trials/method=gsda/sweep-b.parquet", "trials/method=hiast/sweep-a.parquet",
+                     "trials/method=hiast/sweep-a1.parquet"]
+    assert snapshot(tmp_path) == before and duckdb_types_of_view(tmp_path) == before_types
+    assert store.trial_ids("sweep-a") == {"t_0", "t_1", "t_2"} and store.trial_ids("sweep-a", "failed") == {"t_2"}
+    assert store.sweeps() == ["sweep-a", "sweep-a1", "sweep-b"]
+    assert store.read_trial("sweep-a", "t_1")["hp_k"] == 7 and store.read_trial("sweep-a", "nope") is None
+    assert list(load(tmp_path, sweep_id="sweep-a")["trial_id"]) == ["t_0", "t_1", "t_2"]
+    assert compact_store(tmp_path) == {"sweep-a": 0, "sweep-a1": 0, "sweep-b": 0}  # nothing left to merge
+
+
+def duckdb_types_of_view(root: Path) -> list[tuple]:
+    return sql_arrow_rows("SELECT column_name, column_type FROM (DESCRIBE trials)", root)
+
+
+def test_a_row_written_after_compaction_overrides_the_compacted_row_until_the_next_compaction(tmp_path: Path) -> None:
+    store = write_compactable_store(tmp_path)
+    compact_store(tmp_path)
+    store.update_trial_scores("sweep-a", "t_1", {"fmiou": 0.58})  # a re-selection after the sweep was compacted
+    store.write_trial(trial_row("t_2", status="finished"), HiastLikeConfig)  # a resumed trial, written again
+    expected = [("t_0", None, "finished"), ("t_1", 0.58, "finished"), ("t_2", None, "finished")]
+    query = "SELECT trial_id, score_fmiou, status FROM trials WHERE sweep_id = 'sweep-a' ORDER BY trial_id"
+    assert sql(query, tmp_path).astype(object).where(lambda f: f.notna(), None).values.tolist() == \
+        [list(row) for row in expected]
+    assert store.trial_ids("sweep-a", "failed") == set() and len(load(tmp_path, sweep_id="sweep-a")) == 3
+    assert store.read_trial("sweep-a", "t_1")["score_fmiou"] == 0.58
+    assert compact_store(tmp_path, ["sweep-a"]) == {"sweep-a": 2}
+    assert sql(query, tmp_path).astype(object).where(lambda f: f.notna(), None).values.tolist() == \
+        [list(row) for row in expected]
+    assert sorted(p.name for p in (tmp_path / "trials" / "method=hiast").iterdir()) == ["sweep-a.parquet",
+                                                                                       "sweep-a1.parquet"]
+
+
+@pytest.mark.parametrize("step", ["before_replace", "after_replace", "after_first_delete"])
+def test_compaction_killed_half_way_loses_and_duplicates_nothing_and_a_rerun_completes(tmp_path: Path,
+                                                                                     step: str) -> None:
+    """A real compaction process SIGKILLed at ``step``; then every row is read once, and a rerun finishes the job."""
+    store = write_compactable_store(tmp_path)
+    store.update_trial_scores("sweep-a", "t_0", {"fmiou": 0.5})
+    compact_store(tmp_path, ["sweep-a"])
+    store.update_trial_scores("sweep-a", "t_1", {"fmiou": 0.7})  # a per-trial file overriding a compacted row
+    before = sorted_snapshot(tmp_path)  # a half-compacted sweep promises each row once, not the row order
+    command = [sys.executable, "-m", "raysel.store_compaction", "--results", str(tmp_path)]
+    environment = {**os.environ, "PYTHONPATH": str(REPO), store_compaction.KILL_AT_ENV: step}
+    killed = subprocess.run(command, capture_output=True, timeout=120, cwd=REPO, env=environment)
+    assert killed.returncode == -9, killed.stderr.decode()
+    assert bool(list(tmp_path.glob("*/method=*/.*.tmp-*"))) == (step == "before_replace")
+    assert sorted_snapshot(tmp_path) == before
+    assert store.trial_ids("sweep-a") == {"t_0", "t_1", "t_2"}
+    del environment[store_compaction.KILL_AT_ENV]
+    rerun = subprocess.run(command, capture_output=True, timeout=120, cwd=REPO, env=environment, text=True)
+    assert rerun.returncode == 0 and rerun.stdout.startswith("compacted 3 sweep(s)"), rerun.stderr
+    assert sorted_snapshot(tmp_path) == before
+    assert all(store_module.is_compacted(path) for path in tmp_path.glob("*/method=*/*.parquet"))

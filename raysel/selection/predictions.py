@@ -36,6 +36,7 @@ import json
 import os
 import tempfile
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Sequence
@@ -53,13 +54,84 @@ MAX_FEATURE_DIM = 128
 TASKS = ("segmentation", "classification")
 DEFAULT_PROBABILITY_GRID = (16, 32)
 MAX_CLASSES = 255  # class ids are stored as uint8; 255 stays free as the ignore value
+LABELS_MEMBER = "labels.npy"
+# Label arrays larger than this are streamed from the file (StreamedLabels), not loaded: 16 MiB is 32 images of
+# 512x1024 per candidate; selection over 40 such candidates then holds a few images of each at a time.
+STREAM_LABELS_BYTES = 16 << 20
+STREAM_IMAGES_PER_BATCH = 8
+
+
+class StreamedLabels:
+    """A prediction cache's ``labels`` array, read image by image from the ``.npz`` instead of held in memory.
+
+    Selection at the paper's scale (40 candidates x 500 images of 512x1024: 10 GiB of labels) must stream: the fused
+    vote reads one batch of images of every candidate at a time (:meth:`batches`), the probability and feature grids
+    pick their pixels in one pass (:meth:`sampled`). ``np.asarray`` of it reads everything (use it only when the
+    whole array is wanted anyway).
+    """
+
+    dtype = np.dtype(np.uint8)
+
+    def __init__(self, path: Path, shape: tuple[int, ...]) -> None:
+        self.path = Path(path)
+        self.shape = tuple(int(size) for size in shape)
+        self.ndim = len(self.shape)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __repr__(self) -> str:
+        return f"StreamedLabels({str(self.path)!r}, shape={self.shape})"
+
+    def batches(self, images_per_batch: int) -> Iterator[np.ndarray]:
+        """Yield consecutive ``[k, ...]`` uint8 batches of at most ``images_per_batch`` images, in order."""
+        item_bytes = int(np.prod(self.shape[1:], dtype=np.int64))
+        try:
+            with zipfile.ZipFile(self.path) as archive, archive.open(LABELS_MEMBER) as member:
+                _read_npy_header(member)
+                for start in range(0, self.shape[0], max(1, images_per_batch)):
+                    count = min(images_per_batch, self.shape[0] - start)
+                    data = member.read(count * item_bytes)
+                    if len(data) != count * item_bytes:
+                        raise EOFError(f"labels end after {start} of {self.shape[0]} images")
+                    yield np.frombuffer(data, dtype=np.uint8).reshape((count,) + self.shape[1:])
+        except (OSError, ValueError, zipfile.BadZipFile, EOFError, zlib.error) as error:
+            raise DataError(f"prediction file {self.path} is unreadable or truncated ({error})") from None
+
+    def sampled(self, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+        """Labels at pixels ``rows`` x ``cols`` of every image, ``[N, len(rows), len(cols)]``, in one streamed pass."""
+        parts = [batch[:, rows][:, :, cols] for batch in self.batches(STREAM_IMAGES_PER_BATCH)]
+        return np.concatenate(parts) if parts else np.empty((0, len(rows), len(cols)), dtype=np.uint8)
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        array = np.concatenate(list(self.batches(STREAM_IMAGES_PER_BATCH)))
+        return array if dtype is None else array.astype(dtype)
+
+
+def _read_npy_header(handle: Any) -> tuple[tuple[int, ...], bool, np.dtype]:
+    """(shape, fortran_order, dtype) of the ``.npy`` stream at ``handle``, leaving it at the first data byte."""
+    version = np.lib.format.read_magic(handle)
+    reader = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+    return reader(handle)
+
+
+def _labels_source(path: Path, archive: Any, stream_labels: bool | None) -> "np.ndarray | StreamedLabels":
+    """The ``labels`` array, or a :class:`StreamedLabels` reader when asked to stream (``None``: when larger than
+    ``STREAM_LABELS_BYTES``) and the array is C-ordered uint8 (anything else is loaded and checked as before)."""
+    with archive.zip.open(LABELS_MEMBER) as member:
+        shape, fortran_order, dtype = _read_npy_header(member)
+    size = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    stream = size > STREAM_LABELS_BYTES if stream_labels is None else stream_labels
+    if stream and not fortran_order and dtype == np.uint8 and len(shape) >= 1:
+        return StreamedLabels(path, shape)
+    return archive["labels"]
 
 
 @dataclass(frozen=True)
 class CandidatePredictions:
     """One candidate's predictions on the selection subset (see the module docstring for the arrays)."""
 
-    labels: np.ndarray
+    labels: "np.ndarray | StreamedLabels"
     probabilities: np.ndarray | None
     image_ids: tuple[str, ...]
     image_indices: np.ndarray
@@ -103,7 +175,7 @@ class CandidatePredictions:
             return self.labels
         if self.probability_rows is None or self.probability_cols is None:
             raise ValueError("no probability grid: predictions were made without keep_probabilities")
-        return self.labels[:, self.probability_rows][:, :, self.probability_cols]
+        return _labels_at(self.labels, self.probability_rows, self.probability_cols)
 
     def feature_samples(self) -> tuple[np.ndarray, np.ndarray]:
         """(features float32 ``[samples, D]``, predicted labels ``[samples]``) at the pixels (images) features were
@@ -113,7 +185,7 @@ class CandidatePredictions:
         features = self.features.astype(np.float32)
         if self.task == "classification":
             return features, self.labels
-        labels = self.labels[:, self.feature_rows][:, :, self.feature_cols]
+        labels = _labels_at(self.labels, self.feature_rows, self.feature_cols)
         return features.transpose(0, 2, 3, 1).reshape(-1, features.shape[1]), labels.reshape(-1)
 
     def probability_vectors(self) -> np.ndarray:
@@ -124,6 +196,13 @@ class CandidatePredictions:
         if self.task == "classification":
             return probabilities[:, None, :]
         return probabilities.reshape(self.num_images, self.num_classes, -1).transpose(0, 2, 1)
+
+
+def _labels_at(labels: "np.ndarray | StreamedLabels", rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    """Labels at pixels ``rows`` x ``cols`` of every image (streamed in one pass when ``labels`` is streamed)."""
+    if isinstance(labels, StreamedLabels):
+        return labels.sampled(rows, cols)
+    return labels[:, rows][:, :, cols]
 
 
 def probability_grid(height: int, width: int, grid: tuple[int, int] = DEFAULT_PROBABILITY_GRID
@@ -308,10 +387,13 @@ def save_predictions(path: str | os.PathLike, predictions: CandidatePredictions)
     return path
 
 
-def load_predictions(path: str | os.PathLike, with_probabilities: bool = True) -> CandidatePredictions:
+def load_predictions(path: str | os.PathLike, with_probabilities: bool = True,
+                     stream_labels: bool | None = None) -> CandidatePredictions:
     """Read a file written by :func:`save_predictions`; ``with_probabilities=False`` skips the probability array.
 
-    A missing, truncated or foreign file raises DataError naming it.
+    ``stream_labels``: keep segmentation labels in the file and read them in image batches when used
+    (:class:`StreamedLabels`); default: when they exceed ``STREAM_LABELS_BYTES``. A missing, truncated or foreign
+    file raises DataError naming it.
     """
     path = Path(path)
     if not path.is_file():
@@ -322,7 +404,8 @@ def load_predictions(path: str | os.PathLike, with_probabilities: bool = True) -
             if meta.get("format_version") not in READABLE_FORMAT_VERSIONS:
                 raise DataError(f"prediction file {path} has format version {meta.get('format_version')}; "
                                 f"this raysel reads version {FORMAT_VERSION} (predict the candidates again)")
-            arrays: dict[str, Any] = {key: archive[key] for key in ("labels", "image_indices", "image_ids")}
+            arrays: dict[str, Any] = {key: archive[key] for key in ("image_indices", "image_ids")}
+            arrays["labels"] = _labels_source(path, archive, stream_labels)
             keep = with_probabilities and "probabilities" in archive.files
             for key in ("probabilities", "probability_rows", "probability_cols"):
                 arrays[key] = archive[key] if keep and key in archive.files else None

@@ -32,7 +32,7 @@ of work depends on how much the candidates agree. ``benchmarks/voting_speed.py``
 
 from __future__ import annotations
 
-from typing import Iterable, Sequence
+from typing import Iterable, Iterator, Protocol, Sequence, Union
 
 import numpy as np
 
@@ -408,26 +408,51 @@ class FusedVoteAccumulator:
         return np.array([pixel_accuracy(matrix) for matrix in self.confusion_matrices])
 
 
-def _stack_label_maps(label_maps: np.ndarray | Sequence[np.ndarray]) -> list[np.ndarray]:
-    """Check that all candidates' label arrays share one shape and return them as a list of uint8 arrays."""
-    maps = [_as_label_array(m, f"candidate {i}") for i, m in enumerate(label_maps)]
+class StreamedLabelMaps(Protocol):
+    """One candidate's labels read in image batches, not held in memory (a prediction file's ``StreamedLabels``)."""
+
+    shape: tuple[int, ...]
+
+    def batches(self, images_per_batch: int) -> Iterator[np.ndarray]:
+        """Consecutive uint8 ``[k, ...]`` batches of at most ``images_per_batch`` images, in order."""
+
+
+LabelMaps = Union[np.ndarray, StreamedLabelMaps]
+
+
+def _is_streamed(labels: object) -> bool:
+    return hasattr(labels, "batches") and not isinstance(labels, np.ndarray)
+
+
+def _stack_label_maps(label_maps: np.ndarray | Sequence[LabelMaps], stream: bool = False) -> list[LabelMaps]:
+    """Check the candidates' labels share one shape; return uint8 arrays (streamed maps stay so with ``stream``)."""
+    maps = [m if stream and _is_streamed(m) else _as_label_array(m, f"candidate {i}")
+            for i, m in enumerate(label_maps)]
     if not maps:
         raise ValueError("no candidate label maps given")
-    shapes = {m.shape for m in maps}
+    shapes = {tuple(m.shape) for m in maps}
     if len(shapes) != 1:
         raise ValueError(f"candidate label maps differ in shape: {sorted(shapes)}")
     return maps
 
 
-def _image_batches(maps: list[np.ndarray]) -> Iterable[np.ndarray]:
-    """Yield ``[n, pixels]`` stacks of a few images at a time (axis 0 of each map indexes images)."""
-    first = maps[0]
-    if first.ndim == 0:
+def _image_batches(maps: list[LabelMaps]) -> Iterable[np.ndarray]:
+    """Yield ``[n, pixels]`` stacks of a few images at a time (axis 0 indexes images): memory O(n × batch)."""
+    shape = tuple(maps[0].shape)
+    if not shape:
         raise ValueError("candidate labels need at least one dimension (images)")
-    pixels_per_item = int(np.prod(first.shape[1:], dtype=np.int64)) or 1
+    pixels_per_item = int(np.prod(shape[1:], dtype=np.int64)) or 1
     items_per_batch = max(1, _chunk_pixels(len(maps)) // pixels_per_item)
-    for start in range(0, first.shape[0], items_per_batch):
-        yield np.stack([m[start:start + items_per_batch].reshape(-1) for m in maps])
+    for parts in zip(*(_batches_of(m, items_per_batch) for m in maps)):
+        yield np.stack([part.reshape(-1) for part in parts])
+
+
+def _batches_of(labels: LabelMaps, items_per_batch: int) -> Iterator[np.ndarray]:
+    """Consecutive ``[k, ...]`` batches of one candidate's labels (read from disk when streamed)."""
+    if _is_streamed(labels):
+        yield from labels.batches(items_per_batch)
+    else:
+        yield from (labels[start:start + items_per_batch] for start in range(0, labels.shape[0], items_per_batch))
 
 
 def fused_vote(label_maps: np.ndarray | Sequence[np.ndarray], num_classes: int | None = None) -> np.ndarray:
@@ -452,10 +477,11 @@ def fused_vote(label_maps: np.ndarray | Sequence[np.ndarray], num_classes: int |
     return fused_all.reshape(maps[0].shape)
 
 
-def fused_vote_accumulator(label_maps: np.ndarray | Sequence[np.ndarray], num_classes: int,
+def fused_vote_accumulator(label_maps: np.ndarray | Sequence[LabelMaps], num_classes: int,
                            min_votes: int = 0) -> FusedVoteAccumulator:
-    """Run :class:`FusedVoteAccumulator` over all images of the candidates' label maps (streamed)."""
-    maps = _stack_label_maps(label_maps)
+    """Run :class:`FusedVoteAccumulator` over all images of the candidates' label maps, a few images at a time
+    (label maps with a ``batches`` method, e.g. large prediction files, are read from disk batch by batch)."""
+    maps = _stack_label_maps(label_maps, stream=True)
     accumulator = FusedVoteAccumulator(len(maps), num_classes, min_votes=min_votes)
     for stack in _image_batches(maps):
         accumulator.update(stack)
