@@ -94,8 +94,8 @@ def test_independent_stages_are_built_by_parallel_ray_tasks(ray_local, tiny_root
     from raysel.execution.settings import SweepSettings
     from raysel.sweeping import prepare_shared_stages
 
-    run = {"dataset": "street_scenes", "data_root": str(tiny_roots["street_scenes"]), "source": "game", "seed": 0,
-           "cache_dir": str(tmp_path / "cache")}
+    run = {"method": "hiast", "dataset": "street_scenes", "data_root": str(tiny_roots["street_scenes"]),
+           "source": "game", "seed": 0, "cache_dir": str(tmp_path / "cache")}
     settings = SweepSettings(method="hiast", sweep_id="stages", results=str(tmp_path / "results"), run=run,
                              targets=["day_city", "dusk_city"])
     space = types.SimpleNamespace(fixed_values=lambda: dict(TINY_HIAST))
