@@ -119,3 +119,29 @@ def test_independent_stages_are_built_by_parallel_ray_tasks(ray_local, tiny_root
     again = io.StringIO()
     cached = prepare_shared_stages(settings, space, local=True, stream=again)
     assert cached and not any(record.built for record in cached)
+
+
+def test_sweep_overhead_breakdown_partitions_the_sweep_wall_time(tmp_path: Path) -> None:
+    """The benchmark's breakdown: per-phase means from real stored rows, plus the time outside any trial."""
+    from benchmarks.sweep_overhead import SweepRun, breakdown_rows
+    from raysel import store
+    from raysel.execution.rows import write_row
+    from raysel.execution.settings import SweepSettings
+
+    settings = SweepSettings(method="hiast", sweep_id="seq", results=str(tmp_path),
+                             run={"dataset": "street_scenes", "source": "game", "seed": 0}, targets=["day_city"])
+    writer = store.ResultStore(tmp_path)
+    for index, started in enumerate((1000.0, 1010.0)):  # finished_at: when the row is written (now)
+        write_row(writer, settings, f"t{index}", {"target": "day_city", "hp": {}}, started,
+                  {"status": "finished", "time_train_s": 5.0, "time_setup_s": 1.0})
+    trials = store.load(tmp_path, sweep_id="seq")
+    ends = {row.trial_id: row.finished_at.timestamp() for row in trials.itertuples()}
+    run = SweepRun(seconds=ends["t1"] + 2.0 - 997.0, started=997.0, finished=ends["t1"] + 2.0, trials=trials)
+    plain = [{"time_train_s": 4.0, "time_setup_s": 0.5}] * 2
+    rows = breakdown_rows(plain, run, configs=2)
+    assert "| train | 4.00 | 5.00 | +1.00 |" in rows and "| setup | 0.50 | 1.00 | +0.50 |" in rows
+    before = next(row for row in rows if row.startswith("| before the first trial"))
+    assert "| 1.50 |" in before  # 3 s before the first trial, over 2 configurations
+    between = next(row for row in rows if row.startswith("| between trials"))
+    assert float(between.split("|")[3]) == pytest.approx((1010.0 - ends["t0"]) / 2, abs=0.01)
+    assert rows[-1].startswith("| **total per configuration** | 4.50 | ")
