@@ -9,7 +9,9 @@ One run measures, on the same machine and data, with the shared warm-up/source s
 * sweep, default concurrency: the same sweep with as many concurrent trials as the CPUs fit (the default).
 
 The ratio sweep/plain (one at a time) is the orchestration overhead; the default-concurrency ratio is what a user
-sees. Single-worker trials run the loop inside the Tune trial (``--executor auto``) because Ray Train's worker-group
+sees. Where the overhead goes: the mean seconds per configuration in each trial phase (the rows' ``time_<phase>_s``
+columns; the plain loop is timed by the same :class:`raysel.execution.timing.TimedRunContext`), plus the sweep's time
+before the first trial, between trials and after the last one, read from the rows' ``started_at``/``finished_at``. Single-worker trials run the loop inside the Tune trial (``--executor auto``) because Ray Train's worker-group
 start-up would otherwise dominate small trials (see raysel/execution/__init__.py).
 """
 
