@@ -9,7 +9,9 @@ One run measures, on the same machine and data, with the shared warm-up/source s
 * sweep, default concurrency: the same sweep with as many concurrent trials as the CPUs fit (the default).
 
 The ratio sweep/plain (one at a time) is the orchestration overhead; the default-concurrency ratio is what a user
-sees. Single-worker trials run the loop inside the Tune trial (``--executor auto``) because Ray Train's worker-group
+sees. Where the overhead goes: the mean seconds per configuration in each trial phase (the rows' ``time_<phase>_s``
+columns; the plain loop is timed by the same :class:`raysel.execution.timing.TimedRunContext`), plus the sweep's time
+before the first trial, between trials and after the last one, read from the rows' ``started_at``/``finished_at``. Single-worker trials run the loop inside the Tune trial (``--executor auto``) because Ray Train's worker-group
 start-up would otherwise dominate small trials (see raysel/execution/__init__.py).
 """
 
@@ -21,7 +23,9 @@ import io
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from benchmarks._common import command_line, write_section
 
@@ -33,39 +37,122 @@ def space_yaml(alphas: list[float], fixed: dict[str, object]) -> str:
 
 
 def plain_loops(alphas: list[float], fixed: dict[str, object], data_root: Path, workdir: Path,
-                selection_size: int) -> float:
-    """Run every configuration's per-worker loop directly, sequentially, one thread; return wall seconds."""
+                selection_size: int) -> tuple[float, list[dict[str, float]]]:
+    """Run every configuration's per-worker loop directly, sequentially, one thread, timed by phase as a trial is;
+    return the wall seconds and each configuration's ``time_<phase>_s`` columns (``setup``: the rest)."""
     import torch
 
-    from raysel.execution.trial import run_worker
+    from raysel.execution.timing import PhaseClock, timed_context
+    from raysel.execution.trial import train_and_finish
     from raysel.methods.base import LocalSession
 
     torch.set_num_threads(1)
     started = time.perf_counter()
+    phases = []
     for index, alpha in enumerate(alphas):
         run = {"method": "hiast", "dataset": "street_scenes", "data_root": str(data_root), "source": "game",
                "target": "day_city", "seed": 0, "selection_size": selection_size, "num_threads": 1,
                "output_dir": str(workdir / f"plain-{index}")}
-        final = run_worker({"method": "hiast", "hyperparameters": {"alpha": alpha, **fixed}, "run": run},
-                           LocalSession(checkpoint_root=str(workdir / f"plain-ckpt-{index}")))
+        clock, entered = PhaseClock(), time.perf_counter()
+        final = train_and_finish({"method": "hiast", "hyperparameters": {"alpha": alpha, **fixed}, "run": run},
+                                 LocalSession(checkpoint_root=str(workdir / f"plain-ckpt-{index}")),
+                                 timed_context(clock)).final
         assert final["status"] == "finished", final
-    return time.perf_counter() - started
+        rest = time.perf_counter() - entered - sum(clock.seconds.values())
+        phases.append({**clock.columns(), "time_setup_s": max(0.0, rest)})
+    return time.perf_counter() - started, phases
+
+
+@dataclass
+class SweepRun:
+    """One timed sweep: its wall seconds, its start and end (epoch seconds) and its trial rows."""
+
+    seconds: float
+    started: float
+    finished: float
+    trials: Any  # pandas.DataFrame
 
 
 def sweep(space: Path, data_root: Path, results: Path, name: str, max_concurrent: int | None,
-          selection_size: int) -> float:
+          selection_size: int) -> SweepRun:
+    from raysel import store
     from raysel.sweep import main
 
     args = ["hiast", "--space", str(space), "--data-root", str(data_root), "--results", str(results), "--name", name,
             "--selection-size", str(selection_size), "--progress-interval", "600"]
     if max_concurrent:
         args += ["--max-concurrent", str(max_concurrent)]
-    started = time.perf_counter()
+    started_at, started = time.time(), time.perf_counter()
     with contextlib.redirect_stdout(io.StringIO()):
         code = main(args)
     elapsed = time.perf_counter() - started
     assert code == 0, f"sweep {name} failed"
-    return elapsed
+    return SweepRun(elapsed, started_at, started_at + elapsed, store.load(results, sweep_id=name))
+
+
+def epoch_seconds(column: Any) -> Any:
+    """A timestamp column as epoch seconds (floats)."""
+    import pandas as pd
+
+    return (pd.to_datetime(column, utc=True) - pd.Timestamp(0, tz="UTC")).dt.total_seconds()
+
+
+def breakdown_rows(plain: list[dict[str, float]], run: SweepRun, configs: int) -> list[str]:
+    """Markdown rows: mean seconds per configuration in each phase, plain loop vs Ray trial (one at a time), then
+    the sweep's time outside trials spread over the configurations, then the totals."""
+    from raysel.store_schema import TRIAL_PHASES
+
+    trials = run.trials.sort_values("started_at")
+    rows = []
+    for phase in TRIAL_PHASES:
+        column = f"time_{phase}_s"
+        plain_s = sum(entry.get(column, 0.0) for entry in plain) / len(plain)
+        ray_s = float(trials[column].fillna(0.0).mean())
+        rows.append(f"| {phase} | {plain_s:.2f} | {ray_s:.2f} | {ray_s - plain_s:+.2f} |")
+    starts, ends = epoch_seconds(trials["started_at"]).to_numpy(), epoch_seconds(trials["finished_at"]).to_numpy()
+    outside = {
+        "before the first trial (Ray start, data and shared-stage checks, Tune start, first trial process)":
+            starts[0] - run.started,
+        "between trials (store write, Tune trial teardown, next trial's scheduling, process start, imports)":
+            float((starts[1:] - ends[:-1]).sum()),
+        "after the last trial (store write, selection of every selector, Ray shutdown)": run.finished - ends[-1],
+    }
+    for label, seconds in outside.items():
+        rows.append(f"| {label} | 0.00 | {seconds / configs:.2f} | {seconds / configs:+.2f} |")
+    plain_total = sum(sum(entry.values()) for entry in plain) / len(plain)
+    ray_total = run.seconds / configs
+    rows.append(f"| **total per configuration** | {plain_total:.2f} | {ray_total:.2f} | "
+                f"{ray_total - plain_total:+.2f} |")
+    return rows
+
+
+def report_body(args: argparse.Namespace, alphas: list[float], plain_s: float, sequential_s: float,
+                concurrent_s: float, breakdown: list[str]) -> str:
+    """The BENCHMARKS.md section: the three wall times with their ratios, then the per-phase breakdown."""
+    per_config = (sequential_s - plain_s) / args.configs
+    return "\n".join([
+        f"{args.configs} HIAST configurations (alpha {alphas}), 1 round of {args.iterations} iterations each, "
+        f"street_scenes game -> day_city, selection subset {args.selection_size}; shared warm-up/source stages cached "
+        "before timing. Ratios are measured in this one run.",
+        "",
+        "| run | wall s | ratio to plain |",
+        "|---|---|---|",
+        f"| plain in-process loops, sequential, 1 thread | {plain_s:.1f} | 1.00 |",
+        f"| `raysel.sweep`, `--max-concurrent 1` (orchestration overhead) | {sequential_s:.1f} | "
+        f"{sequential_s / plain_s:.2f} |",
+        f"| `raysel.sweep`, default concurrency (what users run) | {concurrent_s:.1f} | {concurrent_s / plain_s:.2f} |",
+        "",
+        f"Overhead per configuration when run one at a time: {per_config:.1f} s. Where it goes: mean seconds per "
+        "configuration in each phase of a trial (the `time_<phase>_s` columns of its row; exclusive, `setup` is "
+        "the rest of the trial function: store check, run context), then the sweep's time outside any trial "
+        "spread over the configurations (from the rows' `started_at`/`finished_at` and the sweep's own start and "
+        "end). Single-worker trials run the training loop inside the Tune trial; Ray Train's worker-group start-up "
+        "(10-30 s per run here) is used only with `--workers > 1` or `--executor train`.",
+        "",
+        "| phase | plain loop s | Ray trial s (`--max-concurrent 1`) | difference s |",
+        "|---|---|---|---|",
+        *breakdown,
+    ])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -90,31 +177,14 @@ def main(argv: list[str] | None = None) -> int:
     print("warming the shared stages (not timed) ...", flush=True)
     plain_loops(alphas[:1], fixed, data_root, workdir / "warm", args.selection_size)
     print("plain in-process loops ...", flush=True)
-    plain_s = plain_loops(alphas, fixed, data_root, workdir, args.selection_size)
+    plain_s, plain_phases = plain_loops(alphas, fixed, data_root, workdir, args.selection_size)
     print(f"  {plain_s:.1f} s\nsweep, one trial at a time ...", flush=True)
-    sequential_s = sweep(space, data_root, workdir / "results", "overhead-sequential", 1, args.selection_size)
-    print(f"  {sequential_s:.1f} s\nsweep, default concurrency ...", flush=True)
-    concurrent_s = sweep(space, data_root, workdir / "results", "overhead-concurrent", None, args.selection_size)
-    print(f"  {concurrent_s:.1f} s", flush=True)
-
-    per_config = (sequential_s - plain_s) / args.configs
-    body = "\n".join([
-        f"{args.configs} HIAST configurations (alpha {alphas}), 1 round of {args.iterations} iterations each, "
-        f"street_scenes game -> day_city, selection subset {args.selection_size}; shared warm-up/source stages cached "
-        "before timing. Ratios are measured in this one run.",
-        "",
-        "| run | wall s | ratio to plain |",
-        "|---|---|---|",
-        f"| plain in-process loops, sequential, 1 thread | {plain_s:.1f} | 1.00 |",
-        f"| `raysel.sweep`, `--max-concurrent 1` (orchestration overhead) | {sequential_s:.1f} | "
-        f"{sequential_s / plain_s:.2f} |",
-        f"| `raysel.sweep`, default concurrency (what users run) | {concurrent_s:.1f} | {concurrent_s / plain_s:.2f} |",
-        "",
-        f"Overhead per configuration when run one at a time: {per_config:.1f} s (Ray start-up, trial processes, "
-        "store writes and selection, spread over the configurations). Single-worker trials run the training loop "
-        "inside the Tune trial; Ray Train's worker-group start-up (10-30 s per run here) is used only with "
-        "`--workers > 1` or `--executor train`.",
-    ])
+    sequential = sweep(space, data_root, workdir / "results", "overhead-sequential", 1, args.selection_size)
+    print(f"  {sequential.seconds:.1f} s\nsweep, default concurrency ...", flush=True)
+    concurrent = sweep(space, data_root, workdir / "results", "overhead-concurrent", None, args.selection_size)
+    print(f"  {concurrent.seconds:.1f} s", flush=True)
+    body = report_body(args, alphas, plain_s, sequential.seconds, concurrent.seconds,
+                       breakdown_rows(plain_phases, sequential, args.configs))
     print(body)
     if not args.no_write:
         write_section("sweep_overhead", command_line("sweep_overhead.py", argv), body)

@@ -44,6 +44,12 @@ TRIAL_IDENTITY_COLUMNS: dict[str, pa.DataType] = {
     "model": pa.string(),
     "seed": pa.int64(),
 }
+# Where a trial's wall time went, in seconds per phase (exclusive: a phase's time excludes phases nested in it):
+# time_<phase>_s, stamped with time.perf_counter by raysel.execution.timing. NULL in rows written before them.
+TRIAL_PHASES = ("setup", "data", "model_build", "shared_stages", "train", "save_model", "predictions", "heldout",
+                "selection_scores")
+TIMING_PREFIX = "time_"
+TRIAL_TIMING_COLUMNS: dict[str, pa.DataType] = {f"{TIMING_PREFIX}{phase}_s": pa.float64() for phase in TRIAL_PHASES}
 TRIAL_RUN_COLUMNS: dict[str, pa.DataType] = {
     "status": pa.string(),
     "error": pa.string(),
@@ -51,6 +57,7 @@ TRIAL_RUN_COLUMNS: dict[str, pa.DataType] = {
     "wall_time_s": pa.float64(),
     "started_at": TIMESTAMP,
     "finished_at": TIMESTAMP,
+    **TRIAL_TIMING_COLUMNS,
 }
 TRIAL_HELDOUT_COLUMNS: dict[str, pa.DataType] = {
     "heldout_miou": pa.float64(),

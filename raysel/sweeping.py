@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import tempfile
 import time
@@ -17,8 +18,9 @@ from raysel import data as data_module
 from raysel.errors import ConfigError
 from raysel.execution import (ProgressPrinter, SearchSettings, SweepSettings, build_tuner, cluster_cpus, connect,
                               save_settings)
+from raysel.execution.timing import TimedRunContext
 from raysel.hyperparameters import config_from_dict
-from raysel.methods.base import LocalSession, RunContext, RunSpec
+from raysel.methods.base import LocalSession, RunSpec
 from raysel.progress import PROGRESS_FILE, heartbeat, read_status_file
 from raysel.registry import get_method
 from raysel.selection.decision import select_sweep
@@ -99,40 +101,88 @@ def _sweep_line(settings: SweepSettings, search: SearchSettings, total: int | No
             f"{f' + {resources.gpus_per_worker} GPU' if resources.gpus_per_worker else ''} per trial")
 
 
-def prepare_shared_stages(settings: SweepSettings, space: Any, *, local: bool, stream: Any) -> None:
-    """Build the method's hyperparameter-independent stages once per target, as one Ray task, before any trial.
+def prepare_shared_stages(settings: SweepSettings, space: Any, *, local: bool, stream: Any) -> list[StageRecord]:
+    """Build the method's hyperparameter-independent stages before any trial: one Ray task per target, in parallel.
 
-    Without this, the first trials would build them on one CPU each while the rest wait on the stage lock. On a
-    local Ray the task takes every CPU; on a cluster it asks for one trial's resources.
+    Targets do not depend on each other, so their tasks run at once when the CPUs allow (on a local Ray the CPUs
+    are split between them, at least one each; on a cluster each asks for one trial's resources). A stage shared by
+    every target (the source-only model, cached with ``per_target=False``) is built once by the first task to take
+    its lock; the others wait and load it. One line per stage: name, target/seed, seconds, built or cached.
     """
     method = get_method(settings.method)
     if method.prepare_shared is None:
-        return
+        return []
     resources = settings.resources
-    cpus = max(1, int(cluster_cpus())) if local else max(1, int(round(resources.workers * resources.cpus_per_worker)))
+    targets = list(settings.targets)
+    if local:
+        cpus = max(1, int(cluster_cpus()) // len(targets))
+    else:
+        cpus = max(1, int(round(resources.workers * resources.cpus_per_worker)))
     gpus = resources.gpus_per_worker if resources.gpus_per_worker > 0 else 0
     task = ray.remote(_prepare_shared_task).options(num_cpus=cpus, num_gpus=gpus)
     fixed = space.fixed_values() if hasattr(space, "fixed_values") else {}
-    for target in settings.targets:
-        started = time.perf_counter()
-        print(f"building shared stages of {method.name} for target {target} once (source model / warm-up; cached) ...",
-              file=stream, flush=True)
-        status = settings.sweep_dir / "shared" / target / PROGRESS_FILE  # the task's latest progress line
-        with heartbeat(f"  shared stages ({target})", stream=stream, detail=lambda: read_status_file(status)):
-            ray.get(task.remote(settings.method, fixed, dict(settings.run, target=target, output_dir=str(status.parent)),
-                                cpus, gpus > 0))
-        print(f"  ready in {time.perf_counter() - started:.0f} s", file=stream, flush=True)
+    seed = settings.run.get("seed", 0)
+    print(f"building shared stages of {method.name} once (source model / warm-up; cached) for "
+          f"{len(targets)} target(s), seed {seed}: {len(targets)} Ray task(s) of {cpus} CPU(s) ...",
+          file=stream, flush=True)
+    started = time.perf_counter()
+    status = {target: settings.sweep_dir / "shared" / target / PROGRESS_FILE for target in targets}
+    pending = {task.remote(settings.method, fixed, dict(settings.run, target=target, output_dir=str(path.parent)),
+                           cpus, gpus > 0): target for target, path in status.items()}
+    records: list[StageRecord] = []
+    with heartbeat("  shared stages", stream=stream, detail=lambda: _stage_status(status)):
+        while pending:
+            [done], _ = ray.wait(list(pending), num_returns=1)
+            pending.pop(done)
+            for record in ray.get(done):
+                records.append(record)
+                print(f"  {record.line()}", file=stream, flush=True)
+    print(f"  shared stages ready in {time.perf_counter() - started:.0f} s", file=stream, flush=True)
+    return records
+
+
+@dataclass
+class StageRecord:
+    """One shared stage as a preparation task met it: name, target, seed, seconds, built or cached, and which
+    Ray task and process ran it, with that task's start and end (epoch seconds)."""
+
+    name: str
+    target: str
+    seed: int
+    seconds: float
+    built: bool
+    task_id: str
+    pid: int
+    task_started: float
+    task_finished: float
+
+    def line(self) -> str:
+        """The progress line: ``stage <name> (target T, seed S): built in X s`` (or ``cached, loaded in``)."""
+        how = "built in" if self.built else "cached, loaded in"
+        return f"stage {self.name} (target {self.target}, seed {self.seed}): {how} {self.seconds:.1f} s"
+
+
+def _stage_status(status: dict[str, Path]) -> str:
+    """The latest progress line of every preparation task that wrote one (for the heartbeat)."""
+    lines = [f"{target}: {line}" for target, path in status.items() if (line := read_status_file(path))]
+    return "; ".join(lines)
 
 
 def _prepare_shared_task(method_name: str, fixed: dict[str, Any], run: dict[str, Any], threads: int,
-                         use_gpu: bool) -> None:
-    """Ray task body: run ``Method.prepare_shared`` in a LocalSession with ``threads`` torch threads."""
+                         use_gpu: bool) -> list[StageRecord]:
+    """Ray task body: run ``Method.prepare_shared`` in a LocalSession with ``threads`` torch threads; return the
+    stages it met, timed."""
+    task_started = time.time()
     method = get_method(method_name)
     config = config_from_dict(method.config_class, fixed)
     with tempfile.TemporaryDirectory(prefix="raysel-prepare-") as scratch:
         spec = RunSpec.from_dict({"output_dir": scratch, **run, "num_threads": threads})
         device = torch.device("cuda") if use_gpu and torch.cuda.is_available() else torch.device("cpu")
-        method.prepare_shared(config, RunContext(spec, LocalSession(checkpoint_root=scratch, device=device)))
+        ctx = TimedRunContext(spec, LocalSession(checkpoint_root=scratch, device=device))
+        method.prepare_shared(config, ctx)
+    task_id, finished = ray.get_runtime_context().get_task_id() or "", time.time()
+    return [StageRecord(stage.name, ctx.target, spec.seed, stage.seconds, stage.built, task_id, os.getpid(),
+                        task_started, finished) for stage in ctx.stages]
 
 
 def _target_space(targets: list[str], search: str) -> Any:

@@ -107,3 +107,36 @@ def test_sweep_runs_selects_and_stores(tiny_hiast_sweep: dict) -> None:
                            capture_output=True, text=True, timeout=120, cwd=REPO)
     assert query.returncode == 0, query.stderr
     assert query.stdout.splitlines()[1].startswith(selected)
+
+
+@pytest.mark.integration
+def test_reused_trial_processes_give_the_results_of_a_fresh_run(tiny_hiast_sweep: dict, tmp_path: Path) -> None:
+    """Tune reuses a finished trial's worker process (fewer processes than trials), and every trial's held-out and
+    label-free scores equal an in-process run of its configuration; rows carry their phase timings, and the sweep
+    printed one line per shared stage."""
+    import json
+
+    from raysel import store
+    from raysel.execution import load_settings, run_local
+    from raysel.methods.base import RunSpec
+    from raysel.store_schema import TRIAL_TIMING_COLUMNS
+
+    results = tiny_hiast_sweep["results"]
+    trials = store.load(results, sweep_id="tiny")
+    settings, _, _ = load_settings(str(results), "tiny")
+    tune_dir = settings.sweep_dir / "tune"
+    pids = {json.loads((tune_dir / trial_id / "result.json").read_text().splitlines()[-1])["pid"]
+            for trial_id in trials["trial_id"]}
+    assert len(pids) < len(trials) == 3  # 2 CPUs: the third trial ran in a process a finished trial left
+    for row in trials.itertuples():
+        params = json.loads((tune_dir / row.trial_id / "params.json").read_text())
+        spec = RunSpec.from_dict({**settings.run, "target": row.target, "num_threads": 1,
+                                  "output_dir": str(tmp_path / row.trial_id)})
+        fresh = run_local("hiast", params["hp"], spec, checkpoint_root=tmp_path / f"{row.trial_id}-ckpt").final
+        assert fresh["heldout_miou"] == row.heldout_miou
+        assert {"consistency", "mixval"} <= set(fresh["scores"])
+        for name, value in fresh["scores"].items():
+            assert getattr(row, f"score_{name}") == value, name
+    assert trials[list(TRIAL_TIMING_COLUMNS)].notna().all().all()
+    assert (trials[list(TRIAL_TIMING_COLUMNS)].sum(axis=1) <= trials["wall_time_s"] + 1e-6).all()
+    assert "  stage adversarial_warmup (target day_city, seed 0): " in tiny_hiast_sweep["printed"]

@@ -17,7 +17,8 @@ from raysel.execution.devices import direct_device, process_group_backend
 from raysel.execution.rows import write_row
 from raysel.execution.sessions import TrainWorkerSession, TuneTrialSession, reportable
 from raysel.execution.settings import SweepSettings
-from raysel.execution.trial import ATTEMPTS_FILE, FINAL_FILE, read_int, run_worker
+from raysel.execution.timing import PhaseClock, timed_context
+from raysel.execution.trial import ATTEMPTS_FILE, FINAL_FILE, read_int, train_and_finish
 from raysel.store import ResultStore
 from raysel.store_schema import SCORE_PREFIX
 
@@ -26,6 +27,7 @@ RESUMED_EPOCH = 1_000_000  # the epoch a finished trial reports, past any ASHA r
 
 def trial_driver(config: dict[str, Any], settings: SweepSettings) -> None:
     """Tune function trainable: run one configuration (direct or via TorchTrainer) and store its row."""
+    started, entered = time.time(), time.perf_counter()
     trial_id = tune.get_context().get_trial_id()
     store = ResultStore(Path(settings.results))
     previous = store.read_trial(settings.sweep_id, trial_id)
@@ -36,14 +38,15 @@ def trial_driver(config: dict[str, Any], settings: SweepSettings) -> None:
     output_dir = settings.trial_dir(trial_id)
     run = dict(settings.run, target=config["target"], output_dir=str(output_dir))
     loop_config = {"method": settings.method, "hyperparameters": dict(config["hp"]), "run": run}
-    started = time.time()
     try:
         if settings.resources.uses_train:
             final = fit_with_train(loop_config, settings, trial_id)
         else:
             device = direct_device(settings.resources)
             run["num_threads"] = max(1, int(round(settings.resources.cpus_per_worker)))
-            final = run_worker(loop_config, TuneTrialSession(device))
+            clock = PhaseClock()
+            final = train_and_finish(loop_config, TuneTrialSession(device), timed_context(clock)).final
+            final.update(trial_phase_columns(clock, time.perf_counter() - entered))
     except Exception as error:  # recorded, then re-raised so Tune's FailureConfig can retry the trial
         write_row(store, settings, trial_id, config, started, {"status": "failed", "error": one_line(error),
                                                                 "retries": read_int(output_dir / ATTEMPTS_FILE) - 1})
@@ -51,6 +54,11 @@ def trial_driver(config: dict[str, Any], settings: SweepSettings) -> None:
     write_row(store, settings, trial_id, config, started, final)
     scores = {f"{SCORE_PREFIX}{name}": value for name, value in (final.get("scores") or {}).items()}
     tune.report(reportable({**final, **scores, "epoch": RESUMED_EPOCH}))  # score_<name>: an Optuna objective
+
+
+def trial_phase_columns(clock: PhaseClock, trial_s: float) -> dict[str, float]:
+    """The ``time_<phase>_s`` columns of a trial; ``setup`` is the rest of ``trial_s`` (store check, run context)."""
+    return {**clock.columns(), "time_setup_s": max(0.0, trial_s - sum(clock.seconds.values()))}
 
 
 def fit_with_train(loop_config: dict[str, Any], settings: SweepSettings, trial_id: str) -> dict[str, Any]:
@@ -86,5 +94,7 @@ def fit_with_train(loop_config: dict[str, Any], settings: SweepSettings, trial_i
 
 
 def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
-    """Ray Train entry point: every worker runs the method loop through a TrainWorkerSession."""
-    return run_worker(loop_config, TrainWorkerSession())
+    """Ray Train entry point: every worker runs the method loop through a TrainWorkerSession (rank 0 timed)."""
+    clock, entered = PhaseClock(), time.perf_counter()
+    final = train_and_finish(loop_config, TrainWorkerSession(), timed_context(clock)).final
+    return {**final, **trial_phase_columns(clock, time.perf_counter() - entered)} if final else final

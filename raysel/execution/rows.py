@@ -15,7 +15,7 @@ from raysel.execution.settings import SweepSettings
 from raysel.hyperparameters import config_from_dict
 from raysel.registry import get_method
 from raysel.store import ResultStore
-from raysel.store_schema import FINAL_METRIC_COLUMNS, PER_TARGET_HELDOUT_PREFIXES
+from raysel.store_schema import FINAL_METRIC_COLUMNS, PER_TARGET_HELDOUT_PREFIXES, TRIAL_TIMING_COLUMNS
 
 
 def write_row(store: ResultStore, settings: SweepSettings, trial_id: str, config: dict[str, Any], started: float,
@@ -45,7 +45,7 @@ def write_row(store: ResultStore, settings: SweepSettings, trial_id: str, config
         "ray_version": ray.__version__,
         "torch_version": torch.__version__,
     }
-    for key in FINAL_METRIC_COLUMNS:
+    for key in (*FINAL_METRIC_COLUMNS, *TRIAL_TIMING_COLUMNS):
         if key in final:
             row[key] = final[key]
     row.update({key: value for key, value in final.items() if key.startswith(PER_TARGET_HELDOUT_PREFIXES)})

@@ -17,6 +17,7 @@ from typing import Any, Callable
 import torch
 
 from raysel.execution.predictions import cache_candidate_predictions
+from raysel.execution.timing import phase
 from raysel.heldout import heldout_scores
 from raysel.hyperparameters import config_from_dict
 from raysel.methods.base import NonFiniteLossError, RunContext, RunSpec, Session
@@ -65,7 +66,8 @@ def train_and_finish(loop_config: dict[str, Any], session: Session,
         (output_dir / ATTEMPTS_FILE).write_text(str(attempts))
     train_started = time.perf_counter()
     try:
-        result = method.train(config, ctx)
+        with phase(ctx, "train"):
+            result = method.train(config, ctx)
     except NonFiniteLossError as error:
         return WorkerRun({"status": "failed", "error": str(error)} if ctx.is_main else {}, None)
     train_seconds = time.perf_counter() - train_started
@@ -84,17 +86,21 @@ def finish_run(result: TrainResult, ctx: RunContext) -> dict[str, Any]:
     model = unwrapped(result.model)
     model.eval()
     output_dir = Path(ctx.spec.output_dir)
-    checkpoint_path = save_model(result, output_dir / MODEL_FILE)
-    predictions_path = cache_candidate_predictions(model, ctx, output_dir / PREDICTIONS_FILE)
+    with phase(ctx, "save_model"):
+        checkpoint_path = save_model(result, output_dir / MODEL_FILE)
+    with phase(ctx, "predictions"):
+        predictions_path = cache_candidate_predictions(model, ctx, output_dir / PREDICTIONS_FILE)
 
     final: dict[str, Any] = {"checkpoint_path": str(checkpoint_path), "predictions_path": str(predictions_path)}
-    if result.evaluation_targets:
-        final.update(multi_target_heldout(model, ctx, list(result.evaluation_targets)))
-    else:
-        final.update(heldout_scores(model, ctx.family, ctx.data_root, ctx.target, ctx.device,
-                                    image_size=ctx.spec.image_size))
+    with phase(ctx, "heldout"):
+        if result.evaluation_targets:
+            final.update(multi_target_heldout(model, ctx, list(result.evaluation_targets)))
+        else:
+            final.update(heldout_scores(model, ctx.family, ctx.data_root, ctx.target, ctx.device,
+                                        image_size=ctx.spec.image_size))
     # Label-free scores that need the model (consistency, MixVal); the method's own scores win on a name clash.
-    final["scores"] = {**run_trial_selection_scores(model, ctx), **result.scores}
+    with phase(ctx, "selection_scores"):
+        final["scores"] = {**run_trial_selection_scores(model, ctx), **result.scores}
     if result.metrics:
         final["metrics"] = dict(result.metrics)
     return final

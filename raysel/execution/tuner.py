@@ -48,6 +48,7 @@ def build_tuner(settings: SweepSettings, search: SearchSettings, param_space: di
         search_alg=search_alg,
         scheduler=scheduler,
         trial_dirname_creator=lambda trial: trial.trial_id,
+        reuse_actors=True,  # a finished trial's process runs the next one: no new worker process, no repeated imports
     )
     run_config = tune.RunConfig(
         name=TUNE_FOLDER,
