@@ -22,7 +22,7 @@ Parts (every one through raysel's own code: ``RunContext`` with a ``LocalSession
     python -m benchmarks.gpu_throughput --smoke --allow-cpu  # every code path at a tiny size, on CPU (tests)
 
 Without CUDA it refuses to run (one ``error:`` line, exit 2) unless ``--allow-cpu``. ``--smoke`` uses the small
-networks at 64x128, a few iterations and a 2-configuration sweep; its numbers mean nothing. BENCHMARKS.md is written only after a GPU run.
+networks at 32x64, a few iterations and a 2-configuration sweep; its numbers mean nothing. BENCHMARKS.md is written only after a GPU run.
 """
 
 from __future__ import annotations
@@ -83,10 +83,10 @@ class Sizes:
     selection_size: int = 48
 
 
-SMOKE = Sizes(segmentation_model="small_segnet", segmentation_size=(64, 128), hiast_batch=2,
+SMOKE = Sizes(segmentation_model="small_segnet", segmentation_size=(32, 64), hiast_batch=2,
               classification_model="small_cnn", classification_size=(32, 32), gsda_batch=4, iterations=2,
               warmup_iterations=1, hdrq_iterations=2, calibration_images=2, vote_candidates=3, vote_images=4,
-              vote_size=(64, 128), sweep_iterations=2, sweep_configurations=2, stage_iterations=2, selection_size=8)
+              vote_size=(32, 64), sweep_iterations=2, sweep_configurations=2, stage_iterations=2, selection_size=4)
 
 
 @dataclass
@@ -426,7 +426,7 @@ def run(args: argparse.Namespace, device: torch.device) -> tuple[list[Row], dict
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.gpu_throughput", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--smoke", action="store_true", help="every part at a tiny size (small networks, 64x128)")
+    parser.add_argument("--smoke", action="store_true", help="every part at a tiny size (small networks, 32x64)")
     parser.add_argument("--allow-cpu", action="store_true", help="run without CUDA (with --smoke: tests)")
     parser.add_argument("--iterations", type=int, default=None, help="timed training iterations per part")
     parser.add_argument("--data-root", type=Path, default=None,

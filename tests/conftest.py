@@ -23,15 +23,22 @@ import torch  # noqa: E402
 
 torch.set_num_threads(1)
 
+from raysel.data.digits import DigitsConfig, prepare_digits  # noqa: E402
+from raysel.data.street_scenes import StreetScenesConfig, prepare_street_scenes  # noqa: E402
+
+
+# The sweeps' data: the default image sizes, few images (more than the tests' --selection-size 12 per target), so that
+# generating it takes seconds instead of ~90 s and every trial loads and evaluates a few images instead of hundreds.
+EMBEDDED_STREET_SCENES = StreetScenesConfig(source_train=24, target_train=16, target_heldout=8)
+EMBEDDED_DIGITS = DigitsConfig(per_domain=60)
+
 
 @pytest.fixture(scope="session")
 def embedded_data_root() -> Path:
-    """The embedded benchmarks generated once into a session folder (the default sizes used by the sweep)."""
+    """The embedded benchmarks generated once into a session folder, at the small sizes above (sweeps accept them)."""
     root = Path(tempfile.mkdtemp(prefix="raysel-data-"))
-    from raysel import data
-
-    for name in ("street_scenes", "digits"):
-        data.prepare(data.get_family(name), root)
+    prepare_street_scenes(root, EMBEDDED_STREET_SCENES)
+    prepare_digits(root, EMBEDDED_DIGITS)
     yield root
     shutil.rmtree(root, ignore_errors=True)
 
@@ -39,9 +46,6 @@ def embedded_data_root() -> Path:
 @pytest.fixture(scope="session")
 def tiny_roots(tmp_path_factory) -> dict[str, Path]:
     """The embedded families' small generated data (a few images per split), once per session."""
-    from raysel.data.digits import DigitsConfig, prepare_digits
-    from raysel.data.street_scenes import StreetScenesConfig, prepare_street_scenes
-
     street, digits = tmp_path_factory.mktemp("street"), tmp_path_factory.mktemp("digits")
     prepare_street_scenes(street, StreetScenesConfig.small())
     prepare_digits(digits, DigitsConfig.small())

@@ -15,7 +15,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import pandas as pd
@@ -99,15 +99,40 @@ def run_context(root: Path, task: str, method: str, tmp_path: Path, session: Loc
     return RunContext(spec, session)
 
 
+@dataclasses.dataclass
+class TinyRun:
+    """One method trained for two steps on tiny data in-process: what it returned, reported and ran in."""
+
+    result: Any
+    session: LocalSession
+    ctx: RunContext
+    workdir: Path
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tiny_roots: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Callable[[str, str], TinyRun]:
+    """Each (method, task) trained once per module: the resume test and the rebuild test inspect the same run."""
+    runs: dict[tuple[str, str], TinyRun] = {}
+
+    def run(name: str, task: str) -> TinyRun:
+        if (name, task) not in runs:
+            dataset = "street_scenes" if task == "segmentation" else "digits"
+            workdir = tmp_path_factory.mktemp(f"{name}-{task}")
+            session = LocalSession(checkpoint_root=str(workdir / "checkpoints"))
+            ctx = run_context(tiny_roots[dataset], task, name, workdir, session)
+            runs[(name, task)] = TinyRun(get_method(name).train(tiny_config(name, task), ctx), session, ctx, workdir)
+        return runs[(name, task)]
+
+    return run
+
+
 @pytest.mark.parametrize("name, task", method_cases())  # in-process, no Ray: fast enough for the unit suite
 def test_method_runs_two_steps_reports_checkpoints_and_resumes(name: str, task: str, tiny_roots: dict[str, Path],
-                                                               tmp_path: Path) -> None:
+                                                               tiny_run: Callable[[str, str], TinyRun]) -> None:
     method = get_method(name)
     dataset = "street_scenes" if task == "segmentation" else "digits"
-    config = tiny_config(name, task)
-    session = LocalSession(checkpoint_root=str(tmp_path / "checkpoints"))
-    ctx = run_context(tiny_roots[dataset], task, name, tmp_path, session)
-    model = method.train(config, ctx).model
+    run = tiny_run(name, task)
+    session, ctx, model = run.session, run.ctx, run.result.model
     assert session.reports, f"{name} reported nothing"
     for key in REQUIRED_METRICS:
         assert key in session.reports[-1] and math.isfinite(float(session.reports[-1][key])), (key, session.reports)
@@ -119,7 +144,8 @@ def test_method_runs_two_steps_reports_checkpoints_and_resumes(name: str, task: 
     assert logits.shape[:2] == (2, ctx.num_classes) and torch.isfinite(logits).all()
 
     restarted = LocalSession(_last_checkpoint=session._last_checkpoint)
-    resumed = method.train(config, run_context(tiny_roots[dataset], task, name, tmp_path, restarted)).model
+    config = tiny_config(name, task)
+    resumed = method.train(config, run_context(tiny_roots[dataset], task, name, run.workdir, restarted)).model
     resumed.eval()
     with torch.no_grad():
         torch.testing.assert_close(resumed(images), logits)
@@ -127,15 +153,13 @@ def test_method_runs_two_steps_reports_checkpoints_and_resumes(name: str, task: 
 
 
 @pytest.mark.parametrize("name, task", method_cases())
-def test_method_rebuilds_from_its_saved_state(name: str, task: str, tiny_roots: dict[str, Path],
+def test_method_rebuilds_from_its_saved_state(name: str, task: str, tiny_run: Callable[[str, str], TinyRun],
                                               tmp_path: Path) -> None:
     """The trained model rebuilt from what the trial saved (``save_model`` + ``rebuild_model``), as --repredict does."""
-    dataset = "street_scenes" if task == "segmentation" else "digits"
-    ctx = run_context(tiny_roots[dataset], task, name, tmp_path, LocalSession(checkpoint_root=str(tmp_path / "c")))
-    result = get_method(name).train(tiny_config(name, task), ctx)
-    images = torch.stack([ctx.target_dataset()[index]["image"] for index in range(2)])
-    trained = result.model.eval()
-    rebuilt = rebuild_model(save_model(result, tmp_path / "model.pt"), ctx).eval()
+    run = tiny_run(name, task)
+    images = torch.stack([run.ctx.target_dataset()[index]["image"] for index in range(2)])
+    trained = run.result.model.eval()
+    rebuilt = rebuild_model(save_model(run.result, tmp_path / "model.pt"), run.ctx).eval()
     with torch.no_grad():
         torch.testing.assert_close(rebuilt(images), trained(images))
 

@@ -317,6 +317,8 @@ DIGITS = register_family(DatasetFamily(
     name=FOLDER, task="classification", num_classes=len(CLASS_NAMES), class_names=CLASS_NAMES, domains=DOMAINS,
     default_source=SOURCE_DOMAIN, default_targets=DEVELOPMENT_TARGETS, test_targets=TEST_TARGETS, embedded=True,
     loader=load_digits_domain,
-    preparer=lambda root: prepare_digits(root), default_image_size=(IMAGE_SIZE, IMAGE_SIZE),
+    # Like the loader, a sweep accepts any complete tree of this version (e.g. the tests' small one).
+    preparer=lambda root: ensure_generated(root, prepare_digits, FOLDER, GENERATOR_VERSION),
+    default_image_size=(IMAGE_SIZE, IMAGE_SIZE),
     standard_image_sizes={domain: (IMAGE_SIZE, IMAGE_SIZE) for domain in DOMAINS},
 ))

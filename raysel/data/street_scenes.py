@@ -1002,7 +1002,9 @@ STREET_SCENES = register_family(DatasetFamily(
     name=FOLDER, task="segmentation", num_classes=NUM_SEGMENTATION_CLASSES, class_names=CITYSCAPES_CLASS_NAMES,
     domains=DOMAINS, default_source=SOURCE_DOMAIN, default_targets=DEVELOPMENT_TARGETS, test_targets=TEST_TARGETS,
     embedded=True,
-    loader=load_street_scenes, preparer=lambda root: prepare_street_scenes(root),
+    # Like the loader, a sweep accepts any complete tree of this version (e.g. the tests' small one).
+    loader=load_street_scenes, preparer=lambda root: ensure_generated(root, prepare_street_scenes, FOLDER,
+                                                                      GENERATOR_VERSION),
     standard_image_sizes={domain: (StreetScenesConfig.height, StreetScenesConfig.width) for domain in DOMAINS},
     splits_by_domain={SOURCE_DOMAIN: ("train",)},
 ))
