@@ -32,7 +32,7 @@ development targets day_city and photo_digits (single trials of the short budget
 label chose anything here.
 
 Budgets: ``quick`` (smoke test: tiny trainings, 1 seed, 3 configurations, 3 entropy values), ``short`` (default: 3
-seeds; day_city + foggy_city, photo_digits + stroke_digits; 8 configurations per wide sweep, 5 entropy values;
+seeds; day_city + foggy_city, photo_digits + stroke_digits; 6 configurations per wide sweep, 5 entropy values;
 street trials as selection_quality's short budget; under 90 minutes on 2 quiet cores), ``full`` (every development
 and test target, 12 configurations, selection_quality's reduced street budget). Rerunning the same command reuses
 finished sweeps and resumes a killed one (sweeps are named by budget, method, seed, target and kind).
@@ -113,7 +113,7 @@ class Shape:
     all_targets: bool  # every development and test target; else the first development target and the test targets
 
 
-SHAPES = {"quick": Shape((0,), 3, 3, 12, False), "short": Shape((0, 1, 2), 8, 5, 150, False),
+SHAPES = {"quick": Shape((0,), 3, 3, 12, False), "short": Shape((0, 1, 2), 6, 5, 150, False),
           "full": Shape((0, 1, 2), 12, 5, None, True)}
 
 

@@ -43,9 +43,9 @@ def test_wide_sweep_is_the_same_random_sample_for_every_target_of_a_seed(tmp_pat
     def without_target(plan: sq.SweepPlan) -> list[str]:
         return [item for item in plan.argv if item not in (plan.targets[0], plan.sweep_id)]
 
-    assert without_target(day) == without_target(fog) and day.expected_trials == 8
+    assert without_target(day) == without_target(fog) and day.expected_trials == 6
     argv = " ".join(day.argv)
-    assert "--search random --num-samples 8" in argv
+    assert "--search random --num-samples 6" in argv
     assert "learning_rate={choice: [2e-05, 6.32e-05, 0.0002, 0.000632, 0.002]}" in argv  # 2e-4 x 0.1 .. x 10
     assert "iterations_per_round={choice: [30, 60, 120]}" in argv  # 0.5x, 1x, 2x of the short budget's 60
 
