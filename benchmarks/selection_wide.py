@@ -342,11 +342,6 @@ def spread_line(cases: Sequence[WideCase]) -> str:
             f"(< {FLAT_SPREAD_POINTS:g}); {below} have a candidate below source-only.")
 
 
-def kind_group(case: WideCase) -> str:
-    """``wide`` or ``entropy-weight`` sweep."""
-    return "wide sweeps" if case.case.kind == WIDE_KIND else "entropy-weight sweeps"
-
-
 def role_sections(cases: Sequence[WideCase], names: Sequence[str], options: WideOptions, role: str) -> list[str]:
     """The tables of one role (development or test): per family, wide and entropy-weight sweeps apart."""
     parts: list[str] = []
@@ -356,7 +351,7 @@ def role_sections(cases: Sequence[WideCase], names: Sequence[str], options: Wide
             continue
         targets = ", ".join(dict.fromkeys(case.case.target for case in group))
         for kind in ("wide sweeps", "entropy-weight sweeps"):
-            chosen = [case for case in group if kind_group(case) == kind]
+            chosen = [case for case in group if (case.case.kind == WIDE_KIND) == (kind == "wide sweeps")]
             if chosen:
                 parts += ["", f"### {role} targets — {family} ({targets}): {kind}, {METRIC[family]} points", "",
                           spread_line(chosen), "", selector_table(chosen, names)]
@@ -396,12 +391,13 @@ def format_body(cases: Sequence[WideCase], names: Sequence[str], options: WideOp
                       for family, targets in options.targets.items())
     parts = [
         f"Wide and entropy-weight sweeps (issue 13 item 3), budget `{options.budget}`, seeds "
-        f"{', '.join(map(str, options.seeds))}, {options.configurations} random configurations per wide sweep (the same "
-        f"for every target of a seed), one sweep per (method, seed, target). Targets — {roles}. Every sweep re-scored "
-        "offline with each applicable label-free selector (`raysel.selection.decision.select_sweep`); held-out "
-        "scores are used only to evaluate. Regret in points of the family's metric; *collapsed picks*: picks below the "
-        "source-only model on that target and seed (`k/n`, n sweeps with a reference; the random pick's k is its "
-        f"expectation); a sweep is *flat* when its held-out spread is under {FLAT_SPREAD_POINTS:g} point.",
+        f"{', '.join(map(str, options.seeds))}, {options.configurations} random configurations per wide sweep (the "
+        f"same for every target of a seed), one sweep per (method, seed, target). Targets — {roles}. Every sweep "
+        "re-scored offline with each applicable label-free selector (`raysel.selection.decision.select_sweep`); "
+        "held-out scores are used only to evaluate. Regret in points of the family's metric; *collapsed picks*: "
+        "picks below the source-only model on that target and seed (`k/n`, n sweeps with a reference; the random "
+        f"pick's k is its expectation); a sweep is *flat* when its held-out spread is under "
+        f"{FLAT_SPREAD_POINTS:g} point.",
         "", "Swept values (ranges chosen on development targets only; see the script's docstring):", "",
         ranges_text(options), "", facts]
     for role in ("development", "test"):
@@ -427,11 +423,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--seeds", nargs="+", type=int, default=None, help="seeds (default: the budget's)")
     parser.add_argument("--configurations", type=int, default=None,
                         help="random configurations per wide sweep (default: the budget's)")
+    parser.add_argument("--entropy-values", type=int, default=None,
+                        help="values per entropy-weight sweep, at least 2 (default: the budget's)")
     parser.add_argument("--cpus", type=int, default=2, help="CPUs of the local Ray (default 2)")
     parser.add_argument("--no-write", action="store_true", help="print the section without touching BENCHMARKS.md")
     args = parser.parse_args(argv)
-    if args.configurations is not None and args.configurations < 2:
-        parser.error("--configurations must be at least 2 (selection needs two candidates)")
+    if min(args.configurations or 2, args.entropy_values or 2) < 2:
+        parser.error("--configurations and --entropy-values must be at least 2 (selection needs two candidates)")
     if args.budget == "quick":
         args.no_write = True
     if args.workdir is None:
@@ -461,7 +459,8 @@ def build_options(args: argparse.Namespace) -> WideOptions:
                        data_root=(args.data_root or data.default_data_root()).resolve(), budget=args.budget,
                        methods=tuple(args.methods), seeds=tuple(args.seeds or shape.seeds),
                        configurations=args.configurations or shape.configurations,
-                       entropy_values=shape.entropy_values, selection_size=shape.selection_size,
+                       entropy_values=args.entropy_values or shape.entropy_values,
+                       selection_size=shape.selection_size,
                        targets=budget_targets(shape))
 
 

@@ -98,16 +98,21 @@ def test_tables_report_collapses_flat_sweeps_and_roles_apart(tmp_path: Path) -> 
 
 @pytest.mark.integration
 def test_quick_run_on_digits_prints_dev_and_test_tables(tmp_path: Path) -> None:
-    """Real smoke run: source_only's wide sweep on photo_digits (dev) and stroke_digits (test) with references."""
-    command = [sys.executable, "-m", "benchmarks.selection_wide", "--budget", "quick", "--methods", "source_only",
-               "--configurations", "2", "--workdir", str(tmp_path / "store"), "--data-root", str(tmp_path / "data")]
-    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
+    """Real smoke run: gsda's wide and entropy-weight sweeps on photo_digits (development) and stroke_digits (test),
+    each with its source-only reference, then the tables."""
+    command = [sys.executable, "-m", "benchmarks.selection_wide", "--budget", "quick", "--methods", "gsda",
+               "--configurations", "2", "--entropy-values", "2", "--workdir", str(tmp_path / "store"),
+               "--data-root", str(tmp_path / "data")]
+    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     out = done.stdout
     assert "## selection_wide" in out and "sweep 6/6" in out
-    development = out.index("### development targets — digits (photo_digits): wide sweeps, accuracy points")
-    test = out.index("### test targets — digits (stroke_digits): wide sweeps, accuracy points")
-    assert development < test
-    assert out.count("collapsed picks") >= 2 and "oracle (held-out best)" in out
-    rows = [line for line in out.splitlines() if line.startswith("| ") and "| source_only | 0 |" in line]
-    assert len(rows) == 2 and all(("| flat |" in row) or ("| no |" in row) for row in rows)
+    headings = [f"### {role} targets — digits ({target}): {kind}, accuracy points"
+                for role, target in (("development", "photo_digits"), ("test", "stroke_digits"))
+                for kind in ("wide sweeps", "entropy-weight sweeps")]
+    positions = [out.index(heading) for heading in headings]
+    assert positions == sorted(positions)  # development before test
+    assert out.count("collapsed picks") == 4 and "oracle (held-out best)" in out
+    rows = [line for line in out.splitlines() if line.startswith("| ") and "| gsda | 0 |" in line]
+    assert len(rows) == 4 and all(("| flat |" in row) or ("| no |" in row) for row in rows)
+    assert all(row.split("|")[10].strip() not in ("", "—") for row in rows)  # every sweep has its source-only score
