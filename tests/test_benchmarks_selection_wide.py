@@ -112,7 +112,7 @@ def test_quick_run_on_digits_prints_dev_and_test_tables(tmp_path: Path) -> None:
                 for kind in ("wide sweeps", "entropy-weight sweeps")]
     positions = [out.index(heading) for heading in headings]
     assert positions == sorted(positions)  # development before test
-    assert out.count("collapsed picks") == 4 and "oracle (held-out best)" in out
+    assert out.count("| collapsed picks |") == 4 and "oracle (held-out best)" in out
     rows = [line for line in out.splitlines() if line.startswith("| ") and "| gsda | 0 |" in line]
     assert len(rows) == 4 and all(("| flat |" in row) or ("| no |" in row) for row in rows)
     assert all(row.split("|")[10].strip() not in ("", "—") for row in rows)  # every sweep has its source-only score
