@@ -16,7 +16,7 @@ Table 8's protocol (:mod:`benchmarks.selection_quality`) sweeps hyperparameters 
   budget). That stage is cached per data, model, settings and seed, so this trial *is* the source model the
   adaptation started from, scored on the same held-out split by :mod:`raysel.heldout`; on digits it is also the
   ``source_only`` method's default configuration. A pick whose held-out score is below it is a *collapsed pick*.
-* t2sda's default configuration (the other methods have theirs in the entropy sweep or as the reference).
+* t2sda's default configuration (the others have theirs in the entropy sweep or as the reference).
 
 Every finished sweep is re-scored offline with every applicable label-free selector exactly as ``raysel.select``
 does (:func:`benchmarks.selection_quality.evaluate_plans`), against three baselines (default configuration, random
@@ -28,8 +28,9 @@ T2S-DA §4) extended by a decade or more past them, so that the extreme values b
 chose anything here. Checked by single in-process trials on the development target photo_digits only (seed 0,
 default budget): source-only 37.8 % accuracy, gsda default 37.8 %, learning rate 0.1 (x10) 25.6 %, entropy alpha 5
 13.3 % (both below source-only), beta 100 diverged (NaN at iteration 60: a failed trial, which no selector can pick;
-the report counts failed trials). Street ranges: not confirmed by single trials (the shared machine ran at a load of
-15-30); check them on the benchmark's day_city rows (spread, candidates below source-only), never foggy_city's.
+the report counts failed trials); source_only learning rate 0.01 40.0 %, weight decay 0.05 38.9 % (not broken: its
+sweep may stay narrow; 300 iterations untried). Street ranges: unconfirmed by single trials (machine load 15-30);
+check them on the benchmark's day_city rows (spread, candidates below source-only), never foggy_city's.
 
 Budgets: ``quick`` (smoke test: tiny trainings, 1 seed, 3 configurations, 3 entropy values), ``short`` (default: 3
 seeds; day_city + foggy_city, photo_digits + stroke_digits; 6 configurations per wide sweep, 5 entropy values;
