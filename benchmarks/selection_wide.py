@@ -71,6 +71,7 @@ WIDE_KIND = "wide"
 LR_FACTORS = (0.1, 0.316, 1.0, 3.16, 10.0)
 LENGTH_FACTORS = (0.5, 1.0, 2.0)
 LENGTH_FIELD = {"hiast": "iterations_per_round"}  # every other method: "iterations"
+METRIC = {"street_scenes": "mIoU", "digits": "accuracy"}
 
 
 @dataclass(frozen=True)
@@ -307,8 +308,6 @@ def wide_cases(plans: Sequence[sq.SweepPlan], results: Path) -> tuple[list[WideC
 # --------------------------------------------------------------------------------------------------------------
 # Markdown
 # --------------------------------------------------------------------------------------------------------------
-
-METRIC = {"street_scenes": "mIoU", "digits": "accuracy"}
 
 
 def collapsed_text(cases: Sequence[WideCase], name: str) -> str:
