@@ -113,6 +113,8 @@ class SweepPlan:
     swept: tuple[str, ...]  # the hyperparameters that define "the default configuration" for this method
     targets: tuple[str, ...]
     num_samples: int = 1
+    # budget settings that replace the method's defaults in "the default configuration" (e.g. a shorter training)
+    default_overrides: tuple[tuple[str, Any], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -136,6 +138,11 @@ def method_defaults(method: str) -> dict[str, Any]:
     from raysel.registry import get_method
 
     return dataclasses.asdict(get_method(method).config_class())
+
+
+def plan_defaults(plan: SweepPlan) -> dict[str, Any]:
+    """The default configuration of a plan: the method's defaults with the plan's budget overrides."""
+    return {**method_defaults(plan.method), **dict(plan.default_overrides)}
 
 
 def space_swept_names(method: str) -> tuple[str, ...]:
@@ -344,7 +351,7 @@ def run_plans(plans: Sequence[SweepPlan], results: Path, cpus: int) -> float:
     timed_trials, timed_seconds, done = 0, 0.0, 0
     temp_dir = start_ray(cpus)
     try:
-        for plan in plans:
+        for number, plan in enumerate(plans, start=1):
             outcome, seconds = run_plan(plan, results)
             done += plan.expected_trials
             if outcome == "ran":
@@ -352,7 +359,7 @@ def run_plans(plans: Sequence[SweepPlan], results: Path, cpus: int) -> float:
                 timed_seconds += seconds
             projection = (f", about {(total - done) * timed_seconds / timed_trials / 60:.0f} min to go"
                           if timed_trials else "")
-            print(f"[{time.perf_counter() - started:7.0f}s] {plan.sweep_id}: {outcome} "
+            print(f"[{time.perf_counter() - started:7.0f}s] sweep {number}/{len(plans)} {plan.sweep_id}: {outcome} "
                   f"({plan.expected_trials} trials, {seconds:.0f} s); {done}/{total} trials{projection}", flush=True)
     finally:
         stop_ray(temp_dir)
@@ -402,13 +409,17 @@ class SweepCase:
 
 
 def finished_trials(results: Path, name: str) -> Any:
-    """The sweep's finished trials that have a held-out mIoU (pandas DataFrame, possibly empty)."""
+    """The sweep's finished trials with a held-out score, copied into column ``heldout`` (mIoU, or accuracy for
+    classification); a pandas DataFrame, possibly empty."""
     from raysel.store import ResultStore
+    from raysel.store_schema import heldout_column_with_values
 
     trials = ResultStore(results).load_sweep(name)
-    if trials.empty:
-        return trials
-    keep = (trials["status"] == "finished") & trials["heldout_miou"].notna()
+    column = None if trials.empty else heldout_column_with_values(trials)
+    if column is None:
+        return trials.iloc[0:0]
+    trials = trials.assign(heldout=trials[column])
+    keep = (trials["status"] == "finished") & trials["heldout"].notna()
     return trials[keep].sort_values("trial_id")
 
 
@@ -432,8 +443,8 @@ def default_heldouts(frames: dict[str, Any], plans: Sequence[SweepPlan]) -> dict
         frame = frames.get(plan.sweep_id)
         if frame is None or frame.empty:
             continue
-        chosen = frame[matches_defaults(frame, method_defaults(plan.method), plan.swept)]
-        for target, heldout in zip(chosen["target"], chosen["heldout_miou"]):
+        chosen = frame[matches_defaults(frame, plan_defaults(plan), plan.swept)]
+        for target, heldout in zip(chosen["target"], chosen["heldout"]):
             collected.setdefault((plan.method, plan.seed, str(target)), []).append(float(heldout))
     return collected
 
@@ -448,17 +459,17 @@ def build_cases(plan: SweepPlan, frame: Any, decisions: dict[tuple[str, str], di
                 references: dict[tuple[str, int, str], float]) -> list[SweepCase]:
     """One case per target of a sweep, with every selector's evaluation and the default configuration's score."""
     cases = []
-    defaults = method_defaults(plan.method)
+    defaults = plan_defaults(plan)
     for target, group in frame.groupby("target", sort=True):
         if len(group) < 2:
             continue
         case = SweepCase(plan.method, plan.seed, str(target), plan.kind, plan.sweep_id, list(group["trial_id"]),
-                         [float(v) for v in group["heldout_miou"]])
+                         [float(v) for v in group["heldout"]])
         if plan.kind in HIAST_PARAMS:
             case.values = list(group[f"hp_{plan.kind}"])
         own = group[matches_defaults(group, defaults, plan.swept)]
         case.default_in_sweep = not own.empty
-        case.default_heldout = (float(own["heldout_miou"].mean()) if not own.empty
+        case.default_heldout = (float(own["heldout"].mean()) if not own.empty
                                 else references.get((plan.method, plan.seed, str(target))))
         for (decision_target, selector), decision in decisions.items():
             if decision_target == target and decision.get("heldout_regret") is not None:

@@ -117,3 +117,53 @@ def test_summarize_selectors_over_sweeps_and_the_best_one() -> None:
     assert by_name["fmiou"].mean_regret == pytest.approx(3.0) and by_name["im"].worst_regret == pytest.approx(6.0)
     assert by_name["fmiou"].worse_than_default == 1 and by_name[evaluate.DEFAULT_BASELINE].worse_than_default is None
     assert evaluate.best_selector(rows) == "fmiou" and evaluate.best_selector(rows[2:]) is None
+
+
+# ------------------------------------------------------------------------ wide sweeps: flat sweeps, collapsed picks
+
+
+def test_spread_in_points_and_the_flat_flag() -> None:
+    assert evaluate.heldout_spread([0.30, 0.355, 0.32]) == pytest.approx(5.5)
+    assert evaluate.heldout_spread([0.4]) == 0.0
+    assert evaluate.is_flat_sweep([0.300, 0.309])  # 0.9 points < 1
+    assert not evaluate.is_flat_sweep([0.300, 0.310])  # exactly 1 point is not flat
+    assert evaluate.is_flat_sweep([0.30, 0.33], min_spread=5.0)
+    with pytest.raises(ValueError, match="at least one candidate"):
+        evaluate.heldout_spread([])
+
+
+def test_collapse_indicators_per_selector_and_baselines() -> None:
+    heldout = [0.20, 0.45, 0.38, 0.41]  # source-only 0.40: candidates 0 and 2 collapsed
+    rows = evaluate.collapse_indicators(heldout, {"im": 0, "fmiou": 1, "snd": None}, source_only=0.40,
+                                        default_heldout=0.41)
+    assert rows["im"] == 1.0 and rows["fmiou"] == 0.0 and "snd" not in rows
+    assert rows[evaluate.RANDOM_BASELINE] == pytest.approx(0.5)
+    assert rows[evaluate.ORACLE_BASELINE] == 0.0 and rows[evaluate.DEFAULT_BASELINE] == 0.0
+    equal = evaluate.collapse_indicators([0.40, 0.5], {"im": 0}, source_only=0.40)  # equal to source-only: kept
+    assert equal["im"] == 0.0 and evaluate.DEFAULT_BASELINE not in equal
+
+
+def test_every_candidate_below_source_only_collapses_even_the_oracle() -> None:
+    rows = evaluate.collapse_indicators([0.1, 0.2], {"im": 1}, source_only=0.3, default_heldout=0.25)
+    assert rows == {"im": 1.0, evaluate.RANDOM_BASELINE: 1.0, evaluate.ORACLE_BASELINE: 1.0,
+                    evaluate.DEFAULT_BASELINE: 1.0}
+
+
+def test_unknown_source_only_gives_no_collapse_rows() -> None:
+    assert evaluate.collapse_indicators([0.1, 0.2], {"im": 1}, source_only=None) == {}
+    assert evaluate.collapse_indicators([0.1, 0.2], {"im": 1}, source_only=math.nan) == {}
+
+
+def test_count_collapsed_over_sweeps() -> None:
+    sweeps = [{"im": 1.0, evaluate.RANDOM_BASELINE: 0.25}, {"im": 0.0, evaluate.RANDOM_BASELINE: 0.5}, {}]
+    assert evaluate.count_collapsed(sweeps, "im") == (1.0, 2)
+    assert evaluate.count_collapsed(sweeps, evaluate.RANDOM_BASELINE) == (pytest.approx(0.75), 2)
+    assert evaluate.count_collapsed(sweeps, "snd") == (0.0, 0)
+
+
+def test_oracle_row_has_no_regret_and_is_a_baseline() -> None:
+    row = evaluate.oracle_evaluation([0.2, 0.5])
+    assert row["regret"] == 0.0 and row["gap_closed"] == 1.0
+    summary = evaluate.summarize_selectors([{"im": {**row, "regret": 2.0}, evaluate.ORACLE_BASELINE: row}], ["im"])
+    assert [r.name for r in summary] == ["im", evaluate.ORACLE_BASELINE]
+    assert evaluate.best_selector(summary) == "im"  # never a baseline

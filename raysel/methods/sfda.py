@@ -103,6 +103,8 @@ class SfdaConfig:
     # weight of L_DAD^ss, and tau of L_DAD^st (tau = beta); paper 0.5 (Table 6: 0.01..1.0)
     beta: float = bounded(0.5, ge=0.0, lt=math.inf)
     gamma: float = bounded(0.01, ge=0.0, lt=math.inf)  # weight of the IPSM adversarial loss L_ADV; paper 0.01
+    # weight of L_TAR (MaxSquare, Eq. 2) in Eq. 16; paper 1 (implicit); swept by benchmarks.selection_wide
+    maxsquare_weight: float = bounded(1.0, ge=0.0, lt=math.inf)
     # the paper's K: K x K patches per target image for IPSM; paper {3, 4, 5}; 1 = no IPSM
     k_patches: int = bounded(3, ge=1, le=16)
     # --- optimisation
@@ -510,7 +512,8 @@ def sfda_step(config: SfdaConfig, ctx: RunContext, nets: _Networks, target_image
         easy, hard, positions = easy_and_hard_patches(target_probabilities, config.k_patches)  # Eq. 13-14
         nets.discriminator.requires_grad_(False)
         adversarial = patch_adversarial_loss(nets.discriminator(hard, positions))  # Eq. 15, T's side
-    target_loss = maxsquare + config.alpha * mae + config.beta * dad_ss + config.gamma * adversarial  # Eq. 16
+    target_loss = (config.maxsquare_weight * maxsquare + config.alpha * mae + config.beta * dad_ss
+                   + config.gamma * adversarial)  # Eq. 16
     training.stop_if_not_finite(ctx, target_loss + generator_loss, "an SFDA iteration")
 
     generator_parameters = [p for p in nets.generator.parameters() if p.requires_grad]

@@ -17,6 +17,10 @@ The selected candidate is the highest score; NaN scores are never selected and c
 Across sweeps (the selection benchmark): two baselines, keeping the *default configuration* (:func:`matches_defaults`
 finds its trials) and the *expected random pick*; :func:`summarize_selectors` aggregates per selector (mean and
 worst regret, how often worse than the default) and :func:`best_selector` names the lowest mean regret.
+
+Wide sweeps (issue 13 item 3): a sweep is *flat* when its held-out spread (best − worst) is under
+:data:`FLAT_SPREAD_POINTS`; a *collapsed pick* is a chosen candidate whose held-out score is below the source-only
+model's on the same target and seed (:func:`collapse_indicators`, :func:`count_collapsed`).
 """
 
 from __future__ import annotations
@@ -100,7 +104,8 @@ def summarize_sweeps(evaluations: Sequence[Mapping[str, float]]) -> dict[str, fl
 
 DEFAULT_BASELINE = "default configuration"
 RANDOM_BASELINE = "random pick (expected)"
-BASELINES = (DEFAULT_BASELINE, RANDOM_BASELINE)
+ORACLE_BASELINE = "oracle (held-out best)"
+BASELINES = (DEFAULT_BASELINE, RANDOM_BASELINE, ORACLE_BASELINE)
 EVALUATION_KEYS = ("regret", "gap_closed", "kendall_tau", "spearman_rho", "top3_regret")
 
 
@@ -120,6 +125,13 @@ def baseline_evaluations(heldout: Sequence[float] | np.ndarray,
     if default_heldout is not None:
         rows[DEFAULT_BASELINE] = row(float(default_heldout))
     return rows
+
+
+def oracle_evaluation(heldout: Sequence[float] | np.ndarray) -> dict[str, Any]:
+    """The oracle's row (it picks the held-out best: regret 0, whole gap closed); the benchmarks' upper bound."""
+    del heldout  # the oracle's regret is zero by definition, whatever the candidates score
+    return {"regret": 0.0, "gap_closed": 1.0, "kendall_tau": 1.0, "spearman_rho": 1.0, "top3_regret": 0.0,
+            "selected_trial_id": None}
 
 
 def matches_defaults(trials: Any, defaults: Mapping[str, Any], names: Iterable[str]) -> np.ndarray:
@@ -196,3 +208,48 @@ def best_selector(rows: Sequence[SelectorSummary]) -> str | None:
     if not candidates:
         return None
     return min(candidates, key=lambda row: (row.mean_regret, -row.mean_gap_closed, row.name)).name
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Wide sweeps: flat sweeps and collapsed picks (issue 13 item 3)
+# --------------------------------------------------------------------------------------------------------------
+
+FLAT_SPREAD_POINTS = 1.0  # a sweep whose held-out best and worst differ by less is "flat": selection cannot matter
+
+
+def heldout_spread(heldout: Sequence[float] | np.ndarray) -> float:
+    """Best minus worst held-out score of a sweep's candidates, in points (0 for one candidate)."""
+    values = np.asarray(heldout, dtype=np.float64)
+    if values.size == 0:
+        raise ValueError("a sweep needs at least one candidate with a held-out score to have a spread")
+    return float(values.max() - values.min()) * POINTS
+
+
+def is_flat_sweep(heldout: Sequence[float] | np.ndarray, min_spread: float = FLAT_SPREAD_POINTS) -> bool:
+    """True when the held-out spread is under ``min_spread`` points: no selector can gain or lose much there."""
+    return heldout_spread(heldout) < min_spread
+
+
+def collapse_indicators(heldout: Sequence[float] | np.ndarray, selected: Mapping[str, int | None],
+                        source_only: float | None, default_heldout: float | None = None) -> dict[str, float]:
+    """Per selector (index of its pick in ``heldout``, None when it did not pick) 1.0 when the pick scores below the
+    source-only model ``source_only`` on held-out data, else 0.0; plus the baselines: the default configuration,
+    the random pick (the expected value: the fraction of candidates below source-only) and the oracle (1.0 only when
+    every candidate is below). Empty when the source-only score is unknown."""
+    if source_only is None or not math.isfinite(source_only):
+        return {}
+    values = np.asarray(heldout, dtype=np.float64)
+    below = values < source_only
+    rows = {name: float(below[index]) for name, index in selected.items() if index is not None}
+    rows[RANDOM_BASELINE] = float(below.mean())
+    rows[ORACLE_BASELINE] = float(values.max() < source_only)
+    if default_heldout is not None:
+        rows[DEFAULT_BASELINE] = float(default_heldout < source_only)
+    return rows
+
+
+def count_collapsed(sweeps: Sequence[Mapping[str, float]], name: str) -> tuple[float, int]:
+    """Collapsed picks of selector (or baseline) ``name`` summed over sweeps, and the number of sweeps that could
+    tell (those with a source-only reference and a pick by ``name``); the random pick's sum is an expectation."""
+    counted = [sweep[name] for sweep in sweeps if name in sweep]
+    return float(sum(counted)), len(counted)

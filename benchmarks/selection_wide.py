@@ -1,0 +1,500 @@
+"""Benchmark: label-free selection on *wide* sweeps, where some configurations break training (issue 13 item 3).
+
+Table 8's protocol (:mod:`benchmarks.selection_quality`) sweeps hyperparameters that barely matter; here, per seed:
+
+* a **wide** sweep per method (hiast, t2sda, sfda on street_scenes; gsda and source_only on digits): a seeded random
+  sample of N configurations (``--search random``; the same N configurations for every target of a seed: each
+  (seed, target) is its own sweep and Tune's sampler is re-seeded with the seed before each) drawing
+  - the learning rate from the default x 0.1, 0.316, 1, 3.16, 10 (two decades, log-spaced),
+  - the training length (``iterations``, HIAST ``iterations_per_round``) from 0.5x, 1x, 2x the budget's,
+  - the method's main loss weights from :data:`METHOD_SWEEPS` (up to values that break training);
+* an **entropy-weight** sweep, one at a time over values up to breaking ones, for the hyperparameters that scale an
+  entropy-like loss, where entropy/IM-style selectors are known to be biased: HIAST ``lambda_i`` (Eq. 12), SFDA
+  ``maxsquare_weight`` (the weight of Eq. 2's MaxSquare loss in Eq. 16), GSDA ``alpha`` (Eq. 5);
+* one **source-only reference** per family, seed and target: a ``source_only`` trial at the settings of the shared
+  source stage every adapting method starts from (``source_learning_rate``/``source_iterations`` under the
+  budget). That stage is cached per data, model, settings and seed, so this trial *is* the source model the
+  adaptation started from, scored on the same held-out split by :mod:`raysel.heldout`; on digits it is also the
+  ``source_only`` method's default configuration. A pick whose held-out score is below it is a *collapsed pick*.
+* t2sda's default configuration (the others have theirs in the entropy sweep or as the reference).
+
+Every finished sweep is re-scored offline with every applicable label-free selector exactly as ``raysel.select``
+does (:func:`benchmarks.selection_quality.evaluate_plans`), against three baselines (default configuration, random
+pick expected, oracle). Held-out scores (mIoU, accuracy on digits; points) are used only to evaluate, and the
+development and test targets are reported apart. Flat sweeps and collapsed picks: :mod:`raysel.selection.evaluate`.
+
+Where the ranges come from: the paper defaults and the papers' own ranges (HIAST Table 8, SFDA Tables 5-6, GSDA §3.1,
+T2S-DA §4) extended by a decade or more past them, so that the extreme values break training; no test-target label
+chose anything here. Checked by single in-process trials on the development target photo_digits only (seed 0,
+default budget): source-only 37.8 % accuracy, gsda default 37.8 %, learning rate 0.1 (x10) 25.6 %, entropy alpha 5
+13.3 % (both below source-only), beta 100 diverged (NaN at iteration 60: a failed trial, which no selector can pick;
+the report counts failed trials); source_only learning rate 0.01 40.0 %, weight decay 0.05 38.9 % (not broken: its
+sweep may stay narrow; 300 iterations untried). Street ranges: unconfirmed by single trials (machine load 15-30);
+check them on the benchmark's day_city rows (spread, candidates below source-only), never foggy_city's.
+
+Budgets: ``quick`` (smoke test: tiny trainings, 1 seed, 3 configurations, 3 entropy values), ``short`` (default: 3
+seeds; day_city + foggy_city, photo_digits + stroke_digits; 6 configurations per wide sweep, 5 entropy values;
+street trials as selection_quality's short budget: 288 trials in 66 sweeps, 180 of them on street_scenes; about
+75 minutes on 2 quiet cores, estimated from selection_quality's measured short-budget trials, 23/35/30 s for
+hiast/t2sda/sfda with 2 concurrent, x1.17 for the wide sweeps' mean length, plus ~10 s per sweep), ``full`` (every
+development and test target, 12 configurations, selection_quality's reduced street budget). Rerunning the same
+command reuses finished sweeps and resumes a killed one (sweeps are named by budget, method, seed, target and kind).
+
+    python -m benchmarks.selection_wide --budget short     # writes the "## selection_wide" section of BENCHMARKS.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from benchmarks import selection_quality as sq
+from benchmarks._common import REPO, command_line, format_section, write_section
+from raysel.selection.evaluate import (BASELINES, DEFAULT_BASELINE, FLAT_SPREAD_POINTS, ORACLE_BASELINE, POINTS,
+                                       SelectorSummary, best_selector, collapse_indicators, count_collapsed,
+                                       heldout_spread, is_flat_sweep, oracle_evaluation, summarize_selectors)
+
+SECTION = "selection_wide"
+FAMILY_OF = {"hiast": "street_scenes", "t2sda": "street_scenes", "sfda": "street_scenes", "gsda": "digits",
+             "source_only": "digits"}
+METHODS = tuple(FAMILY_OF)
+REFERENCE_METHOD = "source_only"
+WIDE_KIND = "wide"
+LR_FACTORS = (0.1, 0.316, 1.0, 3.16, 10.0)
+LENGTH_FACTORS = (0.5, 1.0, 2.0)
+LENGTH_FIELD = {"hiast": "iterations_per_round"}  # every other method: "iterations"
+METRIC = {"street_scenes": "mIoU", "digits": "accuracy"}
+
+
+@dataclass(frozen=True)
+class MethodSweeps:
+    """What one method's sweeps vary beyond learning rate and length: main loss weights, and the entropy weight."""
+
+    loss_weights: dict[str, tuple[float, ...]]
+    entropy_weight: str | None = None
+    entropy_values: tuple[float, ...] = ()  # the default included; ordered from weak to breaking
+
+
+METHOD_SWEEPS: dict[str, MethodSweeps] = {
+    # HIAST Table 8 tries lambda_cst 0.1-10 and lambda_i 0.1-10 (lambda_c is fixed at 0.1 in the paper).
+    "hiast": MethodSweeps({"lambda_c": (0.01, 0.1, 1.0, 10.0), "lambda_cst": (0.1, 0.5, 5.0, 50.0)},
+                          "lambda_i", (0.1, 1.0, 10.0, 30.0, 100.0)),
+    # T2S-DA's pull-loss weight lambda (paper 0.1, Tab. 12 0.01-1).
+    "t2sda": MethodSweeps({"lambda_": (0.01, 0.1, 1.0, 10.0)}),
+    # SFDA Table 5 alpha 0.1-2, Table 6 beta 0.01-1; gamma fixed at 0.01 in the paper.
+    "sfda": MethodSweeps({"alpha": (0.1, 1.0, 10.0), "beta": (0.05, 0.5, 5.0), "gamma": (0.01, 0.1, 1.0)},
+                         "maxsquare_weight", (0.1, 1.0, 3.0, 10.0, 30.0)),
+    # GSDA §3.1: alpha 0.02/0.2, beta 1/10.
+    "gsda": MethodSweeps({"alpha": (0.02, 0.2, 2.0), "beta": (0.1, 1.0, 10.0, 100.0)},
+                         "alpha", (0.0, 0.02, 0.2, 1.0, 5.0)),
+    # Source-only: only the optimiser; weight decay up to values that shrink the network to chance.
+    "source_only": MethodSweeps({"weight_decay": (5e-5, 5e-4, 5e-3, 5e-2)}),
+}
+DIGITS_BUDGETS: dict[str, dict[str, dict[str, Any]]] = {
+    "full": {"gsda": {}, "source_only": {}}, "short": {"gsda": {}, "source_only": {}},
+    "quick": {"gsda": {"iterations": 4, "num_reports": 1, "source_iterations": 8}, "source_only": {"iterations": 8}},
+}
+STREET_BUDGET = {"full": "reduced", "short": "short", "quick": "quick"}  # selection_quality's budgets
+
+
+@dataclass(frozen=True)
+class Shape:
+    """How big a budget's benchmark is."""
+
+    seeds: tuple[int, ...]
+    configurations: int
+    entropy_values: int
+    selection_size: int | None
+    all_targets: bool  # every development and test target; else the first development target and the test targets
+
+
+SHAPES = {"quick": Shape((0,), 3, 3, 12, False), "short": Shape((0, 1, 2), 6, 5, 150, False),
+          "full": Shape((0, 1, 2), 12, 5, None, True)}
+
+
+@dataclass(frozen=True)
+class WideOptions:
+    """What every sweep of the benchmark shares."""
+
+    results: Path
+    data_root: Path
+    budget: str
+    methods: tuple[str, ...]
+    seeds: tuple[int, ...]
+    configurations: int
+    entropy_values: int
+    selection_size: int | None
+    targets: dict[str, tuple[str, ...]]  # family -> targets (development first)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The plan
+# --------------------------------------------------------------------------------------------------------------
+
+
+def budget_settings(method: str, budget: str) -> dict[str, Any]:
+    """The fixed training settings of ``method`` under ``budget`` (street: selection_quality's budgets)."""
+    if FAMILY_OF[method] == "digits":
+        return dict(DIGITS_BUDGETS[budget][method])
+    return dict(sq.BUDGETS[STREET_BUDGET[budget]][method])
+
+
+def budget_defaults(method: str, budget: str) -> dict[str, Any]:
+    """The method's default configuration under ``budget`` (config defaults, budget settings replacing some)."""
+    return {**sq.method_defaults(method), **budget_settings(method, budget)}
+
+
+def round_value(value: float) -> float:
+    """Three significant digits, so the YAML and the table show 6.32e-05, not 6.324555320336759e-05."""
+    return float(f"{value:.3g}")
+
+
+def wide_values(method: str, budget: str) -> dict[str, tuple[Any, ...]]:
+    """The wide sweep's choices: learning rate over two decades, 0.5-2x training length, the main loss weights."""
+    defaults = budget_defaults(method, budget)
+    length = LENGTH_FIELD.get(method, "iterations")
+    return {"learning_rate": tuple(round_value(defaults["learning_rate"] * f) for f in LR_FACTORS),
+            length: tuple(dict.fromkeys(max(1, int(round(defaults[length] * f))) for f in LENGTH_FACTORS)),
+            **METHOD_SWEEPS[method].loss_weights}
+
+
+def swept_names(method: str, budget: str) -> tuple[str, ...]:
+    """Every hyperparameter any sweep of ``method`` varies (they define its default configuration)."""
+    entropy = METHOD_SWEEPS[method].entropy_weight
+    return tuple(dict.fromkeys([*wide_values(method, budget), *([entropy] if entropy else [])]))
+
+
+def fixed_entries(method: str, budget: str) -> dict[str, str]:
+    """``--set`` entries fixing the budget, the YAML's swept names and every swept name at their defaults."""
+    defaults = budget_defaults(method, budget)
+    names = [*sq.space_swept_names(method), *swept_names(method, budget)]
+    fixed = {key: sq.yaml_value(value) for key, value in budget_settings(method, budget).items()}
+    return {**fixed, **{name: sq.yaml_value(defaults[name]) for name in dict.fromkeys(names)}}
+
+
+def entropy_values(method: str, count: int) -> tuple[float, ...]:
+    """``count`` entropy-weight values from weak to breaking: the lowest, the default and the highest first."""
+    values = METHOD_SWEEPS[method].entropy_values
+    default = sq.method_defaults(method)[METHOD_SWEEPS[method].entropy_weight]
+    chosen = list(dict.fromkeys([values[0], default, values[-1], *values]))[:count]
+    return tuple(sorted(chosen))
+
+
+def sweep_name(options: WideOptions, method: str, seed: int, target: str, kind: str) -> str:
+    """Deterministic sweep id (one target per sweep), so a rerun reuses or resumes it."""
+    return f"sw-{options.budget}-{method}-s{seed}-{target}-{kind.replace('_', '')}"
+
+
+def make_plan(options: WideOptions, method: str, seed: int, target: str, kind: str, entries: dict[str, str],
+              trials: int, family: str | None = None) -> sq.SweepPlan:
+    """One single-target ``raysel.sweep`` run (``trials`` random samples for the wide kind, else a grid)."""
+    name = sweep_name(options, method, seed, target, kind)
+    argv = [method, "--data", family or FAMILY_OF[method], "--data-root", str(options.data_root), "--results",
+            str(options.results), "--name", name, "--seed", str(seed), "--target", target,
+            "--progress-interval", "120"]
+    if options.selection_size is not None:
+        argv += ["--selection-size", str(options.selection_size)]
+    argv += sq.set_arguments(entries)
+    samples = trials if kind == WIDE_KIND else 1
+    if kind == WIDE_KIND:
+        argv += ["--search", "random", "--num-samples", str(trials)]
+    overrides = tuple(budget_settings(method, options.budget).items())
+    return sq.SweepPlan(method, seed, kind, name, tuple(argv), trials, swept_names(method, options.budget),
+                        (target,), samples, overrides)
+
+
+def reference_plan(options: WideOptions, family: str, seed: int, target: str) -> sq.SweepPlan:
+    """The source-only trial at the shared source stage's settings: the collapse reference of ``target``."""
+    adapting = next(method for method, of in FAMILY_OF.items() if of == family and method != REFERENCE_METHOD)
+    stage = budget_defaults(adapting, options.budget)
+    settings = {"learning_rate": stage["source_learning_rate"], "iterations": stage["source_iterations"]}
+    entries = {**fixed_entries(REFERENCE_METHOD, options.budget),
+               **{name: sq.yaml_value(value) for name, value in settings.items()}}
+    plan = make_plan(options, REFERENCE_METHOD, seed, target, sq.DEFAULT_KIND, entries, 1, family)
+    return sq.SweepPlan(plan.method, seed, plan.kind, plan.sweep_id, plan.argv, 1, tuple(settings), plan.targets, 1,
+                        tuple(settings.items()))
+
+
+def method_plans(options: WideOptions, method: str, seed: int, target: str) -> list[sq.SweepPlan]:
+    """The wide sweep, the entropy-weight sweep (if any) and t2sda's default configuration of one target."""
+    fixed = fixed_entries(method, options.budget)
+    choices = {name: f"{{choice: {sq.yaml_value(list(values))}}}"
+               for name, values in wide_values(method, options.budget).items()}
+    plans = [make_plan(options, method, seed, target, WIDE_KIND, {**fixed, **choices}, options.configurations)]
+    weight = METHOD_SWEEPS[method].entropy_weight
+    if weight:
+        values = entropy_values(method, options.entropy_values)
+        grid = {weight: f"{{grid: {sq.yaml_value(list(values))}}}"}
+        plans.append(make_plan(options, method, seed, target, weight, {**fixed, **grid}, len(values)))
+    elif method != REFERENCE_METHOD:
+        plans.append(make_plan(options, method, seed, target, sq.DEFAULT_KIND, fixed, 1))
+    return plans
+
+
+def build_plans(options: WideOptions) -> list[sq.SweepPlan]:
+    """Every sweep, seed by seed and target by target; each target's source-only reference first."""
+    plans: list[sq.SweepPlan] = []
+    for seed in options.seeds:
+        for family, targets in options.targets.items():
+            methods = [method for method in options.methods if FAMILY_OF[method] == family]
+            for target in targets if methods else ():
+                plans.append(reference_plan(options, family, seed, target))
+                for method in methods:
+                    plans += method_plans(options, method, seed, target)
+    return plans
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Evaluation: selection_quality's re-scoring, plus roles, the source-only reference and collapses
+# --------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class WideCase:
+    """One sweep on one target (:class:`benchmarks.selection_quality.SweepCase`) with what this benchmark adds."""
+
+    case: sq.SweepCase
+    family: str
+    role: str  # "development" or "test" (the target's role in its family)
+    source_only: float | None  # held-out score of the source-only reference on this target and seed
+
+    def evaluations(self) -> dict[str, dict[str, Any]]:
+        """Every selector's evaluation and the three baselines."""
+        return {**self.case.all_evaluations(), ORACLE_BASELINE: oracle_evaluation(self.case.heldout)}
+
+    def collapses(self) -> dict[str, float]:
+        """Per selector and baseline: 1 when its pick is below source-only (random: the expected fraction)."""
+        ids = self.case.trial_ids
+        selected = {name: ids.index(evaluation["selected_trial_id"])
+                    if evaluation.get("selected_trial_id") in ids else None
+                    for name, evaluation in self.case.evaluations.items()}
+        return collapse_indicators(self.case.heldout, selected, self.source_only, self.case.default_heldout)
+
+    @property
+    def spread(self) -> float:
+        """Held-out best minus worst, in points."""
+        return heldout_spread(self.case.heldout)
+
+
+def target_role(family: str, target: str) -> str:
+    """``test`` for a family's held-back test targets, else ``development``."""
+    from raysel.data import get_family
+
+    return "test" if target in get_family(family).test_targets else "development"
+
+
+def wide_cases(plans: Sequence[sq.SweepPlan], results: Path) -> tuple[list[WideCase], list[str], dict[str, Any]]:
+    """Re-score every sweep (every applicable selector) and attach role and source-only reference to each case."""
+    cases, names, frames = sq.evaluate_plans(plans, results)
+    references = sq.default_heldouts(frames, [plan for plan in plans if plan.method == REFERENCE_METHOD])
+    family_of_sweep = {plan.sweep_id: plan.argv[plan.argv.index("--data") + 1] for plan in plans}
+    wide = []
+    for case in cases:
+        family = family_of_sweep[case.sweep_id]
+        reference = references.get((REFERENCE_METHOD, case.seed, case.target))
+        wide.append(WideCase(case, family, target_role(family, case.target),
+                             float(np.mean(reference)) if reference else None))
+    return wide, names, frames
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Markdown
+# --------------------------------------------------------------------------------------------------------------
+
+
+def collapsed_text(cases: Sequence[WideCase], name: str) -> str:
+    """``k/n`` collapsed picks over the sweeps with a source-only reference (the random pick's k is expected)."""
+    total, counted = count_collapsed([case.collapses() for case in cases], name)
+    if not counted:
+        return "—"
+    return f"{total:.1f}/{counted}" if name in BASELINES and not float(total).is_integer() else f"{total:.0f}/{counted}"
+
+
+def selector_table(cases: Sequence[WideCase], names: Sequence[str]) -> str:
+    """A row per selector and baseline: regrets, gap closed, τ, top-3 regret, collapsed picks; best in bold."""
+    rows: list[SelectorSummary] = summarize_selectors([case.evaluations() for case in cases], names)
+    best = best_selector(rows)
+    lines = ["| selector | mean regret | worst regret | mean gap closed | mean Kendall τ | mean top-3 regret | "
+             "collapsed picks | worse than default | sweeps |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for row in rows:
+        shown = f"**{row.name}**" if row.name == best else (f"*{row.name}*" if row.name in BASELINES else row.name)
+        worse = "—" if row.worse_than_default is None else f"{row.worse_than_default}/{row.compared_with_default}"
+        lines.append(f"| {shown} | {sq.fmt(row.mean_regret)} | {sq.fmt(row.worst_regret)} | "
+                     f"{sq.fmt(row.mean_gap_closed)} | {sq.fmt(row.mean_kendall_tau)} | "
+                     f"{sq.fmt(row.mean_top3_regret)} | {collapsed_text(cases, row.name)} | {worse} | {row.sweeps} |")
+    return "\n".join(lines)
+
+
+def spread_line(cases: Sequence[WideCase]) -> str:
+    """How much the sweeps spread: mean and range of spreads, flat sweeps, sweeps with a collapsed candidate."""
+    spreads = [case.spread for case in cases]
+    flat = sum(is_flat_sweep(case.case.heldout) for case in cases)
+    below = sum(bool(case.source_only is not None and min(case.case.heldout) < case.source_only) for case in cases)
+    return (f"Held-out spread per sweep: mean {np.mean(spreads):.1f}, {min(spreads):.1f}–{max(spreads):.1f} points; "
+            f"{sum(s >= 5.0 for s in spreads)}/{len(cases)} sweeps spread ≥ 5 points, {flat} flat "
+            f"(< {FLAT_SPREAD_POINTS:g}); {below} have a candidate below source-only.")
+
+
+def role_sections(cases: Sequence[WideCase], names: Sequence[str], options: WideOptions, role: str) -> list[str]:
+    """The tables of one role (development or test): per family, wide and entropy-weight sweeps apart."""
+    parts: list[str] = []
+    for family in options.targets:
+        group = [case for case in cases if case.role == role and case.family == family]
+        if not group:
+            continue
+        targets = ", ".join(dict.fromkeys(case.case.target for case in group))
+        for kind in ("wide sweeps", "entropy-weight sweeps"):
+            chosen = [case for case in group if (case.case.kind == WIDE_KIND) == (kind == "wide sweeps")]
+            if chosen:
+                parts += ["", f"### {role} targets — {family} ({targets}): {kind}, {METRIC[family]} points", "",
+                          spread_line(chosen), "", selector_table(chosen, names)]
+    return parts
+
+
+def sweep_table(cases: Sequence[WideCase]) -> str:
+    """Every (sweep, target): role, held-out range and spread, the flat flag, the source-only reference."""
+    lines = ["| role | method | seed | target | sweep | candidates | held-out min–max | spread | flat | source-only | "
+             "below source-only | default regret |", "|---|---|---:|---|---|---:|---|---:|---|---:|---:|---:|"]
+    for item in cases:
+        case, heldout = item.case, item.case.heldout
+        below = "—" if item.source_only is None else str(sum(v < item.source_only for v in heldout))
+        source = "—" if item.source_only is None else f"{item.source_only * POINTS:.1f}"
+        lines.append(f"| {item.role} | {case.method} | {case.seed} | {case.target} | {case.kind} | {len(heldout)} | "
+                     f"{min(heldout) * POINTS:.1f}–{max(heldout) * POINTS:.1f} | {item.spread:.1f} | "
+                     f"{'flat' if is_flat_sweep(heldout) else 'no'} | {source} | {below} | "
+                     f"{sq.fmt(sq.regret_of(case, DEFAULT_BASELINE))} |")
+    return "\n".join(lines)
+
+
+def ranges_text(options: WideOptions) -> str:
+    """The swept values per method (wide choices; entropy-weight grid)."""
+    items = []
+    for method in options.methods:
+        wide = json.dumps(wide_values(method, options.budget))
+        weight = METHOD_SWEEPS[method].entropy_weight
+        entropy = f"; {weight} one at a time {list(entropy_values(method, options.entropy_values))}" if weight else ""
+        items.append(f"- {method} ({FAMILY_OF[method]}): wide {wide}{entropy}")
+    return "\n".join(items)
+
+
+def format_body(cases: Sequence[WideCase], names: Sequence[str], options: WideOptions, facts: str) -> str:
+    """The BENCHMARKS.md section body: protocol, dev and test tables apart, every sweep."""
+    roles = "; ".join(f"{family}: development {[t for t in targets if target_role(family, t) == 'development']}, "
+                      f"test {[t for t in targets if target_role(family, t) == 'test']}"
+                      for family, targets in options.targets.items() if family in map(FAMILY_OF.get, options.methods))
+    parts = [
+        f"Wide and entropy-weight sweeps (issue 13 item 3), budget `{options.budget}`, seeds "
+        f"{', '.join(map(str, options.seeds))}, {options.configurations} random configurations per wide sweep (the "
+        f"same for every target of a seed), one sweep per (method, seed, target). Targets — {roles}. Every sweep "
+        "re-scored offline with each applicable label-free selector (`raysel.selection.decision.select_sweep`); "
+        "held-out scores are used only to evaluate. Regret in points of the family's metric; *collapsed picks*: "
+        "picks below the source-only model on that target and seed (`k/n`, n sweeps with a reference; the random "
+        f"pick's k is its expectation); a sweep is *flat* when its held-out spread is under "
+        f"{FLAT_SPREAD_POINTS:g} point.",
+        "", "Swept values (ranges chosen on development targets only; see the script's docstring):", "",
+        ranges_text(options), "", facts]
+    for role in ("development", "test"):
+        parts += role_sections(cases, names, options, role)
+    parts += ["", "### every sweep", "", sweep_table(cases)]
+    return "\n".join(parts)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Command line
+# --------------------------------------------------------------------------------------------------------------
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    """The benchmark's options."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--budget", choices=tuple(SHAPES), default="short",
+                        help="quick (smoke test), short (default; < 90 min on 2 cores) or full (every target)")
+    parser.add_argument("--workdir", type=Path, default=None,
+                        help="result store (default results/selection_wide_BUDGET; quick: a fresh temp dir)")
+    parser.add_argument("--data-root", type=Path, default=None, help="data root (default: raysel's default)")
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    parser.add_argument("--seeds", nargs="+", type=int, default=None, help="seeds (default: the budget's)")
+    parser.add_argument("--configurations", type=int, default=None,
+                        help="random configurations per wide sweep (default: the budget's)")
+    parser.add_argument("--entropy-values", type=int, default=None,
+                        help="values per entropy-weight sweep, at least 2 (default: the budget's)")
+    parser.add_argument("--cpus", type=int, default=2, help="CPUs of the local Ray (default 2)")
+    parser.add_argument("--no-write", action="store_true", help="print the section without touching BENCHMARKS.md")
+    args = parser.parse_args(argv)
+    if min(args.configurations or 2, args.entropy_values or 2) < 2:
+        parser.error("--configurations and --entropy-values must be at least 2 (selection needs two candidates)")
+    if args.budget == "quick":
+        args.no_write = True
+    if args.workdir is None:
+        args.workdir = (Path(tempfile.mkdtemp(prefix="rs-sw-")) if args.budget == "quick"
+                        else REPO / "results" / f"{SECTION}_{args.budget}")
+    return args
+
+
+def budget_targets(shape: Shape) -> dict[str, tuple[str, ...]]:
+    """Per family: every development target (full) or the first, then every test target."""
+    from raysel.data import get_family
+
+    targets = {}
+    for family in dict.fromkeys(FAMILY_OF.values()):
+        described = get_family(family)
+        development = described.development_targets if shape.all_targets else described.development_targets[:1]
+        targets[family] = (*development, *described.test_targets)
+    return targets
+
+
+def build_options(args: argparse.Namespace) -> WideOptions:
+    """Resolve the budget's shape, the data root and the targets."""
+    from raysel import data
+
+    shape = SHAPES[args.budget]
+    return WideOptions(results=args.workdir.resolve(),
+                       data_root=(args.data_root or data.default_data_root()).resolve(), budget=args.budget,
+                       methods=tuple(args.methods), seeds=tuple(args.seeds or shape.seeds),
+                       configurations=args.configurations or shape.configurations,
+                       entropy_values=args.entropy_values or shape.entropy_values,
+                       selection_size=shape.selection_size,
+                       targets=budget_targets(shape))
+
+
+def run_facts(frames: dict[str, Any], plans: Sequence[sq.SweepPlan], options: WideOptions, wall: float,
+              loads: tuple[float, float]) -> str:
+    """One paragraph on how the run went: trials, mean trial time per method, wall time, load."""
+    finished, failed, seconds = sq.trial_facts(frames, plans, options.results)
+    planned = sum(plan.expected_trials for plan in plans)
+    timing = ", ".join(f"{method} {value:.0f} s" for method, value in seconds.items())
+    return (f"Trials: {finished} finished, {failed} failed of {planned} planned in {len(plans)} sweeps; mean trial "
+            f"wall time {timing} (source_only: the cached reference and the digits sweeps together; concurrent trials "
+            f"on one local Ray with {os.cpu_count()} visible cores). Total wall time {wall / 60:.1f} min (sweeps "
+            f"reused from an earlier run count 0); load average {loads[0]:.1f} before / {loads[1]:.1f} after.")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    options = build_options(args)
+    plans = build_plans(options)
+    print(f"selection_wide: {len(plans)} sweeps, {sum(p.expected_trials for p in plans)} trials planned "
+          f"({options.budget} budget, {args.cpus} CPUs, seeds {list(options.seeds)}, targets {options.targets}); "
+          f"store {options.results}", flush=True)
+    load_before = os.getloadavg()[0]
+    wall = sq.run_plans(plans, options.results, args.cpus)
+    cases, names, frames = wide_cases(plans, options.results)
+    facts = run_facts(frames, plans, options, wall, (load_before, os.getloadavg()[0]))
+    body = format_body(cases, names, options, facts)
+    command = command_line("selection_wide.py", argv)
+    print(format_section(SECTION, command, body))
+    if not args.no_write:
+        write_section(SECTION, command, body)
+    return 0 if cases else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,118 @@
+"""benchmarks/selection_wide.py: the plan (wide and entropy-weight sweeps, source-only references), its tables on
+synthetic sweeps, and one real smoke run (--budget quick) on the digits family."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from benchmarks import selection_quality as sq
+from benchmarks import selection_wide as sw
+from raysel.selection.evaluate import ORACLE_BASELINE, RANDOM_BASELINE
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def options(tmp_path: Path, budget: str = "short", methods: tuple[str, ...] = sw.METHODS) -> sw.WideOptions:
+    shape = sw.SHAPES[budget]
+    return sw.WideOptions(results=tmp_path, data_root=tmp_path, budget=budget, methods=methods, seeds=(0, 1),
+                          configurations=shape.configurations, entropy_values=shape.entropy_values,
+                          selection_size=shape.selection_size, targets=sw.budget_targets(shape))
+
+
+def test_short_budget_covers_every_method_dev_and_test_targets(tmp_path: Path) -> None:
+    plans = sw.build_plans(options(tmp_path))
+    kinds = {(plan.method, plan.kind) for plan in plans}
+    assert {("hiast", "lambda_i"), ("sfda", "maxsquare_weight"), ("gsda", "alpha"), ("t2sda", sq.DEFAULT_KIND),
+            ("source_only", sq.DEFAULT_KIND)} <= kinds
+    assert all((method, sw.WIDE_KIND) in kinds for method in sw.METHODS)
+    targets = {plan.targets[0] for plan in plans}
+    assert targets == {"day_city", "foggy_city", "photo_digits", "stroke_digits"}
+    assert len({plan.sweep_id for plan in plans}) == len(plans)
+    references = [plan for plan in plans if plan.method == "source_only" and plan.kind == sq.DEFAULT_KIND]
+    assert len(references) == 2 * 4  # one per seed and target
+
+
+def test_wide_sweep_is_the_same_random_sample_for_every_target_of_a_seed(tmp_path: Path) -> None:
+    plans = [plan for plan in sw.build_plans(options(tmp_path)) if plan.method == "hiast" and plan.kind == "wide"]
+    day, fog = (next(p for p in plans if p.seed == 0 and p.targets == (t,)) for t in ("day_city", "foggy_city"))
+
+    def without_target(plan: sq.SweepPlan) -> list[str]:
+        return [item for item in plan.argv if item not in (plan.targets[0], plan.sweep_id)]
+
+    assert without_target(day) == without_target(fog) and day.expected_trials == 6
+    argv = " ".join(day.argv)
+    assert "--search random --num-samples 6" in argv
+    assert "learning_rate={choice: [2e-05, 6.32e-05, 0.0002, 0.000632, 0.002]}" in argv  # 2e-4 x 0.1 .. x 10
+    assert "iterations_per_round={choice: [30, 60, 120]}" in argv  # 0.5x, 1x, 2x of the short budget's 60
+
+
+def test_default_configuration_follows_the_budget(tmp_path: Path) -> None:
+    plan = next(p for p in sw.build_plans(options(tmp_path)) if p.method == "hiast" and p.kind == "lambda_i")
+    defaults = sq.plan_defaults(plan)
+    assert defaults["iterations_per_round"] == 60 and defaults["lambda_i"] == 1.0
+    assert "lambda_i={grid: [0.1, 1.0, 10.0, 30.0, 100.0]}" in " ".join(plan.argv)
+
+
+def test_entropy_values_keep_the_extremes_and_the_default() -> None:
+    assert sw.entropy_values("hiast", 3) == (0.1, 1.0, 100.0)
+    assert sw.entropy_values("gsda", 5) == (0.0, 0.02, 0.2, 1.0, 5.0)
+
+
+def test_reference_is_the_shared_source_stage(tmp_path: Path) -> None:
+    quick = options(tmp_path, "quick")
+    plan = sw.reference_plan(quick, "street_scenes", 0, "foggy_city")
+    argv = " ".join(plan.argv)
+    assert plan.method == "source_only" and "--data street_scenes" in argv
+    assert "iterations=8" in argv and "learning_rate=0.001" in argv  # the quick budget's source_iterations
+    assert sq.plan_defaults(plan)["iterations"] == 8
+
+
+def wide_case(heldout: list[float], picks: dict[str, int], source: float | None, target: str = "day_city",
+              role: str = "development", kind: str = "wide") -> sw.WideCase:
+    ids = [f"t{i}" for i in range(len(heldout))]
+    evaluations = {name: {"regret": (max(heldout) - heldout[i]) * 100, "gap_closed": 0.5, "kendall_tau": 0.1,
+                          "spearman_rho": 0.1, "top3_regret": 0.0, "selected_trial_id": ids[i]}
+                   for name, i in picks.items()}
+    case = sq.SweepCase("hiast", 0, target, kind, "sweep", ids, heldout, evaluations, default_heldout=heldout[1])
+    return sw.WideCase(case, "street_scenes", role, source)
+
+
+def test_tables_report_collapses_flat_sweeps_and_roles_apart(tmp_path: Path) -> None:
+    cases = [wide_case([0.10, 0.40, 0.35], {"im": 0, "fmiou": 1}, source=0.30),
+             wide_case([0.300, 0.305], {"im": 0, "fmiou": 1}, source=0.30, target="foggy_city", role="test")]
+    assert cases[0].collapses()["im"] == 1.0 and cases[0].collapses()[RANDOM_BASELINE] == pytest.approx(1 / 3)
+    table = sw.selector_table(cases[:1], ["im", "fmiou"])
+    assert "collapsed picks" in table and "| im | 30.00 |" in table and ORACLE_BASELINE in table
+    assert "| 1/1 |" in table and "| 0.3/1 |" in table  # im collapsed; random's expectation
+    every = sw.sweep_table(cases)
+    assert "| flat |" in every and "| no |" in every
+    body = sw.format_body(cases, ["im", "fmiou"], options(tmp_path, "quick", ("hiast",)), "facts")
+    development = body.index("### development targets — street_scenes (day_city)")
+    test = body.index("### test targets — street_scenes (foggy_city)")
+    assert development < test and "1/2 sweeps spread ≥ 5 points" not in body
+
+
+@pytest.mark.integration
+def test_quick_run_on_digits_prints_dev_and_test_tables(tmp_path: Path) -> None:
+    """Real smoke run: gsda's wide and entropy-weight sweeps on photo_digits (development) and stroke_digits (test),
+    each with its source-only reference, then the tables."""
+    command = [sys.executable, "-m", "benchmarks.selection_wide", "--budget", "quick", "--methods", "gsda",
+               "--configurations", "2", "--entropy-values", "2", "--workdir", str(tmp_path / "store"),
+               "--data-root", str(tmp_path / "data")]
+    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    out = done.stdout
+    assert "## selection_wide" in out and "sweep 6/6" in out
+    headings = [f"### {role} targets — digits ({target}): {kind}, accuracy points"
+                for role, target in (("development", "photo_digits"), ("test", "stroke_digits"))
+                for kind in ("wide sweeps", "entropy-weight sweeps")]
+    positions = [out.index(heading) for heading in headings]
+    assert positions == sorted(positions)  # development before test
+    assert out.count("| collapsed picks |") == 4 and "oracle (held-out best)" in out
+    rows = [line for line in out.splitlines() if line.startswith("| ") and "| gsda | 0 |" in line]
+    assert len(rows) == 4 and all(("| flat |" in row) or ("| no |" in row) for row in rows)
+    assert all(row.split("|")[10].strip() not in ("", "—") for row in rows)  # every sweep has its source-only score
