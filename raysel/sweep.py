@@ -46,9 +46,9 @@ def build_parser() -> argparse.ArgumentParser:
                       help="fifo runs every trial to the end; asha stops weak trials early on the label-free "
                       "target confidence (default: fifo)")
     what.add_argument("--objective", default="target_confidence",
-                      help="label-free score Optuna maximises: target_confidence (reported while training) or a "
-                      "trial-scored selector computed at each trial's end: consistency, mixval, merge_quality (hdrq) "
-                      "(default: target_confidence; asha always uses target_confidence)")
+                      help="label-free score Optuna maximises and ASHA compares: target_confidence (reported while "
+                      "training) or a trial-scored selector: consistency, mixval (with asha computed at every report), "
+                      "merge_quality (hdrq; fifo only) (default: target_confidence)")
     what.add_argument("--seed", type=int, default=0, help="seed for training, data order and the search (default 0)")
     data = parser.add_argument_group("data and model")
     data.add_argument("--data", default=None,

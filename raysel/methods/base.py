@@ -157,6 +157,8 @@ class RunContext:
         self.num_classes = self.family.num_classes
         self.output_dir = Path(spec.output_dir)
         self.cache_dir = Path(spec.cache_dir) if spec.cache_dir else self.data_root / "_raysel_cache"
+        # Label-free scores of the model a report passes (set by the execution layer, e.g. an ASHA objective).
+        self.report_scores: Callable[[nn.Module], dict[str, float]] | None = None
         if spec.num_threads:
             torch.set_num_threads(spec.num_threads)
         self.acceleration.apply_backend_settings()
@@ -257,12 +259,16 @@ class RunContext:
         return model
 
     # -- reporting and checkpoints -------------------------------------------------------------------------------
-    def report(self, metrics: dict[str, Any], checkpoint_state: dict[str, Any] | None = None) -> None:
+    def report(self, metrics: dict[str, Any], checkpoint_state: dict[str, Any] | None = None,
+               model: nn.Module | None = None) -> None:
         """Report metrics from every worker; the checkpoint (if given) is written by rank 0 only.
 
         Every rank must call this at the same steps (Ray Train requirement). A non-finite ``loss`` raises
         NonFiniteLossError after the report, so the trial stops with that reason and earlier checkpoints survive.
+        ``model`` is the model the run would ship if it stopped here: rank 0 adds ``report_scores(model)``.
         """
+        if model is not None and self.report_scores is not None and self.is_main:
+            metrics = {**metrics, **self.report_scores(model)}
         loss = metrics.get("loss")
         finite = not self.any_rank_not_finite(None if loss is None else float(loss))
         if checkpoint_state is not None and self.is_main and finite:
