@@ -70,6 +70,10 @@ def test_optuna_objective_can_be_a_trial_scored_selector() -> None:
     search_alg, scheduler = search_and_scheduler(search)
     assert search.objective_metric == "score_consistency" and search_alg.metric == "score_consistency"
     assert search.report_score is None  # without ASHA the score is computed once, at the trial's end
+    assert search_alg._sampler._n_startup_trials == 10  # Optuna's default unless --startup-trials says otherwise
+    assert search_and_scheduler(SearchSettings(search="optuna", startup_trials=3))[0]._sampler._n_startup_trials == 3
+    with pytest.raises(ConfigError, match="--startup-trials must be at least 1"):
+        SearchSettings(search="optuna", startup_trials=0).validate()
     assert SearchSettings(search="optuna").objective_metric == "target_confidence"
     with pytest.raises(ConfigError, match="--objective must be one of target_confidence"):
         SearchSettings(objective="heldout_miou").validate()  # never a held-out score

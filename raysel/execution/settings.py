@@ -90,6 +90,7 @@ class SearchSettings:
     asha_metric: str = "target_confidence"
     asha_grace_epochs: int = 1
     objective: str = CONFIDENCE_OBJECTIVE  # what Optuna maximises: the confidence or a trial-scored selector
+    startup_trials: int = 10  # Optuna TPE's random trials before it models the objective (Optuna's default)
 
     @property
     def objective_metric(self) -> str:
@@ -112,6 +113,8 @@ class SearchSettings:
             raise ConfigError(f"--search must be grid, random or optuna, got {self.search!r}")
         if self.scheduler not in SCHEDULERS:
             raise ConfigError(f"--scheduler must be fifo or asha, got {self.scheduler!r}")
+        if self.startup_trials < 1:
+            raise ConfigError(f"--startup-trials must be at least 1, got {self.startup_trials}")
         objectives = (CONFIDENCE_OBJECTIVE, *TRIAL_SCORE_SELECTORS)
         if self.objective in SELECTORS:
             raise ConfigError(f"--objective {self.objective} is a sweep-level selector (it compares the candidates "

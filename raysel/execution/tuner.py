@@ -78,7 +78,8 @@ def search_and_scheduler(search: SearchSettings) -> tuple[Any, Any]:
         # TPE needs an objective: the label-free confidence each method reports, or a trial-scored label-free
         # selector (never held-out labels).
         search_alg: Any = FinalScoreOptunaSearch(metric=search.objective_metric, mode="max",
-                                                 sampler=TPESampler(seed=search.seed))
+                                                 sampler=TPESampler(seed=search.seed,
+                                                                    n_startup_trials=search.startup_trials))
         if search.max_concurrent:
             search_alg = ConcurrencyLimiter(search_alg, max_concurrent=search.max_concurrent)
     else:
