@@ -29,12 +29,12 @@ values that break training); the YAML's other entries stay at their defaults. Tr
 as failed and cannot be shipped (raysel never selects a failed trial).
 
 Budgets (``--budget``): ``short`` — SFDA on street_scenes ``day_city``, base 60 iterations, N = 8 trials per run
-(S = 3), 3 seeds, selection subset 150, 2 trials at a time (TPE proposes each trial from the results so far, so
-no run queues trials ahead); 48 trials, an estimated 20–25 min on 2 quiet cores with the source models cached (add
-~2–3 min per seed to build one). ``quick`` — a smoke test on the digits data
-(GSDA from scratch on photo_digits, 2 trials of 1-4 iterations per run, 1 seed; numbers mean nothing, prints
-only). ``--budget short-digits`` runs GSDA on ``photo_digits`` instead. Sweeps are named by budget, method, target, arm and seed inside ``--workdir``: rerunning
-the same command reuses finished sweeps and resumes a killed one.
+(S = 3), 3 seeds, selection subset 150, 2 trials at a time in both arms (so TPE proposes each trial from every
+result but the running one's); 48 trials, an estimated 20–25 min on 2 quiet cores with the source models cached
+(add ~2–3 min per seed to build one). ``short-digits`` — the same with GSDA on ``photo_digits``. ``quick`` — a
+smoke test (GSDA from scratch on photo_digits, 2 trials of 1–4 iterations per run, 1 seed; numbers mean nothing, prints
+only). Sweeps are named by budget, method, target, arm and seed inside ``--workdir``: rerunning the same command
+reuses finished sweeps and resumes a killed one.
 
     python -m benchmarks.search_guidance --budget short --data-root /tmp/fresh_data    # writes BENCHMARKS.md
     python -m benchmarks.search_guidance --budget quick                                # smoke run, prints only

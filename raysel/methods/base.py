@@ -141,6 +141,10 @@ class NonFiniteLossError(RuntimeError):
 class RunContext:
     """Everything a per-worker train loop needs: data, models, device, rank, reporting, restoring, shared stages."""
 
+    # Label-free scores of the model a report passes, set by the execution layer (e.g. an ASHA objective); a class
+    # default so that test contexts which skip __init__ still report.
+    report_scores: Callable[[nn.Module], dict[str, float]] | None = None
+
     def __init__(self, spec: RunSpec, session: Session) -> None:
         self.spec = spec
         self.session = session
@@ -157,8 +161,6 @@ class RunContext:
         self.num_classes = self.family.num_classes
         self.output_dir = Path(spec.output_dir)
         self.cache_dir = Path(spec.cache_dir) if spec.cache_dir else self.data_root / "_raysel_cache"
-        # Label-free scores of the model a report passes (set by the execution layer, e.g. an ASHA objective).
-        self.report_scores: Callable[[nn.Module], dict[str, float]] | None = None
         if spec.num_threads:
             torch.set_num_threads(spec.num_threads)
         self.acceleration.apply_backend_settings()
