@@ -149,7 +149,7 @@ def run_all(plans: Sequence[SweepPlan], results: Path, cpus: int) -> None:
     started, timed, timed_seconds = time.perf_counter(), 0, 0.0
     try:
         for index, plan in enumerate(plans, start=1):
-            print(f"[{time.perf_counter() - started:6.0f}s] sweep {index}/{len(plans)} {plan.sweep_id} (trial progress: "
+            print(f"[{time.perf_counter() - started:6.0f}s] sweep {index}/{len(plans)} {plan.sweep_id} (progress: "
                   f"{results / 'logs' / (plan.sweep_id + '.log')}) ...", flush=True)
             outcome, seconds = run_plan(plan, results)
             if outcome == "ran":
