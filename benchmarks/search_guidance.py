@@ -43,6 +43,7 @@ reuses finished sweeps and resumes a killed one.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import tempfile
 import time
@@ -305,8 +306,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     budget = BUDGETS[args.budget]
     quick = args.budget == "quick"
     if args.target or args.seeds:
-        budget = Budget(**{**budget.__dict__, "target": args.target or budget.target,
-                           "seeds": tuple(args.seeds or budget.seeds)})
+        budget = dataclasses.replace(budget, target=args.target or budget.target,
+                                     seeds=tuple(args.seeds or budget.seeds))
     if budget.target in ("foggy_city", "stroke_digits"):
         raise SystemExit(f"error: {budget.target} is a test target; this benchmark uses development targets only")
     workdir = (args.workdir or (Path(tempfile.mkdtemp(prefix="rs-sg-")) if quick
