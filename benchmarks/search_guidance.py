@@ -45,6 +45,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
+import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -309,7 +310,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         budget = dataclasses.replace(budget, target=args.target or budget.target,
                                      seeds=tuple(args.seeds or budget.seeds))
     if budget.target in ("foggy_city", "stroke_digits"):
-        raise SystemExit(f"error: {budget.target} is a test target; this benchmark uses development targets only")
+        print(f"error: --target {budget.target} is a test target; use a development target", file=sys.stderr)
+        return 2
     workdir = (args.workdir or (Path(tempfile.mkdtemp(prefix="rs-sg-")) if quick
                                 else REPO / "results" / SECTION)).resolve()
     data_root = prepare_benchmark_data([budget.family], args.data_root).resolve()
