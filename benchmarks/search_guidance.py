@@ -309,7 +309,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.target or args.seeds:
         budget = dataclasses.replace(budget, target=args.target or budget.target,
                                      seeds=tuple(args.seeds or budget.seeds))
-    if budget.target in ("foggy_city", "stroke_digits"):
+    from raysel.data import get_family
+
+    if budget.target in get_family(budget.family).test_targets:
         print(f"error: --target {budget.target} is a test target; use a development target", file=sys.stderr)
         return 2
     workdir = (args.workdir or (Path(tempfile.mkdtemp(prefix="rs-sg-")) if quick
