@@ -58,6 +58,9 @@ from scipy.stats import kendalltau
 from benchmarks._common import REPO, command_line, prepare_benchmark_data, write_section
 from benchmarks.selection_quality import (SweepPlan, method_defaults, run_plan, set_arguments, space_swept_names,
                                           start_ray, stop_ray, yaml_value)
+from raysel.data import get_family
+from raysel.store import ResultStore
+from raysel.store_schema import PRIMARY_HELDOUT_COLUMNS
 
 SECTION = "search_guidance"
 GUIDE = "consistency"
@@ -186,9 +189,6 @@ class RunOutcome:
 
 def evaluate_run(results: Path, plan: SweepPlan, guide: str) -> RunOutcome:
     """Ship the finished trial with the highest ``score_<guide>``; compare with the best held-out score."""
-    from raysel.store import ResultStore
-    from raysel.store_schema import PRIMARY_HELDOUT_COLUMNS
-
     trials = ResultStore(results).load_sweep(plan.sweep_id)
     heldout_column = PRIMARY_HELDOUT_COLUMNS[str(trials["task"].iloc[0])]
     finished = trials[(trials["status"] == "finished") & trials[heldout_column].notna()]
@@ -309,8 +309,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.target or args.seeds:
         budget = dataclasses.replace(budget, target=args.target or budget.target,
                                      seeds=tuple(args.seeds or budget.seeds))
-    from raysel.data import get_family
-
     if budget.target in get_family(budget.family).test_targets:
         print(f"error: --target {budget.target} is a test target; use a development target", file=sys.stderr)
         return 2
