@@ -53,6 +53,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
+import ray
 from scipy.stats import kendalltau
 
 from benchmarks._common import REPO, command_line, prepare_benchmark_data, write_section
@@ -148,8 +149,6 @@ def build_plans(budget_name: str, budget: Budget, arms: Sequence[str], guide: st
 def run_all(plans: Sequence[SweepPlan], results: Path, cpus: int) -> None:
     """Run, resume or reuse every sweep on one local Ray (this script's, or the caller's when one is running);
     print progress with a projection from the sweeps timed so far."""
-    import ray
-
     temp_dir = None if ray.is_initialized() else start_ray(cpus)
     started, timed, timed_seconds = time.perf_counter(), 0, 0.0
     try:
