@@ -107,8 +107,10 @@ def test_method_runs_two_steps_reports_checkpoints_and_resumes(name: str, task: 
     config = tiny_config(name, task)
     session = LocalSession(checkpoint_root=str(tmp_path / "checkpoints"))
     ctx = run_context(tiny_roots[dataset], task, name, tmp_path, session)
+    ctx.report_scores = lambda reported: {"score_probe": 1.0}  # ASHA's trial-scored objectives score that model
     model = method.train(config, ctx).model
     assert session.reports, f"{name} reported nothing"
+    assert all(report.get("score_probe") == 1.0 for report in session.reports), f"{name} reports without its model"
     for key in REQUIRED_METRICS:
         assert key in session.reports[-1] and math.isfinite(float(session.reports[-1][key])), (key, session.reports)
     assert session._last_checkpoint is not None, f"{name} wrote no checkpoint"
