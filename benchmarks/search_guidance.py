@@ -20,9 +20,9 @@ held-out labels are ``benchmarks.sweep_overhead``'s (HIAST, ``day_city``, 4 conf
 results, 2026-12-03), where consistency ranks the 4 candidates by held-out mIoU with Kendall τ 0.67 and MixVal with
 0.33; and a random-search run of this benchmark's wide GSDA space on ``noisy_digits`` (``--budget short-digits
 --target noisy_digits --arms random --seeds 0``, stopped after 4 of 8 trials; accuracy 48.9–86.7), where consistency
-has τ +0.55 and MixVal −0.55. No test target (``foggy_city``, ``stroke_digits``) was looked at. Every run of this benchmark reports both
-selectors' τ over its own trials (random-search runs included), which adds development evidence for the choice;
-``--guide mixval`` runs the comparison with MixVal.
+has τ +0.55 and MixVal −0.55. No test target (``foggy_city``, ``stroke_digits``) was looked at. Every run of this
+benchmark reports both selectors' τ over its own trials (random-search runs included), which adds development
+evidence for the choice; ``--guide mixval`` runs the comparison with MixVal.
 
 The wide space (:func:`wide_space`) is built from the method's search-space YAML and config defaults: the learning
 rate log-uniform over two decades (default/10 .. default×10), the training length drawn from ½×, 1× and 2× of the
