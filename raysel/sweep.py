@@ -46,9 +46,11 @@ def build_parser() -> argparse.ArgumentParser:
                       help="fifo runs every trial to the end; asha stops weak trials early on the label-free "
                       "target confidence (default: fifo)")
     what.add_argument("--objective", default="target_confidence",
-                      help="label-free score Optuna maximises: target_confidence (reported while training) or a "
-                      "trial-scored selector computed at each trial's end: consistency, mixval, merge_quality (hdrq) "
-                      "(default: target_confidence; asha always uses target_confidence)")
+                      help="label-free score Optuna maximises and ASHA compares: target_confidence (reported while "
+                      "training) or a trial-scored selector: consistency, mixval (with asha computed at every report), "
+                      "merge_quality (hdrq; fifo only) (default: target_confidence)")
+    what.add_argument("--startup-trials", type=int, default=10,
+                      help="optuna: random trials before TPE models the objective (default 10, Optuna's)")
     what.add_argument("--seed", type=int, default=0, help="seed for training, data order and the search (default 0)")
     data = parser.add_argument_group("data and model")
     data.add_argument("--data", default=None,
@@ -148,7 +150,8 @@ def main(argv: list[str] | None = None) -> int:
                                         selectors=tuple(args.selectors or method.default_selectors),
                                         space_path=str(space_path), overrides=list(args.overrides))
         search = execution.SearchSettings(search=args.search, scheduler=args.scheduler, num_samples=args.num_samples,
-                                       max_concurrent=args.max_concurrent, seed=args.seed, objective=args.objective)
+                                       max_concurrent=args.max_concurrent, seed=args.seed, objective=args.objective,
+                                       startup_trials=args.startup_trials)
         if args.num_samples < 1:
             raise ConfigError(f"--num-samples must be at least 1, got {args.num_samples}")
     outcome = sweeping.run_sweep(settings, search, space, resume=args.resume, address=args.address,

@@ -65,12 +65,35 @@ def test_seed_fixes_the_sampled_configurations() -> None:
     assert draw(3) != draw(4)
 
 
-def test_optuna_objective_can_be_a_trial_scored_selector_and_asha_refuses_one() -> None:
+def test_optuna_objective_can_be_a_trial_scored_selector() -> None:
     search = SearchSettings(search="optuna", objective="consistency")
-    search_alg, _ = search_and_scheduler(search)
+    search_alg, scheduler = search_and_scheduler(search)
     assert search.objective_metric == "score_consistency" and search_alg.metric == "score_consistency"
+    assert search.report_score is None  # without ASHA the score is computed once, at the trial's end
+    assert search_alg._sampler._n_startup_trials == 10  # Optuna's default unless --startup-trials says otherwise
+    assert search_and_scheduler(SearchSettings(search="optuna", startup_trials=3))[0]._sampler._n_startup_trials == 3
+    with pytest.raises(ConfigError, match="--startup-trials must be at least 1"):
+        SearchSettings(search="optuna", startup_trials=0).validate()
     assert SearchSettings(search="optuna").objective_metric == "target_confidence"
     with pytest.raises(ConfigError, match="--objective must be one of target_confidence"):
         SearchSettings(objective="heldout_miou").validate()  # never a held-out score
-    with pytest.raises(ConfigError, match="asha stops trials on scores reported during training"):
-        SearchSettings(scheduler="asha", objective="mixval").validate()
+
+
+@pytest.mark.parametrize("objective", ["consistency", "mixval"])
+def test_asha_compares_trials_on_a_trial_scored_objective_computed_at_every_report(objective: str) -> None:
+    search = SearchSettings(search="optuna", scheduler="asha", objective=objective)
+    search_alg, scheduler = search_and_scheduler(search)
+    assert search.report_score == objective and search.scheduler_metric == f"score_{objective}"
+    assert scheduler.metric == f"score_{objective}" and search_alg.metric == f"score_{objective}"
+    confidence = SearchSettings(scheduler="asha")
+    assert confidence.report_score is None and search_and_scheduler(confidence)[1].metric == "target_confidence"
+
+
+def test_objectives_that_cannot_work_are_one_line_errors() -> None:
+    with pytest.raises(ConfigError, match="fmiou is a sweep-level selector") as error:
+        SearchSettings(search="optuna", objective="fmiou").validate()
+    assert "\n" not in str(error.value) and "use one of target_confidence" in str(error.value)
+    with pytest.raises(ConfigError, match="'merge_quality' exists only once a trial has ended") as error:
+        SearchSettings(scheduler="asha", objective="merge_quality").validate()
+    assert "\n" not in str(error.value) and "--scheduler fifo" in str(error.value)
+    SearchSettings(scheduler="fifo", objective="merge_quality").validate()  # Optuna reads it from the final report

@@ -25,8 +25,9 @@ from raysel.store_schema import SCORE_PREFIX
 RESUMED_EPOCH = 1_000_000  # the epoch a finished trial reports, past any ASHA rung
 
 
-def trial_driver(config: dict[str, Any], settings: SweepSettings) -> None:
-    """Tune function trainable: run one configuration (direct or via TorchTrainer) and store its row."""
+def trial_driver(config: dict[str, Any], settings: SweepSettings, report_score: str | None = None) -> None:
+    """Tune function trainable: run one configuration (direct or via TorchTrainer) and store its row;
+    ``report_score`` names a trial-scored selector to compute at every report (an ASHA objective)."""
     started, entered = time.time(), time.perf_counter()
     trial_id = tune.get_context().get_trial_id()
     store = ResultStore(Path(settings.results))
@@ -37,7 +38,8 @@ def trial_driver(config: dict[str, Any], settings: SweepSettings) -> None:
 
     output_dir = settings.trial_dir(trial_id)
     run = dict(settings.run, target=config["target"], output_dir=str(output_dir))
-    loop_config = {"method": settings.method, "hyperparameters": dict(config["hp"]), "run": run}
+    loop_config = {"method": settings.method, "hyperparameters": dict(config["hp"]), "run": run,
+                   "report_score": report_score}
     try:
         if settings.resources.uses_train:
             final = fit_with_train(loop_config, settings, trial_id)

@@ -10,7 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from raysel.errors import ConfigError, UserError
-from raysel.selection.selectors import TRIAL_SCORE_SELECTORS
+from raysel.selection.model_scores import TRIAL_SCORE_NAMES
+from raysel.selection.selectors import SELECTORS, TRIAL_SCORE_SELECTORS
 from raysel.store_schema import SCORE_PREFIX
 
 DRIVER_CPU = 0.1  # the Tune trial's own share when it only drives a TorchTrainer (ray.md: 0 is rejected)
@@ -89,11 +90,22 @@ class SearchSettings:
     asha_metric: str = "target_confidence"
     asha_grace_epochs: int = 1
     objective: str = CONFIDENCE_OBJECTIVE  # what Optuna maximises: the confidence or a trial-scored selector
+    startup_trials: int = 10  # Optuna TPE's random trials before it models the objective (Optuna's default)
 
     @property
     def objective_metric(self) -> str:
         """The reported metric behind ``objective``: ``target_confidence`` or ``score_<trial-scored selector>``."""
         return self.objective if self.objective == CONFIDENCE_OBJECTIVE else f"{SCORE_PREFIX}{self.objective}"
+
+    @property
+    def report_score(self) -> str | None:
+        """The trial-scored selector every report must carry (ASHA compares trials on it at its rungs), or None."""
+        return self.objective if self.scheduler == "asha" and self.objective in TRIAL_SCORE_NAMES else None
+
+    @property
+    def scheduler_metric(self) -> str:
+        """The metric ASHA reads: the trial-scored objective when every report carries it, else ``asha_metric``."""
+        return self.objective_metric if self.report_score else self.asha_metric
 
     def validate(self) -> None:
         """Raise ConfigError naming ``--search``, ``--scheduler`` or ``--objective`` when raysel cannot use it."""
@@ -101,15 +113,20 @@ class SearchSettings:
             raise ConfigError(f"--search must be grid, random or optuna, got {self.search!r}")
         if self.scheduler not in SCHEDULERS:
             raise ConfigError(f"--scheduler must be fifo or asha, got {self.scheduler!r}")
+        if self.startup_trials < 1:
+            raise ConfigError(f"--startup-trials must be at least 1, got {self.startup_trials}")
         objectives = (CONFIDENCE_OBJECTIVE, *TRIAL_SCORE_SELECTORS)
+        if self.objective in SELECTORS:
+            raise ConfigError(f"--objective {self.objective} is a sweep-level selector (it compares the candidates "
+                              f"after the sweep), not a score one trial can report: use one of {', '.join(objectives)}")
         if self.objective not in objectives:
             raise ConfigError(f"--objective must be one of {', '.join(objectives)} (label-free scores a trial "
                               f"reports), got {self.objective!r}")
-        if self.objective != CONFIDENCE_OBJECTIVE and self.scheduler == "asha":
-            # ASHA compares trials at intermediate rungs; trial-scored selectors exist only once a trial has ended.
-            raise ConfigError(f"--scheduler asha stops trials on scores reported during training, and "
-                              f"{self.objective!r} is computed once at a trial's end: use --scheduler fifo with "
-                              f"--objective {self.objective}, or asha with --objective {CONFIDENCE_OBJECTIVE}")
+        if self.scheduler == "asha" and self.objective not in (CONFIDENCE_OBJECTIVE, *TRIAL_SCORE_NAMES):
+            # merge_quality comes out of HDRQ's merge, once per trial: there is nothing to compare at ASHA's rungs.
+            raise ConfigError(f"--scheduler asha compares trials at every report, and {self.objective!r} exists "
+                              f"only once a trial has ended: use --scheduler fifo, or asha with --objective one of "
+                              f"{', '.join((CONFIDENCE_OBJECTIVE, *TRIAL_SCORE_NAMES))}")
 
 
 def save_settings(settings: SweepSettings, search: SearchSettings, space_entries: dict[str, Any]) -> None:

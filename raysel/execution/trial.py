@@ -8,6 +8,7 @@ deterministic failure.
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 from dataclasses import dataclass
@@ -25,7 +26,7 @@ from raysel.methods.result import TrainResult, save_model, unwrapped
 from raysel.metrics import harmonic_mean
 from raysel.registry import get_method
 from raysel.selection.model_scores import run_trial_selection_scores
-from raysel.store_schema import primary_heldout_column
+from raysel.store_schema import SCORE_PREFIX, primary_heldout_column
 
 ATTEMPTS_FILE = "attempts"
 FINAL_FILE = "final.json"
@@ -59,6 +60,8 @@ def train_and_finish(loop_config: dict[str, Any], session: Session,
     config = config_from_dict(method.config_class, loop_config["hyperparameters"])
     spec = RunSpec.from_dict(loop_config["run"])
     ctx = context_class(spec, session)
+    if loop_config.get("report_score"):
+        ctx.report_scores = functools.partial(score_at_report, ctx=ctx, name=loop_config["report_score"])
     output_dir = Path(spec.output_dir)
     if ctx.is_main:
         output_dir.mkdir(parents=True, exist_ok=True)
@@ -104,6 +107,14 @@ def finish_run(result: TrainResult, ctx: RunContext) -> dict[str, Any]:
     if result.metrics:
         final["metrics"] = dict(result.metrics)
     return final
+
+
+def score_at_report(model: torch.nn.Module, ctx: RunContext, name: str) -> dict[str, float]:
+    """``{score_<name>: value}`` of the model at a report point, so ASHA can compare trials on a trial-scored
+    selector at its rungs; training's random streams are left as they were."""
+    with torch.random.fork_rng(devices=[]):  # the scoring DataLoader draws a base seed from the global RNG
+        scores = run_trial_selection_scores(unwrapped(model), ctx)
+    return {f"{SCORE_PREFIX}{name}": scores[name]} if name in scores else {}
 
 
 def multi_target_heldout(model: torch.nn.Module, ctx: RunContext, targets: list[str]) -> dict[str, Any]:

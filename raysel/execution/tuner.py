@@ -13,7 +13,7 @@ from ray.tune.search.optuna import OptunaSearch
 
 from raysel.errors import UserError
 from raysel.execution.driver import trial_driver
-from raysel.execution.settings import DRIVER_CPU, SearchSettings, SweepSettings
+from raysel.execution.settings import CONFIDENCE_OBJECTIVE, DRIVER_CPU, SearchSettings, SweepSettings
 
 TUNE_FOLDER = "tune"  # the Tune experiment's folder under the sweep folder (read by raysel status)
 
@@ -21,7 +21,7 @@ TUNE_FOLDER = "tune"  # the Tune experiment's folder under the sweep folder (rea
 def build_tuner(settings: SweepSettings, search: SearchSettings, param_space: dict[str, Any], resume: bool,
                 callbacks: list[Any]) -> tune.Tuner:
     """A ``tune.Tuner`` (or a restored one) for this sweep."""
-    trainable = tune.with_parameters(trial_driver, settings=settings)
+    trainable = tune.with_parameters(trial_driver, settings=settings, report_score=search.report_score)
     resources = settings.resources
     if resources.uses_train:
         trainable = tune.with_resources(trainable, {"cpu": DRIVER_CPU})
@@ -38,9 +38,9 @@ def build_tuner(settings: SweepSettings, search: SearchSettings, param_space: di
         return tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True, resume_errored=True)
 
     search_alg, scheduler = search_and_scheduler(search)
-    if search.objective_metric != search.asha_metric:
-        # A trial-scored objective arrives only with a trial's final report; Tune's strict check would reject the
-        # intermediate reports that do not carry it yet (ray/tune/execution/tune_controller.py).
+    if search.objective != CONFIDENCE_OBJECTIVE and search.report_score is None:
+        # Without ASHA a trial-scored objective arrives only with a trial's final report; Tune's strict check would
+        # reject the intermediate reports that do not carry it (ray/tune/execution/tune_controller.py).
         os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
     tune_config = tune.TuneConfig(
         num_samples=search.num_samples,
@@ -79,14 +79,16 @@ def search_and_scheduler(search: SearchSettings) -> tuple[Any, Any]:
         # TPE needs an objective: the label-free confidence each method reports, or a trial-scored label-free
         # selector (never held-out labels).
         search_alg: Any = FinalScoreOptunaSearch(metric=search.objective_metric, mode="max",
-                                                 sampler=TPESampler(seed=search.seed))
+                                                 sampler=TPESampler(seed=search.seed,
+                                                                    n_startup_trials=search.startup_trials))
         if search.max_concurrent:
             search_alg = ConcurrencyLimiter(search_alg, max_concurrent=search.max_concurrent)
     else:
         # Seeded, so --seed fixes the sampled configurations (Tune's default generator draws unseeded).
         search_alg = BasicVariantGenerator(max_concurrent=search.max_concurrent or 0, random_state=search.seed)
     if search.scheduler == "asha":
-        scheduler: Any = ASHAScheduler(time_attr="epoch", metric=search.asha_metric, mode="max",
+        # A trial-scored objective is computed at every report under ASHA (SearchSettings.report_score).
+        scheduler: Any = ASHAScheduler(time_attr="epoch", metric=search.scheduler_metric, mode="max",
                                        grace_period=search.asha_grace_epochs)
     else:
         scheduler = FIFOScheduler()

@@ -141,6 +141,10 @@ class NonFiniteLossError(RuntimeError):
 class RunContext:
     """Everything a per-worker train loop needs: data, models, device, rank, reporting, restoring, shared stages."""
 
+    # Label-free scores of the model a report passes, set by the execution layer (e.g. an ASHA objective); a class
+    # default so that test contexts which skip __init__ still report.
+    report_scores: Callable[[nn.Module], dict[str, float]] | None = None
+
     def __init__(self, spec: RunSpec, session: Session) -> None:
         self.spec = spec
         self.session = session
@@ -257,12 +261,16 @@ class RunContext:
         return model
 
     # -- reporting and checkpoints -------------------------------------------------------------------------------
-    def report(self, metrics: dict[str, Any], checkpoint_state: dict[str, Any] | None = None) -> None:
+    def report(self, metrics: dict[str, Any], checkpoint_state: dict[str, Any] | None = None,
+               model: nn.Module | None = None) -> None:
         """Report metrics from every worker; the checkpoint (if given) is written by rank 0 only.
 
         Every rank must call this at the same steps (Ray Train requirement). A non-finite ``loss`` raises
         NonFiniteLossError after the report, so the trial stops with that reason and earlier checkpoints survive.
+        ``model`` is the model the run would ship if it stopped here: rank 0 adds ``report_scores(model)``.
         """
+        if model is not None and self.report_scores is not None and self.is_main:
+            metrics = {**metrics, **self.report_scores(model)}
         loss = metrics.get("loss")
         finite = not self.any_rank_not_finite(None if loss is None else float(loss))
         if checkpoint_state is not None and self.is_main and finite:

@@ -428,7 +428,7 @@ def train_gsda(config: GsdaConfig, ctx: RunContext) -> TrainResult:
             running.reset()
             state = {"trainables": trainables.state_dict(), "rng_state": ctx.all_gather_objects(_rng_state(ctx)),
                      "iteration": iteration, "epoch": epoch, "config": dataclasses.asdict(config)}
-            ctx.report(report, checkpoint_state=state)
+            ctx.report(report, checkpoint_state=state, model=trainables.model)
     trainables.model.eval()
     return TrainResult(trainables.model)
 

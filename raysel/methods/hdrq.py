@@ -373,7 +373,7 @@ def train_hdrq(config: HdrqConfig, ctx: RunContext) -> TrainResult:
     report = {"epoch": 1, "iteration": 1, "merge_quality": merge.quality.score,
               "target_confidence": training.target_confidence(merge.model, ctx, ctx.target_dataset()), **metrics}
     ctx.report(report, checkpoint_state={"merged": merge.model, "extras": extras,
-                                         "config": dataclasses.asdict(config)})
+                                         "config": dataclasses.asdict(config)}, model=merge.model)
     return merged_result(merge.model, extras)
 
 

@@ -651,7 +651,7 @@ def train_hiast(config: HiastConfig, ctx: RunContext) -> TrainResult:
                 state = {"round": round_index + 1, "epoch": epoch, "iteration": iteration,
                          "student": networks.unwrap(network).state_dict(), "teacher": teacher.state_dict(),
                          "config": dataclasses.asdict(config)}
-            ctx.report(metrics, checkpoint_state=state)
+            ctx.report(metrics, checkpoint_state=state, model=final)
     final.eval()
     return TrainResult(final)
 

@@ -635,7 +635,7 @@ def adapt(config: SfdaConfig, ctx: RunContext, source_state: dict[str, torch.Ten
             metrics = {"epoch": epoch, "iteration": iteration, **running.means(ctx),
                        "seconds_train_loop": time.perf_counter() - started}
             running.reset()
-            ctx.report(metrics, checkpoint_state=_checkpoint_state(nets, config, iteration, epoch))
+            ctx.report(metrics, checkpoint_state=_checkpoint_state(nets, config, iteration, epoch), model=nets.target)
     nets.target.eval()
     return nets.target
 

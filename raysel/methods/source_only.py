@@ -68,7 +68,8 @@ def train_source_only(config: SourceOnlyConfig, ctx: RunContext) -> TrainResult:
                "target_confidence": training.target_confidence(model, ctx, ctx.target_dataset()),
                "seconds_source_stage": watch.seconds["source_stage"],
                "seconds_train_loop": stage.get("seconds", 0.0)}
-    ctx.report(metrics, checkpoint_state={"model": model.state_dict(), "config": dataclasses.asdict(config)})
+    ctx.report(metrics, checkpoint_state={"model": model.state_dict(), "config": dataclasses.asdict(config)},
+               model=model)
     return TrainResult(model)
 
 

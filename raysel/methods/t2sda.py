@@ -692,7 +692,8 @@ def train(config: T2sdaConfig, ctx: RunContext) -> TrainResult:
             checkpoint = {"student": unwrap(network).state_dict(), "teacher": teacher.state_dict(),
                           "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                           "generator": generator.get_state(), "iteration": done, "epoch": reports}
-            ctx.report(metrics, checkpoint_state=checkpoint)
+            ctx.report(metrics, checkpoint_state=checkpoint,
+                       model=teacher.segmenter if config.evaluate_teacher else unwrap(network).segmenter)
     model = teacher.segmenter if config.evaluate_teacher else unwrap(network).segmenter
     return TrainResult(model.eval())
 

@@ -1,0 +1,335 @@
+"""Benchmark: does Optuna TPE guided by a trial-scored label-free selector ship a better configuration than random
+search with the same number of trials? (issue 13, item 5)
+
+Per seed, two real ``raysel.sweep`` runs (in-process, on one local Ray owned by this script) over the same *wide*
+search space, the same number of trials N and the same training seed, on one development target:
+
+* ``optuna``: ``--search optuna --objective GUIDE --startup-trials S`` (TPE; the first S trials are random);
+* ``random``: ``--search random`` (Ray Tune's default random sampler, seeded by ``--seed``).
+
+Each run *ships* the trial with the highest ``score_<GUIDE>``: for Optuna that is the objective's own pick, for random
+search the same selector's pick among its trials. The benchmark reports, per seed and as a mean, the held-out score
+of the shipped trial, the best held-out score any trial of the run reached, and the paired difference Optuna −
+random of both. Held-out labels are read only here, from the result store (``heldout_miou`` /
+``heldout_accuracy``), after the sweeps: they never steer a search or a pick. It also reports, over each run's
+trials, Kendall's τ between each trial-scored selector and the held-out score (evidence for the choice of GUIDE).
+
+**Which selector guides Optuna: ``consistency``** (perturbation consistency, raysel.selection.model_scores), chosen
+on development evidence only, and thin evidence: the only stored sweeps that hold both trial-scored scores with
+held-out labels are ``benchmarks.sweep_overhead``'s (HIAST, ``day_city``, 4 configurations, run twice with identical
+results, 2026-12-03), where consistency ranks the 4 candidates by held-out mIoU with Kendall τ 0.67 and MixVal with
+0.33; and a random-search run of this benchmark's wide GSDA space on ``noisy_digits`` (``--budget short-digits
+--target noisy_digits --arms random --seeds 0``, stopped after 4 of 8 trials; accuracy 48.9–86.7), where consistency
+has τ +0.55 and MixVal −0.55. No test target (``foggy_city``, ``stroke_digits``) was looked at. Every run of this
+benchmark reports both selectors' τ over its own trials (random-search runs included), which adds development
+evidence for the choice; ``--guide mixval`` runs the comparison with MixVal.
+
+The wide space (:func:`wide_space`) is built from the method's search-space YAML and config defaults: the learning
+rate log-uniform over two decades (default/10 .. default×10), the training length drawn from ½×, 1× and 2× of the
+budget's iterations, and every loss weight the YAML sweeps log-uniform over two decades around its default (up to
+values that break training); the YAML's other entries stay at their defaults. Trials whose loss turns NaN are stored
+as failed and cannot be shipped (raysel never selects a failed trial).
+
+Budgets (``--budget``): ``short`` — SFDA on street_scenes ``day_city``, base 60 iterations, N = 8 trials per run
+(S = 3), 3 seeds, selection subset 150, 2 trials at a time in both arms (so TPE proposes each trial from every
+result but the running one's); 48 trials, an estimated 20–25 min on 2 quiet cores with the source models cached
+(add ~2–3 min per seed to build one). ``short-digits`` — the same with GSDA on ``photo_digits``. ``quick`` — a
+smoke test (GSDA from scratch on photo_digits, 2 trials of 1–4 iterations per run, 1 seed; numbers mean nothing, prints
+only). Sweeps are named by budget, method, target, arm and seed inside ``--workdir``: rerunning the same command
+reuses finished sweeps and resumes a killed one.
+
+    python -m benchmarks.search_guidance --budget short --data-root /tmp/fresh_data    # writes BENCHMARKS.md
+    python -m benchmarks.search_guidance --budget quick                                # smoke run, prints only
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import ray
+from scipy.stats import kendalltau
+
+from benchmarks._common import REPO, command_line, prepare_benchmark_data, write_section
+from benchmarks.selection_quality import (SweepPlan, method_defaults, run_plan, set_arguments, space_swept_names,
+                                          start_ray, stop_ray, yaml_value)
+from raysel.data import get_family
+from raysel.store import ResultStore
+from raysel.store_schema import PRIMARY_HELDOUT_COLUMNS
+
+SECTION = "search_guidance"
+GUIDE = "consistency"
+TRIAL_SCORED = ("consistency", "mixval")
+ARMS = ("optuna", "random")
+LOSS_WEIGHT_DECADES = 10.0  # loss weights and the learning rate span default/10 .. default*10
+
+
+@dataclass(frozen=True)
+class Budget:
+    """One benchmark size: the method and target, trials per run, seeds, per-trial training and the TPE start."""
+
+    family: str
+    method: str
+    target: str
+    iterations: int  # the base training length; the space draws 1/2x, 1x and 2x of it
+    trials: int
+    seeds: tuple[int, ...]
+    startup_trials: int
+    selection_size: int
+    fixed: tuple[tuple[str, Any], ...] = ()  # further --set entries (tiny budgets)
+
+
+BUDGETS: dict[str, Budget] = {
+    "short": Budget("street_scenes", "sfda", "day_city", 60, 8, (0, 1, 2), 3, 150),
+    "short-digits": Budget("digits", "gsda", "photo_digits", 150, 8, (0, 1, 2), 3, 150),
+    "quick": Budget("digits", "gsda", "photo_digits", 2, 2, (0,), 1, 8,
+                    (("init_from_source", False), ("num_reports", 1), ("batch_size", 8))),
+}
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The plan: one Optuna and one random sweep per seed over the same wide space
+# --------------------------------------------------------------------------------------------------------------
+
+
+def wide_space(method: str, iterations: int) -> dict[str, str]:
+    """``--set`` entries of the wide space: learning rate and the YAML's loss weights over two decades around their
+    defaults, training length ½×/1×/2× of ``iterations``; nothing on a grid (Optuna cannot take one)."""
+    defaults = method_defaults(method)
+    entries = {"learning_rate": log_span(defaults["learning_rate"]),
+               "iterations": f"{{choice: {yaml_value([max(1, iterations // 2), iterations, 2 * iterations])}}}"}
+    for name in space_swept_names(method):
+        value = defaults[name]
+        if isinstance(value, float) and value > 0:  # a loss weight (alpha, beta, ...)
+            entries[name] = log_span(value)
+        else:  # a structural choice (groups, k_patches): the default
+            entries[name] = yaml_value(value)
+    return entries
+
+
+def log_span(default: float) -> str:
+    """A log-uniform entry from default/10 to default*10."""
+    return f"{{loguniform: [{default / LOSS_WEIGHT_DECADES:.6g}, {default * LOSS_WEIGHT_DECADES:.6g}]}}"
+
+
+def sweep_name(budget_name: str, budget: Budget, arm: str, seed: int) -> str:
+    """Deterministic sweep id, so a rerun of the same command reuses or resumes its sweeps."""
+    return f"sg-{budget_name}-{budget.method}-{budget.target.replace('_', '')}-{arm}-s{seed}"
+
+
+def build_plans(budget_name: str, budget: Budget, arms: Sequence[str], guide: str, results: Path,
+                data_root: Path, max_concurrent: int = 2) -> list[SweepPlan]:
+    """The sweeps to run, seeds outermost so that a partial run already holds whole pairs; at most
+    ``max_concurrent`` trials at once in every arm (TPE then sees every result but the running ones')."""
+    space = set_arguments({**wide_space(budget.method, budget.iterations),
+                           **{name: yaml_value(value) for name, value in budget.fixed}})
+    plans = []
+    for seed in budget.seeds:
+        for arm in arms:
+            name = sweep_name(budget_name, budget, arm, seed)
+            search = (["--search", "optuna", "--objective", guide, "--startup-trials", str(budget.startup_trials)]
+                      if arm == "optuna" else ["--search", "random"])
+            argv = [budget.method, "--data", budget.family, "--data-root", str(data_root), "--results", str(results),
+                    "--name", name, "--seed", str(seed), "--target", budget.target, "--progress-interval", "120",
+                    "--selection-size", str(budget.selection_size), "--num-samples", str(budget.trials),
+                    "--max-concurrent", str(max_concurrent),
+                    *search, *space]
+            plans.append(SweepPlan(method=budget.method, seed=seed, kind=arm, sweep_id=name, argv=tuple(argv),
+                                   expected_trials=budget.trials, swept=(), targets=(budget.target,),
+                                   num_samples=budget.trials))
+    return plans
+
+
+def run_all(plans: Sequence[SweepPlan], results: Path, cpus: int) -> None:
+    """Run, resume or reuse every sweep on one local Ray (this script's, or the caller's when one is running);
+    print progress with a projection from the sweeps timed so far."""
+    temp_dir = None if ray.is_initialized() else start_ray(cpus)
+    started, timed, timed_seconds = time.perf_counter(), 0, 0.0
+    try:
+        for index, plan in enumerate(plans, start=1):
+            print(f"[{time.perf_counter() - started:6.0f}s] sweep {index}/{len(plans)} {plan.sweep_id} (progress: "
+                  f"{results / 'logs' / (plan.sweep_id + '.log')}) ...", flush=True)
+            outcome, seconds = run_plan(plan, results)
+            if outcome == "ran":
+                timed, timed_seconds = timed + 1, timed_seconds + seconds
+            left = f", about {(len(plans) - index) * timed_seconds / timed / 60:.0f} min to go" if timed else ""
+            print(f"[{time.perf_counter() - started:6.0f}s] sweep {index}/{len(plans)} {outcome} in {seconds:.0f} s"
+                  f"{left}", flush=True)
+    finally:
+        if temp_dir is not None:
+            stop_ray(temp_dir)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Evaluation: what each run ships, and the best it reached (held-out labels read here only)
+# --------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class RunOutcome:
+    """One sweep's result: the shipped trial's held-out score, the best held-out score, selector τ and timing."""
+
+    arm: str
+    seed: int
+    finished: int
+    failed: int
+    shipped: float
+    best: float
+    shipped_trial: str
+    taus: dict[str, float]
+    mean_trial_s: float
+
+
+def evaluate_run(results: Path, plan: SweepPlan, guide: str) -> RunOutcome:
+    """Ship the finished trial with the highest ``score_<guide>``; compare with the best held-out score."""
+    trials = ResultStore(results).load_sweep(plan.sweep_id)
+    heldout_column = PRIMARY_HELDOUT_COLUMNS[str(trials["task"].iloc[0])]
+    finished = trials[(trials["status"] == "finished") & trials[heldout_column].notna()]
+    scored = finished[finished[f"score_{guide}"].notna()]
+    shipped = scored.loc[scored[f"score_{guide}"].idxmax()] if not scored.empty else None
+    taus = {name: selector_tau(finished[f"score_{name}"], finished[heldout_column]) for name in TRIAL_SCORED
+            if f"score_{name}" in finished}
+    return RunOutcome(arm=plan.kind, seed=plan.seed, finished=len(finished), failed=len(trials) - len(finished),
+                      shipped=100.0 * float(shipped[heldout_column]) if shipped is not None else math.nan,
+                      best=100.0 * float(finished[heldout_column].max()) if not finished.empty else math.nan,
+                      shipped_trial=str(shipped["trial_id"]) if shipped is not None else "—",
+                      taus=taus, mean_trial_s=float(finished["wall_time_s"].mean()) if not finished.empty else math.nan)
+
+
+def selector_tau(scores: Any, heldout: Any) -> float:
+    """Kendall's τ between a selector's scores and the held-out scores over one run's trials (NaN when undefined)."""
+    keep = scores.notna() & heldout.notna()
+    if keep.sum() < 3:
+        return math.nan
+    return float(kendalltau(scores[keep], heldout[keep]).statistic)
+
+
+def fmt(value: float, sign: bool = False) -> str:
+    """Two decimals (``+`` for differences); an em dash for NaN."""
+    return "—" if value is None or math.isnan(value) else (f"{value:+.2f}" if sign else f"{value:.2f}")
+
+
+def paired_table(outcomes: Sequence[RunOutcome], seeds: Sequence[int]) -> tuple[str, dict[str, float]]:
+    """Per seed and mean: shipped and best held-out score of each arm and the paired differences Optuna − random."""
+    by_key = {(outcome.arm, outcome.seed): outcome for outcome in outcomes}
+    lines = ["| seed | Optuna ships | random ships | Δ shipped (Optuna − random) | Optuna best | random best | "
+             "Δ best (Optuna − random) |", "|---:|---:|---:|---:|---:|---:|---:|"]
+    columns: dict[str, list[float]] = {key: [] for key in ("os", "rs", "ds", "ob", "rb", "db")}
+    for seed in seeds:
+        optuna, random = by_key.get(("optuna", seed)), by_key.get(("random", seed))
+        if optuna is None or random is None:
+            continue
+        row = {"os": optuna.shipped, "rs": random.shipped, "ds": optuna.shipped - random.shipped,
+               "ob": optuna.best, "rb": random.best, "db": optuna.best - random.best}
+        for key, value in row.items():
+            columns[key].append(value)
+        lines.append(f"| {seed} | {fmt(row['os'])} | {fmt(row['rs'])} | {fmt(row['ds'], True)} | {fmt(row['ob'])} | "
+                     f"{fmt(row['rb'])} | {fmt(row['db'], True)} |")
+    means = {key: float(np.nanmean(values)) if values else math.nan for key, values in columns.items()}
+    lines.append(f"| **mean** | {fmt(means['os'])} | {fmt(means['rs'])} | **{fmt(means['ds'], True)}** | "
+                 f"{fmt(means['ob'])} | {fmt(means['rb'])} | **{fmt(means['db'], True)}** |")
+    return "\n".join(lines), means
+
+
+def runs_table(outcomes: Sequence[RunOutcome]) -> str:
+    """Every run: trials, shipped trial, and each trial-scored selector's Kendall τ against held-out."""
+    lines = ["| arm | seed | finished | failed | shipped trial | mean trial s | "
+             + " | ".join(f"τ {name}" for name in TRIAL_SCORED) + " |",
+             "|---|---:|---:|---:|---|---:|" + "---:|" * len(TRIAL_SCORED)]
+    for outcome in sorted(outcomes, key=lambda item: (item.seed, item.arm)):
+        taus = " | ".join(fmt(outcome.taus.get(name, math.nan)) for name in TRIAL_SCORED)
+        lines.append(f"| {outcome.arm} | {outcome.seed} | {outcome.finished} | {outcome.failed} | "
+                     f"{outcome.shipped_trial} | {outcome.mean_trial_s:.0f} | {taus} |")
+    return "\n".join(lines)
+
+
+def report_body(budget_name: str, budget: Budget, guide: str, outcomes: Sequence[RunOutcome], wall_s: float) -> str:
+    """The BENCHMARKS.md section body."""
+    score = "mIoU" if budget.family == "street_scenes" else "accuracy"
+    space = ", ".join(f"{name} {text}" for name, text in wide_space(budget.method, budget.iterations).items())
+    table, means = paired_table(outcomes, budget.seeds)
+    verdict = ("Optuna shipped the better configuration" if means["ds"] > 0 else
+               "Optuna did not ship a better configuration than random search")
+    return "\n".join([
+        f"Targets: {budget.family} `{budget.target}` (development target; no test target is used). Method "
+        f"{budget.method}, budget `{budget_name}`; {budget.trials} trials per run, seeds "
+        f"{', '.join(map(str, budget.seeds))}; Optuna TPE guided by `{guide}` ({budget.startup_trials} random "
+        f"start-up trials) vs random search; selection subset {budget.selection_size}. Total wall time "
+        f"{wall_s / 60:.1f} min.",
+        "",
+        f"Wide space: {space}.",
+        "",
+        f"Held-out {score} (%) of the trial each run ships (highest `score_{guide}`) and of its best trial:",
+        "",
+        table,
+        "",
+        f"**{verdict}**: mean paired difference {fmt(means['ds'], True)} points shipped, "
+        f"{fmt(means['db'], True)} points best reached.",
+        "",
+        "Every run, with Kendall's τ of each trial-scored selector against held-out over the run's finished trials:",
+        "",
+        runs_table(outcomes),
+    ])
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Command line
+# --------------------------------------------------------------------------------------------------------------
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    """The benchmark's options."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--budget", choices=tuple(BUDGETS), default="short",
+                        help="short (SFDA on day_city, 3 seeds x 2 runs x 8 trials), short-digits, or quick")
+    parser.add_argument("--target", default=None, help="another development target (evidence runs)")
+    parser.add_argument("--seeds", nargs="+", type=int, default=None, help="seeds (default: the budget's)")
+    parser.add_argument("--arms", nargs="+", choices=ARMS, default=list(ARMS))
+    parser.add_argument("--guide", choices=TRIAL_SCORED, default=GUIDE, help=f"Optuna's objective (default {GUIDE})")
+    parser.add_argument("--workdir", type=Path, default=None,
+                        help="result store of the sweeps (default results/search_guidance; quick: a temp dir)")
+    parser.add_argument("--data-root", type=Path, default=None, help="data root (default: raysel's default)")
+    parser.add_argument("--cpus", type=int, default=2, help="CPUs of the local Ray (default 2)")
+    parser.add_argument("--no-write", action="store_true", help="print the section without touching BENCHMARKS.md")
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run (or reuse) the sweeps, evaluate them on held-out labels and print (and store) the markdown section."""
+    args = parse_args(argv)
+    budget = BUDGETS[args.budget]
+    quick = args.budget == "quick"
+    if args.target or args.seeds:
+        budget = dataclasses.replace(budget, target=args.target or budget.target,
+                                     seeds=tuple(args.seeds or budget.seeds))
+    if budget.target in get_family(budget.family).test_targets:
+        print(f"error: --target {budget.target} is a test target; use a development target", file=sys.stderr)
+        return 2
+    workdir = (args.workdir or (Path(tempfile.mkdtemp(prefix="rs-sg-")) if quick
+                                else REPO / "results" / SECTION)).resolve()
+    data_root = prepare_benchmark_data([budget.family], args.data_root).resolve()
+    plans = build_plans(args.budget, budget, args.arms, args.guide, workdir, data_root, args.cpus)
+    print(f"search_guidance: {len(plans)} sweeps x {budget.trials} trials ({budget.method} on {budget.target}, "
+          f"seeds {list(budget.seeds)}); store {workdir}", flush=True)
+    started = time.perf_counter()
+    run_all(plans, workdir, args.cpus)
+    outcomes = [evaluate_run(workdir, plan, args.guide) for plan in plans]
+    body = report_body(args.budget, budget, args.guide, outcomes, time.perf_counter() - started)
+    command = command_line("search_guidance", argv)
+    if quick or args.no_write or budget.target != BUDGETS[args.budget].target or len(args.arms) < len(ARMS):
+        print(f"## {SECTION}\n\nCommand: `{command}`\n\n{body}", flush=True)
+    else:
+        print(write_section(SECTION, command, body), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
