@@ -552,12 +552,20 @@ def selector_table(rows: Sequence[SelectorSummary], best: str | None) -> str:
              "mean top-3 regret | worse than default (sweeps) | sweeps |",
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for row in rows:
-        name = f"**{row.name}**" if row.name == best else (f"*{row.name}*" if row.name in BASELINES else row.name)
-        worse = "—" if row.worse_than_default is None else f"{row.worse_than_default}/{row.compared_with_default}"
-        lines.append(f"| {name} | {fmt(row.mean_regret)} | {fmt(row.worst_regret)} | {fmt(row.mean_gap_closed)} | "
+        lines.append(f"| {selector_cell(row, best)} | {fmt(row.mean_regret)} | {fmt(row.worst_regret)} | {fmt(row.mean_gap_closed)} | "
                      f"{fmt(row.mean_kendall_tau)} | {fmt(row.mean_spearman_rho)} | {fmt(row.mean_top3_regret)} | "
-                     f"{worse} | {row.sweeps} |")
+                     f"{worse_cell(row)} | {row.sweeps} |")
     return "\n".join(lines)
+
+
+def selector_cell(row: SelectorSummary, best: str | None) -> str:
+    """A table row's name: the best selector in bold, baselines in italics."""
+    return f"**{row.name}**" if row.name == best else (f"*{row.name}*" if row.name in BASELINES else row.name)
+
+
+def worse_cell(row: SelectorSummary) -> str:
+    """``n/m`` sweeps worse than the default configuration, or ``—`` for baselines that are not compared."""
+    return "—" if row.worse_than_default is None else worse_text(row)
 
 
 def heldout_range(cases: Sequence[SweepCase]) -> str:

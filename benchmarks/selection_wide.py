@@ -325,11 +325,9 @@ def selector_table(cases: Sequence[WideCase], names: Sequence[str]) -> str:
     lines = ["| selector | mean regret | worst regret | mean gap closed | mean Kendall τ | mean top-3 regret | "
              "collapsed picks | worse than default | sweeps |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for row in rows:
-        shown = f"**{row.name}**" if row.name == best else (f"*{row.name}*" if row.name in BASELINES else row.name)
-        worse = "—" if row.worse_than_default is None else f"{row.worse_than_default}/{row.compared_with_default}"
-        lines.append(f"| {shown} | {sq.fmt(row.mean_regret)} | {sq.fmt(row.worst_regret)} | "
+        lines.append(f"| {sq.selector_cell(row, best)} | {sq.fmt(row.mean_regret)} | {sq.fmt(row.worst_regret)} | "
                      f"{sq.fmt(row.mean_gap_closed)} | {sq.fmt(row.mean_kendall_tau)} | "
-                     f"{sq.fmt(row.mean_top3_regret)} | {collapsed_text(cases, row.name)} | {worse} | {row.sweeps} |")
+                     f"{sq.fmt(row.mean_top3_regret)} | {collapsed_text(cases, row.name)} | {sq.worse_cell(row)} | {row.sweeps} |")
     return "\n".join(lines)
 
 
