@@ -365,23 +365,25 @@ class SyntheticStreets(Dataset):
         return sample
 
 
-@pytest.fixture()
-def synthetic_family(monkeypatch):
+def register_family(monkeypatch, name: str, dataset_class):
+    """A 19-class src -> tgt segmentation family served by ``dataset_class``, visible to ``get_family`` for one test."""
     import raysel.data as data_package
     from raysel.data.family import DatasetFamily
 
     family = DatasetFamily(
-        name="t2sda_synthetic", task="segmentation", num_classes=19, class_names=tuple(str(i) for i in range(19)),
+        name=name, task="segmentation", num_classes=19, class_names=tuple(str(i) for i in range(19)),
         domains=("src", "tgt"), default_source="src", default_targets=("tgt",), embedded=True,
-        loader=lambda root, domain, split, with_labels, image_size: SyntheticStreets(domain, with_labels),
+        loader=lambda root, domain, split, with_labels, image_size: dataset_class(domain, with_labels),
         preparer=lambda root: root)
     original = getattr(data_package, "get_family", None)
-
-    def get_family(name):
-        return family if name == family.name else original(name)
-
-    monkeypatch.setattr(data_package, "get_family", get_family, raising=False)
+    monkeypatch.setattr(data_package, "get_family",
+                        lambda requested: family if requested == family.name else original(requested), raising=False)
     return family
+
+
+@pytest.fixture()
+def synthetic_family(monkeypatch):
+    return register_family(monkeypatch, "t2sda_synthetic", SyntheticStreets)
 
 
 def test_end_to_end_run_reports_and_resumes(tmp_path, synthetic_family):
@@ -454,18 +456,7 @@ class RareThingStreets(Dataset):
 
 @pytest.fixture()
 def rare_thing_family(monkeypatch):
-    import raysel.data as data_package
-    from raysel.data.family import DatasetFamily
-
-    family = DatasetFamily(
-        name="t2sda_rare_things", task="segmentation", num_classes=19, class_names=tuple(str(i) for i in range(19)),
-        domains=("src", "tgt"), default_source="src", default_targets=("tgt",), embedded=True,
-        loader=lambda root, domain, split, with_labels, image_size: RareThingStreets(domain, with_labels),
-        preparer=lambda root: root)
-    original = getattr(data_package, "get_family", None)
-    monkeypatch.setattr(data_package, "get_family",
-                        lambda name: family if name == family.name else original(name), raising=False)
-    return family
+    return register_family(monkeypatch, "t2sda_rare_things", RareThingStreets)
 
 
 def _rare_thing_context(tmp_path: Path, run: str = "run") -> RunContext:
