@@ -114,9 +114,10 @@ class Shape:
     entropy_values: int
     selection_size: int | None
     all_targets: bool  # every development and test target; else the first development target and the test targets
+    development_seeds: tuple[int, ...] | None = None  # None: development targets at every seed
 
 
-SHAPES = {"quick": Shape((0,), 3, 3, 12, False), "short": Shape((0, 1, 2), 6, 5, 150, False),
+SHAPES = {"quick": Shape((0,), 3, 3, 12, False), "short": Shape((0, 1, 2), 6, 5, 150, False, (0,)),
           "full": Shape((0, 1, 2), 12, 5, None, True)}
 
 
@@ -133,6 +134,7 @@ class WideOptions:
     entropy_values: int
     selection_size: int | None
     targets: dict[str, tuple[str, ...]]  # family -> targets (development first)
+    development_seeds: tuple[int, ...] | None = None  # seeds that also run the development targets (None: every seed)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -239,6 +241,13 @@ def method_plans(options: WideOptions, method: str, seed: int, target: str) -> l
     return plans
 
 
+def runs_target(options: WideOptions, family: str, target: str, seed: int) -> bool:
+    """Test targets run at every seed; development targets (design only) at ``development_seeds`` when given."""
+    if options.development_seeds is None or target_role(family, target) == "test":
+        return True
+    return seed in options.development_seeds
+
+
 def build_plans(options: WideOptions) -> list[sq.SweepPlan]:
     """Every sweep, seed by seed and target by target; each target's source-only reference first."""
     plans: list[sq.SweepPlan] = []
@@ -246,6 +255,8 @@ def build_plans(options: WideOptions) -> list[sq.SweepPlan]:
         for family, targets in options.targets.items():
             methods = [method for method in options.methods if FAMILY_OF[method] == family]
             for target in targets if methods else ():
+                if not runs_target(options, family, target, seed):
+                    continue
                 plans.append(reference_plan(options, family, seed, target))
                 for method in methods:
                     plans += method_plans(options, method, seed, target)
@@ -420,6 +431,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--data-root", type=Path, default=None, help="data root (default: raysel's default)")
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     parser.add_argument("--seeds", nargs="+", type=int, default=None, help="seeds (default: the budget's)")
+    parser.add_argument("--dev-seeds", nargs="+", type=int, default=None,
+                        help="run the development targets only at these seeds (default: the budget's; test targets "
+                             "always run at every seed, since the goals are judged on them)")
     parser.add_argument("--configurations", type=int, default=None,
                         help="random configurations per wide sweep (default: the budget's)")
     parser.add_argument("--entropy-values", type=int, default=None,
@@ -460,7 +474,8 @@ def build_options(args: argparse.Namespace) -> WideOptions:
                        configurations=args.configurations or shape.configurations,
                        entropy_values=args.entropy_values or shape.entropy_values,
                        selection_size=shape.selection_size,
-                       targets=budget_targets(shape))
+                       targets=budget_targets(shape),
+                       development_seeds=tuple(args.dev_seeds) if args.dev_seeds else shape.development_seeds)
 
 
 def run_facts(frames: dict[str, Any], plans: Sequence[sq.SweepPlan], options: WideOptions, wall: float,

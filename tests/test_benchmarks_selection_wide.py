@@ -3,6 +3,7 @@ synthetic sweeps, and one real smoke run (--budget quick) on the digits family."
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import sys
 from pathlib import Path
@@ -34,6 +35,16 @@ def test_short_budget_covers_every_method_dev_and_test_targets(tmp_path: Path) -
     assert len({plan.sweep_id for plan in plans}) == len(plans)
     references = [plan for plan in plans if plan.method == "source_only" and plan.kind == sq.DEFAULT_KIND]
     assert len(references) == 2 * 4  # one per seed and target
+
+
+def test_development_targets_run_only_at_the_development_seeds(tmp_path: Path) -> None:
+    """The short budget's shape: test targets (the goals) at every seed, development targets (design) at seed 0."""
+    assert sw.SHAPES["short"].development_seeds == (0,)
+    restricted = dataclasses.replace(options(tmp_path), development_seeds=(0,))
+    seeds_of = {}
+    for plan in sw.build_plans(restricted):
+        seeds_of.setdefault(plan.targets[0], set()).add(plan.seed)
+    assert seeds_of == {"day_city": {0}, "photo_digits": {0}, "foggy_city": {0, 1}, "stroke_digits": {0, 1}}
 
 
 def test_wide_sweep_is_the_same_random_sample_for_every_target_of_a_seed(tmp_path: Path) -> None:
@@ -97,22 +108,20 @@ def test_tables_report_collapses_flat_sweeps_and_roles_apart(tmp_path: Path) -> 
 
 
 @pytest.mark.integration
-def test_quick_run_on_digits_prints_dev_and_test_tables(tmp_path: Path) -> None:
-    """Real smoke run: gsda's wide and entropy-weight sweeps on photo_digits (development) and stroke_digits (test),
-    each with its source-only reference, then the tables."""
-    command = [sys.executable, "-m", "benchmarks.selection_wide", "--budget", "quick", "--methods", "gsda",
-               "--configurations", "2", "--entropy-values", "2", "--workdir", str(tmp_path / "store"),
-               "--data-root", str(tmp_path / "data")]
+def test_quick_run_on_digits_prints_dev_and_test_tables(embedded_data_root: Path, tmp_path: Path) -> None:
+    """Real smoke run: source_only's wide sweep on photo_digits (development) and stroke_digits (test), each with
+    its source-only reference, then the tables (entropy-weight tables: the synthetic test above)."""
+    command = [sys.executable, "-m", "benchmarks.selection_wide", "--budget", "quick", "--methods", "source_only",
+               "--configurations", "2", "--workdir", str(tmp_path / "store"), "--data-root", str(embedded_data_root)]
     done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     out = done.stdout
-    assert "## selection_wide" in out and "sweep 6/6" in out
-    headings = [f"### {role} targets — digits ({target}): {kind}, accuracy points"
-                for role, target in (("development", "photo_digits"), ("test", "stroke_digits"))
-                for kind in ("wide sweeps", "entropy-weight sweeps")]
+    assert "## selection_wide" in out and "sweep 4/4" in out
+    headings = [f"### {role} targets — digits ({target}): wide sweeps, accuracy points"
+                for role, target in (("development", "photo_digits"), ("test", "stroke_digits"))]
     positions = [out.index(heading) for heading in headings]
     assert positions == sorted(positions)  # development before test
-    assert out.count("| collapsed picks |") == 4 and "oracle (held-out best)" in out
-    rows = [line for line in out.splitlines() if line.startswith("| ") and "| gsda | 0 |" in line]
-    assert len(rows) == 4 and all(("| flat |" in row) or ("| no |" in row) for row in rows)
+    assert out.count("| collapsed picks |") == 2 and "oracle (held-out best)" in out
+    rows = [line for line in out.splitlines() if line.startswith("| ") and "| source_only | 0 |" in line]
+    assert len(rows) == 2 and all(("| flat |" in row) or ("| no |" in row) for row in rows)
     assert all(row.split("|")[10].strip() not in ("", "—") for row in rows)  # every sweep has its source-only score

@@ -3,9 +3,7 @@ and a tiny end-to-end LocalSession run on an in-test synthetic dataset that repo
 
 from __future__ import annotations
 
-import dataclasses
 import math
-import time
 from pathlib import Path
 
 import pytest
@@ -369,28 +367,6 @@ def test_search_space_file_names_real_hyperparameters():
         if isinstance(spec, dict) and "grid" in spec:
             grid_points *= len(spec["grid"])
     assert 4 <= grid_points <= 8
-
-
-@pytest.mark.integration
-def test_default_run_on_street_scenes_is_cpu_sized(embedded_data_root, tmp_path):
-    """One default SFDA adaptation on the embedded benchmark stays in the CPU budget (~60-90 s of one core).
-
-    The source stage is shortened (it is not what is measured); CPU time, not wall time, so a busy machine does
-    not fail the test.
-    """
-    spec = RunSpec(method="sfda", dataset="street_scenes", data_root=str(embedded_data_root),
-                   cache_dir=str(tmp_path / "cache"), output_dir=str(tmp_path), num_threads=1)
-    session = LocalSession(checkpoint_root=str(tmp_path / "ckpt"))
-    ctx = RunContext(spec, session)
-    config = sfda.SfdaConfig()
-    source_state = sfda.source_model_state(dataclasses.replace(config, source_iterations=20), ctx)
-    started = time.process_time()
-    sfda.adapt(config, ctx, source_state)
-    seconds = time.process_time() - started
-    assert len(session.reports) == config.reports
-    assert [r["epoch"] for r in session.reports] == list(range(1, config.reports + 1))
-    assert all(math.isfinite(r["loss"]) and 0 < r["target_confidence"] <= 1 for r in session.reports)
-    assert seconds < 150, f"default SFDA adaptation took {seconds:.0f} s of CPU"
 
 
 def _batchnorm_buffers(model: torch.nn.Module) -> dict[str, torch.Tensor]:
