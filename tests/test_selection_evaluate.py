@@ -167,3 +167,19 @@ def test_oracle_row_has_no_regret_and_is_a_baseline() -> None:
     summary = evaluate.summarize_selectors([{"im": {**row, "regret": 2.0}, evaluate.ORACLE_BASELINE: row}], ["im"])
     assert [r.name for r in summary] == ["im", evaluate.ORACLE_BASELINE]
     assert evaluate.best_selector(summary) == "im"  # never a baseline
+
+
+def _summary(name: str, mean: float, worst: float, gap: float = 0.9, tau: float = 0.7) -> evaluate.SelectorSummary:
+    return evaluate.SelectorSummary(name, mean, worst, gap, tau, tau, 0.0, 3, None, 0)
+
+
+def test_wide_sweep_goals_need_strictly_better_mean_and_worst_than_fmiou_and_the_default() -> None:
+    rows = [_summary("im", 1.0, 2.5), _summary("fmiou", 1.2, 2.5), _summary(evaluate.DEFAULT_BASELINE, 2.0, 4.0)]
+    goals = dict(evaluate.wide_sweep_goals(rows[0], rows, collapsed=0))
+    assert goals["mean regret ≤ 1.5"] and goals["worst regret ≤ 3.0"] and goals["no collapsed pick"]
+    assert goals["better than the default configuration"]
+    assert not goals["better than F-mIoU"]  # equal worst regret is not better
+    assert dict(evaluate.wide_sweep_goals(rows[1], rows, collapsed=1)) == {
+        "mean regret ≤ 1.5": True, "worst regret ≤ 3.0": True, "mean gap closed ≥ 0.85": True,
+        "mean Kendall τ ≥ 0.6": True, "no collapsed pick": False, "better than F-mIoU": True,
+        "better than the default configuration": True}

@@ -253,3 +253,25 @@ def count_collapsed(sweeps: Sequence[Mapping[str, float]], name: str) -> tuple[f
     tell (those with a source-only reference and a pick by ``name``); the random pick's sum is an expectation."""
     counted = [sweep[name] for sweep in sweeps if name in sweep]
     return float(sum(counted)), len(counted)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Goals for a recommended selector (issue 13)
+# --------------------------------------------------------------------------------------------------------------
+
+FMIOU = "fmiou"  # HIAST's fused-vote selector: the bar a recommended selector must clear
+
+
+def strictly_better(row: SelectorSummary, other: SelectorSummary | None) -> bool:
+    """Lower mean *and* lower worst regret than ``other`` (the issue's bar for changing a default)."""
+    return other is not None and row.mean_regret < other.mean_regret and row.worst_regret < other.worst_regret
+
+
+def wide_sweep_goals(row: SelectorSummary, rows: Sequence[SelectorSummary], collapsed: float) -> list[tuple[str, bool]]:
+    """Issue 13's goals for a recommended selector on wide sweeps (regret in points), each with whether it holds."""
+    by_name = {item.name: item for item in rows}
+    return [("mean regret ≤ 1.5", row.mean_regret <= 1.5), ("worst regret ≤ 3.0", row.worst_regret <= 3.0),
+            ("mean gap closed ≥ 0.85", row.mean_gap_closed >= 0.85),
+            ("mean Kendall τ ≥ 0.6", row.mean_kendall_tau >= 0.6), ("no collapsed pick", collapsed == 0),
+            ("better than F-mIoU", row.name == FMIOU or strictly_better(row, by_name.get(FMIOU))),
+            ("better than the default configuration", strictly_better(row, by_name.get(DEFAULT_BASELINE)))]
