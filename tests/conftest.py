@@ -25,6 +25,7 @@ torch.set_num_threads(1)
 
 from raysel.data.digits import DigitsConfig, prepare_digits  # noqa: E402
 from raysel.data.street_scenes import StreetScenesConfig, prepare_street_scenes  # noqa: E402
+from tests.sweep_runner import run_sweep_in  # noqa: E402
 
 
 # The sweeps' data: the default image sizes, few images (more than the tests' --selection-size 12 per target), so that
@@ -73,21 +74,9 @@ TINY_HIAST = ["--set", "rounds=1", "--set", "iterations_per_round=6", "--set", "
 @pytest.fixture(scope="session")
 def tiny_hiast_sweep(ray_local, embedded_data_root: Path, tmp_path_factory) -> dict:
     """One real 3-trial HIAST sweep on local Ray, shared by the tests that inspect its results."""
-    import contextlib
-    import io
-
-    from raysel.sweep import main
-
     workdir = tmp_path_factory.mktemp("sweep")
     results = workdir / "results"
-    printed = io.StringIO()
-    previous = os.getcwd()
-    os.chdir(workdir)  # a relative --results, as users type it: trials run in another working directory
-    try:
-        with contextlib.redirect_stdout(printed):
-            code = main(["hiast", "--data-root", str(embedded_data_root), "--results", "results", "--name", "tiny",
-                         *TINY_HIAST])
-    finally:
-        os.chdir(previous)
-    return {"code": code, "results": results, "printed": printed.getvalue(), "sweep_id": "tiny",
+    code, printed = run_sweep_in(workdir, ["hiast", "--data-root", str(embedded_data_root), "--results", "results",
+                                           "--name", "tiny", *TINY_HIAST])
+    return {"code": code, "results": results, "printed": printed, "sweep_id": "tiny",
             "data_root": embedded_data_root}

@@ -3,13 +3,12 @@ compares trials on the perturbation-consistency score computed at every report, 
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
-import os
 from pathlib import Path
 
 import pytest
+
+from tests.sweep_runner import run_sweep_in
 
 pytestmark = pytest.mark.integration
 
@@ -20,21 +19,12 @@ TINY_GSDA = ["--set", "init_from_source=false", "--set", "iterations=6", "--set"
 
 def test_asha_guided_by_a_trial_scored_selector(ray_local, embedded_data_root: Path, tmp_path: Path) -> None:
     from raysel import store
-    from raysel.sweep import main
-
-    printed = io.StringIO()
-    previous = os.getcwd()
-    os.chdir(tmp_path)
-    try:
-        with contextlib.redirect_stdout(printed):
-            code = main(["gsda", "--data-root", str(embedded_data_root), "--results", "results", "--name", "asha",
-                         "--selection-size", "12", "--progress-interval", "5", *TINY_GSDA,
-                         "--set", "learning_rate={loguniform: [1.0e-3, 1.0e-1]}", "--search", "random",
-                         "--num-samples", "3", "--scheduler", "asha", "--objective", "consistency",
-                         "--target", "photo_digits"])
-    finally:
-        os.chdir(previous)
-    assert code == 0, printed.getvalue()[-4000:]
+    code, printed = run_sweep_in(tmp_path, [
+        "gsda", "--data-root", str(embedded_data_root), "--results", "results", "--name", "asha", "--selection-size",
+        "12", "--progress-interval", "5", *TINY_GSDA, "--set", "learning_rate={loguniform: [1.0e-3, 1.0e-1]}",
+        "--search", "random", "--num-samples", "3", "--scheduler", "asha", "--objective", "consistency",
+        "--target", "photo_digits"])
+    assert code == 0, printed[-4000:]
 
     trials = store.load(tmp_path / "results", sweep_id="asha")
     assert 1 <= len(trials) <= 3 and set(trials["status"]) == {"finished"}, trials[["trial_id", "status", "error"]]

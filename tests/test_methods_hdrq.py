@@ -3,11 +3,9 @@ classification), trial-scored merge-quality selection, and a real 2-trial ``pyth
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import io
 import math
-import os
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -20,6 +18,7 @@ from raysel.errors import ConfigError
 from raysel.hyperparameters import config_from_dict
 from raysel.methods import hdrq
 from raysel.methods.base import LocalSession, RunContext, RunSpec
+from tests.sweep_runner import run_sweep_in
 
 # Tiny HIAST / GSDA adaptations (sources of 3 iterations): enough to give two different specialists per target.
 TINY_HIAST = ("source_iterations=3, warmup_iterations=2, rounds=1, iterations_per_round=2, reports_per_round=1, "
@@ -277,23 +276,14 @@ def test_sweep_selects_with_merge_quality_and_stores_per_target_heldout(ray_loca
                                                                         tmp_path) -> None:
     """A real 2-trial ``python -m raysel.sweep hdrq`` on local Ray (QDrop vs HDRQ at W4A4, tiny budgets)."""
     from raysel import store
-    from raysel.sweep import main
-
-    printed = io.StringIO()
-    previous = os.getcwd()
-    os.chdir(tmp_path)
-    try:
-        with contextlib.redirect_stdout(printed):
-            code = main(["hdrq", "--data-root", str(embedded_data_root), "--results", "results", "--name", "hdrq-tiny",
-                         "--image-size", "32", "64", "--selection-size", "8", "--progress-interval", "5",
-                         "--set", "bits=W4A4", "--set", "ptq_method={grid: [qdrop, hdrq]}",
-                         "--set", "noise_sampling=true", "--set", "lambda_distance=0.05",
-                         "--set", "reconstruction_iterations=2", "--set", "calibration_images=2",
-                         "--set", "merge_samples=4", "--set", "barrier_points=3",
-                         "--set", f"adaptation_settings={TINY_HIAST}"])
-    finally:
-        os.chdir(previous)
-    output = printed.getvalue()
+    code, output = run_sweep_in(tmp_path, [
+        "hdrq", "--data-root", str(embedded_data_root), "--results", "results", "--name", "hdrq-tiny",
+        "--image-size", "32", "64", "--selection-size", "8", "--progress-interval", "5",
+        "--set", "bits=W4A4", "--set", "ptq_method={grid: [qdrop, hdrq]}",
+        "--set", "noise_sampling=true", "--set", "lambda_distance=0.05",
+        "--set", "reconstruction_iterations=2", "--set", "calibration_images=2",
+        "--set", "merge_samples=4", "--set", "barrier_points=3",
+        "--set", f"adaptation_settings={TINY_HIAST}"])
     assert code == 0, output
     results = tmp_path / "results"
     trials = store.load(results, sweep_id="hdrq-tiny").sort_values("trial_id")

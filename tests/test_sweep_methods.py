@@ -13,13 +13,14 @@ import contextlib
 import csv
 import io
 import math
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import torch
+
+from tests.sweep_runner import run_sweep_in
 
 pytestmark = pytest.mark.integration
 
@@ -62,18 +63,9 @@ class SweepRun:
 
 def run_sweep(workdir: Path, method: str, sweep_id: str, data_root: Path, *options: str) -> SweepRun:
     """Run `python -m raysel.sweep METHOD ...` in-process from ``workdir`` with a relative --results."""
-    from raysel.sweep import main
-
-    printed = io.StringIO()
-    previous = os.getcwd()
-    os.chdir(workdir)  # a relative --results, as users type it: trials run in another working directory
-    try:
-        with contextlib.redirect_stdout(printed):
-            code = main([method, "--data-root", str(data_root), "--results", "results", "--name", sweep_id,
-                         *COMMON_SWEEP_OPTIONS, *options])
-    finally:
-        os.chdir(previous)
-    return SweepRun(code, printed.getvalue(), workdir / "results", sweep_id)
+    code, printed = run_sweep_in(workdir, [method, "--data-root", str(data_root), "--results", "results", "--name",
+                                           sweep_id, *COMMON_SWEEP_OPTIONS, *options])
+    return SweepRun(code, printed, workdir / "results", sweep_id)
 
 
 def query_rows(results: Path, sql: str) -> list[dict[str, str]]:
