@@ -119,6 +119,13 @@ def test_goal_table_recommends_on_development_and_judges_on_test(tmp_path: Path)
     assert "better than the default configuration" in cells[7] and "mean Kendall τ ≥ 0.6" in cells[7]
 
 
+def test_goal_table_says_when_the_recommended_selector_scored_no_test_sweep(tmp_path: Path) -> None:
+    cases = [wide_case([0.10, 0.40, 0.35], {"im": 1, "fmiou": 0}, source=0.30),
+             wide_case([0.30, 0.50, 0.45], {"fmiou": 2}, source=0.20, target="foggy_city", role="test")]
+    table = sw.goal_table(cases, ["im", "fmiou"], options(tmp_path, "quick", ("hiast",)))
+    assert "| street_scenes | im | 1 | — | — | none (it scored no test sweep) | all |" in table
+
+
 @pytest.mark.integration
 def test_quick_run_on_digits_prints_dev_and_test_tables(embedded_data_root: Path, tmp_path: Path) -> None:
     """Real smoke run: source_only's wide sweep on photo_digits (development) and stroke_digits (test), each with
