@@ -78,6 +78,9 @@ register(Method(
     tasks=("segmentation", "classification"),
     config_class=SourceOnlyConfig,
     train=train_source_only,
-    prepare_shared=lambda config, ctx: stages.source_stage(ctx, config.settings()),
+    # No shared stage before the trials: the trial *is* the source stage (cached by its settings, built once under a
+    # lock when trials share them). Pre-building it from the sweep's fixed values trained an unused model at the
+    # default settings whenever the sweep varied the learning rate, length or weight decay.
+    prepare_shared=None,
     description="Source-only baseline: cross-entropy on the labelled source domain, no adaptation",
 ))
