@@ -389,7 +389,8 @@ def goal_table(cases: Sequence[WideCase], names: Sequence[str], options: WideOpt
         rows = summarize_selectors([c.evaluations() for c in test], names)
         row = next((item for item in rows if item.name == recommended and item.sweeps), None)
         if row is None:  # it could not score any test sweep (e.g. no finite score): it cannot meet a goal
-            lines.append(f"| {family} | {recommended} | {len(test)} | — | — | none (it scored no test sweep) | all |")
+            lines.append(f"| {family} | {recommended} | {len(test)} | — | — | "
+                         "none (it scored no test sweep) | all |")
             continue
         collapsed, _ = count_collapsed([c.collapses() for c in test], recommended)
         checks = wide_sweep_goals(row, rows, collapsed)
