@@ -387,8 +387,8 @@ def goal_table(cases: Sequence[WideCase], names: Sequence[str], options: WideOpt
         if recommended is None or not test:
             continue
         rows = summarize_selectors([c.evaluations() for c in test], names)
-        row = next((item for item in rows if item.name == recommended and item.sweeps), None)
-        if row is None:  # it could not score any test sweep (e.g. no finite score): it cannot meet a goal
+        row = sq.row_by_name(rows, recommended)
+        if row is None or not row.sweeps:  # it scored no test sweep (e.g. no finite score): it cannot meet a goal
             lines.append(f"| {family} | {recommended} | {len(test)} | — | — | "
                          "none (it scored no test sweep) | all |")
             continue

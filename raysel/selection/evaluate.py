@@ -33,6 +33,8 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 from scipy import stats
 
+from raysel.selection.selectors import FMIoUSelector
+
 POINTS = 100.0  # fractions -> mIoU points
 
 
@@ -259,9 +261,6 @@ def count_collapsed(sweeps: Sequence[Mapping[str, float]], name: str) -> tuple[f
 # Goals for a recommended selector (issue 13)
 # --------------------------------------------------------------------------------------------------------------
 
-FMIOU = "fmiou"  # HIAST's fused-vote selector: the bar a recommended selector must clear
-
-
 def strictly_better(row: SelectorSummary, other: SelectorSummary | None) -> bool:
     """Lower mean *and* lower worst regret than ``other`` (the issue's bar for changing a default)."""
     return other is not None and row.mean_regret < other.mean_regret and row.worst_regret < other.worst_regret
@@ -273,5 +272,6 @@ def wide_sweep_goals(row: SelectorSummary, rows: Sequence[SelectorSummary], coll
     return [("mean regret ≤ 1.5", row.mean_regret <= 1.5), ("worst regret ≤ 3.0", row.worst_regret <= 3.0),
             ("mean gap closed ≥ 0.85", row.mean_gap_closed >= 0.85),
             ("mean Kendall τ ≥ 0.6", row.mean_kendall_tau >= 0.6), ("no collapsed pick", collapsed == 0),
-            ("better than F-mIoU", row.name == FMIOU or strictly_better(row, by_name.get(FMIOU))),
+            ("better than F-mIoU",
+             row.name == FMIoUSelector.name or strictly_better(row, by_name.get(FMIoUSelector.name))),
             ("better than the default configuration", strictly_better(row, by_name.get(DEFAULT_BASELINE)))]
