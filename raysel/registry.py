@@ -42,6 +42,10 @@ class Method:
     # Optional: build the stages that do not depend on swept hyperparameters (source model, warm-up) through
     # ``ctx.cached_stage``. The sweep calls it once per target before any trial starts, with all the CPUs it has.
     prepare_shared: Callable[[Any, "RunContext"], None] | None = None
+    # Required with ``prepare_shared``: the hyperparameters its stages are keyed by, as a pure function of the config.
+    # A sweep that varies any of them has no one shared stage, so it skips the preparation (each trial builds and
+    # caches the stage for its own values) instead of pre-building one at the defaults that no trial would load.
+    shared_stage_key: Callable[[Any], Any] | None = None
     # Label-free selectors recorded after a sweep when ``--selector`` is not given; the first decides.
     default_selectors: tuple[str, ...] = ("fmiou",)
 
@@ -65,6 +69,9 @@ def register(method: Method) -> Method:
     for task in method.tasks:
         if task not in TASKS:
             raise ValueError(f"method {method.name!r}: unknown task {task!r}; expected one of {TASKS}")
+    if method.prepare_shared is not None and method.shared_stage_key is None:
+        raise ValueError(f"method {method.name!r}: prepare_shared needs shared_stage_key (the hyperparameters its "
+                         "stages are keyed by)")
     if method.name in _REGISTRY and _REGISTRY[method.name] is not method:
         raise ValueError(f"method {method.name!r} is registered twice")
     _REGISTRY[method.name] = method

@@ -22,7 +22,7 @@ from raysel.execution.timing import TimedRunContext
 from raysel.hyperparameters import config_from_dict
 from raysel.methods.base import LocalSession, RunSpec
 from raysel.progress import PROGRESS_FILE, heartbeat, read_status_file
-from raysel.registry import get_method
+from raysel.registry import Method, get_method
 from raysel.selection.decision import select_sweep
 from raysel.store import ResultStore
 from raysel.store_compaction import compact_sweep
@@ -112,6 +112,12 @@ def prepare_shared_stages(settings: SweepSettings, space: Any, *, local: bool, s
     method = get_method(settings.method)
     if method.prepare_shared is None:
         return []
+    varying = stage_keying_names(method, space)
+    if varying:
+        print(f"not building shared stages of {method.name} before the trials: the sweep varies "
+              f"{', '.join(varying)}, which the source / warm-up stages depend on; each trial builds (and caches) the "
+              "stage for its own values", file=stream, flush=True)
+        return []
     resources = settings.resources
     targets = list(settings.targets)
     if local:
@@ -139,6 +145,29 @@ def prepare_shared_stages(settings: SweepSettings, space: Any, *, local: bool, s
                 print(f"  {record.line()}", file=stream, flush=True)
     print(f"  shared stages ready in {time.perf_counter() - started:.0f} s", file=stream, flush=True)
     return records
+
+
+def stage_keying_names(method: Method, space: Any) -> list[str]:
+    """The swept hyperparameters whose candidate values change the method's shared stages.
+
+    Preparation builds the stages from the sweep's fixed values (a swept name takes its default there), so it is
+    only useful when every trial would load the same stage. Each swept name is tried at each of its candidates
+    (grid/choice values, range ends) with the others fixed; an invalid combination is left for its trial to report.
+    """
+    fixed = space.fixed_values() if hasattr(space, "fixed_values") else {}
+    swept = space.swept_names() if hasattr(space, "swept_names") else []
+    base = method.shared_stage_key(config_from_dict(method.config_class, fixed))
+    varying = []
+    for name in swept:
+        for value in space.entries[name].values:
+            try:
+                config = config_from_dict(method.config_class, {**fixed, name: value})
+            except ConfigError:
+                continue
+            if method.shared_stage_key(config) != base:
+                varying.append(name)
+                break
+    return varying
 
 
 @dataclass

@@ -31,6 +31,7 @@ from raysel.registry import TASKS, get_method, method_names
 from raysel.search_space import load_search_space
 from raysel.selection.predictions import CandidatePredictions, probability_grid
 from raysel.selection.selectors import TRIAL_SCORE_SELECTORS, get_selector, selector_names
+from raysel.sweeping import stage_keying_names
 
 REQUIRED_METRICS = ("epoch", "target_confidence")  # Tune's progress and ASHA's default objective
 IGNORE_LABEL = 255
@@ -82,6 +83,8 @@ def test_method_declares_a_valid_config_search_space_and_selectors(name: str) ->
     assert set(space.entries) <= set(method.hyperparameter_names())
     assert space.swept_names(), f"the search space of {name} sweeps nothing"
     assert method.default_selectors and set(method.default_selectors) <= set(selector_names())
+    if method.prepare_shared is not None:  # its shipped sweep shares the stages it pre-builds
+        assert stage_keying_names(method, space) == []
 
 
 def method_cases() -> list[Any]:

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from raysel.errors import UserError
+from raysel.select import main as select_main
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -83,10 +84,11 @@ def test_select_unknown_sweep_is_a_clear_error(tmp_path: Path) -> None:
         select_sweep(store, "no-such-sweep")
 
 
-def test_select_cli_unknown_sweep_exits_2(tmp_path: Path) -> None:
-    result = subprocess.run([sys.executable, "-m", "raysel.select", "no-such-sweep", "--results", str(tmp_path)],
-                            capture_output=True, text=True, timeout=120, cwd=REPO)
-    assert result.returncode == 2 and result.stderr.startswith("error: ") and "Traceback" not in result.stderr
+def test_select_cli_unknown_sweep_exits_2(tmp_path: Path, capsys) -> None:
+    with pytest.raises(SystemExit) as exited:
+        select_main(["no-such-sweep", "--results", str(tmp_path)])
+    error = capsys.readouterr().err
+    assert exited.value.code == 2 and error.startswith("error: ") and "Traceback" not in error
 
 
 # --------------------------------------------------------------------------------------------------------------

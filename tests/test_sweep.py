@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import socket
 import subprocess
 import sys
@@ -10,13 +9,23 @@ from pathlib import Path
 
 import pytest
 
+from raysel.sweep import main as sweep_main
+
 REPO = Path(__file__).resolve().parent.parent
 
 
-def run_sweep_cli(*args: str, cwd: Path = REPO, timeout: int = 180) -> subprocess.CompletedProcess:
-    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
-    return subprocess.run([sys.executable, "-m", "raysel.sweep", *args], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=timeout)
+def run_sweep_in_process(capsys: pytest.CaptureFixture, *args: str) -> subprocess.CompletedProcess:
+    """``raysel.sweep.main`` in this process (the entry point `python -m raysel.sweep` runs), as a finished process.
+
+    The error paths need torch and Ray imported; a fresh interpreter per case cost 5-9 s each, and the subprocess
+    path itself is covered by the integration sweep and by test_cli.
+    """
+    try:
+        code = sweep_main(list(args))
+    except SystemExit as exited:
+        code = exited.code
+    captured = capsys.readouterr()
+    return subprocess.CompletedProcess(["raysel.sweep", *args], code, captured.out, captured.err)
 
 
 def assert_one_line_error(result: subprocess.CompletedProcess, *fragments: str) -> None:
@@ -28,8 +37,8 @@ def assert_one_line_error(result: subprocess.CompletedProcess, *fragments: str) 
         assert fragment in lines[0], lines[0]
 
 
-def test_help_explains_every_option() -> None:
-    result = run_sweep_cli("--help")
+def test_help_explains_every_option(capsys: pytest.CaptureFixture) -> None:
+    result = run_sweep_in_process(capsys, "--help")
     assert result.returncode == 0
     for option in ("--space", "--data", "--data-root", "--source", "--target", "--num-samples", "--search",
                    "--scheduler", "--max-concurrent", "--workers", "--cpus-per-worker", "--gpus-per-worker",
@@ -37,43 +46,43 @@ def test_help_explains_every_option() -> None:
         assert option in result.stdout
 
 
-def test_unknown_method_lists_registered_ones() -> None:
-    assert_one_line_error(run_sweep_cli("no_such_method"), "no_such_method", "hiast", "source_only")
+def test_unknown_method_lists_registered_ones(capsys: pytest.CaptureFixture) -> None:
+    assert_one_line_error(run_sweep_in_process(capsys, "no_such_method"), "no_such_method", "hiast", "source_only")
 
 
-def test_missing_space_file_is_named(tmp_path: Path) -> None:
+def test_missing_space_file_is_named(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     missing = tmp_path / "absent.yaml"
-    assert_one_line_error(run_sweep_cli("hiast", "--space", str(missing)), str(missing))
+    assert_one_line_error(run_sweep_in_process(capsys, "hiast", "--space", str(missing)), str(missing))
 
 
-def test_malformed_yaml_names_file_and_line(tmp_path: Path) -> None:
+def test_malformed_yaml_names_file_and_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     space = tmp_path / "broken.yaml"
     space.write_text("alpha: {grid: [0.3, 0.5]}\ngamma: [unclosed\n")
-    assert_one_line_error(run_sweep_cli("hiast", "--space", str(space)), str(space), "line")
+    assert_one_line_error(run_sweep_in_process(capsys, "hiast", "--space", str(space)), str(space), "line")
 
 
-def test_unknown_key_in_space_lists_valid_keys(tmp_path: Path) -> None:
+def test_unknown_key_in_space_lists_valid_keys(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     space = tmp_path / "space.yaml"
     space.write_text("alpha: {grid: [0.3, 0.5]}\nalpah: 0.2\n")
-    assert_one_line_error(run_sweep_cli("hiast", "--space", str(space)), "alpah", "lambda_cst")
+    assert_one_line_error(run_sweep_in_process(capsys, "hiast", "--space", str(space)), "alpah", "lambda_cst")
 
 
-def test_resume_without_previous_sweep(tmp_path: Path) -> None:
-    assert_one_line_error(run_sweep_cli("hiast", "--resume", "--name", "never-ran", "--results", str(tmp_path)),
+def test_resume_without_previous_sweep(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    assert_one_line_error(run_sweep_in_process(capsys, "hiast", "--resume", "--name", "never-ran", "--results", str(tmp_path)),
                           "never-ran")
 
 
-def test_unwritable_results_path(tmp_path: Path) -> None:
+def test_unwritable_results_path(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")
-    assert_one_line_error(run_sweep_cli("hiast", "--results", str(blocker / "results")), "not writable")
+    assert_one_line_error(run_sweep_in_process(capsys, "hiast", "--results", str(blocker / "results")), "not writable")
 
 
-def test_unreachable_ray_address(tmp_path: Path) -> None:
+def test_unreachable_ray_address(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     with socket.socket() as probe:  # a port nobody listens on
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    assert_one_line_error(run_sweep_cli("hiast", "--address", f"127.0.0.1:{port}", "--results", str(tmp_path)),
+    assert_one_line_error(run_sweep_in_process(capsys, "hiast", "--address", f"127.0.0.1:{port}", "--results", str(tmp_path)),
                           "no Ray reachable", str(port))
 
 

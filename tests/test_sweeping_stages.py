@@ -62,6 +62,51 @@ def test_written_rows_carry_the_trial_phases(tmp_path: Path) -> None:
     assert trials["time_heldout_s"].isna().all() and "not_a_phase_s" not in trials
 
 
+def hiast_space(text: str):
+    """A HIAST search space from YAML text (written to a temporary file, as a user's --space is)."""
+    import tempfile
+
+    from raysel.registry import get_method
+    from raysel.search_space import load_search_space
+
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as handle:
+        handle.write(text)
+    return load_search_space(Path(handle.name), get_method("hiast"))
+
+
+def test_sweeping_a_stage_setting_skips_preparation_and_says_which() -> None:
+    """A swept warm-up length keys the warm-up stage: no stage is pre-built at the default length no trial uses."""
+    from raysel.execution.settings import SweepSettings
+    from raysel.registry import get_method
+    from raysel.sweeping import prepare_shared_stages, stage_keying_names
+
+    hiast = get_method("hiast")
+    space = hiast_space("alpha: {grid: [0.2, 0.5]}\nwarmup_iterations: {grid: [2, 4]}\nsource_iterations: 2\n")
+    assert stage_keying_names(hiast, space) == ["warmup_iterations"]
+    settings = SweepSettings(method="hiast", sweep_id="s", results="/nonexistent", run={"seed": 0},
+                             targets=["day_city"])
+    printed = io.StringIO()
+    assert prepare_shared_stages(settings, space, local=True, stream=printed) == []  # returns before any Ray task
+    assert "the sweep varies warmup_iterations" in printed.getvalue()
+
+
+def test_sweeping_only_trial_settings_keeps_the_shared_stage() -> None:
+    from raysel.registry import get_method
+    from raysel.sweeping import stage_keying_names
+
+    space = hiast_space("alpha: {grid: [0.2, 0.5]}\ngamma: {uniform: [0.1, 0.9]}\nwarmup_iterations: 4\n")
+    assert stage_keying_names(get_method("hiast"), space) == []
+
+
+def test_a_method_with_shared_stages_must_say_what_keys_them() -> None:
+    from raysel.registry import Method, register
+
+    method = Method(name="keyless", tasks=("classification",), config_class=object, train=lambda c, x: None,
+                    description="", prepare_shared=lambda config, ctx: None)
+    with pytest.raises(ValueError, match="shared_stage_key"):
+        register(method)
+
+
 @pytest.mark.integration
 def test_a_timed_trial_stamps_every_phase_and_gives_the_same_results(tiny_roots: dict, tmp_path: Path) -> None:
     """The trial's timed context changes nothing but the clock: same held-out score, same label-free scores."""

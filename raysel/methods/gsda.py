@@ -514,5 +514,6 @@ register(Method(
     config_class=GsdaConfig,
     train=train_gsda,
     prepare_shared=lambda config, ctx: stages.source_stage(ctx, config.source_settings()) if config.init_from_source else None,
+    shared_stage_key=lambda config: (config.init_from_source, config.source_settings()),
     description="GSDA: global, group and class adversarial alignment with hierarchical gradient synchronization",
 ))

@@ -402,6 +402,8 @@ register(Method(
     config_class=HdrqConfig,
     train=train_hdrq,
     prepare_shared=prepare_hdrq,
+    # The source and adapted models depend on the adaptation only; quantization and merging are the trial's own.
+    shared_stage_key=lambda config: (config.targets, config.adaptation, config.adaptation_settings),
     default_selectors=("merge_quality", "fmiou"),
     description="HDRQ (ICML 2025): per-target adaptation, merge-friendly PTQ (noise-based Hessian and distance "
                 "regularization), noise-sampling merging into one multi-target model, label-free merge quality",

@@ -714,6 +714,7 @@ register(Method(
     config_class=HiastConfig,
     train=train_hiast,
     prepare_shared=lambda config, ctx: stages.adversarial_warmup_stage(ctx, config.source_settings(), config.warmup_settings()),
+    shared_stage_key=lambda config: (config.source_settings(), config.warmup_settings()),
     description="HIAST (TPAMI 2025): adversarial warm-up, instance adaptive selector, hard-aware pseudo-label "
                 "augmentation, region-adaptive regularization with a mean teacher, multi-round self-training",
 ))

@@ -655,6 +655,7 @@ register(Method(
     config_class=SfdaConfig,
     train=train_sfda,
     prepare_shared=lambda config, ctx: None if config.source_checkpoint else stages.source_stage(ctx, config.source_settings()),
+    shared_stage_key=lambda config: (config.source_checkpoint, config.source_settings()),
     description="SFDA (CVPR 2021): source-free adaptation via generator-based knowledge transfer (BNS, MAE, dual "
                 "attention distillation) and patch-level entropy-ranked self-supervision (IPSM) with MaxSquare",
 ))

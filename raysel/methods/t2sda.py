@@ -711,6 +711,7 @@ register(Method(
     config_class=T2sdaConfig,
     train=train,
     prepare_shared=prepare_shared,
+    shared_stage_key=lambda config: (source_settings(config), config.rare_class_sampling),
     description="T2S-DA: DACS mean teacher with DAFormer's rare-class sampling and feature distance + pulling FDA "
                 "pseudo-target features to teacher source prototypes (InfoNCE/MSE, class-balanced queries, "
                 "domain-equalized negatives, dynamic re-weighting)",
