@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import sys
 import tempfile
@@ -26,6 +28,9 @@ from raysel.registry import Method, get_method
 from raysel.selection.decision import select_sweep
 from raysel.store import ResultStore
 from raysel.store_compaction import compact_sweep
+
+
+PREPARED_DIR = "_prepared"  # in the stage cache: one marker per finished preparation (see preparation_marker)
 
 
 @dataclass
@@ -118,33 +123,82 @@ def prepare_shared_stages(settings: SweepSettings, space: Any, *, local: bool, s
               f"{', '.join(varying)}, which the source / warm-up stages depend on; each trial builds (and caches) the "
               "stage for its own values", file=stream, flush=True)
         return []
+    fixed = space.fixed_values() if hasattr(space, "fixed_values") else {}
+    seed = settings.run.get("seed", 0)
+    markers = {target: preparation_marker(settings, fixed, target) for target in settings.targets}
+    earlier = {target: _prepared_earlier(marker, target, seed) for target, marker in markers.items()}
+    records = [record for found in earlier.values() if found is not None for record in found]
+    for record in records:
+        print(f"  {record.line()} (prepared by an earlier sweep)", file=stream, flush=True)
+    missing = {target: marker for target, marker in markers.items() if earlier[target] is None}
+    if missing:
+        records += _run_preparation_tasks(settings, fixed, missing, local=local, stream=stream)
+    return records
+
+
+def _run_preparation_tasks(settings: SweepSettings, fixed: dict[str, Any], markers: dict[str, Path], *, local: bool,
+                           stream: Any) -> list[StageRecord]:
+    """One preparation Ray task per target in ``markers``, at once; each finished one leaves its marker."""
     resources = settings.resources
-    targets = list(settings.targets)
     if local:
-        cpus = max(1, int(cluster_cpus()) // len(targets))
+        cpus = max(1, int(cluster_cpus()) // len(markers))
     else:
         cpus = max(1, int(round(resources.workers * resources.cpus_per_worker)))
     gpus = resources.gpus_per_worker if resources.gpus_per_worker > 0 else 0
     task = ray.remote(_prepare_shared_task).options(num_cpus=cpus, num_gpus=gpus)
-    fixed = space.fixed_values() if hasattr(space, "fixed_values") else {}
-    seed = settings.run.get("seed", 0)
-    print(f"building shared stages of {method.name} once (source model / warm-up; cached) for "
-          f"{len(targets)} target(s), seed {seed}: {len(targets)} Ray task(s) of {cpus} CPU(s) ...",
-          file=stream, flush=True)
+    print(f"building shared stages of {settings.method} once (source model / warm-up; cached) for "
+          f"{len(markers)} target(s), seed {settings.run.get('seed', 0)}: {len(markers)} Ray task(s) of {cpus} "
+          "CPU(s) ...", file=stream, flush=True)
     started = time.perf_counter()
-    status = {target: settings.sweep_dir / "shared" / target / PROGRESS_FILE for target in targets}
+    status = {target: settings.sweep_dir / "shared" / target / PROGRESS_FILE for target in markers}
     pending = {task.remote(settings.method, fixed, dict(settings.run, target=target, output_dir=str(path.parent)),
                            cpus, gpus > 0): target for target, path in status.items()}
     records: list[StageRecord] = []
     with heartbeat("  shared stages", stream=stream, detail=lambda: _stage_status(status)):
         while pending:
             [done], _ = ray.wait(list(pending), num_returns=1)
-            pending.pop(done)
-            for record in ray.get(done):
+            target_records = ray.get(done)
+            _write_marker(markers[pending.pop(done)], target_records)
+            for record in target_records:
                 records.append(record)
                 print(f"  {record.line()}", file=stream, flush=True)
     print(f"  shared stages ready in {time.perf_counter() - started:.0f} s", file=stream, flush=True)
     return records
+
+
+def preparation_marker(settings: SweepSettings, fixed: dict[str, Any], target: str) -> Path:
+    """Where a finished preparation of (method, fixed values, run, target) lists the stage files it left.
+
+    A later sweep with the same inputs (the next sweep of a benchmark, a resumed sweep) finds every file listed and
+    skips its Ray task, which would only load them (5-20 s a sweep). Skipping is always safe: a trial builds, under
+    the stage's lock, any stage that is missing.
+    """
+    run = {key: value for key, value in settings.run.items() if key != "output_dir"}
+    identity = {"method": settings.method, "fixed": fixed, "run": run, "target": target}
+    digest = hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    cache_dir = RunSpec.from_dict({**run, "method": settings.method, "target": target}).stage_cache_dir()
+    return cache_dir / PREPARED_DIR / f"{digest}.json"
+
+
+def _prepared_earlier(marker: Path, target: str, seed: int) -> list[StageRecord] | None:
+    """The stages an earlier preparation left for ``target``, as records; None when there was none or a file is gone."""
+    try:
+        stages = json.loads(marker.read_text())["stages"]
+    except (OSError, ValueError, KeyError):
+        return None
+    if not all(Path(stage["path"]).is_file() for stage in stages):
+        return None
+    now = time.time()
+    return [StageRecord(stage["name"], target, seed, 0.0, False, "", os.getpid(), now, now, stage["path"])
+            for stage in stages]
+
+
+def _write_marker(marker: Path, records: list[StageRecord]) -> None:
+    """Record a finished preparation's stage files (atomically: a killed sweep leaves no half-written marker)."""
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    temporary = marker.with_suffix(f".{os.getpid()}.tmp")
+    temporary.write_text(json.dumps({"stages": [{"name": r.name, "path": r.path} for r in records if r.path]}))
+    os.replace(temporary, marker)
 
 
 def stage_keying_names(method: Method, space: Any) -> list[str]:
@@ -184,6 +238,7 @@ class StageRecord:
     pid: int
     task_started: float
     task_finished: float
+    path: str = ""  # the stage's cached file
 
     def line(self) -> str:
         """The progress line: ``stage <name> (target T, seed S): built in X s`` (or ``cached, loaded in``)."""
@@ -211,7 +266,7 @@ def _prepare_shared_task(method_name: str, fixed: dict[str, Any], run: dict[str,
         method.prepare_shared(config, ctx)
     task_id, finished = ray.get_runtime_context().get_task_id() or "", time.time()
     return [StageRecord(stage.name, ctx.target, spec.seed, stage.seconds, stage.built, task_id, os.getpid(),
-                        task_started, finished) for stage in ctx.stages]
+                        task_started, finished, stage.path) for stage in ctx.stages]
 
 
 def _target_space(targets: list[str], search: str) -> Any:

@@ -98,6 +98,28 @@ def test_sweeping_only_trial_settings_keeps_the_shared_stage() -> None:
     assert stage_keying_names(get_method("hiast"), space) == []
 
 
+def test_a_finished_preparation_is_skipped_while_its_stage_files_exist(tmp_path: Path) -> None:
+    """Its marker lists the stage files; with all present no Ray task starts, with one gone the target is redone."""
+    from raysel.execution.settings import SweepSettings
+    from raysel.sweeping import StageRecord, _prepared_earlier, _write_marker, preparation_marker
+
+    run = {"dataset": "street_scenes", "data_root": str(tmp_path), "cache_dir": str(tmp_path / "cache"), "seed": 0}
+    settings = SweepSettings(method="hiast", sweep_id="s", results=str(tmp_path), run=run, targets=["day_city"])
+    marker = preparation_marker(settings, dict(TINY_HIAST), "day_city")
+    assert marker.parent.parent == tmp_path / "cache"
+    assert marker != preparation_marker(settings, {**TINY_HIAST, "warmup_iterations": 3}, "day_city")
+    assert marker != preparation_marker(settings, dict(TINY_HIAST), "dusk_city")
+    stage = tmp_path / "cache" / "adversarial_warmup" / "abc" / "state.pt"
+    stage.parent.mkdir(parents=True)
+    stage.write_bytes(b"state")
+    assert _prepared_earlier(marker, "day_city", 0) is None
+    _write_marker(marker, [StageRecord("adversarial_warmup", "day_city", 0, 3.0, True, "t", 1, 0.0, 1.0, str(stage))])
+    [earlier] = _prepared_earlier(marker, "day_city", 0)
+    assert (earlier.name, earlier.built, earlier.path) == ("adversarial_warmup", False, str(stage))
+    stage.unlink()
+    assert _prepared_earlier(marker, "day_city", 0) is None
+
+
 def test_a_method_with_shared_stages_must_say_what_keys_them() -> None:
     from raysel.registry import Method, register
 
@@ -161,9 +183,12 @@ def test_independent_stages_are_built_by_parallel_ray_tasks(ray_local, tiny_root
     assert any(" s" in line and "cached, loaded in" in line for line in lines)
     assert "2 Ray task(s) of 1 CPU(s)" in printed.getvalue()
 
-    again = io.StringIO()
+    again = io.StringIO()  # the next sweep with the same inputs: the markers say every stage file is there
     cached = prepare_shared_stages(settings, space, local=True, stream=again)
     assert cached and not any(record.built for record in cached)
+    assert all(record.task_id == "" for record in cached), "no Ray task only to load cached stages"
+    assert {record.path for record in cached} <= {record.path for record in records}
+    assert "prepared by an earlier sweep" in again.getvalue() and "Ray task(s)" not in again.getvalue()
 
 
 def test_sweep_overhead_breakdown_partitions_the_sweep_wall_time(tmp_path: Path) -> None:

@@ -11,7 +11,7 @@ from typing import Any, Callable, Iterator
 from torch import nn
 from torch.utils.data import Dataset
 
-from raysel.methods.base import RunContext, RunSpec, Session
+from raysel.methods.base import CHECKPOINT_FILE, RunContext, RunSpec, Session
 from raysel.store_schema import TIMING_PREFIX
 
 
@@ -62,6 +62,7 @@ class StageTiming:
     name: str
     built: bool
     seconds: float
+    path: str = ""  # the stage's cached file
 
 
 class TimedRunContext(RunContext):
@@ -106,7 +107,8 @@ class TimedRunContext(RunContext):
             nested = self._nested_stage_s.pop()
         if self._nested_stage_s:
             self._nested_stage_s[-1] += stamp.elapsed_s
-        self.stages.append(StageTiming(name, built[0], stamp.elapsed_s - nested))
+        path = self.stage_directory(name, key, per_target) / CHECKPOINT_FILE
+        self.stages.append(StageTiming(name, built[0], stamp.elapsed_s - nested, str(path)))
         return state
 
 

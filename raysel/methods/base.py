@@ -72,6 +72,11 @@ class RunSpec:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    def stage_cache_dir(self) -> Path:
+        """Where shared stages are cached: ``cache_dir``, else ``_raysel_cache`` under the data root."""
+        data_root = Path(self.data_root) if self.data_root else data_module.default_data_root()
+        return Path(self.cache_dir) if self.cache_dir else data_root / "_raysel_cache"
+
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "RunSpec":
         values = dict(values)
@@ -160,7 +165,7 @@ class RunContext:
         self.task = self.family.task
         self.num_classes = self.family.num_classes
         self.output_dir = Path(spec.output_dir)
-        self.cache_dir = Path(spec.cache_dir) if spec.cache_dir else self.data_root / "_raysel_cache"
+        self.cache_dir = spec.stage_cache_dir()
         if spec.num_threads:
             torch.set_num_threads(spec.num_threads)
         self.acceleration.apply_backend_settings()
@@ -291,6 +296,21 @@ class RunContext:
             return torch.load(path, map_location="cpu", weights_only=False) if path.exists() else None
 
     # -- shared stages -------------------------------------------------------------------------------------------
+    def stage_key(self, name: str, key: dict[str, Any], per_target: bool = True) -> dict[str, Any]:
+        """Everything a cached stage is keyed by: ``key`` plus the data and model identity (target if per-target)."""
+        full_key = {"stage": name, "dataset": self.spec.dataset, "source": self.source,
+                    "target": self.target if per_target else None,
+                    "model": self.spec.model, "image_size": self.spec.image_size, **key}
+        if self.acceleration.amp != "off":  # mixed precision trains a different stage; fp32 keys stay as they were
+            full_key["amp"] = self.acceleration.amp
+        return full_key
+
+    def stage_directory(self, name: str, key: dict[str, Any], per_target: bool = True) -> Path:
+        """The cache folder of a stage: ``<cache_dir>/<name>/<hash of its full key>``."""
+        full_key = self.stage_key(name, key, per_target)
+        digest = hashlib.sha256(json.dumps(full_key, sort_keys=True, default=str).encode()).hexdigest()[:16]
+        return self.cache_dir / name / digest
+
     def cached_stage(self, name: str, key: dict[str, Any], build: Callable[[], dict[str, Any]],
                      per_target: bool = True) -> dict[str, Any]:
         """Compute a stage that does not depend on swept hyperparameters once, and reuse it across trials.
@@ -301,13 +321,8 @@ class RunContext:
         while it checks and (if missing) saves, so concurrent trials build a stage once; under several workers
         every rank takes part in ``build`` (it may train with DDP) and rank 0 writes the result atomically.
         """
-        full_key = {"stage": name, "dataset": self.spec.dataset, "source": self.source,
-                    "target": self.target if per_target else None,
-                    "model": self.spec.model, "image_size": self.spec.image_size, **key}
-        if self.acceleration.amp != "off":  # mixed precision trains a different stage; fp32 keys stay as they were
-            full_key["amp"] = self.acceleration.amp
-        digest = hashlib.sha256(json.dumps(full_key, sort_keys=True, default=str).encode()).hexdigest()[:16]
-        directory = self.cache_dir / name / digest
+        full_key = self.stage_key(name, key, per_target)
+        directory = self.stage_directory(name, key, per_target)
         path = directory / CHECKPOINT_FILE
         lock_handle = None
         if self.is_main:
