@@ -54,9 +54,9 @@ def test_wide_sweep_is_the_same_random_sample_for_every_target_of_a_seed(tmp_pat
     def without_target(plan: sq.SweepPlan) -> list[str]:
         return [item for item in plan.argv if item not in (plan.targets[0], plan.sweep_id)]
 
-    assert without_target(day) == without_target(fog) and day.expected_trials == 6
+    assert without_target(day) == without_target(fog) and day.expected_trials == 5
     argv = " ".join(day.argv)
-    assert "--search random --num-samples 6" in argv
+    assert "--search random --num-samples 5" in argv
     assert "learning_rate={choice: [2e-05, 6.32e-05, 0.0002, 0.000632, 0.002]}" in argv  # 2e-4 x 0.1 .. x 10
     assert "iterations_per_round={choice: [30, 60, 120]}" in argv  # 0.5x, 1x, 2x of the short budget's 60
 
@@ -65,7 +65,16 @@ def test_default_configuration_follows_the_budget(tmp_path: Path) -> None:
     plan = next(p for p in sw.build_plans(options(tmp_path)) if p.method == "hiast" and p.kind == "lambda_i")
     defaults = sq.plan_defaults(plan)
     assert defaults["iterations_per_round"] == 60 and defaults["lambda_i"] == 1.0
-    assert "lambda_i={grid: [0.1, 1.0, 10.0, 30.0, 100.0]}" in " ".join(plan.argv)
+    assert "lambda_i={grid: [0.1, 1.0, 10.0, 100.0]}" in " ".join(plan.argv)
+    standard = next(p for p in sw.build_plans(options(tmp_path, "standard")) if p.kind == "lambda_i")
+    assert "lambda_i={grid: [0.1, 1.0, 10.0, 30.0, 100.0]}" in " ".join(standard.argv)
+
+
+def test_short_budget_shortens_only_the_digits_trainings(tmp_path: Path) -> None:
+    """short and standard train street trials alike; short trains digits for fewer iterations."""
+    assert sw.budget_settings("hiast", "short") == sw.budget_settings("hiast", "standard")
+    assert sw.budget_defaults("gsda", "short")["iterations"] < sw.budget_defaults("gsda", "standard")["iterations"]
+    assert sw.budget_defaults("source_only", "short")["iterations"] == 300
 
 
 def test_entropy_values_keep_the_extremes_and_the_default() -> None:
@@ -144,3 +153,8 @@ def test_quick_run_on_digits_prints_dev_and_test_tables(embedded_data_root: Path
     rows = [line for line in out.splitlines() if line.startswith("| ") and "| source_only | 0 |" in line]
     assert len(rows) == 2 and all(("| flat |" in row) or ("| no |" in row) for row in rows)
     assert all(row.split("|")[10].strip() not in ("", "—") for row in rows)  # every sweep has its source-only score
+
+
+def test_each_writing_budget_has_its_own_section() -> None:
+    assert sw.section_name("short") == "selection_wide"
+    assert sw.section_name("standard") == "selection_wide.standard"
