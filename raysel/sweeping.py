@@ -113,6 +113,8 @@ def prepare_shared_stages(settings: SweepSettings, space: Any, *, local: bool, s
     are split between them, at least one each; on a cluster each asks for one trial's resources). A stage shared by
     every target (the source-only model, cached with ``per_target=False``) is built once by the first task to take
     its lock; the others wait and load it. One line per stage: name, target/seed, seconds, built or cached.
+    Nothing is prepared when the sweep varies a hyperparameter the stages are keyed by (:func:`stage_keying_names`),
+    and no task starts for a target whose preparation an earlier sweep finished (:func:`preparation_marker`).
     """
     method = get_method(settings.method)
     if method.prepare_shared is None:
