@@ -2,33 +2,75 @@
 
 * :func:`machine_description` — cores, CPU model, GPU or not, torch version (what a reader needs to compare runs).
 * :func:`write_section` — replace (or append) one ``## <name>`` section of ``BENCHMARKS.md`` at the repo root,
-  with the command, date and machine, atomically (temp file + ``os.replace``) and under a file lock, so
-  concurrent benchmarks never lose each other's sections; :func:`replace_section` does the same for a section
-  text the caller formatted itself.
+  atomically (temp file + ``os.replace``) and under a file lock, so concurrent benchmarks never lose each other's
+  sections; :func:`replace_section` does the same for a section text the caller formatted itself. Every section
+  starts with the same header (:func:`format_section`)::
+
+      Command: `python -m benchmarks.<name> ...`
+      Date: 2026-12-06
+      Commit: 5c7fa3e (+ uncommitted changes)
+      Load average: 0.4 before / 1.5 after
+      Machine: 2 cores (...), no GPU; Python ..., torch ...
+
+  ``Commit`` is HEAD's short hash when the run started, marked when tracked files under raysel/ or benchmarks/
+  differed from it; ``Load average`` is the 1-minute load when the run started (:func:`begin_run`, called when
+  this module is imported, i.e. when ``python -m benchmarks.<name>`` starts) and when the section is written, unless
+  the benchmark passes its own ``load=(before, after)``. A section a benchmark formatted itself gets the two lines
+  it lacks from :func:`replace_section`.
+* Staleness — each benchmark module declares what it measures in a constant ``MEASURES`` (paths: raysel files or
+  folders, its private helpers); :data:`OTHER_SECTION_MEASURES` does it for sections no module writes
+  (``make_sweep``). A section is stale when ``git log <its Commit>..HEAD`` touches its benchmark module or anything
+  in ``MEASURES`` (:func:`check_staleness`). ``python -m benchmarks._common stale`` prints every section's state;
+  ``python -m benchmarks._common stale --mark`` writes a ``**Stale since <date>:** <files changed>`` line under
+  each stale section's heading and removes it from sections that are fresh again (rerunning the benchmark
+  rewrites the section, which drops the line). Stale lines are the tool's output, never written by hand.
 * :func:`run_method_and_score_heldout` — train a registered method in-process (``LocalSession``) and score the
   returned model on the held-out labels of one or more target domains. Held-out labels are read here only
   through :func:`raysel.heldout.heldout_scores` (benchmark/evaluation code, never a method);
   :func:`build_shared_stages` builds a method's cached stages first, as a sweep does, so runs time one configuration.
 * :func:`run_in_processes`, :func:`working_directory`, :func:`prepare_benchmark_data` — job pools, scratch folders
   and data for the scripts.
+* Sweep campaigns (selection_quality, search_guidance, selection_wide): :class:`SweepPlan` (one real raysel sweep,
+  given as its command line), :func:`run_plans` / :func:`run_plan` (run, resume or reuse them on one local Ray,
+  through :func:`raysel.request_build.build_request` and :func:`raysel.sweeping.run_sweep`), :func:`evaluate_plans`
+  (re-score each offline with every applicable selector and compare with held-out scores, as :class:`SweepCase` s)
+  and the table cells the three share.
+* :func:`data_identity` (which generated data a run used) and :class:`SyntheticSweep` (synthetic candidate label
+  maps for voting_speed and gpu_throughput).
+
+Every benchmark is an outside user of raysel: it imports only names raysel exports in ``__all__``, never ``tests``
+and never another benchmark (import-linter contracts in pyproject.toml, tests/test_benchmarks_imports.py). What two
+benchmarks share lives here; a helper module of one benchmark only is private to it (``_hdrq_merge_tables``).
 """
 
 from __future__ import annotations
 
+import argparse
+import ast
 import contextlib
 import dataclasses
 import datetime as dt
 import fcntl
+import io
+import json
+import math
 import os
 import platform
 import re
 import shlex
+import shutil
+import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
+
+import numpy as np
+
+if TYPE_CHECKING:  # pragma: no cover
+    from raysel.selection import SelectorSummary
 
 REPO = Path(__file__).resolve().parent.parent
 BENCHMARKS_PATH = REPO / "BENCHMARKS.md"
@@ -80,8 +122,86 @@ def command_line(script: str, argv: Sequence[str] | None = None) -> str:
 
 
 # --------------------------------------------------------------------------------------------------------------
+# The run a section records: its commit and its load average
+# --------------------------------------------------------------------------------------------------------------
+
+NOT_RECORDED = "not recorded"
+UNCOMMITTED_NOTE = " (+ uncommitted changes)"
+# Tracked changes under these make the code a run measured differ from its commit.
+MEASURED_TREES = ("raysel", "benchmarks")
+
+
+def git(arguments: Sequence[str], repo: Path = REPO) -> str:
+    """``git <arguments>`` in ``repo``, its standard output (raises ``CalledProcessError`` or ``OSError``)."""
+    return subprocess.run(["git", *arguments], cwd=repo, capture_output=True, text=True, check=True).stdout
+
+
+def describe_commit(repo: Path = REPO) -> str:
+    """HEAD's short hash, plus ``(+ uncommitted changes)`` when tracked files under raysel/ or benchmarks/ differ from
+    it: which code a run measured (``not recorded (...)`` outside a git checkout)."""
+    try:
+        head = git(["rev-parse", "--short", "HEAD"], repo).strip()
+        trees = [f":(top){tree}" for tree in MEASURED_TREES]
+        changed = git(["status", "--porcelain", "--untracked-files=no", "--", *trees], repo).strip()
+    except (OSError, subprocess.CalledProcessError):
+        return f"{NOT_RECORDED} (not a git checkout)"
+    return head + (UNCOMMITTED_NOTE if changed else "")
+
+
+def one_minute_load() -> float | None:
+    """The 1-minute load average now (None where the system has none): how busy the shared machine was."""
+    try:
+        return os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return None
+
+
+def load_text(before: float | None, after: float | None) -> str:
+    """The ``Load average:`` value, ``0.4 before / 1.5 after``; ``not recorded`` stands for an unknown one."""
+    if before is None and after is None:
+        return NOT_RECORDED
+    return " / ".join(f"{NOT_RECORDED if value is None else f'{value:.1f}'} {when}"
+                      for value, when in ((before, "before"), (after, "after")))
+
+
+@dataclass(frozen=True)
+class RunStart:
+    """What a benchmark run records as it starts: the code it runs (:func:`describe_commit`) and the load then."""
+
+    commit: str
+    load_before: float | None
+
+    @classmethod
+    def now(cls) -> RunStart:
+        """The commit and the 1-minute load average at this moment."""
+        return cls(describe_commit(), one_minute_load())
+
+
+_run_start: RunStart | None = None
+
+
+def begin_run() -> RunStart:
+    """Record this run's start now. Importing this module does it, which is when a ``python -m benchmarks.<name>``
+    run starts; a ``main`` called again in one process may call it to record its own start."""
+    global _run_start
+    _run_start = RunStart.now()
+    return _run_start
+
+
+def run_start() -> RunStart:
+    """The start :func:`begin_run` recorded (recorded now when none was)."""
+    return _run_start or begin_run()
+
+
+begin_run()
+
+
+# --------------------------------------------------------------------------------------------------------------
 # BENCHMARKS.md sections
 # --------------------------------------------------------------------------------------------------------------
+
+# The lines under every section's heading, in this order; ``Commit`` and ``Load average`` come from :func:`run_start`.
+HEADER_KEYS = ("Command", "Date", "Commit", "Load average", "Machine")
 
 
 def _section_pattern(name: str) -> re.Pattern[str]:
@@ -90,18 +210,51 @@ def _section_pattern(name: str) -> re.Pattern[str]:
 
 
 def format_section(name: str, command: str, body_markdown: str, *, date: str | None = None,
-                   machine: str | None = None) -> str:
-    """The section text: heading, command, date, machine, then the body (ending with a newline)."""
+                   machine: str | None = None, commit: str | None = None,
+                   load: tuple[float | None, float | None] | None = None) -> str:
+    """The section text: heading, the header lines (:data:`HEADER_KEYS`), then the body (ending with a newline).
+
+    ``commit`` defaults to the run's (:func:`run_start`); ``load`` is the 1-minute load average (before, after),
+    by default the run's start and now, so every section states how busy the machine was the same way.
+    """
+    before, after = load if load is not None else (run_start().load_before, one_minute_load())
     lines = [
         f"## {name}",
         "",
         f"Command: `{command}`  ",
         f"Date: {date or dt.date.today().isoformat()}  ",
+        f"Commit: {commit or run_start().commit}  ",
+        f"Load average: {load_text(before, after)}  ",
         f"Machine: {machine or machine_description()}",
         "",
         body_markdown.strip("\n"),
     ]
     return "\n".join(lines) + "\n"
+
+
+def with_run_lines(section: str) -> str:
+    """``section`` with the ``Commit:`` and ``Load average:`` lines its header lacks added (from :func:`run_start`,
+    the load after measured now), before its ``Machine:`` line, else after its ``Date:`` or ``Command:`` line: a
+    section a benchmark formatted itself states them like every other."""
+    heading, _, rest = section.partition("\n")
+    lines = [heading, "", *rest.lstrip("\n").split("\n")]
+    header = _header_span(lines)
+    keys = [line.split(":", 1)[0] for line in lines[header]]
+    values = {"Commit": run_start().commit, "Load average": load_text(run_start().load_before, one_minute_load())}
+    missing = [f"{key}: {value}  " for key, value in values.items() if key not in keys]
+    if not missing:
+        return section
+    at = (header.start + keys.index("Machine") if "Machine" in keys
+          else max((header.start + i + 1 for i, key in enumerate(keys) if key in ("Command", "Date")),
+                   default=header.start))
+    body_follows = not set(keys) & set(HEADER_KEYS) and bool(lines[at].strip())  # no header: a blank line after
+    return "\n".join(lines[:at] + missing + ([""] if body_follows else []) + lines[at:])
+
+
+def _header_span(lines: Sequence[str]) -> slice:
+    """The header's lines in ``[heading, "", ...]``: from index 2 up to the first blank line."""
+    stop = next((i for i in range(2, len(lines)) if not lines[i].strip()), len(lines))
+    return slice(2, stop)
 
 
 @contextlib.contextmanager
@@ -123,9 +276,10 @@ def _check_section_name(name: str) -> None:
 
 def replace_section(name: str, section: str, *, path: Path | str | None = None) -> None:
     """Put ``section`` (a complete text starting with ``## <name>``) in place of the file's ``## <name>`` section,
-    or append it; other sections are untouched. Atomic (temp file + ``os.replace``) and under a lock."""
+    or append it; other sections are untouched. Atomic (temp file + ``os.replace``) and under a lock. A header
+    without ``Commit:`` or ``Load average:`` gets them (:func:`with_run_lines`)."""
     _check_section_name(name)
-    section = section.strip("\n") + "\n"
+    section = with_run_lines(section.strip("\n") + "\n")
     if not section.startswith(f"## {name}\n"):
         raise ValueError(f"section must start with the heading line '## {name}'")
     if re.search(r"^## ", section[len(name) + 4:], re.M):
@@ -158,20 +312,195 @@ def _atomic_write(path: Path, text: str) -> None:
 
 
 def write_section(name: str, command: str, body_markdown: str, *, path: Path | str | None = None,
-                  date: str | None = None, machine: str | None = None) -> str:
+                  date: str | None = None, machine: str | None = None, commit: str | None = None,
+                  load: tuple[float | None, float | None] | None = None) -> str:
     """Replace the ``## <name>`` section of BENCHMARKS.md (or append it), leaving every other section untouched.
 
-    The section holds the command, the date (today unless given), the machine (:func:`machine_description`
-    unless given) and ``body_markdown``. The file is rewritten atomically under a lock (:func:`replace_section`).
-    The body may use ``###`` sub-headings but no ``## `` line, which would split the section. Returns the
-    section text written.
+    The section holds the command, the date (today unless given), the commit and the load average before and
+    after (the run's, :func:`run_start`, unless given), the machine (:func:`machine_description` unless given) and
+    ``body_markdown``. The file is rewritten atomically under a lock (:func:`replace_section`). The body may use
+    ``###`` sub-headings but no ``## `` line, which would split the section. Returns the section text written.
     """
     _check_section_name(name)
     if re.search(r"^## ", body_markdown, re.M):
         raise ValueError("body_markdown must not contain a level-2 '## ' heading (use '###')")
-    section = format_section(name, command, body_markdown, date=date, machine=machine)
+    section = format_section(name, command, body_markdown, date=date, machine=machine, commit=commit, load=load)
     replace_section(name, section, path=path)
     return section
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Staleness: a section whose benchmark or measured code changed after its commit
+# --------------------------------------------------------------------------------------------------------------
+
+# What a section measures, for the sections no benchmark module writes (each module declares its own MEASURES).
+OTHER_SECTION_MEASURES: dict[str, tuple[str, ...]] = {
+    "make_sweep": ("Makefile", "pyproject.toml", "search_spaces/hiast.yaml", "raysel/sweep.py", "raysel/sweeping.py",
+                   "raysel/request.py", "raysel/request_build.py", "raysel/execution", "raysel/methods",
+                   "raysel/models", "raysel/data", "raysel/selection", "raysel/store.py", "raysel/heldout.py",
+                   "raysel/metrics.py"),
+}
+STALE_PREFIX = "**Stale since "
+LISTED_FILES = 8  # a stale note names this many changed files, then counts the rest
+
+
+@dataclass(frozen=True)
+class Change:
+    """One commit after a section's commit that touched what the section measures: hash, date, files touched."""
+
+    commit: str
+    date: str
+    files: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Staleness:
+    """One BENCHMARKS.md section checked against what it measures: the later commits that touched it (none: fresh),
+    or the ``problem`` that kept it from being checked."""
+
+    section: str
+    commits: tuple[str, ...]
+    changes: tuple[Change, ...] = ()
+    problem: str | None = None
+
+    @property
+    def stale(self) -> bool:
+        """Whether a commit after the section's touched its benchmark or the code it measures."""
+        return bool(self.changes)
+
+    def files(self) -> list[str]:
+        """Every file the later commits changed, sorted."""
+        return sorted({name for change in self.changes for name in change.files})
+
+    def note(self) -> str:
+        """The ``**Stale since <date>:** <files changed>`` line ``--mark`` writes under the section's heading."""
+        files = self.files()
+        listed = ", ".join(files[:LISTED_FILES]) + (f" and {len(files) - LISTED_FILES} more files"
+                                                    if len(files) > LISTED_FILES else "")
+        first = min(change.date for change in self.changes)
+        return (f"{STALE_PREFIX}{first}:** {listed} changed in {len(self.changes)} commit(s) after "
+                f"{', '.join(self.commits)} (marked by `python -m benchmarks._common stale --mark`).")
+
+    def summary(self) -> str:
+        """One line for the command's output."""
+        if self.problem:
+            return f"unknown {self.section}: {self.problem}"
+        if not self.stale:
+            return f"fresh   {self.section}: nothing it measures changed after {', '.join(self.commits)}"
+        return f"stale   {self.section}: {self.note()}"
+
+
+def split_sections(text: str) -> list[tuple[str, str]]:
+    """Every ``## <name>`` section of a BENCHMARKS.md text: (name, its text from the heading to the next one)."""
+    headings = list(re.finditer(r"^## (\S+)[ \t]*$", text, re.M))
+    ends = [heading.start() for heading in headings[1:]] + [len(text)]
+    return [(heading.group(1), text[heading.start():end]) for heading, end in zip(headings, ends)]
+
+
+def recorded_commits(section: str) -> tuple[str, ...]:
+    """The hashes of a section's ``Commit:`` lines: its header's and those of sub-sections measured apart."""
+    return tuple(dict.fromkeys(re.findall(r"^Commit: ([0-9a-f]{7,40})\b", section, re.M)))
+
+
+def declared_measures(module: Path) -> tuple[str, ...] | None:
+    """A benchmark module's ``MEASURES`` constant, read with ``ast`` (nothing imported); None when it has none."""
+    for node in ast.parse(module.read_text(), filename=str(module)).body:
+        if isinstance(node, ast.Assign) and any(getattr(target, "id", None) == "MEASURES" for target in node.targets):
+            return tuple(ast.literal_eval(node.value))
+        if isinstance(node, ast.AnnAssign) and getattr(node.target, "id", None) == "MEASURES" and node.value:
+            return tuple(ast.literal_eval(node.value))
+    return None
+
+
+def measured_paths(section: str, repo: Path = REPO) -> tuple[str, ...]:
+    """The paths whose change makes a section stale: its benchmark module (``selection_wide.standard``'s is
+    ``benchmarks/selection_wide.py``) and the module's ``MEASURES``, or :data:`OTHER_SECTION_MEASURES`' entry."""
+    if section in OTHER_SECTION_MEASURES:
+        return OTHER_SECTION_MEASURES[section]
+    module = f"benchmarks/{section.split('.')[0]}.py"
+    measures = declared_measures(repo / module) if (repo / module).is_file() else None
+    if measures is None:
+        raise LookupError(f"no {module} declaring MEASURES, and no entry in OTHER_SECTION_MEASURES")
+    return (module, *measures)
+
+
+def changes_since(commit: str, paths: Sequence[str], repo: Path = REPO) -> list[Change]:
+    """The commits in ``<commit>..HEAD`` that touched any of ``paths``, oldest first, each with the files it touched
+    among them."""
+    output = git(["log", "--reverse", "--format=%x00%h %cs", "--name-only", f"{commit}..HEAD", "--", *paths], repo)
+    changes = []
+    for record in output.split("\0")[1:]:
+        first, *files = [line for line in record.splitlines() if line.strip()]
+        short, date = first.split()
+        changes.append(Change(short, date, tuple(files)))
+    return changes
+
+
+def check_section(name: str, section: str, repo: Path = REPO) -> Staleness:
+    """Whether a section is stale: a commit after (any of) its ``Commit:`` touched what it measures."""
+    commits = recorded_commits(section)
+    if not commits:
+        return Staleness(name, (), problem="no 'Commit: <hash>' line")
+    try:
+        paths = measured_paths(name, repo)
+        found = {change.commit: change for commit in commits for change in changes_since(commit, paths, repo)}
+    except LookupError as error:
+        return Staleness(name, commits, problem=str(error))
+    except subprocess.CalledProcessError as error:
+        return Staleness(name, commits, problem=f"git log failed: {error.stderr.strip()}")
+    return Staleness(name, commits, tuple(sorted(found.values(), key=lambda change: change.date)))
+
+
+def check_staleness(path: Path | str | None = None, repo: Path | None = None) -> list[Staleness]:
+    """Every section of BENCHMARKS.md (``path``; the repo's by default) checked by :func:`check_section` against
+    the git history of ``repo`` (by default the folder that holds the file)."""
+    path = Path(path) if path is not None else BENCHMARKS_PATH
+    repo = repo if repo is not None else path.resolve().parent
+    return [check_section(name, section, repo) for name, section in split_sections(path.read_text())]
+
+
+def with_stale_note(section: str, note: str | None) -> str:
+    """``section`` with the ``**Stale since ...**`` line under its heading replaced by ``note`` (removed if None)."""
+    heading, _, rest = section.partition("\n")
+    rest = rest.lstrip("\n")
+    if rest.startswith(STALE_PREFIX):
+        rest = rest.partition("\n")[2].lstrip("\n")
+    return f"{heading}\n\n" + (f"{note}\n\n" if note else "") + rest
+
+
+def mark_stale(results: Sequence[Staleness], path: Path | str | None = None) -> list[str]:
+    """Write each checked section's stale line (added, updated, or removed when fresh) into BENCHMARKS.md,
+    atomically under the lock; sections with a problem are left as they are. Returns the sections changed."""
+    path = Path(path) if path is not None else BENCHMARKS_PATH
+    notes = {result.section: result.note() if result.stale else None for result in results if not result.problem}
+    with _locked(path):
+        text = path.read_text()
+        sections = split_sections(text)
+        preamble = text[:text.index(sections[0][1])] if sections else text
+        marked = [(name, with_stale_note(section, notes[name]) if name in notes else section)
+                  for name, section in sections]
+        changed = [name for (name, old), (_, new) in zip(sections, marked) if old != new]
+        if changed:
+            _atomic_write(path, preamble + "".join(section for _, section in marked))
+    return changed
+
+
+def stale_command(argv: Sequence[str] | None = None) -> int:
+    """``python -m benchmarks._common stale [--mark] [--file PATH]``: print every section's staleness; ``--mark``
+    writes the stale lines. Exits 1 when a section could not be checked."""
+    parser = argparse.ArgumentParser(prog="python -m benchmarks._common stale",
+                                     description="Which BENCHMARKS.md sections are stale: a commit after the "
+                                     "section's touched its benchmark or the code it measures (MEASURES).")
+    parser.add_argument("--mark", action="store_true", help="write or remove the '**Stale since**' lines")
+    parser.add_argument("--file", type=Path, default=BENCHMARKS_PATH, help="the BENCHMARKS.md to check")
+    args = parser.parse_args(argv)
+    results = check_staleness(args.file)
+    for result in results:
+        print(result.summary())
+    if args.mark:
+        changed = mark_stale(results, args.file)
+        print(f"marked {len(changed)} section(s): {', '.join(changed) or 'none changed'}")
+    return 1 if any(result.problem for result in results) else 0
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -288,7 +617,7 @@ def build_shared_stages(
 
 
 def config_defaults(method: str) -> dict[str, Any]:
-    """The registered method's default hyperparameters as a dict (for documenting a run)."""
+    """The registered method's config-dataclass defaults as a dict (the configuration the paper/raysel ships)."""
     from raysel.registry import get_method
 
     return dataclasses.asdict(get_method(method).config_class())
@@ -335,3 +664,499 @@ def run_in_processes(function: Callable[[Any], Any], jobs: Sequence[Any], parall
     with concurrent.futures.ProcessPoolExecutor(max_workers=parallel, mp_context=context) as pool:
         for future in concurrent.futures.as_completed([pool.submit(function, job) for job in jobs]):
             yield future.result()
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Sweep campaigns: plans of real raysel sweeps, run, resumed or reused on one local Ray
+# --------------------------------------------------------------------------------------------------------------
+
+
+# Street-scene training budgets per method (selection_quality's --budget; selection_wide's street sweeps).
+BUDGETS: dict[str, dict[str, dict[str, Any]]] = {
+    "full": {"hiast": {}, "t2sda": {}, "sfda": {}},
+    "reduced": {"hiast": {"rounds": 1, "iterations_per_round": 120, "reports_per_round": 1},
+                "t2sda": {"iterations": 80}, "sfda": {"iterations": 100}},
+    # "short": what fits a 2-core machine in under an hour (148 HIAST trials); hyperparameters still act within it.
+    "short": {"hiast": {"rounds": 1, "iterations_per_round": 60, "reports_per_round": 1},
+              "t2sda": {"iterations": 60}, "sfda": {"iterations": 60}},
+    "quick": {"hiast": {"rounds": 1, "iterations_per_round": 4, "reports_per_round": 1, "warmup_iterations": 4,
+                        "source_iterations": 8},
+              "t2sda": {"iterations": 4, "report_interval": 2, "warmup_iterations": 1, "source_iterations": 8},
+              "sfda": {"iterations": 4, "reports": 1, "source_iterations": 8}},
+}
+# HIAST Table 8's hyperparameters: a sweep of one of these kinds varies only that one (one-at-a-time).
+HIAST_PARAMS = ("alpha", "gamma", "k", "lambda_i", "lambda_cst")
+DEFAULT_KIND = "default"  # a one-configuration sweep of the default configuration (nothing to select)
+
+
+@dataclass(frozen=True)
+class SweepPlan:
+    """One ``raysel.sweep`` run: its id, its argument list and how many trials it should produce."""
+
+    method: str
+    seed: int
+    kind: str  # a HIAST hyperparameter (one-at-a-time), "random", "space" (the method's YAML) or "default"
+    sweep_id: str
+    argv: tuple[str, ...]
+    expected_trials: int
+    swept: tuple[str, ...]  # the hyperparameters that define "the default configuration" for this method
+    targets: tuple[str, ...]
+    num_samples: int = 1
+    # budget settings that replace the method's defaults in "the default configuration" (e.g. a shorter training)
+    default_overrides: tuple[tuple[str, Any], ...] = ()
+
+
+def plan_defaults(plan: SweepPlan) -> dict[str, Any]:
+    """The default configuration of a plan: the method's defaults with the plan's budget overrides."""
+    return {**config_defaults(plan.method), **dict(plan.default_overrides)}
+
+
+def space_swept_names(method: str) -> tuple[str, ...]:
+    """The hyperparameters the method's default search-space YAML varies."""
+    from raysel.registry import get_method
+    from raysel.search_space import load_search_space
+
+    registered = get_method(method)
+    return tuple(load_search_space(registered.search_space_path, registered).swept_names())
+
+
+def yaml_value(value: Any) -> str:
+    """A Python scalar or list as the YAML text ``--set`` parses (JSON is valid YAML)."""
+    return json.dumps(list(value) if isinstance(value, tuple) else value)
+
+
+def set_arguments(entries: dict[str, str]) -> list[str]:
+    """``--set key=value`` pairs in order."""
+    arguments: list[str] = []
+    for name, text in entries.items():
+        arguments += ["--set", f"{name}={text}"]
+    return arguments
+
+
+def stored_trial_count(results: Path, name: str) -> int:
+    """Trials of sweep ``name`` with a row in the store (finished or failed)."""
+    from raysel.store import ResultStore
+
+    return len(ResultStore(results).trial_ids(name)) if (results / "trials").exists() else 0
+
+
+def check_same_sweep(results: Path, plan: SweepPlan) -> None:
+    """Refuse to reuse a stored sweep of the same id that was started with other arguments."""
+    from raysel.request import load_request
+
+    request = load_request(results, plan.sweep_id)
+    overrides = [plan.argv[i + 1] for i, item in enumerate(plan.argv) if item == "--set"]
+    same = (list(request.space.overrides) == overrides and request.search.seed == plan.seed
+            and list(request.data.targets) == list(plan.targets) and request.search.num_samples == plan.num_samples)
+    if not same:
+        raise SystemExit(f"sweep {plan.sweep_id} in {results} was run with other settings; use another --workdir")
+
+
+def sweep_state(results: Path, plan: SweepPlan) -> str:
+    """``new``, ``partial`` (killed part-way: resume it) or ``complete`` (reuse it)."""
+    if not (results / "sweeps" / plan.sweep_id / "sweep.json").exists():
+        return "new"
+    check_same_sweep(results, plan)
+    return "complete" if stored_trial_count(results, plan.sweep_id) >= plan.expected_trials else "partial"
+
+
+def sweep_options(argv: Sequence[str]) -> dict[str, Any]:
+    """The :class:`raysel.request.SweepOptions` fields of a plan's command line (``METHOD --option value ...``, the
+    options named as :func:`raysel.request_build.option_name` names them): what :func:`run_sweep_main` passes to
+    :func:`raysel.request_build.build_request`. ``--set`` may repeat; a tuple field takes every value up to the next
+    option; other values are converted to the field's type (int, float, Path or str), as the command's
+    parser does."""
+    from raysel.request import SweepOptions
+    from raysel.request_build import option_name
+
+    kinds = {option_name(item.name): (item.name, str(item.type)) for item in dataclasses.fields(SweepOptions)}
+    options: dict[str, Any] = {"method": argv[0]}
+    index = 1
+    while index < len(argv):
+        if argv[index] not in kinds:
+            raise ValueError(f"sweep plan: unknown option {argv[index]!r} in {shlex.join(argv)}")
+        name, kind = kinds[argv[index]]
+        stop = next((i for i in range(index + 1, len(argv)) if argv[i].startswith("--")), len(argv))
+        values = list(argv[index + 1:stop])
+        if kind.startswith("tuple[str"):
+            options[name] = (*options.get(name, ()), *values)
+        elif len(values) != 1:
+            raise ValueError(f"sweep plan: {argv[index]} takes one value, got {values} in {shlex.join(argv)}")
+        else:
+            convert = (int if kind.startswith("int") else float if kind.startswith("float")
+                       else Path if "Path" in kind else str)
+            options[name] = convert(values[0])
+        index = stop
+    return options
+
+
+def run_sweep_main(argv: Sequence[str], log_path: Path) -> int:
+    """Run the sweep of ``argv`` (``python -m raysel.sweep``'s arguments; ``--resume`` continues the sweep ``--name``)
+    through raysel's API with its output in ``log_path``, exactly as the command would: build (or read back) the
+    request, run it, print the summary. Returns the command's exit code: 0, 1 when no selector decided (a
+    one-configuration sweep), 2 after one ``error:`` line for a user error."""
+    from raysel.errors import EXIT_USER_ERROR, UserError
+    from raysel.request_build import build_request, resume_request
+    from raysel.summary import print_sweep_summary
+    from raysel.sweeping import run_sweep
+
+    arguments = [item for item in argv if item != "--resume"]
+    resume = len(arguments) < len(argv)
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "a") as log, contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
+        print(f"$ python -m raysel.sweep {' '.join(argv)}", flush=True)
+        try:
+            options = sweep_options(arguments)
+            request = resume_request(options) if resume else build_request(options)
+            outcome = run_sweep(request, resume=resume)
+        except UserError as error:  # the command prints one line and exits 2
+            print(f"error: {error}", file=sys.stderr, flush=True)
+            return EXIT_USER_ERROR
+        print_sweep_summary(outcome)
+        return 0 if outcome.decisions else 1
+
+
+def run_plan(plan: SweepPlan, results: Path) -> tuple[str, float]:
+    """Run, resume or reuse one sweep; returns what happened and the wall seconds spent."""
+    state = sweep_state(results, plan)
+    if state == "complete":
+        return "reused", 0.0
+    argv = plan.argv if state == "new" else (plan.method, "--resume", "--name", plan.sweep_id, "--results",
+                                             str(results), "--progress-interval", "120")
+    # raysel leaves Tune's sampler unseeded (random search, and the choice/loguniform entries of a grid sweep);
+    # Tune then draws from NumPy's global generator, seeded here so each seed's draws are reproducible.
+    np.random.seed(plan.seed)
+    started = time.perf_counter()
+    code = run_sweep_main(argv, results / "logs" / f"{plan.sweep_id}.log")
+    seconds = time.perf_counter() - started
+    stored = stored_trial_count(results, plan.sweep_id)
+    log = results / "logs" / f"{plan.sweep_id}.log"
+    if stored < plan.expected_trials:  # Ctrl-C (Tune stops the sweep and returns) or a crash: stop here
+        raise SystemExit(f"sweep {plan.sweep_id} stopped with {stored}/{plan.expected_trials} trials stored (see "
+                         f"{log}); rerun the same command to resume it, or delete "
+                         f"{results / 'sweeps' / plan.sweep_id} to start it afresh")
+    # A one-configuration sweep has nothing to select between: raysel.sweep exits 1 there, by design.
+    if code not in (0, 1) or (code == 1 and plan.kind != DEFAULT_KIND):
+        print(f"  warning: sweep {plan.sweep_id} exited {code}; see {log}", flush=True)
+    return ("resumed" if state == "partial" else "ran"), seconds
+
+
+def start_ray(cpus: int) -> str:
+    """One local Ray for the whole benchmark (explicit CPUs, capped object store, our own temp dir)."""
+    import ray
+
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    temp_dir = tempfile.mkdtemp(prefix="rs-sq-", dir="/tmp")
+    ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False, configure_logging=False,
+             object_store_memory=512 * 1024 * 1024, _temp_dir=temp_dir)
+    return temp_dir
+
+
+def stop_ray(temp_dir: str) -> None:
+    """Shut down the Ray this script started (only that one) and remove its temp dir."""
+    import ray
+
+    ray.shutdown()
+    shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def run_plans(plans: Sequence[SweepPlan], results: Path, cpus: int) -> float:
+    """Run every sweep in order on one Ray; print progress with a projection from the trials timed so far."""
+    total = sum(plan.expected_trials for plan in plans)
+    started = time.perf_counter()
+    timed_trials, timed_seconds, done = 0, 0.0, 0
+    temp_dir = start_ray(cpus)
+    try:
+        for number, plan in enumerate(plans, start=1):
+            outcome, seconds = run_plan(plan, results)
+            done += plan.expected_trials
+            if outcome == "ran":
+                timed_trials += plan.expected_trials
+                timed_seconds += seconds
+            projection = (f", about {(total - done) * timed_seconds / timed_trials / 60:.0f} min to go"
+                          if timed_trials else "")
+            print(f"[{time.perf_counter() - started:7.0f}s] sweep {number}/{len(plans)} {plan.sweep_id}: {outcome} "
+                  f"({plan.expected_trials} trials, {seconds:.0f} s); {done}/{total} trials{projection}", flush=True)
+    finally:
+        stop_ray(temp_dir)
+    return time.perf_counter() - started
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Campaign evaluation: every sweep re-scored offline, compared with held-out scores
+# --------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class SweepCase:
+    """One sweep on one target: candidates' held-out mIoU (evaluation only) and every selector's evaluation.
+
+    ``evaluations[name]`` holds ``regret`` and ``top3_regret`` (mIoU points), ``gap_closed``, ``kendall_tau``,
+    ``spearman_rho`` and ``selected_trial_id``. ``values`` is the swept hyperparameter's value per candidate (one-at-
+    a-time sweeps only). ``default_heldout`` is the default configuration's held-out mIoU (this sweep's trial, else
+    the reference from the method's other sweeps), None when unknown.
+    """
+
+    method: str
+    seed: int
+    target: str
+    kind: str
+    sweep_id: str
+    trial_ids: list[str]
+    heldout: list[float]
+    evaluations: dict[str, dict[str, Any]] = field(default_factory=dict)
+    values: list[Any] = field(default_factory=list)
+    default_heldout: float | None = None
+    default_in_sweep: bool = False
+
+    def all_evaluations(self) -> dict[str, dict[str, Any]]:
+        """The selectors' evaluations plus the two baselines."""
+        from raysel.selection import baseline_evaluations
+
+        return {**self.evaluations, **baseline_evaluations(self.heldout, self.default_heldout)}
+
+    def value_of(self, trial_id: str | None) -> Any:
+        """The swept value of one candidate (None when unknown)."""
+        if trial_id is None or not self.values or trial_id not in self.trial_ids:
+            return None
+        return self.values[self.trial_ids.index(trial_id)]
+
+    def best_trial_id(self) -> str:
+        """The candidate with the highest held-out mIoU (the oracle's pick)."""
+        return self.trial_ids[int(np.argmax(self.heldout))]
+
+
+def finished_trials(results: Path, name: str) -> Any:
+    """The sweep's finished trials with a held-out score, copied into column ``heldout`` (mIoU, or accuracy for
+    classification); a pandas DataFrame, possibly empty."""
+    from raysel.store import ResultStore
+    from raysel.store_schema import heldout_column_with_values
+
+    trials = ResultStore(results).load_sweep(name)
+    column = None if trials.empty else heldout_column_with_values(trials)
+    if column is None:
+        return trials.iloc[0:0]
+    trials = trials.assign(heldout=trials[column])
+    keep = (trials["status"] == "finished") & trials["heldout"].notna()
+    return trials[keep].sort_values("trial_id")
+
+
+def rescore(results: Path, name: str) -> dict[tuple[str, str], dict[str, Any]]:
+    """Re-score a finished sweep with every selector that applies, as ``python -m raysel.select`` does; decisions by
+    (target, selector). Selectors that cannot run are skipped with the reason printed."""
+    from raysel.selection import recorded_selectors, select_sweep
+    from raysel.store import ResultStore
+
+    printed = io.StringIO()
+    decisions = select_sweep(ResultStore(results), name, selectors=recorded_selectors(), stream=printed)
+    for line in printed.getvalue().splitlines():
+        print(f"  {name}: {line}", flush=True)
+    return {(decision["target"], decision["selector"]): decision for decision in decisions}
+
+
+def default_heldouts(frames: dict[str, Any], plans: Sequence[SweepPlan]) -> dict[tuple[str, int, str], list[float]]:
+    """Held-out mIoU of every default-configuration trial, per (method, seed, target), over all sweeps."""
+    from raysel.selection import matches_defaults
+
+    collected: dict[tuple[str, int, str], list[float]] = {}
+    for plan in plans:
+        frame = frames.get(plan.sweep_id)
+        if frame is None or frame.empty:
+            continue
+        chosen = frame[matches_defaults(frame, plan_defaults(plan), plan.swept)]
+        for target, heldout in zip(chosen["target"], chosen["heldout"]):
+            collected.setdefault((plan.method, plan.seed, str(target)), []).append(float(heldout))
+    return collected
+
+
+def build_cases(plan: SweepPlan, frame: Any, decisions: dict[tuple[str, str], dict[str, Any]],
+                references: dict[tuple[str, int, str], float]) -> list[SweepCase]:
+    """One case per target of a sweep, with every selector's evaluation and the default configuration's score."""
+    from raysel.selection import matches_defaults, stored_evaluation
+
+    cases = []
+    defaults = plan_defaults(plan)
+    for target, group in frame.groupby("target", sort=True):
+        if len(group) < 2:
+            continue
+        case = SweepCase(plan.method, plan.seed, str(target), plan.kind, plan.sweep_id, list(group["trial_id"]),
+                         [float(v) for v in group["heldout"]])
+        if plan.kind in HIAST_PARAMS:
+            case.values = list(group[f"hp_{plan.kind}"])
+        own = group[matches_defaults(group, defaults, plan.swept)]
+        case.default_in_sweep = not own.empty
+        case.default_heldout = (float(own["heldout"].mean()) if not own.empty
+                                else references.get((plan.method, plan.seed, str(target))))
+        for (decision_target, selector), decision in decisions.items():
+            if decision_target == target and decision.get("heldout_regret") is not None:
+                case.evaluations[selector] = stored_evaluation(decision)
+        cases.append(case)
+    return cases
+
+
+def evaluate_plans(plans: Sequence[SweepPlan], results: Path) -> tuple[list[SweepCase], list[str], dict[str, Any]]:
+    """Re-score every sweep with every applicable selector; returns the cases, the selectors and the trial frames."""
+    frames = {plan.sweep_id: finished_trials(results, plan.sweep_id) for plan in plans
+              if (results / "sweeps" / plan.sweep_id).exists()}
+    references = {key: float(np.mean(values)) for key, values in default_heldouts(frames, plans).items()}
+    cases: list[SweepCase] = []
+    used: list[str] = []
+    for plan in plans:
+        frame = frames.get(plan.sweep_id)
+        if plan.kind == DEFAULT_KIND or frame is None or frame.empty:
+            continue
+        decisions = rescore(results, plan.sweep_id)
+        used += [selector for _, selector in decisions if selector not in used]
+        cases += build_cases(plan, frame, decisions, references)
+    return cases, used, frames
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Campaign tables
+# --------------------------------------------------------------------------------------------------------------
+
+
+def row_by_name(rows: Sequence[SelectorSummary], name: str | None) -> SelectorSummary | None:
+    """The summary row of ``name`` (None when absent)."""
+    return next((row for row in rows if row.name == name), None)
+
+
+def regret_of(case: SweepCase, name: str | None) -> float:
+    """One case's regret for a selector or baseline (NaN when absent)."""
+    evaluation = case.all_evaluations().get(name or "")
+    return math.nan if evaluation is None else float(evaluation["regret"])
+
+
+def fmt(value: float | None, digits: int = 2) -> str:
+    """A number with ``digits`` decimals, or an em dash for NaN/None."""
+    if value is None or not math.isfinite(value):
+        return "—"
+    return f"{value:.{digits}f}"
+
+
+def selector_cell(row: SelectorSummary, best: str | None) -> str:
+    """A table row's name: the best selector in bold, baselines in italics."""
+    from raysel.selection import BASELINES
+
+    return f"**{row.name}**" if row.name == best else (f"*{row.name}*" if row.name in BASELINES else row.name)
+
+
+def worse_cell(row: SelectorSummary) -> str:
+    """``n/m`` sweeps worse than the default configuration, or ``—`` for baselines that are not compared."""
+    return "—" if row.worse_than_default is None else worse_text(row)
+
+
+def worse_text(row: SelectorSummary) -> str:
+    """``n/m`` sweeps in which a selector did worse than the default configuration."""
+    return f"{row.worse_than_default}/{row.compared_with_default}"
+
+
+def trial_facts(frames: dict[str, Any], plans: Sequence[SweepPlan], results: Path) -> tuple[int, int, dict[str, float]]:
+    """Finished and failed trial counts, and the mean wall seconds of a finished trial per method."""
+    from raysel.store import ResultStore
+
+    store = ResultStore(results)
+    finished, failed, seconds = 0, 0, {}
+    for method in dict.fromkeys(plan.method for plan in plans):
+        times = []
+        for plan in (p for p in plans if p.method == method and (results / "sweeps" / p.sweep_id).exists()):
+            trials = store.load_sweep(plan.sweep_id)
+            finished += int((trials["status"] == "finished").sum()) if not trials.empty else 0
+            failed += int((trials["status"] != "finished").sum()) if not trials.empty else 0
+            if not trials.empty:
+                times += list(trials.loc[trials["status"] == "finished", "wall_time_s"].dropna())
+        if times:
+            seconds[method] = float(np.mean(times))
+    return finished, failed, seconds
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Generated data and synthetic predictions
+# --------------------------------------------------------------------------------------------------------------
+
+
+def data_identity(folder: Path) -> str:
+    """What identifies the generated data: the generation marker (generator, version, config) and its time."""
+    from raysel.data.generation import MARKER
+
+    marker = folder / MARKER
+    if not marker.exists():  # a real (downloaded) dataset: no marker
+        return f"{folder} (not generated)"
+    content = json.loads(marker.read_text())
+    stamp = dt.datetime.fromtimestamp(marker.stat().st_mtime).strftime("%Y-%m-%d %H:%M")
+    return f"{content.get('generator', folder.name)} generator version {content.get('version')}, generated {stamp}"
+
+
+# Rough Cityscapes class frequencies (road, building, vegetation, car, sky dominate).
+CLASS_WEIGHTS = np.array([37, 6, 22, 1, 1, 1.5, .2, .6, 16, 1, 3.5, 1.2, .2, 6.5, .3, .3, .2, .1, .4])
+
+
+class SyntheticSweep:
+    """Lazily generated ``[n, H, W]`` uint8 label stacks of a simulated sweep (voting_speed, gpu_throughput).
+
+    Like a sweep's predictions: a piecewise-constant scene, candidates of increasing skill that err on a shared
+    "hard" region (correlated errors) plus a little independent noise; :meth:`worst_case` has no agreement at all.
+    """
+
+    def __init__(self, num_candidates: int, height: int, width: int, num_classes: int, seed: int) -> None:
+        self.num_candidates, self.height, self.width, self.num_classes = num_candidates, height, width, num_classes
+        self.rng = np.random.default_rng(seed)
+        weights = np.resize(CLASS_WEIGHTS, num_classes)
+        self.class_probabilities = weights / weights.sum()
+        # Candidate skill: the fraction of the "hard" region each candidate gets right, spread over the sweep.
+        self.skills = np.linspace(0.78, 0.96, num_candidates)
+        self._scenes: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}  # candidate_image's per-image scenes
+
+    def _upsample(self, blocks: np.ndarray, factor: int) -> np.ndarray:
+        full = blocks.repeat(factor, axis=0).repeat(factor, axis=1)
+        return np.ascontiguousarray(full[: self.height, : self.width])
+
+    def realistic(self) -> np.ndarray:
+        """One image: scene blocks of 32 px, errors on 8-px blocks (shared difficulty + 2 % independent noise)."""
+        rng, block = self.rng, 8
+        coarse = (-(-self.height // 32), -(-self.width // 32))
+        fine = (-(-self.height // block), -(-self.width // block))
+        truth = rng.choice(self.num_classes, size=coarse, p=self.class_probabilities).astype(np.uint8)
+        truth = truth.repeat(32 // block, axis=0).repeat(32 // block, axis=1)[: fine[0], : fine[1]]
+        wrong = ((truth.astype(np.int64) + rng.integers(1, 4, fine)) % self.num_classes).astype(np.uint8)
+        difficulty = rng.random(fine)
+        stack = np.empty((self.num_candidates, self.height, self.width), dtype=np.uint8)
+        for i, skill in enumerate(self.skills):
+            errs = (difficulty > skill) | (rng.random(fine) < 0.02)
+            stack[i] = self._upsample(np.where(errs, wrong, truth), block)
+        return stack
+
+    def candidate_image(self, image: int, candidate: int, seed: int) -> np.ndarray:
+        """Candidate ``candidate``'s labels of image ``image``, like :meth:`realistic` but reproducible per
+        (image, candidate), so one candidate's file is written without holding every candidate's labels."""
+        block = 8
+        if image not in self._scenes:  # the image's scene, shared by every candidate (small: 8-px blocks)
+            shared = np.random.default_rng([seed, image])
+            coarse = (-(-self.height // 32), -(-self.width // 32))
+            fine = (-(-self.height // block), -(-self.width // block))
+            truth = shared.choice(self.num_classes, size=coarse, p=self.class_probabilities).astype(np.uint8)
+            truth = truth.repeat(32 // block, axis=0).repeat(32 // block, axis=1)[: fine[0], : fine[1]]
+            wrong = ((truth.astype(np.int64) + shared.integers(1, 4, fine)) % self.num_classes).astype(np.uint8)
+            self._scenes[image] = (truth, wrong, shared.random(fine).astype(np.float32))
+        truth, wrong, difficulty = self._scenes[image]
+        own = np.random.default_rng([seed, image, candidate + 1])
+        errs = (difficulty > self.skills[candidate]) | (own.random(truth.shape, dtype=np.float32) < 0.02)
+        return self._upsample(np.where(errs, wrong, truth), block)
+
+    def worst_case(self) -> np.ndarray:
+        """One image of independent uniform labels: no agreement for the fast paths to exploit."""
+        return self.rng.integers(0, self.num_classes, (self.num_candidates, self.height, self.width), dtype=np.uint8)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """This module's command line; ``stale`` (:func:`stale_command`) is its one command."""
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    if arguments[:1] != ["stale"]:
+        print("usage: python -m benchmarks._common stale [--mark] [--file PATH]", file=sys.stderr)
+        return 2
+    return stale_command(arguments[1:])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

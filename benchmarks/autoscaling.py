@@ -1,6 +1,6 @@
 """GPU autoscaling on one machine: how fast a raysel sweep scales fake GPU nodes up from zero and back down.
 
-Ray's fake multi-node provider (tests/fake_cluster.py) runs a token-authenticated cluster whose head has one
+Ray's fake multi-node provider (raysel/testing/fake_cluster.py) runs a token-authenticated cluster whose head has one
 CPU and no GPU and whose ``gpu_worker`` node type advertises ``{"CPU": 1, "GPU": 1}`` (min 0 nodes). A
 ``python -m raysel.sweep source_only --gpus-per-worker 1 --address ...`` sweep (a learning-rate grid) runs against
 it while a separate driver samples the alive worker nodes and busy GPUs every 0.5 s. The trials compute on CPU
@@ -22,9 +22,13 @@ import time
 from pathlib import Path
 
 from benchmarks._common import command_line, write_section
-from tests.fake_cluster import FakeCluster, NodeSampler, SweepRun, Timeline, run_sweep_cli, summarize
+from raysel.testing.fake_cluster import FakeCluster, NodeSampler, SweepRun, Timeline, run_sweep_cli, summarize
 
 SWEEP_ID = "autoscaling"
+# What this benchmark measures: a later commit touching one makes its section stale (benchmarks._common).
+MEASURES = ("raysel/testing/fake_cluster.py", "raysel/sweep.py", "raysel/sweeping.py", "raysel/request.py",
+            "raysel/request_build.py", "raysel/execution", "raysel/search_space.py", "raysel/hyperparameters.py",
+            "raysel/store.py", "raysel/store_schema.py", "raysel/methods/source_only.py")
 
 
 def learning_rates(count: int) -> list[float]:

@@ -28,8 +28,6 @@ Writes the ``## domain_gap`` section of BENCHMARKS.md (replacing an existing one
 from __future__ import annotations
 
 import argparse
-import datetime as dt
-import json
 import os
 import sys
 import tempfile
@@ -42,19 +40,26 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from benchmarks._common import (BENCHMARKS_PATH, ScoredRun, command_line, config_defaults,
+from benchmarks._common import (BENCHMARKS_PATH, ScoredRun, command_line, config_defaults, data_identity,
                                 run_method_and_score_heldout, write_section)
 from benchmarks._common import run_in_processes
 
 from raysel import data
+from raysel.conventions import IGNORE_INDEX
 from raysel.data import DatasetFamily
-from raysel.data.generation import MARKER
 from raysel.heldout import HELDOUT_SPLIT
 from raysel.methods.base import RunContext
 from raysel.models import default_model_name
-from raysel.metrics import IGNORE_INDEX, miou
+from raysel.metrics import miou
 
 SECTION = "domain_gap"
+# What this benchmark measures: a later commit touching one makes its section stale (benchmarks._common).
+MEASURES = ("benchmarks/_common.py", "raysel/methods/source_only.py", "raysel/methods/base.py",
+            "raysel/methods/stages.py", "raysel/methods/training.py", "raysel/methods/optim.py",
+            "raysel/methods/augment.py", "raysel/methods/losses.py", "raysel/methods/networks.py",
+            "raysel/methods/acceleration.py", "raysel/models", "raysel/data/street_scenes.py",
+            "raysel/data/digits.py", "raysel/data/generation.py", "raysel/data/common.py", "raysel/data/family.py",
+            "raysel/heldout.py", "raysel/metrics.py", "raysel/execution/local.py", "raysel/execution/trial.py")
 METHOD = "source_only"
 FAMILIES = ("street_scenes", "digits")
 REQUIRED_GAP_POINTS = 10.0
@@ -254,16 +259,6 @@ def report(results: Sequence[FamilyResult], args: argparse.Namespace, overrides:
         f"{CHANCE_MARGIN_POINTS:.0f} points above the better chance baseline.",
     ]
     return "\n".join(lines), all_ok
-
-
-def data_identity(folder: Path) -> str:
-    """What identifies the generated data: the generation marker (generator, version, config) and its time."""
-    marker = folder / MARKER
-    if not marker.exists():  # a real (downloaded) dataset: no marker
-        return f"{folder} (not generated)"
-    content = json.loads(marker.read_text())
-    stamp = dt.datetime.fromtimestamp(marker.stat().st_mtime).strftime("%Y-%m-%d %H:%M")
-    return f"{content.get('generator', folder.name)} generator version {content.get('version')}, generated {stamp}"
 
 
 def split_sizes(family: DatasetFamily, root: Path) -> dict[str, dict[str, int]]:

@@ -43,19 +43,24 @@ from typing import Any, Callable, Iterator
 import torch
 from torch.utils.data import Dataset
 
-from benchmarks._common import machine_description, prepare_benchmark_data, working_directory, write_section
-from benchmarks.voting_speed import SyntheticSweep
+from benchmarks._common import (SyntheticSweep, machine_description, prepare_benchmark_data, working_directory,
+                                write_section)
 from raysel import conventions, execution, sweeping
 from raysel.errors import UserError, exits_cleanly_on_user_error
 from raysel.methods import gsda, hiast, networks, optim, training
 from raysel.methods.acceleration import SWITCHES
 from raysel.methods.base import LocalSession, RunContext, RunSpec
 from raysel.models import build_model
-from raysel.quant.ptq_config import PtqConfig
-from raysel.quant.reconstruct import quantize_and_reconstruct
-from raysel.selection.voting import FusedVoteAccumulator
+from raysel.quant import PtqConfig, quantize_and_reconstruct
+from raysel.selection import FusedVoteAccumulator
 
 SECTION = "gpu_throughput"
+# What this benchmark measures: a later commit touching one makes its section stale (benchmarks._common).
+MEASURES = ("benchmarks/_common.py", "raysel/methods/hiast.py", "raysel/methods/gsda.py", "raysel/methods/base.py",
+            "raysel/methods/stages.py", "raysel/methods/training.py", "raysel/methods/optim.py",
+            "raysel/methods/augment.py", "raysel/methods/losses.py", "raysel/methods/networks.py",
+            "raysel/methods/acceleration.py", "raysel/models", "raysel/quant", "raysel/selection/voting.py",
+            "raysel/sweeping.py", "raysel/execution")
 FP32 = {"amp": "off", **{name: "off" for name in SWITCHES}}
 SWEEP_ALPHAS = (0.3, 0.4, 0.5, 0.6)
 
@@ -188,10 +193,10 @@ def gsda_throughput(sizes: Sizes, device: torch.device, workdir: str) -> Row:
     ctx = benchmark_context("office31", sizes.classification_model, device, workdir, {})
     total = sizes.warmup_iterations + sizes.iterations
     config = gsda.GsdaConfig(groups=6, iterations=total, batch_size=sizes.gsda_batch, init_from_source=False)
-    trainables = gsda._build_trainables(config, ctx, fresh=True)
+    trainables = gsda.build_trainables(config, ctx, fresh=True)
     membership = gsda.group_membership(gsda.group_assignment(ctx.num_classes, config.groups, config.group_seed),
                                        config.groups).to(device)
-    network = ctx.distributed(gsda._FeaturesAndLogits(trainables.model))
+    network = ctx.distributed(gsda.FeaturesAndLogits(trainables.model))
     trainables.model.train()
     size = sizes.classification_size
     source = training.infinite_batches(ctx.loader(SyntheticImages(2 * sizes.gsda_batch, size, ctx.num_classes, False, 2),
@@ -297,38 +302,30 @@ class UtilisationSampler:
         return sum(self.samples) / len(self.samples) if self.samples else None
 
 
-def sweep_settings(name: str, sizes: Sizes, data_root: Path, results: Path, gpus: float, concurrent: int) -> tuple:
+def sweep_request(name: str, sizes: Sizes, data_root: Path, results: Path, gpus: float, concurrent: int) -> Any:
     """The sweep as ``raysel.sweep hiast`` would build it: an alpha grid (SWEEP_ALPHAS), one round each."""
-    from raysel.registry import get_method
-    from raysel.search_space import load_search_space
+    from raysel.request_build import build_request
 
-    method = get_method("hiast")
     alphas = list(SWEEP_ALPHAS[:sizes.sweep_configurations])
     overrides = [f"alpha={{grid: {alphas}}}", "lambda_i=1.0", "gamma=8.0", "k=14", "lambda_cst=0.5",
                  "rounds=1", f"iterations_per_round={sizes.sweep_iterations}", f"batch_size={sizes.hiast_batch}",
                  "reports_per_round=1", f"source_iterations={sizes.stage_iterations}",
                  f"warmup_iterations={sizes.stage_iterations}"]
-    space = load_search_space(method.search_space_path, method).apply_overrides(overrides)
-    run = {"method": "hiast", "dataset": "street_scenes", "data_root": str(data_root), "source": "game",
-           "model": sizes.segmentation_model, "image_size": sizes.segmentation_size, "seed": 0,
-           "selection_size": sizes.selection_size, "acceleration": {}}
-    resources = execution.Resources(workers=1, cpus_per_worker=1.0 if gpus else 0.5, gpus_per_worker=gpus,
-                                 executor="direct")
-    settings = execution.SweepSettings(method="hiast", sweep_id=name, results=str(results), run=run,
-                                    targets=["day_city"], resources=resources, max_failures=0,
-                                    space_path=str(method.search_space_path), overrides=overrides)
-    search = execution.SearchSettings(search="grid", num_samples=1, max_concurrent=concurrent)
-    return settings, search, space
+    return build_request(method="hiast", overrides=overrides, data="street_scenes", data_root=data_root,
+                         source="game", target=["day_city"], model=sizes.segmentation_model,
+                         image_size=sizes.segmentation_size, seed=0, selection_size=sizes.selection_size, workers=1,
+                         cpus_per_worker=1.0 if gpus else 0.5, gpus_per_worker=gpus, executor="direct",
+                         max_failures=0, max_concurrent=concurrent, results=results, name=name,
+                         progress_interval=60)
 
 
 def run_sweep_timed(name: str, sizes: Sizes, data_root: Path, results: Path, gpus: float, concurrent: int,
                     device: torch.device) -> dict[str, Any]:
     """One sweep through ``sweeping.run_sweep``; training images/s over the trials' span and mean GPU utilisation."""
-    settings, search, space = sweep_settings(name, sizes, data_root, results, gpus, concurrent)
+    request = sweep_request(name, sizes, data_root, results, gpus, concurrent)
     sampler = UtilisationSampler(device)
     with sampler.sampling():
-        outcome = sweeping.run_sweep(settings, search, space, resume=False, address=None, progress_interval_s=60,
-                                   stream=sys.stderr)
+        outcome = sweeping.run_sweep(request, stream=sys.stderr)
     trials = outcome.trials
     failed = trials[trials["status"] != "finished"]
     if len(trials) != sizes.sweep_configurations or len(failed):

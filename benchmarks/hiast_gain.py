@@ -37,6 +37,13 @@ REPO = Path(__file__).resolve().parent.parent
 from benchmarks._common import command_line, machine_description, replace_section
 
 SECTION = "hiast_gain"
+# What this benchmark measures: a later commit touching one makes its section stale (benchmarks._common).
+MEASURES = ("raysel/methods/hiast.py", "raysel/methods/source_only.py", "raysel/methods/base.py",
+            "raysel/methods/stages.py", "raysel/methods/training.py", "raysel/methods/optim.py",
+            "raysel/methods/augment.py", "raysel/methods/losses.py", "raysel/methods/networks.py",
+            "raysel/methods/acceleration.py", "raysel/models", "raysel/data/street_scenes.py",
+            "raysel/data/digits.py", "raysel/data/generation.py", "raysel/data/common.py", "raysel/data/family.py",
+            "raysel/heldout.py", "raysel/metrics.py")
 ABLATIONS: dict[str, dict[str, Any]] = {
     "hiast": {},
     "no_ias": {"selector": "constant"},

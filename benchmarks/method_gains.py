@@ -47,14 +47,17 @@ import numpy as np
 import torch
 
 from benchmarks._common import (BENCHMARKS_PATH, ScoredRun, build_shared_stages, command_line,
-                                config_defaults, prepare_benchmark_data, run_in_processes,
+                                config_defaults, data_identity, prepare_benchmark_data, run_in_processes,
                                 run_method_and_score_heldout, working_directory, write_section)
-from benchmarks.domain_gap import data_identity
 
 from raysel import data
 from raysel.models import default_model_name
 
 SECTION = "method_gains"
+# What this benchmark measures: a later commit touching one makes its section stale (benchmarks._common).
+MEASURES = ("benchmarks/_common.py", "raysel/methods", "raysel/models", "raysel/data/street_scenes.py",
+            "raysel/data/digits.py", "raysel/data/generation.py", "raysel/data/common.py", "raysel/data/family.py",
+            "raysel/heldout.py", "raysel/metrics.py", "raysel/execution/local.py", "raysel/execution/trial.py")
 FAMILIES = ("street_scenes", "digits")
 BASELINE = "source_only"
 

@@ -17,12 +17,15 @@ trials, Kendall's τ between each trial-scored selector and the held-out score (
 **Which selector guides Optuna: ``consistency``** (perturbation consistency, raysel.selection.model_scores), chosen
 on development evidence only, and thin evidence: the only stored sweeps that hold both trial-scored scores with
 held-out labels are ``benchmarks.sweep_overhead``'s (HIAST, ``day_city``, 4 configurations, run twice with identical
-results, 2026-12-03), where consistency ranks the 4 candidates by held-out mIoU with Kendall τ 0.67 and MixVal with
-0.33; and a random-search run of this benchmark's wide GSDA space on ``noisy_digits`` (``--budget short-digits
---target noisy_digits --arms random --seeds 0``, stopped after 4 of 8 trials; accuracy 48.9–86.7), where consistency
-has τ +0.55 and MixVal −0.55. No test target (``foggy_city``, ``stroke_digits``) was looked at. Every run of this
-benchmark reports both selectors' τ over its own trials (random-search runs included), which adds development
-evidence for the choice; ``--guide mixval`` runs the comparison with MixVal.
+results, 2026-12-03), where consistency ranks the 4 candidates by held-out mIoU with Kendall τ 0.67 and the
+segmentation probe (then stored as ``mixval``, now named ``classmix_consistency``) with 0.33; and a random-search
+run of this benchmark's wide GSDA space on ``noisy_digits`` (``--budget short-digits --target noisy_digits --arms
+random --seeds 0``, stopped after 4 of 8 trials; accuracy 48.9–86.7), where consistency has τ +0.55 and MixVal
+−0.55. No test target (``foggy_city``, ``stroke_digits``) was looked at. Every run of this
+benchmark reports the τ of both trial-scored selectors of its task (:data:`raysel.selection.TASK_TRIAL_SCORES`:
+consistency and ``classmix_consistency`` on street_scenes, consistency and MixVal on digits) over its own trials
+(random-search runs included), which adds development evidence for the choice; ``--guide classmix_consistency``
+(street_scenes budgets) or ``--guide mixval`` (digits budgets) runs the comparison with the other one.
 
 The wide space (:func:`wide_space`) is built from the method's search-space YAML and config defaults: the learning
 rate log-uniform over two decades (default/10 .. default×10), the training length drawn from ½×, 1× and 2× of the
@@ -58,16 +61,26 @@ import numpy as np
 import ray
 from scipy.stats import kendalltau
 
-from benchmarks._common import REPO, command_line, prepare_benchmark_data, write_section
-from benchmarks.selection_quality import (SweepPlan, method_defaults, run_plan, set_arguments, space_swept_names,
-                                          start_ray, stop_ray, yaml_value)
+from benchmarks._common import (REPO, SweepPlan, command_line, config_defaults, prepare_benchmark_data, run_plan,
+                                set_arguments, space_swept_names, start_ray, stop_ray, write_section, yaml_value)
 from raysel.data import get_family
+from raysel.selection import TASK_TRIAL_SCORES, TRIAL_SCORE_NAMES
 from raysel.store import ResultStore
 from raysel.store_schema import PRIMARY_HELDOUT_COLUMNS
 
 SECTION = "search_guidance"
+# What this benchmark measures: a later commit touching one makes its section stale (benchmarks._common).
+MEASURES = ("benchmarks/_common.py", "search_spaces/sfda.yaml", "raysel/methods/sfda.py", "raysel/methods/base.py",
+            "raysel/methods/stages.py", "raysel/methods/training.py", "raysel/methods/optim.py",
+            "raysel/methods/augment.py", "raysel/methods/losses.py", "raysel/methods/networks.py",
+            "raysel/methods/acceleration.py", "raysel/models", "raysel/sweep.py", "raysel/sweeping.py",
+            "raysel/request.py", "raysel/request_build.py", "raysel/execution", "raysel/search_space.py",
+            "raysel/hyperparameters.py", "raysel/store.py", "raysel/store_schema.py", "raysel/selection",
+            "raysel/data/street_scenes.py", "raysel/data/digits.py", "raysel/data/generation.py",
+            "raysel/data/common.py", "raysel/data/family.py", "raysel/heldout.py", "raysel/metrics.py")
 GUIDE = "consistency"
-TRIAL_SCORED = ("consistency", "mixval")
+# Every trial-scored selector computed from the model; a run has those of its task (trial_scored).
+TRIAL_SCORED = TRIAL_SCORE_NAMES
 ARMS = ("optuna", "random")
 LOSS_WEIGHT_DECADES = 10.0  # loss weights and the learning rate span default/10 .. default*10
 
@@ -103,7 +116,7 @@ BUDGETS: dict[str, Budget] = {
 def wide_space(method: str, iterations: int) -> dict[str, str]:
     """``--set`` entries of the wide space: learning rate and the YAML's loss weights over two decades around their
     defaults, training length ½×/1×/2× of ``iterations``; nothing on a grid (Optuna cannot take one)."""
-    defaults = method_defaults(method)
+    defaults = config_defaults(method)
     entries = {"learning_rate": log_span(defaults["learning_rate"]),
                "iterations": f"{{choice: {yaml_value([max(1, iterations // 2), iterations, 2 * iterations])}}}"}
     for name in space_swept_names(method):
@@ -123,6 +136,11 @@ def log_span(default: float) -> str:
 def sweep_name(budget_name: str, budget: Budget, arm: str, seed: int) -> str:
     """Deterministic sweep id, so a rerun of the same command reuses or resumes its sweeps."""
     return f"sg-{budget_name}-{budget.method}-{budget.target.replace('_', '')}-{arm}-s{seed}"
+
+
+def trial_scored(family: str) -> tuple[str, ...]:
+    """The trial-scored selectors whose scores the trials of ``family``'s task store (``score_<name>``)."""
+    return TASK_TRIAL_SCORES[get_family(family).task]
 
 
 def build_plans(budget_name: str, budget: Budget, arms: Sequence[str], guide: str, results: Path,
@@ -195,8 +213,8 @@ def evaluate_run(results: Path, plan: SweepPlan, guide: str) -> RunOutcome:
     finished = trials[(trials["status"] == "finished") & trials[heldout_column].notna()]
     scored = finished[finished[f"score_{guide}"].notna()]
     shipped = scored.loc[scored[f"score_{guide}"].idxmax()] if not scored.empty else None
-    taus = {name: selector_tau(finished[f"score_{name}"], finished[heldout_column]) for name in TRIAL_SCORED
-            if f"score_{name}" in finished}
+    taus = {name: selector_tau(finished[f"score_{name}"], finished[heldout_column])
+            for name in TASK_TRIAL_SCORES[str(trials["task"].iloc[0])] if f"score_{name}" in finished}
     return RunOutcome(arm=plan.kind, seed=plan.seed, finished=len(finished), failed=len(trials) - len(finished),
                       shipped=100.0 * float(shipped[heldout_column]) if shipped is not None else math.nan,
                       best=100.0 * float(finished[heldout_column].max()) if not finished.empty else math.nan,
@@ -239,13 +257,14 @@ def paired_table(outcomes: Sequence[RunOutcome], seeds: Sequence[int]) -> tuple[
     return "\n".join(lines), means
 
 
-def runs_table(outcomes: Sequence[RunOutcome]) -> str:
-    """Every run: trials, shipped trial, and each trial-scored selector's Kendall τ against held-out."""
+def runs_table(outcomes: Sequence[RunOutcome], names: Sequence[str]) -> str:
+    """Every run: trials, shipped trial, and the Kendall τ against held-out of each trial-scored selector in
+    ``names`` (those of the runs' task)."""
     lines = ["| arm | seed | finished | failed | shipped trial | mean trial s | "
-             + " | ".join(f"τ {name}" for name in TRIAL_SCORED) + " |",
-             "|---|---:|---:|---:|---|---:|" + "---:|" * len(TRIAL_SCORED)]
+             + " | ".join(f"τ {name}" for name in names) + " |",
+             "|---|---:|---:|---:|---|---:|" + "---:|" * len(names)]
     for outcome in sorted(outcomes, key=lambda item: (item.seed, item.arm)):
-        taus = " | ".join(fmt(outcome.taus.get(name, math.nan)) for name in TRIAL_SCORED)
+        taus = " | ".join(fmt(outcome.taus.get(name, math.nan)) for name in names)
         lines.append(f"| {outcome.arm} | {outcome.seed} | {outcome.finished} | {outcome.failed} | "
                      f"{outcome.shipped_trial} | {outcome.mean_trial_s:.0f} | {taus} |")
     return "\n".join(lines)
@@ -276,7 +295,7 @@ def report_body(budget_name: str, budget: Budget, guide: str, outcomes: Sequence
         "",
         "Every run, with Kendall's τ of each trial-scored selector against held-out over the run's finished trials:",
         "",
-        runs_table(outcomes),
+        runs_table(outcomes, trial_scored(budget.family)),
     ])
 
 
@@ -293,7 +312,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--target", default=None, help="another development target (evidence runs)")
     parser.add_argument("--seeds", nargs="+", type=int, default=None, help="seeds (default: the budget's)")
     parser.add_argument("--arms", nargs="+", choices=ARMS, default=list(ARMS))
-    parser.add_argument("--guide", choices=TRIAL_SCORED, default=GUIDE, help=f"Optuna's objective (default {GUIDE})")
+    parser.add_argument("--guide", choices=TRIAL_SCORED, default=GUIDE,
+                        help=f"Optuna's objective, one the budget's task computes (default {GUIDE})")
     parser.add_argument("--workdir", type=Path, default=None,
                         help="result store of the sweeps (default results/search_guidance; quick: a temp dir)")
     parser.add_argument("--data-root", type=Path, default=None, help="data root (default: raysel's default)")
@@ -312,6 +332,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                                      seeds=tuple(args.seeds or budget.seeds))
     if budget.target in get_family(budget.family).test_targets:
         print(f"error: --target {budget.target} is a test target; use a development target", file=sys.stderr)
+        return 2
+    if args.guide not in trial_scored(budget.family):
+        print(f"error: --guide {args.guide}: {budget.family} trials do not compute it; use one of "
+              f"{', '.join(trial_scored(budget.family))}", file=sys.stderr)
         return 2
     workdir = (args.workdir or (Path(tempfile.mkdtemp(prefix="rs-sg-")) if quick
                                 else REPO / "results" / SECTION)).resolve()

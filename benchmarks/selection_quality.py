@@ -2,7 +2,7 @@
 
 HIAST (Zhu et al., TPAMI 2025, §5.4, Table 8) sweeps one hyperparameter at a time (the rest at their defaults),
 selects by F-mIoU and shows the selected value is optimal or nearly so. This script runs the same protocol as real
-raysel sweeps (``raysel.sweep.main`` in-process, on one local Ray owned by this script) on the embedded
+raysel sweeps (in-process through raysel's API, on one local Ray owned by this script) on the embedded
 street_scenes benchmark, for every target domain (``day_city``, ``dusk_city``; raysel sweeps and selects each
 target separately) and every seed:
 
@@ -43,32 +43,37 @@ killed one.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import dataclasses
-import io
 import json
 import math
 import os
-import shutil
 import sys
 import tempfile
-import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from benchmarks._common import REPO, command_line, write_section
-from raysel.selection.applicability import recorded_selectors
-from raysel.selection.evaluate import (BASELINES, DEFAULT_BASELINE, POINTS, RANDOM_BASELINE, SelectorSummary,
-                                       baseline_evaluations, best_selector, matches_defaults, stored_evaluation,
-                                       summarize_selectors)
+from benchmarks._common import (BUDGETS, DEFAULT_KIND, HIAST_PARAMS, REPO, SweepCase, SweepPlan, command_line,
+                                config_defaults, default_heldouts, evaluate_plans, fmt, regret_of, row_by_name,
+                                run_plans, selector_cell, set_arguments, space_swept_names, trial_facts, worse_cell,
+                                worse_text, write_section, yaml_value)
+from raysel.selection import (DEFAULT_BASELINE, POINTS, RANDOM_BASELINE, SelectorSummary, best_selector,
+                              summarize_selectors)
 
 SECTION = "selection_quality"
+# What this benchmark measures: a later commit touching one makes its section stale (benchmarks._common).
+MEASURES = ("benchmarks/_common.py", "search_spaces", "raysel/methods/hiast.py", "raysel/methods/t2sda.py",
+            "raysel/methods/sfda.py", "raysel/methods/daformer_strategies.py", "raysel/methods/base.py",
+            "raysel/methods/stages.py", "raysel/methods/training.py", "raysel/methods/optim.py",
+            "raysel/methods/augment.py", "raysel/methods/losses.py", "raysel/methods/networks.py",
+            "raysel/methods/acceleration.py", "raysel/models", "raysel/sweep.py", "raysel/sweeping.py",
+            "raysel/request.py", "raysel/request_build.py", "raysel/execution", "raysel/search_space.py",
+            "raysel/hyperparameters.py", "raysel/store.py", "raysel/store_schema.py", "raysel/selection",
+            "raysel/data/street_scenes.py", "raysel/data/digits.py", "raysel/data/generation.py",
+            "raysel/data/common.py", "raysel/data/family.py", "raysel/heldout.py", "raysel/metrics.py")
 METHODS = ("hiast", "t2sda", "sfda")
 TARGETS = ("day_city", "dusk_city")
-HIAST_PARAMS = ("alpha", "gamma", "k", "lambda_i", "lambda_cst")
 TABLE8_VALUES: dict[str, tuple[Any, ...]] = {
     "alpha": (0.1, 0.3, 0.5, 0.7, 0.9),
     "gamma": (1.0, 4.0, 8.0, 16.0, 32.0),
@@ -76,45 +81,15 @@ TABLE8_VALUES: dict[str, tuple[Any, ...]] = {
     "lambda_i": (0.1, 0.5, 1.0, 5.0, 10.0),
     "lambda_cst": (0.1, 0.5, 1.0, 5.0, 10.0),
 }
-BUDGETS: dict[str, dict[str, dict[str, Any]]] = {
-    "full": {"hiast": {}, "t2sda": {}, "sfda": {}},
-    "reduced": {"hiast": {"rounds": 1, "iterations_per_round": 120, "reports_per_round": 1},
-                "t2sda": {"iterations": 80}, "sfda": {"iterations": 100}},
-    # "short": what fits a 2-core machine in under an hour (148 HIAST trials); hyperparameters still act within it.
-    "short": {"hiast": {"rounds": 1, "iterations_per_round": 60, "reports_per_round": 1},
-              "t2sda": {"iterations": 60}, "sfda": {"iterations": 60}},
-    "quick": {"hiast": {"rounds": 1, "iterations_per_round": 4, "reports_per_round": 1, "warmup_iterations": 4,
-                        "source_iterations": 8},
-              "t2sda": {"iterations": 4, "report_interval": 2, "warmup_iterations": 1, "source_iterations": 8},
-              "sfda": {"iterations": 4, "reports": 1, "source_iterations": 8}},
-}
 QUICK_SELECTION_SIZE = 12
 QUICK_RANDOM_SAMPLES = 4
 RANDOM_KIND = "random"
 SPACE_KIND = "space"
-DEFAULT_KIND = "default"
 
 
 # --------------------------------------------------------------------------------------------------------------
 # The plan: which sweeps to run
 # --------------------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class SweepPlan:
-    """One ``raysel.sweep`` run: its id, its argument list and how many trials it should produce."""
-
-    method: str
-    seed: int
-    kind: str  # a HIAST hyperparameter (one-at-a-time), "random", "space" (the method's YAML) or "default"
-    sweep_id: str
-    argv: tuple[str, ...]
-    expected_trials: int
-    swept: tuple[str, ...]  # the hyperparameters that define "the default configuration" for this method
-    targets: tuple[str, ...]
-    num_samples: int = 1
-    # budget settings that replace the method's defaults in "the default configuration" (e.g. a shorter training)
-    default_overrides: tuple[tuple[str, Any], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -133,40 +108,6 @@ class RunOptions:
     values: dict[str, tuple[Any, ...]]
 
 
-def method_defaults(method: str) -> dict[str, Any]:
-    """The registered method's config-dataclass defaults (the configuration the paper/raysel ships)."""
-    from raysel.registry import get_method
-
-    return dataclasses.asdict(get_method(method).config_class())
-
-
-def plan_defaults(plan: SweepPlan) -> dict[str, Any]:
-    """The default configuration of a plan: the method's defaults with the plan's budget overrides."""
-    return {**method_defaults(plan.method), **dict(plan.default_overrides)}
-
-
-def space_swept_names(method: str) -> tuple[str, ...]:
-    """The hyperparameters the method's default search-space YAML varies."""
-    from raysel.registry import get_method
-    from raysel.search_space import load_search_space
-
-    registered = get_method(method)
-    return tuple(load_search_space(registered.search_space_path, registered).swept_names())
-
-
-def yaml_value(value: Any) -> str:
-    """A Python scalar or list as the YAML text ``--set`` parses (JSON is valid YAML)."""
-    return json.dumps(list(value) if isinstance(value, tuple) else value)
-
-
-def set_arguments(entries: dict[str, str]) -> list[str]:
-    """``--set key=value`` pairs in order."""
-    arguments: list[str] = []
-    for name, text in entries.items():
-        arguments += ["--set", f"{name}={text}"]
-    return arguments
-
-
 def one_at_a_time_entries(param: str, values: Sequence[Any], defaults: dict[str, Any]) -> dict[str, str]:
     """``param`` on a grid of ``values``; every other HIAST Table 8 hyperparameter fixed at its default."""
     entries = {name: yaml_value(defaults[name]) for name in HIAST_PARAMS if name != param}
@@ -181,7 +122,7 @@ def joint_random_entries(values: dict[str, Sequence[Any]]) -> dict[str, str]:
 
 def default_entries(method: str, names: Iterable[str]) -> dict[str, str]:
     """Every hyperparameter in ``names`` fixed at the method's default (a one-configuration sweep)."""
-    defaults = method_defaults(method)
+    defaults = config_defaults(method)
     return {name: yaml_value(defaults[name]) for name in names}
 
 
@@ -212,7 +153,7 @@ def grid_points(method: str, entries: dict[str, str]) -> int:
 
 def hiast_plans(options: RunOptions, seed: int) -> list[SweepPlan]:
     """Five one-at-a-time sweeps and one joint random sweep of HIAST for one seed."""
-    defaults = method_defaults("hiast")
+    defaults = config_defaults("hiast")
     plans = []
     targets = len(options.targets)
     for param in HIAST_PARAMS:
@@ -255,244 +196,14 @@ def build_plans(options: RunOptions) -> list[SweepPlan]:
 
 
 # --------------------------------------------------------------------------------------------------------------
-# Running the sweeps (real raysel sweeps on the Ray this script started)
+# Evaluation: every sweep re-scored offline (benchmarks._common.evaluate_plans), compared with held-out mIoU
 # --------------------------------------------------------------------------------------------------------------
-
-
-def stored_trial_count(results: Path, name: str) -> int:
-    """Trials of sweep ``name`` with a row in the store (finished or failed)."""
-    from raysel.store import ResultStore
-
-    return len(ResultStore(results).trial_ids(name)) if (results / "trials").exists() else 0
-
-
-def check_same_sweep(results: Path, plan: SweepPlan) -> None:
-    """Refuse to reuse a stored sweep of the same id that was started with other arguments."""
-    from raysel.execution.settings import load_settings
-
-    settings, search, _ = load_settings(str(results), plan.sweep_id)
-    overrides = [plan.argv[i + 1] for i, item in enumerate(plan.argv) if item == "--set"]
-    same = (list(settings.overrides) == overrides and settings.run.get("seed") == plan.seed
-            and list(settings.targets) == list(plan.targets) and search.num_samples == plan.num_samples)
-    if not same:
-        raise SystemExit(f"sweep {plan.sweep_id} in {results} was run with other settings; use another --workdir")
-
-
-def sweep_state(results: Path, plan: SweepPlan) -> str:
-    """``new``, ``partial`` (killed part-way: resume it) or ``complete`` (reuse it)."""
-    if not (results / "sweeps" / plan.sweep_id / "sweep.json").exists():
-        return "new"
-    check_same_sweep(results, plan)
-    return "complete" if stored_trial_count(results, plan.sweep_id) >= plan.expected_trials else "partial"
-
-
-def run_sweep_main(argv: Sequence[str], log_path: Path) -> int:
-    """``raysel.sweep.main(argv)`` with its output in ``log_path``; returns its exit code."""
-    from raysel.sweep import main as sweep_main
-
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(log_path, "a") as log, contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
-        print(f"$ python -m raysel.sweep {' '.join(argv)}", flush=True)
-        try:
-            return int(sweep_main(list(argv)))
-        except SystemExit as exit_:  # a user error exits 2 after printing one line
-            return int(exit_.code or 0)
-
-
-def run_plan(plan: SweepPlan, results: Path) -> tuple[str, float]:
-    """Run, resume or reuse one sweep; returns what happened and the wall seconds spent."""
-    state = sweep_state(results, plan)
-    if state == "complete":
-        return "reused", 0.0
-    argv = plan.argv if state == "new" else (plan.method, "--resume", "--name", plan.sweep_id, "--results",
-                                             str(results), "--progress-interval", "120")
-    # raysel leaves Tune's sampler unseeded (random search, and the choice/loguniform entries of a grid sweep);
-    # Tune then draws from NumPy's global generator, seeded here so each seed's draws are reproducible.
-    np.random.seed(plan.seed)
-    started = time.perf_counter()
-    code = run_sweep_main(argv, results / "logs" / f"{plan.sweep_id}.log")
-    seconds = time.perf_counter() - started
-    stored = stored_trial_count(results, plan.sweep_id)
-    log = results / "logs" / f"{plan.sweep_id}.log"
-    if stored < plan.expected_trials:  # Ctrl-C (Tune stops the sweep and returns) or a crash: stop here
-        raise SystemExit(f"sweep {plan.sweep_id} stopped with {stored}/{plan.expected_trials} trials stored (see "
-                         f"{log}); rerun the same command to resume it, or delete "
-                         f"{results / 'sweeps' / plan.sweep_id} to start it afresh")
-    # A one-configuration sweep has nothing to select between: raysel.sweep exits 1 there, by design.
-    if code not in (0, 1) or (code == 1 and plan.kind != DEFAULT_KIND):
-        print(f"  warning: sweep {plan.sweep_id} exited {code}; see {log}", flush=True)
-    return ("resumed" if state == "partial" else "ran"), seconds
-
-
-def start_ray(cpus: int) -> str:
-    """One local Ray for the whole benchmark (explicit CPUs, capped object store, our own temp dir)."""
-    import ray
-
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-    temp_dir = tempfile.mkdtemp(prefix="rs-sq-", dir="/tmp")
-    ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False, configure_logging=False,
-             object_store_memory=512 * 1024 * 1024, _temp_dir=temp_dir)
-    return temp_dir
-
-
-def stop_ray(temp_dir: str) -> None:
-    """Shut down the Ray this script started (only that one) and remove its temp dir."""
-    import ray
-
-    ray.shutdown()
-    shutil.rmtree(temp_dir, ignore_errors=True)
-
-
-def run_plans(plans: Sequence[SweepPlan], results: Path, cpus: int) -> float:
-    """Run every sweep in order on one Ray; print progress with a projection from the trials timed so far."""
-    total = sum(plan.expected_trials for plan in plans)
-    started = time.perf_counter()
-    timed_trials, timed_seconds, done = 0, 0.0, 0
-    temp_dir = start_ray(cpus)
-    try:
-        for number, plan in enumerate(plans, start=1):
-            outcome, seconds = run_plan(plan, results)
-            done += plan.expected_trials
-            if outcome == "ran":
-                timed_trials += plan.expected_trials
-                timed_seconds += seconds
-            projection = (f", about {(total - done) * timed_seconds / timed_trials / 60:.0f} min to go"
-                          if timed_trials else "")
-            print(f"[{time.perf_counter() - started:7.0f}s] sweep {number}/{len(plans)} {plan.sweep_id}: {outcome} "
-                  f"({plan.expected_trials} trials, {seconds:.0f} s); {done}/{total} trials{projection}", flush=True)
-    finally:
-        stop_ray(temp_dir)
-    return time.perf_counter() - started
-
-
-# --------------------------------------------------------------------------------------------------------------
-# Evaluation: re-score every sweep offline, compare with held-out mIoU (evaluation only)
-# --------------------------------------------------------------------------------------------------------------
-
-
-@dataclass
-class SweepCase:
-    """One sweep on one target: candidates' held-out mIoU (evaluation only) and every selector's evaluation.
-
-    ``evaluations[name]`` holds ``regret`` and ``top3_regret`` (mIoU points), ``gap_closed``, ``kendall_tau``,
-    ``spearman_rho`` and ``selected_trial_id``. ``values`` is the swept hyperparameter's value per candidate (one-at-
-    a-time sweeps only). ``default_heldout`` is the default configuration's held-out mIoU (this sweep's trial, else
-    the reference from the method's other sweeps), None when unknown.
-    """
-
-    method: str
-    seed: int
-    target: str
-    kind: str
-    sweep_id: str
-    trial_ids: list[str]
-    heldout: list[float]
-    evaluations: dict[str, dict[str, Any]] = field(default_factory=dict)
-    values: list[Any] = field(default_factory=list)
-    default_heldout: float | None = None
-    default_in_sweep: bool = False
-
-    def all_evaluations(self) -> dict[str, dict[str, Any]]:
-        """The selectors' evaluations plus the two baselines."""
-        return {**self.evaluations, **baseline_evaluations(self.heldout, self.default_heldout)}
-
-    def value_of(self, trial_id: str | None) -> Any:
-        """The swept value of one candidate (None when unknown)."""
-        if trial_id is None or not self.values or trial_id not in self.trial_ids:
-            return None
-        return self.values[self.trial_ids.index(trial_id)]
-
-    def best_trial_id(self) -> str:
-        """The candidate with the highest held-out mIoU (the oracle's pick)."""
-        return self.trial_ids[int(np.argmax(self.heldout))]
-
-
-def finished_trials(results: Path, name: str) -> Any:
-    """The sweep's finished trials with a held-out score, copied into column ``heldout`` (mIoU, or accuracy for
-    classification); a pandas DataFrame, possibly empty."""
-    from raysel.store import ResultStore
-    from raysel.store_schema import heldout_column_with_values
-
-    trials = ResultStore(results).load_sweep(name)
-    column = None if trials.empty else heldout_column_with_values(trials)
-    if column is None:
-        return trials.iloc[0:0]
-    trials = trials.assign(heldout=trials[column])
-    keep = (trials["status"] == "finished") & trials["heldout"].notna()
-    return trials[keep].sort_values("trial_id")
-
-
-def rescore(results: Path, name: str) -> dict[tuple[str, str], dict[str, Any]]:
-    """Re-score a finished sweep with every selector that applies, as ``python -m raysel.select`` does; decisions by
-    (target, selector). Selectors that cannot run are skipped with the reason printed."""
-    from raysel.selection.decision import select_sweep
-    from raysel.store import ResultStore
-
-    printed = io.StringIO()
-    decisions = select_sweep(ResultStore(results), name, selectors=recorded_selectors(), stream=printed)
-    for line in printed.getvalue().splitlines():
-        print(f"  {name}: {line}", flush=True)
-    return {(decision["target"], decision["selector"]): decision for decision in decisions}
-
-
-def default_heldouts(frames: dict[str, Any], plans: Sequence[SweepPlan]) -> dict[tuple[str, int, str], list[float]]:
-    """Held-out mIoU of every default-configuration trial, per (method, seed, target), over all sweeps."""
-    collected: dict[tuple[str, int, str], list[float]] = {}
-    for plan in plans:
-        frame = frames.get(plan.sweep_id)
-        if frame is None or frame.empty:
-            continue
-        chosen = frame[matches_defaults(frame, plan_defaults(plan), plan.swept)]
-        for target, heldout in zip(chosen["target"], chosen["heldout"]):
-            collected.setdefault((plan.method, plan.seed, str(target)), []).append(float(heldout))
-    return collected
 
 
 def default_spread(heldouts: dict[tuple[str, int, str], list[float]]) -> float:
     """Largest max-min (points) of the default configuration's held-out mIoU over its repeats (run-to-run noise)."""
     spreads = [(max(values) - min(values)) * POINTS for values in heldouts.values() if len(values) > 1]
     return max(spreads) if spreads else math.nan
-
-
-def build_cases(plan: SweepPlan, frame: Any, decisions: dict[tuple[str, str], dict[str, Any]],
-                references: dict[tuple[str, int, str], float]) -> list[SweepCase]:
-    """One case per target of a sweep, with every selector's evaluation and the default configuration's score."""
-    cases = []
-    defaults = plan_defaults(plan)
-    for target, group in frame.groupby("target", sort=True):
-        if len(group) < 2:
-            continue
-        case = SweepCase(plan.method, plan.seed, str(target), plan.kind, plan.sweep_id, list(group["trial_id"]),
-                         [float(v) for v in group["heldout"]])
-        if plan.kind in HIAST_PARAMS:
-            case.values = list(group[f"hp_{plan.kind}"])
-        own = group[matches_defaults(group, defaults, plan.swept)]
-        case.default_in_sweep = not own.empty
-        case.default_heldout = (float(own["heldout"].mean()) if not own.empty
-                                else references.get((plan.method, plan.seed, str(target))))
-        for (decision_target, selector), decision in decisions.items():
-            if decision_target == target and decision.get("heldout_regret") is not None:
-                case.evaluations[selector] = stored_evaluation(decision)
-        cases.append(case)
-    return cases
-
-
-def evaluate_plans(plans: Sequence[SweepPlan], results: Path) -> tuple[list[SweepCase], list[str], dict[str, Any]]:
-    """Re-score every sweep with every applicable selector; returns the cases, the selectors and the trial frames."""
-    frames = {plan.sweep_id: finished_trials(results, plan.sweep_id) for plan in plans
-              if (results / "sweeps" / plan.sweep_id).exists()}
-    references = {key: float(np.mean(values)) for key, values in default_heldouts(frames, plans).items()}
-    cases: list[SweepCase] = []
-    used: list[str] = []
-    for plan in plans:
-        frame = frames.get(plan.sweep_id)
-        if plan.kind == DEFAULT_KIND or frame is None or frame.empty:
-            continue
-        decisions = rescore(results, plan.sweep_id)
-        used += [selector for _, selector in decisions if selector not in used]
-        cases += build_cases(plan, frame, decisions, references)
-    return cases, used, frames
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -510,32 +221,14 @@ def summarize(cases: Sequence[SweepCase], names: Sequence[str]) -> list[Selector
     return summarize_selectors([case.all_evaluations() for case in cases], names)
 
 
-def row_by_name(rows: Sequence[SelectorSummary], name: str | None) -> SelectorSummary | None:
-    """The summary row of ``name`` (None when absent)."""
-    return next((row for row in rows if row.name == name), None)
-
-
 def cases_of(cases: Sequence[SweepCase], method: str | None = None, kind: str | None = None) -> list[SweepCase]:
     """The cases of one method and/or sweep kind."""
     return [case for case in cases if (method is None or case.method == method) and (kind is None or case.kind == kind)]
 
 
-def regret_of(case: SweepCase, name: str | None) -> float:
-    """One case's regret for a selector or baseline (NaN when absent)."""
-    evaluation = case.all_evaluations().get(name or "")
-    return math.nan if evaluation is None else float(evaluation["regret"])
-
-
 # --------------------------------------------------------------------------------------------------------------
 # Markdown
 # --------------------------------------------------------------------------------------------------------------
-
-
-def fmt(value: float | None, digits: int = 2) -> str:
-    """A number with ``digits`` decimals, or an em dash for NaN/None."""
-    if value is None or not math.isfinite(value):
-        return "—"
-    return f"{value:.{digits}f}"
 
 
 def fmt_value(value: Any) -> str:
@@ -556,16 +249,6 @@ def selector_table(rows: Sequence[SelectorSummary], best: str | None) -> str:
                      f"{fmt(row.mean_kendall_tau)} | {fmt(row.mean_spearman_rho)} | {fmt(row.mean_top3_regret)} | "
                      f"{worse_cell(row)} | {row.sweeps} |")
     return "\n".join(lines)
-
-
-def selector_cell(row: SelectorSummary, best: str | None) -> str:
-    """A table row's name: the best selector in bold, baselines in italics."""
-    return f"**{row.name}**" if row.name == best else (f"*{row.name}*" if row.name in BASELINES else row.name)
-
-
-def worse_cell(row: SelectorSummary) -> str:
-    """``n/m`` sweeps worse than the default configuration, or ``—`` for baselines that are not compared."""
-    return "—" if row.worse_than_default is None else worse_text(row)
 
 
 def heldout_range(cases: Sequence[SweepCase]) -> str:
@@ -652,11 +335,6 @@ def methods_table(cases: Sequence[SweepCase], names: Sequence[str], methods: Seq
                      f"{regret_pair(row_by_name(rows, DEFAULT_BASELINE))} | "
                      f"{regret_pair(row_by_name(rows, RANDOM_BASELINE))} |")
     return "\n".join(lines)
-
-
-def worse_text(row: SelectorSummary) -> str:
-    """``n/m`` sweeps in which a selector did worse than the default configuration."""
-    return f"{row.worse_than_default}/{row.compared_with_default}"
 
 
 def goal_lines(rows: Sequence[SelectorSummary], best: str | None) -> list[str]:
@@ -794,7 +472,7 @@ def build_options(args: argparse.Namespace) -> RunOptions:
     """Resolve the data root and the swept values."""
     from raysel import data
 
-    defaults = method_defaults("hiast")
+    defaults = config_defaults("hiast")
     values = ({name: quick_values(TABLE8_VALUES[name], defaults[name]) for name in HIAST_PARAMS} if args.quick
               else dict(TABLE8_VALUES))
     return RunOptions(results=args.workdir.resolve(), data_root=(args.data_root or data.default_data_root()).resolve(),
@@ -802,25 +480,6 @@ def build_options(args: argparse.Namespace) -> RunOptions:
                       method_seeds=tuple(args.method_seeds or args.seeds), methods=tuple(args.methods),
                       budget=args.budget, selection_size=args.selection_size, random_samples=args.random_samples,
                       values=values)
-
-
-def trial_facts(frames: dict[str, Any], plans: Sequence[SweepPlan], results: Path) -> tuple[int, int, dict[str, float]]:
-    """Finished and failed trial counts, and the mean wall seconds of a finished trial per method."""
-    from raysel.store import ResultStore
-
-    store = ResultStore(results)
-    finished, failed, seconds = 0, 0, {}
-    for method in dict.fromkeys(plan.method for plan in plans):
-        times = []
-        for plan in (p for p in plans if p.method == method and (results / "sweeps" / p.sweep_id).exists()):
-            trials = store.load_sweep(plan.sweep_id)
-            finished += int((trials["status"] == "finished").sum()) if not trials.empty else 0
-            failed += int((trials["status"] != "finished").sum()) if not trials.empty else 0
-            if not trials.empty:
-                times += list(trials.loc[trials["status"] == "finished", "wall_time_s"].dropna())
-        if times:
-            seconds[method] = float(np.mean(times))
-    return finished, failed, seconds
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -19,7 +19,7 @@ Table 8's protocol (:mod:`benchmarks.selection_quality`) sweeps hyperparameters 
 * t2sda's default configuration (the others have theirs in the entropy sweep or as the reference).
 
 Every finished sweep is re-scored offline with every applicable label-free selector exactly as ``raysel.select``
-does (:func:`benchmarks.selection_quality.evaluate_plans`), against three baselines (default configuration, random
+does (:func:`benchmarks._common.evaluate_plans`), against three baselines (default configuration, random
 pick expected, oracle). Held-out scores (mIoU, accuracy on digits; points) are used only to evaluate, and the
 development and test targets are reported apart. Flat sweeps and collapsed picks: :mod:`raysel.selection.evaluate`.
 
@@ -66,14 +66,21 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from benchmarks import selection_quality as sq
-from benchmarks._common import REPO, command_line, format_section, write_section
-from raysel.selection.evaluate import (BASELINES, DEFAULT_BASELINE, FLAT_SPREAD_POINTS, ORACLE_BASELINE, POINTS,
-                                       SelectorSummary, best_selector, collapse_indicators, count_collapsed,
-                                       heldout_spread, is_flat_sweep, oracle_evaluation, summarize_selectors,
-                                       wide_sweep_goals)
+from benchmarks._common import (BUDGETS, DEFAULT_KIND, REPO, SweepCase, SweepPlan, command_line, config_defaults,
+                                default_heldouts, evaluate_plans, fmt, format_section, regret_of, row_by_name,
+                                run_plans, selector_cell, set_arguments, space_swept_names, trial_facts, worse_cell,
+                                write_section, yaml_value)
+from raysel.selection import (BASELINES, DEFAULT_BASELINE, FLAT_SPREAD_POINTS, ORACLE_BASELINE, POINTS, SelectorSummary,
+                              best_selector, collapse_indicators, count_collapsed, heldout_spread, is_flat_sweep,
+                              oracle_evaluation, summarize_selectors, wide_sweep_goals)
 
 SECTION = "selection_wide"
+# What this benchmark measures: a later commit touching one makes its section stale (benchmarks._common).
+MEASURES = ("benchmarks/_common.py", "search_spaces", "raysel/methods", "raysel/models", "raysel/sweep.py",
+            "raysel/sweeping.py", "raysel/request.py", "raysel/request_build.py", "raysel/execution",
+            "raysel/search_space.py", "raysel/hyperparameters.py", "raysel/store.py", "raysel/store_schema.py",
+            "raysel/selection", "raysel/data/street_scenes.py", "raysel/data/digits.py", "raysel/data/generation.py",
+            "raysel/data/common.py", "raysel/data/family.py", "raysel/heldout.py", "raysel/metrics.py")
 FAMILY_OF = {"hiast": "street_scenes", "t2sda": "street_scenes", "sfda": "street_scenes", "gsda": "digits",
              "source_only": "digits"}
 METHODS = tuple(FAMILY_OF)
@@ -159,12 +166,12 @@ def budget_settings(method: str, budget: str) -> dict[str, Any]:
     """The fixed training settings of ``method`` under ``budget`` (street: selection_quality's budgets)."""
     if FAMILY_OF[method] == "digits":
         return dict(DIGITS_BUDGETS[budget][method])
-    return dict(sq.BUDGETS[STREET_BUDGET[budget]][method])
+    return dict(BUDGETS[STREET_BUDGET[budget]][method])
 
 
 def budget_defaults(method: str, budget: str) -> dict[str, Any]:
     """The method's default configuration under ``budget`` (config defaults, budget settings replacing some)."""
-    return {**sq.method_defaults(method), **budget_settings(method, budget)}
+    return {**config_defaults(method), **budget_settings(method, budget)}
 
 
 def round_value(value: float) -> float:
@@ -190,15 +197,15 @@ def swept_names(method: str, budget: str) -> tuple[str, ...]:
 def fixed_entries(method: str, budget: str) -> dict[str, str]:
     """``--set`` entries fixing the budget, the YAML's swept names and every swept name at their defaults."""
     defaults = budget_defaults(method, budget)
-    names = [*sq.space_swept_names(method), *swept_names(method, budget)]
-    fixed = {key: sq.yaml_value(value) for key, value in budget_settings(method, budget).items()}
-    return {**fixed, **{name: sq.yaml_value(defaults[name]) for name in dict.fromkeys(names)}}
+    names = [*space_swept_names(method), *swept_names(method, budget)]
+    fixed = {key: yaml_value(value) for key, value in budget_settings(method, budget).items()}
+    return {**fixed, **{name: yaml_value(defaults[name]) for name in dict.fromkeys(names)}}
 
 
 def entropy_values(method: str, count: int) -> tuple[float, ...]:
     """``count`` entropy-weight values from weak to breaking: the lowest, the default and the highest first."""
     values = METHOD_SWEEPS[method].entropy_values
-    default = sq.method_defaults(method)[METHOD_SWEEPS[method].entropy_weight]
+    default = config_defaults(method)[METHOD_SWEEPS[method].entropy_weight]
     chosen = list(dict.fromkeys([values[0], default, values[-1], *values]))[:count]
     return tuple(sorted(chosen))
 
@@ -209,7 +216,7 @@ def sweep_name(options: WideOptions, method: str, seed: int, target: str, kind: 
 
 
 def make_plan(options: WideOptions, method: str, seed: int, target: str, kind: str, entries: dict[str, str],
-              trials: int, family: str | None = None) -> sq.SweepPlan:
+              trials: int, family: str | None = None) -> SweepPlan:
     """One single-target ``raysel.sweep`` run (``trials`` random samples for the wide kind, else a grid)."""
     name = sweep_name(options, method, seed, target, kind)
     argv = [method, "--data", family or FAMILY_OF[method], "--data-root", str(options.data_root), "--results",
@@ -217,40 +224,40 @@ def make_plan(options: WideOptions, method: str, seed: int, target: str, kind: s
             "--progress-interval", "120"]
     if options.selection_size is not None:
         argv += ["--selection-size", str(options.selection_size)]
-    argv += sq.set_arguments(entries)
+    argv += set_arguments(entries)
     samples = trials if kind == WIDE_KIND else 1
     if kind == WIDE_KIND:
         argv += ["--search", "random", "--num-samples", str(trials)]
     overrides = tuple(budget_settings(method, options.budget).items())
-    return sq.SweepPlan(method, seed, kind, name, tuple(argv), trials, swept_names(method, options.budget),
+    return SweepPlan(method, seed, kind, name, tuple(argv), trials, swept_names(method, options.budget),
                         (target,), samples, overrides)
 
 
-def reference_plan(options: WideOptions, family: str, seed: int, target: str) -> sq.SweepPlan:
+def reference_plan(options: WideOptions, family: str, seed: int, target: str) -> SweepPlan:
     """The source-only trial at the shared source stage's settings: the collapse reference of ``target``."""
     adapting = next(method for method, of in FAMILY_OF.items() if of == family and method != REFERENCE_METHOD)
     stage = budget_defaults(adapting, options.budget)
     settings = {"learning_rate": stage["source_learning_rate"], "iterations": stage["source_iterations"]}
     entries = {**fixed_entries(REFERENCE_METHOD, options.budget),
-               **{name: sq.yaml_value(value) for name, value in settings.items()}}
-    plan = make_plan(options, REFERENCE_METHOD, seed, target, sq.DEFAULT_KIND, entries, 1, family)
-    return sq.SweepPlan(plan.method, seed, plan.kind, plan.sweep_id, plan.argv, 1, tuple(settings), plan.targets, 1,
+               **{name: yaml_value(value) for name, value in settings.items()}}
+    plan = make_plan(options, REFERENCE_METHOD, seed, target, DEFAULT_KIND, entries, 1, family)
+    return SweepPlan(plan.method, seed, plan.kind, plan.sweep_id, plan.argv, 1, tuple(settings), plan.targets, 1,
                         tuple(settings.items()))
 
 
-def method_plans(options: WideOptions, method: str, seed: int, target: str) -> list[sq.SweepPlan]:
+def method_plans(options: WideOptions, method: str, seed: int, target: str) -> list[SweepPlan]:
     """The wide sweep, the entropy-weight sweep (if any) and t2sda's default configuration of one target."""
     fixed = fixed_entries(method, options.budget)
-    choices = {name: f"{{choice: {sq.yaml_value(list(values))}}}"
+    choices = {name: f"{{choice: {yaml_value(list(values))}}}"
                for name, values in wide_values(method, options.budget).items()}
     plans = [make_plan(options, method, seed, target, WIDE_KIND, {**fixed, **choices}, options.configurations)]
     weight = METHOD_SWEEPS[method].entropy_weight
     if weight:
         values = entropy_values(method, options.entropy_values)
-        grid = {weight: f"{{grid: {sq.yaml_value(list(values))}}}"}
+        grid = {weight: f"{{grid: {yaml_value(list(values))}}}"}
         plans.append(make_plan(options, method, seed, target, weight, {**fixed, **grid}, len(values)))
     elif method != REFERENCE_METHOD:
-        plans.append(make_plan(options, method, seed, target, sq.DEFAULT_KIND, fixed, 1))
+        plans.append(make_plan(options, method, seed, target, DEFAULT_KIND, fixed, 1))
     return plans
 
 
@@ -261,9 +268,9 @@ def runs_target(options: WideOptions, family: str, target: str, seed: int) -> bo
     return seed in options.development_seeds
 
 
-def build_plans(options: WideOptions) -> list[sq.SweepPlan]:
+def build_plans(options: WideOptions) -> list[SweepPlan]:
     """Every sweep, seed by seed and target by target; each target's source-only reference first."""
-    plans: list[sq.SweepPlan] = []
+    plans: list[SweepPlan] = []
     for seed in options.seeds:
         for family, targets in options.targets.items():
             methods = [method for method in options.methods if FAMILY_OF[method] == family]
@@ -283,9 +290,9 @@ def build_plans(options: WideOptions) -> list[sq.SweepPlan]:
 
 @dataclass
 class WideCase:
-    """One sweep on one target (:class:`benchmarks.selection_quality.SweepCase`) with what this benchmark adds."""
+    """One sweep on one target (:class:`benchmarks._common.SweepCase`) with what this benchmark adds."""
 
-    case: sq.SweepCase
+    case: SweepCase
     family: str
     role: str  # "development" or "test" (the target's role in its family)
     source_only: float | None  # held-out score of the source-only reference on this target and seed
@@ -315,10 +322,10 @@ def target_role(family: str, target: str) -> str:
     return "test" if target in get_family(family).test_targets else "development"
 
 
-def wide_cases(plans: Sequence[sq.SweepPlan], results: Path) -> tuple[list[WideCase], list[str], dict[str, Any]]:
+def wide_cases(plans: Sequence[SweepPlan], results: Path) -> tuple[list[WideCase], list[str], dict[str, Any]]:
     """Re-score every sweep (every applicable selector) and attach role and source-only reference to each case."""
-    cases, names, frames = sq.evaluate_plans(plans, results)
-    references = sq.default_heldouts(frames, [plan for plan in plans if plan.method == REFERENCE_METHOD])
+    cases, names, frames = evaluate_plans(plans, results)
+    references = default_heldouts(frames, [plan for plan in plans if plan.method == REFERENCE_METHOD])
     family_of_sweep = {plan.sweep_id: plan.argv[plan.argv.index("--data") + 1] for plan in plans}
     wide = []
     for case in cases:
@@ -349,9 +356,9 @@ def selector_table(cases: Sequence[WideCase], names: Sequence[str]) -> str:
     lines = ["| selector | mean regret | worst regret | mean gap closed | mean Kendall τ | mean top-3 regret | "
              "collapsed picks | worse than default | sweeps |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for row in rows:
-        lines.append(f"| {sq.selector_cell(row, best)} | {sq.fmt(row.mean_regret)} | {sq.fmt(row.worst_regret)} | "
-                     f"{sq.fmt(row.mean_gap_closed)} | {sq.fmt(row.mean_kendall_tau)} | "
-                     f"{sq.fmt(row.mean_top3_regret)} | {collapsed_text(cases, row.name)} | {sq.worse_cell(row)} | {row.sweeps} |")
+        lines.append(f"| {selector_cell(row, best)} | {fmt(row.mean_regret)} | {fmt(row.worst_regret)} | "
+                     f"{fmt(row.mean_gap_closed)} | {fmt(row.mean_kendall_tau)} | "
+                     f"{fmt(row.mean_top3_regret)} | {collapsed_text(cases, row.name)} | {worse_cell(row)} | {row.sweeps} |")
     return "\n".join(lines)
 
 
@@ -393,7 +400,7 @@ def goal_table(cases: Sequence[WideCase], names: Sequence[str], options: WideOpt
         if recommended is None or not test:
             continue
         rows = summarize_selectors([c.evaluations() for c in test], names)
-        row = sq.row_by_name(rows, recommended)
+        row = row_by_name(rows, recommended)
         if row is None or not row.sweeps:  # it scored no test sweep (e.g. no finite score): it cannot meet a goal
             lines.append(f"| {family} | {recommended} | {len(test)} | — | — | "
                          "none (it scored no test sweep) | all |")
@@ -402,8 +409,8 @@ def goal_table(cases: Sequence[WideCase], names: Sequence[str], options: WideOpt
         checks = wide_sweep_goals(row, rows, collapsed)
         met = ", ".join(goal for goal, holds in checks if holds) or "none"
         missed = ", ".join(goal for goal, holds in checks if not holds) or "none"
-        lines.append(f"| {family} | {recommended} | {len(test)} | {sq.fmt(row.mean_regret)} | "
-                     f"{sq.fmt(row.worst_regret)} | {met} | {missed} |")
+        lines.append(f"| {family} | {recommended} | {len(test)} | {fmt(row.mean_regret)} | "
+                     f"{fmt(row.worst_regret)} | {met} | {missed} |")
     return "\n".join(lines)
 
 
@@ -418,7 +425,7 @@ def sweep_table(cases: Sequence[WideCase]) -> str:
         lines.append(f"| {item.role} | {case.method} | {case.seed} | {case.target} | {case.kind} | {len(heldout)} | "
                      f"{min(heldout) * POINTS:.1f}–{max(heldout) * POINTS:.1f} | {item.spread:.1f} | "
                      f"{'flat' if is_flat_sweep(heldout) else 'no'} | {source} | {below} | "
-                     f"{sq.fmt(sq.regret_of(case, DEFAULT_BASELINE))} |")
+                     f"{fmt(regret_of(case, DEFAULT_BASELINE))} |")
     return "\n".join(lines)
 
 
@@ -525,10 +532,10 @@ def section_name(budget: str) -> str:
     return SECTION if budget == "short" else f"{SECTION}.{budget}"
 
 
-def run_facts(frames: dict[str, Any], plans: Sequence[sq.SweepPlan], options: WideOptions, wall: float,
+def run_facts(frames: dict[str, Any], plans: Sequence[SweepPlan], options: WideOptions, wall: float,
               loads: tuple[float, float]) -> str:
     """One paragraph on how the run went: trials, mean trial time per method, wall time, load."""
-    finished, failed, seconds = sq.trial_facts(frames, plans, options.results)
+    finished, failed, seconds = trial_facts(frames, plans, options.results)
     planned = sum(plan.expected_trials for plan in plans)
     timing = ", ".join(f"{method} {value:.0f} s" for method, value in seconds.items())
     return (f"Trials: {finished} finished, {failed} failed of {planned} planned in {len(plans)} sweeps; mean trial "
@@ -545,7 +552,7 @@ def main(argv: list[str] | None = None) -> int:
           f"({options.budget} budget, {args.cpus} CPUs, seeds {list(options.seeds)}, targets {options.targets}); "
           f"store {options.results}", flush=True)
     load_before = os.getloadavg()[0]
-    wall = sq.run_plans(plans, options.results, args.cpus)
+    wall = run_plans(plans, options.results, args.cpus)
     cases, names, frames = wide_cases(plans, options.results)
     facts = run_facts(frames, plans, options, wall, (load_before, os.getloadavg()[0]))
     body = format_body(cases, names, options, facts)

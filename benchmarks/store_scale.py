@@ -35,12 +35,15 @@ import numpy as np
 
 from benchmarks._common import REPO, command_line, format_section, replace_section
 from raysel.registry import get_method
-from raysel.selection.decision import select_sweep
-from raysel.selection.predictions import CandidatePredictions, save_predictions
+from raysel.selection import CandidatePredictions, save_predictions, select_sweep
 from raysel.store import ResultStore, load, sql_arrow
 from raysel.store_compaction import compact_store, compact_sweep
 
 SECTION = "store_scale"
+# What this benchmark measures: a later commit touching one makes its section stale (benchmarks._common).
+MEASURES = ("raysel/store.py", "raysel/store_schema.py", "raysel/store_compaction.py", "raysel/query.py",
+            "raysel/select.py", "raysel/selection/decision.py", "raysel/selection/predictions.py",
+            "raysel/selection/selectors.py", "raysel/selection/voting.py")
 COUNT_QUERY = "SELECT count(*) FROM trials"
 GROUP_QUERY = ("SELECT method, target, count(*) AS trials, avg(heldout_miou) AS mean_heldout, "
                "max(score_fmiou) AS best_fmiou FROM trials WHERE status = 'finished' GROUP BY ALL ORDER BY ALL")

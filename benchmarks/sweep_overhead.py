@@ -29,6 +29,14 @@ from typing import Any
 
 from benchmarks._common import command_line, write_section
 
+# What this benchmark measures: a later commit touching one makes its section stale (benchmarks._common).
+MEASURES = ("raysel/methods/hiast.py", "raysel/methods/base.py", "raysel/methods/stages.py",
+            "raysel/methods/training.py", "raysel/methods/optim.py", "raysel/methods/augment.py",
+            "raysel/methods/losses.py", "raysel/methods/networks.py", "raysel/methods/acceleration.py",
+            "raysel/models", "raysel/sweep.py", "raysel/sweeping.py", "raysel/request.py", "raysel/request_build.py",
+            "raysel/execution", "raysel/search_space.py", "raysel/hyperparameters.py", "raysel/store.py",
+            "raysel/store_schema.py", "raysel/selection", "raysel/heldout.py")
+
 
 def space_yaml(alphas: list[float], fixed: dict[str, object]) -> str:
     lines = [f"alpha: {{grid: [{', '.join(str(a) for a in alphas)}]}}"]
@@ -75,16 +83,22 @@ class SweepRun:
 
 def sweep(space: Path, data_root: Path, results: Path, name: str, max_concurrent: int | None,
           selection_size: int) -> SweepRun:
+    """``python -m raysel.sweep hiast --space SPACE ...`` through raysel's API, timed as the command runs: build the
+    request, run the sweep, print the summary (into a discarded buffer); the command's exit code must be 0."""
     from raysel import store
-    from raysel.sweep import main
+    from raysel.request_build import build_request
+    from raysel.summary import print_sweep_summary
+    from raysel.sweeping import run_sweep
 
-    args = ["hiast", "--space", str(space), "--data-root", str(data_root), "--results", str(results), "--name", name,
-            "--selection-size", str(selection_size), "--progress-interval", "600"]
+    options = {"space": space, "data_root": data_root, "results": results, "name": name,
+               "selection_size": selection_size, "progress_interval": 600.0}
     if max_concurrent:
-        args += ["--max-concurrent", str(max_concurrent)]
+        options["max_concurrent"] = max_concurrent
     started_at, started = time.time(), time.perf_counter()
     with contextlib.redirect_stdout(io.StringIO()):
-        code = main(args)
+        outcome = run_sweep(build_request(method="hiast", **options))
+        print_sweep_summary(outcome)
+        code = 0 if outcome.decisions else 1  # the command's exit code
     elapsed = time.perf_counter() - started
     assert code == 0, f"sweep {name} failed"
     return SweepRun(elapsed, started_at, started_at + elapsed, store.load(results, sweep_id=name))

@@ -31,7 +31,6 @@ import datetime as dt
 import json
 import os
 import platform
-import re
 import resource
 import shlex
 import subprocess
@@ -44,68 +43,16 @@ import numpy as np
 import scipy
 import scipy.stats
 
+from benchmarks._common import SyntheticSweep, load_text, replace_section
 from raysel.metrics import ConfusionMatrix
-from raysel.selection.predictions import CandidatePredictions, load_predictions, save_predictions
-from raysel.selection.selectors import get_selector
-from raysel.selection.voting import FusedVoteAccumulator, pixel_runs
+from raysel.selection import (CandidatePredictions, FusedVoteAccumulator, get_selector, load_predictions, pixel_runs,
+                              save_predictions)
 
 REPO = Path(__file__).resolve().parent.parent
 SECTION = "voting_speed"
-# Rough Cityscapes class frequencies (road, building, vegetation, car, sky dominate).
-CLASS_WEIGHTS = np.array([37, 6, 22, 1, 1, 1.5, .2, .6, 16, 1, 3.5, 1.2, .2, 6.5, .3, .3, .2, .1, .4])
-
-
-class SyntheticSweep:
-    """Lazily generated ``[n, H, W]`` uint8 label stacks of a simulated sweep (see the module docstring)."""
-
-    def __init__(self, num_candidates: int, height: int, width: int, num_classes: int, seed: int) -> None:
-        self.num_candidates, self.height, self.width, self.num_classes = num_candidates, height, width, num_classes
-        self.rng = np.random.default_rng(seed)
-        weights = np.resize(CLASS_WEIGHTS, num_classes)
-        self.class_probabilities = weights / weights.sum()
-        # Candidate skill: the fraction of the "hard" region each candidate gets right, spread over the sweep.
-        self.skills = np.linspace(0.78, 0.96, num_candidates)
-        self._scenes: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}  # candidate_image's per-image scenes
-
-    def _upsample(self, blocks: np.ndarray, factor: int) -> np.ndarray:
-        full = blocks.repeat(factor, axis=0).repeat(factor, axis=1)
-        return np.ascontiguousarray(full[: self.height, : self.width])
-
-    def realistic(self) -> np.ndarray:
-        """One image: scene blocks of 32 px, errors on 8-px blocks (shared difficulty + 2 % independent noise)."""
-        rng, block = self.rng, 8
-        coarse = (-(-self.height // 32), -(-self.width // 32))
-        fine = (-(-self.height // block), -(-self.width // block))
-        truth = rng.choice(self.num_classes, size=coarse, p=self.class_probabilities).astype(np.uint8)
-        truth = truth.repeat(32 // block, axis=0).repeat(32 // block, axis=1)[: fine[0], : fine[1]]
-        wrong = ((truth.astype(np.int64) + rng.integers(1, 4, fine)) % self.num_classes).astype(np.uint8)
-        difficulty = rng.random(fine)
-        stack = np.empty((self.num_candidates, self.height, self.width), dtype=np.uint8)
-        for i, skill in enumerate(self.skills):
-            errs = (difficulty > skill) | (rng.random(fine) < 0.02)
-            stack[i] = self._upsample(np.where(errs, wrong, truth), block)
-        return stack
-
-    def candidate_image(self, image: int, candidate: int, seed: int) -> np.ndarray:
-        """Candidate ``candidate``'s labels of image ``image``, like :meth:`realistic` but reproducible per
-        (image, candidate), so one candidate's file is written without holding every candidate's labels."""
-        block = 8
-        if image not in self._scenes:  # the image's scene, shared by every candidate (small: 8-px blocks)
-            shared = np.random.default_rng([seed, image])
-            coarse = (-(-self.height // 32), -(-self.width // 32))
-            fine = (-(-self.height // block), -(-self.width // block))
-            truth = shared.choice(self.num_classes, size=coarse, p=self.class_probabilities).astype(np.uint8)
-            truth = truth.repeat(32 // block, axis=0).repeat(32 // block, axis=1)[: fine[0], : fine[1]]
-            wrong = ((truth.astype(np.int64) + shared.integers(1, 4, fine)) % self.num_classes).astype(np.uint8)
-            self._scenes[image] = (truth, wrong, shared.random(fine).astype(np.float32))
-        truth, wrong, difficulty = self._scenes[image]
-        own = np.random.default_rng([seed, image, candidate + 1])
-        errs = (difficulty > self.skills[candidate]) | (own.random(truth.shape, dtype=np.float32) < 0.02)
-        return self._upsample(np.where(errs, wrong, truth), block)
-
-    def worst_case(self) -> np.ndarray:
-        """One image of independent uniform labels: no agreement for the fast paths to exploit."""
-        return self.rng.integers(0, self.num_classes, (self.num_candidates, self.height, self.width), dtype=np.uint8)
+# What this benchmark measures: a later commit touching one makes its section stale (benchmarks._common).
+MEASURES = ("benchmarks/_common.py", "raysel/selection/voting.py", "raysel/selection/predictions.py",
+            "raysel/selection/selectors.py", "raysel/metrics.py")
 
 
 def reference_update(stack: np.ndarray, matrices: list[ConfusionMatrix]) -> np.ndarray:
@@ -218,8 +165,8 @@ def report(args: argparse.Namespace, result: dict, command: str, load: tuple[flo
         "",
         f"Command: `{command}`  ",
         f"Date: {dt.date.today().isoformat()}  ",
-        f"Machine: {machine()}; load average {load[0]:.1f} before / {load[1]:.1f} after "
-        "(shared with other jobs)  ",
+        f"Load average: {load_text(*load)}  ",
+        f"Machine: {machine()} (shared with other jobs)  ",
         f"Workload: {args.candidates} candidates x {args.images} images of {args.height}x{args.width}, "
         f"{args.classes} classes, streamed one image at a time; mean candidate disagreement with the fused labels "
         f"{100 * result['disagreement']:.1f}%, unanimous pixels {100 * result['unanimous']:.1f}%, mean run length "
@@ -253,14 +200,10 @@ def report(args: argparse.Namespace, result: dict, command: str, load: tuple[flo
 
 
 def write_section(path: Path, section: str) -> None:
-    """Replace (or append) the ``## voting_speed`` section of BENCHMARKS.md, leaving other sections untouched."""
-    text = path.read_text() if path.exists() else "# Benchmarks\n\n"
-    pattern = re.compile(rf"^## {SECTION}\n.*?(?=^## |\Z)", re.S | re.M)
-    if pattern.search(text):
-        text = pattern.sub(lambda _: section, text, count=1)
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    path.write_text(text)
+    """Replace (or append) the ``## voting_speed`` section of ``path`` (BENCHMARKS.md), leaving other sections
+    untouched: atomically, under the lock, with the run's ``Commit:`` line added
+    (:func:`benchmarks._common.replace_section`)."""
+    replace_section(SECTION, section, path=path)
 
 
 # --------------------------------------------------------------------------------------------------------------

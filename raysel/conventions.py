@@ -6,9 +6,24 @@ pixels that carry no class. ``BATCHNORM_TYPES`` are the layers whose statistics 
 
 from __future__ import annotations
 
-from torch import nn
+from typing import Any
+
+__all__ = [
+    "IMAGENET_MEAN", "IMAGENET_STD", "IGNORE_INDEX", "BATCHNORM_TYPES",
+]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 IGNORE_INDEX = 255
-BATCHNORM_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
+
+
+def __getattr__(name: str) -> Any:
+    """``BATCHNORM_TYPES``, built on first use: the constants above stay importable without torch (PEP 562)."""
+    if name == "BATCHNORM_TYPES":
+        # Lazy for start-up time only: metrics (and through it selection, the store's readers and the light commands
+        # `raysel query|select|report|status`) need IGNORE_INDEX, and importing torch costs them seconds.
+        from torch import nn
+
+        globals()[name] = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)  # built once
+        return globals()[name]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

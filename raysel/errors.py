@@ -7,6 +7,10 @@ import functools
 import sys
 from typing import Any, Callable, Iterable, TypeVar
 
+__all__ = [
+    "EXIT_USER_ERROR", "UserError", "DataError", "ConfigError", "unknown_name_error", "exits_cleanly_on_user_error",
+]
+
 EXIT_USER_ERROR = 2
 
 F = TypeVar("F", bound=Callable[..., int | None])

@@ -19,6 +19,10 @@ from torch.utils.data import DataLoader
 from raysel.data import default_data_root, get_family
 from raysel.metrics import ConfusionMatrix
 
+__all__ = [
+    "HELDOUT_SPLIT", "heldout_scores",
+]
+
 HELDOUT_SPLIT = "heldout"
 
 

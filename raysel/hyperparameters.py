@@ -26,6 +26,11 @@ from typing import Any
 
 from raysel.errors import ConfigError
 
+__all__ = [
+    "RANGE_KEY", "HELP_KEY", "Range", "bounded", "field_types", "field_ranges", "literal_choices", "type_name",
+    "type_problem", "range_problem", "value_problem", "coerce", "check_fields", "config_from_dict",
+]
+
 RANGE_KEY = "range"
 HELP_KEY = "help"
 

@@ -15,18 +15,28 @@ Conventions (chosen once, used by training, selection and evaluation alike):
 
 from __future__ import annotations
 
-from typing import Iterable, Sequence
+import sys
+from typing import TYPE_CHECKING, Iterable, Sequence
 
 import numpy as np
-import torch
 
 from raysel.conventions import IGNORE_INDEX
 
-ArrayLike = np.ndarray | torch.Tensor
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+__all__ = [
+    "confusion_matrix", "ConfusionMatrix", "iou_per_class", "miou", "pixel_accuracy", "harmonic_mean",
+]
+
+ArrayLike = "np.ndarray | torch.Tensor"
 
 
 def _flat_int64(values: ArrayLike) -> np.ndarray:
-    if isinstance(values, torch.Tensor):
+    # torch is not imported here (selection and the light commands use these metrics on numpy arrays without it): a
+    # tensor can only exist when its caller has imported torch, so look it up in sys.modules instead.
+    torch_module = sys.modules.get("torch")
+    if torch_module is not None and isinstance(values, torch_module.Tensor):
         values = values.detach().cpu().numpy()
     return np.asarray(values).reshape(-1).astype(np.int64, copy=False)
 

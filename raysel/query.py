@@ -28,7 +28,8 @@ views:
   trials       one row per trial: sweep_id, trial_id, method, task, dataset, source, target, model, seed,
                hp_<name> (one typed column per hyperparameter), status, error, retries, wall_time_s,
                started_at, finished_at, score_<selector>, heldout_miou, heldout_iou (per class),
-               heldout_accuracy, other final metrics, checkpoint_path, predictions_path, versions
+               heldout_accuracy, other final metrics, class_names (what each heldout_iou entry is),
+               checkpoint_path, predictions_path, versions
   selections   one row per selection decision: sweep_id, selection_id, method, target, selector,
                selected_trial_id, score, num_candidates, created_at, heldout_* evaluation columns
 

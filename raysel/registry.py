@@ -14,11 +14,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 import raysel.methods as methods_package
-from raysel.errors import unknown_name_error
+from raysel.errors import ConfigError, unknown_name_error
 
 if TYPE_CHECKING:  # pragma: no cover
     from raysel.methods.base import RunContext
     from raysel.methods.result import TrainResult
+
+__all__ = [
+    "SEARCH_SPACE_DIR", "TASKS", "Method", "register", "method_names", "get_method",
+]
 
 SEARCH_SPACE_DIR = Path(__file__).resolve().parent.parent / "search_spaces"
 TASKS = ("segmentation", "classification")
@@ -58,6 +62,17 @@ class Method:
 
     def default_config(self) -> Any:
         return self.config_class()
+
+    def check_task(self, task: str, data: str | None = None, role: str = "method") -> None:
+        """Raise ConfigError unless this method supports ``task``: the one task check every run goes through.
+
+        ``data`` names where the task came from (a dataset family), ``role`` how the method is used (HDRQ's
+        ``adaptation method``); the message names the method, the task and the tasks it supports.
+        """
+        if task not in self.tasks:
+            origin = f" ({data})" if data else ""
+            raise ConfigError(f"{role} {self.name} does not support {task} data{origin}; "
+                              f"it supports {', '.join(self.tasks)}")
 
 
 _REGISTRY: dict[str, Method] = {}

@@ -28,9 +28,9 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
-from raysel.data import get_family
 from raysel.errors import UserError, exits_cleanly_on_user_error
 from raysel.registry import get_method
+from raysel.request import load_request
 from raysel.report_format import (HELDOUT_COLUMNS, TargetReport, format_number, heldout_column, points,
                                   score_columns, swept_hyperparameters, top_index)
 from raysel.report_html import write_html_report
@@ -62,9 +62,11 @@ def load_sweep_tables(store: Any, sweep_id: str) -> tuple["pandas.DataFrame", "p
     return trials, store.load("selections", sweep_id=sweep_id)
 
 
-def choose_selector(trials: "pandas.DataFrame", selections: "pandas.DataFrame", requested: str | None) -> str | None:
-    """The selector whose choice the report follows: ``requested``, else the latest headline decision, else the
-    method's first scored ``default_selectors`` (registry), else the first decided or scored selector."""
+def choose_selector(trials: "pandas.DataFrame", selections: "pandas.DataFrame", requested: str | None,
+                    decision_order: Sequence[str] | None = None) -> str | None:
+    """The selector whose choice the report follows: ``requested``, else the latest headline decision, else the first
+    scored one of the sweep's ``decision_order`` (its request's selectors; without one, the method's
+    ``default_selectors`` from the registry), else the first decided or scored selector."""
     scored = [column[len(SCORE_PREFIX):] for column in score_columns(trials)]
     if requested is not None:
         if requested not in scored:
@@ -76,9 +78,20 @@ def choose_selector(trials: "pandas.DataFrame", selections: "pandas.DataFrame", 
         latest = selections[selections["headline"].fillna(False).astype(bool)].sort_values("created_at")
         if latest["selector"].iloc[-1] in scored:
             return str(latest["selector"].iloc[-1])
-    defaults = get_method(str(trials["method"].iloc[0])).default_selectors if len(trials) else ()
+    if decision_order:
+        defaults = tuple(decision_order)
+    else:  # looking the method up imports its training code (torch): only for sweeps without a saved request
+        defaults = get_method(str(trials["method"].iloc[0])).default_selectors if len(trials) else ()
     decided = [name for name in selections.get("selector", []) if name in scored]
     return next((name for name in [*defaults, *decided, *scored] if name in scored), None)
+
+
+def saved_decision_order(results: Path | str, sweep_id: str) -> tuple[str, ...] | None:
+    """The selectors the sweep decides with, from its saved request (``sweep.json``); None when it is not kept."""
+    try:
+        return load_request(results, sweep_id).selectors
+    except UserError:  # no sweeps/<SWEEP>/sweep.json (a store copied without it), or one raysel cannot read
+        return None
 
 
 def selected_trial(candidates: "pandas.DataFrame", selections: "pandas.DataFrame", target: str,
@@ -114,13 +127,24 @@ def evaluate_target(candidates: "pandas.DataFrame", heldout: str | None) -> dict
     return evaluations
 
 
-def class_names_of(dataset: Any, count: int) -> list[str]:
-    """Class names of the dataset family (``class <i>`` when the family is unknown or has another class count)."""
+def class_names_of(candidates: "pandas.DataFrame", count: int) -> list[str]:
+    """The ``count`` class names of the candidates' label space: the ``class_names`` their rows store, else the dataset
+    family's (``class <i>`` when neither is known or the count differs)."""
+    stored = [names for names in candidates.get("class_names", []) if names is not None and len(names) == count]
+    names = list(stored[0]) if stored else _family_class_names(str(candidates["dataset"].iloc[0]))
+    return [str(name) for name in names] if len(names) == count else [f"class {index}" for index in range(count)]
+
+
+def _family_class_names(dataset: str) -> list[str]:
+    """The class names of a registered dataset family; [] when raysel knows no family of that name."""
+    # Imported on use, for rows written before trials stored their class names: the data package imports torch
+    # (seconds), which a report of rows that carry their names never needs. Not a cycle: report sits above data.
+    from raysel.data import get_family
+
     try:
-        names = list(get_family(str(dataset)).class_names)
+        return list(get_family(dataset).class_names)
     except UserError:
-        names = []
-    return names if len(names) == count else [f"class {index}" for index in range(count)]
+        return []
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -163,7 +187,7 @@ def report_target(candidates: "pandas.DataFrame", selections: "pandas.DataFrame"
         report.notes.append("No hyperparameter varies among these candidates.")
     per_class = _class_iou_pair(candidates, report.selected_trial, best)
     if per_class is not None:
-        names = class_names_of(candidates["dataset"].iloc[0], per_class[0].size)
+        names = class_names_of(candidates, per_class[0].size)
         report.figures["class_iou"] = plot_class_iou(names, per_class[0], per_class[1], str(selector),
                                                      report.selected_trial == best, output / f"class_iou_{stem}.png")
     elif "heldout_iou" not in candidates or candidates["heldout_iou"].isna().all():
@@ -285,7 +309,7 @@ def write_report(store: Any, sweep_id: str, output: Path | str | None = None, se
     if finished.empty:
         raise UserError(f"sweep {sweep_id!r} has no finished trial ({len(trials)} failed or stopped); nothing to "
                         "report")
-    chosen = choose_selector(finished, selections, selector)
+    chosen = choose_selector(finished, selections, selector, saved_decision_order(store.root, sweep_id))
     output = Path(output) if output is not None else Path(store.root) / "reports" / sweep_id
     try:
         output.mkdir(parents=True, exist_ok=True)

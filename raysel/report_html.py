@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import base64
 import html
-import json
 import os
 import shlex
 from pathlib import Path
 from typing import Any, Sequence
 
 from raysel.errors import UserError
-from raysel.execution.settings import SETTINGS_FILE
+from raysel.request import SETTINGS_FILE, SweepRequest, read_request_file
 from raysel.report_format import (HELDOUT_COLUMNS, TargetReport, format_number, heldout_column, points,
                                   score_columns, swept_hyperparameters)
 from raysel.store_schema import HYPERPARAMETER_PREFIX, SCORE_PREFIX
@@ -133,40 +132,22 @@ def failed_trials_section(trials: Any) -> str:
     return "<h2>Failed trials</h2>" + _table(["trial", "target", "status", "retries", "error"], rows)
 
 
-def read_saved_settings(results: Path, sweep_id: str) -> dict[str, Any] | None:
-    """The sweep's saved settings (``sweeps/<SWEEP>/sweep.json``), or None when the folder was not kept."""
+def read_saved_settings(results: Path, sweep_id: str) -> SweepRequest | None:
+    """The sweep's saved request (``sweeps/<SWEEP>/sweep.json``), or None when the folder was not kept."""
     try:
-        return json.loads((results / "sweeps" / sweep_id / SETTINGS_FILE).read_text())
-    except (OSError, ValueError):
+        return read_request_file(results / "sweeps" / sweep_id / SETTINGS_FILE)
+    except (OSError, UserError):
         return None
 
 
-def reproduce_commands(payload: dict[str, Any] | None, sweep_id: str, results: Path) -> list[str]:
+def reproduce_commands(request: SweepRequest | None, sweep_id: str, results: Path) -> list[str]:
     """The commands that re-run this sweep with the same settings, record its selection and write this report."""
     store = shlex.quote(str(results))
-    if payload is None:
+    if request is None:
         return [f"# the sweep's settings (sweeps/{sweep_id}/{SETTINGS_FILE}) are not in {results}: only the report "
                 "can be rebuilt", f"python -m raysel.report {shlex.quote(sweep_id)} --results {store}"]
-    settings, search = payload.get("settings", {}), payload.get("search", {})
-    run, resources = settings.get("run", {}), settings.get("resources", {})
-    words = ["python", "-m", "raysel.sweep", str(settings.get("method")), "--name", sweep_id, "--results", str(results)]
-    flags = {"--data": run.get("dataset"), "--data-root": run.get("data_root"), "--source": run.get("source"),
-             "--model": run.get("model"), "--seed": run.get("seed"), "--selection-size": run.get("selection_size"),
-             "--search": search.get("search"), "--scheduler": search.get("scheduler"),
-             "--num-samples": search.get("num_samples"), "--max-concurrent": search.get("max_concurrent"),
-             "--workers": resources.get("workers"), "--cpus-per-worker": resources.get("cpus_per_worker"),
-             "--gpus-per-worker": resources.get("gpus_per_worker"), "--executor": resources.get("executor"),
-             "--max-failures": settings.get("max_failures"), "--space": settings.get("space_path")}
-    words += [f"{item:g}" if isinstance(item, float) else str(item)
-              for flag, value in flags.items() if value is not None for item in (flag, value)]
-    words += ["--target", *settings["targets"]] if settings.get("targets") else []
-    if run.get("image_size"):
-        words += ["--image-size", *map(str, run["image_size"])]
-    for override in settings.get("overrides") or []:
-        words += ["--set", override]
-    for selector in settings.get("selectors") or []:
-        words += ["--selector", selector]
-    selectors = " ".join(f"--selector {shlex.quote(name)}" for name in settings.get("selectors") or [])
+    words = ["python", "-m", "raysel.sweep", *request.command_arguments(results=str(results))]
+    selectors = " ".join(f"--selector {shlex.quote(name)}" for name in request.selectors)
     return [shlex.join(words), f"python -m raysel.select {shlex.quote(sweep_id)} --results {store} {selectors}".strip(),
             f"python -m raysel.report {shlex.quote(sweep_id)} --results {store}"]
 

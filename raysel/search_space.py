@@ -35,17 +35,22 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator, Mapping
 
 import yaml
 
-from raysel.errors import ConfigError
+from raysel.errors import ConfigError, unknown_name_error
 from raysel.hyperparameters import Range, field_ranges, field_types, type_name, value_problem
+
+__all__ = [
+    "SAMPLED_KINDS", "RANGE_KINDS", "FIXED", "SEARCH_ALGORITHMS", "SearchEntry", "parse_entry", "CheckedSpace",
+    "SearchSpace", "load_search_space",
+]
 
 SAMPLED_KINDS = ("grid", "choice", "uniform", "loguniform", "randint")
 RANGE_KINDS = ("uniform", "loguniform", "randint")
 FIXED = "fixed"
-SEARCH_ALGORITHMS = ("grid", "random", "optuna")
+SEARCH_ALGORITHMS = ("grid", "random", "optuna")  # the --search choices, declared once
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -117,7 +122,7 @@ class SearchEntry:
         """The Ray Tune domain for this entry under ``search`` (see the module docstring)."""
         from ray import tune  # lazy: Ray takes seconds to import; loading and checking a space needs no Ray
 
-        values = list(self.values)
+        values = [_plain_copy(value) for value in self.values]
         if self.kind == FIXED:
             return _plain_copy(self.values[0])
         if self.kind == "grid":
@@ -147,8 +152,17 @@ class SearchEntry:
         return f"{self.kind} [{', '.join(repr(value) for value in self.values)}]{suffix}"
 
 
+    def frozen(self) -> "SearchEntry":
+        """This entry with every list value turned into a tuple (hashable, as a frozen request needs)."""
+        return dataclasses.replace(self, values=_frozen_copy(self.values))
+
+
 def _plain_copy(value: Any) -> Any:
     return [_plain_copy(item) for item in value] if isinstance(value, (list, tuple)) else value
+
+
+def _frozen_copy(value: Any) -> Any:
+    return tuple(_frozen_copy(item) for item in value) if isinstance(value, (list, tuple)) else value
 
 
 def _is_number(value: Any) -> bool:
@@ -248,10 +262,18 @@ class SearchSpace:
     field_types: dict[str, Any] = field(default_factory=dict)
     path: Path | None = None
     field_ranges: dict[str, Range] = field(default_factory=dict)
+    # Hyperparameter names of other methods -> those methods, so a key of the wrong method is named as such.
+    owners_elsewhere: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    overrides: list[str] = field(default_factory=list)  # the --set texts applied so far, in order
 
     def _unknown(self, name: str, where: str) -> ConfigError:
-        return ConfigError(f"{where}: unknown hyperparameter {name!r} for method {self.method}; valid keys: "
-                           f"{', '.join(self.valid_names)}")
+        """ConfigError for a key this method lacks: whose key it is, else near misses; always the valid keys."""
+        listing = f"valid keys for {self.method}"
+        owners = self.owners_elsewhere.get(name)
+        if owners:
+            return ConfigError(f"{where}: {name!r} is a hyperparameter of {', '.join(owners)}, not of {self.method} "
+                               f"({listing}: {', '.join(self.valid_names)})")
+        return ConfigError(f"{where}: {unknown_name_error('hyperparameter', name, self.valid_names, listing)}")
 
     def set_entry(self, name: str, raw: Any, where: str) -> SearchEntry:
         """Parse and store one entry (replacing any previous one); unknown names raise ConfigError."""
@@ -273,54 +295,127 @@ class SearchSpace:
             if not value_text.strip():
                 raise ConfigError(f"{where}: no value after '='")
             self.set_entry(name, _parse_yaml_scalar(value_text, where), where)
+            self.overrides.append(text)
         return self
 
+    def checked(self) -> "CheckedSpace":
+        """The space as it stands, frozen: what a sweep request keeps (entries, file, overrides applied)."""
+        return CheckedSpace(entries=tuple(entry.frozen() for entry in self.entries.values()),
+                            path=str(self.path) if self.path is not None else None, overrides=tuple(self.overrides))
+
     def to_tune(self, search: str = "grid") -> dict[str, Any]:
-        """The Ray Tune ``param_space`` of the hyperparameters (grid -> grid_search, or choice for optuna)."""
-        if search not in SEARCH_ALGORITHMS:
-            raise ConfigError(f"unknown search algorithm {search!r}; valid: {', '.join(SEARCH_ALGORITHMS)}")
-        return {name: entry.to_tune(search) for name, entry in self.entries.items()}
+        """The Ray Tune ``param_space`` of the hyperparameters (see :meth:`CheckedSpace.to_tune`)."""
+        return self.checked().to_tune(search)
 
     def num_grid_points(self) -> int:
         """How many grid combinations a grid/random search runs per sample (1 when nothing is gridded)."""
-        return math.prod(len(entry.values) for entry in self.entries.values() if entry.kind == "grid")
+        return self.checked().num_grid_points()
 
     def swept_names(self) -> list[str]:
         """Names of the entries that vary across trials."""
-        return [name for name, entry in self.entries.items() if entry.swept]
+        return list(self.checked().swept_names())
 
     def fixed_values(self) -> dict[str, Any]:
         """The entries fixed by the file or overrides (hyperparameters not mentioned keep dataclass defaults)."""
         return {name: entry.value for name, entry in self.entries.items() if not entry.swept}
 
+    def candidate_values(self) -> Iterator[tuple[str, Any]]:
+        """``(name, value)`` for every candidate of every swept entry (see :meth:`CheckedSpace.candidate_values`)."""
+        return self.checked().candidate_values()
+
     def to_dict(self) -> dict[str, Any]:
         """JSON/YAML-ready form (same format as the file); :meth:`from_dict` reads it back."""
-        return {name: entry.to_yaml_value() for name, entry in self.entries.items()}
+        return self.checked().to_dict()
 
     def describe(self) -> list[str]:
         """One line per entry, for sweep summaries."""
-        width = max((len(name) for name in self.entries), default=0)
-        return [f"{name:<{width}}  {entry.describe()}" for name, entry in self.entries.items()]
+        return self.checked().describe()
 
     @classmethod
-    def empty(cls, method: Any, path: Path | None = None) -> "SearchSpace":
-        """A space with no entries (every hyperparameter at its default) for ``method``."""
+    def empty(cls, method: Any, path: Path | None = None,
+              owners_elsewhere: Mapping[str, tuple[str, ...]] | None = None) -> "SearchSpace":
+        """A space with no entries (every hyperparameter at its default) for ``method``; ``owners_elsewhere`` maps
+        other methods' hyperparameter names to those methods (for the message naming a key of the wrong method)."""
         config_class = getattr(method, "config_class", None)
         return cls(method=getattr(method, "name", str(method)), entries={},
                    valid_names=tuple(method.hyperparameter_names()), field_types=field_types(config_class), path=path,
-                   field_ranges=field_ranges(config_class))
+                   field_ranges=field_ranges(config_class), owners_elsewhere=dict(owners_elsewhere or {}))
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any], method: Any, *, where: str = "saved search space") -> "SearchSpace":
-        """Rebuild a space from :meth:`to_dict` output (e.g. a sweep's saved settings)."""
-        space = cls.empty(method)
+    def from_dict(cls, data: Mapping[str, Any], method: Any, *, where: str = "saved search space",
+                  owners_elsewhere: Mapping[str, tuple[str, ...]] | None = None) -> "SearchSpace":
+        """Build and validate a space from a mapping in the file's format (:meth:`to_dict` output, a study entry)."""
+        space = cls.empty(method, owners_elsewhere=owners_elsewhere)
         for name, raw in data.items():
             space.set_entry(name, raw, where)
         return space
 
 
-def load_search_space(path: Path | str, method: Any) -> SearchSpace:
-    """Read and validate ``path`` for ``method`` (a registry Method); errors name the file, line and key."""
+@dataclass(frozen=True)
+class CheckedSpace:
+    """A validated search space as a sweep request keeps it: entries in order, the file and the ``--set`` texts
+    they came from. Frozen, and built only from a :class:`SearchSpace` (which validated it) or from a saved one."""
+
+    entries: tuple[SearchEntry, ...] = ()
+    path: str | None = None  # the YAML file, None for a space given as a mapping
+    overrides: tuple[str, ...] = ()  # the --set texts applied after the file, in order
+
+    def to_tune(self, search: str = "grid") -> dict[str, Any]:
+        """The Ray Tune ``param_space`` of the hyperparameters (grid -> grid_search, or choice for optuna)."""
+        if search not in SEARCH_ALGORITHMS:
+            raise ConfigError(f"unknown search algorithm {search!r}; valid: {', '.join(SEARCH_ALGORITHMS)}")
+        return {entry.name: entry.to_tune(search) for entry in self.entries}
+
+    def num_grid_points(self) -> int:
+        """How many grid combinations a grid/random search runs per sample (1 when nothing is gridded)."""
+        return math.prod(len(entry.values) for entry in self.entries if entry.kind == "grid")
+
+    def swept_names(self) -> tuple[str, ...]:
+        """Names of the entries that vary across trials."""
+        return tuple(entry.name for entry in self.entries if entry.swept)
+
+    def fixed_values(self) -> dict[str, Any]:
+        """The entries fixed by the file or overrides (hyperparameters not mentioned keep dataclass defaults)."""
+        return {entry.name: entry.value for entry in self.entries if not entry.swept}
+
+    def candidate_values(self) -> Iterator[tuple[str, Any]]:
+        """``(name, value)`` for every candidate of every swept entry: grid/choice values and range ends."""
+        for entry in self.entries:
+            if entry.swept:
+                yield from ((entry.name, value) for value in entry.values)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The entries in the file's format (JSON/YAML-ready); :meth:`from_dict` reads it back."""
+        return {entry.name: entry.to_yaml_value() for entry in self.entries}
+
+    def describe(self) -> list[str]:
+        """One line per entry, for sweep summaries."""
+        width = max((len(entry.name) for entry in self.entries), default=0)
+        return [f"{entry.name:<{width}}  {entry.describe()}" for entry in self.entries]
+
+    @classmethod
+    def from_dict(cls, entries: Mapping[str, Any], path: str | None = None,
+                  overrides: Iterable[str] = ()) -> "CheckedSpace":
+        """A space saved by :meth:`to_dict` (its sweep checked it): read back as written, without the method's schema,
+        so reading a sweep needs no method module."""
+        return cls(entries=tuple(saved_entry(name, raw) for name, raw in entries.items()), path=path,
+                   overrides=tuple(overrides))
+
+
+def saved_entry(name: str, raw: Any) -> SearchEntry:
+    """One entry written by :meth:`SearchEntry.to_yaml_value`, read back (frozen); a mangled one is a ConfigError."""
+    if isinstance(raw, dict):
+        if len(raw) != 1 or next(iter(raw)) not in SAMPLED_KINDS or not isinstance(next(iter(raw.values())), list):
+            raise ConfigError(f"saved search space: hyperparameter {name!r}: cannot read entry {raw!r}")
+        kind, values = next(iter(raw.items()))
+        return SearchEntry(name, kind, _frozen_copy(values))
+    return SearchEntry(name, FIXED, (_frozen_copy(raw),))
+
+
+def load_search_space(path: Path | str, method: Any, *,
+                      owners_elsewhere: Mapping[str, tuple[str, ...]] | None = None) -> SearchSpace:
+    """Read and validate ``path`` for ``method`` (a registry Method); errors name the file, line and key (and the
+    method a key belongs to, given ``owners_elsewhere``: see :meth:`SearchSpace.empty`)."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
@@ -329,7 +424,7 @@ def load_search_space(path: Path | str, method: Any) -> SearchSpace:
                           f"pass another with --space)") from None
     except (OSError, UnicodeDecodeError) as error:
         raise ConfigError(f"cannot read search space file {path}: {getattr(error, 'strerror', None) or error}") from None
-    space = SearchSpace.empty(method, path)
+    space = SearchSpace.empty(method, path, owners_elsewhere)
     for name, raw, line in _read_entries(text, path):
         space.set_entry(name, raw, f"{path}, line {line}")
     return space

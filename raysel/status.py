@@ -1,9 +1,10 @@
 """`raysel status [SWEEP]`: a running or finished sweep at a glance, from another terminal.
 
-Reads only files: the sweep's saved settings (``<results>/sweeps/<SWEEP>/sweep.json``: expected trials), the trial
+Reads only files: the sweep's request (``<results>/sweeps/<SWEEP>/sweep.json``: expected trials), the trial
 rows in the result store (finished / failed, label-free scores), Tune's per-trial folders (trials started but
 without a row yet are running; their ``result.json`` holds the label-free target confidence reported so far) and
-each running trial's latest progress line. No Ray connection, so it works while the sweep runs and after it ended.
+each running trial's latest progress line. No Ray connection, so it works while the sweep runs and after it ended;
+and it imports neither torch nor Ray (the request is read by :mod:`raysel.request`), so it answers at once.
 """
 
 from __future__ import annotations
@@ -17,16 +18,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from raysel import sweeping
 from raysel.errors import UserError, exits_cleanly_on_user_error
-from raysel.execution.settings import SETTINGS_FILE, SearchSettings
-from raysel.execution.tuner import TUNE_FOLDER
+from raysel.methods.reports import TARGET_CONFIDENCE
 from raysel.progress import PROGRESS_FILE, read_status_file
-from raysel.registry import get_method
-from raysel.search_space import SearchSpace
+from raysel.request import SETTINGS_FILE, TUNE_FOLDER, latest_sweep_id, load_request
 from raysel.store import ResultStore
 
-CONFIDENCE_METRIC = "target_confidence"  # label-free, reported by every method while it trains
+CONFIDENCE_METRIC = TARGET_CONFIDENCE  # label-free, reported by every method while it trains
 
 
 @dataclass
@@ -45,36 +43,13 @@ class SweepStatus:
     progress_lines: dict[str, str] = field(default_factory=dict)
 
 
-def expected_trials(payload: dict[str, Any]) -> int | None:
-    """Trials the sweep will run, from its saved settings (None when the saved space no longer loads)."""
-    search, settings = payload.get("search", {}), payload.get("settings", {})
-    try:
-        space = SearchSpace.from_dict(payload.get("space") or {}, get_method(settings["method"]))
-    except (UserError, KeyError):
-        return None
-    return sweeping.expected_trials(space, SearchSettings(**search), max(1, len(settings.get("targets") or [None])))
-
-
-def read_settings(results: Path, sweep_id: str) -> dict[str, Any]:
-    """The sweep's saved settings; a UserError naming the known sweeps when there is none."""
-    path = results / "sweeps" / sweep_id / SETTINGS_FILE
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        known = sorted(p.parent.name for p in (results / "sweeps").glob(f"*/{SETTINGS_FILE}"))
-        raise UserError(f"no sweep {sweep_id!r} under {results / 'sweeps'}; sweeps there: "
-                        f"{', '.join(known) or 'none'}") from None
-    except (OSError, ValueError) as error:
-        raise UserError(f"cannot read the sweep settings {path}: {error}") from None
-
-
 def latest_sweep(results: Path) -> str:
-    """The most recently started sweep under ``results`` (its settings file is the newest)."""
-    found = list((results / "sweeps").glob(f"*/{SETTINGS_FILE}"))
-    if not found:
+    """The most recently started sweep under ``results`` (its request file is the newest)."""
+    sweep_id = latest_sweep_id(results)
+    if sweep_id is None:
         raise UserError(f"no sweep under {results / 'sweeps'}: start one with `raysel sweep METHOD --results "
                         f"{results}`")
-    return max(found, key=lambda path: path.stat().st_mtime).parent.name
+    return sweep_id
 
 
 def _last_confidence(trial_dir: Path) -> float | None:
@@ -93,7 +68,7 @@ def _last_confidence(trial_dir: Path) -> float | None:
     return None
 
 
-def _best_score(rows: Any, tune_dirs: list[Path], selectors: list[str]) -> tuple[str, float, str] | None:
+def _best_score(rows: Any, tune_dirs: list[Path], selectors: tuple[str, ...]) -> tuple[str, float, str] | None:
     """The best recorded selector score (after selection), else the best reported target confidence so far."""
     for selector in selectors:
         column = f"score_{selector}"
@@ -108,9 +83,9 @@ def _best_score(rows: Any, tune_dirs: list[Path], selectors: list[str]) -> tuple
 
 
 def sweep_status(results: Path | str, sweep_id: str, now: float | None = None) -> SweepStatus:
-    """Read a sweep's status from its settings, the store and Tune's trial folders."""
+    """Read a sweep's status from its request, the store and Tune's trial folders."""
     results = Path(results)
-    payload = read_settings(results, sweep_id)
+    request = load_request(results, sweep_id)
     sweep_dir = results / "sweeps" / sweep_id
     rows = ResultStore(results).load_sweep(sweep_id)
     stored = set(rows["trial_id"]) if not rows.empty else set()
@@ -118,22 +93,21 @@ def sweep_status(results: Path | str, sweep_id: str, now: float | None = None) -
     running = [path.name for path in tune_dirs if path.name not in stored]
     finished = int((rows["status"] == "finished").sum()) if not rows.empty else 0
     failed = len(stored) - finished
-    expected = expected_trials(payload)
+    expected = request.expected_trials()
     now = time.time() if now is None else now
     started = (sweep_dir / SETTINGS_FILE).stat().st_mtime
     if not rows.empty and "started_at" in rows:
         started = min(started, _seconds(rows["started_at"].min()))
-    done = not running and expected is not None and len(stored) >= expected
+    done = not running and len(stored) >= expected
     end = _seconds(rows["finished_at"].max()) if done and "finished_at" in rows else now
     elapsed = max(0.0, end - started)
     remaining = None
-    if not done and expected is not None and len(stored):
+    if not done and len(stored):
         remaining = elapsed / len(stored) * max(0, expected - len(stored))
-    selectors = list(payload.get("settings", {}).get("selectors") or ["fmiou"])
     lines = {trial: line for trial in running
              if (line := read_status_file(sweep_dir / "trials" / trial / PROGRESS_FILE))}
-    return SweepStatus(sweep_id, str(payload.get("settings", {}).get("method", "?")), expected, finished, failed,
-                       running, _best_score(rows, tune_dirs, selectors), elapsed, remaining, done, lines)
+    return SweepStatus(sweep_id, request.method, expected, finished, failed, running,
+                       _best_score(rows, tune_dirs, request.selectors), elapsed, remaining, done, lines)
 
 
 def _seconds(moment: Any) -> float:

@@ -51,6 +51,9 @@ from raysel.store_schema import (HYPERPARAMETER_PREFIX, KEY_SEPARATOR, SCORE_PRE
 if typing.TYPE_CHECKING:  # pragma: no cover
     import pandas
 
+__all__ = ["ResultStore", "load", "sql", "sql_arrow", "to_pandas", "open_connection", "default_results_root",
+           "write_table_atomically", "is_compacted", "key_column", "TABLES", "PARQUET_SUFFIX", "RESULTS_ENV"]
+
 TABLES = ("trials", "selections")
 RESULTS_ENV = "RAYSEL_RESULTS"
 PARQUET_SUFFIX = ".parquet"
@@ -363,7 +366,7 @@ def _empty_select(table: str) -> str:
     """A zero-row SELECT with the fixed columns of ``table``: what an empty store's view returns."""
     fixed = TRIAL_FIXED_COLUMNS if table == "trials" else SELECTION_FIXED_COLUMNS
     duck_types = {pa.string(): "VARCHAR", pa.int64(): "BIGINT", pa.float64(): "DOUBLE", TIMESTAMP: "TIMESTAMPTZ",
-                  pa.list_(pa.float64()): "DOUBLE[]"}
+                  pa.list_(pa.float64()): "DOUBLE[]", pa.list_(pa.string()): "VARCHAR[]"}
     columns = {"method": pa.string(), **fixed}
     ordered = [name for name in columns if name in ("sweep_id", "trial_id", "selection_id")]
     ordered += [name for name in columns if name not in ordered]

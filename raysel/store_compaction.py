@@ -34,6 +34,10 @@ from raysel.errors import exits_cleanly_on_user_error
 from raysel.store import (PARQUET_SUFFIX, TABLES, ResultStore, _existing_root, _fsync_directory, _key_of,
                           is_compacted, key_column, write_table_atomically)
 
+__all__ = [
+    "KILL_AT_ENV", "compact_partition", "compact_sweep", "compact_store",
+]
+
 # Test hook: SIGKILL this process at a named step ("before_replace", "after_replace", "after_first_delete"),
 # so the crash-safety test kills a real compaction exactly there.
 KILL_AT_ENV = "RAYSEL_TEST_KILL_COMPACTION_AT"

@@ -13,12 +13,22 @@ import dataclasses
 import datetime
 import types
 import typing
+from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 
 from raysel.errors import ConfigError
 from raysel.hyperparameters import field_types
+
+__all__ = [
+    "HYPERPARAMETER_PREFIX", "SCORE_PREFIX", "HELDOUT_PREFIX", "PRIMARY_HELDOUT_COLUMNS",
+    "PER_TARGET_HELDOUT_PREFIXES", "FINAL_METRIC_COLUMNS", "TIMESTAMP", "TRIAL_IDENTITY_COLUMNS", "TRIAL_PHASES",
+    "TIMING_PREFIX", "TRIAL_TIMING_COLUMNS", "TRIAL_RUN_COLUMNS", "TRIAL_HELDOUT_COLUMNS", "TRIAL_TRAILING_COLUMNS",
+    "TRIAL_FIXED_COLUMNS", "SELECTION_FIXED_COLUMNS", "NESTED_GROUPS", "TRIAL_STATUSES", "KEY_SEPARATOR",
+    "primary_heldout_column", "heldout_column_with_values", "arrow_type_for_annotation", "arrow_type_for_value",
+    "hyperparameter_arrow_types", "trial_table", "selection_table", "relocated_path",
+]
 
 HYPERPARAMETER_PREFIX = "hp_"  # hp_<name>: one typed column per hyperparameter, swept or default
 SCORE_PREFIX = "score_"  # score_<selector>: label-free scores (selectors, and scores a method computed itself)
@@ -65,6 +75,9 @@ TRIAL_HELDOUT_COLUMNS: dict[str, pa.DataType] = {
     "heldout_accuracy": pa.float64(),
 }
 TRIAL_TRAILING_COLUMNS: dict[str, pa.DataType] = {
+    # The dataset family's class names in class-id order: what each entry of heldout_iou is. Stored with the row so
+    # that SQL users and `raysel report` name classes without loading the data package (and torch with it).
+    "class_names": pa.list_(pa.string()),
     "checkpoint_path": pa.string(),
     "predictions_path": pa.string(),
     "raysel_version": pa.string(),
@@ -323,3 +336,20 @@ def selection_table(row: dict[str, Any]) -> tuple[str, pa.Table]:
 
 def _score_column(selector: str) -> str:
     return selector if selector.startswith(SCORE_PREFIX) else f"{SCORE_PREFIX}{selector}"
+
+
+def relocated_path(path: str | Path, recorded_root: str | Path | None, store_root: str | Path) -> Path:
+    """``path`` as it lies in ``store_root`` when it was recorded under ``recorded_root`` (the sweep's results folder
+    before a copy or move); other paths unchanged.
+
+    Rows record absolute checkpoint and prediction paths under the results folder of the sweep that wrote them; a copy
+    or move of that folder keeps the files at the same place relative to the store. Re-prediction and `raysel select`'s
+    check for missing prediction caches both apply this one rule."""
+    path = Path(path)
+    if recorded_root is None:
+        return path
+    try:
+        relative = path.relative_to(Path(recorded_root))
+    except ValueError:
+        return path
+    return Path(store_root).resolve() / relative

@@ -9,6 +9,8 @@ from typing import Any
 from raysel.selection.agreement import agreement_line, headline_selectors, picks_by_target
 from raysel.store_schema import HYPERPARAMETER_PREFIX, heldout_column_with_values
 
+__all__ = ["swept_columns", "format_trials_table", "decision_lines", "print_sweep_summary"]
+
 
 def swept_columns(trials: Any) -> list[str]:
     """Hyperparameter columns whose value differs between trials (the swept ones), in column order."""

@@ -1,4 +1,8 @@
-"""A whole sweep: validate, connect, build shared stages, tune, select, and return what it produced."""
+"""A whole sweep: connect, build shared stages, tune, select, and return what it produced.
+
+:func:`run_sweep` takes a :class:`~raysel.request.SweepRequest`, which :func:`raysel.request_build.build_request`
+checked before anything started; nothing here validates options again or changes the request.
+"""
 
 from __future__ import annotations
 
@@ -17,17 +21,22 @@ import torch
 from ray import tune
 
 from raysel import data as data_module
-from raysel.errors import ConfigError
-from raysel.execution import (ProgressPrinter, SearchSettings, SweepSettings, build_tuner, cluster_cpus, connect,
-                              save_settings)
+from raysel.execution import ProgressPrinter, build_tuner, cluster_cpus, connect, trial_concurrency
 from raysel.execution.timing import TimedRunContext
 from raysel.hyperparameters import config_from_dict
 from raysel.methods.base import LocalSession, RunSpec
 from raysel.progress import PROGRESS_FILE, heartbeat, read_status_file
 from raysel.registry import Method, get_method
+from raysel.request import SweepRequest, save_request
+from raysel.search_space import CheckedSpace
 from raysel.selection.decision import select_sweep
 from raysel.store import ResultStore
 from raysel.store_compaction import compact_sweep
+
+__all__ = [
+    "PREPARED_DIR", "SweepOutcome", "run_sweep", "prepare_shared_stages", "preparation_marker", "stage_keying_names",
+    "StageRecord",
+]
 
 
 PREPARED_DIR = "_prepared"  # in the stage cache: one marker per finished preparation (see preparation_marker)
@@ -43,70 +52,91 @@ class SweepOutcome:
     decisions: list[dict[str, Any]]
 
 
-def run_sweep(settings: SweepSettings, search: SearchSettings, space: Any, *, resume: bool, address: str | None,
-              progress_interval_s: float = 30.0, stream: Any = None, mlflow_uri: str | None = None) -> SweepOutcome:
-    """Run (or resume) a sweep end to end and return its trials and selection decisions (tracked in MLflow when
-    ``mlflow_uri`` is given: one run per trial under one parent run per sweep)."""
+def run_sweep(request: SweepRequest, *, resume: bool = False, address: str | None = None,
+              stream: Any = None) -> SweepOutcome:
+    """Run (or resume) a checked sweep end to end and return its trials and selection decisions.
+
+    Joins the Ray cluster at ``address`` (or ``$RAY_ADDRESS``) or starts a local Ray for the sweep, prepares the data,
+    saves the request as ``sweep.json`` (a new sweep), builds the method's shared stages once, runs the trials as a
+    Tune experiment, records every applicable selector's decision and compacts the sweep's rows. With
+    ``request.mlflow_uri`` the trials and decisions are mirrored to MLflow (one run per trial under one parent run).
+
+    Args:
+        request: the sweep, from :func:`raysel.request_build.build_request` (or, to resume, read back from its
+            ``sweep.json`` by :func:`raysel.request_build.resume_request`).
+        resume: continue the sweep's Tune experiment; finished trials are kept, not run again.
+        address: the Ray cluster to join; None: ``$RAY_ADDRESS``, else a local Ray started (and stopped) here.
+        stream: where progress lines go (default: stdout).
+
+    Returns:
+        The sweep's id and results folder, its trials as a pandas DataFrame and its selection decisions.
+
+    Example:
+        >>> from raysel.request_build import build_request
+        >>> request = build_request(method="source_only", data="digits", overrides=["iterations=2"],
+        ...                         results="/tmp/raysel-doc", name="doc")
+        >>> request.expected_trials()
+        3
+        >>> outcome = run_sweep(request)  # doctest: +SKIP
+        >>> outcome.decisions[0]["selector"]  # doctest: +SKIP
+        'fmiou'
+    """
     stream = stream or sys.stdout
-    # Trials run in their own working directory (Tune's trial dir): every path they use must be absolute.
-    settings.results = str(Path(settings.results).expanduser().resolve())
-    store = ResultStore(Path(settings.results))
+    store = ResultStore(Path(request.results))
     store.check_writable()
-    tracker = _start_tracking(mlflow_uri, settings, search)  # an unusable URI fails here, before any trial
-    family = data_module.get_family(settings.run["dataset"])
-    root = Path(settings.run["data_root"]) if settings.run.get("data_root") else data_module.default_data_root()
-    root = root.expanduser().resolve()
+    tracker = _start_tracking(request)  # an unusable URI fails here, before any trial
+    family = data_module.get_family(request.data.family)
     started_here = connect(address)
     try:
-        data_module.prepare(family, root)
-        settings.run["data_root"] = str(root)
+        data_module.prepare(family, Path(request.data.root))
         if not resume:
-            save_settings(settings, search, space.to_dict() if hasattr(space, "to_dict") else {})
-        prepare_shared_stages(settings, space, local=started_here, stream=stream)
-        if search.max_concurrent is None and started_here:
-            search.max_concurrent = max(1, int(cluster_cpus() // max(settings.resources.trial_cpus(), 1e-6)))
-        param_space = {"hp": space.to_tune(search.search), "target": _target_space(settings.targets, search.search)}
-        total = expected_trials(space, search, len(settings.targets))
-        printer = ProgressPrinter(total, interval_s=progress_interval_s)
-        print(_sweep_line(settings, search, total), file=stream, flush=True)
-        tuner = build_tuner(settings, search, param_space, resume,
-                            [printer.callback] + ([tracker.callback()] if tracker else []))
+            save_request(request)
+        prepare_shared_stages(request, local=started_here, stream=stream)
+        max_concurrent = trial_concurrency(request, cluster_cpus() if started_here else None)
+        param_space = {"hp": request.space.to_tune(request.search.algorithm),
+                       "target": _target_space(request.data.targets)}
+        total = request.expected_trials()
+        printer = ProgressPrinter(total, interval_s=request.progress_interval_s)
+        print(_sweep_line(request, total, max_concurrent), file=stream, flush=True)
+        callbacks = [printer.callback] + ([tracker.callback()] if tracker else [])
+        tuner = build_tuner(request, param_space, resume, callbacks, max_concurrent=max_concurrent)
         tuner.fit()
     finally:
         if started_here:
             ray.shutdown()
 
-    decisions = select_sweep(store, settings.sweep_id, settings.method, settings.selectors, stream, record_all=True)
-    compact_sweep(store, settings.sweep_id)  # one file per sweep: queries over many sweeps stay fast (issue 17)
-    trials = store.load_sweep(settings.sweep_id)
+    decisions = select_sweep(store, request.sweep_id, request.method, request.selectors, stream, record_all=True)
+    compact_sweep(store, request.sweep_id)  # one file per sweep: queries over many sweeps stay fast (issue 17)
+    trials = store.load_sweep(request.sweep_id)
     if tracker is not None:
         tracker.finish(trials, decisions)
-    return SweepOutcome(settings.sweep_id, settings.results, trials, decisions)
+    return SweepOutcome(request.sweep_id, request.results, trials, decisions)
 
 
-def _start_tracking(uri: str | None, settings: SweepSettings, search: SearchSettings) -> Any:
+def _start_tracking(request: SweepRequest) -> Any:
     """The sweep's MLflow tracker (``--mlflow``), or None."""
-    if not uri:
+    if not request.mlflow_uri:
         return None
     from raysel.tracking import SweepTracker  # not a cycle: mlflow is heavy and optional, imported only with --mlflow
 
-    params = {"method": settings.method, "targets": settings.targets, "search": search.search,
+    search = request.search
+    params = {"method": request.method, "targets": list(request.data.targets), "search": search.algorithm,
               "scheduler": search.scheduler, "num_samples": search.num_samples, "seed": search.seed,
-              "selectors": list(settings.selectors), **{f"run.{k}": v for k, v in settings.run.items()}}
-    return SweepTracker.start(uri, settings.sweep_id, params)
+              "selectors": list(request.selectors), **{f"run.{k}": v for k, v in request.run_fields().items()}}
+    return SweepTracker.start(request.mlflow_uri, request.sweep_id, params)
 
 
-def _sweep_line(settings: SweepSettings, search: SearchSettings, total: int | None) -> str:
+def _sweep_line(request: SweepRequest, total: int | None, max_concurrent: int | None) -> str:
     """The one line announcing a sweep: method, trials, search, concurrency and per-trial resources."""
-    resources = settings.resources
-    return (f"sweep {settings.sweep_id}: method {settings.method}, {total or '?'} trials, "
-            f"{search.search} search, {search.scheduler} scheduler, "
-            f"{f'up to {search.max_concurrent} at once' if search.max_concurrent else 'concurrency set by Ray'}, "
+    resources, search = request.resources, request.search
+    return (f"sweep {request.sweep_id}: method {request.method}, {total or '?'} trials, "
+            f"{search.algorithm} search, {search.scheduler} scheduler, "
+            f"{f'up to {max_concurrent} at once' if max_concurrent else 'concurrency set by Ray'}, "
             f"{resources.workers} worker(s) x {resources.cpus_per_worker} CPU"
             f"{f' + {resources.gpus_per_worker} GPU' if resources.gpus_per_worker else ''} per trial")
 
 
-def prepare_shared_stages(settings: SweepSettings, space: Any, *, local: bool, stream: Any) -> list[StageRecord]:
+def prepare_shared_stages(request: SweepRequest, *, local: bool, stream: Any) -> list[StageRecord]:
     """Build the method's hyperparameter-independent stages before any trial: one Ray task per target, in parallel.
 
     Targets do not depend on each other, so their tasks run at once when the CPUs allow (on a local Ray the CPUs
@@ -116,44 +146,45 @@ def prepare_shared_stages(settings: SweepSettings, space: Any, *, local: bool, s
     Nothing is prepared when the sweep varies a hyperparameter the stages are keyed by (:func:`stage_keying_names`),
     and no task starts for a target whose preparation an earlier sweep finished (:func:`preparation_marker`).
     """
-    method = get_method(settings.method)
+    method = get_method(request.method)
     if method.prepare_shared is None:
         return []
-    varying = stage_keying_names(method, space)
+    varying = stage_keying_names(method, request.space)
     if varying:
         print(f"not building shared stages of {method.name} before the trials: the sweep varies "
               f"{', '.join(varying)}, which the source / warm-up stages depend on; each trial builds (and caches) the "
               "stage for its own values", file=stream, flush=True)
         return []
-    fixed = space.fixed_values() if hasattr(space, "fixed_values") else {}
-    seed = settings.run.get("seed", 0)
-    markers = {target: preparation_marker(settings, fixed, target) for target in settings.targets}
+    fixed = request.space.fixed_values()
+    seed = request.search.seed
+    markers = {target: preparation_marker(request, fixed, target) for target in request.data.targets}
     earlier = {target: _prepared_earlier(marker, target, seed) for target, marker in markers.items()}
     records = [record for found in earlier.values() if found is not None for record in found]
     for record in records:
         print(f"  {record.line()} (prepared by an earlier sweep)", file=stream, flush=True)
     missing = {target: marker for target, marker in markers.items() if earlier[target] is None}
     if missing:
-        records += _run_preparation_tasks(settings, fixed, missing, local=local, stream=stream)
+        records += _run_preparation_tasks(request, fixed, missing, local=local, stream=stream)
     return records
 
 
-def _run_preparation_tasks(settings: SweepSettings, fixed: dict[str, Any], markers: dict[str, Path], *, local: bool,
+def _run_preparation_tasks(request: SweepRequest, fixed: dict[str, Any], markers: dict[str, Path], *, local: bool,
                            stream: Any) -> list[StageRecord]:
     """One preparation Ray task per target in ``markers``, at once; each finished one leaves its marker."""
-    resources = settings.resources
+    resources = request.resources
     if local:
         cpus = max(1, int(cluster_cpus()) // len(markers))
     else:
         cpus = max(1, int(round(resources.workers * resources.cpus_per_worker)))
     gpus = resources.gpus_per_worker if resources.gpus_per_worker > 0 else 0
     task = ray.remote(_prepare_shared_task).options(num_cpus=cpus, num_gpus=gpus)
-    print(f"building shared stages of {settings.method} once (source model / warm-up; cached) for "
-          f"{len(markers)} target(s), seed {settings.run.get('seed', 0)}: {len(markers)} Ray task(s) of {cpus} "
+    print(f"building shared stages of {request.method} once (source model / warm-up; cached) for "
+          f"{len(markers)} target(s), seed {request.search.seed}: {len(markers)} Ray task(s) of {cpus} "
           "CPU(s) ...", file=stream, flush=True)
     started = time.perf_counter()
-    status = {target: settings.sweep_dir / "shared" / target / PROGRESS_FILE for target in markers}
-    pending = {task.remote(settings.method, fixed, dict(settings.run, target=target, output_dir=str(path.parent)),
+    status = {target: request.sweep_dir / "shared" / target / PROGRESS_FILE for target in markers}
+    pending = {task.remote(request.method, fixed, dict(request.run_fields(), target=target,
+                                                       output_dir=str(path.parent)),
                            cpus, gpus > 0): target for target, path in status.items()}
     records: list[StageRecord] = []
     with heartbeat("  shared stages", stream=stream, detail=lambda: _stage_status(status)):
@@ -168,17 +199,17 @@ def _run_preparation_tasks(settings: SweepSettings, fixed: dict[str, Any], marke
     return records
 
 
-def preparation_marker(settings: SweepSettings, fixed: dict[str, Any], target: str) -> Path:
+def preparation_marker(request: SweepRequest, fixed: dict[str, Any], target: str) -> Path:
     """Where a finished preparation of (method, fixed values, run, target) lists the stage files it left.
 
     A later sweep with the same inputs (the next sweep of a benchmark, a resumed sweep) finds every file listed and
     skips its Ray task, which would only load them (5-20 s a sweep). Skipping is always safe: a trial builds, under
     the stage's lock, any stage that is missing.
     """
-    run = {key: value for key, value in settings.run.items() if key != "output_dir"}
-    identity = {"method": settings.method, "fixed": fixed, "run": run, "target": target}
+    run = request.run_fields()
+    identity = {"method": request.method, "fixed": fixed, "run": run, "target": target}
     digest = hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:16]
-    cache_dir = RunSpec.from_dict({**run, "method": settings.method, "target": target}).stage_cache_dir()
+    cache_dir = RunSpec.from_dict({**run, "method": request.method, "target": target}).stage_cache_dir()
     return cache_dir / PREPARED_DIR / f"{digest}.json"
 
 
@@ -203,26 +234,21 @@ def _write_marker(marker: Path, records: list[StageRecord]) -> None:
     os.replace(temporary, marker)
 
 
-def stage_keying_names(method: Method, space: Any) -> list[str]:
+def stage_keying_names(method: Method, space: CheckedSpace) -> list[str]:
     """The swept hyperparameters whose candidate values change the method's shared stages.
 
     Preparation builds the stages from the sweep's fixed values (a swept name takes its default there), so it is
     only useful when every trial would load the same stage. Each swept name is tried at each of its candidates
-    (grid/choice values, range ends) with the others fixed; an invalid combination is left for its trial to report.
+    (grid/choice values, range ends) with the others fixed, the configurations the request was checked with
+    (:func:`raysel.request_build.check_candidates`).
     """
-    fixed = space.fixed_values() if hasattr(space, "fixed_values") else {}
-    swept = space.swept_names() if hasattr(space, "swept_names") else []
+    fixed = space.fixed_values()
     base = method.shared_stage_key(config_from_dict(method.config_class, fixed))
-    varying = []
-    for name in swept:
-        for value in space.entries[name].values:
-            try:
-                config = config_from_dict(method.config_class, {**fixed, name: value})
-            except ConfigError:
-                continue
-            if method.shared_stage_key(config) != base:
-                varying.append(name)
-                break
+    varying: list[str] = []
+    for name, value in space.candidate_values():
+        if name not in varying and method.shared_stage_key(config_from_dict(method.config_class,
+                                                                            {**fixed, name: value})) != base:
+            varying.append(name)
     return varying
 
 
@@ -271,16 +297,6 @@ def _prepare_shared_task(method_name: str, fixed: dict[str, Any], run: dict[str,
                         task_started, finished, stage.path) for stage in ctx.stages]
 
 
-def _target_space(targets: list[str], search: str) -> Any:
-    """The trial's target: fixed for one target, a grid over several (Optuna tunes one target at a time)."""
-    if len(targets) == 1:
-        return targets[0]
-    if search == "optuna":
-        raise ConfigError("--search optuna tunes one target at a time; pass a single --target")
-    return tune.grid_search(list(targets))
-
-
-def expected_trials(space: Any, search: SearchSettings, num_targets: int) -> int | None:
-    """How many trials the sweep will run (grid points x samples x targets)."""
-    grid_points = space.num_grid_points() if search.search != "optuna" else 1
-    return grid_points * search.num_samples * num_targets
+def _target_space(targets: tuple[str, ...]) -> Any:
+    """The trial's target: fixed for one target, a grid over several (the request refused several under Optuna)."""
+    return targets[0] if len(targets) == 1 else tune.grid_search(list(targets))

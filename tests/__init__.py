@@ -1,1 +1,1 @@
-"""raysel's test suite (a package, so that test helpers such as tests.fake_cluster import by one name everywhere)."""
+"""raysel's test suite (a package, so that test helpers such as tests.ray_head import by one name everywhere)."""

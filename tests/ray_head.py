@@ -15,11 +15,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from tests.fake_cluster import dashboard_answers, free_ports, signal_group, token_client_env
-
-PORT_FLAGS = ("--port", "--dashboard-port", "--ray-client-server-port", "--dashboard-agent-listen-port",
-              "--dashboard-agent-grpc-port", "--runtime-env-agent-port", "--metrics-export-port",
-              "--node-manager-port", "--object-manager-port")
+from raysel.testing.fake_cluster import PORT_FLAGS, dashboard_answers, free_ports, signal_group, token_client_env
 
 
 class RayHead:

@@ -1,6 +1,6 @@
 """Autoscaling for real on one machine: a raysel sweep whose trials request GPUs scales fake GPU nodes 0 -> 2 -> 0.
 
-Ray's fake multi-node provider (tests/fake_cluster.py) starts a CPU-only, token-authenticated head whose
+Ray's fake multi-node provider (raysel/testing/fake_cluster.py) starts a CPU-only, token-authenticated head whose
 worker node type advertises one GPU; ``python -m raysel.sweep ... --gpus-per-worker 1 --address`` runs against it
 while a separate driver samples the node count. Trials on the fake GPU nodes compute on CPU because the head's
 environment opts in with ``RAYSEL_FAKE_GPUS=1``. Only bounded waits for state changes, no speed thresholds.
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.fake_cluster import FakeCluster, NodeSampler, run_sweep_cli, summarize
+from raysel.testing.fake_cluster import FakeCluster, NodeSampler, run_sweep_cli, summarize
 
 LEARNING_RATES = [0.001, 0.0015, 0.002, 0.0025]
 MAX_GPU_NODES = 2

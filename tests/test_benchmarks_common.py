@@ -1,4 +1,5 @@
-"""benchmarks/_common.py: BENCHMARKS.md sections are replaced or appended atomically, other sections untouched."""
+"""benchmarks/_common.py: BENCHMARKS.md sections are replaced or appended atomically, other sections untouched, and
+every section's header names the command, date, commit, load average and machine."""
 
 from __future__ import annotations
 
@@ -6,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks._common import (command_line, format_section, machine_description,
-                                replace_section, write_section)
+import benchmarks._common as common
+from benchmarks._common import (RunStart, command_line, format_section, load_text, machine_description,
+                                replace_section, with_run_lines, write_section)
 
 EXISTING = """# Benchmarks
 
@@ -36,7 +38,7 @@ Omega body.
 
 def write(path: Path, name: str = "domain_gap", body: str = "| a | b |\n|---|---|\n| 1 | 2 |") -> str:
     return write_section(name, "python -m benchmarks.domain_gap --seeds 0", body, path=path, date="2026-01-02",
-                         machine="2 cores (test CPU), no GPU")
+                         machine="2 cores (test CPU), no GPU", commit="abc1234", load=(0.5, 1.25))
 
 
 def sections(text: str) -> list[str]:
@@ -50,6 +52,7 @@ def test_creates_the_file_with_title_and_section(tmp_path: Path) -> None:
     assert text.startswith("# Benchmarks\n\n## domain_gap\n")
     assert "Command: `python -m benchmarks.domain_gap --seeds 0`" in text
     assert "Date: 2026-01-02" in text and "Machine: 2 cores (test CPU), no GPU" in text
+    assert "Commit: abc1234  \nLoad average: 0.5 before / 1.2 after  \n" in text
     assert text.endswith("| 1 | 2 |\n")
 
 
@@ -134,21 +137,83 @@ def test_rejects_bad_section_names(tmp_path: Path, name: str) -> None:
         write(tmp_path / "BENCHMARKS.md", name=name)
 
 
-def test_replace_section_takes_a_preformatted_section(tmp_path: Path) -> None:
+@pytest.fixture()
+def started(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A run that started at commit abc1234 under load 0.5; the load is 1.5 when its section is written."""
+    monkeypatch.setattr(common, "_run_start", RunStart("abc1234", 0.5))
+    monkeypatch.setattr(common, "one_minute_load", lambda: 1.5)
+
+
+def test_replace_section_takes_a_preformatted_section(tmp_path: Path, started: None) -> None:
     path = tmp_path / "BENCHMARKS.md"
     path.write_text(EXISTING)
     replace_section("alpha", "## alpha\n\nCommand: `x`  \nAlpha v2.\n", path=path)
     text = path.read_text()
-    assert text.startswith("# Benchmarks\n\n## alpha\n\nCommand: `x`  \nAlpha v2.\n\n## domain_gap\n")
+    assert text.startswith("# Benchmarks\n\n## alpha\n\nCommand: `x`  \nCommit: abc1234  \n"
+                           "Load average: 0.5 before / 1.5 after  \nAlpha v2.\n\n## domain_gap\n")
     with pytest.raises(ValueError, match="heading line"):
         replace_section("alpha", "## omega\n\nwrong heading\n", path=path)
 
 
-def test_format_section_and_helpers() -> None:
+def test_format_section_and_helpers(started: None) -> None:
     section = format_section("s", "python -m benchmarks.s", "\n\nbody\n\n", date="2026-01-02", machine="m")
-    assert section == "## s\n\nCommand: `python -m benchmarks.s`  \nDate: 2026-01-02  \nMachine: m\n\nbody\n"
+    assert section == ("## s\n\nCommand: `python -m benchmarks.s`  \nDate: 2026-01-02  \nCommit: abc1234  \n"
+                       "Load average: 0.5 before / 1.5 after  \nMachine: m\n\nbody\n")
+    given = format_section("s", "c", "body", date="d", machine="m", commit="def5678 (+ uncommitted changes)",
+                           load=(None, 2.04))
+    assert "Commit: def5678 (+ uncommitted changes)  \nLoad average: not recorded before / 2.0 after  \n" in given
     assert command_line("s.py", ["--seeds", "0", "1", "--note", "a b"]) == \
         "python -m benchmarks.s --seeds 0 1 --note 'a b'"
     assert command_line("s.py", []) == "python -m benchmarks.s"
     description = machine_description()
     assert "cores" in description and ("GPU" in description)
+
+
+def test_load_text() -> None:
+    assert load_text(0.44, 1.46) == "0.4 before / 1.5 after"
+    assert load_text(None, None) == "not recorded"
+    assert load_text(3.0, None) == "3.0 before / not recorded after"
+
+
+def test_a_run_records_its_start_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(common, "_run_start", None)
+    monkeypatch.setattr(common, "describe_commit", lambda: "fff0000")
+    monkeypatch.setattr(common, "one_minute_load", lambda: 0.25)
+    start = common.run_start()
+    assert start == RunStart("fff0000", 0.25)
+    monkeypatch.setattr(common, "one_minute_load", lambda: 9.0)
+    assert common.run_start() is start  # later calls read the recorded start
+    assert common.begin_run() == RunStart("fff0000", 9.0)  # a main called again records its own
+
+
+def test_with_run_lines_fills_a_self_formatted_header(started: None) -> None:
+    hiast_like = ("## hiast_gain\n\nCommand: `c`  \nDate: 2026-11-23 21:31  \nMachine: m; 2 runs in parallel  \n"
+                  "Data: embedded.\n\n| table |\n")
+    assert with_run_lines(hiast_like) == (
+        "## hiast_gain\n\nCommand: `c`  \nDate: 2026-11-23 21:31  \nCommit: abc1234  \n"
+        "Load average: 0.5 before / 1.5 after  \nMachine: m; 2 runs in parallel  \nData: embedded.\n\n| table |\n")
+    complete = format_section("s", "c", "body", date="d", machine="m", commit="1234567", load=(1.0, 2.0))
+    assert with_run_lines(complete) == complete
+    assert with_run_lines("## s\n\nJust a body.\n") == (
+        "## s\n\nCommit: abc1234  \nLoad average: 0.5 before / 1.5 after  \n\nJust a body.\n")
+    assert with_run_lines("## s\n") == "## s\n\nCommit: abc1234  \nLoad average: 0.5 before / 1.5 after  \n"
+
+
+def test_sweep_plans_give_the_options_the_sweep_command_would(tmp_path: Path) -> None:
+    """Campaign plans run through raysel's API (build_request + run_sweep), not ``raysel.sweep.main``: the options
+    read from a plan's command line are exactly the ones the command's parser makes of it."""
+    from benchmarks import search_guidance, selection_wide
+    from raysel.request import SweepOptions
+    from raysel.sweep import build_parser, options_from_arguments
+    from tests.test_benchmarks_selection_wide import options as wide_options
+
+    plans = search_guidance.build_plans("quick", search_guidance.BUDGETS["quick"], search_guidance.ARMS,
+                                        search_guidance.GUIDE, tmp_path, tmp_path)
+    plans += selection_wide.build_plans(wide_options(tmp_path))
+    for plan in plans:
+        assert SweepOptions.from_mapping(common.sweep_options(plan.argv)) \
+            == options_from_arguments(build_parser().parse_args(list(plan.argv))), plan.argv
+    resume = common.sweep_options(("hiast", "--name", "s", "--results", str(tmp_path), "--progress-interval", "120"))
+    assert resume == {"method": "hiast", "name": "s", "results": tmp_path, "progress_interval": 120.0}
+    with pytest.raises(ValueError, match="unknown option '--bogus'"):
+        common.sweep_options(("hiast", "--bogus", "1"))

@@ -8,7 +8,7 @@ import pytest
 from scipy import stats
 
 from benchmarks import hdrq_merge
-from benchmarks.hdrq_merge_tables import ConfigResult, JobResult, paired_table, selector_table, t_interval
+from benchmarks._hdrq_merge_tables import ConfigResult, JobResult, paired_table, selector_table, t_interval
 
 
 def entry(label: str, bits: str, harmonic: float, quality: float, rounding: str = "noise") -> ConfigResult:

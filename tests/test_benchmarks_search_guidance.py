@@ -34,6 +34,17 @@ def test_paired_table_differences_and_means() -> None:
     assert "**-1.00**" in table
 
 
+def test_each_task_reports_its_own_trial_scores_and_the_guide_must_be_one(capsys) -> None:
+    """Street scenes store classmix_consistency (the segmentation probe), digits MixVal: never score_mixval on
+    segmentation."""
+    assert sg.trial_scored("street_scenes") == ("consistency", "classmix_consistency")
+    assert sg.trial_scored("digits") == ("consistency", "mixval")
+    table = sg.runs_table([outcome("optuna", 0, 30.0, 35.0)], sg.trial_scored("street_scenes"))
+    assert "| τ consistency | τ classmix_consistency |" in table and "mixval |" not in table
+    assert sg.main(["--budget", "short", "--guide", "mixval", "--no-write"]) == 2
+    assert "--guide mixval: street_scenes trials do not compute it" in capsys.readouterr().err
+
+
 @pytest.mark.integration
 def test_quick_budget_runs_both_arms_and_reports_them(ray_local, embedded_data_root: Path, tmp_path: Path) -> None:
     printed = io.StringIO()

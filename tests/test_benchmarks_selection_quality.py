@@ -9,6 +9,8 @@ import numpy as np
 import pytest
 
 from benchmarks import selection_quality as sq
+from benchmarks._common import SweepCase, config_defaults
+from raysel.selection.evaluate import BASELINES, DEFAULT_BASELINE, RANDOM_BASELINE
 
 
 def evaluation(regret: float, gap: float = 0.5, tau: float = 0.0, trial: str | None = None) -> dict:
@@ -17,9 +19,9 @@ def evaluation(regret: float, gap: float = 0.5, tau: float = 0.0, trial: str | N
 
 
 def case(heldout: list[float], evaluations: dict, default: float | None, kind: str = "alpha",
-         values: list | None = None) -> sq.SweepCase:
+         values: list | None = None) -> SweepCase:
     trial_ids = [f"t{i}" for i in range(len(heldout))]
-    return sq.SweepCase("hiast", 0, "day_city", kind, "sweep", trial_ids, heldout, evaluations, values or [],
+    return SweepCase("hiast", 0, "day_city", kind, "sweep", trial_ids, heldout, evaluations, values or [],
                         default_heldout=default, default_in_sweep=default is not None)
 
 
@@ -35,9 +37,9 @@ def test_summary_means_worst_and_worse_than_default():
     assert rows["fmiou"].mean_gap_closed == pytest.approx(0.7) and rows["fmiou"].mean_kendall_tau == pytest.approx(0.5)
     assert rows["fmiou"].worse_than_default == 1 and rows["fmiou"].compared_with_default == 2  # 4.0 > 1.0
     assert rows["im"].worse_than_default == 1  # 6.0 > 1.0; 0.0 < 2.0
-    assert rows[sq.DEFAULT_BASELINE].mean_regret == pytest.approx(1.5)
-    assert rows[sq.DEFAULT_BASELINE].worse_than_default is None
-    assert rows[sq.RANDOM_BASELINE].mean_regret == pytest.approx(5.0)
+    assert rows[DEFAULT_BASELINE].mean_regret == pytest.approx(1.5)
+    assert rows[DEFAULT_BASELINE].worse_than_default is None
+    assert rows[RANDOM_BASELINE].mean_regret == pytest.approx(5.0)
 
 
 def test_best_selector_is_the_lowest_mean_regret_and_never_a_baseline():
@@ -45,7 +47,7 @@ def test_best_selector_is_the_lowest_mean_regret_and_never_a_baseline():
                   default=0.4)]  # the default has regret 0 but is a baseline
     rows = sq.summarize(cases, ["fmiou", "im", "snd"])
     assert sq.best_selector(rows) == "snd"  # tie on regret: higher gap closed wins
-    assert sq.best_selector([row for row in rows if row.name in sq.BASELINES]) is None
+    assert sq.best_selector([row for row in rows if row.name in BASELINES]) is None
 
 
 def test_nan_tau_is_skipped_in_the_mean():
@@ -78,7 +80,7 @@ def test_plan_covers_table_8_for_every_seed_and_target(tmp_path):
     random_argv = plans[5].argv
     assert "--search" in random_argv and random_argv[random_argv.index("--num-samples") + 1] == "12"
     assert len({plan.sweep_id for plan in plans}) == len(plans)
-    defaults = sq.method_defaults("hiast")
+    defaults = config_defaults("hiast")
     assert all(defaults[name] in sq.TABLE8_VALUES[name] for name in sq.HIAST_PARAMS)
 
 

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks import selection_quality as sq
 from benchmarks import selection_wide as sw
+from benchmarks._common import DEFAULT_KIND, SweepCase, SweepPlan, plan_defaults
 from raysel.selection.evaluate import ORACLE_BASELINE, RANDOM_BASELINE
 
 REPO = Path(__file__).resolve().parent.parent
@@ -27,13 +27,13 @@ def options(tmp_path: Path, budget: str = "short", methods: tuple[str, ...] = sw
 def test_short_budget_covers_every_method_dev_and_test_targets(tmp_path: Path) -> None:
     plans = sw.build_plans(options(tmp_path))
     kinds = {(plan.method, plan.kind) for plan in plans}
-    assert {("hiast", "lambda_i"), ("sfda", "maxsquare_weight"), ("gsda", "alpha"), ("t2sda", sq.DEFAULT_KIND),
-            ("source_only", sq.DEFAULT_KIND)} <= kinds
+    assert {("hiast", "lambda_i"), ("sfda", "maxsquare_weight"), ("gsda", "alpha"), ("t2sda", DEFAULT_KIND),
+            ("source_only", DEFAULT_KIND)} <= kinds
     assert all((method, sw.WIDE_KIND) in kinds for method in sw.METHODS)
     targets = {plan.targets[0] for plan in plans}
     assert targets == {"day_city", "foggy_city", "photo_digits", "stroke_digits"}
     assert len({plan.sweep_id for plan in plans}) == len(plans)
-    references = [plan for plan in plans if plan.method == "source_only" and plan.kind == sq.DEFAULT_KIND]
+    references = [plan for plan in plans if plan.method == "source_only" and plan.kind == DEFAULT_KIND]
     assert len(references) == 2 * 4  # one per seed and target
 
 
@@ -51,7 +51,7 @@ def test_wide_sweep_is_the_same_random_sample_for_every_target_of_a_seed(tmp_pat
     plans = [plan for plan in sw.build_plans(options(tmp_path)) if plan.method == "hiast" and plan.kind == "wide"]
     day, fog = (next(p for p in plans if p.seed == 0 and p.targets == (t,)) for t in ("day_city", "foggy_city"))
 
-    def without_target(plan: sq.SweepPlan) -> list[str]:
+    def without_target(plan: SweepPlan) -> list[str]:
         return [item for item in plan.argv if item not in (plan.targets[0], plan.sweep_id)]
 
     assert without_target(day) == without_target(fog) and day.expected_trials == 5
@@ -63,7 +63,7 @@ def test_wide_sweep_is_the_same_random_sample_for_every_target_of_a_seed(tmp_pat
 
 def test_default_configuration_follows_the_budget(tmp_path: Path) -> None:
     plan = next(p for p in sw.build_plans(options(tmp_path)) if p.method == "hiast" and p.kind == "lambda_i")
-    defaults = sq.plan_defaults(plan)
+    defaults = plan_defaults(plan)
     assert defaults["iterations_per_round"] == 60 and defaults["lambda_i"] == 1.0
     assert "lambda_i={grid: [0.1, 1.0, 10.0, 100.0]}" in " ".join(plan.argv)
     standard = next(p for p in sw.build_plans(options(tmp_path, "standard")) if p.kind == "lambda_i")
@@ -88,7 +88,7 @@ def test_reference_is_the_shared_source_stage(tmp_path: Path) -> None:
     argv = " ".join(plan.argv)
     assert plan.method == "source_only" and "--data street_scenes" in argv
     assert "iterations=8" in argv and "learning_rate=0.001" in argv  # the quick budget's source_iterations
-    assert sq.plan_defaults(plan)["iterations"] == 8
+    assert plan_defaults(plan)["iterations"] == 8
 
 
 def wide_case(heldout: list[float], picks: dict[str, int], source: float | None, target: str = "day_city",
@@ -97,7 +97,7 @@ def wide_case(heldout: list[float], picks: dict[str, int], source: float | None,
     evaluations = {name: {"regret": (max(heldout) - heldout[i]) * 100, "gap_closed": 0.5, "kendall_tau": 0.1,
                           "spearman_rho": 0.1, "top3_regret": 0.0, "selected_trial_id": ids[i]}
                    for name, i in picks.items()}
-    case = sq.SweepCase("hiast", 0, target, kind, "sweep", ids, heldout, evaluations, default_heldout=heldout[1])
+    case = SweepCase("hiast", 0, target, kind, "sweep", ids, heldout, evaluations, default_heldout=heldout[1])
     return sw.WideCase(case, "street_scenes", role, source)
 
 

@@ -123,7 +123,7 @@ def tiny_run(tiny_roots: dict[str, Path], tmp_path_factory: pytest.TempPathFacto
             workdir = tmp_path_factory.mktemp(f"{name}-{task}")
             session = LocalSession(checkpoint_root=str(workdir / "checkpoints"))
             ctx = run_context(tiny_roots[dataset], task, name, workdir, session)
-            ctx.report_scores = lambda reported: {"score_probe": 1.0}  # ASHA's trial-scored objectives score that model
+            ctx.report_scores = lambda reported: {"probe": 1.0}  # ASHA's trial-scored objectives score that model
             runs[(name, task)] = TinyRun(get_method(name).train(tiny_config(name, task), ctx), session, ctx, workdir)
         return runs[(name, task)]
 

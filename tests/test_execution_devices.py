@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from raysel.execution.devices import FAKE_GPUS_ENV, direct_device, process_group_backend
-from raysel.execution.settings import Resources
+from raysel.request import Resources
 
 
 def test_gpu_trials_use_nccl_from_the_request_and_gloo_on_cpu_or_fake_gpus(monkeypatch) -> None:

@@ -50,11 +50,12 @@ def check_sweep_entrypoint(argv: list[str]) -> None:
     from raysel.models import model_names
     from raysel.registry import get_method
     from raysel.search_space import load_search_space
-    from raysel.sweep import _default_dataset, build_parser
+    from raysel.request_build import default_dataset
+    from raysel.sweep import build_parser
 
     args = build_parser().parse_args(argv)
     method = get_method(args.method)
-    family = data.get_family(args.data or _default_dataset(method))
+    family = data.get_family(args.data or default_dataset(method))
     assert family.task in method.tasks, (method.name, family.name)
     assert args.model is None or args.model in model_names(family.task), args.model
     for domain in [args.source or family.default_source, *(args.target or ())]:

@@ -12,6 +12,7 @@ import torch
 from raysel.errors import ConfigError
 from raysel.hyperparameters import config_from_dict
 from raysel.methods import hiast
+from raysel.registry import get_method
 
 IGNORE = 255
 
@@ -281,8 +282,6 @@ def test_config_from_dict_lists_valid_keys_and_accepts_paper_values() -> None:
 
 
 def test_registered() -> None:
-    from raysel.registry import get_method
-
     method = get_method("hiast")
     assert method.tasks == ("segmentation",) and method.config_class is hiast.HiastConfig
 
@@ -381,13 +380,11 @@ def test_nan_loss_stops_with_clear_error_and_keeps_checkpoint(tiny_street_root, 
     assert state["round"] == 1
 
 
-def test_hiast_rejects_classification(tmp_path) -> None:
-    class Ctx:
-        task, spec = "classification", type("Spec", (), {"dataset": "digits"})()
-        num_classes = 10
-
-    with pytest.raises(ConfigError, match="segmentation"):
-        hiast.train_hiast(hiast.HiastConfig(), Ctx())
+def test_hiast_rejects_classification_through_the_registry_check() -> None:
+    method = get_method("hiast")
+    assert method.tasks == ("segmentation",)
+    with pytest.raises(ConfigError, match="method hiast does not support classification data"):
+        method.check_task("classification", "digits")
 
 
 def _worker(rank: int, world_size: int, port: int, root: str, out: str, mode: str) -> None:

@@ -160,6 +160,20 @@ def test_report_follows_the_methods_default_selector_without_a_headline() -> Non
     assert choose_selector(trials, pandas.DataFrame(), "fmiou") == "fmiou"
 
 
+def test_class_names_come_from_the_rows_else_from_the_dataset_family() -> None:
+    import pandas
+
+    from raysel.data import get_family
+    from raysel.report import class_names_of
+
+    stored = [f"c{index}" for index in range(NUM_CLASSES)]
+    rows = pandas.DataFrame({"dataset": ["street_scenes"] * 2, "class_names": [None, stored]})
+    assert class_names_of(rows, NUM_CLASSES) == stored  # what the trials stored: no data package needed
+    family = list(get_family("street_scenes").class_names)
+    assert class_names_of(rows.drop(columns="class_names"), NUM_CLASSES) == family  # rows written before they stored it
+    assert class_names_of(rows.assign(dataset="unknown", class_names=None), 3) == ["class 0", "class 1", "class 2"]
+
+
 def test_report_cli_unknown_sweep_and_empty_store_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     empty = tmp_path / "empty"
     ResultStore(empty).check_writable()

@@ -102,8 +102,8 @@ def test_unknown_key_names_file_line_key_and_valid_keys(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as caught:
         load_search_space(path, FakeMethod())
     message = str(caught.value)
-    assert message.startswith(f"{path}, line 3: unknown hyperparameter 'lamda_i' for method fake; valid keys: ")
-    assert "alpha, beta, gamma, k, lambda_i" in message
+    assert message.startswith(f"{path}, line 3: unknown hyperparameter 'lamda_i'; did you mean 'lambda_i'")
+    assert "(valid keys for fake: alpha, beta, gamma, k, lambda_i" in message
 
 
 def test_malformed_yaml_reports_file_and_line(tmp_path: Path) -> None:
@@ -156,9 +156,10 @@ def test_overrides_fix_sweep_and_refuse_unknown_keys(tmp_path: Path) -> None:
     assert space.entries["use_ias"].value is False
     assert space.num_grid_points() == 2
 
-    with pytest.raises(ConfigError, match=r"^--set lamda=1: unknown hyperparameter 'lamda' for method fake; "
-                                          r"valid keys: alpha, beta"):
+    with pytest.raises(ConfigError, match=r"^--set lamda=1: unknown hyperparameter 'lamda'; did you mean 'lambda_i'"
+                                          r".*\(valid keys for fake: alpha, beta"):
         space.apply_overrides(["lamda=1"])
+    assert space.overrides == ["alpha=0.5", "k={grid: [4, 6]}", "lambda_i=1e-3", "use_ias=false"]
     with pytest.raises(ConfigError, match=r"^--set alpha: expected key=value"):
         space.apply_overrides(["alpha"])
     with pytest.raises(ConfigError, match=r"^--set alpha=: no value"):
@@ -237,3 +238,25 @@ def test_shipped_search_spaces_parse_against_their_methods() -> None:
         assert space.num_grid_points() >= 1
         space.to_tune("grid")
         space.to_tune("optuna")
+
+
+def test_a_key_of_another_method_says_whose_it_is(tmp_path: Path) -> None:
+    space = SearchSpace.empty(FakeMethod(), owners_elsewhere={"rounds": ("hiast", "t2sda")})
+    with pytest.raises(ConfigError) as caught:
+        space.apply_overrides(["rounds=2"])
+    assert str(caught.value).startswith("--set rounds=2: 'rounds' is a hyperparameter of hiast, t2sda, not of fake "
+                                        "(valid keys for fake: alpha, beta")
+
+
+def test_checked_space_is_frozen_and_reads_back_from_its_saved_form(tmp_path: Path) -> None:
+    from raysel.search_space import CheckedSpace
+
+    space = load_text(tmp_path, EXAMPLE + "bits: [2, 4]\nnum_groups: {grid: [2, 3]}\n").apply_overrides(["k=5"])
+    checked = space.checked()
+    assert checked.path == str(tmp_path / "fake.yaml") and checked.overrides == ("k=5",)
+    assert dict(checked.fixed_values())["bits"] == (2, 4) and hash(checked)
+    assert (checked.num_grid_points(), checked.swept_names()) == (10, ("alpha", "gamma", "lambda_i", "lambda_c",
+                                                                        "num_groups"))
+    assert ("lambda_i", 0.1) in list(checked.candidate_values()) and ("num_groups", 3) in checked.candidate_values()
+    assert CheckedSpace.from_dict(checked.to_dict(), checked.path, checked.overrides) == checked
+    assert checked.to_tune("grid")["bits"] == [2, 4]  # Tune gets plain lists, as before

@@ -28,7 +28,8 @@ class OpenedFiles:
             self.paths.append(str(args[0]))
 
 
-SELECTORS_AUDITED = ("fmiou", "soft_vote", "entropy", "im", "snd", "cluster_ami", "robust", "consistency", "mixval")
+SELECTORS_AUDITED = ("fmiou", "soft_vote", "entropy", "im", "snd", "cluster_ami", "robust", "consistency",
+                     "classmix_consistency")
 
 
 @pytest.mark.integration
@@ -98,17 +99,16 @@ def test_select_cli_unknown_sweep_exits_2(tmp_path: Path, capsys) -> None:
 
 def write_sweep_with_checkpoints(results: Path, with_predictions: tuple[str, ...] = ("t0", "t2")):
     """A stored sweep (settings file, trial rows, checkpoint files) as raysel.sweep lays it out; no model inside."""
+    from raysel.request import save_request
+    from raysel.request_build import build_request
     from raysel.store import ResultStore
-    from raysel.execution.settings import Resources, SearchSettings, SweepSettings, save_settings
 
-    settings = SweepSettings(method="hiast", sweep_id="s", results=str(results.resolve()),
-                             run={"method": "hiast", "dataset": "street_scenes", "data_root": "/data",
-                                  "source": "game", "selection_size": 12},
-                             targets=["day_city"], resources=Resources(cpus_per_worker=2.0, gpus_per_worker=0.5))
-    save_settings(settings, SearchSettings(), {})
+    request = build_request(method="hiast", name="s", results=results, data_root="/data", source="game",
+                             selection_size=12, target=["day_city"], cpus_per_worker=2.0, gpus_per_worker=0.5)
+    save_request(request)
     store = ResultStore(results)
     for trial_id in ("t0", "t1", "t2"):
-        trial_dir = settings.trial_dir(trial_id)
+        trial_dir = request.trial_dir(trial_id)
         trial_dir.mkdir(parents=True)
         (trial_dir / "model.pt").write_bytes(b"state")
         if trial_id in with_predictions:
@@ -118,19 +118,19 @@ def write_sweep_with_checkpoints(results: Path, with_predictions: tuple[str, ...
                            "predictions_path": str(trial_dir / "predictions.npz")})
     store.write_trial({"sweep_id": "s", "trial_id": "t9", "method": "hiast", "target": "day_city",
                        "status": "failed", "error": "boom"})
-    return settings, store
+    return request, store
 
 
 def test_prediction_jobs_ask_for_the_trials_resources_and_only_missing_files(tmp_path: Path) -> None:
     from raysel.execution.repredict import prediction_jobs
 
-    settings, store = write_sweep_with_checkpoints(tmp_path / "results")
+    request, store = write_sweep_with_checkpoints(tmp_path / "results")
     (job,) = prediction_jobs(store, "s")
     assert job.trial_id == "t1" and (job.num_cpus, job.num_gpus) == (2.0, 0.5)
-    assert job.checkpoint_path == str(settings.trial_dir("t1") / "model.pt")
-    assert job.predictions_path == str(settings.trial_dir("t1") / "predictions.npz")
+    assert job.checkpoint_path == str(request.trial_dir("t1") / "model.pt")
+    assert job.predictions_path == str(request.trial_dir("t1") / "predictions.npz")
     assert job.run["target"] == "day_city" and job.run["selection_size"] == 12 and job.run["num_threads"] == 2
-    assert job.run["output_dir"] == str(settings.trial_dir("t1"))
+    assert job.run["output_dir"] == str(request.trial_dir("t1"))
     every = prediction_jobs(store, "s", only_missing=False)
     assert [j.trial_id for j in every] == ["t0", "t1", "t2"]  # the failed trial is no candidate
 
@@ -156,16 +156,37 @@ def test_prediction_jobs_name_what_is_missing(tmp_path: Path) -> None:
     from raysel.errors import DataError
     from raysel.execution.repredict import prediction_jobs
 
-    settings, store = write_sweep_with_checkpoints(tmp_path / "results")
-    (settings.trial_dir("t1") / "model.pt").unlink()
+    request, store = write_sweep_with_checkpoints(tmp_path / "results")
+    (request.trial_dir("t1") / "model.pt").unlink()
     with pytest.raises(DataError, match="trial t1 of sweep 's' has no predictions file and no model checkpoint"):
         prediction_jobs(store, "s")
-    (settings.trial_dir("t1") / "model.pt").write_bytes(b"state")
-    (settings.sweep_dir / "sweep.json").unlink()
+    (request.trial_dir("t1") / "model.pt").write_bytes(b"state")
+    (request.sweep_dir / "sweep.json").unlink()
     with pytest.raises(DataError, match="sweep.json is missing"):
         prediction_jobs(store, "s")
     with pytest.raises(UserError, match="no-such-sweep"):
         prediction_jobs(store, "no-such-sweep")
+
+
+def test_uncached_candidates_are_exactly_what_re_prediction_would_predict(tmp_path: Path) -> None:
+    """`raysel select` skips re-prediction (and Ray, and torch) only when prediction_jobs would find nothing to do."""
+    from raysel.execution.repredict import prediction_jobs
+    from raysel.selection.applicability import uncached_candidates
+    from raysel.store import ResultStore
+
+    def both(store: ResultStore, recorded_root: Path) -> tuple[list[str], list[str]]:
+        uncached = uncached_candidates(store.load_sweep("s"), store.root, recorded_root)
+        return uncached, [job.trial_id for job in prediction_jobs(store, "s")]
+
+    request, store = write_sweep_with_checkpoints(tmp_path / "original")
+    assert both(store, request.results) == (["t1"], ["t1"])  # the failed trial is no candidate
+    (request.trial_dir("t1") / "predictions.npz").write_bytes(b"cache")
+    assert both(store, request.results) == ([], [])
+    copy = tmp_path / "copy"
+    shutil.copytree(tmp_path / "original", copy)
+    assert both(ResultStore(copy), request.results) == ([], [])  # the copy's own files, found through relocation
+    (copy / "sweeps" / "s" / "trials" / "t0" / "predictions.npz").unlink()  # the original still has it
+    assert both(ResultStore(copy), request.results) == (["t0"], ["t0"])
 
 
 def test_nothing_missing_means_no_ray_and_no_change(tmp_path: Path) -> None:

@@ -124,7 +124,7 @@ def test_trial_scored_default_decides_hdrq_and_fmiou_is_one_flag_away(tmp_path: 
     decisions = select_sweep(store, "sw", stream=io.StringIO(), record_all=True)
     assert decisions[0]["selector"] == "merge_quality" and decisions[0]["headline"]
     assert decisions[0]["selected_trial_id"] == "t1" and {d["selector"] for d in decisions} == (
-        set(selector_names()) - {"consistency", "mixval", "cluster_ami"})  # not scored / no features in this store
+        set(selector_names()) - {"consistency", "mixval", "classmix_consistency", "cluster_ami"})  # not stored here
     again = select_sweep(store, "sw", selectors=("fmiou",), stream=io.StringIO(), record_all=True)
     assert again[0]["selector"] == "fmiou" and again[0]["headline"]
 
@@ -155,3 +155,16 @@ def test_summary_table_marks_each_selectors_pick_and_the_headline(tmp_path: Path
     lines = decision_lines(decisions)
     assert lines[0].startswith("selected by fmiou for target mnistm") and "held-out check (oracle" in lines[0]
     assert lines[1].startswith("selectors ") and lines[2].startswith("held-out regret per selector (oracle")
+
+
+def test_old_segmentation_mixval_columns_count_for_classmix_consistency_only() -> None:
+    """Sweeps stored before the rename hold the segmentation probe as score_mixval: still readable, under its name."""
+    import pandas as pd
+
+    from raysel.selection.applicability import why_not_applicable
+
+    old = pd.DataFrame({"trial_id": ["a", "b"], "status": ["finished"] * 2, "task": ["segmentation"] * 2,
+                        "score_mixval": [0.4, 0.6]})
+    assert why_not_applicable(old, "classmix_consistency") is None
+    assert why_not_applicable(old, "mixval") == ("mixval (score_mixval) exists for classification trials only; "
+                                                 "these are segmentation")

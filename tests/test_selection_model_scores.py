@@ -4,6 +4,7 @@ features, the robust veto-then-rank combination — known answers, order invaria
 from __future__ import annotations
 
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -18,8 +19,9 @@ from raysel.data import street_scenes
 from raysel.data.street_scenes import StreetScenesConfig
 from raysel.models.classification import SmallCNN
 from raysel.models.segmentation import SmallSegNet
-from raysel.selection.model_scores import class_balanced_agreement, trial_selection_scores
-from raysel.selection.predictions import CandidatePredictions, load_predictions, predict_subset, save_predictions
+from raysel.selection.model_scores import TASK_TRIAL_SCORES, class_balanced_agreement, trial_selection_scores
+from raysel.selection.inference import predict_subset
+from raysel.selection.predictions import CandidatePredictions, load_predictions, save_predictions
 from raysel.selection.selectors import SelectionSkipped, get_selector, selector_names
 
 NUM_CLASSES = 4
@@ -71,7 +73,7 @@ def images() -> ImageList:
 
 
 def test_new_selectors_are_registered() -> None:
-    assert {"cluster_ami", "robust", "consistency", "mixval"} <= set(selector_names())
+    assert {"cluster_ami", "robust", "consistency", "mixval", "classmix_consistency"} <= set(selector_names())
 
 
 def test_class_balanced_agreement_gives_a_collapsed_map_one_over_c() -> None:
@@ -88,9 +90,12 @@ def test_trial_scores_rank_a_collapsed_model_lowest(images, segmentation) -> Non
                                       task) for seed in range(3)]
     collapsed = trial_selection_scores(ColourNet(segmentation, collapsed=True), images, np.arange(len(images)), "cpu",
                                        task)
-    for name in ("consistency", "mixval"):
-        assert all(np.isfinite(s[name]) and 0 <= s[name] <= 1 for s in healthy + [collapsed])
-        assert collapsed[name] < min(s[name] for s in healthy), (name, collapsed, healthy)
+    for name in TASK_TRIAL_SCORES[task]:
+        assert all(np.isfinite(s[name]) and 0 <= s[name] <= 1 for s in healthy)
+        if name == "mixval":  # one predicted class: no inter-cluster probe, so no score at all
+            assert math.isnan(collapsed[name])
+        else:
+            assert collapsed[name] < min(s[name] for s in healthy), (name, collapsed, healthy)
 
 
 def test_trial_scores_are_deterministic_and_restore_the_mode(images) -> None:
@@ -106,7 +111,8 @@ def test_trial_scores_on_real_small_models(task) -> None:
     model = SmallSegNet(19) if task == "segmentation" else SmallCNN(10)
     dataset = ImageList(torch.randn(6, 3, 32, 64) if task == "segmentation" else torch.randn(6, 3, 32, 32))
     scores = trial_selection_scores(model, dataset, np.arange(6), "cpu", task, batch_size=4)
-    assert set(scores) == {"consistency", "mixval"} and all(np.isfinite(v) for v in scores.values())
+    assert set(scores) == set(TASK_TRIAL_SCORES[task]) and np.isfinite(scores["consistency"])
+    assert task == "classification" or np.isfinite(scores["classmix_consistency"])  # mixval: NaN if one class
     predictions = predict_subset(model, dataset, np.arange(6), "cpu", keep_probabilities=True, keep_features=True)
     samples, labels = predictions.feature_samples()
     assert samples.shape == (len(labels), 64 if task == "segmentation" else 128) and np.isfinite(samples).all()
@@ -224,3 +230,120 @@ def test_new_selectors_never_open_a_label_file(tmp_path) -> None:
         active[0] = False
     assert any("leftImg8bit" in path for path in opened)
     assert not [path for path in opened if "gtFine" in path or "heldout" in Path(path).parts]
+
+
+# ---- issue 29: defects of the trial-scored selectors, each test fails on the code before the fix --------------
+
+
+class RecordingImages(ImageList):
+    """ImageList that records which dataset indices were read."""
+
+    def __init__(self, images: torch.Tensor) -> None:
+        super().__init__(images)
+        self.read: list[int] = []
+
+    def __getitem__(self, index: int) -> dict:
+        self.read.append(int(index))
+        return super().__getitem__(index)
+
+
+def test_trial_scores_use_a_seeded_random_subset_not_the_lowest_indices() -> None:
+    """On class-sorted data the first 100 sorted indices are the low classes; a seeded random 100 spans them all."""
+    from raysel.selection.model_scores import TRIAL_SCORE_IMAGES
+
+    dataset = RecordingImages(torch.randn(500, 3, 4, 4, generator=torch.Generator().manual_seed(0)))
+    indices = np.arange(500)  # sorted, as selection_subset returns it
+
+    def scored(seed: int) -> list[int]:
+        dataset.read.clear()
+        trial_selection_scores(ColourNet(False), dataset, indices, "cpu", "classification", seed=seed)
+        return sorted(set(dataset.read))
+
+    first = scored(0)
+    assert len(first) == TRIAL_SCORE_IMAGES
+    assert sum(index >= 250 for index in first) >= 30  # drawn over the whole subset, not its lowest 100
+    assert scored(0) == first and scored(1) != first  # deterministic per seed: the same for every candidate
+
+
+def test_mixval_pairs_share_the_pseudo_label_intra_and_differ_inter() -> None:
+    from raysel.selection.model_scores import mixval_pairs
+
+    labels = np.repeat(np.arange(5), [30, 30, 20, 19, 1])[np.random.default_rng(3).permutation(100)]
+    pairs = mixval_pairs(labels, np.random.default_rng(0))
+    intra_a, intra_b = pairs["intra"]
+    inter_a, inter_b = pairs["inter"]
+    lonely = int(np.flatnonzero(labels == 4)[0])  # the only image of its pseudo-class has no intra partner
+    assert sorted(intra_a.tolist()) == [k for k in range(100) if k != lonely]  # one intra probe per other image
+    assert (labels[intra_a] == labels[intra_b]).all() and (intra_a != intra_b).all()
+    assert sorted(inter_a.tolist()) == list(range(100))  # one inter probe per image
+    assert (labels[inter_a] != labels[inter_b]).all()
+    again = mixval_pairs(labels, np.random.default_rng(0))
+    assert all(np.array_equal(x, y) for kind in pairs for x, y in zip(pairs[kind], again[kind]))
+    assert mixval_pairs(np.zeros(10, dtype=np.int64), np.random.default_rng(0))["inter"][0].size == 0
+
+
+class ChannelArgmax(nn.Module):
+    """Classifies an image by its brightest channel: 0.55·a + 0.45·b of one-hot colour images keeps a's class."""
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return images.mean(dim=(2, 3))
+
+
+def one_hot_colour_images(classes: np.ndarray) -> ImageList:
+    """Images whose channel ``c`` is 1 (the others 0) for class c."""
+    images = torch.zeros(len(classes), 3, 4, 4)
+    images[torch.arange(len(classes)), torch.as_tensor(classes)] = 1.0
+    return ImageList(images)
+
+
+def test_mixval_scores_the_dominant_pseudo_label_and_a_collapsed_model_cannot_be_scored() -> None:
+    dataset = one_hot_colour_images(np.arange(30) % 3)
+    scores = trial_selection_scores(ChannelArgmax(), dataset, np.arange(30), "cpu", "classification")
+    assert scores["mixval"] == pytest.approx(1.0)  # every probe keeps the dominant image's class
+    collapsed = trial_selection_scores(ColourNet(False, collapsed=True), dataset, np.arange(30), "cpu",
+                                       "classification")
+    assert math.isnan(collapsed["mixval"])  # no inter-cluster probe exists: no score (it was 0.5)
+
+
+class MirrorSensitive(nn.Module):
+    """Class 0 when the image's left half is brighter than its right half, else class 1: as for a digit, a mirror
+    image is another class; a photometric change (contrast, brightness) keeps the class."""
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        half = images.shape[-1] // 2
+        difference = images[..., :half].mean(dim=(1, 2, 3)) - images[..., half:].mean(dim=(1, 2, 3))
+        return torch.stack([difference, -difference], dim=1)
+
+
+def test_consistency_does_not_flip_classification_images_since_training_does_not() -> None:
+    from raysel.methods.augment import training_flips
+
+    assert not training_flips(segmentation=False) and training_flips(segmentation=True)
+    dataset = ImageList(torch.randn(12, 3, 4, 8, generator=torch.Generator().manual_seed(1)))
+    scores = trial_selection_scores(MirrorSensitive(), dataset, np.arange(12), "cpu", "classification")
+    assert scores["consistency"] == pytest.approx(1.0)  # 0.5 when the flip counted
+
+
+def test_segmentation_probe_is_named_classmix_consistency_and_mixval_stays_the_papers(images) -> None:
+    from raysel.selection.model_scores import TRIAL_SCORE_NAMES
+    from raysel.selection.selectors import TRIAL_SCORE_SELECTORS
+
+    segmentation = trial_selection_scores(ColourNet(True), images, np.arange(8), "cpu", "segmentation")
+    classification = trial_selection_scores(ColourNet(False), images, np.arange(8), "cpu", "classification")
+    assert set(segmentation) == {"consistency", "classmix_consistency"}
+    assert set(classification) == {"consistency", "mixval"}
+    assert set(TRIAL_SCORE_NAMES) == {"consistency", "mixval", "classmix_consistency"}
+    assert set(TRIAL_SCORE_NAMES) <= set(TRIAL_SCORE_SELECTORS) and "classmix_consistency" in selector_names()
+
+
+def test_old_segmentation_mixval_column_is_read_as_classmix_consistency_and_never_as_mixval() -> None:
+    old = pd.DataFrame({"trial_id": ["a", "b", "c"], "task": ["segmentation"] * 3, "score_mixval": [0.4, 0.6, 0.5]})
+    assert get_selector("classmix_consistency").score_trials(old).tolist() == [0.4, 0.6, 0.5]
+    with pytest.raises(SelectionSkipped, match="score_mixval"):
+        get_selector("mixval").score_trials(old)  # the old segmentation probe was not MixVal
+    new = old.assign(score_classmix_consistency=[0.1, 0.2, np.nan])
+    assert get_selector("classmix_consistency").score_trials(new).tolist() == [0.1, 0.2, 0.5]
+    classification = old.assign(task="classification")
+    assert get_selector("mixval").score_trials(classification).tolist() == [0.4, 0.6, 0.5]
+    with pytest.raises(SelectionSkipped):
+        get_selector("classmix_consistency").score_trials(classification)

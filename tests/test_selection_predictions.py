@@ -10,8 +10,8 @@ from torch.utils.data import Dataset
 
 from raysel.data.common import selection_subset
 from raysel.errors import DataError
-from raysel.selection.predictions import (CandidatePredictions, load_predictions, predict_subset, probability_grid,
-                                          save_predictions)
+from raysel.selection.inference import predict_subset
+from raysel.selection.predictions import CandidatePredictions, load_predictions, probability_grid, save_predictions
 
 
 class LabelTrap(dict):
@@ -153,3 +153,31 @@ def test_cache_candidate_predictions_predicts_the_runs_seeded_subset(tmp_path):
     np.testing.assert_array_equal(cached.labels, expected.labels)
     np.testing.assert_array_equal(cached.image_indices, selection_subset(9, size=4, seed=3))
     assert cached.probabilities is None
+
+
+class NonFiniteOn(nn.Module):
+    """ImageClassifier whose logits are NaN for the images at ``broken`` positions of every batch."""
+
+    def __init__(self, broken: slice) -> None:
+        super().__init__()
+        self.inner, self.broken = ImageClassifier(), broken
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        logits = self.inner(x).clone()
+        logits[self.broken] = float("nan")
+        return logits
+
+
+def test_non_finite_outputs_are_counted_and_survive_the_cache_without_probabilities(tmp_path):
+    """fmiou loads no probabilities, so the cache itself must say that a candidate's outputs were not finite."""
+    from raysel.selection.selectors import get_selector
+
+    dataset = TinyImages(6)
+    broken = predict_subset(NonFiniteOn(slice(0, 1)), dataset, np.arange(6), "cpu", batch_size=3)
+    assert broken.nonfinite_images == 2 and predict_subset(ImageClassifier(), dataset, np.arange(6),
+                                                           "cpu").nonfinite_images == 0
+    loaded = load_predictions(save_predictions(tmp_path / "b.npz", broken), with_probabilities=False)
+    assert loaded.nonfinite_images == 2 and loaded.probabilities is None
+    healthy = [predict_subset(ImageClassifier(), dataset, np.arange(6), "cpu") for _ in range(2)]
+    scores = get_selector("fmiou").score(healthy + [loaded])
+    assert np.isnan(scores[2]) and np.isfinite(scores[:2]).all()

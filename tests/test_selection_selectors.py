@@ -99,11 +99,14 @@ def test_soft_vote_uses_mean_probabilities():
 
 
 def test_entropy_and_im_known_values():
-    uniform = classification_candidate(np.full((4, NUM_CLASSES), 1 / NUM_CLASSES))
+    # Nearly uniform probabilities whose argmax differs per image (an exactly uniform row's argmax is class 0 for
+    # every image, i.e. a one-class model that entropy's collapse guard leaves out).
+    near_uniform = (np.full((4, NUM_CLASSES), 1 / NUM_CLASSES) + 0.004 * np.eye(NUM_CLASSES)) / 1.004
+    uniform = classification_candidate(near_uniform)
     balanced = classification_candidate(np.eye(NUM_CLASSES))
     collapsed = classification_candidate(np.tile(np.eye(NUM_CLASSES)[:1], (4, 1)))
     entropy = get_selector("entropy").score([uniform, balanced, collapsed])
-    np.testing.assert_allclose(entropy, [-math.log(NUM_CLASSES), 0.0, 0.0], atol=1e-3)
+    np.testing.assert_allclose(entropy, [-math.log(NUM_CLASSES), 0.0, np.nan], atol=1e-3)  # collapsed: no score
     information = get_selector("im").score([uniform, balanced, collapsed])
     np.testing.assert_allclose(information, [0.0, math.log(NUM_CLASSES), 0.0], atol=1e-3)
 
@@ -169,3 +172,66 @@ def test_select_best_skips_nan_and_prefers_the_first_of_ties():
     assert select_best([0.2, np.nan, 0.5, 0.5]) == 2
     with pytest.raises(DataError, match="no candidate"):
         select_best([np.nan, np.nan])
+
+
+# ---- issue 29: non-finite candidates and collapsed models (each test fails on the code before the fix) ----------
+
+
+def confident_candidate(labels: np.ndarray, confidence: float = 0.85, nan: bool = False) -> CandidatePredictions:
+    """Classification candidate putting ``confidence`` on ``labels`` (the rest spread); ``nan``: NaN probabilities,
+    as a model with non-finite outputs caches them (its argmax labels are class 0)."""
+    probabilities = np.full((len(labels), NUM_CLASSES), (1 - confidence) / (NUM_CLASSES - 1), dtype=np.float32)
+    probabilities[np.arange(len(labels)), labels] = confidence
+    if nan:
+        probabilities[:] = np.nan
+        labels = np.zeros_like(labels)
+    return CandidatePredictions(labels=np.asarray(labels, dtype=np.uint8),
+                                probabilities=probabilities.astype(np.float16),
+                                image_ids=tuple(f"img{k}" for k in range(len(labels))),
+                                image_indices=np.arange(len(labels)), num_classes=NUM_CLASSES, task="classification")
+
+
+@pytest.fixture()
+def with_broken():
+    """Two good candidates, one collapsed to class 0, one with NaN probabilities (last)."""
+    rng = np.random.default_rng(0)
+    truth = np.arange(40) % NUM_CLASSES
+    noisy = np.where(rng.random(40) < 0.2, (truth + 1) % NUM_CLASSES, truth)
+    return [confident_candidate(truth), confident_candidate(noisy), confident_candidate(np.zeros(40, dtype=int)),
+            confident_candidate(truth, nan=True)]
+
+
+@pytest.mark.parametrize("name", ["soft_vote", "rank_mean", "robust", "fmiou", "confident_fmiou", "im", "entropy"])
+def test_a_non_finite_candidate_gets_no_score_and_is_left_out_of_the_ensemble(with_broken, name):
+    scores = get_selector(name).score(with_broken)
+    assert np.isnan(scores[3]) and np.isfinite(scores[:2]).all()
+    assert select_best(scores) in (0, 1), scores  # the NaN ensemble used to make class 0 the truth: collapsed won
+    if name == "soft_vote":
+        np.testing.assert_allclose(scores[:3], get_selector(name).score(with_broken[:3]))  # as if it were absent
+
+
+def test_too_few_finite_candidates_is_a_clear_skip(with_broken):
+    from raysel.selection.selectors import SelectionSkipped
+
+    with pytest.raises(SelectionSkipped, match="non-finite predictions"):
+        get_selector("soft_vote").score([with_broken[0], with_broken[3]])
+
+
+def test_effective_classes_and_the_collapse_bound():
+    from raysel.selection.selectors import COLLAPSE_EFFECTIVE_CLASSES, effective_classes
+
+    assert effective_classes(np.zeros(50, dtype=int), NUM_CLASSES) == pytest.approx(1.0)
+    assert effective_classes(np.arange(40) % NUM_CLASSES, NUM_CLASSES) == pytest.approx(NUM_CLASSES)
+    assert effective_classes(np.arange(40) % 2, NUM_CLASSES) == pytest.approx(2.0)
+    assert COLLAPSE_EFFECTIVE_CLASSES == 2.0
+
+
+@pytest.mark.parametrize("name", ["entropy", "snd"])
+def test_entropy_and_snd_never_select_a_one_class_model(name):
+    truth = np.arange(40) % NUM_CLASSES
+    rng = np.random.default_rng(2)
+    good = [confident_candidate(np.where(rng.random(40) < 0.1, (truth + 1) % NUM_CLASSES, truth), 0.9)
+            for _ in range(3)]
+    collapsed = confident_candidate(np.zeros(40, dtype=int), 0.99)  # confident, and one class everywhere
+    scores = get_selector(name).score(good + [collapsed])
+    assert np.isnan(scores[3]) and np.isfinite(scores[:3]).all() and select_best(scores) != 3

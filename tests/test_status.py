@@ -1,4 +1,4 @@
-"""`raysel status`: a sweep's progress read from its real files (saved settings, Parquet store, Tune folders)."""
+"""`raysel status`: a sweep's progress read from its real files (saved request, Parquet store, Tune folders)."""
 
 from __future__ import annotations
 
@@ -7,18 +7,16 @@ from pathlib import Path
 
 import pytest
 
+from raysel.request import save_request
+from raysel.request_build import build_request
 from raysel.status import format_status, main, sweep_status
-from raysel.execution import Resources, SearchSettings, SweepSettings, save_settings
 from tests.test_report import build_store
 
 
 def save_sweep(results: Path, sweep_id: str = "sweep-a", alpha_grid: tuple = (0.3, 0.4, 0.5, 0.7, 0.9, 1.0)) -> None:
-    """Saved settings of a 6-point alpha grid on one target (6 expected trials), as raysel.sweep writes them."""
-    settings = SweepSettings(method="hiast", sweep_id=sweep_id, results=str(results),
-                             run={"method": "hiast", "dataset": "street_scenes", "data_root": "/data",
-                                  "source": "game", "model": None, "image_size": None, "seed": 0,
-                                  "selection_size": 12}, targets=["day_city"], resources=Resources())
-    save_settings(settings, SearchSettings(), {"alpha": {"grid": list(alpha_grid)}})
+    """The request of a 6-point alpha grid on one target (6 expected trials), saved as raysel.sweep saves it."""
+    save_request(build_request(method="hiast", name=sweep_id, results=results, data_root="/data", target=["day_city"],
+                               selection_size=12, space={"alpha": {"grid": list(alpha_grid)}}))
 
 
 def tune_trial(results: Path, trial_id: str, confidences: list[float], sweep_id: str = "sweep-a") -> Path:
@@ -88,6 +86,21 @@ def test_without_a_sweep_id_the_latest_sweep_is_shown(tmp_path: Path, capsys) ->
     os.utime(results / "sweeps" / "older" / "sweep.json", (1, 1))
     assert main(["--results", str(results)]) == 0
     assert "sweep newer (hiast)" in capsys.readouterr().out
+
+
+def test_status_answers_without_importing_torch_or_ray(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    save_sweep(tmp_path / "results")
+    script = ("import sys\nfrom raysel.status import main\n"
+              f"main(['sweep-a', '--results', {str(tmp_path / 'results')!r}])\n"
+              "loaded = sorted(name for name in ('torch', 'ray') if name in sys.modules)\nassert not loaded, loaded\n")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60,
+                            cwd=Path(__file__).resolve().parent.parent)
+    assert result.returncode == 0, result.stderr
+    assert "sweep sweep-a (hiast): in progress" in result.stdout and "0 finished, 0 running, 0 failed, 6 expected" \
+        in result.stdout
 
 
 @pytest.mark.integration

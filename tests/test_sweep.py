@@ -17,7 +17,7 @@ REPO = Path(__file__).resolve().parent.parent
 def run_sweep_in_process(capsys: pytest.CaptureFixture, *args: str) -> subprocess.CompletedProcess:
     """``raysel.sweep.main`` in this process (the entry point `python -m raysel.sweep` runs), as a finished process.
 
-    The error paths need torch and Ray imported; a fresh interpreter per case cost 5-9 s each, and the subprocess
+    The error paths import the method registry (torch); a fresh interpreter per case cost 5-9 s each, and the subprocess
     path itself is covered by the integration sweep and by test_cli.
     """
     try:
@@ -100,7 +100,7 @@ def test_sweep_runs_selects_and_stores(tiny_hiast_sweep: dict) -> None:
     selections = store.load(results, table="selections", sweep_id="tiny")
     from raysel.selection.selectors import selector_names
 
-    assert set(selections["selector"]) == set(selector_names()) - {"merge_quality"}  # every applicable selector
+    assert set(selections["selector"]) == set(selector_names()) - {"merge_quality", "mixval"}  # every applicable one
     headline = selections[selections["headline"]]
     assert list(headline["selector"]) == ["fmiou"]  # hiast's default decides
     selected = headline["selected_trial_id"].iloc[0]
@@ -126,24 +126,25 @@ def test_reused_trial_processes_give_the_results_of_a_fresh_run(tiny_hiast_sweep
     import json
 
     from raysel import store
-    from raysel.execution import load_settings, run_local
+    from raysel.execution import run_local
     from raysel.methods.base import RunSpec
+    from raysel.request import TUNE_FOLDER, load_request
     from raysel.store_schema import TRIAL_TIMING_COLUMNS
 
     results = tiny_hiast_sweep["results"]
     trials = store.load(results, sweep_id="tiny")
-    settings, _, _ = load_settings(str(results), "tiny")
-    tune_dir = settings.sweep_dir / "tune"
+    request = load_request(results, "tiny")
+    tune_dir = request.sweep_dir / TUNE_FOLDER
     pids = {json.loads((tune_dir / trial_id / "result.json").read_text().splitlines()[-1])["pid"]
             for trial_id in trials["trial_id"]}
     assert len(pids) < len(trials) == 3  # 2 CPUs: the third trial ran in a process a finished trial left
     for row in trials.itertuples():
         params = json.loads((tune_dir / row.trial_id / "params.json").read_text())
-        spec = RunSpec.from_dict({**settings.run, "target": row.target, "num_threads": 1,
+        spec = RunSpec.from_dict({**request.run_fields(), "target": row.target, "num_threads": 1,
                                   "output_dir": str(tmp_path / row.trial_id)})
         fresh = run_local("hiast", params["hp"], spec, checkpoint_root=tmp_path / f"{row.trial_id}-ckpt").final
         assert fresh["heldout_miou"] == row.heldout_miou
-        assert {"consistency", "mixval"} <= set(fresh["scores"])
+        assert {"consistency", "classmix_consistency"} <= set(fresh["scores"])
         for name, value in fresh["scores"].items():
             assert getattr(row, f"score_{name}") == value, name
     assert trials[list(TRIAL_TIMING_COLUMNS)].notna().all().all()

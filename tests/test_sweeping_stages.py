@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import io
-import types
+import shutil
 from pathlib import Path
 
 import pyarrow as pa
@@ -51,64 +51,57 @@ def test_trial_rows_declare_a_float_column_per_phase_null_when_not_timed() -> No
 def test_written_rows_carry_the_trial_phases(tmp_path: Path) -> None:
     from raysel import store
     from raysel.execution.rows import write_row
-    from raysel.execution.settings import SweepSettings
+    from raysel.request_build import build_request
 
-    settings = SweepSettings(method="hiast", sweep_id="timed", results=str(tmp_path),
-                             run={"dataset": "street_scenes", "source": "game", "seed": 0}, targets=["day_city"])
+    request = build_request(method="hiast", name="timed", results=tmp_path, target=["day_city"])
     final = {"status": "finished", "time_train_s": 3.0, "time_predictions_s": 0.25, "not_a_phase_s": 1.0}
-    write_row(store.ResultStore(tmp_path), settings, "t1", {"target": "day_city", "hp": {}}, 0.0, final)
+    write_row(store.ResultStore(tmp_path), request, "t1", {"target": "day_city", "hp": {}}, 0.0, final)
     trials = store.load(tmp_path, sweep_id="timed")
     assert trials["time_train_s"].iloc[0] == 3.0 and trials["time_predictions_s"].iloc[0] == 0.25
     assert trials["time_heldout_s"].isna().all() and "not_a_phase_s" not in trials
 
 
-def hiast_space(text: str):
-    """A HIAST search space from YAML text (written to a temporary file, as a user's --space is)."""
-    import tempfile
+def hiast_request(tmp_path: Path, text: str, **options: object):
+    """A HIAST sweep request whose search space is the YAML ``text`` (written to a file, as a user's --space is)."""
+    from raysel.request_build import build_request
 
-    from raysel.registry import get_method
-    from raysel.search_space import load_search_space
-
-    with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as handle:
-        handle.write(text)
-    return load_search_space(Path(handle.name), get_method("hiast"))
+    path = tmp_path / "space.yaml"
+    path.write_text(text)
+    return build_request(method="hiast", space=path, results=tmp_path / "results", **options)
 
 
-def test_sweeping_a_stage_setting_skips_preparation_and_says_which() -> None:
+def test_sweeping_a_stage_setting_skips_preparation_and_says_which(tmp_path: Path) -> None:
     """A swept warm-up length keys the warm-up stage: no stage is pre-built at the default length no trial uses."""
-    from raysel.execution.settings import SweepSettings
     from raysel.registry import get_method
     from raysel.sweeping import prepare_shared_stages, stage_keying_names
 
-    hiast = get_method("hiast")
-    space = hiast_space("alpha: {grid: [0.2, 0.5]}\nwarmup_iterations: {grid: [2, 4]}\nsource_iterations: 2\n")
-    assert stage_keying_names(hiast, space) == ["warmup_iterations"]
-    settings = SweepSettings(method="hiast", sweep_id="s", results="/nonexistent", run={"seed": 0},
-                             targets=["day_city"])
+    request = hiast_request(tmp_path, "alpha: {grid: [0.2, 0.5]}\nwarmup_iterations: {grid: [2, 4]}\n"
+                                      "source_iterations: 2\n")
+    assert stage_keying_names(get_method("hiast"), request.space) == ["warmup_iterations"]
     printed = io.StringIO()
-    assert prepare_shared_stages(settings, space, local=True, stream=printed) == []  # returns before any Ray task
+    assert prepare_shared_stages(request, local=True, stream=printed) == []  # returns before any Ray task
     assert "the sweep varies warmup_iterations" in printed.getvalue()
 
 
-def test_sweeping_only_trial_settings_keeps_the_shared_stage() -> None:
+def test_sweeping_only_trial_settings_keeps_the_shared_stage(tmp_path: Path) -> None:
     from raysel.registry import get_method
     from raysel.sweeping import stage_keying_names
 
-    space = hiast_space("alpha: {grid: [0.2, 0.5]}\ngamma: {uniform: [0.1, 0.9]}\nwarmup_iterations: 4\n")
-    assert stage_keying_names(get_method("hiast"), space) == []
+    request = hiast_request(tmp_path, "alpha: {grid: [0.2, 0.5]}\ngamma: {uniform: [0.1, 0.9]}\n"
+                                      "warmup_iterations: 4\n")
+    assert stage_keying_names(get_method("hiast"), request.space) == []
 
 
 def test_a_finished_preparation_is_skipped_while_its_stage_files_exist(tmp_path: Path) -> None:
     """Its marker lists the stage files; with all present no Ray task starts, with one gone the target is redone."""
-    from raysel.execution.settings import SweepSettings
+    from raysel.request_build import build_request
     from raysel.sweeping import StageRecord, _prepared_earlier, _write_marker, preparation_marker
 
-    run = {"dataset": "street_scenes", "data_root": str(tmp_path), "cache_dir": str(tmp_path / "cache"), "seed": 0}
-    settings = SweepSettings(method="hiast", sweep_id="s", results=str(tmp_path), run=run, targets=["day_city"])
-    marker = preparation_marker(settings, dict(TINY_HIAST), "day_city")
-    assert marker.parent.parent == tmp_path / "cache"
-    assert marker != preparation_marker(settings, {**TINY_HIAST, "warmup_iterations": 3}, "day_city")
-    assert marker != preparation_marker(settings, dict(TINY_HIAST), "dusk_city")
+    request = build_request(method="hiast", name="s", results=tmp_path, data_root=tmp_path, target=["day_city"])
+    marker = preparation_marker(request, dict(TINY_HIAST), "day_city")
+    assert marker.parent.parent == tmp_path / "_raysel_cache"  # the stage cache under the data root
+    assert marker != preparation_marker(request, {**TINY_HIAST, "warmup_iterations": 3}, "day_city")
+    assert marker != preparation_marker(request, dict(TINY_HIAST), "dusk_city")
     stage = tmp_path / "cache" / "adversarial_warmup" / "abc" / "state.pt"
     stage.parent.mkdir(parents=True)
     stage.write_bytes(b"state")
@@ -158,16 +151,15 @@ def test_a_timed_trial_stamps_every_phase_and_gives_the_same_results(tiny_roots:
 @pytest.mark.integration
 def test_independent_stages_are_built_by_parallel_ray_tasks(ray_local, tiny_roots: dict, tmp_path: Path) -> None:
     """Two targets' HIAST warm-ups: two Ray tasks at once; the source model they share is built once."""
-    from raysel.execution.settings import SweepSettings
+    from raysel.request_build import build_request
     from raysel.sweeping import prepare_shared_stages
 
-    run = {"method": "hiast", "dataset": "street_scenes", "data_root": str(tiny_roots["street_scenes"]),
-           "source": "game", "seed": 0, "cache_dir": str(tmp_path / "cache")}
-    settings = SweepSettings(method="hiast", sweep_id="stages", results=str(tmp_path / "results"), run=run,
-                             targets=["day_city", "dusk_city"])
-    space = types.SimpleNamespace(fixed_values=lambda: dict(TINY_HIAST))
+    data_root = tmp_path / "data"  # a copy: the stage cache under it starts empty
+    shutil.copytree(tiny_roots["street_scenes"], data_root)
+    request = build_request(method="hiast", name="stages", results=tmp_path / "results", data_root=data_root,
+                            target=["day_city", "dusk_city"], space=dict(TINY_HIAST))
     printed = io.StringIO()
-    records = prepare_shared_stages(settings, space, local=True, stream=printed)
+    records = prepare_shared_stages(request, local=True, stream=printed)
 
     warmups = [record for record in records if record.name == "adversarial_warmup"]
     assert sorted(record.target for record in warmups) == ["day_city", "dusk_city"]
@@ -184,7 +176,7 @@ def test_independent_stages_are_built_by_parallel_ray_tasks(ray_local, tiny_root
     assert "2 Ray task(s) of 1 CPU(s)" in printed.getvalue()
 
     again = io.StringIO()  # the next sweep with the same inputs: the markers say every stage file is there
-    cached = prepare_shared_stages(settings, space, local=True, stream=again)
+    cached = prepare_shared_stages(request, local=True, stream=again)
     assert cached and not any(record.built for record in cached)
     assert all(record.task_id == "" for record in cached), "no Ray task only to load cached stages"
     assert {record.path for record in cached} <= {record.path for record in records}
@@ -196,13 +188,12 @@ def test_sweep_overhead_breakdown_partitions_the_sweep_wall_time(tmp_path: Path)
     from benchmarks.sweep_overhead import SweepRun, breakdown_rows
     from raysel import store
     from raysel.execution.rows import write_row
-    from raysel.execution.settings import SweepSettings
+    from raysel.request_build import build_request
 
-    settings = SweepSettings(method="hiast", sweep_id="seq", results=str(tmp_path),
-                             run={"dataset": "street_scenes", "source": "game", "seed": 0}, targets=["day_city"])
+    request = build_request(method="hiast", name="seq", results=tmp_path, target=["day_city"])
     writer = store.ResultStore(tmp_path)
     for index, started in enumerate((1000.0, 1010.0)):  # finished_at: when the row is written (now)
-        write_row(writer, settings, f"t{index}", {"target": "day_city", "hp": {}}, started,
+        write_row(writer, request, f"t{index}", {"target": "day_city", "hp": {}}, started,
                   {"status": "finished", "time_train_s": 5.0, "time_setup_s": 1.0})
     trials = store.load(tmp_path, sweep_id="seq")
     ends = {row.trial_id: row.finished_at.timestamp() for row in trials.itertuples()}

@@ -18,6 +18,10 @@ from typing import Callable, Iterator
 
 from raysel.errors import DataError
 
+__all__ = [
+    "MARKER", "read_marker", "exclusive_lock", "generate_tree", "read_marker_matches", "ensure_generated",
+]
+
 MARKER = ".raysel_generated.json"
 
 

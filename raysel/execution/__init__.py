@@ -15,7 +15,8 @@ Execution model (Ray 2.60, Train V2):
   already ``finished``.
 * :func:`run_local` runs one configuration in-process through the same per-worker function (no Tune).
 
-Modules: :mod:`.settings` (what a sweep is, save/load), :mod:`.connection` (joining Ray), :mod:`.devices`,
+What a sweep is (the checked, frozen request every trial reads) is :mod:`raysel.request`.
+Modules: :mod:`.connection` (joining Ray), :mod:`.devices`,
 :mod:`.sessions`, :mod:`.trial` (run_worker, finish_run), :mod:`.rows` (the trial row), :mod:`.driver` (the Tune
 trainable, Ray Train), :mod:`.tuner`, :mod:`.progress`, :mod:`.predictions` and :mod:`.repredict` (candidate
 predictions as Ray tasks), :mod:`.local` (run_local). Whole-sweep orchestration is :mod:`raysel.sweeping`.
@@ -26,13 +27,11 @@ from raysel.execution.driver import trial_driver
 from raysel.execution.local import LocalRun, run_local
 from raysel.execution.progress import ProgressPrinter
 from raysel.execution.sessions import TrainWorkerSession, TuneTrialSession
-from raysel.execution.settings import (Resources, SearchSettings, SweepSettings, latest_sweep_id, load_settings,
-                                       save_settings)
 from raysel.execution.trial import finish_run, run_worker
-from raysel.execution.tuner import build_tuner
+from raysel.execution.tuner import build_tuner, trial_concurrency
+from raysel.request import Resources
 
 __all__ = [
-    "Resources", "SweepSettings", "SearchSettings", "save_settings", "load_settings", "latest_sweep_id",
-    "TuneTrialSession", "TrainWorkerSession", "run_worker", "finish_run", "trial_driver", "connect", "cluster_cpus",
-    "build_tuner", "ProgressPrinter", "run_local", "LocalRun",
+    "Resources", "TuneTrialSession", "TrainWorkerSession", "run_worker", "finish_run", "trial_driver", "connect",
+    "cluster_cpus", "build_tuner", "trial_concurrency", "ProgressPrinter", "run_local", "LocalRun",
 ]

@@ -7,10 +7,10 @@ import sys
 
 import torch
 
-from raysel.execution.settings import Resources
+from raysel.request import Resources
 
 # Set to 1 on the nodes (not the client) only for Ray's fake multi-node provider, whose GPU nodes have no CUDA:
-# GPU-requesting trials then compute on CPU instead of failing (tests/fake_cluster.py sets it on the head).
+# GPU-requesting trials then compute on CPU instead of failing (raysel/testing/fake_cluster.py sets it on the head).
 FAKE_GPUS_ENV = "RAYSEL_FAKE_GPUS"
 
 

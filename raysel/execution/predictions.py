@@ -9,7 +9,8 @@ import torch
 
 from raysel.methods.base import RunContext
 from raysel.data.common import selection_subset
-from raysel.selection.predictions import predict_subset, save_predictions
+from raysel.selection.inference import predict_subset
+from raysel.selection.predictions import save_predictions
 
 
 def cache_candidate_predictions(model: torch.nn.Module, ctx: RunContext, path: str | os.PathLike) -> Path:

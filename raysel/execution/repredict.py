@@ -12,8 +12,8 @@ recipe: :func:`raysel.methods.result.rebuild_model`; the run's network builder p
 module for HDRQ's quantized merged model) and calls
 :func:`~raysel.execution.predictions.cache_candidate_predictions`, the same function the trial used, on the same
 seeded subset of target *training* images (the sweep's ``selection_size`` / ``selection_seed``). No label is read.
-The same task recomputes the trial-scored label-free scores that need the model (``consistency``, ``mixval``:
-:mod:`raysel.selection.model_scores`), writes them next to the predictions (``trial_scores.json``), and
+The same task recomputes the trial-scored label-free scores that need the model (``consistency``, and ``mixval``
+for classification or ``classmix_consistency`` for segmentation: :mod:`raysel.selection.model_scores`), writes them next to the predictions (``trial_scores.json``), and
 :func:`repredict_sweep` stores them in the trial rows as ``score_<name>``.
 
 Paths: a sweep records absolute paths under its results folder. When that folder was copied or moved, paths under
@@ -37,12 +37,13 @@ from ray.exceptions import RayTaskError
 from raysel.errors import DataError, UserError
 from raysel.execution.connection import connect
 from raysel.execution.predictions import cache_candidate_predictions
-from raysel.execution.settings import SETTINGS_FILE, SweepSettings, load_settings
 from raysel.execution.trial import PREDICTIONS_FILE
 from raysel.methods.base import LocalSession, RunContext, RunSpec
 from raysel.methods.result import rebuild_model
 from raysel.progress import heartbeat, progress
+from raysel.request import SETTINGS_FILE, SweepRequest, load_request
 from raysel.selection.model_scores import run_trial_selection_scores
+from raysel.store_schema import relocated_path
 
 TRIAL_SCORES_FILE = "trial_scores.json"
 
@@ -60,25 +61,11 @@ class PredictionJob:
     num_gpus: float
 
 
-def sweep_settings(store: Any, sweep_id: str) -> SweepSettings | None:
-    """The sweep's saved settings (``sweeps/<id>/sweep.json`` under the store), or None when it has none."""
+def sweep_request(store: Any, sweep_id: str) -> SweepRequest | None:
+    """The sweep's saved request (``sweeps/<id>/sweep.json`` under the store), or None when it has none."""
     if not (Path(store.root) / "sweeps" / sweep_id / SETTINGS_FILE).is_file():
         return None
-    settings, _, _ = load_settings(str(store.root), sweep_id)
-    return settings
-
-
-def relocated_path(path: str | Path, recorded_root: str | Path | None, store_root: str | Path) -> Path:
-    """``path`` as it lies in ``store_root`` when it was recorded under ``recorded_root`` (the sweep's results folder
-    before a copy or move); other paths unchanged."""
-    path = Path(path)
-    if recorded_root is None:
-        return path
-    try:
-        relative = path.relative_to(Path(recorded_root))
-    except ValueError:
-        return path
-    return Path(store_root).resolve() / relative
+    return load_request(store.root, sweep_id)
 
 
 def prediction_jobs(store: Any, sweep_id: str, *, only_missing: bool = True) -> list[PredictionJob]:
@@ -91,8 +78,8 @@ def prediction_jobs(store: Any, sweep_id: str, *, only_missing: bool = True) -> 
     if trials.empty:
         raise UserError(f"sweep {sweep_id!r} has no trials in the result store {store.root}")
     finished = trials[trials["status"] == "finished"].sort_values("trial_id")
-    settings = sweep_settings(store, sweep_id)
-    recorded_root = settings.results if settings is not None else None
+    request = sweep_request(store, sweep_id)
+    recorded_root = request.results if request is not None else None
     jobs: list[PredictionJob] = []
     for row in finished.to_dict("records"):
         trial_id = str(row["trial_id"])
@@ -111,15 +98,16 @@ def prediction_jobs(store: Any, sweep_id: str, *, only_missing: bool = True) -> 
             raise DataError(f"{where} has no predictions file and no model checkpoint"
                             f"{f' at {checkpoint}' if checkpoint is not None else ''}; it cannot be predicted again "
                             "(run the trial again, or remove its row to select without it)")
-        if settings is None:
+        if request is None:
             raise DataError(f"{where} needs predicting but the sweep's settings file "
                             f"{Path(store.root) / 'sweeps' / sweep_id / 'sweep.json'} is missing (it says which "
                             "data and model the trial used)")
-        run = dict(settings.run, target=row["target"], output_dir=str(checkpoint.parent),
-                   num_threads=max(1, int(round(settings.resources.cpus_per_worker))))
+        resources = request.resources
+        run = dict(request.run_fields(), target=row["target"], output_dir=str(checkpoint.parent),
+                   num_threads=max(1, int(round(resources.cpus_per_worker))))
         jobs.append(PredictionJob(sweep_id=sweep_id, trial_id=trial_id, run=run, checkpoint_path=str(checkpoint),
-                                  predictions_path=str(predictions), num_cpus=float(settings.resources.cpus_per_worker),
-                                  num_gpus=float(settings.resources.gpus_per_worker)))
+                                  predictions_path=str(predictions), num_cpus=float(resources.cpus_per_worker),
+                                  num_gpus=float(resources.gpus_per_worker)))
     return jobs
 
 

@@ -11,28 +11,29 @@ import torch
 
 from raysel import __version__
 from raysel.data import get_family
-from raysel.execution.settings import SweepSettings
 from raysel.hyperparameters import config_from_dict
+from raysel.methods.reports import FINAL_METRICS, FINAL_SCORES
 from raysel.registry import get_method
+from raysel.request import SweepRequest
 from raysel.store import ResultStore
 from raysel.store_schema import FINAL_METRIC_COLUMNS, PER_TARGET_HELDOUT_PREFIXES, TRIAL_TIMING_COLUMNS
 
 
-def write_row(store: ResultStore, settings: SweepSettings, trial_id: str, config: dict[str, Any], started: float,
+def write_row(store: ResultStore, request: SweepRequest, trial_id: str, config: dict[str, Any], started: float,
               final: dict[str, Any]) -> None:
     """Write this trial's row (atomic; a rewrite of the same trial replaces it)."""
-    method = get_method(settings.method)
-    run = settings.run
+    method = get_method(request.method)
+    data = request.data
     row: dict[str, Any] = {
-        "sweep_id": settings.sweep_id,
+        "sweep_id": request.sweep_id,
         "trial_id": trial_id,
-        "method": settings.method,
-        "task": method.tasks[0] if len(method.tasks) == 1 else get_family(run["dataset"]).task,
-        "dataset": run["dataset"],
-        "source": run.get("source"),
+        "method": request.method,
+        "task": method.tasks[0] if len(method.tasks) == 1 else get_family(data.family).task,
+        "dataset": data.family,
+        "source": data.source,
         "target": config["target"],
-        "model": run.get("model"),
-        "seed": run.get("seed"),
+        "model": data.model,
+        "seed": request.search.seed,
         "status": final.get("status", "failed"),
         "error": final.get("error"),
         "retries": int(final.get("retries", 0) or 0),
@@ -41,6 +42,7 @@ def write_row(store: ResultStore, settings: SweepSettings, trial_id: str, config
         "finished_at": time.time(),
         "checkpoint_path": final.get("checkpoint_path"),
         "predictions_path": final.get("predictions_path"),
+        "class_names": list(get_family(data.family).class_names),  # names heldout_iou's entries (store_schema)
         "raysel_version": __version__,
         "ray_version": ray.__version__,
         "torch_version": torch.__version__,
@@ -49,7 +51,7 @@ def write_row(store: ResultStore, settings: SweepSettings, trial_id: str, config
         if key in final:
             row[key] = final[key]
     row.update({key: value for key, value in final.items() if key.startswith(PER_TARGET_HELDOUT_PREFIXES)})
-    row["scores"], row["metrics"] = final.get("scores"), final.get("metrics")  # from the TrainResult (finish_run)
+    row["scores"], row["metrics"] = final.get(FINAL_SCORES), final.get(FINAL_METRICS)  # the TrainResult's (finish_run)
     # Every hyperparameter, swept or default, becomes its own typed column.
     row["hyperparameters"] = dataclasses.asdict(config_from_dict(method.config_class, dict(config["hp"])))
     store.write_trial(row, hyperparameter_types=method.config_class)

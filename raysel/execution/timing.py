@@ -14,6 +14,10 @@ from torch.utils.data import Dataset
 from raysel.methods.base import CHECKPOINT_FILE, RunContext, RunSpec, Session
 from raysel.store_schema import TIMING_PREFIX
 
+__all__ = [
+    "PhaseStamp", "PhaseClock", "StageTiming", "TimedRunContext", "phase", "timed_context",
+]
+
 
 @dataclass
 class PhaseStamp:

@@ -22,11 +22,17 @@ from raysel.execution.timing import phase
 from raysel.heldout import heldout_scores
 from raysel.hyperparameters import config_from_dict
 from raysel.methods.base import NonFiniteLossError, RunContext, RunSpec, Session
+from raysel.methods.reports import FINAL_METRICS, FINAL_SCORES
 from raysel.methods.result import TrainResult, save_model, unwrapped
 from raysel.metrics import harmonic_mean
 from raysel.registry import get_method
 from raysel.selection.model_scores import run_trial_selection_scores
-from raysel.store_schema import SCORE_PREFIX, primary_heldout_column
+from raysel.store_schema import primary_heldout_column
+
+__all__ = [
+    "ATTEMPTS_FILE", "FINAL_FILE", "MODEL_FILE", "PREDICTIONS_FILE", "WorkerRun", "run_worker", "train_and_finish",
+    "finish_run", "score_at_report", "multi_target_heldout", "read_int",
+]
 
 ATTEMPTS_FILE = "attempts"
 FINAL_FILE = "final.json"
@@ -60,6 +66,7 @@ def train_and_finish(loop_config: dict[str, Any], session: Session,
     config = config_from_dict(method.config_class, loop_config["hyperparameters"])
     spec = RunSpec.from_dict(loop_config["run"])
     ctx = context_class(spec, session)
+    method.check_task(ctx.task, ctx.family.name)  # before anything trains: direct Python callers skip the CLI's check
     if loop_config.get("report_score"):
         ctx.report_scores = functools.partial(score_at_report, ctx=ctx, name=loop_config["report_score"])
     output_dir = Path(spec.output_dir)
@@ -101,20 +108,20 @@ def finish_run(result: TrainResult, ctx: RunContext) -> dict[str, Any]:
         else:
             final.update(heldout_scores(model, ctx.family, ctx.data_root, ctx.target, ctx.device,
                                         image_size=ctx.spec.image_size))
-    # Label-free scores that need the model (consistency, MixVal); the method's own scores win on a name clash.
+    # Label-free scores that need the model (consistency; mixval or classmix_consistency); the method's own scores win on a name clash.
     with phase(ctx, "selection_scores"):
-        final["scores"] = {**run_trial_selection_scores(model, ctx), **result.scores}
+        final[FINAL_SCORES] = {**run_trial_selection_scores(model, ctx), **result.scores}
     if result.metrics:
-        final["metrics"] = dict(result.metrics)
+        final[FINAL_METRICS] = dict(result.metrics)
     return final
 
 
 def score_at_report(model: torch.nn.Module, ctx: RunContext, name: str) -> dict[str, float]:
-    """``{score_<name>: value}`` of the model at a report point, so ASHA can compare trials on a trial-scored
-    selector at its rungs; training's random streams are left as they were."""
+    """``{name: value}`` of the model at a report point (reported as ``score_<name>``), so ASHA can compare trials
+    on a trial-scored selector at its rungs; training's random streams are left as they were."""
     with torch.random.fork_rng(devices=[]):  # the scoring DataLoader draws a base seed from the global RNG
         scores = run_trial_selection_scores(unwrapped(model), ctx)
-    return {f"{SCORE_PREFIX}{name}": scores[name]} if name in scores else {}
+    return {name: scores[name]} if name in scores else {}
 
 
 def multi_target_heldout(model: torch.nn.Module, ctx: RunContext, targets: list[str]) -> dict[str, Any]:

@@ -136,14 +136,23 @@ def strong_augment(images: torch.Tensor, generator: torch.Generator, num_ops: in
     return normalize(out)
 
 
+def training_flips(segmentation: bool) -> bool:
+    """Whether training flips images horizontally: a label map flips with its image, a class label need not survive
+    a mirror (a mirrored digit can be another digit), so classification trains without flips. Label-free selection
+    (``raysel.selection.model_scores``) reads the same switch to perturb only in label-preserving ways."""
+    return segmentation
+
+
 def source_augment(images: torch.Tensor, labels: torch.Tensor, generator: torch.Generator, segmentation: bool,
                    photometric_ops: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Source-training view: geometric (flip + scaled crop; digits get no flip and labels stay per image), then
-    ``photometric_ops`` ops of the strong pool each firing with p=0.5 (0 = geometry only)."""
+    """Source-training view: geometric (flip + scaled crop; classification gets no flip, see :func:`training_flips`,
+    and labels stay per image), then ``photometric_ops`` ops of the strong pool each firing with p=0.5 (0 = geometry
+    only)."""
+    flip = training_flips(segmentation)
     if segmentation:
-        images, labels = weak_augment(images, labels, generator)
+        images, labels = weak_augment(images, labels, generator, flip=flip)
     else:
-        images, _ = weak_augment(images, None, generator, flip=False, scale_range=(0.8, 1.0))
+        images, _ = weak_augment(images, None, generator, flip=flip, scale_range=(0.8, 1.0))
     if photometric_ops > 0:
         images = strong_augment(images, generator, num_ops=photometric_ops, op_probability=0.5)
     return images, labels

@@ -28,7 +28,12 @@ from raysel import data as data_module
 from raysel.errors import ConfigError
 from raysel.models import build_model, default_model_name
 from raysel.methods.acceleration import Acceleration, DeviceAcceleration
+from raysel.methods.reports import EpochReport
 from raysel.progress import PROGRESS_FILE
+
+__all__ = [
+    "CHECKPOINT_FILE", "require", "RunSpec", "Session", "LocalSession", "StopRun", "NonFiniteLossError", "RunContext",
+]
 
 CHECKPOINT_FILE = "state.pt"
 
@@ -146,8 +151,8 @@ class NonFiniteLossError(RuntimeError):
 class RunContext:
     """Everything a per-worker train loop needs: data, models, device, rank, reporting, restoring, shared stages."""
 
-    # Label-free scores of the model a report passes, set by the execution layer (e.g. an ASHA objective); a class
-    # default so that test contexts which skip __init__ still report.
+    # Label-free scores (by selector name) of the model a report passes, set by the execution layer (e.g. an ASHA
+    # objective); a class default so that test contexts which skip __init__ still report.
     report_scores: Callable[[nn.Module], dict[str, float]] | None = None
 
     def __init__(self, spec: RunSpec, session: Session) -> None:
@@ -266,18 +271,18 @@ class RunContext:
         return model
 
     # -- reporting and checkpoints -------------------------------------------------------------------------------
-    def report(self, metrics: dict[str, Any], checkpoint_state: dict[str, Any] | None = None,
+    def report(self, report: EpochReport, checkpoint_state: dict[str, Any] | None = None,
                model: nn.Module | None = None) -> None:
-        """Report metrics from every worker; the checkpoint (if given) is written by rank 0 only.
+        """Report from every worker; the checkpoint (if given) is written by rank 0 only.
 
         Every rank must call this at the same steps (Ray Train requirement). A non-finite ``loss`` raises
         NonFiniteLossError after the report, so the trial stops with that reason and earlier checkpoints survive.
         ``model`` is the model the run would ship if it stopped here: rank 0 adds ``report_scores(model)``.
         """
         if model is not None and self.report_scores is not None and self.is_main:
-            metrics = {**metrics, **self.report_scores(model)}
-        loss = metrics.get("loss")
-        finite = not self.any_rank_not_finite(None if loss is None else float(loss))
+            report = report.with_scores(self.report_scores(model))
+        finite = not self.any_rank_not_finite(report.loss)
+        metrics = report.to_metrics()
         if checkpoint_state is not None and self.is_main and finite:
             with tempfile.TemporaryDirectory(prefix="raysel-ckpt-") as directory:
                 torch.save(checkpoint_state, Path(directory) / CHECKPOINT_FILE)
@@ -285,7 +290,7 @@ class RunContext:
         else:
             self.session.report(metrics, None)
         if not finite:
-            raise NonFiniteLossError(f"training loss became {loss} at {_step_text(metrics)}; stopping this trial")
+            raise NonFiniteLossError(f"training loss became {report.loss} at {report.step_text()}; stopping this trial")
 
     def restore(self) -> dict[str, Any] | None:
         """The state of the last reported checkpoint of this run (after a restart), or None on a fresh start."""
@@ -344,9 +349,4 @@ class RunContext:
             if lock_handle is not None:
                 fcntl.flock(lock_handle, fcntl.LOCK_UN)
                 lock_handle.close()
-
-
-def _step_text(metrics: dict[str, Any]) -> str:
-    parts = [f"{key}={metrics[key]}" for key in ("round", "epoch", "iteration") if key in metrics]
-    return ", ".join(parts) or "an unknown step"
 

@@ -55,10 +55,19 @@ from raysel.errors import ConfigError
 from raysel.hyperparameters import bounded, check_fields
 from raysel.methods import optim, stages, training
 from raysel.methods.base import RunContext, require
+from raysel.methods.reports import LOSS, TARGET_CONFIDENCE, EpochReport
 from raysel.methods.result import TrainResult
 from raysel.methods.losses import cross_entropy
 from raysel.models.discriminators import DomainDiscriminator, dann_coefficient
 from raysel.registry import Method, register
+
+__all__ = [
+    "SOURCE_DOMAIN_LABEL", "TARGET_DOMAIN_LABEL", "GsdaConfig", "group_assignment", "group_membership",
+    "group_probabilities", "conditional_entropy", "weighted_domain_losses", "feature_gradient_magnitudes",
+    "synchronization_loss", "HierarchicalDiscriminators", "AlignmentLosses", "discriminator_weights",
+    "alignment_losses", "class_probabilities_for_alignment", "FeaturesAndLogits", "adversarial_coefficient",
+    "Trainables", "build_trainables", "train_gsda", "gsda_step",
+]
 
 SOURCE_DOMAIN_LABEL = 1.0  # d_i in Eq. 6-8: 1 for source, 0 for target
 TARGET_DOMAIN_LABEL = 0.0
@@ -70,8 +79,11 @@ TARGET_DOMAIN_LABEL = 0.0
 
 
 @dataclass(frozen=True)
-class GsdaConfig:
-    """GSDA hyperparameters. Paper values (§3.1, ResNet-50) in comments; defaults are sized for digits on CPU."""
+class GsdaConfig(stages.SourceStageFields):
+    """GSDA hyperparameters. Paper values (§3.1, ResNet-50) in comments; defaults are sized for digits on CPU.
+
+    The inherited ``source_*`` fields set the cached source-only stage GSDA starts from when ``init_from_source``.
+    """
 
     # Eq. 5 target entropy weight [paper: 0.02 Office-31/Office-Home, 0.2 VisDA-2017/PDA]
     alpha: float = bounded(0.02, ge=0.0)
@@ -100,8 +112,6 @@ class GsdaConfig:
     # target samples below it get no class/group weight (0 = Eq. 7 exactly)
     confidence_threshold: float = bounded(0.0, ge=0.0, lt=1.0)
     init_from_source: bool = True  # start from the cached source-only model [paper: ImageNet init, joint training]
-    source_learning_rate: float = 1e-3  # source-only stage (not swept; shared with the source_only method's defaults)
-    source_iterations: int = 600
     num_reports: int = bounded(4, ge=1)  # reports (with checkpoints) spread evenly over the iterations
 
     def validate(self, num_classes: int | None = None) -> None:
@@ -111,10 +121,6 @@ class GsdaConfig:
             require(self.groups <= num_classes,
                     f"groups must be between 1 and the number of classes ({num_classes}), got {self.groups}")
         self.source_settings().validate()
-
-    def source_settings(self) -> stages.SourceStageSettings:
-        """The cached source-only stage GSDA starts from when ``init_from_source`` (source_only's defaults)."""
-        return stages.SourceStageSettings(learning_rate=self.source_learning_rate, iterations=self.source_iterations)
 
     @property
     def uses_groups(self) -> bool:
@@ -294,7 +300,7 @@ def class_probabilities_for_alignment(source_labels: torch.Tensor, target_logits
 # --------------------------------------------------------------------------------------------------------------
 
 
-class _FeaturesAndLogits(nn.Module):
+class FeaturesAndLogits(nn.Module):
     """E and C in one forward, so the DDP wrapper sees the features every loss is computed from."""
 
     def __init__(self, model: nn.Module) -> None:
@@ -345,7 +351,7 @@ def _initial_model(config: GsdaConfig, ctx: RunContext) -> nn.Module:
 
 
 @dataclass
-class _Trainables:
+class Trainables:
     """Everything a GSDA run updates, saved together in every checkpoint."""
 
     model: nn.Module
@@ -367,7 +373,7 @@ class _Trainables:
         self.discriminator_scheduler.step()
 
 
-def _build_trainables(config: GsdaConfig, ctx: RunContext, fresh: bool) -> _Trainables:
+def build_trainables(config: GsdaConfig, ctx: RunContext, fresh: bool) -> Trainables:
     """Model (source-initialised when ``fresh`` and ``init_from_source``), discriminators, optimisers, schedules."""
     torch.manual_seed(ctx.spec.seed)  # the same initial weights on every worker
     model = _initial_model(config, ctx) if fresh else ctx.build_model(pretrained=False)
@@ -381,7 +387,7 @@ def _build_trainables(config: GsdaConfig, ctx: RunContext, fresh: bool) -> _Trai
     discriminator_optimizer = optim.build_optimizer(
         discriminators, config.discriminator_learning_rate, optimizer=config.optimizer,
         weight_decay=config.weight_decay, momentum=config.momentum)
-    return _Trainables(model, discriminators, optimizer, discriminator_optimizer,
+    return Trainables(model, discriminators, optimizer, discriminator_optimizer,
                        optim.build_scheduler(optimizer, config.iterations, config.schedule),
                        optim.build_scheduler(discriminator_optimizer, config.iterations, config.schedule))
 
@@ -393,12 +399,10 @@ def train_gsda(config: GsdaConfig, ctx: RunContext) -> TrainResult:
     discriminators, optimisers, schedules and random state, so a restarted trial continues exactly where it stopped.
     """
     config.validate(ctx.num_classes)
-    if ctx.task != "classification":
-        raise ConfigError(f"gsda is a classification method; dataset {ctx.spec.dataset!r} is {ctx.task}")
     membership = (group_membership(group_assignment(ctx.num_classes, config.groups, config.group_seed), config.groups)
                   .to(ctx.device) if config.uses_groups else None)
     restored = ctx.restore()
-    trainables = _build_trainables(config, ctx, fresh=restored is None)
+    trainables = build_trainables(config, ctx, fresh=restored is None)
     iteration, epoch = 0, 0
     if restored is not None:
         trainables.load_state_dict(restored["trainables"])
@@ -406,7 +410,7 @@ def train_gsda(config: GsdaConfig, ctx: RunContext) -> TrainResult:
         iteration, epoch = restored["iteration"], restored["epoch"]
     else:
         torch.manual_seed(ctx.spec.seed * 1000 + ctx.rank)  # dropout masks differ per worker, reproducibly
-    network = ctx.distributed(_FeaturesAndLogits(trainables.model))
+    network = ctx.distributed(FeaturesAndLogits(trainables.model))
 
     source_batches = _batches_from(ctx.loader(ctx.source_dataset(), config.batch_size, seed_offset=31), iteration)
     target_batches = _batches_from(ctx.loader(ctx.target_dataset(), config.batch_size, seed_offset=32), iteration)
@@ -423,8 +427,8 @@ def train_gsda(config: GsdaConfig, ctx: RunContext) -> TrainResult:
         iteration += 1
         if iteration in checkpoints:
             epoch += 1
-            report = {"epoch": epoch, "iteration": iteration, **running.means(ctx),
-                      "seconds_train_loop": time.perf_counter() - started}
+            report = EpochReport.from_measurements(epoch=epoch, iteration=iteration, measurements={
+                **running.means(ctx), "seconds_train_loop": time.perf_counter() - started})
             running.reset()
             state = {"trainables": trainables.state_dict(), "rng_state": ctx.all_gather_objects(_rng_state(ctx)),
                      "iteration": iteration, "epoch": epoch, "config": dataclasses.asdict(config)}
@@ -448,7 +452,7 @@ class _Batch:
         return self.source_labels.shape[0]
 
 
-def _discriminator_step(config: GsdaConfig, ctx: RunContext, trainables: _Trainables, batch: _Batch,
+def _discriminator_step(config: GsdaConfig, ctx: RunContext, trainables: Trainables, batch: _Batch,
                         membership: torch.Tensor | None, synchronize: bool, iteration: int) -> torch.Tensor:
     """D-step: min L^g + L^l + beta L^syn over the discriminators with E fixed (Eq. 14-15); returns L^d."""
     trainables.discriminators.requires_grad_(True)
@@ -465,7 +469,7 @@ def _discriminator_step(config: GsdaConfig, ctx: RunContext, trainables: _Traina
     return discriminator_loss.detach()
 
 
-def _feature_step(config: GsdaConfig, ctx: RunContext, trainables: _Trainables, batch: _Batch,
+def _feature_step(config: GsdaConfig, ctx: RunContext, trainables: Trainables, batch: _Batch,
                   membership: torch.Tensor | None, synchronize: bool, iteration: int) -> dict[str, float]:
     """E,C-step: min L^c + beta L^syn - lambda_p (L^g + L^l) against the frozen D (Eq. 16-17); returns the terms."""
     count = batch.source_count
@@ -480,12 +484,12 @@ def _feature_step(config: GsdaConfig, ctx: RunContext, trainables: _Trainables, 
     trainables.optimizer.zero_grad(set_to_none=True)
     ctx.acceleration.backward_step(loss, trainables.optimizer)
     trainables.discriminators.requires_grad_(True)
-    return {"loss": loss.item(), "source_ce": source_ce.item(), "target_entropy": target_entropy.item(),
+    return {LOSS: loss.item(), "source_ce": source_ce.item(), "target_entropy": target_entropy.item(),
             "global_loss": losses.global_loss.item(), "local_loss": losses.local_loss.item(),
             "sync_loss": losses.sync_loss.item(), "adversarial_coefficient": coefficient}
 
 
-def gsda_step(config: GsdaConfig, ctx: RunContext, network: nn.Module, trainables: _Trainables,
+def gsda_step(config: GsdaConfig, ctx: RunContext, network: nn.Module, trainables: Trainables,
               membership: torch.Tensor | None, source: dict[str, Any], target: dict[str, Any],
               iteration: int) -> dict[str, float]:
     """One alternating update on one source and one target batch: one forward of E and C on both, then the D-step
@@ -505,7 +509,7 @@ def gsda_step(config: GsdaConfig, ctx: RunContext, network: nn.Module, trainable
     metrics = _feature_step(config, ctx, trainables, batch, membership, synchronize, iteration)
     with torch.no_grad():
         target_confidence = logits[count:].softmax(dim=1).max(dim=1).values.mean()
-    return {**metrics, "discriminator_loss": discriminator_loss.item(), "target_confidence": target_confidence.item()}
+    return {**metrics, "discriminator_loss": discriminator_loss.item(), TARGET_CONFIDENCE: target_confidence.item()}
 
 
 register(Method(

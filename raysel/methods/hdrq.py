@@ -56,12 +56,21 @@ from raysel.errors import ConfigError
 from raysel.hyperparameters import bounded, check_fields, config_from_dict
 from raysel.methods import networks, stages, training
 from raysel.methods.base import LocalSession, RunContext, require
+from raysel.methods.reports import TARGET_CONFIDENCE, EpochReport
 from raysel.methods.result import MODULE, TrainResult
 from raysel.quant import PTQ_METHODS, PtqConfig, merge_models, quantize_and_reconstruct, validate_bits
 from raysel.quant.ptq_config import CODE_ITERATIONS
 from raysel.registry import Method, get_method, register
 from raysel.quant.merge_quality import error_barrier, merge_quality
 from raysel.data.common import selection_subset
+
+__all__ = [
+    "FULL_PRECISION", "PTQ_CHOICES", "BITS_PATTERN", "DEFAULT_BITS", "DEFAULT_ADAPTATION", "SHORT_ADAPTATION",
+    "BARRIER_IMAGES", "HDRQ_ONLY_FIELDS", "HdrqConfig", "parse_settings", "adaptation_config", "resolve_adaptation",
+    "source_settings_of", "merge_targets", "target_context", "adaptation_key", "adapted_stage", "unlabeled_images",
+    "quantized_stage", "load_model", "selection_images", "prepare_hdrq", "Specialists", "Merge", "build_specialists",
+    "merge_specialists", "train_hdrq", "merged_result", "mean_error_barrier",
+]
 
 FULL_PRECISION = "none"
 PTQ_CHOICES = (*PTQ_METHODS, FULL_PRECISION)
@@ -170,8 +179,7 @@ def resolve_adaptation(config: HdrqConfig, task: str) -> tuple[Method, Any]:
     """The registered method (``auto``: by task) and its config that adapt each target."""
     name = DEFAULT_ADAPTATION[task] if config.adaptation == "auto" else config.adaptation
     method = get_method(name)
-    if task not in method.tasks:
-        raise ConfigError(f"adaptation method {name!r} does not support {task}; it supports {', '.join(method.tasks)}")
+    method.check_task(task, role="adaptation method")
     return method, adaptation_config(method, parse_settings(config.adaptation_settings))
 
 
@@ -370,8 +378,9 @@ def train_hdrq(config: HdrqConfig, ctx: RunContext) -> TrainResult:
     metrics = {**merge.metrics, **{f"seconds_{name}": value for name, value in watch.seconds.items()}}
     extras = {"evaluation_targets": list(targets), "scores": {"merge_quality": merge.quality.score},
               "metrics": metrics}
-    report = {"epoch": 1, "iteration": 1, "merge_quality": merge.quality.score,
-              "target_confidence": training.target_confidence(merge.model, ctx, ctx.target_dataset()), **metrics}
+    report = EpochReport.from_measurements(epoch=1, iteration=1, measurements={
+        "merge_quality": merge.quality.score,
+        TARGET_CONFIDENCE: training.target_confidence(merge.model, ctx, ctx.target_dataset()), **metrics})
     ctx.report(report, checkpoint_state={"merged": merge.model, "extras": extras,
                                          "config": dataclasses.asdict(config)}, model=merge.model)
     return merged_result(merge.model, extras)

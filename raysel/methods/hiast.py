@@ -81,8 +81,19 @@ from raysel.hyperparameters import bounded, check_fields
 from raysel.methods import augment, losses, networks, optim, stages, training
 from raysel.methods.augment import PHOTOMETRIC_OPS
 from raysel.methods.base import RunContext, require
+from raysel.methods.reports import LOSS, TARGET_CONFIDENCE, EpochReport
 from raysel.methods.result import TrainResult
 from raysel.registry import Method, register
+
+__all__ = [
+    "SEGMENTATION_NUM_CLASSES", "INITIAL_THRESHOLD", "CLASS_MEAN_PROBABILITY_MOMENTUM", "PSEUDO_LABEL_FORWARD_BATCH",
+    "WEAK_CROP_SCALE", "HiastConfig", "instance_thresholds", "reference_batch_thresholds", "ema_thresholds",
+    "select_pseudo_labels", "InstanceAdaptiveSelector", "ConstantSelector", "make_selector", "combine_across_workers",
+    "PseudoLabelBank", "generate_pseudo_labels", "hard_classes", "class_sampling_probabilities", "copy_paste",
+    "donor_pools", "HardAwareAugmenter", "RunningFraction", "confident_region_kl", "ignored_region_entropy",
+    "ignored_region_consistency", "self_training_losses", "PseudoLabelledTarget", "train_hiast", "training_views",
+    "self_training_step",
+]
 
 SEGMENTATION_NUM_CLASSES = 19  # every raysel segmentation family uses the 19 Cityscapes trainIds
 INITIAL_THRESHOLD = 0.9  # Alg. 1 line 1
@@ -93,8 +104,11 @@ WEAK_CROP_SCALE = (341 / 1024, 1000 / 1024)
 
 
 @dataclass(frozen=True)
-class HiastConfig:
-    """HIAST hyperparameters under the paper's names. ``# paper: ...`` gives the GTA5->Cityscapes value."""
+class HiastConfig(stages.SourceStageFields):
+    """HIAST hyperparameters under the paper's names. ``# paper: ...`` gives the GTA5->Cityscapes value.
+
+    The source-only stage the warm-up starts from is set by the inherited ``source_*`` fields (not swept).
+    """
 
     # --- instance adaptive selector (Alg. 1, Eq. 6-8)
     alpha: float = bounded(0.5, gt=0.0, le=1.0)  # proportion of each class kept per instance; paper 0.5
@@ -146,8 +160,6 @@ class HiastConfig:
     discriminator_learning_rate: float = 1e-4  # reference 1e-4 (HIAST) / 2e-5 (IAST)
     discriminator_width: int = 16  # ndf of the output-space discriminator; paper 64
     warmup_freeze_batchnorm: bool = False  # reference True (DeepLab, ImageNet BN); see AdversarialWarmupSettings
-    source_learning_rate: float = 1e-3  # source-only stage (shared with the source_only method's defaults)
-    source_iterations: int = 600
 
     def validate(self) -> None:
         """Raise ConfigError naming the first invalid hyperparameter (schema, then cross-field checks)."""
@@ -156,10 +168,6 @@ class HiastConfig:
                 f"reports_per_round must lie in [1, iterations_per_round], got {self.reports_per_round}")
         self.source_settings().validate()
         self.warmup_settings().validate()
-
-    def source_settings(self) -> stages.SourceStageSettings:
-        """The cached source-only stage the warm-up starts from (same defaults as the source_only method)."""
-        return stages.SourceStageSettings(learning_rate=self.source_learning_rate, iterations=self.source_iterations)
 
     def warmup_settings(self) -> stages.AdversarialWarmupSettings:
         """The cached adversarial warm-up stage (phase a)."""
@@ -573,7 +581,7 @@ def self_training_losses(student_logits: torch.Tensor, teacher_probabilities: to
         terms["r_cst"] = ignored_region_consistency(student_logits, teacher_probabilities, ignored,
                                                     config.loss_normalisation)
         loss = loss + config.lambda_cst * terms["r_cst"]
-    terms["loss"] = loss
+    terms[LOSS] = loss
     return terms
 
 
@@ -605,8 +613,6 @@ def train_hiast(config: HiastConfig, ctx: RunContext) -> TrainResult:
     """Per-worker HIAST loop: cached warm-up, then ``rounds`` x (pseudo-labels by IAS, self-training with HPLA and
     region losses). Checkpoints at every round end; resumes from the last completed round."""
     config.validate()
-    if ctx.task != "segmentation":
-        raise ConfigError(f"hiast is a segmentation method; dataset {ctx.spec.dataset!r} is {ctx.task}")
     if config.k > ctx.num_classes:
         raise ConfigError(f"k must be at most the number of classes ({ctx.num_classes}), got {config.k}")
     watch = training.Stopwatch()
@@ -640,18 +646,19 @@ def train_hiast(config: HiastConfig, ctx: RunContext) -> TrainResult:
             round_end = step == config.iterations_per_round
             with watch.time("evaluation"):
                 confidence = training.target_confidence(final, ctx, images)
-            metrics = {"round": round_index + 1, "epoch": epoch, "iteration": iteration, **running.means(ctx),
-                       **bank.statistics, "target_confidence": confidence,
-                       "hpla_pasted_fraction": augmenter.pasted_fraction.pop() if augmenter else 0.0,
-                       "hard_classes": ",".join(str(c) for c in augmenter.hard.tolist()) if augmenter else "",
-                       **{f"seconds_{name}": value for name, value in watch.seconds.items()}}
+            measurements = {**running.means(ctx), **bank.statistics, TARGET_CONFIDENCE: confidence,
+                            "hpla_pasted_fraction": augmenter.pasted_fraction.pop() if augmenter else 0.0,
+                            "hard_classes": ",".join(str(c) for c in augmenter.hard.tolist()) if augmenter else "",
+                            **{f"seconds_{name}": value for name, value in watch.seconds.items()}}
+            report = EpochReport.from_measurements(round=round_index + 1, epoch=epoch, iteration=iteration,
+                                                   measurements=measurements)
             running.reset()
             state = None
             if round_end:
                 state = {"round": round_index + 1, "epoch": epoch, "iteration": iteration,
                          "student": networks.unwrap(network).state_dict(), "teacher": teacher.state_dict(),
                          "config": dataclasses.asdict(config)}
-            ctx.report(metrics, checkpoint_state=state, model=final)
+            ctx.report(report, checkpoint_state=state, model=final)
     final.eval()
     return TrainResult(final)
 
@@ -702,7 +709,7 @@ def self_training_step(config: HiastConfig, ctx: RunContext, network: nn.Module,
                 teacher_probabilities = teacher(weak.to(ctx.device)).float().softmax(dim=1)
     terms = self_training_losses(logits, teacher_probabilities, labels.to(ctx.device), config)
     optimizer.zero_grad(set_to_none=True)
-    ctx.acceleration.backward_step(terms["loss"], optimizer)
+    ctx.acceleration.backward_step(terms[LOSS], optimizer)
     scheduler.step()
     networks.ema_update(teacher, network, config.tau)
     return {name: float(value.detach()) for name, value in terms.items()}

@@ -11,6 +11,10 @@ from raysel.conventions import BATCHNORM_TYPES
 from raysel.methods.base import RunContext
 from raysel.models import default_model_name
 
+__all__ = [
+    "unwrap", "freeze_batchnorm", "make_ema_teacher", "ema_update", "model_name",
+]
+
 
 def unwrap(model: nn.Module) -> nn.Module:
     """The plain module inside a DistributedDataParallel wrapper (the model itself otherwise)."""

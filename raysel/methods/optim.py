@@ -11,6 +11,10 @@ from torch import nn
 from raysel.errors import ConfigError
 from raysel.methods.networks import unwrap
 
+__all__ = [
+    "parameter_groups", "build_optimizer", "build_scheduler",
+]
+
 
 def parameter_groups(model: nn.Module, learning_rate: float, backbone_lr_ratio: float = 1.0) -> list[dict[str, Any]]:
     """Trainable parameters split into backbone (``learning_rate * backbone_lr_ratio``) and head (``learning_rate``).

@@ -80,6 +80,7 @@ from raysel.errors import ConfigError
 from raysel.hyperparameters import bounded, check_fields
 from raysel.methods import networks, optim, stages, training
 from raysel.methods.base import RunContext, require
+from raysel.methods.reports import LOSS, TARGET_CONFIDENCE, EpochReport
 from raysel.methods.result import TrainResult
 from raysel.models.discriminators import PatchDiscriminator
 from raysel.models.generator import NoiseToImageGenerator
@@ -92,7 +93,7 @@ MIN_DISCRIMINATOR_LAYERS = 2
 
 
 @dataclass(frozen=True)
-class SfdaConfig:
+class SfdaConfig(stages.SourceStageFields):
     """SFDA hyperparameters under the paper's names. ``# paper: ...`` gives the value of §4.1.2 (GTA5->Cityscapes).
 
     Iteration counts and widths are scaled for one CPU core at 96x192 with small_segnet (a run ~ 60-90 s).
@@ -134,10 +135,7 @@ class SfdaConfig:
     bns_norm: Literal["squared", "l2"] = "squared"  # "squared" (Eq. 4 as printed) | "l2" (DeepInversion)
     attention_scaling: Literal["none", "sqrt_dim"] = "none"  # "none" (Eq. 8-9) | "sqrt_dim"
     # --- source model
-    source_checkpoint: str = ""  # path to a trained source model; "" = the cached source-only stage
-    # source-only stage (shared with the source_only method's defaults)
-    source_learning_rate: float = bounded(1e-3, gt=0.0)
-    source_iterations: int = 600
+    source_checkpoint: str = ""  # path to a trained source model; "" = the inherited source_* stage settings
 
     def validate(self) -> None:
         """Raise ConfigError naming the first invalid hyperparameter (schema, then cross-field checks)."""
@@ -147,10 +145,6 @@ class SfdaConfig:
         require(self.reports <= self.iterations, f"reports must lie in [1, iterations], got {self.reports}")
         if not self.source_checkpoint:
             self.source_settings().validate()
-
-    def source_settings(self) -> stages.SourceStageSettings:
-        """The cached source-only stage used when ``source_checkpoint`` is empty."""
-        return stages.SourceStageSettings(learning_rate=self.source_learning_rate, iterations=self.source_iterations)
 
 
 # ==============================================================================================================
@@ -540,10 +534,10 @@ def sfda_step(config: SfdaConfig, ctx: RunContext, nets: _Networks, target_image
         nets.discriminator_optimizer.step()
 
     confidence = target_probabilities.detach().max(dim=1).values.mean()
-    return {"loss": target_loss.item(), "loss_generator": generator_loss.item(), "loss_bns": bns.item(),
+    return {LOSS: target_loss.item(), "loss_generator": generator_loss.item(), "loss_bns": bns.item(),
             "loss_mae": mae.item(), "loss_dad_ss": dad_ss.item(), "loss_dad_st": dad_st.item(),
             "loss_maxsquare": maxsquare.item(), "loss_adversarial": adversarial.item(),
-            "loss_discriminator": discriminator_loss.item(), "target_confidence": confidence.item()}
+            "loss_discriminator": discriminator_loss.item(), TARGET_CONFIDENCE: confidence.item()}
 
 
 def _build_networks(config: SfdaConfig, ctx: RunContext, source_state: dict[str, torch.Tensor],
@@ -632,10 +626,10 @@ def adapt(config: SfdaConfig, ctx: RunContext, source_state: dict[str, torch.Ten
         iteration += 1
         if iteration in points:
             epoch += 1
-            metrics = {"epoch": epoch, "iteration": iteration, **running.means(ctx),
-                       "seconds_train_loop": time.perf_counter() - started}
+            report = EpochReport.from_measurements(epoch=epoch, iteration=iteration, measurements={
+                **running.means(ctx), "seconds_train_loop": time.perf_counter() - started})
             running.reset()
-            ctx.report(metrics, checkpoint_state=_checkpoint_state(nets, config, iteration, epoch), model=nets.target)
+            ctx.report(report, checkpoint_state=_checkpoint_state(nets, config, iteration, epoch), model=nets.target)
     nets.target.eval()
     return nets.target
 
@@ -643,8 +637,6 @@ def adapt(config: SfdaConfig, ctx: RunContext, source_state: dict[str, torch.Ten
 def train_sfda(config: SfdaConfig, ctx: RunContext) -> TrainResult:
     """Get the source model (checkpoint or cached stage), then adapt it to the target without source data."""
     config.validate()
-    if ctx.task != "segmentation":
-        raise ConfigError(f"sfda is a segmentation method; dataset {ctx.spec.dataset!r} is {ctx.task}")
     source_state = source_model_state(config, ctx)
     return TrainResult(adapt(config, ctx, source_state))
 

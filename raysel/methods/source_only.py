@@ -15,26 +15,35 @@ from dataclasses import dataclass
 from typing import Literal
 
 
-from raysel.hyperparameters import bounded, check_fields
+from raysel.hyperparameters import check_fields
 from raysel.methods import stages, training
 from raysel.methods.base import RunContext
+from raysel.methods.reports import LOSS, TARGET_CONFIDENCE, EpochReport
 from raysel.methods.result import TrainResult
 from raysel.registry import Method, register
+
+__all__ = [
+    "SourceOnlyConfig", "train_source_only",
+]
 
 
 @dataclass(frozen=True)
 class SourceOnlyConfig:
-    """Source-only hyperparameters; defaults are sized for the embedded benchmarks on CPU."""
+    """Source-only hyperparameters: the shared source stage's settings, with its defaults and ranges
+    (:class:`~raysel.methods.stages.SourceStageSettings`, sized for the embedded benchmarks on CPU)."""
 
-    learning_rate: float = bounded(1e-3, gt=0.0)  # Adam; DeepLab practice would be SGD 2.5e-4 with poly decay
-    iterations: int = bounded(600, ge=1)
-    batch_size: int | None = bounded(None, ge=1)  # None: 8 segmentation / 32 classification images
-    optimizer: Literal["adam", "sgd"] = "adam"  # "adam" | "sgd"
-    weight_decay: float = bounded(5e-4, ge=0.0)
-    schedule: Literal["cosine", "poly", "constant"] = "cosine"  # "cosine" | "poly" | "constant"
-    backbone_lr_ratio: float = bounded(1.0, gt=0.0)  # 0.1 for ImageNet backbones (DeepLab/DANN practice)
-    freeze_batchnorm: bool = False  # True for batch-1 DeepLab training
-    photometric_ops: int = bounded(2, ge=0)  # 0 = geometric augmentation only
+    # Adam; DeepLab practice would be SGD 2.5e-4 with poly decay
+    learning_rate: float = stages.source_stage_field("learning_rate")
+    iterations: int = stages.source_stage_field("iterations")
+    # None: 8 segmentation / 32 classification images
+    batch_size: int | None = stages.source_stage_field("batch_size")
+    optimizer: Literal["adam", "sgd"] = stages.source_stage_field("optimizer")
+    weight_decay: float = stages.source_stage_field("weight_decay")
+    schedule: Literal["cosine", "poly", "constant"] = stages.source_stage_field("schedule")
+    # 0.1 for ImageNet backbones (DeepLab/DANN practice)
+    backbone_lr_ratio: float = stages.source_stage_field("backbone_lr_ratio")
+    freeze_batchnorm: bool = stages.source_stage_field("freeze_batchnorm")  # True for batch-1 DeepLab training
+    photometric_ops: int = stages.source_stage_field("photometric_ops")  # 0 = geometric augmentation only
 
     def validate(self) -> None:
         """Raise ConfigError naming the first invalid hyperparameter."""
@@ -64,11 +73,10 @@ def train_source_only(config: SourceOnlyConfig, ctx: RunContext) -> TrainResult:
         stage = stages.source_stage(ctx, config.settings())
     model.load_state_dict(stage["model"])
     model.eval()
-    metrics = {"round": 1, "epoch": 1, "iteration": config.iterations, "loss": stage["final_loss"],
-               "target_confidence": training.target_confidence(model, ctx, ctx.target_dataset()),
-               "seconds_source_stage": watch.seconds["source_stage"],
-               "seconds_train_loop": stage.get("seconds", 0.0)}
-    ctx.report(metrics, checkpoint_state={"model": model.state_dict(), "config": dataclasses.asdict(config)},
+    report = EpochReport.from_measurements(round=1, epoch=1, iteration=config.iterations, measurements={
+        LOSS: stage["final_loss"], TARGET_CONFIDENCE: training.target_confidence(model, ctx, ctx.target_dataset()),
+        "seconds_source_stage": watch.seconds["source_stage"], "seconds_train_loop": stage.get("seconds", 0.0)})
+    ctx.report(report, checkpoint_state={"model": model.state_dict(), "config": dataclasses.asdict(config)},
                model=model)
     return TrainResult(model)
 

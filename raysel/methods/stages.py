@@ -12,7 +12,6 @@ from typing import Any, Literal
 
 import torch
 
-from raysel.errors import ConfigError
 from raysel.hyperparameters import bounded, check_fields
 from raysel.methods.augment import source_augment, weak_augment
 from raysel.methods.base import RunContext
@@ -22,6 +21,11 @@ from raysel.methods.optim import build_optimizer, build_scheduler
 from raysel.methods.training import MemoizedDataset, RunningMean, infinite_batches, stop_if_not_finite
 from raysel.models.discriminators import OutputSpaceDiscriminator
 from raysel.progress import progress
+
+__all__ = [
+    "SourceStageSettings", "source_stage_field", "SourceStageFields", "train_on_source", "source_stage",
+    "AdversarialWarmupSettings", "train_adversarial_warmup", "adversarial_warmup_stage",
+]
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -59,6 +63,26 @@ class SourceStageSettings:
         if self.batch_size is not None:
             return self.batch_size
         return max(1, min(8 if task == "segmentation" else 32, images_per_worker))
+
+
+def source_stage_field(name: str) -> Any:
+    """A config field with the default and declared range of ``SourceStageSettings.<name>``, so a method's config
+    re-exposes a source-stage setting without declaring its default or range a second time."""
+    declared = {stage_field.name: stage_field for stage_field in dataclasses.fields(SourceStageSettings)}[name]
+    return dataclasses.field(default=declared.default, metadata=declared.metadata)
+
+
+@dataclass(frozen=True)
+class SourceStageFields:
+    """The source-only stage's hyperparameters in every adapting method's config (a base class), under the flat
+    names YAML search spaces and ``--set`` use; defaults and ranges are :class:`SourceStageSettings`' own."""
+
+    source_learning_rate: float = source_stage_field("learning_rate")
+    source_iterations: int = source_stage_field("iterations")
+
+    def source_settings(self) -> SourceStageSettings:
+        """The cached source-only stage the method starts from (the source_only method's defaults otherwise)."""
+        return SourceStageSettings(learning_rate=self.source_learning_rate, iterations=self.source_iterations)
 
 
 def train_on_source(ctx: RunContext, settings: SourceStageSettings) -> dict[str, Any]:
@@ -241,10 +265,11 @@ def train_adversarial_warmup(ctx: RunContext, initial_state: dict[str, torch.Ten
 
 def adversarial_warmup_stage(ctx: RunContext, source_settings: SourceStageSettings,
                              warmup_settings: AdversarialWarmupSettings) -> dict[str, Any]:
-    """The warm-up model G_0 (cached per data, model, source and warm-up settings, seed): source stage, then AT."""
+    """The warm-up model G_0 (cached per data, model, source and warm-up settings, seed): source stage, then AT.
+
+    Segmentation only; the task of the method that calls it is checked once before any stage runs
+    (:meth:`raysel.registry.Method.check_task`)."""
     warmup_settings.validate()
-    if ctx.task != "segmentation":
-        raise ConfigError(f"the adversarial warm-up is for segmentation; dataset {ctx.spec.dataset!r} is {ctx.task}")
     key = {"source": dataclasses.asdict(source_settings), "warmup": dataclasses.asdict(warmup_settings),
            "seed": ctx.spec.seed, "model_name": model_name(ctx)}
 

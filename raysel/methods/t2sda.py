@@ -59,7 +59,6 @@ No official code exists. Choices where the paper is silent or ambiguous (each do
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -71,7 +70,6 @@ from torch.utils.data import DataLoader
 from torchvision.transforms.v2 import functional as TF
 
 from raysel.conventions import IGNORE_INDEX
-from raysel.errors import ConfigError
 from raysel.hyperparameters import bounded, check_fields
 from raysel.methods.augment import denormalize, normalize, weak_augment
 from raysel.methods.base import RunContext
@@ -82,7 +80,8 @@ from raysel.methods.result import TrainResult
 from raysel.methods.losses import cross_entropy
 from raysel.methods.networks import ema_update, freeze_batchnorm, make_ema_teacher, unwrap
 from raysel.methods.optim import build_scheduler, parameter_groups
-from raysel.methods.stages import SourceStageSettings, source_stage
+from raysel.methods.reports import LOSS, TARGET_CONFIDENCE, EpochReport
+from raysel.methods.stages import SourceStageFields, source_stage
 from raysel.methods.training import RunningMean, infinite_batches, stop_if_not_finite
 from raysel.models.projector import ProjectorHead, SegmenterWithProjector
 from raysel.registry import Method, register
@@ -94,7 +93,7 @@ from raysel.registry import Method, register
 
 
 @dataclass(frozen=True)
-class T2sdaConfig:
+class T2sdaConfig(SourceStageFields):
     """T2S-DA hyperparameters: paper values, with paper settings in brackets where the CPU default differs.
 
     Swept (paper §4 / Tab. 12-16): lambda_ (λ) 0.1, tau 0.2, beta 0.5, alpha 0.5 (50 %), n 128, m 1024, fda_beta
@@ -105,7 +104,8 @@ class T2sdaConfig:
     class_equalized and negative_sampling domain_equalized|pooled (Tab. 8), dynamic_reweighting (Tab. 9).
     DAFormer's strategies of the baseline (§4): rare_class_sampling with rcs_temperature 0.01 and
     rcs_min_pixels_fraction 0.0015 (3000 of a GTA5 label's pixels), feature_distance with lambda_fd 0.005 and
-    fd_min_label_ratio 0.75 (DAFormer's values).
+    fd_min_label_ratio 0.75 (DAFormer's values). The inherited ``source_*`` fields set the cached source-only stage
+    the student starts from.
     """
 
     lambda_: float = bounded(0.1, ge=0.0, help="λ, pull-loss weight")
@@ -136,7 +136,6 @@ class T2sdaConfig:
     weight_decay: float = bounded(0.01, ge=0.0)
     freeze_batchnorm: bool = True
     report_interval: int = bounded(20, ge=1)
-    source_iterations: int = bounded(SourceStageSettings.iterations, ge=1)
     evaluate_teacher: bool = False
     rare_class_sampling: bool = True
     rcs_temperature: float = bounded(0.01, gt=0.0, help="RCS temperature T, DAFormer Eq. 7")
@@ -617,15 +616,10 @@ def training_step(network: nn.Module, teacher: SegmenterWithProjector, optimizer
         confidence = float(target_confidence.mean())
     else:
         confidence = _mean_confidence(segmenter, target_images)
-    return {"loss": float(loss.detach()), "loss_source": float(loss_source.detach()),
+    return {LOSS: float(loss.detach()), "loss_source": float(loss_source.detach()),
             "loss_target": float(loss_target.detach()), "loss_pull": float(loss_pull.detach()),
             "loss_fd": float(loss_fd.detach()),
-            "target_confidence": confidence, "pseudo_label_quality": float(quality.mean()), **pull_statistics}
-
-
-def source_settings(config: T2sdaConfig) -> SourceStageSettings:
-    """The shared source-only stage's settings (defaults shared with the other methods; only the length may vary)."""
-    return dataclasses.replace(SourceStageSettings(), iterations=config.source_iterations)
+            TARGET_CONFIDENCE: confidence, "pseudo_label_quality": float(quality.mean()), **pull_statistics}
 
 
 def source_class_pixels(ctx: RunContext) -> torch.Tensor:
@@ -654,9 +648,7 @@ def train(config: T2sdaConfig, ctx: RunContext) -> TrainResult:
 
     Returns the student segmenter (``evaluate_teacher=True``: the EMA teacher's), without the projector.
     """
-    if ctx.task != "segmentation":
-        raise ConfigError(f"t2sda is a segmentation method; dataset {ctx.spec.dataset!r} is {ctx.task}")
-    source_weights = source_stage(ctx, source_settings(config))["model"]
+    source_weights = source_stage(ctx, config.source_settings())["model"]
     student = build_student(ctx, source_weights, config)
     reference = frozen_reference(student.segmenter) if config.feature_distance else None  # FD's stand-in, never resumed
     teacher = make_ema_teacher(student)
@@ -687,12 +679,12 @@ def train(config: T2sdaConfig, ctx: RunContext) -> TrainResult:
         done = iteration + 1
         if done % config.report_interval == 0 or done == config.iterations:
             reports += 1
-            metrics = {"epoch": reports, "iteration": done, **running.means(ctx)}
+            report = EpochReport.from_measurements(epoch=reports, iteration=done, measurements=running.means(ctx))
             running.reset()
             checkpoint = {"student": unwrap(network).state_dict(), "teacher": teacher.state_dict(),
                           "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                           "generator": generator.get_state(), "iteration": done, "epoch": reports}
-            ctx.report(metrics, checkpoint_state=checkpoint,
+            ctx.report(report, checkpoint_state=checkpoint,
                        model=teacher.segmenter if config.evaluate_teacher else unwrap(network).segmenter)
     model = teacher.segmenter if config.evaluate_teacher else unwrap(network).segmenter
     return TrainResult(model.eval())
@@ -700,7 +692,7 @@ def train(config: T2sdaConfig, ctx: RunContext) -> TrainResult:
 
 def prepare_shared(config: T2sdaConfig, ctx: RunContext) -> None:
     """Build what every trial shares once before the sweep: the source-only model and, with RCS, the class counts."""
-    source_stage(ctx, source_settings(config))
+    source_stage(ctx, config.source_settings())
     if config.rare_class_sampling:
         source_class_pixels(ctx)
 
@@ -711,7 +703,7 @@ register(Method(
     config_class=T2sdaConfig,
     train=train,
     prepare_shared=prepare_shared,
-    shared_stage_key=lambda config: (source_settings(config), config.rare_class_sampling),
+    shared_stage_key=lambda config: (config.source_settings(), config.rare_class_sampling),
     description="T2S-DA: DACS mean teacher with DAFormer's rare-class sampling and feature distance + pulling FDA "
                 "pseudo-target features to teacher source prototypes (InfoNCE/MSE, class-balanced queries, "
                 "domain-equalized negatives, dynamic re-weighting)",

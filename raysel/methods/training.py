@@ -17,6 +17,11 @@ from torch.utils.data import DataLoader, Dataset
 from raysel.errors import ConfigError
 from raysel.methods.base import NonFiniteLossError, RunContext
 
+__all__ = [
+    "infinite_batches", "MemoizedDataset", "RunningMean", "stop_if_not_finite", "report_points", "average_gradients",
+    "Stopwatch", "target_confidence",
+]
+
 
 def infinite_batches(loader: DataLoader, start_epoch: int = 0) -> Iterator[Any]:
     """Cycle through a (DistributedSampler-backed) loader forever, reshuffling each pass with ``set_epoch``."""

@@ -5,8 +5,13 @@
 * :mod:`raysel.selection.voting` — fused majority vote (ties → lowest class id) and F-mIoU (HIAST §4.5, Alg. 3).
 * :mod:`raysel.selection.selectors` — the selector registry: ``fmiou``, ``confident_fmiou``, ``soft_vote``,
   ``entropy``, ``im``, ``snd``, ``rank_mean``, ``cluster_ami``, ``robust`` (``get_selector(name).score(candidates)``,
-  higher is better) and the trial-scored ``merge_quality``, ``consistency``, ``mixval``.
-* :mod:`raysel.selection.model_scores` — consistency and MixVal, computed from the model inside each trial.
+  higher is better) and the trial-scored ``merge_quality``, ``consistency``, ``mixval`` (classification) and
+  ``classmix_consistency`` (segmentation).
+* :mod:`raysel.selection.guards` — the checks every prediction-based selector runs first: matching inputs,
+  non-finite and collapsed candidates left out, ``SelectionSkipped``.
+* :mod:`raysel.selection.model_scores` — consistency, and MixVal (Hu et al. 2023, classification only) or
+  classmix_consistency (raysel's ClassMix-consistency validator, segmentation), computed from the model inside each
+  trial.
 * :mod:`raysel.selection.combination` — ClassAMI clustering and the ensemble guard behind ``robust``.
 * :mod:`raysel.selection.evaluate` — regret, gap closed, Kendall τ / Spearman ρ against held-out scores, the
   default-configuration and random-pick baselines, per-selector summaries over sweeps (benchmarks and the oracle
@@ -17,5 +22,48 @@
 * :mod:`raysel.selection.agreement` — each selector's pick side by side and whether they agree.
 
 Submodules are imported on use (``from raysel.selection.selectors import get_selector``) so that importing the
-package stays cheap for workers that only need one part.
+package stays cheap for workers that only need one part. The names in ``__all__`` are the public API, importable
+from the package itself (``from raysel.selection import evaluate_selector``): each is looked up in its submodule on
+first use (PEP 562), so the package still imports nothing until a name is asked for.
 """
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+# The public API: submodule -> the names the package re-exports from it.
+_EXPORTS: dict[str, tuple[str, ...]] = {
+    "predictions": ("CandidatePredictions", "save_predictions", "load_predictions"),
+    "voting": ("FusedVoteAccumulator", "plurality_vote", "pixel_runs", "fused_vote", "fused_vote_accumulator",
+               "fmiou_scores", "fused_agreement_scores"),
+    "guards": ("SelectionSkipped", "finite_candidates", "collapsed_candidates", "effective_classes",
+               "COLLAPSE_EFFECTIVE_CLASSES"),
+    "selectors": ("Selector", "BaseSelector", "TrialScoreSelector", "register_selector", "selector_names",
+                  "get_selector", "select_best"),
+    "model_scores": ("TASK_TRIAL_SCORES", "TRIAL_SCORE_NAMES"),
+    "applicability": ("recorded_selectors", "applicable_selectors", "why_not_applicable"),
+    "decision": ("select_sweep", "select_target"),
+    "evaluate": ("POINTS", "DEFAULT_BASELINE", "RANDOM_BASELINE", "ORACLE_BASELINE", "BASELINES", "EVALUATION_KEYS",
+                 "FLAT_SPREAD_POINTS", "SelectorSummary", "evaluate_selector", "evaluate_selectors",
+                 "summarize_sweeps", "baseline_evaluations", "oracle_evaluation", "matches_defaults",
+                 "stored_evaluation", "summarize_selectors", "best_selector", "heldout_spread", "is_flat_sweep",
+                 "collapse_indicators", "count_collapsed", "strictly_better", "wide_sweep_goals"),
+}
+_SUBMODULE_OF = {name: submodule for submodule, names in _EXPORTS.items() for name in names}
+
+__all__ = list(_SUBMODULE_OF)
+
+
+def __getattr__(name: str) -> Any:
+    """``raysel.selection.<name>`` for an exported name: imported from its submodule on first use, then cached."""
+    if name not in _SUBMODULE_OF:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{_SUBMODULE_OF[name]}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    """The module's attributes plus the lazily exported names (for completion and ``dir()``)."""
+    return sorted({*globals(), *__all__})

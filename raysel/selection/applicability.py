@@ -12,7 +12,10 @@ import zipfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
+import numpy as np
+
 from raysel.selection.selectors import TrialScoreSelector, get_selector, selector_names
+from raysel.store_schema import relocated_path
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas
@@ -36,12 +39,28 @@ def cached_arrays_needed(selector: Any) -> tuple[str, ...]:
 def selector_candidates(trials: "pandas.DataFrame", selector: Any) -> "pandas.DataFrame":
     """The finished rows ``selector`` can score, by trial id: those with a prediction file, or with its stored score."""
     finished = trials[trials["status"] == FINISHED].sort_values("trial_id")
-    if isinstance(selector, TrialScoreSelector):
-        return finished[finished[selector.column].notna()] if selector.column in finished else finished.iloc[0:0]
+    if isinstance(selector, TrialScoreSelector):  # its column, an older column of the same score, for its tasks
+        return finished[~np.isnan(selector.stored(finished))]
     if "predictions_path" not in finished:
         return finished.iloc[0:0]
     has_file = [isinstance(path, str) and Path(path).is_file() for path in finished["predictions_path"]]
     return finished[has_file]
+
+
+def uncached_candidates(trials: "pandas.DataFrame", store_root: str | Path,
+                        recorded_root: str | Path | None = None) -> list[str]:
+    """Finished candidates (by trial id) without a prediction cache where re-prediction looks for one.
+
+    That place is the row's ``predictions_path`` relocated from ``recorded_root`` (the results folder the sweep
+    recorded, from its request) into the store at ``store_root`` (:func:`raysel.store_schema.relocated_path`),
+    exactly as :func:`raysel.execution.repredict.prediction_jobs` reads it. When this is empty, re-prediction has
+    nothing to do and ``raysel select`` scores without starting Ray or importing torch; otherwise it hands the sweep
+    to re-prediction, which decides what to predict (a row without ``predictions_path`` counts as uncached here).
+    """
+    finished = trials[trials["status"] == FINISHED] if "status" in trials else trials.iloc[0:0]
+    paths = finished["predictions_path"] if "predictions_path" in finished else [None] * len(finished)
+    return [str(trial_id) for trial_id, path in zip(finished["trial_id"], paths)
+            if not (isinstance(path, str) and relocated_path(path, recorded_root, store_root).is_file())]
 
 
 def _cached_array_names(path: str, cache: dict[str, set[str]]) -> set[str]:
@@ -69,6 +88,10 @@ def why_not_applicable(trials: "pandas.DataFrame", name: str, cache: dict[str, s
         return f"no finished candidate ({len(trials)} trial(s) failed or stopped)"
     usable = selector_candidates(trials, selector)
     if isinstance(selector, TrialScoreSelector):
+        tasks = selector.tasks
+        if usable.empty and tasks and "task" in finished and not finished["task"].isin(tasks).any():
+            return (f"{name} ({selector.column}) exists for {' and '.join(tasks)} trials only; these are "
+                    f"{', '.join(sorted(map(str, set(finished['task']))))}")
         if usable.empty:
             return (f"no trial stored {selector.column} (it is computed inside the trials of methods that score it, "
                     "e.g. hdrq for merge_quality)")

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import numpy as np
 from scipy.stats import rankdata
-from sklearn.cluster import KMeans
-from sklearn.metrics import adjusted_mutual_info_score
 
 MAX_CLUSTER_SAMPLES = 5000
 
@@ -29,6 +27,11 @@ def cluster_ami(features: np.ndarray, labels: np.ndarray, num_classes: int, seed
         features, labels = features[rows], labels[rows]
     if len(np.unique(labels)) < 2:
         return 0.0  # one predicted class: nothing for the clusters to agree with
+    # Imported on use, for start-up time only: scikit-learn costs about half a second to import and only this
+    # selector needs it, while every `raysel select` and `raysel report` imports the selector registry.
+    from sklearn.cluster import KMeans
+    from sklearn.metrics import adjusted_mutual_info_score
+
     clusters = KMeans(n_clusters=min(num_classes, len(features)), n_init=3, random_state=seed).fit_predict(
         np.nan_to_num(features.astype(np.float64)))
     return float(adjusted_mutual_info_score(labels, clusters))

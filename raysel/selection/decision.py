@@ -40,9 +40,32 @@ def select_sweep(store: Any, sweep_id: str, method: str | None = None, selectors
                  stream: Any = None, *, record_all: bool = False) -> list[dict[str, Any]]:
     """Score ``sweep_id``'s finished candidates per target with each selector; write scores and decisions.
 
-    ``selectors`` is the decision order (default: the method's ``default_selectors``); ``record_all`` adds every
-    other registered selector after them. Returns one decision dict per (target, selector) that could run, in that
-    order; the first per target carries ``headline=True``. Selectors that cannot run are reported and skipped.
+    A sweep calls it with the request's selectors, which :func:`raysel.request_build.build_request` checked before
+    the sweep started; an unknown name here (a direct call) is a ConfigError naming the valid selectors.
+
+    Args:
+        store: the :class:`~raysel.store.ResultStore` holding the sweep's trial rows.
+        sweep_id: the sweep to select in.
+        method: the sweep's method (default: the one its rows name); it gives the default selectors.
+        selectors: the decision order (default: the method's ``default_selectors``).
+        stream: where skipped selectors are reported (default: stdout).
+        record_all: also score and record every other registered selector, after ``selectors``.
+
+    Returns:
+        One decision dict per (target, selector) that could run, in that order (the chosen trial, its score, the
+        number of candidates and, when held-out scores are stored, its regret); the first per target carries
+        ``headline=True``. Selectors that cannot run are reported and skipped.
+
+    Example:
+        >>> import io, tempfile
+        >>> from raysel.store import ResultStore
+        >>> store = ResultStore(tempfile.mkdtemp())
+        >>> for trial, score in (("t0", 0.4), ("t1", 0.7)):
+        ...     _ = store.write_trial({"sweep_id": "demo", "trial_id": trial, "method": "source_only",
+        ...                            "target": "day_city", "status": "finished", "scores": {"consistency": score}})
+        >>> [(d["selector"], d["selected_trial_id"], d["headline"])
+        ...  for d in select_sweep(store, "demo", selectors=["consistency"], stream=io.StringIO())]
+        [('consistency', 't1', True)]
     """
     stream = stream or sys.stdout
     trials = store.load_sweep(sweep_id)

@@ -20,13 +20,28 @@ name               score                                                        
 For classification the agreement selectors use accuracy instead of mIoU (fused-vote agreement), and the
 probability selectors work on per-image rather than per-pixel probability vectors.
 
+**Non-finite candidates** (NaN or infinite outputs: :func:`finite_candidates`) get no score (NaN) from every selector
+and are left out of every ensemble (majority vote, soft vote, and so of ``rank_mean`` and ``robust``); one NaN member
+used to turn the soft-vote mean into class 0 everywhere, so that a model collapsed to class 0 agreed with it
+perfectly. Too few finite candidates left is a :class:`SelectionSkipped` saying so.
+
+**Collapse guard** of ``entropy`` and ``snd`` (:func:`collapsed_candidates`): both score a model that predicts one
+class everywhere best (confident; all neighbours alike), so a candidate whose predictions use fewer than
+``COLLAPSE_EFFECTIVE_CLASSES`` = 2 effective classes gets no score from them (see :func:`effective_classes` for the
+bound and why it needs no target label).
+
 **Trial-scored selectors** (:data:`TRIAL_SCORE_SELECTORS`) score what the cached predictions cannot hold: each
 trial computes its label-free score itself and stores it as ``score_<name>``; selection reads the stored scores
 (:func:`raysel.selection.decision.select_sweep`). ``merge_quality`` is HDRQ's merge-quality score
 (:mod:`raysel.quant.merge_quality`: agreement of the merged model with every target's quantized specialist,
-harmonic mean over targets), computed by the ``hdrq`` method, which alone holds the specialists. ``consistency``
-(perturbation consistency) and ``mixval`` (MixVal) are computed by every trial from its model
-(:mod:`raysel.selection.model_scores`). A selector that cannot run on a sweep raises :class:`SelectionSkipped`.
+harmonic mean over targets), computed by the ``hdrq`` method, which alone holds the specialists. Every trial computes
+from its model (:mod:`raysel.selection.model_scores`) ``consistency`` (perturbation consistency) and, for
+classification, ``mixval`` (MixVal, Hu et al. 2023) or, for segmentation, ``classmix_consistency`` (a raysel
+validator on ClassMix probes: segmentation has no MixVal). A selector that cannot run on a sweep raises
+:class:`SelectionSkipped`.
+
+The input checks, the non-finite and collapse guards and :class:`SelectionSkipped` live in
+:mod:`raysel.selection.guards` (re-exported here).
 """
 
 from __future__ import annotations
@@ -37,13 +52,16 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar, Protocol, Sequence
 
 import numpy as np
-import torch
-from scipy.special import xlogy
+from scipy.special import softmax, xlogy
 from scipy.stats import rankdata
 
 from raysel.errors import ConfigError, DataError, unknown_name_error
-from raysel.metrics import ConfusionMatrix, miou, pixel_accuracy
+from raysel.metrics import ConfusionMatrix
 from raysel.selection.combination import cluster_ami, guarded_ranks
+# The guards live in raysel.selection.guards; SelectionSkipped, the finite and collapse checks are re-exported here.
+from raysel.selection.guards import (COLLAPSE_EFFECTIVE_CLASSES, SelectionSkipped, agreement_score,  # noqa: F401
+                                     check_candidates, collapsed_candidates, effective_classes, entropy,
+                                     finite_candidates, unless_collapsed)
 from raysel.selection.predictions import CandidatePredictions
 from raysel.selection.voting import fused_vote_accumulator
 
@@ -63,79 +81,31 @@ class Selector(Protocol):
 
 
 # --------------------------------------------------------------------------------------------------------------
-# Input checks
-# --------------------------------------------------------------------------------------------------------------
-
-
-def check_candidates(candidates: Sequence[CandidatePredictions], selector: str, min_candidates: int,
-                     needs_probabilities: bool) -> list[CandidatePredictions]:
-    """Raise DataError unless the candidates are enough and were predicted on the same images and label space."""
-    candidates = list(candidates)
-    if len(candidates) < min_candidates:
-        reason = " (F-mIoU is undefined for one candidate)" if min_candidates >= 2 else ""
-        raise DataError(f"selector {selector!r} needs at least {min_candidates} candidates' predictions; got "
-                        f"{len(candidates)}{reason}")
-    first = candidates[0]
-    for position, candidate in enumerate(candidates[1:], start=1):
-        where = f"selector {selector!r}: candidate {position} and candidate 0"
-        if candidate.task != first.task:
-            raise DataError(f"{where} have different tasks ({candidate.task} vs {first.task})")
-        if candidate.num_classes != first.num_classes:
-            raise DataError(f"{where} have different class sets ({candidate.num_classes} vs {first.num_classes} "
-                            "classes)")
-        if candidate.image_ids != first.image_ids or not np.array_equal(candidate.image_indices,
-                                                                        first.image_indices):
-            raise DataError(f"{where} were predicted on different images; every candidate must predict the same "
-                            "selection subset (same size and seed)")
-        if candidate.labels.shape != first.labels.shape:
-            raise DataError(f"{where} have different prediction shapes ({candidate.labels.shape} vs "
-                            f"{first.labels.shape}); predict at one image size")
-    if needs_probabilities:
-        for position, candidate in enumerate(candidates):
-            if candidate.probabilities is None:
-                raise DataError(f"selector {selector!r} needs probabilities, but candidate {position} was cached "
-                                "without them (predict with keep_probabilities=True)")
-        for position, candidate in enumerate(candidates[1:], start=1):
-            same_grid = (candidate.probabilities.shape == first.probabilities.shape
-                         and _same_optional(candidate.probability_rows, first.probability_rows)
-                         and _same_optional(candidate.probability_cols, first.probability_cols))
-            if not same_grid:
-                raise DataError(f"selector {selector!r}: candidates 0 and {position} kept probabilities on different "
-                                f"pixel grids ({first.probabilities.shape} vs {candidate.probabilities.shape})")
-    return candidates
-
-
-def _same_optional(a: np.ndarray | None, b: np.ndarray | None) -> bool:
-    return (a is None and b is None) or (a is not None and b is not None and np.array_equal(a, b))
-
-
-def _agreement_score(matrix: np.ndarray, task: str) -> float:
-    """mIoU (segmentation) or accuracy (classification) of one confusion matrix, via raysel.metrics."""
-    return miou(matrix) if task == "segmentation" else pixel_accuracy(matrix)
-
-
-def _entropy(probabilities: np.ndarray, axis: int = -1) -> np.ndarray:
-    """Shannon entropy (nats) along ``axis``; 0·log 0 = 0."""
-    return -xlogy(probabilities, probabilities).sum(axis=axis)
-
-
-# --------------------------------------------------------------------------------------------------------------
 # Selectors
 # --------------------------------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
 class BaseSelector:
-    """Shared plumbing: input checks, then :meth:`_score` on validated candidates."""
+    """Shared plumbing: input checks, non-finite candidates left out (NaN score), then :meth:`_score` on the rest."""
 
     name: ClassVar[str] = ""
     needs_probabilities: ClassVar[bool] = False
     min_candidates: ClassVar[int] = 1
 
     def score(self, candidates: Sequence[CandidatePredictions]) -> np.ndarray:
-        """One float64 score per candidate (higher is better); DataError on unusable input."""
+        """One float64 score per candidate (higher is better), NaN for a candidate with non-finite outputs;
+        DataError on unusable input, SelectionSkipped when too few finite candidates remain."""
         checked = check_candidates(candidates, self.name, self.min_candidates, self.needs_probabilities)
-        return np.asarray(self._score(checked), dtype=np.float64)
+        finite = finite_candidates(checked)
+        needed = max(self.min_candidates, 1)
+        if finite.sum() < needed:
+            raise SelectionSkipped(f"selector {self.name!r}: {int((~finite).sum())} of {len(checked)} candidates "
+                                   f"have non-finite predictions (NaN or inf outputs) and get no score; the "
+                                   f"{int(finite.sum())} left are too few (it needs {needed})")
+        scores = np.full(len(checked), np.nan)
+        scores[finite] = self._score([candidate for candidate, ok in zip(checked, finite) if ok])
+        return scores
 
     def _score(self, candidates: list[CandidatePredictions]) -> np.ndarray:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -206,7 +176,7 @@ class SoftVoteSelector(BaseSelector):
         scores = []
         for candidate in candidates:
             matrix = ConfusionMatrix(num_classes).update(candidate.labels_on_probability_grid(), ensemble).matrix
-            scores.append(_agreement_score(matrix, candidate.task))
+            scores.append(agreement_score(matrix, candidate.task))
         return np.array(scores)
 
 
@@ -214,14 +184,16 @@ class SoftVoteSelector(BaseSelector):
 class EntropySelector(BaseSelector):
     """Negative mean prediction entropy (entropy minimisation, Grandvalet & Bengio 2005; a common UDA baseline).
 
-    Score = −mean over pixels (images) of H(p) = −Σ_c p_c log p_c; confident candidates score higher.
+    Score = −mean over pixels (images) of H(p) = −Σ_c p_c log p_c; confident candidates score higher. A model that
+    predicts one class everywhere would score best, so collapsed candidates (:func:`collapsed_candidates`) get NaN.
     """
 
     name: ClassVar[str] = "entropy"
     needs_probabilities: ClassVar[bool] = True
 
     def _score(self, candidates: list[CandidatePredictions]) -> np.ndarray:
-        return np.array([-float(_entropy(c.probability_vectors()).mean()) for c in candidates])
+        scores = np.array([-float(entropy(c.probability_vectors()).mean()) for c in candidates])
+        return unless_collapsed(scores, candidates)
 
 
 @dataclass(frozen=True)
@@ -240,7 +212,7 @@ class InformationMaximizationSelector(BaseSelector):
         for candidate in candidates:
             vectors = candidate.probability_vectors().reshape(-1, candidate.num_classes)
             marginal = vectors.mean(axis=0)
-            scores.append(float(_entropy(marginal / max(marginal.sum(), 1e-12))) - float(_entropy(vectors).mean()))
+            scores.append(float(entropy(marginal / max(marginal.sum(), 1e-12))) - float(entropy(vectors).mean()))
         return np.array(scores)
 
 
@@ -254,7 +226,9 @@ class SNDSelector(BaseSelector):
     self-similarity is masked with −1/τ. Segmentation follows their AdaptSegNet script: ``pixels_per_image``
     (default 100) pixels are drawn per image (here with a fixed ``seed``, the same pixels for every candidate, from
     the cached grid), SND is computed within each image and averaged over images — O(N·k²). Classification uses
-    all images (a seeded subsample of ``max_samples`` when there are more).
+    all images (a seeded subsample of ``max_samples`` when there are more). A one-class model's outputs are all
+    alike, every neighbourhood is uniform and SND is maximal, so collapsed candidates (:func:`collapsed_candidates`)
+    get NaN.
     """
 
     name: ClassVar[str] = "snd"
@@ -286,18 +260,22 @@ class SNDSelector(BaseSelector):
         return vectors
 
     def _score(self, candidates: list[CandidatePredictions]) -> np.ndarray:
+        # float32 numpy, as Saito et al.'s torch code computes it; numpy keeps selection from cached outputs free of
+        # torch (`raysel select` without --repredict never imports it).
         scores = []
         for candidate in candidates:
-            features = torch.nn.functional.normalize(torch.from_numpy(self._sample(candidate)), dim=-1)
+            vectors = self._sample(candidate)
+            norms = np.linalg.norm(vectors, axis=-1, keepdims=True)
+            features = vectors / np.maximum(norms, np.float32(1e-12))  # L2-normalise (torch.nn.functional.normalize)
             if features.shape[1] < 2:
                 raise DataError("snd needs at least two samples per group (images, or pixels per image)")
-            similarity = features @ features.transpose(1, 2) / self.tau
-            eye = torch.eye(similarity.shape[1], dtype=torch.bool)
-            similarity.masked_fill_(eye, -1.0 / self.tau)
-            neighbourhood = torch.softmax(similarity, dim=-1)
-            entropy = -torch.special.xlogy(neighbourhood, neighbourhood).sum(dim=-1)
+            similarity = features @ features.transpose(0, 2, 1) / np.float32(self.tau)
+            diagonal = np.arange(similarity.shape[1])
+            similarity[:, diagonal, diagonal] = -1.0 / self.tau  # self-similarity masked, as in their code
+            neighbourhood = softmax(similarity, axis=-1)
+            entropy = -xlogy(neighbourhood, neighbourhood).sum(axis=-1)
             scores.append(float(entropy.mean()))
-        return np.array(scores)
+        return unless_collapsed(np.array(scores), candidates)
 
 
 @dataclass(frozen=True)
@@ -327,10 +305,6 @@ class RankMeanSelector(BaseSelector):
             scores = get_selector(name).score(candidates)
             ranks.append(rankdata(np.where(np.isnan(scores), -np.inf, scores)))
         return np.mean(ranks, axis=0)
-
-
-class SelectionSkipped(DataError):
-    """A selector cannot run on these candidates (no features cached, no trial score): skip it, the others decide."""
 
 
 @dataclass(frozen=True)
@@ -438,19 +412,35 @@ class TrialScoreSelector:
 
     name: ClassVar[str] = ""
     needs_probabilities: ClassVar[bool] = False
+    tasks: ClassVar[tuple[str, ...] | None] = None  # the tasks whose rows hold this score (None: any)
+    legacy_columns: ClassVar[tuple[str, ...]] = ()  # older store columns that held the same score for ``tasks``
 
     @property
     def column(self) -> str:
         """The store column holding the score."""
         return f"score_{self.name}"
 
+    def stored(self, trials: "pandas.DataFrame") -> np.ndarray:
+        """The stored score of every row of ``trials`` in row order: ``column``, else a legacy column where it is
+        empty; NaN where none, and for rows of a task this score does not exist for (a ``task`` column says so)."""
+        values = np.full(len(trials), np.nan)
+        for column in (self.column, *self.legacy_columns):
+            if column in trials:
+                stored = trials[column].to_numpy(dtype=np.float64, na_value=np.nan)
+                values = np.where(np.isnan(values), stored, values)
+        if self.tasks is not None and "task" in trials:
+            values[~trials["task"].isin(self.tasks).to_numpy()] = np.nan
+        return values
+
     def score_trials(self, trials: "pandas.DataFrame") -> np.ndarray:
-        """The stored scores of ``trials`` (rows of the result store), in row order; DataError when absent."""
-        if self.column not in trials or trials[self.column].isna().all():
-            raise SelectionSkipped(f"selector {self.name!r} reads the score every trial stores as {self.column}; "
-                                   "these trials have none (only methods or raysel versions that compute it do; "
-                                   "--repredict recomputes consistency and mixval)")
-        return trials[self.column].to_numpy(dtype=np.float64, na_value=np.nan)
+        """The stored scores of ``trials`` (rows of the result store), in row order; SelectionSkipped when absent."""
+        values = self.stored(trials)
+        if np.isnan(values).all():
+            only = f" (it exists for {' and '.join(self.tasks)} only)" if self.tasks else ""
+            raise SelectionSkipped(f"selector {self.name!r} reads the score every trial stores as {self.column}"
+                                   f"{only}; these trials have none (only methods or raysel versions that compute it "
+                                   "do; --repredict recomputes consistency, mixval and classmix_consistency)")
+        return values
 
 
 @dataclass(frozen=True)
@@ -463,19 +453,34 @@ class MergeQualitySelector(TrialScoreSelector):
 
 @dataclass(frozen=True)
 class ConsistencySelector(TrialScoreSelector):
-    """Perturbation consistency (CRank / CTE / DAS-FIS family): class-balanced agreement of the model with itself
-    under flip, photometric change and feature dropout, computed in the trial (raysel.selection.model_scores)."""
+    """Perturbation consistency (the consistency family of validators): class-balanced agreement of the model with
+    itself under a photometric change, feature dropout and, where training flips (segmentation), a horizontal flip;
+    computed in the trial (raysel.selection.model_scores)."""
 
     name: ClassVar[str] = "consistency"
 
 
 @dataclass(frozen=True)
 class MixValSelector(TrialScoreSelector):
-    """MixVal (Hu et al., NeurIPS 2023): accuracy on mixup (classification) or ClassMix (segmentation) probes built
-    from the model's own pseudo-labels, computed in the trial (raysel.selection.model_scores)."""
+    """MixVal (Hu et al., NeurIPS 2023), classification only: mean accuracy on intra- and inter-cluster mixup probes
+    (λ = 0.55) labelled with the dominant image's pseudo-label, NaN when a kind has no probe; computed in the trial
+    (raysel.selection.model_scores). Segmentation rows are not read: their old ``score_mixval`` was ClassMix."""
 
     name: ClassVar[str] = "mixval"
+    tasks: ClassVar[tuple[str, ...] | None] = ("classification",)
+
+
+@dataclass(frozen=True)
+class ClassMixConsistencySelector(TrialScoreSelector):
+    """raysel's ClassMix-probe validator for segmentation (not MixVal: no λ-interpolation, no intra/inter probes):
+    class-balanced agreement of the prediction on ClassMix probes with the pasted pseudo-labels, computed in the trial
+    (raysel.selection.model_scores). Reads ``score_mixval`` of segmentation rows stored before the rename."""
+
+    name: ClassVar[str] = "classmix_consistency"
+    tasks: ClassVar[tuple[str, ...] | None] = ("segmentation",)
+    legacy_columns: ClassVar[tuple[str, ...]] = ("score_mixval",)
 
 
 TRIAL_SCORE_SELECTORS: dict[str, type[TrialScoreSelector]] = {
-    selector.name: selector for selector in (MergeQualitySelector, ConsistencySelector, MixValSelector)}
+    selector.name: selector for selector in (MergeQualitySelector, ConsistencySelector, MixValSelector,
+                                             ClassMixConsistencySelector)}

@@ -1,6 +1,7 @@
 """A fake multi-node autoscaling Ray cluster on one machine, and a sampler of its node count over time.
 
-A test helper shared by ``tests/test_autoscaling.py``, ``tests/ray_head.py`` and ``benchmarks/autoscaling.py``.
+A test harness shared by ``tests/test_autoscaling.py``, ``tests/ray_head.py`` and ``benchmarks/autoscaling.py``
+(it lives in raysel because benchmarks, outside users of raysel, may not import ``tests``).
 Ray's fake multi-node provider launches "nodes" as local raylets, so GPU scale-up from zero can be exercised on a
 CPU-only machine: the worker node type advertises ``{"CPU": 1, "GPU": 1}`` that the machine does not have
 (``../shared/reference/ray.md``, "Autoscaling on one machine"). ``ray.cluster_utils.AutoscalingCluster`` is not
@@ -16,7 +17,7 @@ usable as shipped (it reads a YAML file missing from the 2.60 wheel and stops ev
 The trials' nodes advertise GPUs without CUDA: the head's environment (inherited by the autoscaler, the fake nodes
 and their workers) sets ``RAYSEL_FAKE_GPUS=1`` so raysel computes GPU-requesting trials on CPU there.
 
-:class:`NodeSampler` runs ``python tests/fake_cluster.py sample ADDRESS`` (a separate token-carrying Ray
+:class:`NodeSampler` runs ``python -m raysel.testing.fake_cluster sample ADDRESS`` (a separate token-carrying Ray
 driver, so the calling process needs no Ray connection of its own) and records (time, alive worker nodes, busy
 GPUs) every ``interval_s``.
 """
@@ -39,7 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Self, Sequence
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]  # the checkout: working directory of the sweep CLI and the sampler
 WORKER_TYPE = "gpu_worker"
 HEAD_TYPE = "ray.head.default"
 PORT_FLAGS = ("--port", "--dashboard-port", "--ray-client-server-port", "--dashboard-agent-listen-port",
@@ -49,6 +50,13 @@ EMPTY_LIST_KEYS = ("cluster_synced_files", "rsync_exclude", "rsync_filter", "ini
                    "setup_commands", "head_setup_commands", "worker_setup_commands", "head_start_ray_commands",
                    "worker_start_ray_commands")
 OBJECT_STORE_BYTES = 256 * 1024 * 1024
+
+__all__ = [
+    "REPO", "WORKER_TYPE", "HEAD_TYPE", "PORT_FLAGS", "OBJECT_STORE_BYTES", "StartedUntilExit", "free_ports",
+    "node_ip_address", "autoscaling_config", "FakeCluster", "token_client_env", "dashboard_answers", "signal_group",
+    "own_processes", "kill_leftovers", "Sample", "sample_once", "sampler_main", "NodeSampler", "SweepRun",
+    "run_sweep_cli", "Timeline", "summarize",
+]
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -144,6 +152,7 @@ class FakeCluster(StartedUntilExit):
 
     @property
     def dashboard_url(self) -> str:
+        """The head's dashboard (job server) URL on localhost."""
         return f"http://127.0.0.1:{self.ports['--dashboard-port']}"
 
     @property
@@ -335,7 +344,7 @@ class NodeSampler(StartedUntilExit):
 
     def start(self, timeout_s: float = 120.0) -> "NodeSampler":
         """Start the sampler process and wait for its first sample."""
-        command = [sys.executable, str(Path(__file__).resolve()), "sample", self.cluster.gcs_address,
+        command = [sys.executable, "-m", "raysel.testing.fake_cluster", "sample", self.cluster.gcs_address,
                    str(self.interval_s)]
         self._error_file = open(self._errors, "w")
         self.process = subprocess.Popen(command, env=self.cluster.env, stdout=subprocess.PIPE,
@@ -346,6 +355,7 @@ class NodeSampler(StartedUntilExit):
         return self
 
     def _read(self) -> None:
+        """Collect the sampler's JSON lines into ``samples`` (a daemon thread)."""
         assert self.process is not None and self.process.stdout is not None
         for line in self.process.stdout:
             try:
@@ -354,6 +364,7 @@ class NodeSampler(StartedUntilExit):
                 continue
 
     def latest(self) -> Sample | None:
+        """The newest sample, if any."""
         return self.samples[-1] if self.samples else None
 
     def wait_until(self, condition: Callable[[Sample], bool], timeout_s: float, what: str) -> Sample:

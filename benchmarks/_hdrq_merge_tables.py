@@ -1,6 +1,7 @@
 """Results of the hdrq_merge benchmark (one configuration, one family and seed) and the tables made from them.
 
 Split from :mod:`benchmarks.hdrq_merge` (which runs the jobs) so each module stays short; see that module's doc.
+Private to that benchmark (the ``_`` prefix): no other benchmark imports it, so it is not in ``benchmarks._common``.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from typing import Sequence
 import numpy as np
 from scipy import stats
 
-from raysel.selection.evaluate import evaluate_selector
+from raysel.selection import evaluate_selector
 
 PAPER_LAMBDA = 5e-2
 # (row label, ptq_method, lambda_distance): QDrop+noise is HDRQ without the distance term (Table 3's middle row).
