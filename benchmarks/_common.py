@@ -32,7 +32,7 @@
   and data for the scripts.
 * Sweep campaigns (selection_quality, search_guidance, selection_wide): :class:`SweepPlan` (one real raysel sweep,
   given as its command line), :func:`run_plans` / :func:`run_plan` (run, resume or reuse them on one local Ray,
-  through :func:`raysel.request_build.build_request` and :func:`raysel.sweeping.run_sweep`), :func:`evaluate_plans`
+  through :func:`raysel.request_build.build_request` and :func:`raysel.orchestration.run_sweep`), :func:`evaluate_plans`
   (re-score each offline with every applicable selector and compare with held-out scores, as :class:`SweepCase` s)
   and the table cells the three share.
 * :func:`data_identity` (which generated data a run used) and :class:`SyntheticSweep` (synthetic candidate label
@@ -335,9 +335,9 @@ def write_section(name: str, command: str, body_markdown: str, *, path: Path | s
 
 # What a section measures, for the sections no benchmark module writes (each module declares its own MEASURES).
 OTHER_SECTION_MEASURES: dict[str, tuple[str, ...]] = {
-    "make_sweep": ("Makefile", "pyproject.toml", "search_spaces/hiast.yaml", "raysel/sweep.py", "raysel/sweeping.py",
+    "make_sweep": ("Makefile", "pyproject.toml", "search_spaces/hiast.yaml", "raysel/sweep.py", "raysel/orchestration",
                    "raysel/request.py", "raysel/request_build.py", "raysel/execution", "raysel/methods",
-                   "raysel/models", "raysel/data", "raysel/selection", "raysel/store.py", "raysel/heldout.py",
+                   "raysel/models", "raysel/data", "raysel/selection", "raysel/store", "raysel/heldout.py",
                    "raysel/metrics.py"),
 }
 STALE_PREFIX = "**Stale since "
@@ -529,7 +529,7 @@ class ScoredRun:
 
 def heldout_score_key(task: str) -> str:
     """The headline key of :func:`raysel.heldout.heldout_scores` for a task."""
-    from raysel.store_schema import primary_heldout_column
+    from raysel.store.schema import primary_heldout_column
 
     return primary_heldout_column(task)
 
@@ -796,9 +796,9 @@ def run_sweep_main(argv: Sequence[str], log_path: Path) -> int:
     request, run it, print the summary. Returns the command's exit code: 0, 1 when no selector decided (a
     one-configuration sweep), 2 after one ``error:`` line for a user error."""
     from raysel.errors import EXIT_USER_ERROR, UserError
+    from raysel.orchestration import run_sweep
+    from raysel.reporting.summary import print_sweep_summary
     from raysel.request_build import build_request, resume_request
-    from raysel.summary import print_sweep_summary
-    from raysel.sweeping import run_sweep
 
     arguments = [item for item in argv if item != "--resume"]
     resume = len(arguments) < len(argv)
@@ -931,7 +931,7 @@ def finished_trials(results: Path, name: str) -> Any:
     """The sweep's finished trials with a held-out score, copied into column ``heldout`` (mIoU, or accuracy for
     classification); a pandas DataFrame, possibly empty."""
     from raysel.store import ResultStore
-    from raysel.store_schema import heldout_column_with_values
+    from raysel.store.schema import heldout_column_with_values
 
     trials = ResultStore(results).load_sweep(name)
     column = None if trials.empty else heldout_column_with_values(trials)

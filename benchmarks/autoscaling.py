@@ -26,9 +26,9 @@ from raysel.testing.fake_cluster import FakeCluster, NodeSampler, SweepRun, Time
 
 SWEEP_ID = "autoscaling"
 # What this benchmark measures: a later commit touching one makes its section stale (benchmarks._common).
-MEASURES = ("raysel/testing/fake_cluster.py", "raysel/sweep.py", "raysel/sweeping.py", "raysel/request.py",
+MEASURES = ("raysel/testing/fake_cluster.py", "raysel/sweep.py", "raysel/orchestration", "raysel/request.py",
             "raysel/request_build.py", "raysel/execution", "raysel/search_space.py", "raysel/hyperparameters.py",
-            "raysel/store.py", "raysel/store_schema.py", "raysel/methods/source_only.py")
+            "raysel/store", "raysel/methods/source_only.py")
 
 
 def learning_rates(count: int) -> list[float]:

@@ -38,14 +38,13 @@ from raysel.request import save_request
 from raysel.request_build import build_request
 from raysel.selection import CandidatePredictions, save_predictions, select_sweep
 from raysel.store import ResultStore
-from raysel.store_compaction import compact_sweep
+from raysel.store.compaction import compact_sweep
 
 SECTION = "command_latency"
 # What this benchmark measures: a later commit touching one makes its section stale (benchmarks._common).
 MEASURES = ("raysel/cli.py", "raysel/query.py", "raysel/status.py", "raysel/select.py", "raysel/report.py",
-            "raysel/report_html.py", "raysel/report_plots.py", "raysel/report_format.py", "raysel/summary.py",
-            "raysel/request.py", "raysel/store.py", "raysel/store_schema.py", "raysel/store_compaction.py",
-            "raysel/selection", "raysel/metrics.py", "raysel/conventions.py")
+            "raysel/reporting", "raysel/request.py", "raysel/store", "raysel/selection", "raysel/metrics.py",
+            "raysel/conventions.py")
 SWEEP = "hiast-latency"
 METHOD, DATASET, TARGET = "hiast", "street_scenes", "day_city"
 IMAGES, HEIGHT, WIDTH = 8, 64, 128  # per candidate's prediction cache (the selection subset, small)

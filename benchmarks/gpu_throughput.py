@@ -1,7 +1,7 @@
 """raysel at the papers' scale on whatever GPU it finds: training speed, peak memory, voting, and a fractional-GPU sweep.
 
 Parts (every one through raysel's own code: ``RunContext`` with a ``LocalSession``, the methods' step functions,
-``raysel.quant``, ``raysel.selection.voting`` and ``raysel.sweeping.run_sweep``):
+``raysel.quant``, ``raysel.selection.voting`` and ``raysel.orchestration.run_sweep``):
 
 1. **HIAST** self-training iterations/s and peak GPU memory, DeepLab-V2/ResNet-101 at 512x1024, batch 6 (HIAST §5.1),
    with the default GPU switches (``auto``: mixed precision, channels-last, ...) and with all of them off (fp32);
@@ -45,7 +45,7 @@ from torch.utils.data import Dataset
 
 from benchmarks._common import (SyntheticSweep, machine_description, prepare_benchmark_data, working_directory,
                                 write_section)
-from raysel import conventions, execution, sweeping
+from raysel import conventions, execution, orchestration
 from raysel.errors import UserError, exits_cleanly_on_user_error
 from raysel.methods import gsda, hiast, networks, optim, training
 from raysel.methods.acceleration import SWITCHES
@@ -60,7 +60,7 @@ MEASURES = ("benchmarks/_common.py", "raysel/methods/hiast.py", "raysel/methods/
             "raysel/methods/stages.py", "raysel/methods/training.py", "raysel/methods/optim.py",
             "raysel/methods/augment.py", "raysel/methods/losses.py", "raysel/methods/networks.py",
             "raysel/methods/acceleration.py", "raysel/models", "raysel/quant", "raysel/selection/voting.py",
-            "raysel/sweeping.py", "raysel/execution")
+            "raysel/orchestration", "raysel/execution")
 FP32 = {"amp": "off", **{name: "off" for name in SWITCHES}}
 SWEEP_ALPHAS = (0.3, 0.4, 0.5, 0.6)
 
@@ -321,11 +321,11 @@ def sweep_request(name: str, sizes: Sizes, data_root: Path, results: Path, gpus:
 
 def run_sweep_timed(name: str, sizes: Sizes, data_root: Path, results: Path, gpus: float, concurrent: int,
                     device: torch.device) -> dict[str, Any]:
-    """One sweep through ``sweeping.run_sweep``; training images/s over the trials' span and mean GPU utilisation."""
+    """One sweep through ``orchestration.run_sweep``: training images/s over the trials' span, mean GPU utilisation."""
     request = sweep_request(name, sizes, data_root, results, gpus, concurrent)
     sampler = UtilisationSampler(device)
     with sampler.sampling():
-        outcome = sweeping.run_sweep(request, stream=sys.stderr)
+        outcome = orchestration.run_sweep(request, stream=sys.stderr)
     trials = outcome.trials
     failed = trials[trials["status"] != "finished"]
     if len(trials) != sizes.sweep_configurations or len(failed):
@@ -388,8 +388,8 @@ def notes(sizes: Sizes) -> str:
             "untimed, synchronised; images are synthetic (speed only). HIAST runs "
             "`hiast.self_training_step` without HPLA; GSDA `gsda.gsda_step` (batch per domain: the paper gives none); "
             "HDRQ `quantize_and_reconstruct` (capture excluded); voting `FusedVoteAccumulator` on the CPU. The sweep "
-            "is `raysel.sweeping.run_sweep` on the embedded street scenes resized to the HIAST size; its span runs "
-            "from the first trial's start to the last trial's end (pseudo-labels, training, held-out scoring and "
+            "is `raysel.orchestration.run_sweep` on the embedded street scenes resized to the HIAST size; its span "
+            "runs from the first trial's start to the last trial's end (pseudo-labels, training, held-out scoring and "
             "prediction files included; Ray start-up, cached shared stages and selection excluded).")
 
 

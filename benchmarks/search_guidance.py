@@ -66,16 +66,16 @@ from benchmarks._common import (REPO, SweepPlan, command_line, config_defaults, 
 from raysel.data import get_family
 from raysel.selection import TASK_TRIAL_SCORES, TRIAL_SCORE_NAMES
 from raysel.store import ResultStore
-from raysel.store_schema import PRIMARY_HELDOUT_COLUMNS
+from raysel.store.schema import PRIMARY_HELDOUT_COLUMNS
 
 SECTION = "search_guidance"
 # What this benchmark measures: a later commit touching one makes its section stale (benchmarks._common).
 MEASURES = ("benchmarks/_common.py", "search_spaces/sfda.yaml", "raysel/methods/sfda.py", "raysel/methods/base.py",
             "raysel/methods/stages.py", "raysel/methods/training.py", "raysel/methods/optim.py",
             "raysel/methods/augment.py", "raysel/methods/losses.py", "raysel/methods/networks.py",
-            "raysel/methods/acceleration.py", "raysel/models", "raysel/sweep.py", "raysel/sweeping.py",
+            "raysel/methods/acceleration.py", "raysel/models", "raysel/sweep.py", "raysel/orchestration",
             "raysel/request.py", "raysel/request_build.py", "raysel/execution", "raysel/search_space.py",
-            "raysel/hyperparameters.py", "raysel/store.py", "raysel/store_schema.py", "raysel/selection",
+            "raysel/hyperparameters.py", "raysel/store", "raysel/selection",
             "raysel/data/street_scenes.py", "raysel/data/digits.py", "raysel/data/generation.py",
             "raysel/data/common.py", "raysel/data/family.py", "raysel/heldout.py", "raysel/metrics.py")
 GUIDE = "consistency"

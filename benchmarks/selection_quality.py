@@ -67,9 +67,9 @@ MEASURES = ("benchmarks/_common.py", "search_spaces", "raysel/methods/hiast.py",
             "raysel/methods/sfda.py", "raysel/methods/daformer_strategies.py", "raysel/methods/base.py",
             "raysel/methods/stages.py", "raysel/methods/training.py", "raysel/methods/optim.py",
             "raysel/methods/augment.py", "raysel/methods/losses.py", "raysel/methods/networks.py",
-            "raysel/methods/acceleration.py", "raysel/models", "raysel/sweep.py", "raysel/sweeping.py",
+            "raysel/methods/acceleration.py", "raysel/models", "raysel/sweep.py", "raysel/orchestration",
             "raysel/request.py", "raysel/request_build.py", "raysel/execution", "raysel/search_space.py",
-            "raysel/hyperparameters.py", "raysel/store.py", "raysel/store_schema.py", "raysel/selection",
+            "raysel/hyperparameters.py", "raysel/store", "raysel/selection",
             "raysel/data/street_scenes.py", "raysel/data/digits.py", "raysel/data/generation.py",
             "raysel/data/common.py", "raysel/data/family.py", "raysel/heldout.py", "raysel/metrics.py")
 METHODS = ("hiast", "t2sda", "sfda")

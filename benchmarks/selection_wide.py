@@ -77,9 +77,9 @@ from raysel.selection import (BASELINES, DEFAULT_BASELINE, FLAT_SPREAD_POINTS, O
 SECTION = "selection_wide"
 # What this benchmark measures: a later commit touching one makes its section stale (benchmarks._common).
 MEASURES = ("benchmarks/_common.py", "search_spaces", "raysel/methods", "raysel/models", "raysel/sweep.py",
-            "raysel/sweeping.py", "raysel/request.py", "raysel/request_build.py", "raysel/execution",
-            "raysel/search_space.py", "raysel/hyperparameters.py", "raysel/store.py", "raysel/store_schema.py",
-            "raysel/selection", "raysel/data/street_scenes.py", "raysel/data/digits.py", "raysel/data/generation.py",
+            "raysel/orchestration", "raysel/request.py", "raysel/request_build.py", "raysel/execution",
+            "raysel/search_space.py", "raysel/hyperparameters.py", "raysel/store", "raysel/selection",
+            "raysel/data/street_scenes.py", "raysel/data/digits.py", "raysel/data/generation.py",
             "raysel/data/common.py", "raysel/data/family.py", "raysel/heldout.py", "raysel/metrics.py")
 FAMILY_OF = {"hiast": "street_scenes", "t2sda": "street_scenes", "sfda": "street_scenes", "gsda": "digits",
              "source_only": "digits"}

@@ -11,7 +11,7 @@ typed from the HIAST config class, like a sweep's trials), then times, in this o
   compaction that ``python -m raysel.select`` runs after it),
 
 first on the per-trial files (10,000 files, how a running sweep writes them), then after
-``raysel.store_compaction.compact_store`` merged them into one file per sweep (how finished sweeps stay). Each
+``raysel.store.compaction.compact_store`` merged them into one file per sweep (how finished sweeps stay). Each
 figure is the median of ``--repeats`` runs; ratios are raysel / DuckDB. Prints a markdown section (``--write``
 puts it into BENCHMARKS.md).
 """
@@ -37,11 +37,11 @@ from benchmarks._common import REPO, command_line, format_section, replace_secti
 from raysel.registry import get_method
 from raysel.selection import CandidatePredictions, save_predictions, select_sweep
 from raysel.store import ResultStore, load, sql_arrow
-from raysel.store_compaction import compact_store, compact_sweep
+from raysel.store.compaction import compact_store, compact_sweep
 
 SECTION = "store_scale"
 # What this benchmark measures: a later commit touching one makes its section stale (benchmarks._common).
-MEASURES = ("raysel/store.py", "raysel/store_schema.py", "raysel/store_compaction.py", "raysel/query.py",
+MEASURES = ("raysel/store", "raysel/query.py",
             "raysel/select.py", "raysel/selection/decision.py", "raysel/selection/predictions.py",
             "raysel/selection/selectors.py", "raysel/selection/voting.py")
 COUNT_QUERY = "SELECT count(*) FROM trials"

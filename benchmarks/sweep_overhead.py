@@ -33,9 +33,9 @@ from benchmarks._common import command_line, write_section
 MEASURES = ("raysel/methods/hiast.py", "raysel/methods/base.py", "raysel/methods/stages.py",
             "raysel/methods/training.py", "raysel/methods/optim.py", "raysel/methods/augment.py",
             "raysel/methods/losses.py", "raysel/methods/networks.py", "raysel/methods/acceleration.py",
-            "raysel/models", "raysel/sweep.py", "raysel/sweeping.py", "raysel/request.py", "raysel/request_build.py",
-            "raysel/execution", "raysel/search_space.py", "raysel/hyperparameters.py", "raysel/store.py",
-            "raysel/store_schema.py", "raysel/selection", "raysel/heldout.py")
+            "raysel/models", "raysel/sweep.py", "raysel/orchestration", "raysel/request.py", "raysel/request_build.py",
+            "raysel/execution", "raysel/search_space.py", "raysel/hyperparameters.py", "raysel/store",
+            "raysel/selection", "raysel/heldout.py")
 
 
 def space_yaml(alphas: list[float], fixed: dict[str, object]) -> str:
@@ -86,9 +86,9 @@ def sweep(space: Path, data_root: Path, results: Path, name: str, max_concurrent
     """``python -m raysel.sweep hiast --space SPACE ...`` through raysel's API, timed as the command runs: build the
     request, run the sweep, print the summary (into a discarded buffer); the command's exit code must be 0."""
     from raysel import store
+    from raysel.orchestration import run_sweep
+    from raysel.reporting.summary import print_sweep_summary
     from raysel.request_build import build_request
-    from raysel.summary import print_sweep_summary
-    from raysel.sweeping import run_sweep
 
     options = {"space": space, "data_root": data_root, "results": results, "name": name,
                "selection_size": selection_size, "progress_interval": 600.0}
@@ -114,7 +114,7 @@ def epoch_seconds(column: Any) -> Any:
 def breakdown_rows(plain: list[dict[str, float]], run: SweepRun, configs: int) -> list[str]:
     """Markdown rows: mean seconds per configuration in each phase, plain loop vs Ray trial (one at a time), then
     the sweep's time outside trials spread over the configurations, then the totals."""
-    from raysel.store_schema import TRIAL_PHASES
+    from raysel.store.schema import TRIAL_PHASES
 
     trials = run.trials.sort_values("started_at")
     rows = []

@@ -1,6 +1,6 @@
 """What one sweep is: the checked, frozen :class:`SweepRequest`, its ``sweep.json`` form, and the user's options.
 
-Every way of starting a sweep (``python -m raysel.sweep``, :func:`raysel.sweeping.run_sweep` from Python, a study
+Every way of starting a sweep (``python -m raysel.sweep``, :func:`raysel.orchestration.run_sweep` from Python, a study
 file) fills a :class:`SweepOptions` and hands it to :func:`raysel.request_build.build_request`, the one function that
 validates the options and fills every default, before Ray starts and before anything is written. Nothing changes a
 request afterwards: trials, ``--resume``, ``raysel status`` and the report all read the same object, and
@@ -22,7 +22,7 @@ from raysel.acceleration_switches import AccelerationSwitches
 from raysel.errors import UserError, unknown_name_error
 from raysel.methods.reports import TARGET_CONFIDENCE
 from raysel.search_space import SEARCH_ALGORITHMS, CheckedSpace
-from raysel.store_schema import SCORE_PREFIX
+from raysel.store.schema import SCORE_PREFIX
 
 __all__ = [
     "SETTINGS_FILE", "TUNE_FOLDER", "REQUEST_FORMAT", "SEARCH_ALGORITHMS", "SCHEDULERS", "EXECUTORS",

@@ -17,13 +17,13 @@ import sys
 from pathlib import Path
 
 from raysel.errors import DataError, UserError, exits_cleanly_on_user_error
+from raysel.reporting.summary import decision_lines, format_trials_table
 from raysel.request import SweepRequest, load_request
 from raysel.selection.applicability import uncached_candidates
 from raysel.selection.decision import select_sweep
 from raysel.selection.selectors import selector_names
 from raysel.store import ResultStore
-from raysel.store_compaction import compact_sweep
-from raysel.summary import decision_lines, format_trials_table
+from raysel.store.compaction import compact_sweep
 
 
 def build_parser() -> argparse.ArgumentParser:

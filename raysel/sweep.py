@@ -1,7 +1,7 @@
 """`python -m raysel.sweep METHOD`: sweep a method's hyperparameters with Ray Tune and select without target labels.
 
 Argument parsing only: the options become one checked :class:`~raysel.request.SweepRequest`
-(:func:`raysel.request_build.build_request`, before Ray starts) and :func:`raysel.sweeping.run_sweep` runs it.
+(:func:`raysel.request_build.build_request`, before Ray starts) and :func:`raysel.orchestration.run_sweep` runs it.
 ``--help`` and argument errors answer without importing torch or Ray.
 """
 
@@ -149,8 +149,8 @@ def main(argv: list[str] | None = None) -> int:
 
     options = options_from_arguments(args)
     request = resume_request(options) if args.resume else build_request(options)  # checked before Ray starts
-    from raysel.summary import print_sweep_summary
-    from raysel.sweeping import run_sweep
+    from raysel.orchestration import run_sweep
+    from raysel.reporting.summary import print_sweep_summary
 
     outcome = run_sweep(request, resume=args.resume, address=args.address)
     print_sweep_summary(outcome)

@@ -27,11 +27,11 @@ from raysel.data.family import registered_families
 from raysel.errors import UserError
 from raysel.methods.base import LocalSession, RunContext, RunSpec
 from raysel.methods.result import rebuild_model, save_model
+from raysel.orchestration.pipeline import stage_keying_names
 from raysel.registry import TASKS, get_method, method_names
 from raysel.search_space import load_search_space
 from raysel.selection.predictions import CandidatePredictions, probability_grid
 from raysel.selection.selectors import TRIAL_SCORE_SELECTORS, get_selector, selector_names
-from raysel.sweeping import stage_keying_names
 
 REQUIRED_METRICS = ("epoch", "target_confidence")  # Tune's progress and ASHA's default objective
 IGNORE_LABEL = 255

@@ -27,7 +27,7 @@ from tests.test_selection_voting import _saved_candidates
 REPO = Path(__file__).resolve().parent.parent
 HEAVY = ("torch", "ray")
 MARK = "HEAVY-MODULES-AFTER "  # a line the probe prints after each stage: the stage, then the heavy modules loaded
-ENTRY_MODULES = ("raysel.cli", *(f"raysel.{command}" for command in COMMANDS), "raysel.store_compaction")
+ENTRY_MODULES = ("raysel.cli", *(f"raysel.{command}" for command in COMMANDS), "raysel.store.compaction")
 SWEEP = "sweep-a"
 CLASS_NAMES = [f"class-{index}" for index in range(NUM_CLASSES)]
 

@@ -1,5 +1,6 @@
 """The house rules that are about structure: the import layering (import-linter contract in pyproject.toml),
-no function over 60 lines anywhere in raysel/, no module over 500 lines outside methods/ and the data generators."""
+no function over 60 lines anywhere in raysel/, no module over 500 lines outside methods/ and the data generators,
+and no two modules of the same name in different folders (SPEC §2)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,8 @@ MAX_FUNCTION_LINES = 60
 MAX_MODULE_LINES = 500
 # Exempt from the module limit: the methods (one paper each) and the embedded data generators.
 LONG_MODULES_ALLOWED = ("methods/", "data/street_scenes.py", "data/digits.py")
+# Names more than one folder may use: a package's own base classes (models/base.py, methods/base.py).
+SHARED_NAMES_ALLOWED = ("__init__.py", "base.py")
 
 
 def _modules() -> list[Path]:
@@ -54,6 +57,22 @@ def test_no_module_outside_methods_and_data_generators_is_longer_than_500_lines(
     too_long = [f"{path.relative_to(PACKAGE).as_posix()} ({path.read_text().count(chr(10))} lines)"
                 for path in _modules() if _module_too_long(path.read_text(), path.relative_to(PACKAGE).as_posix())]
     assert not too_long, too_long
+
+
+def _same_names(relatives: list[str]) -> dict[str, list[str]]:
+    """Module file names used in more than one folder (outside SHARED_NAMES_ALLOWED), each with its paths."""
+    by_name: dict[str, list[str]] = {}
+    for relative in relatives:
+        by_name.setdefault(relative.rpartition("/")[2], []).append(relative)
+    return {name: paths for name, paths in by_name.items() if len(paths) > 1 and name not in SHARED_NAMES_ALLOWED}
+
+
+def test_no_two_modules_in_different_folders_share_a_name() -> None:
+    """``raysel/progress.py`` next to ``raysel/execution/progress.py`` made every reader ask which one is meant."""
+    same = _same_names([path.relative_to(PACKAGE).as_posix() for path in _modules()])
+    assert not same, same
+    assert _same_names(["progress.py", "execution/progress.py", "models/base.py", "methods/base.py"]) \
+        == {"progress.py": ["progress.py", "execution/progress.py"]}
 
 
 def _function(name: str, lines: int, indent: str = "") -> str:

@@ -126,11 +126,11 @@ def test_output_is_identical_after_compaction_and_the_compaction_command_explain
     queries = [("SELECT * FROM trials", "--format", "csv"), ("SELECT * FROM selections", "--format", "json"),
                ("SELECT trial_id, hp_alpha, heldout_iou, started_at FROM trials",)]
     before = [run_query(*query, "--results", str(results)).stdout for query in queries]
-    compacted = subprocess.run([sys.executable, "-m", "raysel.store_compaction", "--results", str(results)],
+    compacted = subprocess.run([sys.executable, "-m", "raysel.store.compaction", "--results", str(results)],
                                capture_output=True, text=True, cwd=REPO, timeout=120)
     assert compacted.returncode == 0 and compacted.stdout == "compacted 1 sweep(s): 4 per-trial/selection file(s) merged\n"
     assert sorted(path.name for path in results.rglob("*.parquet")) == ["s1.parquet", "s1.parquet"]
     assert [run_query(*query, "--results", str(results)).stdout for query in queries] == before
-    missing = subprocess.run([sys.executable, "-m", "raysel.store_compaction", "--results", str(results / "nope")],
+    missing = subprocess.run([sys.executable, "-m", "raysel.store.compaction", "--results", str(results / "nope")],
                              capture_output=True, text=True, cwd=REPO, timeout=120)
     assert missing.returncode == 2 and missing.stderr.startswith("error: no result store at")

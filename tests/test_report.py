@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 
 from raysel.errors import DataError, UserError
-from raysel.report import main, write_report
+from raysel.report import main
+from raysel.reporting.sweep_report import write_report
 from raysel.selection.evaluate import evaluate_selector
 from raysel.store import ResultStore
 
@@ -151,7 +152,7 @@ def test_report_shows_each_selectors_pick_side_by_side_and_follows_the_headline(
 def test_report_follows_the_methods_default_selector_without_a_headline() -> None:
     import pandas
 
-    from raysel.report import choose_selector
+    from raysel.reporting.sweep_report import choose_selector
 
     trials = pandas.DataFrame({"method": ["hdrq", "hdrq"], "score_fmiou": [0.1, 0.2],
                                "score_merge_quality": [0.5, 0.4]})
@@ -164,7 +165,7 @@ def test_class_names_come_from_the_rows_else_from_the_dataset_family() -> None:
     import pandas
 
     from raysel.data import get_family
-    from raysel.report import class_names_of
+    from raysel.reporting.sweep_report import class_names_of
 
     stored = [f"c{index}" for index in range(NUM_CLASSES)]
     rows = pandas.DataFrame({"dataset": ["street_scenes"] * 2, "class_names": [None, stored]})

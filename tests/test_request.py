@@ -166,10 +166,10 @@ def test_the_docstring_examples_run() -> None:
     import raysel.execution.local
     import raysel.request
     import raysel.request_build
+    import raysel.orchestration.pipeline
     import raysel.selection.decision
-    import raysel.sweeping
 
-    for module in (raysel.request, raysel.request_build, raysel.sweeping, raysel.execution.local,
+    for module in (raysel.request, raysel.request_build, raysel.orchestration.pipeline, raysel.execution.local,
                    raysel.selection.decision):
         results = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
         assert results.failed == 0, module.__name__

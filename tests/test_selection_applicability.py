@@ -8,13 +8,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from raysel.reporting.summary import decision_lines, format_trials_table
 from raysel.selection.agreement import agreement_line, agreement_lines, headline_selectors, picks_by_target
 from raysel.selection.applicability import applicable_selectors, recorded_selectors
 from raysel.selection.decision import select_sweep
 from raysel.selection.predictions import CandidatePredictions, save_predictions
 from raysel.selection.selectors import TRIAL_SCORE_SELECTORS, get_selector, selector_names
 from raysel.store import ResultStore
-from raysel.summary import decision_lines, format_trials_table
 
 NUM_CLASSES = 3
 PROBABILITY_SELECTORS = ("soft_vote", "entropy", "im", "snd", "rank_mean")

@@ -140,7 +140,7 @@ def test_cache_candidate_predictions_predicts_the_runs_seeded_subset(tmp_path):
     """The one implementation a trial and a re-prediction task share: seeded subset, spec's probability switch."""
     from types import SimpleNamespace
 
-    from raysel.execution.predictions import cache_candidate_predictions
+    from raysel.execution.prediction_cache import cache_candidate_predictions
 
     model = PixelClassifier()
     dataset = TinyImages(9)

@@ -16,11 +16,11 @@ import pyarrow.dataset as pa_dataset
 import pyarrow.parquet as pq
 import pytest
 
-from raysel import store as store_module
-from raysel import store_compaction
 from raysel.errors import ConfigError, DataError, UserError
 from raysel.store import ResultStore, load, sql
-from raysel.store_compaction import compact_store
+from raysel.store import compaction
+from raysel.store import results as store_module
+from raysel.store.compaction import compact_store
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -455,14 +455,14 @@ def test_compaction_killed_half_way_loses_and_duplicates_nothing_and_a_rerun_com
     compact_store(tmp_path, ["sweep-a"])
     store.update_trial_scores("sweep-a", "t_1", {"fmiou": 0.7})  # a per-trial file overriding a compacted row
     before = sorted_snapshot(tmp_path)  # a half-compacted sweep promises each row once, not the row order
-    command = [sys.executable, "-m", "raysel.store_compaction", "--results", str(tmp_path)]
-    environment = {**os.environ, "PYTHONPATH": str(REPO), store_compaction.KILL_AT_ENV: step}
+    command = [sys.executable, "-m", "raysel.store.compaction", "--results", str(tmp_path)]
+    environment = {**os.environ, "PYTHONPATH": str(REPO), compaction.KILL_AT_ENV: step}
     killed = subprocess.run(command, capture_output=True, timeout=120, cwd=REPO, env=environment)
     assert killed.returncode == -9, killed.stderr.decode()
     assert bool(list(tmp_path.glob("*/method=*/.*.tmp-*"))) == (step == "before_replace")
     assert sorted_snapshot(tmp_path) == before
     assert store.trial_ids("sweep-a") == {"t_0", "t_1", "t_2"}
-    del environment[store_compaction.KILL_AT_ENV]
+    del environment[compaction.KILL_AT_ENV]
     rerun = subprocess.run(command, capture_output=True, timeout=120, cwd=REPO, env=environment, text=True)
     assert rerun.returncode == 0 and rerun.stdout.startswith("compacted 3 sweep(s)"), rerun.stderr
     assert sorted_snapshot(tmp_path) == before

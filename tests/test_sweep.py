@@ -129,7 +129,7 @@ def test_reused_trial_processes_give_the_results_of_a_fresh_run(tiny_hiast_sweep
     from raysel.execution import run_local
     from raysel.methods.base import RunSpec
     from raysel.request import TUNE_FOLDER, load_request
-    from raysel.store_schema import TRIAL_TIMING_COLUMNS
+    from raysel.store.schema import TRIAL_TIMING_COLUMNS
 
     results = tiny_hiast_sweep["results"]
     trials = store.load(results, sweep_id="tiny")

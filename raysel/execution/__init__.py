@@ -18,16 +18,17 @@ Execution model (Ray 2.60, Train V2):
 What a sweep is (the checked, frozen request every trial reads) is :mod:`raysel.request`.
 Modules: :mod:`.connection` (joining Ray), :mod:`.devices`,
 :mod:`.sessions`, :mod:`.trial` (run_worker, finish_run), :mod:`.rows` (the trial row), :mod:`.driver` (the Tune
-trainable, Ray Train), :mod:`.tuner`, :mod:`.progress`, :mod:`.predictions` and :mod:`.repredict` (candidate
-predictions as Ray tasks), :mod:`.local` (run_local). Whole-sweep orchestration is :mod:`raysel.sweeping`.
+trainable, Ray Train), :mod:`.tuner`, :mod:`.tune_progress` (the Tune callback printing progress lines),
+:mod:`.prediction_cache` and :mod:`.repredict` (candidate predictions, also as Ray tasks), :mod:`.local` (run_local).
+Whole-sweep orchestration is :mod:`raysel.orchestration`.
 """
 
 from raysel.execution.connection import cluster_cpus, connect
 from raysel.execution.driver import trial_driver
 from raysel.execution.local import LocalRun, run_local
-from raysel.execution.progress import ProgressPrinter
 from raysel.execution.sessions import TrainWorkerSession, TuneTrialSession
 from raysel.execution.trial import finish_run, run_worker
+from raysel.execution.tune_progress import ProgressPrinter
 from raysel.execution.tuner import build_tuner, trial_concurrency
 from raysel.request import Resources
 

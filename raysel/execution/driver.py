@@ -21,7 +21,7 @@ from raysel.execution.trial import ATTEMPTS_FILE, FINAL_FILE, read_int, train_an
 from raysel.methods.reports import EPOCH, FINAL_SCORES
 from raysel.request import SweepRequest
 from raysel.store import ResultStore
-from raysel.store_schema import SCORE_PREFIX
+from raysel.store.schema import SCORE_PREFIX
 
 RESUMED_EPOCH = 1_000_000  # the epoch a finished trial reports, past any ASHA rung
 

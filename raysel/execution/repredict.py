@@ -10,7 +10,7 @@ adds GPU nodes for them as it does for trials.
 Each task rebuilds the trial's model from what the trial saved (``checkpoint_path``, ``model.pt``, and its rebuild
 recipe: :func:`raysel.methods.result.rebuild_model`; the run's network builder plus the state dict, or the whole
 module for HDRQ's quantized merged model) and calls
-:func:`~raysel.execution.predictions.cache_candidate_predictions`, the same function the trial used, on the same
+:func:`~raysel.execution.prediction_cache.cache_candidate_predictions`, the same function the trial used, on the same
 seeded subset of target *training* images (the sweep's ``selection_size`` / ``selection_seed``). No label is read.
 The same task recomputes the trial-scored label-free scores that need the model (``consistency``, and ``mixval``
 for classification or ``classmix_consistency`` for segmentation: :mod:`raysel.selection.model_scores`), writes them next to the predictions (``trial_scores.json``), and
@@ -36,14 +36,14 @@ from ray.exceptions import RayTaskError
 
 from raysel.errors import DataError, UserError
 from raysel.execution.connection import connect
-from raysel.execution.predictions import cache_candidate_predictions
+from raysel.execution.prediction_cache import cache_candidate_predictions
 from raysel.execution.trial import PREDICTIONS_FILE
 from raysel.methods.base import LocalSession, RunContext, RunSpec
 from raysel.methods.result import rebuild_model
 from raysel.progress import heartbeat, progress
 from raysel.request import SETTINGS_FILE, SweepRequest, load_request
 from raysel.selection.model_scores import run_trial_selection_scores
-from raysel.store_schema import relocated_path
+from raysel.store.schema import relocated_path
 
 TRIAL_SCORES_FILE = "trial_scores.json"
 

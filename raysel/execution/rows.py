@@ -1,4 +1,4 @@
-"""The writer of a trial's row in the result store (columns and prefixes: :mod:`raysel.store_schema`)."""
+"""The writer of a trial's row in the result store (columns and prefixes: :mod:`raysel.store.schema`)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from raysel.methods.reports import FINAL_METRICS, FINAL_SCORES
 from raysel.registry import get_method
 from raysel.request import SweepRequest
 from raysel.store import ResultStore
-from raysel.store_schema import FINAL_METRIC_COLUMNS, PER_TARGET_HELDOUT_PREFIXES, TRIAL_TIMING_COLUMNS
+from raysel.store.schema import FINAL_METRIC_COLUMNS, PER_TARGET_HELDOUT_PREFIXES, TRIAL_TIMING_COLUMNS
 
 
 def write_row(store: ResultStore, request: SweepRequest, trial_id: str, config: dict[str, Any], started: float,
@@ -42,7 +42,7 @@ def write_row(store: ResultStore, request: SweepRequest, trial_id: str, config: 
         "finished_at": time.time(),
         "checkpoint_path": final.get("checkpoint_path"),
         "predictions_path": final.get("predictions_path"),
-        "class_names": list(get_family(data.family).class_names),  # names heldout_iou's entries (store_schema)
+        "class_names": list(get_family(data.family).class_names),  # names heldout_iou's entries (store.schema)
         "raysel_version": __version__,
         "ray_version": ray.__version__,
         "torch_version": torch.__version__,

@@ -12,7 +12,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from raysel.methods.base import CHECKPOINT_FILE, RunContext, RunSpec, Session
-from raysel.store_schema import TIMING_PREFIX
+from raysel.store.schema import TIMING_PREFIX
 
 __all__ = [
     "PhaseStamp", "PhaseClock", "StageTiming", "TimedRunContext", "phase", "timed_context",
@@ -54,7 +54,7 @@ class PhaseClock:
                 self._open[-1].nested_s += elapsed
 
     def columns(self) -> dict[str, float]:
-        """The row columns ``time_<phase>_s`` (see :data:`raysel.store_schema.TRIAL_TIMING_COLUMNS`)."""
+        """The row columns ``time_<phase>_s`` (see :data:`raysel.store.schema.TRIAL_TIMING_COLUMNS`)."""
         return {f"{TIMING_PREFIX}{name}_s": seconds for name, seconds in self.seconds.items()}
 
 

@@ -17,7 +17,7 @@ from typing import Any, Callable
 
 import torch
 
-from raysel.execution.predictions import cache_candidate_predictions
+from raysel.execution.prediction_cache import cache_candidate_predictions
 from raysel.execution.timing import phase
 from raysel.heldout import heldout_scores
 from raysel.hyperparameters import config_from_dict
@@ -27,7 +27,7 @@ from raysel.methods.result import TrainResult, save_model, unwrapped
 from raysel.metrics import harmonic_mean
 from raysel.registry import get_method
 from raysel.selection.model_scores import run_trial_selection_scores
-from raysel.store_schema import primary_heldout_column
+from raysel.store.schema import primary_heldout_column
 
 __all__ = [
     "ATTEMPTS_FILE", "FINAL_FILE", "MODEL_FILE", "PREDICTIONS_FILE", "WorkerRun", "run_worker", "train_and_finish",

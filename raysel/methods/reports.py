@@ -15,7 +15,7 @@ import types
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-from raysel.store_schema import SCORE_PREFIX
+from raysel.store.schema import SCORE_PREFIX
 
 __all__ = [
     "ROUND", "EPOCH", "ITERATION", "LOSS", "TARGET_CONFIDENCE", "STEP_KEYS", "RESERVED_KEYS", "FINAL_SCORES",

@@ -1,8 +1,8 @@
 """Each selector's pick side by side: which trial every recorded selector chose per target, and whether they agree.
 
-Shared by the end-of-sweep table (:mod:`raysel.summary`), ``python -m raysel.select`` and the report, so all three
-say the same thing. Works on decision rows (dicts as :func:`raysel.selection.decision.select_sweep` returns them, or
-records of the store's ``selections`` table); reads no label.
+Shared by the end-of-sweep table (:mod:`raysel.reporting.summary`), ``python -m raysel.select`` and the report, so
+all three say the same thing. Works on decision rows (dicts as :func:`raysel.selection.decision.select_sweep` returns
+them, or records of the store's ``selections`` table); reads no label.
 """
 
 from __future__ import annotations

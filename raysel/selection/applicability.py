@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 import numpy as np
 
 from raysel.selection.selectors import TrialScoreSelector, get_selector, selector_names
-from raysel.store_schema import relocated_path
+from raysel.store.schema import relocated_path
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas
@@ -52,7 +52,7 @@ def uncached_candidates(trials: "pandas.DataFrame", store_root: str | Path,
     """Finished candidates (by trial id) without a prediction cache where re-prediction looks for one.
 
     That place is the row's ``predictions_path`` relocated from ``recorded_root`` (the results folder the sweep
-    recorded, from its request) into the store at ``store_root`` (:func:`raysel.store_schema.relocated_path`),
+    recorded, from its request) into the store at ``store_root`` (:func:`raysel.store.schema.relocated_path`),
     exactly as :func:`raysel.execution.repredict.prediction_jobs` reads it. When this is empty, re-prediction has
     nothing to do and ``raysel select`` scores without starting Ray or importing torch; otherwise it hands the sweep
     to re-prediction, which decides what to predict (a row without ``predictions_path`` counts as uncached here).

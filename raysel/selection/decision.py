@@ -26,7 +26,7 @@ from raysel.selection.evaluate import evaluate_selector
 from raysel.selection.predictions import CandidatePredictions, load_predictions
 from raysel.selection.selectors import TrialScoreSelector, get_selector
 from raysel.progress import progress
-from raysel.store_schema import heldout_column_with_values
+from raysel.store.schema import heldout_column_with_values
 
 
 def decision_order(method: str, selectors: Iterable[str] | None, record_all: bool) -> tuple[str, ...]:

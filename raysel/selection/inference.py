@@ -2,8 +2,8 @@
 
 The torch half of the prediction cache (:mod:`raysel.selection.predictions` holds the format, with numpy only):
 :func:`predict_subset` is called by every trial and by re-prediction
-(:func:`raysel.execution.predictions.cache_candidate_predictions`); selection itself only reads the cached files, so
-it never needs this module or torch. No label is read: only the ``image``, ``index`` and ``name`` keys of a sample.
+(:func:`raysel.execution.prediction_cache.cache_candidate_predictions`); selection itself only reads the cached files,
+so it never needs this module or torch. No label is read: only the ``image``, ``index`` and ``name`` keys of a sample.
 """
 
 from __future__ import annotations

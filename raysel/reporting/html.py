@@ -1,6 +1,7 @@
-"""``report.html``: one self-contained page for a finished sweep, written next to ``report.md`` by raysel.report.
+"""``report.html``: one self-contained page for a finished sweep, written next to ``report.md``
+by :mod:`raysel.reporting.sweep_report`.
 
-Everything is inside the file: the plots :mod:`raysel.report` drew are embedded as base64 PNG data URIs and the
+Everything is inside the file: the plots it drew are embedded as base64 PNG data URIs and the
 style is inline, so the page opens offline, from an e-mail attachment or a CI artefact. Per target it shows the
 decision and every selector's pick side by side with their agreement, the plots (score against held-out, marked
 *oracle*; hyperparameters; per-class IoU of the selected and best candidates), the candidates; then the failed
@@ -18,10 +19,10 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from raysel.errors import UserError
+from raysel.reporting.formatting import (HELDOUT_COLUMNS, TargetReport, format_number, heldout_column, points,
+                                         score_columns, swept_hyperparameters)
 from raysel.request import SETTINGS_FILE, SweepRequest, read_request_file
-from raysel.report_format import (HELDOUT_COLUMNS, TargetReport, format_number, heldout_column, points,
-                                  score_columns, swept_hyperparameters)
-from raysel.store_schema import HYPERPARAMETER_PREFIX, SCORE_PREFIX
+from raysel.store.schema import HYPERPARAMETER_PREFIX, SCORE_PREFIX
 
 CAPTIONS = {"scores": "Label-free scores against held-out scores (oracle check, never used to select)",
             "hyperparameters": "Swept hyperparameters against the selection score",

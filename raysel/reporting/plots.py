@@ -1,4 +1,4 @@
-"""The PNG plots of raysel.report, drawn on matplotlib's Agg canvas (no display, no global pyplot state).
+"""The PNG plots of the sweep report, drawn on matplotlib's Agg canvas (no display, no global pyplot state).
 
 Per target: selector scores against held-out scores (the oracle check), swept hyperparameters against the selection
 score, and held-out per-class IoU of the selected and best candidate. Each function writes one PNG and returns its
@@ -15,8 +15,8 @@ import numpy as np
 import pandas
 
 from raysel.errors import UserError
-from raysel.report_format import HELDOUT_COLUMNS, POINTS, hashable, top_index
-from raysel.store_schema import HYPERPARAMETER_PREFIX, SCORE_PREFIX
+from raysel.reporting.formatting import HELDOUT_COLUMNS, POINTS, hashable, top_index
+from raysel.store.schema import HYPERPARAMETER_PREFIX, SCORE_PREFIX
 
 if TYPE_CHECKING:  # pragma: no cover
     from matplotlib.figure import Figure

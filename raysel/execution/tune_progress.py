@@ -8,7 +8,7 @@ from typing import Any
 
 from ray.tune import Callback
 
-from raysel.store_schema import PRIMARY_HELDOUT_COLUMNS
+from raysel.store.schema import PRIMARY_HELDOUT_COLUMNS
 
 
 class ProgressPrinter:

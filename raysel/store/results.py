@@ -11,7 +11,7 @@ Decisions:
   selection_id). The key *is* the file name, so a resumed sweep that writes a trial again replaces its file: rows are
   never duplicated. ``sweep_id`` may not contain ``__`` (the separator), which keeps the mapping from file name to
   key unambiguous.
-* **One file per finished sweep.** :mod:`raysel.store_compaction` merges a finished sweep's per-key files of one
+* **One file per finished sweep.** :mod:`raysel.store.compaction` merges a finished sweep's per-key files of one
   method into ``<sweep_id>.parquet`` (no separator: 100 files, not 10,000, for 10,000 trials). A per-key file written
   later (a trial re-run or re-scored) *overrides* the compacted row of its key in every reader here, so each key is
   read once at every step of a compaction and after it.
@@ -44,9 +44,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from raysel.errors import ConfigError, DataError, UserError
-from raysel.store_schema import (HYPERPARAMETER_PREFIX, KEY_SEPARATOR, SCORE_PREFIX, SELECTION_FIXED_COLUMNS, TIMESTAMP,
-                                  TRIAL_FIXED_COLUMNS, TRIAL_HELDOUT_COLUMNS, TRIAL_IDENTITY_COLUMNS, TRIAL_RUN_COLUMNS,
-                                  TRIAL_TRAILING_COLUMNS, _coerce_value, _score_column, selection_table, trial_table)
+from raysel.store.schema import (HYPERPARAMETER_PREFIX, KEY_SEPARATOR, SCORE_PREFIX, SELECTION_FIXED_COLUMNS, TIMESTAMP,
+                                 TRIAL_FIXED_COLUMNS, TRIAL_HELDOUT_COLUMNS, TRIAL_IDENTITY_COLUMNS, TRIAL_RUN_COLUMNS,
+                                 TRIAL_TRAILING_COLUMNS, _coerce_value, _score_column, selection_table, trial_table)
 
 if typing.TYPE_CHECKING:  # pragma: no cover
     import pandas

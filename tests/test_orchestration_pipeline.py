@@ -10,7 +10,7 @@ import pyarrow as pa
 import pytest
 
 from raysel.execution.timing import PhaseClock
-from raysel.store_schema import TRIAL_PHASES, TRIAL_TIMING_COLUMNS, trial_table
+from raysel.store.schema import TRIAL_PHASES, TRIAL_TIMING_COLUMNS, trial_table
 
 TINY_HIAST = {"rounds": 1, "iterations_per_round": 2, "reports_per_round": 1, "warmup_iterations": 2,
               "source_iterations": 2}
@@ -72,8 +72,8 @@ def hiast_request(tmp_path: Path, text: str, **options: object):
 
 def test_sweeping_a_stage_setting_skips_preparation_and_says_which(tmp_path: Path) -> None:
     """A swept warm-up length keys the warm-up stage: no stage is pre-built at the default length no trial uses."""
+    from raysel.orchestration.pipeline import prepare_shared_stages, stage_keying_names
     from raysel.registry import get_method
-    from raysel.sweeping import prepare_shared_stages, stage_keying_names
 
     request = hiast_request(tmp_path, "alpha: {grid: [0.2, 0.5]}\nwarmup_iterations: {grid: [2, 4]}\n"
                                       "source_iterations: 2\n")
@@ -84,8 +84,8 @@ def test_sweeping_a_stage_setting_skips_preparation_and_says_which(tmp_path: Pat
 
 
 def test_sweeping_only_trial_settings_keeps_the_shared_stage(tmp_path: Path) -> None:
+    from raysel.orchestration.pipeline import stage_keying_names
     from raysel.registry import get_method
-    from raysel.sweeping import stage_keying_names
 
     request = hiast_request(tmp_path, "alpha: {grid: [0.2, 0.5]}\ngamma: {uniform: [0.1, 0.9]}\n"
                                       "warmup_iterations: 4\n")
@@ -94,8 +94,8 @@ def test_sweeping_only_trial_settings_keeps_the_shared_stage(tmp_path: Path) -> 
 
 def test_a_finished_preparation_is_skipped_while_its_stage_files_exist(tmp_path: Path) -> None:
     """Its marker lists the stage files; with all present no Ray task starts, with one gone the target is redone."""
+    from raysel.orchestration.pipeline import StageRecord, _prepared_earlier, _write_marker, preparation_marker
     from raysel.request_build import build_request
-    from raysel.sweeping import StageRecord, _prepared_earlier, _write_marker, preparation_marker
 
     request = build_request(method="hiast", name="s", results=tmp_path, data_root=tmp_path, target=["day_city"])
     marker = preparation_marker(request, dict(TINY_HIAST), "day_city")
@@ -151,8 +151,8 @@ def test_a_timed_trial_stamps_every_phase_and_gives_the_same_results(tiny_roots:
 @pytest.mark.integration
 def test_independent_stages_are_built_by_parallel_ray_tasks(ray_local, tiny_roots: dict, tmp_path: Path) -> None:
     """Two targets' HIAST warm-ups: two Ray tasks at once; the source model they share is built once."""
+    from raysel.orchestration.pipeline import prepare_shared_stages
     from raysel.request_build import build_request
-    from raysel.sweeping import prepare_shared_stages
 
     data_root = tmp_path / "data"  # a copy: the stage cache under it starts empty
     shutil.copytree(tiny_roots["street_scenes"], data_root)

@@ -31,7 +31,7 @@ from raysel.request import SweepRequest, save_request
 from raysel.search_space import CheckedSpace
 from raysel.selection.decision import select_sweep
 from raysel.store import ResultStore
-from raysel.store_compaction import compact_sweep
+from raysel.store.compaction import compact_sweep
 
 __all__ = [
     "PREPARED_DIR", "SweepOutcome", "run_sweep", "prepare_shared_stages", "preparation_marker", "stage_keying_names",

@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from raysel.report import main, write_report
-from raysel.report_html import reproduce_commands
+from raysel.report import main
+from raysel.reporting.html import reproduce_commands
+from raysel.reporting.sweep_report import write_report
 from raysel.store import ResultStore
 from tests.test_report import PNG_SIGNATURE, build_store, trial_row
 from tests.test_status import save_sweep
@@ -53,7 +54,7 @@ def test_failed_trials_and_the_commands_to_reproduce(page) -> None:
 
 
 def test_reproduce_command_round_trips_through_the_sweep_parser(tmp_path: Path) -> None:
-    from raysel.report_html import read_saved_settings
+    from raysel.reporting.html import read_saved_settings
     from raysel.sweep import build_parser
 
     save_sweep(tmp_path)

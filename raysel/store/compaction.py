@@ -2,8 +2,8 @@
 
 A store of 10,000 one-row trial files is slow to read (DuckDB opens and parses every file's footer, twice: once to
 union the schemas, once to read); 100 compacted files are not (``benchmarks/store_scale.py`` measures both).
-:func:`compact_sweep` runs when a sweep finishes (:mod:`raysel.sweeping`), and ``python -m raysel.store_compaction``
-compacts older stores.
+:func:`compact_sweep` runs when a sweep finishes (:mod:`raysel.orchestration.pipeline`), and
+``python -m raysel.store.compaction`` compacts older stores.
 
 Steps, per method partition of a sweep, each safe to be killed at (``tests/test_store.py`` kills a real process at
 each one with SIGKILL, then checks every row is read exactly once and that a rerun completes):
@@ -31,8 +31,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from raysel.errors import exits_cleanly_on_user_error
-from raysel.store import (PARQUET_SUFFIX, TABLES, ResultStore, _existing_root, _fsync_directory, _key_of,
-                          is_compacted, key_column, write_table_atomically)
+from raysel.store.results import (PARQUET_SUFFIX, TABLES, ResultStore, _existing_root, _fsync_directory, _key_of,
+                                  is_compacted, key_column, write_table_atomically)
 
 __all__ = [
     "KILL_AT_ENV", "compact_partition", "compact_sweep", "compact_store",
@@ -116,8 +116,8 @@ def compact_store(root: Path | str | None = None, sweep_ids: Sequence[str] | Non
 
 @exits_cleanly_on_user_error
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m raysel.store_compaction [--results DIR] [--sweep ID ...]``: compact finished sweeps."""
-    parser = argparse.ArgumentParser(prog="python -m raysel.store_compaction",
+    """``python -m raysel.store.compaction [--results DIR] [--sweep ID ...]``: compact finished sweeps."""
+    parser = argparse.ArgumentParser(prog="python -m raysel.store.compaction",
                                      description="Merge each finished sweep's one-row Parquet files into one file per "
                                      "sweep and method, so queries over large stores stay fast. Safe to interrupt "
                                      "and rerun; do not run it on a sweep that is still writing trials.")

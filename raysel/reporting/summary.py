@@ -7,7 +7,7 @@ import sys
 from typing import Any
 
 from raysel.selection.agreement import agreement_line, headline_selectors, picks_by_target
-from raysel.store_schema import HYPERPARAMETER_PREFIX, heldout_column_with_values
+from raysel.store.schema import HYPERPARAMETER_PREFIX, heldout_column_with_values
 
 __all__ = ["swept_columns", "format_trials_table", "decision_lines", "print_sweep_summary"]
 

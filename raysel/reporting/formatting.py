@@ -1,4 +1,4 @@
-"""What raysel.report, its plots and report.html share: the per-target report record, the columns it reads from
+"""What the sweep report, its plots and report.html share: the per-target report record, the columns it reads from
 the store (selector scores, swept hyperparameters, the held-out headline) and the formatting of numbers and points.
 
 Held-out columns appear here only to be shown as the oracle check they are; nothing here selects a candidate.
@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from raysel.store_schema import HYPERPARAMETER_PREFIX, SCORE_PREFIX, heldout_column_with_values
+from raysel.store.schema import HYPERPARAMETER_PREFIX, SCORE_PREFIX, heldout_column_with_values
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas
