@@ -35,7 +35,7 @@ from raysel.report_format import (HELDOUT_COLUMNS, TargetReport, format_number, 
                                   score_columns, swept_hyperparameters, top_index)
 from raysel.report_html import write_html_report
 from raysel.report_plots import plot_class_iou, plot_hyperparameters, plot_scores_against_heldout
-from raysel.selection.agreement import agreement_lines, headline_selectors
+from raysel.selection.agreement import agreement_lines, guard_line, headline_selectors
 from raysel.selection.evaluate import evaluate_selector
 from raysel.store import ResultStore
 from raysel.store_schema import HYPERPARAMETER_PREFIX, SCORE_PREFIX
@@ -230,9 +230,11 @@ def _decision_lines(selections: "pandas.DataFrame", sweep_id: str) -> list[str]:
              format_number(row["score"], 4), format_number(row["num_candidates"]), format_number(points(row.get("heldout_selected"))),
              format_number(points(row.get("heldout_best"))), format_number(row.get("heldout_regret"))]
             for row in sorted(latest, key=lambda row: str(row["target"]))]
+    guards = [guard_line(row) for row in latest if headline[str(row["target"])] == row["selector"]]
+    notes = [*agreement_lines(latest), *filter(None, guards)]
     return lines + _table(["target", "selector", "selected trial", "score", "candidates",
                            "held-out of selected (points, oracle)", "held-out best (points, oracle)",
-                           "regret (points, oracle)"], rows) + [f"{line}." for line in agreement_lines(latest)] + [""]
+                           "regret (points, oracle)"], rows) + [f"{line}." for line in notes] + [""]
 
 
 def _evaluation_lines(report: TargetReport) -> list[str]:

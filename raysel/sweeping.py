@@ -30,6 +30,7 @@ from raysel.registry import Method, get_method
 from raysel.request import SweepRequest, save_request
 from raysel.search_space import CheckedSpace
 from raysel.selection.decision import select_sweep
+from raysel.selection.guarded import default_trial_ids
 from raysel.store import ResultStore
 from raysel.store_compaction import compact_sweep
 
@@ -105,7 +106,12 @@ def run_sweep(request: SweepRequest, *, resume: bool = False, address: str | Non
         if started_here:
             ray.shutdown()
 
-    decisions = select_sweep(store, request.sweep_id, request.method, request.selectors, stream, record_all=True)
+    # The guarded decision compares the pick with the default configuration: the candidate whose swept
+    # hyperparameters equal the method's defaults (recorded with the decisions, so `raysel select` needs no method).
+    defaults = default_trial_ids(store.load_sweep(request.sweep_id), get_method(request.method).default_config(),
+                                 request.space.swept_names())
+    decisions = select_sweep(store, request.sweep_id, request.method, request.selectors, stream, record_all=True,
+                             default_trials=defaults)
     compact_sweep(store, request.sweep_id)  # one file per sweep: queries over many sweeps stay fast (issue 17)
     trials = store.load_sweep(request.sweep_id)
     if tracker is not None:
