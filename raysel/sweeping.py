@@ -106,12 +106,8 @@ def run_sweep(request: SweepRequest, *, resume: bool = False, address: str | Non
         if started_here:
             ray.shutdown()
 
-    # The guarded decision compares the pick with the default configuration: the candidate whose swept
-    # hyperparameters equal the method's defaults (recorded with the decisions, so `raysel select` needs no method).
-    defaults = default_trial_ids(store.load_sweep(request.sweep_id), get_method(request.method).default_config(),
-                                 request.space.swept_names())
     decisions = select_sweep(store, request.sweep_id, request.method, request.selectors, stream, record_all=True,
-                             default_trials=defaults)
+                             default_trials=default_candidates(store, request))
     compact_sweep(store, request.sweep_id)  # one file per sweep: queries over many sweeps stay fast (issue 17)
     trials = store.load_sweep(request.sweep_id)
     if tracker is not None:
@@ -140,6 +136,14 @@ def _sweep_line(request: SweepRequest, total: int | None, max_concurrent: int | 
             f"{f'up to {max_concurrent} at once' if max_concurrent else 'concurrency set by Ray'}, "
             f"{resources.workers} worker(s) x {resources.cpus_per_worker} CPU"
             f"{f' + {resources.gpus_per_worker} GPU' if resources.gpus_per_worker else ''} per trial")
+
+
+def default_candidates(store: ResultStore, request: SweepRequest) -> dict[str, str]:
+    """target -> the candidate of the method's default configuration (its swept hyperparameters at the method's
+    defaults), which the guarded decision keeps when it is not confident; recorded with the decisions, so that
+    `raysel select` needs no method module."""
+    return default_trial_ids(store.load_sweep(request.sweep_id), get_method(request.method).default_config(),
+                             request.space.swept_names())
 
 
 def prepare_shared_stages(request: SweepRequest, *, local: bool, stream: Any) -> list[StageRecord]:
