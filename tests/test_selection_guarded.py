@@ -152,6 +152,9 @@ def test_default_trial_ids_compare_only_the_swept_hyperparameters() -> None:
     assert default_trial_ids(trials, Config(), ["alpha"]) == {"x": "b", "y": "c"}  # iterations is not swept
     assert default_trial_ids(trials, Config(), ["alpha", "iterations"]) == {}
     assert default_trial_ids(trials, {"alpha": 0.2}, ["alpha", "lambda_"]) == {}  # a swept name without a column
+    shapes = pd.DataFrame({"trial_id": ["a", "b", "c"], "target": ["x"] * 3, "status": ["finished"] * 3,
+                           "hp_crop": [np.array([64, 64]), np.array([32, 32]), None], "hp_mode": ["u", "v", pd.NA]})
+    assert default_trial_ids(shapes, {"crop": (32, 32), "mode": "v"}, ["crop", "mode"]) == {"x": "b"}
 
 
 # ---- recorded in the store, shown by the summary ------------------------------------------------------------
@@ -178,6 +181,20 @@ def test_guard_columns_round_trip_through_duckdb_and_compaction(tmp_path: Path) 
         compact_sweep(store, "sw")
     again = select_sweep(store, "sw", stream=io.StringIO(), record_all=True)  # re-scoring: the recorded default
     assert again[0]["default_trial_id"] == "t2"
+
+
+def test_raysel_select_and_the_report_show_the_guard_line(tmp_path: Path, capsys) -> None:
+    from raysel import select
+    from raysel.report import _decision_lines
+
+    store = ResultStore(tmp_path / "results")
+    write_trials(store, tmp_path, [(f"t{k}", "finished", {}) for k in range(3)])
+    select_sweep(store, "sw", stream=io.StringIO(), record_all=True, default_trials={"mnistm": "t0"})
+    assert select.main(["sw", "--results", str(store.root)]) == 0
+    shown = [line for line in capsys.readouterr().out.splitlines() if line.startswith("decision on mnistm: ")]
+    assert len(shown) == 1
+    reported = _decision_lines(store.load(table="selections", sweep_id="sw"), "sw")
+    assert [line for line in reported if line.startswith("decision on mnistm: ")] == [f"{shown[0]}."]
 
 
 def test_summary_and_select_show_one_guard_line_per_target() -> None:

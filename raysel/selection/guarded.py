@@ -129,8 +129,19 @@ def matches_defaults(trials: Any, defaults: Mapping[str, Any], names: Iterable[s
             numbers = column.to_numpy(dtype=np.float64, na_value=np.nan)
             mask &= np.isclose(numbers, float(expected), rtol=1e-9, atol=1e-12)
         else:
-            mask &= (column == expected).fillna(False).to_numpy(dtype=bool)
+            mask &= np.array([_same_value(value, expected) for value in column], dtype=bool)
     return mask
+
+
+def _same_value(value: Any, expected: Any) -> bool:
+    """Whether a stored hyperparameter value equals ``expected``: sequences item by item (a list column holds arrays),
+    anything else by ``==``; a missing value equals nothing."""
+    if isinstance(expected, (list, tuple)):
+        return isinstance(value, (list, tuple, np.ndarray)) and list(value) == list(expected)
+    try:
+        return bool(value == expected)
+    except (TypeError, ValueError):  # pandas' NA, or an array against a scalar
+        return False
 
 
 def default_trial_ids(trials: pd.DataFrame, defaults: Mapping[str, Any] | Any,
