@@ -895,7 +895,8 @@ class SweepCase:
     ``evaluations[name]`` holds ``regret`` and ``top3_regret`` (mIoU points), ``gap_closed``, ``kendall_tau``,
     ``spearman_rho`` and ``selected_trial_id``. ``values`` is the swept hyperparameter's value per candidate (one-at-
     a-time sweeps only). ``default_heldout`` is the default configuration's held-out mIoU (this sweep's trial, else
-    the reference from the method's other sweeps), None when unknown.
+    the reference from the method's other sweeps), None when unknown. ``decision_picks`` names the trials of the
+    sweep's headline and guarded decisions (``raysel.selection.decision_picks``).
     """
 
     method: str
@@ -909,6 +910,8 @@ class SweepCase:
     values: list[Any] = field(default_factory=list)
     default_heldout: float | None = None
     default_in_sweep: bool = False
+    # the sweep's own decisions on this target: the headline pick and the guarded decision's trial (decision_picks)
+    decision_picks: dict[str, str] = field(default_factory=dict)
 
     def all_evaluations(self) -> dict[str, dict[str, Any]]:
         """The selectors' evaluations plus the two baselines."""
@@ -942,14 +945,17 @@ def finished_trials(results: Path, name: str) -> Any:
     return trials[keep].sort_values("trial_id")
 
 
-def rescore(results: Path, name: str) -> dict[tuple[str, str], dict[str, Any]]:
+def rescore(results: Path, name: str, default_trials: dict[str, str] | None = None
+            ) -> dict[tuple[str, str], dict[str, Any]]:
     """Re-score a finished sweep with every selector that applies, as ``python -m raysel.select`` does; decisions by
-    (target, selector). Selectors that cannot run are skipped with the reason printed."""
+    (target, selector). Selectors that cannot run are skipped with the reason printed. ``default_trials`` (target ->
+    the default configuration's trial) is what the guarded decision keeps when it is not confident."""
     from raysel.selection import recorded_selectors, select_sweep
     from raysel.store import ResultStore
 
     printed = io.StringIO()
-    decisions = select_sweep(ResultStore(results), name, selectors=recorded_selectors(), stream=printed)
+    decisions = select_sweep(ResultStore(results), name, selectors=recorded_selectors(), stream=printed,
+                             default_trials=default_trials or {})
     for line in printed.getvalue().splitlines():
         print(f"  {name}: {line}", flush=True)
     return {(decision["target"], decision["selector"]): decision for decision in decisions}
@@ -973,7 +979,7 @@ def default_heldouts(frames: dict[str, Any], plans: Sequence[SweepPlan]) -> dict
 def build_cases(plan: SweepPlan, frame: Any, decisions: dict[tuple[str, str], dict[str, Any]],
                 references: dict[tuple[str, int, str], float]) -> list[SweepCase]:
     """One case per target of a sweep, with every selector's evaluation and the default configuration's score."""
-    from raysel.selection import matches_defaults, stored_evaluation
+    from raysel.selection import decision_picks, matches_defaults, stored_evaluation
 
     cases = []
     defaults = plan_defaults(plan)
@@ -991,8 +997,18 @@ def build_cases(plan: SweepPlan, frame: Any, decisions: dict[tuple[str, str], di
         for (decision_target, selector), decision in decisions.items():
             if decision_target == target and decision.get("heldout_regret") is not None:
                 case.evaluations[selector] = stored_evaluation(decision)
+            if decision_target == target and decision.get("headline"):
+                case.decision_picks = decision_picks(decision)
         cases.append(case)
     return cases
+
+
+def plan_default_trials(plan: SweepPlan, frame: Any) -> dict[str, str]:
+    """target -> the sweep's default-configuration trial under the plan's defaults (its budget included), the one
+    the benchmark's default-configuration baseline also reads."""
+    from raysel.selection import default_trial_ids
+
+    return default_trial_ids(frame, plan_defaults(plan), plan.swept)
 
 
 def evaluate_plans(plans: Sequence[SweepPlan], results: Path) -> tuple[list[SweepCase], list[str], dict[str, Any]]:
@@ -1006,7 +1022,7 @@ def evaluate_plans(plans: Sequence[SweepPlan], results: Path) -> tuple[list[Swee
         frame = frames.get(plan.sweep_id)
         if plan.kind == DEFAULT_KIND or frame is None or frame.empty:
             continue
-        decisions = rescore(results, plan.sweep_id)
+        decisions = rescore(results, plan.sweep_id, plan_default_trials(plan, frame))
         used += [selector for _, selector in decisions if selector not in used]
         cases += build_cases(plan, frame, decisions, references)
     return cases, used, frames

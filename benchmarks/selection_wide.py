@@ -20,8 +20,11 @@ Table 8's protocol (:mod:`benchmarks.selection_quality`) sweeps hyperparameters 
 
 Every finished sweep is re-scored offline with every applicable label-free selector exactly as ``raysel.select``
 does (:func:`benchmarks._common.evaluate_plans`), against three baselines (default configuration, random
-pick expected, oracle). Held-out scores (mIoU, accuracy on digits; points) are used only to evaluate, and the
-development and test targets are reported apart. Flat sweeps and collapsed picks: :mod:`raysel.selection.evaluate`.
+pick expected, oracle), next to the sweep's own headline and guarded decisions (:mod:`raysel.selection.guarded`).
+Held-out scores (mIoU, accuracy on digits; points) are used only to evaluate, and the development and test targets
+are reported apart. Flat sweeps and collapsed picks: :mod:`raysel.selection.evaluate`. The recommended selector per
+family is the pre-registered rule of :mod:`raysel.selection.recommendation` applied to the development sweeps only
+(it refuses test sweeps); the test tables then confirm or refute it.
 
 Where the ranges come from: the paper defaults and the papers' own ranges (HIAST Table 8, SFDA Tables 5-6, GSDA §3.1,
 T2S-DA §4) extended by a decade or more past them, so that the extreme values break training; no test-target label
@@ -70,9 +73,11 @@ from benchmarks._common import (BUDGETS, DEFAULT_KIND, REPO, SweepCase, SweepPla
                                 default_heldouts, evaluate_plans, fmt, format_section, regret_of, row_by_name,
                                 run_plans, selector_cell, set_arguments, space_swept_names, trial_facts, worse_cell,
                                 write_section, yaml_value)
-from raysel.selection import (BASELINES, DEFAULT_BASELINE, FLAT_SPREAD_POINTS, ORACLE_BASELINE, POINTS, SelectorSummary,
-                              best_selector, collapse_indicators, count_collapsed, heldout_spread, is_flat_sweep,
-                              oracle_evaluation, summarize_selectors, wide_sweep_goals)
+from raysel.selection import (BASELINES, DEFAULT_BASELINE, FLAT_SPREAD_POINTS, GUARD_COMPANIONS, GUARD_PANEL_SIZE,
+                              ORACLE_BASELINE, POINTS, RULE, RULE_FIXED_ON, Recommendation, SelectorSummary,
+                              SweepEvidence, best_selector, collapse_indicators, count_collapsed,
+                              decision_evaluations, heldout_spread, is_flat_sweep, oracle_evaluation,
+                              recommend_selector, strictly_better, summarize_selectors, wide_sweep_goals)
 
 SECTION = "selection_wide"
 # What this benchmark measures: a later commit touching one makes its section stale (benchmarks._common).
@@ -298,16 +303,22 @@ class WideCase:
     source_only: float | None  # held-out score of the source-only reference on this target and seed
 
     def evaluations(self) -> dict[str, dict[str, Any]]:
-        """Every selector's evaluation and the three baselines."""
-        return {**self.case.all_evaluations(), ORACLE_BASELINE: oracle_evaluation(self.case.heldout)}
+        """Every selector's evaluation, the sweep's headline and guarded decisions, and the three baselines."""
+        decisions = decision_evaluations(self.case.heldout, self.case.trial_ids, self.case.decision_picks)
+        return {**self.case.all_evaluations(), **decisions, ORACLE_BASELINE: oracle_evaluation(self.case.heldout)}
 
     def collapses(self) -> dict[str, float]:
-        """Per selector and baseline: 1 when its pick is below source-only (random: the expected fraction)."""
+        """Per selector, decision and baseline: 1 when its pick is below source-only (random: the expected
+        fraction)."""
         ids = self.case.trial_ids
         selected = {name: ids.index(evaluation["selected_trial_id"])
-                    if evaluation.get("selected_trial_id") in ids else None
-                    for name, evaluation in self.case.evaluations.items()}
+                    for name, evaluation in self.evaluations().items()
+                    if name not in BASELINES and evaluation.get("selected_trial_id") in ids}
         return collapse_indicators(self.case.heldout, selected, self.source_only, self.case.default_heldout)
+
+    def evidence(self) -> SweepEvidence:
+        """What the recommendation rule reads of this sweep (it refuses a test target's)."""
+        return SweepEvidence(self.role, self.evaluations(), self.collapses())
 
     @property
     def spread(self) -> float:
@@ -388,30 +399,70 @@ def role_sections(cases: Sequence[WideCase], names: Sequence[str], options: Wide
     return parts
 
 
+def current_default(family: str) -> str:
+    """The default selector of the family's methods (their sweeps' headline; F-mIoU if they differed), which a
+    recommendation must beat on the test targets."""
+    from raysel.registry import get_method
+
+    defaults = {get_method(method).default_selectors[0] for method, of in FAMILY_OF.items() if of == family}
+    return defaults.pop() if len(defaults) == 1 else "fmiou"
+
+
+def family_recommendation(cases: Sequence[WideCase], names: Sequence[str], family: str) -> Recommendation:
+    """The pre-registered rule (raysel.selection.recommendation.RULE) on the family's development sweeps only."""
+    return recommend_selector([c.evidence() for c in cases if c.family == family and c.role == "development"], names)
+
+
+def verdict_cell(row: SelectorSummary, rows: Sequence[SelectorSummary], default: str) -> str:
+    """Whether the test wide sweeps confirm a recommendation: lower mean and worst regret than the default selector."""
+    if row.name == default:
+        return f"— (it is the default, {default})"
+    return "confirmed" if strictly_better(row, row_by_name(rows, default)) else f"refuted (not better than {default})"
+
+
 def goal_table(cases: Sequence[WideCase], names: Sequence[str], options: WideOptions) -> str:
-    """Per family: the selector with the lowest mean regret on the development targets' sweeps (the recommendation,
-    chosen without test labels), judged against the goals on the test targets' wide sweeps."""
-    lines = ["| family | recommended (chosen on development) | test wide sweeps | mean regret | worst regret | "
-             "goals met | goals missed |", "|---|---|---:|---:|---:|---|---|"]
+    """Per family: the selector the pre-registered rule recommends from the development sweeps (no test label chose
+    it), judged against the goals on the test targets' wide sweeps, and whether those confirm it."""
+    lines = ["| family | recommended (rule on development) | test wide sweeps | mean regret | worst regret | "
+             "goals met | goals missed | test verdict |", "|---|---|---:|---:|---:|---|---|---|"]
     for family in options.targets:
-        development = [c for c in cases if c.family == family and c.role == "development"]
         test = [c for c in cases if c.family == family and c.role == "test" and c.case.kind == WIDE_KIND]
-        recommended = best_selector(summarize_selectors([c.evaluations() for c in development], names))
-        if recommended is None or not test:
+        recommendation = family_recommendation(cases, names, family)
+        if not recommendation.sweeps or not test:
+            continue
+        recommended = recommendation.selector
+        if recommended is None:
+            lines.append(f"| {family} | none ({recommendation.reason}) | {len(test)} | — | — | — | — | "
+                         f"the default stays ({current_default(family)}) |")
             continue
         rows = summarize_selectors([c.evaluations() for c in test], names)
         row = row_by_name(rows, recommended)
         if row is None or not row.sweeps:  # it scored no test sweep (e.g. no finite score): it cannot meet a goal
             lines.append(f"| {family} | {recommended} | {len(test)} | — | — | "
-                         "none (it scored no test sweep) | all |")
+                         "none (it scored no test sweep) | all | refuted (no test sweep) |")
             continue
         collapsed, _ = count_collapsed([c.collapses() for c in test], recommended)
         checks = wide_sweep_goals(row, rows, collapsed)
         met = ", ".join(goal for goal, holds in checks if holds) or "none"
         missed = ", ".join(goal for goal, holds in checks if not holds) or "none"
         lines.append(f"| {family} | {recommended} | {len(test)} | {fmt(row.mean_regret)} | "
-                     f"{fmt(row.worst_regret)} | {met} | {missed} |")
+                     f"{fmt(row.worst_regret)} | {met} | {missed} | {verdict_cell(row, rows, current_default(family))} |")
     return "\n".join(lines)
+
+
+def rule_text(cases: Sequence[WideCase], names: Sequence[str], options: WideOptions) -> str:
+    """The rule verbatim, and per family why it recommends what it does (or nothing), from development sweeps."""
+    items = [f"The rule (fixed on {RULE_FIXED_ON}, before the 3-seed development tables; "
+             f"`raysel.selection.recommendation`): {RULE}", ""]
+    for family in options.targets:
+        recommendation = family_recommendation(cases, names, family)
+        if not recommendation.sweeps:
+            continue
+        excluded = "; ".join(f"{name}: {why}" for name, why in recommendation.excluded.items()) or "none"
+        items.append(f"- {family}: {recommendation.selector or 'no recommendation'} ({recommendation.reason}); "
+                     f"eligible in the rule's order: {', '.join(recommendation.eligible) or 'none'}; not eligible: "
+                     f"{excluded}.")
+    return "\n".join(items)
 
 
 def sweep_table(cases: Sequence[WideCase]) -> str:
@@ -453,13 +504,17 @@ def format_body(cases: Sequence[WideCase], names: Sequence[str], options: WideOp
         "held-out scores are used only to evaluate. Regret in points of the family's metric; *collapsed picks*: "
         "picks below the source-only model on that target and seed (`k/n`, n sweeps with a reference; the random "
         f"pick's k is its expectation); a sweep is *flat* when its held-out spread is under "
-        f"{FLAT_SPREAD_POINTS:g} point.",
+        f"{FLAT_SPREAD_POINTS:g} point. Rows *headline decision* (the headline selector's pick, unguarded) and "
+        "*guarded decision* (`raysel.selection.guarded`: confident only when the headline and "
+        f"{GUARD_PANEL_SIZE - 1} companions, the first that scored of {', '.join(GUARD_COMPANIONS)}, agree and the "
+        "pick is clearly ahead of the default configuration; otherwise it keeps the default configuration, or the "
+        "best candidate every panel selector accepts) stand next to the *default configuration*.",
         "", "Swept values (ranges chosen on development targets only; see the script's docstring):", "",
         ranges_text(options), "", facts]
     for role in ("development", "test"):
         parts += role_sections(cases, names, options, role)
     parts += ["", "### goals on the test targets (issue 13; the recommendation is chosen on development sweeps)", "",
-              goal_table(cases, names, options)]
+              rule_text(cases, names, options), "", goal_table(cases, names, options)]
     parts += ["", "### every sweep", "", sweep_table(cases)]
     return "\n".join(parts)
 

@@ -11,8 +11,11 @@ from pathlib import Path
 import pytest
 
 from benchmarks import selection_wide as sw
-from benchmarks._common import DEFAULT_KIND, SweepCase, SweepPlan, plan_defaults
-from raysel.selection.evaluate import ORACLE_BASELINE, RANDOM_BASELINE
+import pandas as pd
+
+from benchmarks._common import DEFAULT_KIND, SweepCase, SweepPlan, plan_default_trials, plan_defaults
+from raysel.selection.evaluate import (DEFAULT_BASELINE, GUARDED_DECISION, HEADLINE_DECISION, ORACLE_BASELINE,
+                                       RANDOM_BASELINE)
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -92,12 +95,16 @@ def test_reference_is_the_shared_source_stage(tmp_path: Path) -> None:
 
 
 def wide_case(heldout: list[float], picks: dict[str, int], source: float | None, target: str = "day_city",
-              role: str = "development", kind: str = "wide") -> sw.WideCase:
+              role: str = "development", kind: str = "wide", guarded: int | None = None) -> sw.WideCase:
+    """A synthetic sweep: each selector's pick (index), the headline (the first selector) and guarded decisions."""
     ids = [f"t{i}" for i in range(len(heldout))]
     evaluations = {name: {"regret": (max(heldout) - heldout[i]) * 100, "gap_closed": 0.5, "kendall_tau": 0.1,
                           "spearman_rho": 0.1, "top3_regret": 0.0, "selected_trial_id": ids[i]}
                    for name, i in picks.items()}
-    case = SweepCase("hiast", 0, target, kind, "sweep", ids, heldout, evaluations, default_heldout=heldout[1])
+    decided = {HEADLINE_DECISION: ids[next(iter(picks.values()))]} if picks else {}
+    decided.update({GUARDED_DECISION: ids[guarded]} if guarded is not None else {})
+    case = SweepCase("hiast", 0, target, kind, "sweep", ids, heldout, evaluations, default_heldout=heldout[1],
+                     decision_picks=decided)
     return sw.WideCase(case, "street_scenes", role, source)
 
 
@@ -133,6 +140,77 @@ def test_goal_table_says_when_the_recommended_selector_scored_no_test_sweep(tmp_
              wide_case([0.30, 0.50, 0.45], {"fmiou": 2}, source=0.20, target="foggy_city", role="test")]
     table = sw.goal_table(cases, ["im", "fmiou"], options(tmp_path, "quick", ("hiast",)))
     assert "| street_scenes | im | 1 | — | — | none (it scored no test sweep) | all |" in table
+
+
+def row_cells(table: str, name: str) -> list[str]:
+    """The cells of the table row whose first cell is ``name`` (plain, bold or italic)."""
+    line = next(line for line in table.splitlines()
+                if line.startswith("|") and line.split("|")[1].strip().strip("*") == name)
+    return [cell.strip() for cell in line.split("|")[1:-1]]
+
+
+def test_tables_put_the_guarded_decision_next_to_the_headline_and_the_default_per_role(tmp_path: Path) -> None:
+    """fmiou (the headline) picks a collapsed candidate; the guard kept t1 (the default configuration's score) and,
+    on the test sweep, t2; each row's regret is its own trial's, its collapsed picks counted like a selector's."""
+    development = wide_case([0.10, 0.40, 0.35], {"fmiou": 0, "im": 1}, source=0.30, guarded=1)
+    test = wide_case([0.30, 0.50, 0.45], {"fmiou": 0, "im": 1}, source=0.35, target="foggy_city", role="test",
+                     guarded=2)
+    table = sw.selector_table([development], ["fmiou", "im"])
+    names = [line.split("|")[1].strip().strip("*") for line in table.splitlines()[2:]]
+    assert names == ["fmiou", "im", HEADLINE_DECISION, GUARDED_DECISION, DEFAULT_BASELINE, RANDOM_BASELINE,
+                     ORACLE_BASELINE]
+    assert row_cells(table, HEADLINE_DECISION)[1:3] == ["30.00", "30.00"]
+    assert row_cells(table, HEADLINE_DECISION)[6:8] == ["1/1", "1/1"]  # collapsed; worse than the default
+    assert row_cells(table, GUARDED_DECISION)[1:3] == ["0.00", "0.00"]
+    assert row_cells(table, GUARDED_DECISION)[6:8] == ["0/1", "0/1"]
+    assert row_cells(table, DEFAULT_BASELINE)[1] == "0.00"
+    assert sw.best_selector(sw.summarize_selectors([development.evaluations()], ["fmiou", "im"])) == "im"
+    body = sw.format_body([development, test], ["fmiou", "im"], options(tmp_path, "quick", ("hiast",)), "facts")
+    for role, regret in (("development", "0.00"), ("test", "5.00")):
+        section = body[body.index(f"### {role} targets"):]
+        section = section[:section.index("\n\n###")]
+        assert row_cells(section, GUARDED_DECISION)[1] == regret and HEADLINE_DECISION in section
+
+
+def test_goal_table_applies_the_pre_registered_rule_to_development_sweeps(tmp_path: Path) -> None:
+    """`im` has the lowest development mean regret but a worst regret above the bound: the rule recommends
+    `soft_vote`, and the test wide sweeps confirm it against the default selector F-mIoU."""
+    development = [wide_case([0.10, 0.40, 0.36, 0.385], {"im": 1, "soft_vote": 3, "fmiou": 0}, source=0.05),
+                   wide_case([0.10, 0.40, 0.36, 0.385], {"im": 1, "soft_vote": 3, "fmiou": 2}, source=0.05),
+                   wide_case([0.10, 0.40, 0.36, 0.385], {"im": 2, "soft_vote": 3, "fmiou": 2}, source=0.05)]
+    test = wide_case([0.30, 0.50, 0.45, 0.49], {"im": 1, "soft_vote": 3, "fmiou": 2}, source=0.20,
+                     target="foggy_city", role="test")
+    quick = options(tmp_path, "quick", ("hiast",))
+    table = sw.goal_table([*development, test], ["im", "soft_vote", "fmiou"], quick)
+    cells = row_cells(table, "street_scenes")
+    assert cells[1] == "soft_vote" and cells[3] == "1.00" and cells[7] == "confirmed"
+    assert sw.best_selector(sw.summarize_selectors([c.evaluations() for c in development],
+                                                   ["im", "soft_vote", "fmiou"])) == "im"  # what it used to pick
+    text = sw.rule_text([*development, test], ["im", "soft_vote", "fmiou"], quick)
+    assert sw.RULE in text and "im: worst regret 4.00 > 3 points" in text
+    broken = [wide_case([0.10, 0.40], {"im": 0}, source=0.30), test]
+    none = row_cells(sw.goal_table(broken, ["im"], quick), "street_scenes")
+    assert none[1].startswith("none (no selector is eligible") and none[7] == "the default stays (fmiou)"
+
+
+def test_the_rule_never_reads_a_test_sweep(tmp_path: Path) -> None:
+    """A test sweep where `fmiou` is perfect changes nothing: the rule reads development sweeps only (and would
+    refuse a test sweep handed to it)."""
+    development = wide_case([0.10, 0.40, 0.35], {"im": 1, "fmiou": 2}, source=0.05)
+    perfect = wide_case([0.30, 0.50], {"im": 0, "fmiou": 1}, source=0.05, target="foggy_city", role="test")
+    assert sw.family_recommendation([development, perfect], ["im", "fmiou"], "street_scenes").selector == "im"
+    with pytest.raises(ValueError, match="development sweeps only"):
+        sw.recommend_selector([perfect.evidence()], ["im", "fmiou"])
+
+
+def test_plan_default_trials_follow_the_budget_defaults(tmp_path: Path) -> None:
+    """The guard's default configuration in the benchmark is the baseline's: the plan's defaults, budget included."""
+    plan = next(p for p in sw.build_plans(options(tmp_path)) if p.method == "hiast" and p.kind == "lambda_i")
+    defaults = plan_defaults(plan)
+    rows = [{"trial_id": f"t{k}", "target": "day_city", "status": "finished",
+             **{f"hp_{name}": defaults[name] for name in plan.swept}, "hp_lambda_i": value}
+            for k, value in enumerate((0.1, 1.0, 100.0))]
+    assert plan_default_trials(plan, pd.DataFrame(rows)) == {"day_city": "t1"}
 
 
 @pytest.mark.integration

@@ -154,7 +154,8 @@ def test_summary_table_marks_each_selectors_pick_and_the_headline(tmp_path: Path
     assert stars == len(decisions)
     lines = decision_lines(decisions)
     assert lines[0].startswith("selected by fmiou for target mnistm") and "held-out check (oracle" in lines[0]
-    assert lines[1].startswith("selectors ") and lines[2].startswith("held-out regret per selector (oracle")
+    assert lines[1].startswith("selectors ") and lines[2].startswith("decision on mnistm: ")
+    assert lines[3].startswith("held-out regret per selector (oracle")
 
 
 def test_old_segmentation_mixval_columns_count_for_classmix_consistency_only() -> None:

@@ -30,6 +30,7 @@ from raysel.registry import Method, get_method
 from raysel.request import SweepRequest, save_request
 from raysel.search_space import CheckedSpace
 from raysel.selection.decision import select_sweep
+from raysel.selection.guarded import default_trial_ids
 from raysel.store import ResultStore
 from raysel.store.compaction import compact_sweep
 
@@ -105,7 +106,8 @@ def run_sweep(request: SweepRequest, *, resume: bool = False, address: str | Non
         if started_here:
             ray.shutdown()
 
-    decisions = select_sweep(store, request.sweep_id, request.method, request.selectors, stream, record_all=True)
+    decisions = select_sweep(store, request.sweep_id, request.method, request.selectors, stream, record_all=True,
+                             default_trials=default_candidates(store, request))
     compact_sweep(store, request.sweep_id)  # one file per sweep: queries over many sweeps stay fast (issue 17)
     trials = store.load_sweep(request.sweep_id)
     if tracker is not None:
@@ -134,6 +136,14 @@ def _sweep_line(request: SweepRequest, total: int | None, max_concurrent: int | 
             f"{f'up to {max_concurrent} at once' if max_concurrent else 'concurrency set by Ray'}, "
             f"{resources.workers} worker(s) x {resources.cpus_per_worker} CPU"
             f"{f' + {resources.gpus_per_worker} GPU' if resources.gpus_per_worker else ''} per trial")
+
+
+def default_candidates(store: ResultStore, request: SweepRequest) -> dict[str, str]:
+    """target -> the candidate of the method's default configuration (its swept hyperparameters at the method's
+    defaults), which the guarded decision keeps when it is not confident; recorded with the decisions, so that
+    `raysel select` needs no method module."""
+    return default_trial_ids(store.load_sweep(request.sweep_id), get_method(request.method).default_config(),
+                             request.space.swept_names())
 
 
 def prepare_shared_stages(request: SweepRequest, *, local: bool, stream: Any) -> list[StageRecord]:

@@ -6,7 +6,7 @@ import math
 import sys
 from typing import Any
 
-from raysel.selection.agreement import agreement_line, headline_selectors, picks_by_target
+from raysel.selection.agreement import agreement_line, guard_line, headline_selectors, picks_by_target
 from raysel.store.schema import HYPERPARAMETER_PREFIX, heldout_column_with_values
 
 __all__ = ["swept_columns", "format_trials_table", "decision_lines", "print_sweep_summary"]
@@ -51,7 +51,8 @@ def format_trials_table(trials: Any, decisions: list[dict[str, Any]], primary_se
 
 
 def decision_lines(decisions: list[dict[str, Any]]) -> list[str]:
-    """Per target: the headline decision, whether the selectors agree, and each selector's held-out regret (oracle)."""
+    """Per target: the headline decision, whether the selectors agree, the guarded decision (confident, or no
+    confident winner with what is kept and the short-list) and each selector's held-out regret (oracle)."""
     headline = headline_selectors(decisions)
     lines = []
     for target in sorted(headline):
@@ -63,6 +64,8 @@ def decision_lines(decisions: list[dict[str, Any]]) -> list[str]:
             line += (f"; held-out check (oracle, not used to select): {100 * first['heldout_selected']:.1f} vs best "
                      f"{100 * first['heldout_best']:.1f}, regret {first['heldout_regret']:.2f} points")
         lines += [line, agreement_line(target, picks_by_target(rows)[target])]
+        guarded = guard_line(first)
+        lines += [guarded] if guarded else []
         regrets = [f"{d['selector']} {d['heldout_regret']:.2f}" for d in rows if d.get("heldout_regret") is not None]
         if len(regrets) > 1:
             lines.append(f"held-out regret per selector (oracle, points): {', '.join(regrets)}")

@@ -34,7 +34,7 @@ from raysel.reporting.formatting import (HELDOUT_COLUMNS, TargetReport, format_n
 from raysel.reporting.html import write_html_report
 from raysel.reporting.plots import plot_class_iou, plot_hyperparameters, plot_scores_against_heldout
 from raysel.request import load_request
-from raysel.selection.agreement import agreement_lines, headline_selectors
+from raysel.selection.agreement import agreement_lines, guard_line, headline_selectors
 from raysel.selection.evaluate import evaluate_selector
 from raysel.store.schema import HYPERPARAMETER_PREFIX, SCORE_PREFIX
 
@@ -228,9 +228,11 @@ def _decision_lines(selections: "pandas.DataFrame", sweep_id: str) -> list[str]:
              format_number(row["score"], 4), format_number(row["num_candidates"]), format_number(points(row.get("heldout_selected"))),
              format_number(points(row.get("heldout_best"))), format_number(row.get("heldout_regret"))]
             for row in sorted(latest, key=lambda row: str(row["target"]))]
+    guards = [guard_line(row) for row in latest if headline[str(row["target"])] == row["selector"]]
+    notes = [*agreement_lines(latest), *filter(None, guards)]
     return lines + _table(["target", "selector", "selected trial", "score", "candidates",
                            "held-out of selected (points, oracle)", "held-out best (points, oracle)",
-                           "regret (points, oracle)"], rows) + [f"{line}." for line in agreement_lines(latest)] + [""]
+                           "regret (points, oracle)"], rows) + [f"{line}." for line in notes] + [""]
 
 
 def _evaluation_lines(report: TargetReport) -> list[str]:

@@ -20,6 +20,10 @@
 * :mod:`raysel.selection.decision` — scores a finished sweep with every applicable selector and records the
   decisions in the store; the method's default selector makes the headline decision.
 * :mod:`raysel.selection.agreement` — each selector's pick side by side and whether they agree.
+* :mod:`raysel.selection.guarded` — the guarded decision: is the pick confident (a panel of selectors agrees and it is
+  clearly ahead of the default configuration)? If not, keep the default configuration and show a short-list.
+* :mod:`raysel.selection.recommendation` — the pre-registered rule that recommends a default selector from
+  development sweeps only.
 
 Submodules are imported on use (``from raysel.selection.selectors import get_selector``) so that importing the
 package stays cheap for workers that only need one part. The names in ``__all__`` are the public API, importable
@@ -37,18 +41,23 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
     "predictions": ("CandidatePredictions", "save_predictions", "load_predictions"),
     "voting": ("FusedVoteAccumulator", "plurality_vote", "pixel_runs", "fused_vote", "fused_vote_accumulator",
                "fmiou_scores", "fused_agreement_scores"),
-    "guards": ("SelectionSkipped", "finite_candidates", "collapsed_candidates", "effective_classes",
-               "COLLAPSE_EFFECTIVE_CLASSES"),
+    "guards": ("SelectionSkipped", "finite_candidates", "collapsed_candidates", "collapsed_labels",
+               "effective_classes", "COLLAPSE_EFFECTIVE_CLASSES"),
     "selectors": ("Selector", "BaseSelector", "TrialScoreSelector", "register_selector", "selector_names",
                   "get_selector", "select_best"),
     "model_scores": ("TASK_TRIAL_SCORES", "TRIAL_SCORE_NAMES"),
     "applicability": ("recorded_selectors", "applicable_selectors", "why_not_applicable"),
     "decision": ("select_sweep", "select_target"),
     "evaluate": ("POINTS", "DEFAULT_BASELINE", "RANDOM_BASELINE", "ORACLE_BASELINE", "BASELINES", "EVALUATION_KEYS",
-                 "FLAT_SPREAD_POINTS", "SelectorSummary", "evaluate_selector", "evaluate_selectors",
-                 "summarize_sweeps", "baseline_evaluations", "oracle_evaluation", "matches_defaults",
-                 "stored_evaluation", "summarize_selectors", "best_selector", "heldout_spread", "is_flat_sweep",
-                 "collapse_indicators", "count_collapsed", "strictly_better", "wide_sweep_goals"),
+                 "HEADLINE_DECISION", "GUARDED_DECISION", "DECISIONS", "FLAT_SPREAD_POINTS", "SelectorSummary",
+                 "evaluate_selector", "evaluate_selectors", "summarize_sweeps", "baseline_evaluations",
+                 "oracle_evaluation", "decision_picks", "decision_evaluations", "stored_evaluation",
+                 "summarize_selectors", "best_selector", "heldout_spread", "is_flat_sweep", "collapse_indicators",
+                 "count_collapsed", "strictly_better", "wide_sweep_goals"),
+    "guarded": ("GUARD_COMPANIONS", "GUARD_PANEL_SIZE", "CLEAR_MARGIN_STANDARD_ERRORS", "GuardedDecision",
+                "guard_decision", "default_trial_ids", "matches_defaults"),
+    "recommendation": ("RULE", "RULE_FIXED_ON", "WORST_REGRET_BOUND", "SweepEvidence", "Recommendation",
+                       "recommend_selector"),
 }
 _SUBMODULE_OF = {name: submodule for submodule, names in _EXPORTS.items() for name in names}
 

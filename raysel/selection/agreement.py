@@ -1,4 +1,5 @@
-"""Each selector's pick side by side: which trial every recorded selector chose per target, and whether they agree.
+"""Each selector's pick side by side: which trial every recorded selector chose per target, whether they agree, and
+the target's guarded decision in one line (:func:`guard_line`).
 
 Shared by the end-of-sweep table (:mod:`raysel.reporting.summary`), ``python -m raysel.select`` and the report, so
 all three say the same thing. Works on decision rows (dicts as :func:`raysel.selection.decision.select_sweep` returns
@@ -56,3 +57,28 @@ def agreement_lines(decisions: Iterable[Mapping[str, Any]]) -> list[str]:
     """One :func:`agreement_line` per target, targets sorted."""
     picks = picks_by_target(decisions)
     return [agreement_line(target, picks[target]) for target in sorted(picks)]
+
+
+def _listed(value: Any) -> list[str]:
+    """A stored list column (list, tuple or NumPy array; None when missing) as a list of strings."""
+    return [] if value is None or isinstance(value, float) else [str(item) for item in value]
+
+
+def guard_line(decision: Mapping[str, Any]) -> str | None:
+    """The guarded decision of a target's selection row in one line: ``decision on T: confident: trial X (why)`` or
+    ``decision on T: no confident winner (why): keeping the default configuration, trial X; short-list: a, b``;
+    None for a row without the guard's columns (recorded before the guard existed)."""
+    confident = decision.get("guard_confident")
+    if not isinstance(confident, (bool, np.bool_)):
+        return None
+    target, kept, reason = decision["target"], decision.get("guarded_trial_id"), decision.get("guard_reason") or ""
+    if confident:
+        return f"decision on {target}: confident: trial {kept} ({reason})"
+    if kept == decision.get("default_trial_id"):
+        keeping = f"the default configuration, trial {kept}"
+    elif kept == decision.get("selected_trial_id"):
+        keeping = f"trial {kept}, the headline pick (no candidate passes every panel selector's guards)"
+    else:
+        keeping = f"trial {kept}, the best candidate the guard accepts"
+    return (f"decision on {target}: no confident winner ({reason}): keeping {keeping}; "
+            f"short-list: {', '.join(_listed(decision.get('shortlist')))}")

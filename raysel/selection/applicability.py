@@ -38,9 +38,15 @@ def cached_arrays_needed(selector: Any) -> tuple[str, ...]:
 
 def selector_candidates(trials: "pandas.DataFrame", selector: Any) -> "pandas.DataFrame":
     """The finished rows ``selector`` can score, by trial id: those with a prediction file, or with its stored score."""
-    finished = trials[trials["status"] == FINISHED].sort_values("trial_id")
     if isinstance(selector, TrialScoreSelector):  # its column, an older column of the same score, for its tasks
+        finished = trials[trials["status"] == FINISHED].sort_values("trial_id")
         return finished[~np.isnan(selector.stored(finished))]
+    return cached_candidates(trials)
+
+
+def cached_candidates(trials: "pandas.DataFrame") -> "pandas.DataFrame":
+    """The finished rows with a prediction cache on disk, by trial id (what every prediction-based selector scores)."""
+    finished = trials[trials["status"] == FINISHED].sort_values("trial_id")
     if "predictions_path" not in finished:
         return finished.iloc[0:0]
     has_file = [isinstance(path, str) and Path(path).is_file() for path in finished["predictions_path"]]

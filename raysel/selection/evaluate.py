@@ -15,8 +15,9 @@ The selected candidate is the highest score; NaN scores are never selected and c
 (they rank last for τ/ρ); ties go to the first candidate.
 
 Across sweeps (the selection benchmark): two baselines, keeping the *default configuration* (:func:`matches_defaults`
-finds its trials) and the *expected random pick*; :func:`summarize_selectors` aggregates per selector (mean and
-worst regret, how often worse than the default) and :func:`best_selector` names the lowest mean regret.
+finds its trials) and the *expected random pick*; the sweep's own decisions next to them, the headline selector's pick
+and the *guarded decision* (:func:`decision_evaluations`); :func:`summarize_selectors` aggregates per selector (mean
+and worst regret, how often worse than the default) and :func:`best_selector` names a table's lowest mean regret.
 
 Wide sweeps (issue 13 item 3): a sweep is *flat* when its held-out spread (best − worst) is under
 :data:`FLAT_SPREAD_POINTS`; a *collapsed pick* is a chosen candidate whose held-out score is below the source-only
@@ -28,11 +29,13 @@ from __future__ import annotations
 import math
 import warnings
 from dataclasses import dataclass
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 from scipy import stats
 
+# matches_defaults reads no held-out value: it lives with the guard that also uses it, and is re-exported here.
+from raysel.selection.guarded import matches_defaults  # noqa: F401
 from raysel.selection.selectors import FMIoUSelector
 
 POINTS = 100.0  # fractions -> mIoU points
@@ -108,6 +111,11 @@ DEFAULT_BASELINE = "default configuration"
 RANDOM_BASELINE = "random pick (expected)"
 ORACLE_BASELINE = "oracle (held-out best)"
 BASELINES = (DEFAULT_BASELINE, RANDOM_BASELINE, ORACLE_BASELINE)
+# What a sweep decides per target besides each selector's pick: the headline selector's pick as it stands (unguarded)
+# and the guarded decision (raysel.selection.guarded), evaluated side by side with the default configuration.
+HEADLINE_DECISION = "headline decision"
+GUARDED_DECISION = "guarded decision"
+DECISIONS = (HEADLINE_DECISION, GUARDED_DECISION)
 EVALUATION_KEYS = ("regret", "gap_closed", "kendall_tau", "spearman_rho", "top3_regret")
 
 
@@ -136,19 +144,30 @@ def oracle_evaluation(heldout: Sequence[float] | np.ndarray) -> dict[str, Any]:
             "selected_trial_id": None}
 
 
-def matches_defaults(trials: Any, defaults: Mapping[str, Any], names: Iterable[str]) -> np.ndarray:
-    """Boolean mask of the trial rows whose ``hp_<name>`` equal ``defaults[name]`` for every name (numbers compared
-    with a relative tolerance of 1e-9): the default configuration's trials."""
-    mask = np.ones(len(trials), dtype=bool)
-    for name in names:
-        column = trials[f"hp_{name}"]
-        expected = defaults[name]
-        if isinstance(expected, (int, float)) and not isinstance(expected, bool):
-            numbers = column.to_numpy(dtype=np.float64, na_value=np.nan)
-            mask &= np.isclose(numbers, float(expected), rtol=1e-9, atol=1e-12)
-        else:
-            mask &= (column == expected).fillna(False).to_numpy(dtype=bool)
-    return mask
+def decision_picks(decision: Mapping[str, Any]) -> dict[str, str]:
+    """The trials a target's headline selection row decided: its pick (:data:`HEADLINE_DECISION`) and, when the row
+    carries the guard's columns, the guarded decision's trial (:data:`GUARDED_DECISION`)."""
+    picks = {HEADLINE_DECISION: decision.get("selected_trial_id"), GUARDED_DECISION: decision.get("guarded_trial_id")}
+    return {name: str(trial_id) for name, trial_id in picks.items() if isinstance(trial_id, str) and trial_id}
+
+
+def decision_evaluations(heldout: Sequence[float] | np.ndarray, trial_ids: Sequence[str],
+                         picks: Mapping[str, str]) -> dict[str, dict[str, Any]]:
+    """Regret and gap closed of each decided trial in ``picks`` (name -> trial id, :func:`decision_picks`) among one
+    sweep's candidates (``heldout`` in ``trial_ids`` order); a trial that is not a candidate with a held-out score
+    gets no row. Rank statistics are NaN: a decision is one trial, not a ranking."""
+    values = np.asarray(heldout, dtype=np.float64)
+    best, worst = float(values.max()), float(values.min())
+    rows = {}
+    for name, trial_id in picks.items():
+        if trial_id not in trial_ids:
+            continue
+        chosen = float(values[list(trial_ids).index(trial_id)])
+        rows[name] = {"regret": (best - chosen) * POINTS,
+                      "gap_closed": 1.0 if best == worst else (chosen - worst) / (best - worst),
+                      "kendall_tau": math.nan, "spearman_rho": math.nan, "top3_regret": math.nan,
+                      "selected_trial_id": trial_id}
+    return rows
 
 
 def stored_evaluation(decision: Mapping[str, Any]) -> dict[str, Any]:
@@ -182,10 +201,11 @@ def _nanmean(values: Sequence[float]) -> float:
 
 def summarize_selectors(sweeps: Sequence[Mapping[str, Mapping[str, Any]]],
                         names: Sequence[str]) -> list[SelectorSummary]:
-    """Per selector in ``names`` and per baseline: mean/worst regret, mean gap closed, τ, ρ and top-3 regret over
-    ``sweeps`` (each: name -> evaluation, baselines included), and how often it did worse than the default."""
+    """Per selector in ``names``, per decision (:data:`DECISIONS`) and per baseline present: mean/worst regret, mean
+    gap closed, τ, ρ and top-3 regret over ``sweeps`` (each: name -> evaluation, baselines included), and how often
+    it did worse than the default configuration."""
     rows = []
-    for name in [*names, *BASELINES]:
+    for name in dict.fromkeys([*names, *DECISIONS, *BASELINES]):
         evaluations = [sweep for sweep in sweeps if name in sweep]
         if not evaluations:
             continue
@@ -205,8 +225,8 @@ def summarize_selectors(sweeps: Sequence[Mapping[str, Mapping[str, Any]]],
 
 def best_selector(rows: Sequence[SelectorSummary]) -> str | None:
     """The label-free selector with the lowest mean regret (ties: higher mean gap closed, then name); never a
-    baseline."""
-    candidates = [row for row in rows if row.name not in BASELINES and math.isfinite(row.mean_regret)]
+    baseline or a decision row. Describes a table; the recommendation is :mod:`raysel.selection.recommendation`'s."""
+    candidates = [row for row in rows if row.name not in (*BASELINES, *DECISIONS) and math.isfinite(row.mean_regret)]
     if not candidates:
         return None
     return min(candidates, key=lambda row: (row.mean_regret, -row.mean_gap_closed, row.name)).name

@@ -3,7 +3,8 @@
 * :func:`check_candidates` — enough candidates, predicted on the same images, label space and probability grid.
 * :func:`finite_candidates` — candidates with NaN or infinite outputs get no score and are left out of every ensemble.
 * :func:`collapsed_candidates` — candidates whose predictions use fewer than ``COLLAPSE_EFFECTIVE_CLASSES`` effective
-  classes (:func:`effective_classes`); ``entropy`` and ``snd`` give them no score.
+  classes (:func:`effective_classes`); ``entropy`` and ``snd`` give them no score. :func:`collapsed_labels` applies the
+  same bound to the hard labels every cache holds (the guarded decision's check, :mod:`raysel.selection.guarded`).
 * :class:`SelectionSkipped` — a selector cannot run on these candidates: skip it, the others decide.
 
 See :mod:`raysel.selection.selectors` for why each guard exists.
@@ -18,7 +19,7 @@ from scipy.special import xlogy
 
 from raysel.errors import DataError
 from raysel.metrics import miou, pixel_accuracy
-from raysel.selection.predictions import CandidatePredictions
+from raysel.selection.predictions import STREAM_IMAGES_PER_BATCH, CandidatePredictions, StreamedLabels
 
 
 class SelectionSkipped(DataError):
@@ -100,8 +101,23 @@ def effective_classes(labels: np.ndarray, num_classes: int) -> float:
     put that far out of reach of UDA's limited label shift: 6.6 effective classes on street_scenes (18 classes present,
     top class 33 % of pixels; 24 generated source images) and 8.8 on digits (60 generated images per domain).
     """
-    counts = np.bincount(np.asarray(labels, dtype=np.int64).reshape(-1), minlength=num_classes)
-    return float(np.exp(entropy(counts / max(counts.sum(), 1))))
+    return effective_classes_of_counts(predicted_class_counts(labels, num_classes))
+
+
+def effective_classes_of_counts(counts: np.ndarray) -> float:
+    """exp(entropy) of a histogram of predicted classes (see :func:`effective_classes`)."""
+    counts = np.asarray(counts, dtype=np.float64)
+    return float(np.exp(entropy(counts / max(counts.sum(), 1.0))))
+
+
+def predicted_class_counts(labels: "np.ndarray | StreamedLabels", num_classes: int) -> np.ndarray:
+    """How often each class id is predicted in ``labels``; a streamed cache is read in image batches, not whole."""
+    if isinstance(labels, StreamedLabels):
+        counts = np.zeros(num_classes, dtype=np.int64)
+        for batch in labels.batches(STREAM_IMAGES_PER_BATCH):
+            counts += np.bincount(batch.reshape(-1), minlength=num_classes)[:num_classes]
+        return counts
+    return np.bincount(np.asarray(labels, dtype=np.int64).reshape(-1), minlength=num_classes)
 
 
 def collapsed_candidates(candidates: Sequence[CandidatePredictions]) -> np.ndarray:
@@ -110,10 +126,19 @@ def collapsed_candidates(candidates: Sequence[CandidatePredictions]) -> np.ndarr
                      < COLLAPSE_EFFECTIVE_CLASSES for candidate in candidates], dtype=bool)
 
 
+def collapsed_labels(candidates: Sequence[CandidatePredictions]) -> np.ndarray:
+    """Boolean mask: candidates whose cached hard labels (every pixel or image) use < ``COLLAPSE_EFFECTIVE_CLASSES``
+    effective classes. The bound of :func:`collapsed_candidates`, on the labels every cache holds (probabilities are
+    optional), so a sweep without probabilities is checked too."""
+    return np.array([effective_classes(candidate.labels, candidate.num_classes) < COLLAPSE_EFFECTIVE_CLASSES
+                     for candidate in candidates], dtype=bool)
+
+
 def unless_collapsed(scores: np.ndarray, candidates: Sequence[CandidatePredictions]) -> np.ndarray:
     """``scores`` with NaN (no score, never selected) for the collapsed candidates."""
     return np.where(collapsed_candidates(candidates), np.nan, np.asarray(scores, dtype=np.float64))
 
 
 __all__ = ["SelectionSkipped", "check_candidates", "same_optional", "agreement_score", "entropy", "finite_candidates",
-           "COLLAPSE_EFFECTIVE_CLASSES", "effective_classes", "collapsed_candidates", "unless_collapsed"]
+           "COLLAPSE_EFFECTIVE_CLASSES", "effective_classes", "effective_classes_of_counts", "predicted_class_counts",
+           "collapsed_candidates", "collapsed_labels", "unless_collapsed"]

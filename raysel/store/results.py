@@ -365,8 +365,8 @@ def _existing_root(root: Path | str | None) -> Path:
 def _empty_select(table: str) -> str:
     """A zero-row SELECT with the fixed columns of ``table``: what an empty store's view returns."""
     fixed = TRIAL_FIXED_COLUMNS if table == "trials" else SELECTION_FIXED_COLUMNS
-    duck_types = {pa.string(): "VARCHAR", pa.int64(): "BIGINT", pa.float64(): "DOUBLE", TIMESTAMP: "TIMESTAMPTZ",
-                  pa.list_(pa.float64()): "DOUBLE[]", pa.list_(pa.string()): "VARCHAR[]"}
+    duck_types = {pa.string(): "VARCHAR", pa.int64(): "BIGINT", pa.float64(): "DOUBLE", pa.bool_(): "BOOLEAN",
+                  TIMESTAMP: "TIMESTAMPTZ", pa.list_(pa.float64()): "DOUBLE[]", pa.list_(pa.string()): "VARCHAR[]"}
     columns = {"method": pa.string(), **fixed}
     ordered = [name for name in columns if name in ("sweep_id", "trial_id", "selection_id")]
     ordered += [name for name in columns if name not in ordered]

@@ -25,7 +25,7 @@ __all__ = [
     "HYPERPARAMETER_PREFIX", "SCORE_PREFIX", "HELDOUT_PREFIX", "PRIMARY_HELDOUT_COLUMNS",
     "PER_TARGET_HELDOUT_PREFIXES", "FINAL_METRIC_COLUMNS", "TIMESTAMP", "TRIAL_IDENTITY_COLUMNS", "TRIAL_PHASES",
     "TIMING_PREFIX", "TRIAL_TIMING_COLUMNS", "TRIAL_RUN_COLUMNS", "TRIAL_HELDOUT_COLUMNS", "TRIAL_TRAILING_COLUMNS",
-    "TRIAL_FIXED_COLUMNS", "SELECTION_FIXED_COLUMNS", "NESTED_GROUPS", "TRIAL_STATUSES", "KEY_SEPARATOR",
+    "TRIAL_FIXED_COLUMNS", "SELECTION_GUARD_COLUMNS", "SELECTION_FIXED_COLUMNS", "NESTED_GROUPS", "TRIAL_STATUSES", "KEY_SEPARATOR",
     "primary_heldout_column", "heldout_column_with_values", "arrow_type_for_annotation", "arrow_type_for_value",
     "hyperparameter_arrow_types", "trial_table", "selection_table", "relocated_path",
 ]
@@ -87,6 +87,17 @@ TRIAL_TRAILING_COLUMNS: dict[str, pa.DataType] = {
 TRIAL_FIXED_COLUMNS: dict[str, pa.DataType] = {
     **TRIAL_IDENTITY_COLUMNS, **TRIAL_RUN_COLUMNS, **TRIAL_HELDOUT_COLUMNS, **TRIAL_TRAILING_COLUMNS,
 }
+# The guarded decision of a target (raysel.selection.guarded), the same on every selection row of that target: whether
+# the pick is confident, why (not), the trial kept, the default configuration's candidate, the short-list of the
+# panel's distinct picks and the panel itself. NULL in rows written before the guard existed.
+SELECTION_GUARD_COLUMNS: dict[str, pa.DataType] = {
+    "guard_confident": pa.bool_(),
+    "guard_reason": pa.string(),
+    "guarded_trial_id": pa.string(),
+    "default_trial_id": pa.string(),
+    "shortlist": pa.list_(pa.string()),
+    "guard_selectors": pa.list_(pa.string()),
+}
 SELECTION_FIXED_COLUMNS: dict[str, pa.DataType] = {
     "sweep_id": pa.string(),
     "selection_id": pa.string(),
@@ -96,6 +107,7 @@ SELECTION_FIXED_COLUMNS: dict[str, pa.DataType] = {
     "score": pa.float64(),
     "num_candidates": pa.int64(),
     "created_at": TIMESTAMP,
+    **SELECTION_GUARD_COLUMNS,
 }
 # Keys of a row dict that hold nested groups of columns rather than a column.
 NESTED_GROUPS = ("hyperparameters", "scores", "metrics")
