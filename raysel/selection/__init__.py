@@ -20,6 +20,9 @@
 * :mod:`raysel.selection.decision` — scores a finished sweep with every applicable selector and records the
   decisions in the store; the method's default selector makes the headline decision.
 * :mod:`raysel.selection.agreement` — each selector's pick side by side and whether they agree.
+* :mod:`raysel.selection.estimate` — a label-free estimate of each candidate's target score with a 90 % interval
+  (ATC on a source-validation calibration cache, else agreement with the fused vote; ``estimate_*`` columns);
+  :mod:`raysel.selection.calibration` — that calibration cache's format.
 
 Submodules are imported on use (``from raysel.selection.selectors import get_selector``) so that importing the
 package stays cheap for workers that only need one part. The names in ``__all__`` are the public API, importable
@@ -48,7 +51,11 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
                  "FLAT_SPREAD_POINTS", "SelectorSummary", "evaluate_selector", "evaluate_selectors",
                  "summarize_sweeps", "baseline_evaluations", "oracle_evaluation", "matches_defaults",
                  "stored_evaluation", "summarize_selectors", "best_selector", "heldout_spread", "is_flat_sweep",
-                 "collapse_indicators", "count_collapsed", "strictly_better", "wide_sweep_goals"),
+                 "collapse_indicators", "count_collapsed", "strictly_better", "wide_sweep_goals",
+                 "estimate_accuracy"),
+    "calibration": ("SourceCalibration", "load_calibration", "save_calibration", "calibration_path"),
+    "estimate": ("Estimate", "estimate_candidates", "estimate_trials", "record_estimates", "format_estimate",
+                 "format_interval"),
 }
 _SUBMODULE_OF = {name: submodule for submodule, names in _EXPORTS.items() for name in names}
 
