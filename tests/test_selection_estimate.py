@@ -262,6 +262,18 @@ def test_the_sweep_selection_records_the_estimates(tmp_path: Path) -> None:
     assert store.load_sweep("sw")["estimate_score"].notna().sum() == 3
 
 
+def test_the_report_shows_the_estimates_and_how_close_they_came(tmp_path: Path) -> None:
+    from raysel.report import write_report
+
+    store = stored_sweep(tmp_path)
+    estimates = record_estimates(store, "sw", "photo_digits", store.load_sweep("sw"), io.StringIO())
+    markdown = write_report(store, "sw", tmp_path / "report").read_text()
+    assert "estimate (points, label-free)" in markdown and "90 % interval" in markdown
+    assert format_interval(estimates["t0"].low, estimates["t0"].high) in markdown
+    assert "mean absolute error" in markdown and "covers the held-out score" in markdown
+    assert format_interval(estimates["t0"].low, estimates["t0"].high) in (tmp_path / "report" / "report.html").read_text()
+
+
 def test_estimates_are_written_onto_rows_stored_before_the_estimate_columns_existed(tmp_path: Path) -> None:
     store = stored_sweep(tmp_path)
     import pyarrow.parquet as pq
