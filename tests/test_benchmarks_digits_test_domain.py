@@ -23,7 +23,8 @@ def test_a_severity_qualifies_on_its_source_only_mean_and_the_one_closest_to_hal
     body = bench.report(measured, [1, 2, 3], {0: 90.0, 1: 91.0, 2: 92.0}, "digits generator version 5", False)
     assert "**Qualifying severities: 2, 3.** Closest to 50 %: severity 3" in body
     assert "| stroke_digits | test | 12.0 / 12.0 / 12.0 | **12.0** | no |" in body
-    assert "| warped_digits, severity 3 | test (candidate) | 45.0 / 28.0 / 50.0 | **41.0** | yes (not every seed) |" in body
+    row = "| warped_digits, severity 3 | test (candidate) | 45.0 / 28.0 / 50.0 | **41.0** | yes (not every seed) |"
+    assert row in body
 
 
 def test_no_qualifying_severity_says_the_target_must_not_be_used() -> None:

@@ -104,8 +104,8 @@ def test_atc_splits_ties_exactly_for_saturated_float16_confidences() -> None:
 
 def segmentation_case(rng: np.random.Generator, shift: float, classes: int = 5, images: int = 60
                       ) -> tuple[CandidatePredictions, SourceCalibration, float]:
-    """A segmenter (as :func:`synthetic_outputs`) on 6x8 images (the probability grid is every pixel); returns (target cache,
-    calibration, true target mIoU by raysel.metrics)."""
+    """A segmenter (as :func:`synthetic_outputs`) on 6x8 images, the probability grid every pixel; returns
+    (target cache, calibration, true target mIoU by raysel.metrics)."""
     height, width = 6, 8
 
     def draw(confidence_shift: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -271,7 +271,8 @@ def test_the_report_shows_the_estimates_and_how_close_they_came(tmp_path: Path) 
     assert "estimate (points, label-free)" in markdown and "90 % interval" in markdown
     assert format_interval(estimates["t0"].low, estimates["t0"].high) in markdown
     assert "mean absolute error" in markdown and "covers the held-out score" in markdown
-    assert format_interval(estimates["t0"].low, estimates["t0"].high) in (tmp_path / "report" / "report.html").read_text()
+    page = (tmp_path / "report" / "report.html").read_text()
+    assert format_interval(estimates["t0"].low, estimates["t0"].high) in page
 
 
 def test_estimates_are_written_onto_rows_stored_before_the_estimate_columns_existed(tmp_path: Path) -> None:
@@ -408,8 +409,8 @@ def test_only_a_source_with_its_own_validation_split_gets_a_calibration(tmp_path
     class Context:
         """The two things source_validation_dataset asks of a RunContext."""
 
-        def __init__(self, splits: tuple[str, ...], same_images: bool) -> None:
-            self.source = "src"
+        def __init__(self, splits: tuple[str, ...], same_images: bool, target: str = "tgt") -> None:
+            self.source, self.target = "src", target
             self.family = type("Family", (), {"splits": staticmethod(lambda domain: splits)})()
             self.same_images = same_images
 
@@ -424,3 +425,4 @@ def test_only_a_source_with_its_own_validation_split_gets_a_calibration(tmp_path
     assert source_validation_dataset(Context(("train",), False)) is None  # GTA5, street_scenes' game
     assert source_validation_dataset(Context(("train", "heldout"), True)) is None  # Office: held-out is train
     assert source_validation_dataset(Context(("train", "heldout"), False)) is not None  # digits' clean_digits
+    assert source_validation_dataset(Context(("train", "heldout"), False, target="src")) is None  # the target itself

@@ -45,8 +45,9 @@ def cache_candidate_predictions(model: torch.nn.Module, ctx: RunContext, path: s
 
 def source_validation_dataset(ctx: RunContext) -> Dataset | None:
     """The labelled source images the model did not train on (the source's held-out split), or None when the source
-    has none: no held-out split (GTA5, street_scenes' ``game``), or one that is its training set (Office)."""
-    if HELDOUT_SPLIT not in ctx.family.splits(ctx.source):
+    has none: no held-out split (GTA5, street_scenes' ``game``), one that is its training set (Office), or a source
+    that is the target itself (its held-out split is the target's evaluation split, which the estimate never reads)."""
+    if ctx.source == ctx.target or HELDOUT_SPLIT not in ctx.family.splits(ctx.source):
         return None
     validation = ctx.source_dataset(HELDOUT_SPLIT)
     items = getattr(validation, "items", None)
