@@ -169,8 +169,8 @@ def _target_samples(candidate: CandidatePredictions) -> tuple[np.ndarray, np.nda
 
 
 def _expected_missed(probabilities: np.ndarray, predicted: np.ndarray) -> np.ndarray:
-    """[P, C]: where a pixel predicted wrongly most likely belongs, its probabilities over the other classes,
-    renormalised (uniform over them when they hold almost nothing); 0 at the predicted class."""
+    """[P, C]: the true class of each pixel, should its prediction be wrong, as its probabilities over the other
+    classes renormalised (uniform over them when they hold almost nothing), 0 at the predicted class."""
     others = probabilities.astype(np.float32)
     rows = np.arange(len(predicted))
     others[rows, predicted] = 0.0
