@@ -37,7 +37,8 @@ check them on the benchmark's day_city rows (spread, candidates below source-onl
 
 Budgets:
 - ``quick``: a smoke test with tiny trainings, 1 seed, 3 configurations and 3 entropy values.
-- ``short`` (the default): the test targets foggy_city and stroke_digits at seeds 0, 1 and 2, and the development
+- ``short`` (the default): the test targets foggy_city, stroke_digits and warped_digits at seeds 0, 1 and 2 (the
+  trial counts below predate warped_digits, which adds the digits test sweeps once more), and the development
   targets day_city and photo_digits at seed 0 only (``--dev-seeds``). The goals are judged on the test targets, and
   the development targets only serve design. It has 5 configurations per wide sweep, 4 entropy values and 100
   selection images, street trials as in selection_quality's short budget, GSDA digits trials of 100 iterations and

@@ -34,10 +34,10 @@ def test_short_budget_covers_every_method_dev_and_test_targets(tmp_path: Path) -
             ("source_only", DEFAULT_KIND)} <= kinds
     assert all((method, sw.WIDE_KIND) in kinds for method in sw.METHODS)
     targets = {plan.targets[0] for plan in plans}
-    assert targets == {"day_city", "foggy_city", "photo_digits", "stroke_digits"}
+    assert targets == {"day_city", "foggy_city", "photo_digits", "stroke_digits", "warped_digits"}
     assert len({plan.sweep_id for plan in plans}) == len(plans)
     references = [plan for plan in plans if plan.method == "source_only" and plan.kind == DEFAULT_KIND]
-    assert len(references) == 2 * 4  # one per seed and target
+    assert len(references) == 2 * 5  # one per seed and target
 
 
 def test_development_targets_run_only_at_the_development_seeds(tmp_path: Path) -> None:
@@ -47,7 +47,8 @@ def test_development_targets_run_only_at_the_development_seeds(tmp_path: Path) -
     seeds_of = {}
     for plan in sw.build_plans(restricted):
         seeds_of.setdefault(plan.targets[0], set()).add(plan.seed)
-    assert seeds_of == {"day_city": {0}, "photo_digits": {0}, "foggy_city": {0, 1}, "stroke_digits": {0, 1}}
+    assert seeds_of == {"day_city": {0}, "photo_digits": {0}, "foggy_city": {0, 1}, "stroke_digits": {0, 1},
+                        "warped_digits": {0, 1}}
 
 
 def test_wide_sweep_is_the_same_random_sample_for_every_target_of_a_seed(tmp_path: Path) -> None:

@@ -37,7 +37,7 @@ def test_family_contract(family) -> None:
     assert family.default_image_size == (32, 32)
     assert family.development_targets == family.default_targets == ("photo_digits", "noisy_digits",
                                                                      "inverted_blur_digits")
-    assert family.test_targets == ("stroke_digits",)
+    assert family.test_targets == ("stroke_digits", "warped_digits")
     assert set(family.test_targets) <= set(family.domains)
     assert not set(family.test_targets) & set(family.default_targets)
 
@@ -107,7 +107,7 @@ def test_generation_is_deterministic(tmp_path) -> None:
 
     first = digits.prepare_digits(tmp_path / "a", config)
     second = digits.prepare_digits(tmp_path / "b", config)
-    assert len(hashes(first)) == 25 and hashes(first) == hashes(second)
+    assert len(hashes(first)) == 30 and hashes(first) == hashes(second)
 
 
 # Pixels of the four handwritten domains (per domain, the sorted (class, decoded image) pairs, whichever split holds
@@ -167,3 +167,55 @@ def test_domain_shift_is_measurable(root, family) -> None:
     # grey noisy digits carry no colour; clean and photo digits do
     noisy = stats["noisy_digits"].mean_rgb
     assert np.ptp(noisy) < 1e-6 and np.ptp(stats["photo_digits"].mean_rgb) > 0.01
+
+
+# ---- warped_digits: the second test target (issue 29 item 4) ------------------------------------------------
+
+
+def test_warped_digits_test_target_loads_with_every_class_on_texture(root, family) -> None:
+    train = family.load(root, "warped_digits", "train", with_labels=True)
+    heldout = family.load(root, "warped_digits", "heldout", with_labels=True)
+    labels = [int(train[i]["label"]) for i in range(len(train))] + [int(heldout[i]["label"])
+                                                                     for i in range(len(heldout))]
+    assert len(labels) == 30 and len(set(labels)) >= 8  # drawn from real handwritten samples, not balanced
+    assert train[0]["image"].shape == (3, 32, 32)
+    image = np.asarray(read_rgb(train.items[0][0]), dtype=np.float32) / 255
+    assert image.std() > 0.03 and np.abs(np.diff(image, axis=1)).mean() > 0.02  # textured, noisy background
+
+
+def test_warped_digits_never_use_a_source_sample_and_never_repeat_one() -> None:
+    partition = digits.domain_partition(1797, CONFIG.seed)
+    chosen = digits.warped_sample_indices(partition, 450, np.random.default_rng(0))
+    assert len(chosen) == len(set(chosen.tolist())) == 450
+    assert not set(chosen.tolist()) & set(partition[digits.HANDWRITTEN_DOMAINS.index("clean_digits")].tolist())
+
+
+def test_warp_without_rotation_scale_or_displacement_is_the_identity() -> None:
+    ink, _ = digits.upsampled_digits()
+    still = digits.WarpSeverity(rotation_degrees=0, scale=(1.0, 1.0), elastic_pixels=0.0, contrast=(0.5, 0.5),
+                                texture=0.0, blur_sigma=(0.0, 0.0), noise=0.0)
+    np.testing.assert_allclose(digits.warp_ink(ink[:8], still, np.random.default_rng(0)), ink[:8], atol=1e-6)
+    moved = digits.warp_ink(ink[:8], digits.WARPED_SEVERITIES[2], np.random.default_rng(0))
+    assert moved.shape == (8, 32, 32) and np.abs(moved - ink[:8]).mean() > 0.02
+
+
+def test_severities_are_ordered_and_one_is_chosen() -> None:
+    severities = [digits.WARPED_SEVERITIES[key] for key in sorted(digits.WARPED_SEVERITIES)]
+    assert digits.WARPED_SEVERITY in digits.WARPED_SEVERITIES and len(severities) >= 2
+    for milder, harder in zip(severities, severities[1:]):
+        assert harder.rotation_degrees > milder.rotation_degrees and harder.elastic_pixels > milder.elastic_pixels
+        assert harder.contrast[1] < milder.contrast[1] and harder.blur_sigma[1] > milder.blur_sigma[1]
+        assert harder.texture > milder.texture and harder.noise > milder.noise
+    with pytest.raises(ValueError, match="warped_severity"):
+        DigitsConfig(warped_severity=99)
+
+
+def test_each_severity_renders_other_warped_images_and_leaves_the_other_domains_alone(tmp_path) -> None:
+    def pixels(severity: int) -> dict[str, bytes]:
+        tree = digits.prepare_digits(tmp_path / str(severity), DigitsConfig(per_domain=6, warped_severity=severity))
+        return {str(path.relative_to(tree)): path.read_bytes() for path in sorted(tree.rglob("*.png"))}
+
+    mild, hard = pixels(1), pixels(3)
+    assert mild.keys() == hard.keys()
+    differing = {name.split("/")[0] for name in mild if mild[name] != hard[name]}
+    assert differing == {"warped_digits"}

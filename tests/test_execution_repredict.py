@@ -77,3 +77,11 @@ def test_a_tiny_hdrq_trial_repredicts_the_predictions_it_cached(digits_root: Pat
     assert again.image_ids == cached.image_ids
     np.testing.assert_array_equal(again.labels, cached.labels)
     np.testing.assert_allclose(again.probabilities, cached.probabilities, atol=1e-6)
+    # clean_digits has a held-out split of its own: the trial and its re-prediction both write the source
+    # calibration cache that the score estimate (ATC) fits on, next to the prediction cache.
+    from raysel.selection.calibration import calibration_path, load_calibration
+
+    calibration = load_calibration(calibration_path(run.final["predictions_path"]))
+    assert calibration.task == "classification" and calibration.num_images == 6  # selection_size source images
+    recomputed = load_calibration(calibration_path(tmp_path / "again.npz"))
+    np.testing.assert_array_equal(recomputed.correct, calibration.correct)

@@ -34,7 +34,8 @@ SELECTORS_AUDITED = ("fmiou", "soft_vote", "entropy", "im", "snd", "cluster_ami"
 
 @pytest.mark.integration
 def test_selection_never_opens_heldout_labels(tiny_hiast_sweep: dict, tmp_path: Path) -> None:
-    """Re-select with every held-out label folder moved away AND an audit of every open: no label is touched."""
+    """Re-select (every selector and the score estimate) with every held-out label folder moved away AND an audit of
+    every open: no label is touched."""
     from raysel.selection.decision import select_sweep
     from raysel.store import ResultStore
 
@@ -56,6 +57,9 @@ def test_selection_never_opens_heldout_labels(tiny_hiast_sweep: dict, tmp_path: 
         for folder, away in zip(label_folders, hidden):
             away.rename(folder)
     assert {d["selector"] for d in decisions} == set(SELECTORS_AUDITED)
+    # The label-free score estimate runs inside the same audited selection (no source validation split here: the
+    # agreement estimate of 3 candidates).
+    assert ResultStore(results).load_sweep("tiny")["estimate_score"].notna().any()
     assert any(path.endswith("predictions.npz") for path in opened.paths)
     touched = [p for p in opened.paths if "gtFine" in p or "labels" in Path(p).parts or "heldout" in Path(p).parts]
     assert touched == []

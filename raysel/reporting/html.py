@@ -22,6 +22,7 @@ from raysel.errors import UserError
 from raysel.reporting.formatting import (HELDOUT_COLUMNS, TargetReport, format_number, heldout_column, points,
                                          score_columns, swept_hyperparameters)
 from raysel.request import SETTINGS_FILE, SweepRequest, read_request_file
+from raysel.selection.estimate import format_estimate, format_interval
 from raysel.store.schema import HYPERPARAMETER_PREFIX, SCORE_PREFIX
 
 CAPTIONS = {"scores": "Label-free scores against held-out scores (oracle check, never used to select)",
@@ -93,11 +94,13 @@ def selector_picks(report: TargetReport, decision_selector: str | None) -> str:
 
 
 def candidate_table(report: TargetReport) -> str:
-    """One row per candidate: swept hyperparameters, selector scores, held-out score (oracle)."""
+    """One row per candidate: swept hyperparameters, selector scores, label-free estimate, held-out score (oracle)."""
     candidates = report.candidates
     swept, scores = swept_hyperparameters(candidates), score_columns(candidates)
     heldout = heldout_column(candidates)
+    estimated = "estimate_score" in candidates and bool(candidates["estimate_score"].notna().any())
     header = (["trial"] + [c[len(HYPERPARAMETER_PREFIX):] for c in swept] + scores
+              + (["estimate (points, label-free)", "90 % interval"] if estimated else [])
               + ([f"{HELDOUT_COLUMNS[heldout]} (points, oracle)"] if heldout else []))
     rows = []
     for row in candidates.to_dict("records"):
@@ -106,6 +109,9 @@ def candidate_table(report: TargetReport) -> str:
         cells = [f"<code>{html.escape(str(row['trial_id']))}</code>" + (f" ({', '.join(marks)})" if marks else "")]
         cells += [_cell(row[column]) for column in swept]
         cells += [_cell(row[column]) for column in scores]
+        if estimated:
+            cells += [format_estimate(row.get("estimate_score")),
+                      format_interval(row.get("estimate_low"), row.get("estimate_high"))]
         cells += [_cell(points(row[heldout]), 2)] if heldout else []
         rows.append(cells)
     return _table(header, rows)

@@ -7,9 +7,10 @@ import sys
 from typing import Any
 
 from raysel.selection.agreement import agreement_line, guard_line, headline_selectors, picks_by_target
+from raysel.selection.estimate import format_estimate, format_interval
 from raysel.store.schema import HYPERPARAMETER_PREFIX, heldout_column_with_values
 
-__all__ = ["swept_columns", "format_trials_table", "decision_lines", "print_sweep_summary"]
+__all__ = ["swept_columns", "has_estimates", "format_trials_table", "decision_lines", "print_sweep_summary"]
 
 
 def swept_columns(trials: Any) -> list[str]:
@@ -19,8 +20,9 @@ def swept_columns(trials: Any) -> list[str]:
 
 
 def format_trials_table(trials: Any, decisions: list[dict[str, Any]], primary_selector: str | None = None) -> str:
-    """An aligned text table of the sweep's trials: one column per recorded selector with '*' on its pick, and the
-    'sel' column marking the headline decision (``primary_selector``'s, else each target's headline) per target."""
+    """An aligned text table of the sweep's trials: one column per recorded selector with '*' on its pick, the
+    'sel' column marking the headline decision (``primary_selector``'s, else each target's headline) per target, and
+    the label-free estimate of each trial's target score in points with its 90 % interval, when estimated."""
     picks = picks_by_target(decisions)
     headline = headline_selectors(decisions)
     if primary_selector is not None:
@@ -28,7 +30,10 @@ def format_trials_table(trials: Any, decisions: list[dict[str, Any]], primary_se
     selectors = list(dict.fromkeys(str(d["selector"]) for d in decisions))
     heldout_column = heldout_column_with_values(trials)
     hyperparameters = swept_columns(trials)
+    estimated = has_estimates(trials)
     header = ["sel", "trial", "target", *[c[len(HYPERPARAMETER_PREFIX):] for c in hyperparameters], *selectors]
+    if estimated:
+        header += ["estimate", "estimate_90"]
     if heldout_column:
         header.append(heldout_column.replace("_", "-"))
     header += ["wall s", "status"]
@@ -40,6 +45,9 @@ def format_trials_table(trials: Any, decisions: list[dict[str, Any]], primary_se
         row += [_cell(trial[c]) for c in hyperparameters]
         row += [_score(trial.get(f"score_{name}")) + ("*" if chosen.get(name) == trial_id else "")
                 for name in selectors]
+        if estimated:
+            row += [format_estimate(trial.get("estimate_score")),
+                    format_interval(trial.get("estimate_low"), trial.get("estimate_high"))]
         if heldout_column:
             row.append(_percent(trial.get(heldout_column)))
         row += [_cell(trial.get("wall_time_s"), digits=0), str(trial["status"])]
@@ -48,6 +56,11 @@ def format_trials_table(trials: Any, decisions: list[dict[str, Any]], primary_se
     lines = ["  ".join(str(x).ljust(w) for x, w in zip(line, widths)).rstrip() for line in [header, *rows]]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
+
+
+def has_estimates(trials: Any) -> bool:
+    """Whether any trial has a label-free score estimate (``estimate_score``) to show."""
+    return "estimate_score" in trials and bool(trials["estimate_score"].notna().any())
 
 
 def decision_lines(decisions: list[dict[str, Any]]) -> list[str]:

@@ -12,7 +12,8 @@
 * ``report.md`` — embeds the plots and lists every recorded selector's pick side by side (headline marked, with
   whether they agree), the evaluation of every selector
   (:func:`raysel.selection.evaluate.evaluate_selector`: regret, top-3 regret, gap closed, Kendall τ, Spearman ρ)
-  and the candidates.
+  and the candidates, with each one's label-free score estimate and 90 % interval
+  (:mod:`raysel.selection.estimate`) and how close the estimates came to the held-out scores.
 
 Held-out labels enter only through the ``heldout_*`` columns the trials stored; they appear in plots and tables
 marked *held-out (oracle)*, evaluate the label-free choices, and never change which candidate is selected.
@@ -35,7 +36,8 @@ from raysel.reporting.html import write_html_report
 from raysel.reporting.plots import plot_class_iou, plot_hyperparameters, plot_scores_against_heldout
 from raysel.request import load_request
 from raysel.selection.agreement import agreement_lines, guard_line, headline_selectors
-from raysel.selection.evaluate import evaluate_selector
+from raysel.selection.estimate import format_estimate, format_interval
+from raysel.selection.evaluate import estimate_accuracy, evaluate_selector
 from raysel.store.schema import HYPERPARAMETER_PREFIX, SCORE_PREFIX
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -252,13 +254,34 @@ def _evaluation_lines(report: TargetReport) -> list[str]:
                       "Kendall τ", "Spearman ρ", "candidates"], rows))
 
 
+def _has_estimates(candidates: "pandas.DataFrame") -> bool:
+    """Whether any candidate has a label-free score estimate (``estimate_score``)."""
+    return "estimate_score" in candidates and bool(candidates["estimate_score"].notna().any())
+
+
+def _estimate_lines(report: TargetReport) -> list[str]:
+    """How close the label-free estimates came to the held-out scores on this target (oracle check)."""
+    candidates = report.candidates
+    if not _has_estimates(candidates) or heldout_column(candidates) is None:
+        return []
+    error, coverage = estimate_accuracy(candidates)
+    if not np.isfinite(error):
+        return []
+    counted = int(candidates["estimate_score"].notna().sum())
+    return [f"Label-free score estimates against held-out scores (oracle check, never used to estimate): mean "
+            f"absolute error {error:.1f} points; the 90 % interval covers the held-out score for "
+            f"{100 * coverage:.0f} % of {counted} estimated candidates.", ""]
+
+
 def _candidate_lines(report: TargetReport) -> list[str]:
-    """One row per candidate: swept hyperparameters, selector scores, held-out score."""
+    """One row per candidate: swept hyperparameters, selector scores, label-free estimate, held-out score."""
     candidates = report.candidates
     swept = swept_hyperparameters(candidates)
     scores = score_columns(candidates)
     heldout = heldout_column(candidates)
+    estimated = _has_estimates(candidates)
     header = (["trial"] + [column[len(HYPERPARAMETER_PREFIX):] for column in swept] + scores
+              + (["estimate (points, label-free)", "90 % interval", "estimator"] if estimated else [])
               + ([f"{HELDOUT_COLUMNS[heldout]} (points, oracle)"] if heldout else []))
     rows = []
     for row in candidates.to_dict("records"):
@@ -267,9 +290,13 @@ def _candidate_lines(report: TargetReport) -> list[str]:
         cells = [f"`{row['trial_id']}`" + (f" ({marks.strip()})" if marks else "")]
         cells += [format_number(row[column], 4) for column in swept]
         cells += [format_number(row[column], 4) for column in scores]
+        if estimated:
+            cells += [format_estimate(row.get("estimate_score")),
+                      format_interval(row.get("estimate_low"), row.get("estimate_high")),
+                      row["estimate_method"] if isinstance(row.get("estimate_method"), str) else "–"]
         cells += [format_number(points(row[heldout]))] if heldout else []
         rows.append(cells)
-    return ["### Candidates", ""] + _table(header, rows)
+    return ["### Candidates", ""] + _table(header, rows) + _estimate_lines(report)
 
 
 def render_markdown(sweep_id: str, trials: "pandas.DataFrame", selections: "pandas.DataFrame",

@@ -24,6 +24,9 @@
   clearly ahead of the default configuration)? If not, keep the default configuration and show a short-list.
 * :mod:`raysel.selection.recommendation` — the pre-registered rule that recommends a default selector from
   development sweeps only.
+* :mod:`raysel.selection.estimate` — a label-free estimate of each candidate's target score with a 90 % interval
+  (ATC on a source-validation calibration cache, else agreement with the fused vote; ``estimate_*`` columns);
+  :mod:`raysel.selection.calibration` — that calibration cache's format.
 
 Submodules are imported on use (``from raysel.selection.selectors import get_selector``) so that importing the
 package stays cheap for workers that only need one part. The names in ``__all__`` are the public API, importable
@@ -53,11 +56,14 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
                  "evaluate_selector", "evaluate_selectors", "summarize_sweeps", "baseline_evaluations",
                  "oracle_evaluation", "decision_picks", "decision_evaluations", "stored_evaluation",
                  "summarize_selectors", "best_selector", "heldout_spread", "is_flat_sweep", "collapse_indicators",
-                 "count_collapsed", "strictly_better", "wide_sweep_goals"),
+                 "count_collapsed", "strictly_better", "wide_sweep_goals", "estimate_accuracy"),
     "guarded": ("GUARD_COMPANIONS", "GUARD_PANEL_SIZE", "CLEAR_MARGIN_STANDARD_ERRORS", "GuardedDecision",
                 "guard_decision", "default_trial_ids", "matches_defaults"),
     "recommendation": ("RULE", "RULE_FIXED_ON", "WORST_REGRET_BOUND", "SweepEvidence", "Recommendation",
                        "recommend_selector"),
+    "calibration": ("SourceCalibration", "load_calibration", "save_calibration", "calibration_path"),
+    "estimate": ("Estimate", "estimate_candidates", "estimate_trials", "record_estimates", "format_estimate",
+                 "format_interval"),
 }
 _SUBMODULE_OF = {name: submodule for submodule, names in _EXPORTS.items() for name in names}
 

@@ -30,6 +30,7 @@ from raysel.errors import DataError, UserError
 from raysel.registry import get_method
 from raysel.selection.applicability import (FINISHED, applicable_selectors, cached_candidates, recorded_selectors,
                                             selector_candidates)
+from raysel.selection.estimate import record_estimates
 from raysel.selection.evaluate import evaluate_selector
 from raysel.selection.guarded import VETOED, guard_decision
 from raysel.selection.guards import collapsed_labels
@@ -180,6 +181,7 @@ def select_target(store: Any, sweep_id: str, method: str, target: str, trials: A
     for reason, skipped_names in skipped.items():
         print(f"target {target}: selector{'s' if len(skipped_names) > 1 else ''} {', '.join(skipped_names)} "
               f"skipped: {reason}", file=stream)
+    record_estimates(store, sweep_id, target, trials, stream, loaded)  # estimate_* columns, label-free
     return decisions
 
 

@@ -22,6 +22,10 @@ and worst regret, how often worse than the default) and :func:`best_selector` na
 Wide sweeps (issue 13 item 3): a sweep is *flat* when its held-out spread (best − worst) is under
 :data:`FLAT_SPREAD_POINTS`; a *collapsed pick* is a chosen candidate whose held-out score is below the source-only
 model's on the same target and seed (:func:`collapse_indicators`, :func:`count_collapsed`).
+
+Score estimates (issue 29 item 6): :func:`estimate_accuracy` compares the stored label-free estimates
+(``estimate_*`` columns, :mod:`raysel.selection.estimate`) with the stored held-out scores: mean absolute error in
+points and the coverage of the 90 % intervals.
 """
 
 from __future__ import annotations
@@ -295,3 +299,39 @@ def wide_sweep_goals(row: SelectorSummary, rows: Sequence[SelectorSummary], coll
             ("better than F-mIoU",
              row.name == FMIoUSelector.name or strictly_better(row, by_name.get(FMIoUSelector.name))),
             ("better than the default configuration", strictly_better(row, by_name.get(DEFAULT_BASELINE)))]
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Label-free score estimates against held-out scores (issue 29 item 6)
+# --------------------------------------------------------------------------------------------------------------
+
+ESTIMATE_HELDOUT_COLUMNS = ("heldout_miou", "heldout_accuracy")  # a row's held-out score: the first one it holds
+
+
+def _number(value: Any) -> float:
+    """``value`` as a float; NaN when it is missing or not a number."""
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def estimate_accuracy(rows: Any) -> tuple[float, float]:
+    """(mean absolute error in points, coverage) of the stored label-free estimates against the stored held-out
+    scores: |``estimate_score`` − held-out| averaged over the rows that have both, and the share of those rows whose
+    held-out score lies in [``estimate_low``, ``estimate_high``]. ``rows``: trial rows (a DataFrame or mappings);
+    the held-out score is a row's ``heldout_miou``, else its ``heldout_accuracy``. (NaN, NaN) when no row has both.
+    Evaluation only: the held-out scores are an input, read from the rows, and never reach the estimator."""
+    records = rows.to_dict("records") if hasattr(rows, "to_dict") else list(rows)
+    errors, covered = [], []
+    for row in records:
+        heldout = next((_number(row.get(column)) for column in ESTIMATE_HELDOUT_COLUMNS
+                        if math.isfinite(_number(row.get(column)))), math.nan)
+        estimate, low, high = (_number(row.get(key)) for key in ("estimate_score", "estimate_low", "estimate_high"))
+        if not (math.isfinite(heldout) and math.isfinite(estimate)):
+            continue
+        errors.append(abs(estimate - heldout) * POINTS)
+        covered.append(math.isfinite(low) and math.isfinite(high) and low <= heldout <= high)
+    if not errors:
+        return math.nan, math.nan
+    return float(np.mean(errors)), float(np.mean(covered))

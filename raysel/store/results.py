@@ -44,9 +44,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from raysel.errors import ConfigError, DataError, UserError
-from raysel.store.schema import (HYPERPARAMETER_PREFIX, KEY_SEPARATOR, SCORE_PREFIX, SELECTION_FIXED_COLUMNS, TIMESTAMP,
-                                 TRIAL_FIXED_COLUMNS, TRIAL_HELDOUT_COLUMNS, TRIAL_IDENTITY_COLUMNS, TRIAL_RUN_COLUMNS,
-                                 TRIAL_TRAILING_COLUMNS, _coerce_value, _score_column, selection_table, trial_table)
+from raysel.store.schema import (KEY_SEPARATOR, SELECTION_FIXED_COLUMNS, TIMESTAMP, TRIAL_FIXED_COLUMNS, _coerce_value,
+                                 _score_column, column_order, selection_table, trial_table)
 
 if typing.TYPE_CHECKING:  # pragma: no cover
     import pandas
@@ -222,12 +221,14 @@ class ResultStore:
         return write_table_atomically(table, path)
 
     def update_trial_columns(self, sweep_id: str, trial_id: str, values: dict[str, Any]) -> Path:
-        """Set existing columns of a stored trial, keeping their types (atomic rewrite); e.g. a re-computed
-        ``predictions_path``. A column the file does not have raises ValueError (add columns with write_trial)."""
+        """Set columns of a stored trial, keeping their types (atomic rewrite); e.g. a re-computed ``predictions_path``.
+        A fixed column an older row lacks (``estimate_*``) is added; another missing column raises ValueError."""
         path, table = self._read_row("trials", sweep_id, trial_id)
         for column, value in values.items():
-            if column not in table.column_names:
+            if column not in table.column_names and column not in TRIAL_FIXED_COLUMNS:
                 raise ValueError(f"trial {trial_id!r} of sweep {sweep_id!r} has no column {column!r} to update")
+            if column not in table.column_names:  # a fixed column newer than the row: added NULL, set below
+                table = table.append_column(column, pa.nulls(1, TRIAL_FIXED_COLUMNS[column]))
             arrow_type = table.schema.field(column).type
             array = pa.array([_coerce_value(column, value, arrow_type)], type=arrow_type)
             table = table.set_column(table.column_names.index(column), column, array)
@@ -408,23 +409,6 @@ def _select_files(connection: Any, table: str, files: list[Path]) -> str:
              if row[0] != SOURCE_FILE_COLUMN]
     ordered = ", ".join('"' + name.replace('"', '""') + '"' for name in column_order(table, names))
     return f"SELECT {ordered} FROM {source}" + (f" WHERE {condition}" if condition else "")
-
-
-def column_order(table: str, names: list[str]) -> list[str]:
-    """Key and method first, then the fixed columns with hyperparameters, scores and metrics in their groups."""
-    present = set(names)
-    if table == "selections":
-        fixed = ["sweep_id", "selection_id", "method", *list(SELECTION_FIXED_COLUMNS)[2:]]
-        head = [name for name in fixed if name in present]
-        return head + [name for name in names if name not in head]
-    hyperparameters = [name for name in names if name.startswith(HYPERPARAMETER_PREFIX)]
-    scores = sorted(name for name in names if name.startswith(SCORE_PREFIX))
-    grouped = set(hyperparameters) | set(scores) | set(TRIAL_FIXED_COLUMNS) | {"method"}
-    metrics = [name for name in names if name not in grouped]
-    identity = ["sweep_id", "trial_id", "method", *list(TRIAL_IDENTITY_COLUMNS)[2:]]
-    ordered = (identity + hyperparameters + list(TRIAL_RUN_COLUMNS) + scores + list(TRIAL_HELDOUT_COLUMNS) + metrics
-               + list(TRIAL_TRAILING_COLUMNS))
-    return [name for name in ordered if name in present]
 
 
 def _connect() -> Any:

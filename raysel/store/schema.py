@@ -24,10 +24,11 @@ from raysel.hyperparameters import field_types
 __all__ = [
     "HYPERPARAMETER_PREFIX", "SCORE_PREFIX", "HELDOUT_PREFIX", "PRIMARY_HELDOUT_COLUMNS",
     "PER_TARGET_HELDOUT_PREFIXES", "FINAL_METRIC_COLUMNS", "TIMESTAMP", "TRIAL_IDENTITY_COLUMNS", "TRIAL_PHASES",
-    "TIMING_PREFIX", "TRIAL_TIMING_COLUMNS", "TRIAL_RUN_COLUMNS", "TRIAL_HELDOUT_COLUMNS", "TRIAL_TRAILING_COLUMNS",
-    "TRIAL_FIXED_COLUMNS", "SELECTION_GUARD_COLUMNS", "SELECTION_FIXED_COLUMNS", "NESTED_GROUPS", "TRIAL_STATUSES", "KEY_SEPARATOR",
+    "TIMING_PREFIX", "TRIAL_TIMING_COLUMNS", "TRIAL_RUN_COLUMNS", "TRIAL_ESTIMATE_COLUMNS", "TRIAL_HELDOUT_COLUMNS",
+    "TRIAL_TRAILING_COLUMNS", "TRIAL_FIXED_COLUMNS", "SELECTION_GUARD_COLUMNS", "SELECTION_FIXED_COLUMNS",
+    "NESTED_GROUPS", "TRIAL_STATUSES", "KEY_SEPARATOR",
     "primary_heldout_column", "heldout_column_with_values", "arrow_type_for_annotation", "arrow_type_for_value",
-    "hyperparameter_arrow_types", "trial_table", "selection_table", "relocated_path",
+    "hyperparameter_arrow_types", "trial_table", "selection_table", "column_order", "relocated_path",
 ]
 
 HYPERPARAMETER_PREFIX = "hp_"  # hp_<name>: one typed column per hyperparameter, swept or default
@@ -42,8 +43,8 @@ FINAL_METRIC_COLUMNS = ("heldout_miou", "heldout_accuracy", "heldout_iou", "trai
 
 TIMESTAMP = pa.timestamp("us", tz="UTC")
 
-# Fixed columns of a trial row, in display order. Hyperparameter columns go after ``seed``; score columns, held-out
-# metrics and other final metrics after ``finished_at``.
+# Fixed columns of a trial row, in display order. Hyperparameter columns go after ``seed``; score columns, the
+# label-free estimate, held-out metrics and other final metrics after the run columns.
 TRIAL_IDENTITY_COLUMNS: dict[str, pa.DataType] = {
     "sweep_id": pa.string(),
     "trial_id": pa.string(),
@@ -69,6 +70,14 @@ TRIAL_RUN_COLUMNS: dict[str, pa.DataType] = {
     "finished_at": TIMESTAMP,
     **TRIAL_TIMING_COLUMNS,
 }
+# The label-free estimate of the trial's target score (fraction) with its 90 % interval and the estimator that made
+# it (raysel.selection.estimate); written when the sweep's selection runs, NULL before and where none could be made.
+TRIAL_ESTIMATE_COLUMNS: dict[str, pa.DataType] = {
+    "estimate_score": pa.float64(),
+    "estimate_low": pa.float64(),
+    "estimate_high": pa.float64(),
+    "estimate_method": pa.string(),
+}
 TRIAL_HELDOUT_COLUMNS: dict[str, pa.DataType] = {
     "heldout_miou": pa.float64(),
     "heldout_iou": pa.list_(pa.float64()),
@@ -85,7 +94,8 @@ TRIAL_TRAILING_COLUMNS: dict[str, pa.DataType] = {
     "torch_version": pa.string(),
 }
 TRIAL_FIXED_COLUMNS: dict[str, pa.DataType] = {
-    **TRIAL_IDENTITY_COLUMNS, **TRIAL_RUN_COLUMNS, **TRIAL_HELDOUT_COLUMNS, **TRIAL_TRAILING_COLUMNS,
+    **TRIAL_IDENTITY_COLUMNS, **TRIAL_RUN_COLUMNS, **TRIAL_ESTIMATE_COLUMNS, **TRIAL_HELDOUT_COLUMNS,
+    **TRIAL_TRAILING_COLUMNS,
 }
 # The guarded decision of a target (raysel.selection.guarded), the same on every selection row of that target: whether
 # the pick is confident, why (not), the trial kept, the default configuration's candidate, the short-list of the
@@ -269,6 +279,24 @@ def _check_name(kind: str, value: Any, *, allow_separator: bool = True) -> str:
     return value
 
 
+def column_order(table: str, names: list[str]) -> list[str]:
+    """The order readers show a table's columns in (``names``: those present): key and method first, then the fixed
+    columns with hyperparameters, scores, the estimate and metrics in their groups."""
+    present = set(names)
+    if table == "selections":
+        fixed = ["sweep_id", "selection_id", "method", *list(SELECTION_FIXED_COLUMNS)[2:]]
+        head = [name for name in fixed if name in present]
+        return head + [name for name in names if name not in head]
+    hyperparameters = [name for name in names if name.startswith(HYPERPARAMETER_PREFIX)]
+    scores = sorted(name for name in names if name.startswith(SCORE_PREFIX))
+    grouped = set(hyperparameters) | set(scores) | set(TRIAL_FIXED_COLUMNS) | {"method"}
+    metrics = [name for name in names if name not in grouped]
+    identity = ["sweep_id", "trial_id", "method", *list(TRIAL_IDENTITY_COLUMNS)[2:]]
+    ordered = (identity + hyperparameters + list(TRIAL_RUN_COLUMNS) + scores + list(TRIAL_ESTIMATE_COLUMNS)
+               + list(TRIAL_HELDOUT_COLUMNS) + metrics + list(TRIAL_TRAILING_COLUMNS))
+    return [name for name in ordered if name in present]
+
+
 # --------------------------------------------------------------------------------------------------------------
 # Building rows
 # --------------------------------------------------------------------------------------------------------------
@@ -316,6 +344,8 @@ def trial_table(row: dict[str, Any], hyperparameter_types: Any = None) -> tuple[
         columns[name] = (arrow_type, row.get(name))
     for name, value in sorted(scores.items()):
         columns[name] = (pa.float64(), value)
+    for name, arrow_type in TRIAL_ESTIMATE_COLUMNS.items():
+        columns[name] = (arrow_type, row.get(name))
     for name, arrow_type in TRIAL_HELDOUT_COLUMNS.items():
         columns[name] = (arrow_type, row.get(name))
     for name, value in metrics.items():

@@ -1,0 +1,115 @@
+"""The source-validation calibration cache: one candidate's softmax outputs on labelled *source* held-out images.
+
+ATC (:mod:`raysel.selection.estimate`) fits its confidence threshold on it. A trial writes it next to its prediction
+cache (:func:`raysel.execution.prediction_cache.cache_candidate_predictions`) when the source has a validation split of
+its own. Selection reads it with numpy only, like the prediction cache (:mod:`raysel.selection.predictions`).
+Source labels are allowed here; the file keeps only whether each prediction was right, not the labels themselves.
+
+Storage format (one ``np.savez_compressed`` file, ``source_calibration.npz``, written atomically): ``probabilities``
+float16 ``[M, C]``, ``predicted`` uint8 ``[M]``, ``correct`` bool ``[M]``, ``image_of`` int64 ``[M]`` and ``meta``
+(JSON: format version, task, number of images, source domain). A sample is an image (classification) or a pixel of
+the probability grid (segmentation).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from raysel.errors import DataError
+
+__all__ = ["CALIBRATION_FILE", "CALIBRATION_FORMAT_VERSION", "SourceCalibration", "calibration_path",
+           "save_calibration", "load_calibration"]
+
+CALIBRATION_FILE = "source_calibration.npz"  # next to the trial's predictions.npz
+CALIBRATION_FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class SourceCalibration:
+    """One candidate's softmax outputs on labelled *source* validation samples: what ATC fits its threshold on.
+
+    A sample is an image (classification) or a pixel of the probability grid (segmentation; pixels labelled
+    ``ignore`` are left out). ``image_of`` says which validation image each sample comes from, so that the bootstrap
+    resamples images, not pixels.
+    """
+
+    probabilities: np.ndarray  # float16 [M, C]
+    predicted: np.ndarray  # uint8 [M]: the argmax of the full-precision logits
+    correct: np.ndarray  # bool [M]: predicted == the source label
+    image_of: np.ndarray  # int64 [M] in [0, num_images)
+    num_images: int
+    task: str
+    source: str = ""
+
+    def __post_init__(self) -> None:
+        samples = self.probabilities.shape[0] if self.probabilities.ndim == 2 else -1
+        if samples < 0 or not (len(self.predicted) == len(self.correct) == len(self.image_of) == samples):
+            raise ValueError(f"a calibration needs [M, C] probabilities and M predicted/correct/image_of entries; got "
+                             f"{self.probabilities.shape}, {len(self.predicted)}, {len(self.correct)}, "
+                             f"{len(self.image_of)}")
+        if samples and (int(self.image_of.min()) < 0 or int(self.image_of.max()) >= self.num_images):
+            raise ValueError(f"image_of must lie in [0, {self.num_images})")
+
+    @property
+    def num_classes(self) -> int:
+        """Classes of the candidate's label space."""
+        return int(self.probabilities.shape[1])
+
+    @property
+    def accuracy(self) -> float:
+        """The candidate's source-validation accuracy (pixel accuracy on the grid for segmentation)."""
+        return float(self.correct.mean()) if len(self.correct) else math.nan
+
+
+def calibration_path(predictions_path: str | os.PathLike) -> Path:
+    """Where a trial keeps its calibration cache: next to its prediction cache."""
+    return Path(predictions_path).with_name(CALIBRATION_FILE)
+
+
+def save_calibration(path: str | os.PathLike, calibration: SourceCalibration) -> Path:
+    """Write ``calibration`` to ``path`` (.npz, compressed) atomically: a temp file in the same folder, then rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    meta = {"format_version": CALIBRATION_FORMAT_VERSION, "task": calibration.task,
+            "num_images": int(calibration.num_images), "source": calibration.source}
+    arrays = {"probabilities": calibration.probabilities.astype(np.float16, copy=False),
+              "predicted": calibration.predicted.astype(np.uint8, copy=False),
+              "correct": calibration.correct.astype(bool, copy=False),
+              "image_of": calibration.image_of.astype(np.int64, copy=False), "meta": np.asarray(json.dumps(meta))}
+    handle, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(handle, "wb") as stream:
+            np.savez_compressed(stream, **arrays)
+        os.replace(temp_name, path)
+    except BaseException:
+        Path(temp_name).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def load_calibration(path: str | os.PathLike) -> SourceCalibration:
+    """Read a file written by :func:`save_calibration`; a missing, truncated or foreign file raises DataError."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"calibration file {path} does not exist")
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            meta = json.loads(str(archive["meta"]))
+            if meta.get("format_version") != CALIBRATION_FORMAT_VERSION:
+                raise DataError(f"calibration file {path} has format version {meta.get('format_version')}; this "
+                                f"raysel reads version {CALIBRATION_FORMAT_VERSION}")
+            arrays = {key: archive[key] for key in ("probabilities", "predicted", "correct", "image_of")}
+        return SourceCalibration(**arrays, num_images=int(meta["num_images"]), task=str(meta["task"]),
+                                 source=str(meta.get("source", "")))
+    except DataError:
+        raise
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile, json.JSONDecodeError, EOFError) as error:
+        raise DataError(f"calibration file {path} is unreadable or inconsistent ({error})") from None
