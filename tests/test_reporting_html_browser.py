@@ -48,7 +48,7 @@ class DevTools:
 
 def start_chromium(profile: Path) -> tuple[subprocess.Popen, str]:
     """Headless Chromium with its own profile and no network services; returns it and its first page's websocket."""
-    assert CHROMIUM, "Chromium is missing: `apt-get install -y chromium` (.ci/run installs it)"
+    assert CHROMIUM, "Chromium is missing: `apt-get install -y chromium` (`make test` installs it when run as root)"
     process = subprocess.Popen([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
                                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
                                 "--no-first-run", "--remote-debugging-port=0", f"--user-data-dir={profile}",
