@@ -9,6 +9,7 @@ store: trial rows (stored, failed, wall times), ``sweeps/<SWEEP>/sweep.json`` (s
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import json
 import math
@@ -223,8 +224,9 @@ def study_state(plan: StudyPlan) -> StudyState:
 
 
 def study_status(results: Path | str, name: str) -> StudyState:
-    """The state of study ``name`` under ``results`` from its stored plan (what ``raysel status STUDY`` shows)."""
-    return study_state(load_plan(results, name))
+    """The state of study ``name`` under ``results`` from its stored plan (what ``raysel status STUDY`` shows); read
+    in ``results`` even when the plan was written where the store was before a copy or move."""
+    return study_state(dataclasses.replace(load_plan(results, name), results=str(results)))
 
 
 def format_duration(seconds: float) -> str:
