@@ -309,7 +309,7 @@ def run_study(study: Study, *, max_minutes: float | None = None, resume: bool = 
                if sweep.finished}
     todo = [sweep for sweep in study.sweeps if sweep.name not in actions]
     if todo:
-        actions.update(_run_sweeps(study, plan, todo, deadline, address, stream, started))
+        actions.update(_run_sweeps(study, plan, todo, deadline, address, stream, _Pace(before.stored, started)))
     command = _continue_command(study, max_minutes)
     outcome = StudyOutcome(study.name, study.results, study_state(plan),
                            tuple((sweep.name, actions[sweep.name]) for sweep in study.sweeps),
@@ -340,10 +340,9 @@ def _opening_line(study: Study, state: StudyState, imported: set[str]) -> str:
 
 
 def _run_sweeps(study: Study, plan: StudyPlan, todo: Sequence[StudySweep], deadline: float | None,
-                address: str | None, stream: Any, started: float) -> dict[str, str]:
+                address: str | None, stream: Any, pace: "_Pace") -> dict[str, str]:
     """Run or resume ``todo`` on one Ray connection, stopping between sweeps at the deadline; returns each one's
     action. A line for the whole study every 30 s at least, with the time left at this run's pace."""
-    pace = _Pace(study_state(plan).stored, started)
     actions: dict[str, str] = {}
     local = connect(address)
     try:
@@ -354,7 +353,7 @@ def _run_sweeps(study: Study, plan: StudyPlan, todo: Sequence[StudySweep], deadl
                     break
                 actions[sweep.name] = _run_one(study, sweep, number, len(todo), local, deadline, stream)
                 state = study_state(plan)
-                print(f"[{time.time() - started:7.0f}s] study {study.name}: sweep {sweep.name} "
+                print(f"[{time.time() - pace.started:7.0f}s] study {study.name}: sweep {sweep.name} "
                       f"{actions[sweep.name]}; {pace.summary(state)}", file=stream, flush=True)
                 if actions[sweep.name] == "stopped":
                     break

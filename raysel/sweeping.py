@@ -138,6 +138,8 @@ def _tune(request: SweepRequest, *, resume: bool, local: bool, stream: Any, trac
         tuner.fit()
     finally:
         clear_deadline(request.sweep_dir)
+    # Trials left without a row mean the deadline cut the search short (an ASHA-stopped trial leaves none either:
+    # such a sweep is resumed once more, proposes nothing new, and is then selected).
     stored = len(ResultStore(Path(request.results)).trial_ids(request.sweep_id))
     return stop_new_trials_at is not None and time.time() >= stop_new_trials_at and stored < total
 

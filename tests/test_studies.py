@@ -273,6 +273,32 @@ def test_past_its_deadline_the_search_proposes_one_trial_then_stops_and_a_restor
     assert restored.next_trial() is None and restored.is_finished()
 
 
+def test_an_optuna_search_past_its_deadline_stops_without_saving_itself_finished(tmp_path: Path) -> None:
+    from ray.tune.experiment import Experiment
+    from ray.tune.search import Searcher
+
+    from raysel.execution.tuner import DeadlineSearchGenerator
+
+    class Counting(Searcher):
+        """Proposes x = 0, 1, 2, ...: the part of Optuna the wrapper sees."""
+
+        def __init__(self) -> None:
+            super().__init__(metric="score", mode="max")
+            self.proposed = 0
+
+        def suggest(self, trial_id: str) -> dict:
+            self.proposed += 1
+            return {"x": self.proposed - 1}
+
+    write_deadline(tmp_path, time.time() - 1)
+    search = DeadlineSearchGenerator(Counting(), deadline_file=tmp_path / DEADLINE_FILE)
+    search.add_configurations([Experiment("s", run=lambda config: None, num_samples=4)])
+    assert search.next_trial().config == {"x": 0}
+    assert search.next_trial() is None and search.is_finished() and not search.get_state()["finished"]
+    (tmp_path / DEADLINE_FILE).unlink()
+    assert search.next_trial().config == {"x": 1} and not search.is_finished()
+
+
 # --------------------------------------------------------------------------------------------------------------
 # Evidence that outlives the machine
 # --------------------------------------------------------------------------------------------------------------
