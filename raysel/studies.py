@@ -299,10 +299,10 @@ def run_study(study: Study, *, max_minutes: float | None = None, resume: bool = 
         raise ConfigError(f"--max-minutes must be positive, got {max_minutes!r}")
     deadline = started + 60.0 * max_minutes if max_minutes is not None else None
     check_stored_requests(study)
-    imported = set(import_study_rows(study, study.rows)) if study.rows else set()
     plan = study.plan()
+    _refuse_interrupted(study, study_state(plan), resume)
+    imported = set(import_study_rows(study, study.rows)) if study.rows else set()  # the first write
     before = study_state(plan)
-    _refuse_interrupted(study, before, resume)
     save_plan(plan)
     print(_opening_line(study, before, imported), file=stream, flush=True)
     actions = {sweep.sweep_id: ("imported" if sweep.sweep_id in imported else "reused") for sweep in before.sweeps
@@ -347,7 +347,7 @@ def _run_sweeps(study: Study, plan: StudyPlan, todo: Sequence[StudySweep], deadl
     local = connect(address)
     try:
         with heartbeat(f"study {study.name}", interval_s=HEARTBEAT_S, stream=stream,
-                       detail=lambda: pace.summary(study_state(plan))):
+                       detail=lambda: pace.summary_of(plan)):
             for number, sweep in enumerate(todo, start=1):
                 if actions and deadline is not None and time.time() >= deadline:
                     break
@@ -399,6 +399,14 @@ class _Pace:
     def summary(self, state: StudyState) -> str:
         """The study's totals and the time left at this pace (:meth:`StudyState.summary`)."""
         return state.summary(self.seconds_per_trial(state))
+
+    def summary_of(self, plan: StudyPlan) -> str:
+        """:meth:`summary` of the plan's state now, for the heartbeat thread: a store read that races a compaction
+        (a file listed, then merged away) says so instead of ending the thread; the next beat reads again."""
+        try:
+            return self.summary(study_state(plan))
+        except Exception as error:  # noqa: BLE001 - progress display must never end the study's progress lines
+            return f"state not readable this time ({type(error).__name__})"
 
 
 def _continue_command(study: Study, max_minutes: float | None) -> str | None:
