@@ -1,4 +1,5 @@
-"""The `raysel` console script: `raysel sweep|select|query|report|submit|status ...` runs `python -m raysel.<command>`."""
+"""The `raysel` console script: `raysel sweep|select|query|report|submit|status|study ...` runs
+`python -m raysel.<command>`."""
 
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ COMMANDS = {
     "query": "run SQL over the Parquet result store",
     "report": "plot a finished sweep's selection into report.md and a self-contained report.html",
     "submit": "submit a job definition from jobs/ to a Ray cluster (token auth)",
-    "status": "show a running or finished sweep: trials done/running/failed, best label-free score, time left",
+    "status": "show a running or finished sweep or study: trials done/running/failed, best label-free score, time left",
+    "study": "run many named sweeps from a YAML file as one resumable, time-boxed study (--max-minutes)",
 }
 
 

@@ -27,11 +27,15 @@ from raysel.store.schema import SCORE_PREFIX
 __all__ = [
     "SETTINGS_FILE", "TUNE_FOLDER", "REQUEST_FORMAT", "SEARCH_ALGORITHMS", "SCHEDULERS", "EXECUTORS",
     "CONFIDENCE_OBJECTIVE", "DRIVER_CPU", "SweepOptions", "Resources", "DataChoice", "SearchPlan", "SweepRequest",
-    "save_request", "load_request", "read_request_file", "latest_sweep_id",
+    "save_request", "load_request", "read_request_file", "latest_sweep_id", "RUN_ONLY_FIELDS", "request_differences",
+    "DEADLINE_FILE", "FINISHED_FILE", "write_deadline", "read_deadline", "clear_deadline", "mark_finished",
+    "read_finished",
 ]
 
 SETTINGS_FILE = "sweep.json"  # the request, under sweeps/<SWEEP>/
 TUNE_FOLDER = "tune"  # the Tune experiment's folder under the sweep folder (read by raysel status)
+DEADLINE_FILE = "deadline.json"  # under sweeps/<SWEEP>/ while a run must start no trial after a time (--max-minutes)
+FINISHED_FILE = "finished.json"  # under sweeps/<SWEEP>/ once a run ended with every trial run, selected, compacted
 REQUEST_FORMAT = 2  # format 1: the {"settings", "search", "space"} files of raysel before the request
 SCHEDULERS = ("fifo", "asha")  # the --scheduler choices, declared once
 EXECUTORS = ("auto", "train", "direct")  # the --executor choices, declared once
@@ -333,3 +337,131 @@ def latest_sweep_id(results: str | Path, method: str | None = None) -> str | Non
     pattern = f"{method}-*/{SETTINGS_FILE}" if method else f"*/{SETTINGS_FILE}"
     found = list(root.glob(pattern)) if root.is_dir() else []
     return max(found, key=lambda path: path.stat().st_mtime).parent.name if found else None
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Comparing requests
+# --------------------------------------------------------------------------------------------------------------
+
+# Where and how one run reports, not what the sweep is: the store's folder (a copied store), the data root (another
+# machine's), the progress interval, the MLflow mirror, and the file and --set texts a space came from (the space's
+# entries, what the trials sweep, are compared).
+RUN_ONLY_FIELDS = ("results", "data.root", "progress_interval_s", "mlflow_uri", "space.path", "space.overrides")
+
+
+def request_differences(stored: SweepRequest, wanted: SweepRequest,
+                        ignored: tuple[str, ...] = RUN_ONLY_FIELDS) -> list[str]:
+    """The fields in which two requests of one sweep differ, field by field, as ``search.num_samples (stored 2, now
+    3)``; a space entry as ``space.<name>``. Fields in ``ignored`` (dotted names) are not compared.
+
+    Example:
+        >>> from raysel.request_build import build_request
+        >>> first = build_request(method="source_only", data="digits", results="/tmp/a", name="s")
+        >>> again = build_request(method="source_only", data="digits", results="/tmp/b", name="s", num_samples=2,
+        ...                       overrides=["iterations=5"])
+        >>> request_differences(first, again)
+        ["space.iterations (stored {'grid': [300, 600]}, now 5)", 'search.num_samples (stored 1, now 2)']
+    """
+    differences: list[str] = []
+    _compare_fields("", stored, wanted, ignored, differences)
+    return differences
+
+
+def _compare_fields(prefix: str, stored: Any, wanted: Any, ignored: tuple[str, ...], out: list[str]) -> None:
+    """Append ``prefix.field (stored A, now B)`` for each differing field of two records of one dataclass type."""
+    for item in dataclasses.fields(stored):
+        name = f"{prefix}{item.name}"
+        old, new = getattr(stored, item.name), getattr(wanted, item.name)
+        if name in ignored:
+            continue
+        if isinstance(old, CheckedSpace):
+            _compare_space(name, old, new, ignored, out)
+        elif dataclasses.is_dataclass(old) and type(old) is type(new):
+            _compare_fields(f"{name}.", old, new, ignored, out)
+        elif old != new:
+            out.append(f"{name} (stored {_short(old)}, now {_short(new)})")
+
+
+def _compare_space(name: str, stored: CheckedSpace, wanted: CheckedSpace, ignored: tuple[str, ...],
+                   out: list[str]) -> None:
+    """The space's entries by hyperparameter (``space.<name>``), then its provenance fields unless ignored."""
+    old, new = stored.to_dict(), wanted.to_dict()
+    for key in dict.fromkeys([*old, *new]):
+        if old.get(key, _ABSENT) != new.get(key, _ABSENT):
+            out.append(f"{name}.{key} (stored {_short(old.get(key, _ABSENT))}, now {_short(new.get(key, _ABSENT))})")
+    for field_name in ("path", "overrides"):
+        dotted = f"{name}.{field_name}"
+        if dotted not in ignored and getattr(stored, field_name) != getattr(wanted, field_name):
+            out.append(f"{dotted} (stored {_short(getattr(stored, field_name))}, now "
+                       f"{_short(getattr(wanted, field_name))})")
+
+
+class _Absent:
+    """A space entry one of two requests does not have."""
+
+    def __repr__(self) -> str:
+        return "absent"
+
+
+_ABSENT = _Absent()
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    """A value for a one-line message: its repr (strings without quotes), cut to ``limit`` characters."""
+    text = value if isinstance(value, str) else repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The sweep folder's markers: a deadline for new trials, and the end of a run
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _write_json(path: Path, payload: Mapping[str, Any]) -> None:
+    """Write ``payload`` as JSON atomically (a reader sees the old file or the new one)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    temporary.write_text(json.dumps(payload, indent=2, default=str))
+    os.replace(temporary, path)
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    """A JSON object file, or None when it is missing or unreadable (a marker, never an error)."""
+    try:
+        payload = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return payload if isinstance(payload, dict) else None
+
+
+def write_deadline(sweep_dir: Path, at: float, why: str = "") -> Path:
+    """Ask the sweep's Tune search to start no new trial after ``at`` (epoch seconds); running trials finish."""
+    path = Path(sweep_dir) / DEADLINE_FILE
+    _write_json(path, {"stop_new_trials_at": float(at), "why": why})
+    return path
+
+
+def read_deadline(path: Path | str) -> float | None:
+    """The time in a deadline file (:func:`write_deadline`), or None when there is none."""
+    value = (_read_json(Path(path)) or {}).get("stop_new_trials_at")
+    return float(value) if isinstance(value, (int, float)) else None
+
+
+def clear_deadline(sweep_dir: Path) -> None:
+    """Remove the sweep's deadline: a later run starts trials until its own deadline, if any."""
+    try:
+        (Path(sweep_dir) / DEADLINE_FILE).unlink()
+    except FileNotFoundError:
+        pass
+
+
+def mark_finished(sweep_dir: Path, details: Mapping[str, Any]) -> Path:
+    """Record that a run of the sweep ended with every trial run (none left for a resume), selected and compacted."""
+    path = Path(sweep_dir) / FINISHED_FILE
+    _write_json(path, dict(details))
+    return path
+
+
+def read_finished(sweep_dir: Path) -> dict[str, Any] | None:
+    """What :func:`mark_finished` recorded, or None when no run of the sweep has finished."""
+    return _read_json(Path(sweep_dir) / FINISHED_FILE)

@@ -1,10 +1,14 @@
-"""`raysel status [SWEEP]`: a running or finished sweep at a glance, from another terminal.
+"""`raysel status [SWEEP | STUDY]`: a running or finished sweep, or a whole study, at a glance, from another terminal.
 
 Reads only files: the sweep's request (``<results>/sweeps/<SWEEP>/sweep.json``: expected trials), the trial
 rows in the result store (finished / failed, label-free scores), Tune's per-trial folders (trials started but
 without a row yet are running; their ``result.json`` holds the label-free target confidence reported so far) and
 each running trial's latest progress line. No Ray connection, so it works while the sweep runs and after it ended;
 and it imports neither torch nor Ray (the request is read by :mod:`raysel.request`), so it answers at once.
+
+A name with a study plan (``<results>/studies/<NAME>/study.json``, :mod:`raysel.study_state`) shows the study: its
+sweeps finished, interrupted and not started, trials stored and left, the time left at the mean trial time so far,
+each sweep's line, and the trials running in its interrupted sweeps.
 """
 
 from __future__ import annotations
@@ -21,8 +25,9 @@ from typing import Any
 from raysel.errors import UserError, exits_cleanly_on_user_error
 from raysel.methods.reports import TARGET_CONFIDENCE
 from raysel.progress import PROGRESS_FILE, read_status_file
-from raysel.request import SETTINGS_FILE, TUNE_FOLDER, latest_sweep_id, load_request
+from raysel.request import DEADLINE_FILE, SETTINGS_FILE, TUNE_FOLDER, latest_sweep_id, load_request, read_deadline
 from raysel.store import ResultStore
+from raysel.study_state import STUDY_FILE, StudyState, study_dir, study_names, study_status
 
 CONFIDENCE_METRIC = TARGET_CONFIDENCE  # label-free, reported by every method while it trains
 
@@ -115,6 +120,26 @@ def _seconds(moment: Any) -> float:
     return float(moment.timestamp()) if hasattr(moment, "timestamp") else float(moment)
 
 
+def format_study_status(state: StudyState, results: Path) -> str:
+    """The lines `raysel status STUDY` prints: totals, the time left, then one line per sweep (with the trials
+    running in a started sweep and the deadline a study run set for it)."""
+    lines = [f"study {state.name}: {'finished' if state.complete else 'in progress or stopped'}",
+             f"  {state.summary()}" + (f" (mean trial {_duration(mean)})" if (mean := state.mean_trial_s()) else "")]
+    width = max(len(sweep.sweep_id) for sweep in state.sweeps)
+    for sweep in state.sweeps:
+        line = f"  {sweep.sweep_id:<{width}}  {sweep.label:<11}  {sweep.stored}/{sweep.expected} trials stored"
+        line += f", {sweep.failed} failed" if sweep.failed else ""
+        if sweep.started and not sweep.finished:
+            running = sweep_status(results, sweep.sweep_id).running
+            line += f", {len(running)} running" if running else ""
+            deadline = read_deadline(results / "sweeps" / sweep.sweep_id / DEADLINE_FILE)
+            line += f", no new trial after {time.strftime('%H:%M:%S', time.localtime(deadline))}" if deadline else ""
+        lines.append(line)
+    if not state.complete and state.file:
+        lines.append(f"continue with: raysel study {state.file}")
+    return "\n".join(lines)
+
+
 def _duration(seconds: float) -> str:
     """``1h02m03s`` / ``2m05s`` / ``7s``."""
     seconds = int(round(seconds))
@@ -150,12 +175,16 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m raysel.status",
         description="Show a running or finished sweep from another terminal: trials finished / running / failed out "
         "of those expected, the best label-free score so far (the selector's score after selection, else the target "
-        "confidence the trials reported), elapsed and expected time. Reads only the result folder; no Ray needed.",
+        "confidence the trials reported), elapsed and expected time. Given a study's name (raysel study), show the "
+        "study: each sweep's state and trials, the totals and the time left. Reads only the result folder; no Ray "
+        "needed.",
         epilog="examples:\n  raysel status                       # the latest sweep under ./results\n"
-        "  raysel status hiast-20261123-120000 --results /shared/results",
+        "  raysel status hiast-20261123-120000 --results /shared/results\n"
+        "  raysel status lr-study                # a study: its sweeps, trials done and left, time left",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("sweep", nargs="?", default=None, help="sweep id (default: the latest sweep started)")
+    parser.add_argument("sweep", nargs="?", default=None,
+                        help="sweep id or study name (default: the latest sweep started)")
     parser.add_argument("--results", type=Path, default=Path("results"), help="result store folder (default ./results)")
     return parser
 
@@ -164,8 +193,18 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``python -m raysel.status`` and ``raysel status``."""
     args = build_parser().parse_args(argv)
-    sweep_id = args.sweep or latest_sweep(args.results)
-    print(format_status(sweep_status(args.results, sweep_id)))
+    is_study = args.sweep is not None and (study_dir(args.results, args.sweep) / STUDY_FILE).is_file()
+    is_sweep = args.sweep is not None and (args.results / "sweeps" / args.sweep / SETTINGS_FILE).is_file()
+    if is_study:
+        print(format_study_status(study_status(args.results, args.sweep), args.results))
+    if is_sweep or not is_study:  # a name that is both shows both
+        sweep_id = args.sweep or latest_sweep(args.results)
+        try:
+            status = sweep_status(args.results, sweep_id)
+        except UserError as error:
+            studies = ", ".join(study_names(args.results)) or "none"
+            raise UserError(f"{error}; studies there: {studies}") from None
+        print(format_status(status))
     return 0
 
 

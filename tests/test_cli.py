@@ -16,7 +16,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def test_the_console_script_offers_every_command() -> None:
-    assert list(COMMANDS) == ["sweep", "select", "query", "report", "submit", "status"]
+    assert list(COMMANDS) == ["sweep", "select", "query", "report", "submit", "status", "study"]
 
 
 def run_module_as_main(command: str, argv: list[str], monkeypatch: pytest.MonkeyPatch) -> int:

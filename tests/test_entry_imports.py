@@ -21,6 +21,7 @@ from raysel.cli import COMMANDS
 from raysel.request import save_request
 from raysel.request_build import build_request
 from raysel.store import ResultStore
+from raysel.study_state import PlannedSweep, StudyPlan, save_plan
 from tests.test_report import CANDIDATES, NUM_CLASSES, build_store, trial_row
 from tests.test_selection_voting import _saved_candidates
 
@@ -29,6 +30,7 @@ HEAVY = ("torch", "ray")
 MARK = "HEAVY-MODULES-AFTER "  # a line the probe prints after each stage: the stage, then the heavy modules loaded
 ENTRY_MODULES = ("raysel.cli", *(f"raysel.{command}" for command in COMMANDS), "raysel.store.compaction")
 SWEEP = "sweep-a"
+STUDY = "study-a"  # a study of the one sweep: `raysel status STUDY` stays light too
 CLASS_NAMES = [f"class-{index}" for index in range(NUM_CLASSES)]
 
 
@@ -74,8 +76,11 @@ def small_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     for trial_id, cache in zip(CANDIDATES, caches):  # rewriting a trial replaces its row
         store.write_trial({**trial_row(trial_id), "predictions_path": str(cache), "class_names": CLASS_NAMES})
     # The sweep's request (sweep.json), as raysel.sweep saves it: its decision order is hiast's default, fmiou.
-    save_request(build_request(method="hiast", data="street_scenes", target=["day_city"], name=SWEEP,
-                               results=results, data_root=results.parent / "data"))
+    request = build_request(method="hiast", data="street_scenes", target=["day_city"], name=SWEEP, results=results,
+                            data_root=results.parent / "data")
+    save_request(request)
+    save_plan(StudyPlan(STUDY, str(results), (PlannedSweep(SWEEP, "hiast", request.expected_trials(),
+                                                           request.to_dict()),)))
     return results
 
 
@@ -84,13 +89,15 @@ COMMAND_LINES = {
     "select": ["select", SWEEP, "--results", "{results}"],
     "report": ["report", SWEEP, "--results", "{results}", "--output", "{output}"],
     "status": ["status", SWEEP, "--results", "{results}"],
+    "status-study": ["status", STUDY, "--results", "{results}"],
 }
 
 
 @pytest.mark.parametrize("command", sorted(COMMAND_LINES))
 def test_light_command_on_a_small_store_imports_neither_torch_nor_ray(command: str, small_store: Path,
                                                                       tmp_path: Path) -> None:
-    """``raysel query|select|report|status`` run to completion (exit 0) on the store without loading torch or Ray."""
+    """``raysel query|select|report|status`` (of a sweep and of a study) run to completion (exit 0) on the store
+    without loading torch or Ray."""
     results = tmp_path / "results"
     shutil.copytree(small_store, results)  # select and report write into the store: each command gets its own copy
     argv = [word.format(results=results, output=tmp_path / "report") for word in COMMAND_LINES[command]]

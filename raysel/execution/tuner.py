@@ -3,20 +3,24 @@
 from __future__ import annotations
 
 import os
+import time
+from pathlib import Path
 from typing import Any
 
 from optuna.samplers import TPESampler
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
-from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter
+from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter, SearchGenerator
 from ray.tune.search.optuna import OptunaSearch
 
 from raysel.errors import UserError
 from raysel.execution.driver import trial_driver
 from raysel.methods.reports import EPOCH
-from raysel.request import CONFIDENCE_OBJECTIVE, DRIVER_CPU, TUNE_FOLDER, SearchPlan, SweepRequest
+from raysel.request import (CONFIDENCE_OBJECTIVE, DEADLINE_FILE, DRIVER_CPU, TUNE_FOLDER, SearchPlan, SweepRequest,
+                            read_deadline)
 
-__all__ = ["TUNE_FOLDER", "trial_concurrency", "build_tuner", "FinalScoreOptunaSearch", "search_and_scheduler"]
+__all__ = ["TUNE_FOLDER", "trial_concurrency", "build_tuner", "FinalScoreOptunaSearch", "search_and_scheduler",
+           "DeadlineVariantGenerator", "DeadlineSearchGenerator"]
 
 
 def trial_concurrency(request: SweepRequest, local_cpus: float | None) -> int | None:
@@ -49,7 +53,8 @@ def build_tuner(request: SweepRequest, param_space: dict[str, Any], resume: bool
         return tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True, resume_errored=True)
 
     search = request.search
-    search_alg, scheduler = search_and_scheduler(search, max_concurrent)
+    search_alg, scheduler = search_and_scheduler(search, max_concurrent,
+                                                 deadline_file=(tune_dir / DEADLINE_FILE).resolve())
     if search.objective != CONFIDENCE_OBJECTIVE and search.report_score is None:
         # Without ASHA a trial-scored objective arrives only with a trial's final report; Tune's strict check would
         # reject the intermediate reports that do not carry it (ray/tune/execution/tune_controller.py).
@@ -84,9 +89,11 @@ class FinalScoreOptunaSearch(OptunaSearch):
             super().on_trial_result(trial_id, result)
 
 
-def search_and_scheduler(search: SearchPlan, max_concurrent: int | None = None) -> tuple[Any, Any]:
+def search_and_scheduler(search: SearchPlan, max_concurrent: int | None = None, *,
+                         deadline_file: Path | None = None) -> tuple[Any, Any]:
     """Tune's search algorithm (seeded, at most ``max_concurrent`` trials at once) and trial scheduler for a checked
-    search plan."""
+    search plan; with ``deadline_file`` the search starts no new trial after the time written there
+    (:class:`DeadlineVariantGenerator`, :class:`DeadlineSearchGenerator`)."""
     if search.algorithm == "optuna":
         # TPE needs an objective: the label-free confidence each method reports, or a trial-scored label-free
         # selector (never held-out labels).
@@ -95,6 +102,11 @@ def search_and_scheduler(search: SearchPlan, max_concurrent: int | None = None) 
                                                                     n_startup_trials=search.startup_trials))
         if max_concurrent:
             search_alg = ConcurrencyLimiter(search_alg, max_concurrent=max_concurrent)
+        if deadline_file is not None:
+            search_alg = DeadlineSearchGenerator(search_alg, deadline_file=deadline_file)
+    elif deadline_file is not None:
+        search_alg = DeadlineVariantGenerator(max_concurrent=max_concurrent or 0, random_state=search.seed,
+                                              deadline_file=deadline_file)
     else:
         # Seeded, so --seed fixes the sampled configurations (Tune's default generator draws unseeded).
         search_alg = BasicVariantGenerator(max_concurrent=max_concurrent or 0, random_state=search.seed)
@@ -105,3 +117,64 @@ def search_and_scheduler(search: SearchPlan, max_concurrent: int | None = None) 
     else:
         scheduler = FIFOScheduler()
     return search_alg, scheduler
+
+
+class _StopsAtDeadline:
+    """Makes a Tune search algorithm start no new trial after a deadline, so that a sweep stops between trials.
+
+    Ray Tune 2.60 has no "finish the running trials, start no new one" switch: a ``Stopper`` only sees results of
+    running trials and ``stop_all`` ends them too, and a scheduler cannot hold back a trial Tune has queued. So the
+    search itself stops proposing: past the deadline ``next_trial`` returns None and ``is_finished`` is True, Tune's
+    loop ends once the running trials have, and the experiment state (saved by the unchanged base class, never marked
+    finished) keeps the trials not yet proposed for ``Tuner.restore``. Trials are proposed only when they can start
+    (raysel limits them to the trials the CPUs fit on a local Ray, and under ``--max-concurrent``); on a cluster
+    without ``--max-concurrent`` Tune may queue some ahead, and those still run.
+
+    The deadline is read from ``deadline_file`` (:func:`raysel.request.write_deadline`), not kept in the object: Tune
+    pickles the search algorithm with the experiment, so a restored sweep gets the deadline its current run wrote.
+    Each process proposes at least one trial, so every run makes progress and no experiment ends without a trial.
+    """
+
+    deadline_file: str | None
+    _proposed_here: bool  # whether this process proposed a trial (not saved with the search's state)
+
+    def _past_deadline(self) -> bool:
+        """Whether this process proposed a trial already and the deadline in the file has passed."""
+        if not self._proposed_here or not self.deadline_file:
+            return False
+        deadline = read_deadline(self.deadline_file)
+        return deadline is not None and time.time() >= deadline
+
+    def next_trial(self) -> Any:
+        if self._past_deadline():
+            return None
+        trial = super().next_trial()  # type: ignore[misc]
+        self._proposed_here = self._proposed_here or trial is not None
+        return trial
+
+    def is_finished(self) -> bool:
+        return self._past_deadline() or super().is_finished()  # type: ignore[misc]
+
+
+class DeadlineVariantGenerator(_StopsAtDeadline, BasicVariantGenerator):
+    """Tune's grid/random generator, stopping at the deadline in ``deadline_file`` (see :class:`_StopsAtDeadline`)."""
+
+    def __init__(self, *, deadline_file: Path | str | None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.deadline_file = str(deadline_file) if deadline_file else None
+        self._proposed_here = False
+
+    def get_state(self) -> Any:
+        state = super().get_state()
+        if state:
+            state.pop("_proposed_here", None)  # a restored search has proposed nothing in the new process
+        return state
+
+
+class DeadlineSearchGenerator(_StopsAtDeadline, SearchGenerator):
+    """Tune's wrapper of a ``Searcher`` (Optuna), stopping at the deadline in ``deadline_file``."""
+
+    def __init__(self, searcher: Any, *, deadline_file: Path | str | None) -> None:
+        super().__init__(searcher)
+        self.deadline_file = str(deadline_file) if deadline_file else None
+        self._proposed_here = False

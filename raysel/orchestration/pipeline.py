@@ -27,7 +27,7 @@ from raysel.hyperparameters import config_from_dict
 from raysel.methods.base import LocalSession, RunSpec
 from raysel.progress import PROGRESS_FILE, heartbeat, read_status_file
 from raysel.registry import Method, get_method
-from raysel.request import SweepRequest, save_request
+from raysel.request import SweepRequest, clear_deadline, mark_finished, save_request, write_deadline
 from raysel.search_space import CheckedSpace
 from raysel.selection.decision import select_sweep
 from raysel.selection.guarded import default_trial_ids
@@ -35,7 +35,7 @@ from raysel.store import ResultStore
 from raysel.store.compaction import compact_sweep
 
 __all__ = [
-    "PREPARED_DIR", "SweepOutcome", "run_sweep", "prepare_shared_stages", "preparation_marker", "stage_keying_names",
+    "PREPARED_DIR", "SweepOutcome", "run_sweep", "run_connected_sweep", "prepare_shared_stages", "preparation_marker", "stage_keying_names",
     "StageRecord",
 ]
 
@@ -45,16 +45,18 @@ PREPARED_DIR = "_prepared"  # in the stage cache: one marker per finished prepar
 
 @dataclass
 class SweepOutcome:
-    """What a finished sweep produced: the store location, the trials table and the selection decisions."""
+    """What a sweep run produced: the store location, the trials table and the selection decisions; ``stopped`` when
+    the run's deadline came before every trial ran (nothing selected then: resume the sweep to finish it)."""
 
     sweep_id: str
     results: str
     trials: Any  # pandas.DataFrame
     decisions: list[dict[str, Any]]
+    stopped: bool = False
 
 
 def run_sweep(request: SweepRequest, *, resume: bool = False, address: str | None = None,
-              stream: Any = None) -> SweepOutcome:
+              stream: Any = None, stop_new_trials_at: float | None = None) -> SweepOutcome:
     """Run (or resume) a checked sweep end to end and return its trials and selection decisions.
 
     Joins the Ray cluster at ``address`` (or ``$RAY_ADDRESS``) or starts a local Ray for the sweep, prepares the data,
@@ -68,6 +70,8 @@ def run_sweep(request: SweepRequest, *, resume: bool = False, address: str | Non
         resume: continue the sweep's Tune experiment; finished trials are kept, not run again.
         address: the Ray cluster to join; None: ``$RAY_ADDRESS``, else a local Ray started (and stopped) here.
         stream: where progress lines go (default: stdout).
+        stop_new_trials_at: epoch seconds after which no new trial starts (running ones finish; at least one trial
+            starts in every run); the sweep is then left to be resumed, unselected (``SweepOutcome.stopped``).
 
     Returns:
         The sweep's id and results folder, its trials as a pandas DataFrame and its selection decisions.
@@ -83,35 +87,81 @@ def run_sweep(request: SweepRequest, *, resume: bool = False, address: str | Non
         'fmiou'
     """
     stream = stream or sys.stdout
-    store = ResultStore(Path(request.results))
-    store.check_writable()
-    tracker = _start_tracking(request)  # an unusable URI fails here, before any trial
-    family = data_module.get_family(request.data.family)
+    store, tracker = _writable_store(request), _start_tracking(request)  # an unusable URI fails here, before any trial
     started_here = connect(address)
     try:
-        data_module.prepare(family, Path(request.data.root))
-        if not resume:
-            save_request(request)
-        prepare_shared_stages(request, local=started_here, stream=stream)
-        max_concurrent = trial_concurrency(request, cluster_cpus() if started_here else None)
-        param_space = {"hp": request.space.to_tune(request.search.algorithm),
-                       "target": _target_space(request.data.targets)}
-        total = request.expected_trials()
-        printer = ProgressPrinter(total, interval_s=request.progress_interval_s)
-        print(_sweep_line(request, total, max_concurrent), file=stream, flush=True)
-        callbacks = [printer.callback] + ([tracker.callback()] if tracker else [])
-        tuner = build_tuner(request, param_space, resume, callbacks, max_concurrent=max_concurrent)
-        tuner.fit()
+        stopped = _tune(request, resume=resume, local=started_here, stream=stream, tracker=tracker,
+                        stop_new_trials_at=stop_new_trials_at)
     finally:
         if started_here:
             ray.shutdown()
+    return _conclude(request, store, tracker, stream, stopped)
 
+
+def run_connected_sweep(request: SweepRequest, *, local: bool, resume: bool = False, stream: Any = None,
+                        stop_new_trials_at: float | None = None) -> SweepOutcome:
+    """:func:`run_sweep` on the Ray this process is connected to already (a study runs its sweeps on one Ray);
+    ``local``: whether that Ray is a local one this process started (trials then fill its CPUs)."""
+    stream = stream or sys.stdout
+    store, tracker = _writable_store(request), _start_tracking(request)
+    stopped = _tune(request, resume=resume, local=local, stream=stream, tracker=tracker,
+                    stop_new_trials_at=stop_new_trials_at)
+    return _conclude(request, store, tracker, stream, stopped)
+
+
+def _writable_store(request: SweepRequest) -> ResultStore:
+    """The sweep's result store, checked writable before anything runs."""
+    store = ResultStore(Path(request.results))
+    store.check_writable()
+    return store
+
+
+def _tune(request: SweepRequest, *, resume: bool, local: bool, stream: Any, tracker: Any,
+          stop_new_trials_at: float | None) -> bool:
+    """Prepare data and shared stages and run the Tune experiment; True when the deadline stopped it early."""
+    data_module.prepare(data_module.get_family(request.data.family), Path(request.data.root))
+    if not resume:
+        save_request(request)
+    prepare_shared_stages(request, local=local, stream=stream)
+    max_concurrent = trial_concurrency(request, cluster_cpus() if local else None)
+    param_space = {"hp": request.space.to_tune(request.search.algorithm),
+                   "target": _target_space(request.data.targets)}
+    total = request.expected_trials()
+    printer = ProgressPrinter(total, interval_s=request.progress_interval_s)
+    print(_sweep_line(request, total, max_concurrent), file=stream, flush=True)
+    callbacks = [printer.callback] + ([tracker.callback()] if tracker else [])
+    tuner = build_tuner(request, param_space, resume, callbacks, max_concurrent=max_concurrent)
+    if stop_new_trials_at is None:
+        clear_deadline(request.sweep_dir)
+    else:
+        write_deadline(request.sweep_dir, stop_new_trials_at, why="raysel study --max-minutes")
+    try:
+        tuner.fit()
+    finally:
+        clear_deadline(request.sweep_dir)
+    # Trials left without a row mean the deadline cut the search short (an ASHA-stopped trial leaves none either:
+    # such a sweep is resumed once more, proposes nothing new, and is then selected).
+    stored = len(ResultStore(Path(request.results)).trial_ids(request.sweep_id))
+    return stop_new_trials_at is not None and time.time() >= stop_new_trials_at and stored < total
+
+
+def _conclude(request: SweepRequest, store: ResultStore, tracker: Any, stream: Any, stopped: bool) -> SweepOutcome:
+    """Select and compact a sweep whose trials all ran, and mark it finished; a stopped one is left as it is."""
+    if stopped:
+        trials = store.load_sweep(request.sweep_id)
+        print(f"sweep {request.sweep_id} stopped at its deadline with {len(trials)} of {request.expected_trials()} "
+              "trials stored: not selected yet; resuming it runs the rest", file=stream, flush=True)
+        if tracker is not None:
+            tracker.finish(trials, [])
+        return SweepOutcome(request.sweep_id, request.results, trials, [], stopped=True)
     decisions = select_sweep(store, request.sweep_id, request.method, request.selectors, stream, record_all=True,
                              default_trials=default_candidates(store, request))
     compact_sweep(store, request.sweep_id)  # one file per sweep: queries over many sweeps stay fast (issue 17)
     trials = store.load_sweep(request.sweep_id)
     if tracker is not None:
         tracker.finish(trials, decisions)
+    mark_finished(request.sweep_dir, {"trials_stored": len(trials), "expected_trials": request.expected_trials(),
+                                      "decisions": len(decisions), "finished_at": time.time()})
     return SweepOutcome(request.sweep_id, request.results, trials, decisions)
 
 
