@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from raysel.errors import DataError
+from raysel.selection.predictions import save_npz_atomically
 
 __all__ = ["CALIBRATION_FILE", "CALIBRATION_FORMAT_VERSION", "SourceCalibration", "calibration_path",
            "save_calibration", "load_calibration"]
@@ -84,15 +84,7 @@ def save_calibration(path: str | os.PathLike, calibration: SourceCalibration) ->
               "predicted": calibration.predicted.astype(np.uint8, copy=False),
               "correct": calibration.correct.astype(bool, copy=False),
               "image_of": calibration.image_of.astype(np.int64, copy=False), "meta": np.asarray(json.dumps(meta))}
-    handle, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            np.savez_compressed(stream, **arrays)
-        os.replace(temp_name, path)
-    except BaseException:
-        Path(temp_name).unlink(missing_ok=True)
-        raise
-    return path
+    return save_npz_atomically(path, arrays)
 
 
 def load_calibration(path: str | os.PathLike) -> SourceCalibration:

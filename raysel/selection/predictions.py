@@ -240,6 +240,12 @@ def save_predictions(path: str | os.PathLike, predictions: CandidatePredictions)
         if predictions.feature_rows is not None and predictions.feature_cols is not None:
             arrays["feature_rows"] = predictions.feature_rows
             arrays["feature_cols"] = predictions.feature_cols
+    return save_npz_atomically(path, arrays)
+
+
+def save_npz_atomically(path: Path, arrays: dict[str, np.ndarray]) -> Path:
+    """Write ``arrays`` as a compressed .npz at ``path`` through a temporary file and a rename, so a killed writer
+    never leaves a truncated cache that a selector would read."""
     handle, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(handle, "wb") as stream:
@@ -249,7 +255,6 @@ def save_predictions(path: str | os.PathLike, predictions: CandidatePredictions)
         Path(temp_name).unlink(missing_ok=True)
         raise
     return path
-
 
 def load_predictions(path: str | os.PathLike, with_probabilities: bool = True,
                      stream_labels: bool | None = None) -> CandidatePredictions:
