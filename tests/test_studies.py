@@ -24,8 +24,8 @@ from raysel.request import (DEADLINE_FILE, SweepRequest, load_request, mark_fini
                             save_request, write_deadline)
 from raysel.store import ResultStore, load
 from raysel.store.compaction import compact_sweep
-from raysel.orchestration.studies import (EXIT_STOPPED, check_stored_requests, export_study_rows, import_study_rows, load_study,
-                            run_study, study_from_mapping)
+from raysel.orchestration.studies import (EXIT_STOPPED, check_stored_requests, export_study_rows, import_study_rows,
+                                          load_study, run_study, study_from_mapping)
 from raysel.orchestration.study_rows import ROW_KIND, read_study_rows
 from raysel.study_state import STUDY_FILE, load_plan, study_dir, study_status
 
@@ -368,3 +368,13 @@ def test_only_finished_sweeps_are_exported_and_a_differing_export_is_refused(tmp
     with pytest.raises(UserError, match="is not a raysel study rows file"):
         pq.write_table(pq.read_table(tmp_path / "rows.parquet").replace_schema_metadata({}), tmp_path / "plain.parquet")
         read_study_rows(tmp_path / "plain.parquet")
+
+
+def test_the_study_api_docstring_example_runs() -> None:
+    """The runnable example of raysel.orchestration.studies (building and checking a study without running it)."""
+    import doctest
+
+    import raysel.orchestration.studies as studies
+
+    results = doctest.testmod(studies, optionflags=doctest.ELLIPSIS | doctest.IGNORE_EXCEPTION_DETAIL)
+    assert results.failed == 0 and results.attempted >= 2
