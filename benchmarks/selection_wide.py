@@ -55,7 +55,7 @@ section, in ``--workdir`` (default ``results/selection_wide_BUDGET``, kept betwe
 method, seed, target and kind). Rerunning the same command reuses finished sweeps and resumes an interrupted one
 (finished trials are not run again). ``--max-minutes N`` stops between trials (running ones finish), prints what is
 left and the command that continues, and still writes the section from the finished sweeps, headed
-``**partial: k of n sweeps**`` until every sweep has finished (exit status 3 then). Every writing run exports the
+``**partial: k of n sweeps**`` until every sweep has finished (exit status 3 while work is left). Every writing run exports the
 finished sweeps' rows to ``benchmarks/results/<section>.parquet`` (commit it with the section); ``--rows`` (default:
 that file when it exists) makes a new machine import those sweeps instead of running them, and the tables are rebuilt
 from their stored decisions (no prediction cache travels with the rows).
