@@ -121,3 +121,39 @@ def test_a_stopped_campaign_writes_a_partial_section_then_continues(embedded_dat
     after = finished_trials(tmp_path / "store")
     assert {trial: after[trial] for trial in before} == before  # no finished trial ran again
     assert len(after) > len(before)
+
+
+def test_search_guidance_reads_imported_rows_without_ray(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """search_guidance's table from a rows file: each arm ships its highest score_consistency trial."""
+    import ray
+
+    from benchmarks import search_guidance as sg
+
+    plans = sg.build_plans("quick", sg.BUDGETS["quick"], sg.ARMS, sg.GUIDE, tmp_path / "data")
+    old = common.campaign_study("search_guidance-quick", tmp_path / "old", plans)
+    for plan, sweep in zip(plans, old.sweeps):
+        store = ResultStore(sweep.request.results)
+        save_request(sweep.request)
+        for index, (accuracy, score) in enumerate(((0.4, 0.9), (0.7, 0.1) if plan.kind == "optuna" else (0.2, 0.1))):
+            store.write_trial({"sweep_id": plan.sweep_id, "trial_id": f"{plan.kind}-t{index}", "method": "gsda",
+                               "task": "classification", "dataset": "digits", "target": "photo_digits", "seed": 0,
+                               "status": "finished", "wall_time_s": 2.0, "heldout_accuracy": accuracy,
+                               "hyperparameters": {"learning_rate": 0.001}, "scores": {"consistency": score}})
+        compact_sweep(store, plan.sweep_id)
+        mark_finished(sweep.request.sweep_dir, {"trials_stored": 2})
+    rows = tmp_path / "search_guidance.parquet"
+    common.export_campaign(old, rows)
+
+    def no_ray(*args, **kwargs):
+        raise AssertionError("ray.init called: a section from committed rows must not start Ray")
+
+    monkeypatch.setattr(ray, "init", no_ray)
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        code = sg.main(["--budget", "quick", "--workdir", str(tmp_path / "new"), "--data-root", str(tmp_path / "data"),
+                        "--rows", str(rows)])
+    text = printed.getvalue()
+    assert code == 0, text[-3000:]
+    assert "2 imported from" in text and "partial" not in text
+    assert "| 0 | 40.00 | 40.00 | +0.00 | 70.00 | 40.00 | +30.00 |" in text
+    assert not (tmp_path / "data").exists()  # nothing trains, so no data was prepared
