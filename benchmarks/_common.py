@@ -30,11 +30,15 @@
   :func:`build_shared_stages` builds a method's cached stages first, as a sweep does, so runs time one configuration.
 * :func:`run_in_processes`, :func:`working_directory`, :func:`prepare_benchmark_data` — job pools, scratch folders
   and data for the scripts.
-* Sweep campaigns (selection_quality, search_guidance, selection_wide): :class:`SweepPlan` (one real raysel sweep,
-  given as its command line), :func:`run_plans` / :func:`run_plan` (run, resume or reuse them on one local Ray,
-  through :func:`raysel.request_build.build_request` and :func:`raysel.orchestration.run_sweep`), :func:`evaluate_plans`
-  (re-score each offline with every applicable selector and compare with held-out scores, as :class:`SweepCase` s)
-  and the table cells the three share.
+* Sweep campaigns (selection_quality, search_guidance, selection_wide): :class:`SweepPlan` (one real raysel sweep:
+  its id and :class:`raysel.request.SweepOptions` fields, a study entry), :func:`campaign_study` (the plans as one
+  study, :func:`raysel.orchestration.studies.study_from_mapping`), :func:`run_campaign` (``run_study`` on one local
+  Ray: finished sweeps reused, a rows file's imported, interrupted ones resumed, ``--max-minutes`` stopping it
+  between trials), :func:`partial_note` (``**partial: k of n sweeps**`` under the heading of a section written from
+  the finished sweeps), :func:`export_campaign` (their rows to ``benchmarks/results/<section>.parquet``, committed
+  with the section), :func:`evaluate_plans` (re-score each offline with every applicable selector, or read an
+  imported sweep's stored decisions, and compare with held-out scores, as :class:`SweepCase` s) and the table cells
+  the three share.
 * :func:`data_identity` (which generated data a run used) and :class:`SyntheticSweep` (synthetic candidate label
   maps for voting_speed and gpu_throughput).
 
@@ -211,16 +215,18 @@ def _section_pattern(name: str) -> re.Pattern[str]:
 
 def format_section(name: str, command: str, body_markdown: str, *, date: str | None = None,
                    machine: str | None = None, commit: str | None = None,
-                   load: tuple[float | None, float | None] | None = None) -> str:
+                   load: tuple[float | None, float | None] | None = None, note: str | None = None) -> str:
     """The section text: heading, the header lines (:data:`HEADER_KEYS`), then the body (ending with a newline).
 
     ``commit`` defaults to the run's (:func:`run_start`); ``load`` is the 1-minute load average (before, after),
-    by default the run's start and now, so every section states how busy the machine was the same way.
+    by default the run's start and now, so every section states how busy the machine was the same way. ``note``
+    is a bold line right under the heading, before the header (a campaign's ``**partial: k of n sweeps**``).
     """
     before, after = load if load is not None else (run_start().load_before, one_minute_load())
     lines = [
         f"## {name}",
         "",
+        *([note, ""] if note else []),
         f"Command: `{command}`  ",
         f"Date: {date or dt.date.today().isoformat()}  ",
         f"Commit: {commit or run_start().commit}  ",
@@ -239,6 +245,8 @@ def with_run_lines(section: str) -> str:
     heading, _, rest = section.partition("\n")
     lines = [heading, "", *rest.lstrip("\n").split("\n")]
     header = _header_span(lines)
+    if header.start < len(lines) and lines[header.start].startswith("**") and header.stop < len(lines):
+        header = _header_span(lines, header.stop + 1)  # a note under the heading (partial, stale): the header follows
     keys = [line.split(":", 1)[0] for line in lines[header]]
     values = {"Commit": run_start().commit, "Load average": load_text(run_start().load_before, one_minute_load())}
     missing = [f"{key}: {value}  " for key, value in values.items() if key not in keys]
@@ -251,10 +259,10 @@ def with_run_lines(section: str) -> str:
     return "\n".join(lines[:at] + missing + ([""] if body_follows else []) + lines[at:])
 
 
-def _header_span(lines: Sequence[str]) -> slice:
-    """The header's lines in ``[heading, "", ...]``: from index 2 up to the first blank line."""
-    stop = next((i for i in range(2, len(lines)) if not lines[i].strip()), len(lines))
-    return slice(2, stop)
+def _header_span(lines: Sequence[str], start: int = 2) -> slice:
+    """The header's lines in ``[heading, "", ...]``: from index ``start`` (2) up to the first blank line."""
+    stop = next((i for i in range(start, len(lines)) if not lines[i].strip()), len(lines))
+    return slice(start, stop)
 
 
 @contextlib.contextmanager
@@ -313,18 +321,20 @@ def _atomic_write(path: Path, text: str) -> None:
 
 def write_section(name: str, command: str, body_markdown: str, *, path: Path | str | None = None,
                   date: str | None = None, machine: str | None = None, commit: str | None = None,
-                  load: tuple[float | None, float | None] | None = None) -> str:
+                  load: tuple[float | None, float | None] | None = None, note: str | None = None) -> str:
     """Replace the ``## <name>`` section of BENCHMARKS.md (or append it), leaving every other section untouched.
 
     The section holds the command, the date (today unless given), the commit and the load average before and
     after (the run's, :func:`run_start`, unless given), the machine (:func:`machine_description` unless given) and
-    ``body_markdown``. The file is rewritten atomically under a lock (:func:`replace_section`). The body may use
-    ``###`` sub-headings but no ``## `` line, which would split the section. Returns the section text written.
+    ``body_markdown``, with ``note`` (a bold line) right under the heading when given. The file is rewritten
+    atomically under a lock (:func:`replace_section`). The body may use ``###`` sub-headings but no ``## `` line,
+    which would split the section. Returns the section text written.
     """
     _check_section_name(name)
     if re.search(r"^## ", body_markdown, re.M):
         raise ValueError("body_markdown must not contain a level-2 '## ' heading (use '###')")
-    section = format_section(name, command, body_markdown, date=date, machine=machine, commit=commit, load=load)
+    section = format_section(name, command, body_markdown, date=date, machine=machine, commit=commit, load=load,
+                             note=note)
     replace_section(name, section, path=path)
     return section
 
@@ -667,7 +677,7 @@ def run_in_processes(function: Callable[[Any], Any], jobs: Sequence[Any], parall
 
 
 # --------------------------------------------------------------------------------------------------------------
-# Sweep campaigns: plans of real raysel sweeps, run, resumed or reused on one local Ray
+# Sweep campaigns: plans of real raysel sweeps, run as one study (raysel.orchestration.studies)
 # --------------------------------------------------------------------------------------------------------------
 
 
@@ -691,19 +701,24 @@ DEFAULT_KIND = "default"  # a one-configuration sweep of the default configurati
 
 @dataclass(frozen=True)
 class SweepPlan:
-    """One ``raysel.sweep`` run: its id, its argument list and how many trials it should produce."""
+    """One sweep of a campaign: its id, its :class:`raysel.request.SweepOptions` fields (a study entry:
+    :meth:`entry`), and what the benchmark's tables need to know of it."""
 
     method: str
     seed: int
     kind: str  # a HIAST hyperparameter (one-at-a-time), "random", "space" (the method's YAML) or "default"
     sweep_id: str
-    argv: tuple[str, ...]
+    options: dict[str, Any]  # SweepOptions fields but name and results (the study's): --set texts are ``overrides``
     expected_trials: int
     swept: tuple[str, ...]  # the hyperparameters that define "the default configuration" for this method
     targets: tuple[str, ...]
     num_samples: int = 1
     # budget settings that replace the method's defaults in "the default configuration" (e.g. a shorter training)
     default_overrides: tuple[tuple[str, Any], ...] = ()
+
+    def entry(self) -> dict[str, Any]:
+        """The plan as a study entry: ``name`` (the sweep id) and its sweep options."""
+        return {"name": self.sweep_id, **self.options}
 
 
 def plan_defaults(plan: SweepPlan) -> dict[str, Any]:
@@ -725,120 +740,103 @@ def yaml_value(value: Any) -> str:
     return json.dumps(list(value) if isinstance(value, tuple) else value)
 
 
-def set_arguments(entries: dict[str, str]) -> list[str]:
-    """``--set key=value`` pairs in order."""
-    arguments: list[str] = []
-    for name, text in entries.items():
-        arguments += ["--set", f"{name}={text}"]
-    return arguments
+def set_texts(entries: dict[str, str]) -> list[str]:
+    """``key=value`` texts in order: a study entry's ``overrides`` (``--set`` on the command line)."""
+    return [f"{name}={text}" for name, text in entries.items()]
 
 
-def stored_trial_count(results: Path, name: str) -> int:
-    """Trials of sweep ``name`` with a row in the store (finished or failed)."""
-    from raysel.store import ResultStore
-
-    return len(ResultStore(results).trial_ids(name)) if (results / "trials").exists() else 0
+# Where a campaign's evidence is committed: the rows of its finished sweeps, one Parquet file per section.
+ROWS_FOLDER = REPO / "benchmarks" / "results"
+PARTIAL_PREFIX = "**partial: "
 
 
-def check_same_sweep(results: Path, plan: SweepPlan) -> None:
-    """Refuse to reuse a stored sweep of the same id that was started with other arguments."""
-    from raysel.request import load_request
-
-    request = load_request(results, plan.sweep_id)
-    overrides = [plan.argv[i + 1] for i, item in enumerate(plan.argv) if item == "--set"]
-    same = (list(request.space.overrides) == overrides and request.search.seed == plan.seed
-            and list(request.data.targets) == list(plan.targets) and request.search.num_samples == plan.num_samples)
-    if not same:
-        raise SystemExit(f"sweep {plan.sweep_id} in {results} was run with other settings; use another --workdir")
+def rows_path(section: str) -> Path:
+    """``benchmarks/results/<section>.parquet``: the committed rows of a section's finished sweeps."""
+    return ROWS_FOLDER / f"{section}.parquet"
 
 
-def sweep_state(results: Path, plan: SweepPlan) -> str:
-    """``new``, ``partial`` (killed part-way: resume it) or ``complete`` (reuse it)."""
-    if not (results / "sweeps" / plan.sweep_id / "sweep.json").exists():
-        return "new"
-    check_same_sweep(results, plan)
-    return "complete" if stored_trial_count(results, plan.sweep_id) >= plan.expected_trials else "partial"
+def add_campaign_arguments(parser: argparse.ArgumentParser, section_of: str) -> None:
+    """``--max-minutes`` and ``--rows``, as every sweep campaign takes them (``section_of`` names the rows file in the
+    help: ``selection_wide`` or ``selection_wide[.BUDGET]``)."""
+    parser.add_argument("--max-minutes", type=float, default=None,
+                        help="stop between trials after N minutes (running trials finish); the finished sweeps make a "
+                        "section headed 'partial: k of n sweeps', and the same command continues")
+    parser.add_argument("--rows", type=Path, default=None,
+                        help="a rows file of finished sweeps (raysel's study export): those sweeps are imported, not "
+                        f"run (default: benchmarks/results/{section_of}.parquet when it exists)")
 
 
-def sweep_options(argv: Sequence[str]) -> dict[str, Any]:
-    """The :class:`raysel.request.SweepOptions` fields of a plan's command line (``METHOD --option value ...``, the
-    options named as :func:`raysel.request_build.option_name` names them): what :func:`run_sweep_main` passes to
-    :func:`raysel.request_build.build_request`. ``--set`` may repeat; a tuple field takes every value up to the next
-    option; other values are converted to the field's type (int, float, Path or str), as the command's
-    parser does."""
-    from raysel.request import SweepOptions
-    from raysel.request_build import option_name
+def campaign_study(name: str, results: Path, plans: Sequence[SweepPlan], rows: Path | None = None) -> Any:
+    """The campaign as a checked :class:`raysel.orchestration.studies.Study` (every entry through ``build_request``):
+    one sweep per plan, in order, in ``results``; ``rows`` imports the finished sweeps a rows file holds."""
+    from raysel.orchestration.studies import study_from_mapping
 
-    kinds = {option_name(item.name): (item.name, str(item.type)) for item in dataclasses.fields(SweepOptions)}
-    options: dict[str, Any] = {"method": argv[0]}
-    index = 1
-    while index < len(argv):
-        if argv[index] not in kinds:
-            raise ValueError(f"sweep plan: unknown option {argv[index]!r} in {shlex.join(argv)}")
-        name, kind = kinds[argv[index]]
-        stop = next((i for i in range(index + 1, len(argv)) if argv[i].startswith("--")), len(argv))
-        values = list(argv[index + 1:stop])
-        if kind.startswith("tuple[str"):
-            options[name] = (*options.get(name, ()), *values)
-        elif len(values) != 1:
-            raise ValueError(f"sweep plan: {argv[index]} takes one value, got {values} in {shlex.join(argv)}")
-        else:
-            convert = (int if kind.startswith("int") else float if kind.startswith("float")
-                       else Path if "Path" in kind else str)
-            options[name] = convert(values[0])
-        index = stop
-    return options
+    mapping: dict[str, Any] = {"name": name, "results": str(results), "sweeps": [plan.entry() for plan in plans]}
+    if rows is not None:
+        mapping["rows"] = str(rows)
+    return study_from_mapping(mapping)
 
 
-def run_sweep_main(argv: Sequence[str], log_path: Path) -> int:
-    """Run the sweep of ``argv`` (``python -m raysel.sweep``'s arguments; ``--resume`` continues the sweep ``--name``)
-    through raysel's API with its output in ``log_path``, exactly as the command would: build (or read back) the
-    request, run it, print the summary. Returns the command's exit code: 0, 1 when no selector decided (a
-    one-configuration sweep), 2 after one ``error:`` line for a user error."""
-    from raysel.errors import EXIT_USER_ERROR, UserError
-    from raysel.orchestration import run_sweep
-    from raysel.reporting.summary import print_sweep_summary
-    from raysel.request_build import build_request, resume_request
-
-    arguments = [item for item in argv if item != "--resume"]
-    resume = len(arguments) < len(argv)
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(log_path, "a") as log, contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
-        print(f"$ python -m raysel.sweep {' '.join(argv)}", flush=True)
-        try:
-            options = sweep_options(arguments)
-            request = resume_request(options) if resume else build_request(options)
-            outcome = run_sweep(request, resume=resume)
-        except UserError as error:  # the command prints one line and exits 2
-            print(f"error: {error}", file=sys.stderr, flush=True)
-            return EXIT_USER_ERROR
-        print_sweep_summary(outcome)
-        return 0 if outcome.decisions else 1
+def default_rows(section: str, given: Path | None) -> Path | None:
+    """The rows file a run imports: ``--rows``, else the section's committed file when it exists."""
+    if given is not None:
+        return given
+    path = rows_path(section)
+    return path if path.is_file() else None
 
 
-def run_plan(plan: SweepPlan, results: Path) -> tuple[str, float]:
-    """Run, resume or reuse one sweep; returns what happened and the wall seconds spent."""
-    state = sweep_state(results, plan)
-    if state == "complete":
-        return "reused", 0.0
-    argv = plan.argv if state == "new" else (plan.method, "--resume", "--name", plan.sweep_id, "--results",
-                                             str(results), "--progress-interval", "120")
-    # raysel leaves Tune's sampler unseeded (random search, and the choice/loguniform entries of a grid sweep);
-    # Tune then draws from NumPy's global generator, seeded here so each seed's draws are reproducible.
-    np.random.seed(plan.seed)
-    started = time.perf_counter()
-    code = run_sweep_main(argv, results / "logs" / f"{plan.sweep_id}.log")
-    seconds = time.perf_counter() - started
-    stored = stored_trial_count(results, plan.sweep_id)
-    log = results / "logs" / f"{plan.sweep_id}.log"
-    if stored < plan.expected_trials:  # Ctrl-C (Tune stops the sweep and returns) or a crash: stop here
-        raise SystemExit(f"sweep {plan.sweep_id} stopped with {stored}/{plan.expected_trials} trials stored (see "
-                         f"{log}); rerun the same command to resume it, or delete "
-                         f"{results / 'sweeps' / plan.sweep_id} to start it afresh")
-    # A one-configuration sweep has nothing to select between: raysel.sweep exits 1 there, by design.
-    if code not in (0, 1) or (code == 1 and plan.kind != DEFAULT_KIND):
-        print(f"  warning: sweep {plan.sweep_id} exited {code}; see {log}", flush=True)
-    return ("resumed" if state == "partial" else "ran"), seconds
+def needs_ray(study: Any) -> bool:
+    """Whether running the study trains anything: a sweep neither finished in its results folder nor importable from
+    its rows file (one the folder lacks)."""
+    from raysel.orchestration.study_rows import read_study_rows
+    from raysel.study_state import study_state
+
+    exported = {sweep.sweep_id for sweep in read_study_rows(study.rows).sweeps} if study.rows else set()
+    return any(not sweep.finished and (sweep.started or sweep.stored or sweep.sweep_id not in exported)
+               for sweep in study_state(study.plan()).sweeps)
+
+
+def run_campaign(study: Any, cpus: int, *, max_minutes: float | None = None, command: str | None = None) -> Any:
+    """Run the study (:func:`raysel.orchestration.studies.run_study`): finished sweeps reused, rows imported,
+    interrupted ones resumed, the rest run in order on one local Ray of ``cpus`` CPUs, started only when something
+    trains (or the caller's Ray); ``max_minutes`` stops it between trials and ``command`` is what it prints to
+    continue. Returns the :class:`~raysel.orchestration.studies.StudyOutcome`."""
+    import ray
+
+    from raysel.orchestration.studies import run_study
+
+    temp_dir = start_ray(cpus) if needs_ray(study) and not ray.is_initialized() else None
+    try:
+        return run_study(study, max_minutes=max_minutes, continue_command=command)
+    finally:
+        if temp_dir is not None:
+            stop_ray(temp_dir)
+
+
+def finished_plans(plans: Sequence[SweepPlan], outcome: Any) -> list[SweepPlan]:
+    """The plans whose sweeps have finished (what a section is written from)."""
+    done = {sweep.sweep_id for sweep in outcome.state.sweeps if sweep.finished}
+    return [plan for plan in plans if plan.sweep_id in done]
+
+
+def partial_note(finished: int, total: int) -> str | None:
+    """The line under a partial section's heading (None once every sweep has finished)."""
+    if finished >= total:
+        return None
+    return (f"{PARTIAL_PREFIX}{finished} of {total} sweeps** finished; rerunning the same command continues the rest "
+            "(the tables below hold the finished sweeps only).")
+
+
+def export_campaign(study: Any, path: Path) -> str | None:
+    """Write the rows of the study's finished sweeps to ``path`` (:func:`raysel.orchestration.studies.
+    export_study_rows`); returns its summary line, None when no sweep has finished."""
+    from raysel.orchestration.studies import export_study_rows
+    from raysel.study_state import study_state
+
+    if not any(sweep.finished for sweep in study_state(study.plan()).sweeps):
+        return None
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return export_study_rows(study, path).line()
 
 
 def start_ray(cpus: int) -> str:
@@ -859,28 +857,6 @@ def stop_ray(temp_dir: str) -> None:
 
     ray.shutdown()
     shutil.rmtree(temp_dir, ignore_errors=True)
-
-
-def run_plans(plans: Sequence[SweepPlan], results: Path, cpus: int) -> float:
-    """Run every sweep in order on one Ray; print progress with a projection from the trials timed so far."""
-    total = sum(plan.expected_trials for plan in plans)
-    started = time.perf_counter()
-    timed_trials, timed_seconds, done = 0, 0.0, 0
-    temp_dir = start_ray(cpus)
-    try:
-        for number, plan in enumerate(plans, start=1):
-            outcome, seconds = run_plan(plan, results)
-            done += plan.expected_trials
-            if outcome == "ran":
-                timed_trials += plan.expected_trials
-                timed_seconds += seconds
-            projection = (f", about {(total - done) * timed_seconds / timed_trials / 60:.0f} min to go"
-                          if timed_trials else "")
-            print(f"[{time.perf_counter() - started:7.0f}s] sweep {number}/{len(plans)} {plan.sweep_id}: {outcome} "
-                  f"({plan.expected_trials} trials, {seconds:.0f} s); {done}/{total} trials{projection}", flush=True)
-    finally:
-        stop_ray(temp_dir)
-    return time.perf_counter() - started
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -1011,8 +987,43 @@ def plan_default_trials(plan: SweepPlan, frame: Any) -> dict[str, str]:
     return default_trial_ids(frame, plan_defaults(plan), plan.swept)
 
 
+def has_prediction_caches(frame: Any) -> bool:
+    """Whether a sweep's finished trials have their prediction caches on this machine (an imported sweep has none)."""
+    if frame.empty or "predictions_path" not in frame:
+        return False
+    return any(isinstance(path, str) and Path(path).is_file() for path in frame["predictions_path"])
+
+
+def stored_decisions(results: Path, name: str) -> dict[tuple[str, str], dict[str, Any]]:
+    """The latest stored decision per (target, selector) of a sweep: what the last re-scoring (:func:`rescore`)
+    wrote, read back where the prediction caches are gone (a sweep imported from a rows file)."""
+    from raysel.selection import recorded_selectors
+    from raysel.store import ResultStore
+
+    rows = ResultStore(results).load("selections", sweep_id=name)
+    if rows.empty:
+        return {}
+    rows = rows.sort_values("created_at", kind="stable") if "created_at" in rows else rows
+    latest: dict[tuple[str, str], dict[str, Any]] = {}
+    for record in rows.to_dict("records"):
+        clean = {key: None if isinstance(value, float) and math.isnan(value) else value
+                 for key, value in record.items()}
+        latest[(str(clean["target"]), str(clean["selector"]))] = clean
+    order = {name: index for index, name in enumerate(recorded_selectors())}  # rescore's order
+    return dict(sorted(latest.items(), key=lambda item: (item[0][0], order.get(item[0][1], len(order)))))
+
+
+def sweep_decisions(results: Path, plan: SweepPlan, frame: Any) -> dict[tuple[str, str], dict[str, Any]]:
+    """Every applicable selector's decision on a sweep: re-scored (:func:`rescore`) where its prediction caches are
+    on disk, else the decisions its rows file brought (exported after a re-scoring)."""
+    if has_prediction_caches(frame):
+        return rescore(results, plan.sweep_id, plan_default_trials(plan, frame))
+    return stored_decisions(results, plan.sweep_id)
+
+
 def evaluate_plans(plans: Sequence[SweepPlan], results: Path) -> tuple[list[SweepCase], list[str], dict[str, Any]]:
-    """Re-score every sweep with every applicable selector; returns the cases, the selectors and the trial frames."""
+    """Re-score every sweep with every applicable selector (an imported sweep: its stored decisions); returns the
+    cases, the selectors and the trial frames."""
     frames = {plan.sweep_id: finished_trials(results, plan.sweep_id) for plan in plans
               if (results / "sweeps" / plan.sweep_id).exists()}
     references = {key: float(np.mean(values)) for key, values in default_heldouts(frames, plans).items()}
@@ -1022,7 +1033,7 @@ def evaluate_plans(plans: Sequence[SweepPlan], results: Path) -> tuple[list[Swee
         frame = frames.get(plan.sweep_id)
         if plan.kind == DEFAULT_KIND or frame is None or frame.empty:
             continue
-        decisions = rescore(results, plan.sweep_id, plan_default_trials(plan, frame))
+        decisions = sweep_decisions(results, plan, frame)
         used += [selector for _, selector in decisions if selector not in used]
         cases += build_cases(plan, frame, decisions, references)
     return cases, used, frames

@@ -38,8 +38,16 @@ Budgets (``--budget``): ``short`` — SFDA on street_scenes ``day_city``, base 6
 result but the running one's); 48 trials, an estimated 20–25 min on 2 quiet cores with the source models cached
 (add ~2–3 min per seed to build one). ``short-digits`` — the same with GSDA on ``photo_digits``. ``quick`` — a
 smoke test (GSDA from scratch on photo_digits, 2 trials of 1–4 iterations per run, 1 seed; numbers mean nothing, prints
-only). Sweeps are named by budget, method, target, arm and seed inside ``--workdir``: rerunning the same command
-reuses finished sweeps and resumes a killed one.
+only).
+
+Resumable and time-boxed: the sweeps run as one raysel study (:mod:`raysel.orchestration.studies`) named
+``search_guidance-BUDGET`` in ``--workdir`` (default ``results/search_guidance``, kept between runs; sweeps named by
+budget, method, target, arm and seed). Rerunning the same command reuses finished sweeps and resumes an interrupted
+one (finished trials are not run again). ``--max-minutes N`` stops between trials (running ones finish), prints what
+is left and the command that continues, and still writes the section from the finished sweeps, headed
+``**partial: k of n sweeps**`` until every sweep has finished (exit status 3 while work is left). Every writing run exports the
+finished sweeps' rows to ``benchmarks/results/search_guidance.parquet`` (commit it with the section); ``--rows``
+(default: that file when it exists) makes a new machine import those sweeps instead of running them.
 
     python -m benchmarks.search_guidance --budget short --data-root /tmp/fresh_data    # writes BENCHMARKS.md
     python -m benchmarks.search_guidance --budget quick                                # smoke run, prints only
@@ -51,19 +59,20 @@ import argparse
 import dataclasses
 import math
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
-import ray
 from scipy.stats import kendalltau
 
-from benchmarks._common import (REPO, SweepPlan, command_line, config_defaults, prepare_benchmark_data, run_plan,
-                                set_arguments, space_swept_names, start_ray, stop_ray, write_section, yaml_value)
-from raysel.data import get_family
+from benchmarks._common import (REPO, SweepPlan, add_campaign_arguments, campaign_study, command_line,
+                                config_defaults, default_rows, export_campaign, finished_plans, format_section,
+                                needs_ray, partial_note, prepare_benchmark_data, rows_path, run_campaign, set_texts,
+                                space_swept_names, write_section, yaml_value)
+from raysel.data import default_data_root, get_family
+from raysel.orchestration.studies import EXIT_STOPPED
 from raysel.selection import TASK_TRIAL_SCORES, TRIAL_SCORE_NAMES
 from raysel.store import ResultStore
 from raysel.store.schema import PRIMARY_HELDOUT_COLUMNS
@@ -143,47 +152,25 @@ def trial_scored(family: str) -> tuple[str, ...]:
     return TASK_TRIAL_SCORES[get_family(family).task]
 
 
-def build_plans(budget_name: str, budget: Budget, arms: Sequence[str], guide: str, results: Path,
-                data_root: Path, max_concurrent: int = 2) -> list[SweepPlan]:
+def build_plans(budget_name: str, budget: Budget, arms: Sequence[str], guide: str, data_root: Path,
+                max_concurrent: int = 2) -> list[SweepPlan]:
     """The sweeps to run, seeds outermost so that a partial run already holds whole pairs; at most
     ``max_concurrent`` trials at once in every arm (TPE then sees every result but the running ones')."""
-    space = set_arguments({**wide_space(budget.method, budget.iterations),
-                           **{name: yaml_value(value) for name, value in budget.fixed}})
+    space = set_texts({**wide_space(budget.method, budget.iterations),
+                       **{name: yaml_value(value) for name, value in budget.fixed}})
     plans = []
     for seed in budget.seeds:
         for arm in arms:
             name = sweep_name(budget_name, budget, arm, seed)
-            search = (["--search", "optuna", "--objective", guide, "--startup-trials", str(budget.startup_trials)]
-                      if arm == "optuna" else ["--search", "random"])
-            argv = [budget.method, "--data", budget.family, "--data-root", str(data_root), "--results", str(results),
-                    "--name", name, "--seed", str(seed), "--target", budget.target, "--progress-interval", "120",
-                    "--selection-size", str(budget.selection_size), "--num-samples", str(budget.trials),
-                    "--max-concurrent", str(max_concurrent),
-                    *search, *space]
-            plans.append(SweepPlan(method=budget.method, seed=seed, kind=arm, sweep_id=name, argv=tuple(argv),
+            search = ({"search": "optuna", "objective": guide, "startup_trials": budget.startup_trials}
+                      if arm == "optuna" else {"search": "random"})
+            options = {"method": budget.method, "data": budget.family, "data_root": str(data_root), "seed": seed,
+                       "target": [budget.target], "progress_interval": 120, "selection_size": budget.selection_size,
+                       "num_samples": budget.trials, "max_concurrent": max_concurrent, **search, "overrides": space}
+            plans.append(SweepPlan(method=budget.method, seed=seed, kind=arm, sweep_id=name, options=options,
                                    expected_trials=budget.trials, swept=(), targets=(budget.target,),
                                    num_samples=budget.trials))
     return plans
-
-
-def run_all(plans: Sequence[SweepPlan], results: Path, cpus: int) -> None:
-    """Run, resume or reuse every sweep on one local Ray (this script's, or the caller's when one is running);
-    print progress with a projection from the sweeps timed so far."""
-    temp_dir = None if ray.is_initialized() else start_ray(cpus)
-    started, timed, timed_seconds = time.perf_counter(), 0, 0.0
-    try:
-        for index, plan in enumerate(plans, start=1):
-            print(f"[{time.perf_counter() - started:6.0f}s] sweep {index}/{len(plans)} {plan.sweep_id} (progress: "
-                  f"{results / 'logs' / (plan.sweep_id + '.log')}) ...", flush=True)
-            outcome, seconds = run_plan(plan, results)
-            if outcome == "ran":
-                timed, timed_seconds = timed + 1, timed_seconds + seconds
-            left = f", about {(len(plans) - index) * timed_seconds / timed / 60:.0f} min to go" if timed else ""
-            print(f"[{time.perf_counter() - started:6.0f}s] sweep {index}/{len(plans)} {outcome} in {seconds:.0f} s"
-                  f"{left}", flush=True)
-    finally:
-        if temp_dir is not None:
-            stop_ray(temp_dir)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -315,10 +302,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--guide", choices=TRIAL_SCORED, default=GUIDE,
                         help=f"Optuna's objective, one the budget's task computes (default {GUIDE})")
     parser.add_argument("--workdir", type=Path, default=None,
-                        help="result store of the sweeps (default results/search_guidance; quick: a temp dir)")
+                        help="result store of the sweeps, kept between runs so that rerunning the same command "
+                        "continues (default results/search_guidance; quick: results/search_guidance_quick)")
     parser.add_argument("--data-root", type=Path, default=None, help="data root (default: raysel's default)")
     parser.add_argument("--cpus", type=int, default=2, help="CPUs of the local Ray (default 2)")
-    parser.add_argument("--no-write", action="store_true", help="print the section without touching BENCHMARKS.md")
+    parser.add_argument("--no-write", action="store_true",
+                        help="print the section without touching BENCHMARKS.md or the committed rows file")
+    add_campaign_arguments(parser, SECTION)
     return parser.parse_args(argv)
 
 
@@ -337,22 +327,31 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: --guide {args.guide}: {budget.family} trials do not compute it; use one of "
               f"{', '.join(trial_scored(budget.family))}", file=sys.stderr)
         return 2
-    workdir = (args.workdir or (Path(tempfile.mkdtemp(prefix="rs-sg-")) if quick
-                                else REPO / "results" / SECTION)).resolve()
-    data_root = prepare_benchmark_data([budget.family], args.data_root).resolve()
-    plans = build_plans(args.budget, budget, args.arms, args.guide, workdir, data_root, args.cpus)
+    workdir = (args.workdir or REPO / "results" / (f"{SECTION}_quick" if quick else SECTION)).resolve()
+    data_root = (args.data_root or default_data_root()).resolve()
+    plans = build_plans(args.budget, budget, args.arms, args.guide, data_root, args.cpus)
+    command = command_line("search_guidance", argv)
+    writes = not (quick or args.no_write or budget.target != BUDGETS[args.budget].target or len(args.arms) < len(ARMS))
+    study = campaign_study(f"{SECTION}-{args.budget}", workdir, plans,
+                           default_rows(SECTION, args.rows) if writes else args.rows)
+    if needs_ray(study):  # something trains: the data must be there (an imported study reads the store only)
+        prepare_benchmark_data([budget.family], data_root)
     print(f"search_guidance: {len(plans)} sweeps x {budget.trials} trials ({budget.method} on {budget.target}, "
           f"seeds {list(budget.seeds)}); store {workdir}", flush=True)
     started = time.perf_counter()
-    run_all(plans, workdir, args.cpus)
-    outcomes = [evaluate_run(workdir, plan, args.guide) for plan in plans]
+    outcome = run_campaign(study, args.cpus, max_minutes=args.max_minutes, command=command)
+    done = finished_plans(plans, outcome)
+    outcomes = [evaluate_run(workdir, plan, args.guide) for plan in done]
     body = report_body(args.budget, budget, args.guide, outcomes, time.perf_counter() - started)
-    command = command_line("search_guidance", argv)
-    if quick or args.no_write or budget.target != BUDGETS[args.budget].target or len(args.arms) < len(ARMS):
-        print(f"## {SECTION}\n\nCommand: `{command}`\n\n{body}", flush=True)
+    note = partial_note(len(done), len(plans))
+    if writes:
+        exported = export_campaign(study, rows_path(SECTION))
+        if exported:
+            print(exported, flush=True)
+        print(write_section(SECTION, command, body, note=note), flush=True)
     else:
-        print(write_section(SECTION, command, body), flush=True)
-    return 0
+        print(format_section(SECTION, command, body, note=note), flush=True)
+    return 0 if outcome.complete else EXIT_STOPPED
 
 
 if __name__ == "__main__":

@@ -32,11 +32,20 @@ within a round: IAS thresholds restart every round and HPLA's hard classes come 
 to 80/100 iterations, ~40 s per trial; ``quick`` is a smoke test of the whole script (tiny budgets, 3 values per
 hyperparameter, 4 random configurations, one seed, one target, no BENCHMARKS.md). The source model and the
 adversarial warm-up are cached stages (``<data root>/_raysel_cache``, keyed by data, model, stage settings and
-seed), built by the first sweep of each seed and target and reused by every later sweep. Sweeps are named by
-budget, method, seed and kind inside ``--workdir``: rerunning the same command reuses finished sweeps and resumes a
-killed one.
+seed), built by the first sweep of each seed and target and reused by every later sweep.
+
+Resumable and time-boxed: the sweeps run as one raysel study (:mod:`raysel.orchestration.studies`) named
+``selection_quality-BUDGET`` in ``--workdir`` (default ``results/selection_quality``, kept between runs), each sweep
+named by budget, method, seed and kind. Rerunning the same command reuses finished sweeps and resumes an interrupted
+one (finished trials are not run again). ``--max-minutes N`` stops between trials (running ones finish), prints what
+is left and the command that continues, and still writes the section from the finished sweeps, headed
+``**partial: k of n sweeps**`` until every sweep has finished (exit status 3 while work is left). Every writing run exports the
+finished sweeps' rows to ``benchmarks/results/selection_quality.parquet`` (commit it with the section); ``--rows``
+(default: that file when it exists) makes a new machine import those sweeps instead of running them, and the tables
+are rebuilt from their stored decisions (no prediction cache travels with the rows).
 
     python -m benchmarks.selection_quality                  # full protocol (~200 trials), writes BENCHMARKS.md
+    python -m benchmarks.selection_quality --max-minutes 60 # an hour of it; rerun the same command to go on
     python -m benchmarks.selection_quality --quick          # smoke run, prints only
 """
 
@@ -47,17 +56,20 @@ import json
 import math
 import os
 import sys
-import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from benchmarks._common import (BUDGETS, DEFAULT_KIND, HIAST_PARAMS, REPO, SweepCase, SweepPlan, command_line,
-                                config_defaults, default_heldouts, evaluate_plans, fmt, regret_of, row_by_name,
-                                run_plans, selector_cell, set_arguments, space_swept_names, trial_facts, worse_cell,
-                                worse_text, write_section, yaml_value)
+from benchmarks._common import (BUDGETS, DEFAULT_KIND, HIAST_PARAMS, REPO, SweepCase, SweepPlan,
+                                add_campaign_arguments, campaign_study, command_line, config_defaults,
+                                default_heldouts, default_rows, evaluate_plans, export_campaign, finished_plans, fmt,
+                                format_section, partial_note, regret_of, row_by_name, rows_path, run_campaign,
+                                selector_cell, set_texts, space_swept_names, trial_facts, worse_cell, worse_text,
+                                write_section, yaml_value)
+from raysel.orchestration.studies import EXIT_STOPPED
 from raysel.selection import (DEFAULT_BASELINE, POINTS, RANDOM_BASELINE, SelectorSummary, best_selector,
                               summarize_selectors)
 
@@ -131,14 +143,16 @@ def sweep_id(options: RunOptions, method: str, seed: int, kind: str) -> str:
     return f"sq-{options.budget}-{method}-s{seed}-{kind.replace('_', '')}"
 
 
-def base_argv(options: RunOptions, method: str, seed: int, name: str) -> list[str]:
-    """Arguments every sweep shares: data, targets, seed, store, budget."""
-    argv = [method, "--data-root", str(options.data_root), "--results", str(options.results), "--name", name,
-            "--seed", str(seed), "--target", *options.targets, "--progress-interval", "120"]
+def base_options(options: RunOptions, method: str, seed: int, entries: dict[str, str] | None = None,
+                 **more: Any) -> dict[str, Any]:
+    """Sweep options every sweep shares (data, targets, seed, budget), ``entries`` as further ``--set`` texts after
+    the budget's, and ``more`` options."""
+    sweep: dict[str, Any] = {"method": method, "data_root": str(options.data_root), "seed": seed,
+                             "target": list(options.targets), "progress_interval": 120}
     if options.selection_size is not None:
-        argv += ["--selection-size", str(options.selection_size)]
+        sweep["selection_size"] = options.selection_size
     budget = {key: yaml_value(value) for key, value in BUDGETS[options.budget][method].items()}
-    return argv + set_arguments(budget)
+    return {**sweep, "overrides": set_texts({**budget, **(entries or {})}), **more}
 
 
 def grid_points(method: str, entries: dict[str, str]) -> int:
@@ -159,13 +173,12 @@ def hiast_plans(options: RunOptions, seed: int) -> list[SweepPlan]:
     for param in HIAST_PARAMS:
         name = sweep_id(options, "hiast", seed, param)
         entries = one_at_a_time_entries(param, options.values[param], defaults)
-        argv = base_argv(options, "hiast", seed, name) + set_arguments(entries)
-        plans.append(SweepPlan("hiast", seed, param, name, tuple(argv), len(options.values[param]) * targets,
-                               HIAST_PARAMS, options.targets))
+        plans.append(SweepPlan("hiast", seed, param, name, base_options(options, "hiast", seed, entries),
+                               len(options.values[param]) * targets, HIAST_PARAMS, options.targets))
     name = sweep_id(options, "hiast", seed, RANDOM_KIND)
-    argv = (base_argv(options, "hiast", seed, name) + set_arguments(joint_random_entries(options.values))
-            + ["--search", "random", "--num-samples", str(options.random_samples)])
-    plans.append(SweepPlan("hiast", seed, RANDOM_KIND, name, tuple(argv), options.random_samples * targets,
+    sweep = base_options(options, "hiast", seed, joint_random_entries(options.values), search="random",
+                         num_samples=options.random_samples)
+    plans.append(SweepPlan("hiast", seed, RANDOM_KIND, name, sweep, options.random_samples * targets,
                            HIAST_PARAMS, options.targets, options.random_samples))
     return plans
 
@@ -175,13 +188,12 @@ def method_plans(options: RunOptions, method: str, seed: int) -> list[SweepPlan]
     swept = space_swept_names(method)
     targets = len(options.targets)
     default_name = sweep_id(options, method, seed, DEFAULT_KIND)
-    default_argv = base_argv(options, method, seed, default_name) + set_arguments(default_entries(method, swept))
+    default_sweep = base_options(options, method, seed, default_entries(method, swept))
     space_name = sweep_id(options, method, seed, SPACE_KIND)
-    space_argv = base_argv(options, method, seed, space_name)
     points = grid_points(method, {key: yaml_value(value) for key, value in BUDGETS[options.budget][method].items()})
-    return [SweepPlan(method, seed, DEFAULT_KIND, default_name, tuple(default_argv), targets, swept, options.targets),
-            SweepPlan(method, seed, SPACE_KIND, space_name, tuple(space_argv), points * targets, swept,
-                      options.targets)]
+    return [SweepPlan(method, seed, DEFAULT_KIND, default_name, default_sweep, targets, swept, options.targets),
+            SweepPlan(method, seed, SPACE_KIND, space_name, base_options(options, method, seed), points * targets,
+                      swept, options.targets)]
 
 
 def build_plans(options: RunOptions) -> list[SweepPlan]:
@@ -437,8 +449,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     """The benchmark's options."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workdir", type=Path, default=None,
-                        help="result store of the benchmark's sweeps (default results/selection_quality; --quick: a "
-                        "fresh temp dir)")
+                        help="result store of the benchmark's sweeps, kept between runs so that rerunning the same "
+                        "command continues (default results/selection_quality; --quick: results/selection_quality_quick)")
     parser.add_argument("--data-root", type=Path, default=None, help="data root (default: raysel's default)")
     parser.add_argument("--targets", nargs="+", default=None,
                         help="target domains (default: day_city dusk_city; --quick: day_city)")
@@ -454,12 +466,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--cpus", type=int, default=2, help="CPUs of the local Ray (default 2)")
     parser.add_argument("--quick", action="store_true",
                         help="tiny budgets, 3 values, 1 seed: a smoke test; prints only")
-    parser.add_argument("--no-write", action="store_true", help="print the section without touching BENCHMARKS.md")
+    parser.add_argument("--no-write", action="store_true",
+                        help="print the section without touching BENCHMARKS.md or the committed rows file")
+    add_campaign_arguments(parser, SECTION)
     args = parser.parse_args(argv)
     if args.quick:
         args.no_write = True
     if args.workdir is None:
-        args.workdir = Path(tempfile.mkdtemp(prefix="rs-sq-")) if args.quick else REPO / "results" / SECTION
+        args.workdir = REPO / "results" / (f"{SECTION}_quick" if args.quick else SECTION)
     args.seeds = args.seeds or ([0] if args.quick else [0, 1])
     args.targets = args.targets or (list(TARGETS[:1]) if args.quick else list(TARGETS))
     args.budget = args.budget or ("quick" if args.quick else "reduced")
@@ -483,23 +497,36 @@ def build_options(args: argparse.Namespace) -> RunOptions:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run what is left of the campaign (one study), then write the section from its finished sweeps."""
     args = parse_args(argv)
     options = build_options(args)
     plans = build_plans(options)
     planned = sum(plan.expected_trials for plan in plans)
+    command = command_line("selection_quality.py", argv)
+    rows = args.rows if args.quick else default_rows(SECTION, args.rows)
+    study = campaign_study(f"{SECTION}-{args.budget}", options.results, plans, rows)
     print(f"selection_quality: {len(plans)} sweeps, {planned} trials planned ({args.budget} budget, "
           f"{args.cpus} CPUs, seeds {list(options.seeds)}, targets {list(options.targets)}); store {options.results}",
           flush=True)
     load_before = os.getloadavg()[0]
-    wall = run_plans(plans, options.results, args.cpus)
-    cases, names, frames = evaluate_plans(plans, options.results)
-    finished, failed, seconds = trial_facts(frames, plans, options.results)
+    started = time.perf_counter()
+    outcome = run_campaign(study, args.cpus, max_minutes=args.max_minutes, command=command)
+    wall = time.perf_counter() - started
+    done = finished_plans(plans, outcome)
+    cases, names, frames = evaluate_plans(done, options.results)
+    finished, failed, seconds = trial_facts(frames, done, options.results)
     facts = RunFacts(options, args.cpus, wall, planned, finished, failed, seconds,
-                     default_spread(default_heldouts(frames, plans)), load_before, os.getloadavg()[0])
+                     default_spread(default_heldouts(frames, done)), load_before, os.getloadavg()[0])
     body = format_body(cases, names, facts)
-    print(body)
+    note = partial_note(len(done), len(plans))
+    print(format_section(SECTION, command, body, note=note), flush=True)
     if not args.no_write:
-        write_section(SECTION, command_line("selection_quality.py", argv), body)
+        exported = export_campaign(study, rows_path(SECTION))
+        if exported:
+            print(exported, flush=True)
+        write_section(SECTION, command, body, note=note)
+    if not outcome.complete:
+        return EXIT_STOPPED
     return 0 if cases else 1
 
 

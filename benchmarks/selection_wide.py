@@ -50,11 +50,19 @@ Budgets:
 - ``full``: every development and test target at every seed, 12 configurations, selection_quality's reduced street
   budget.
 
-Rerunning the same command reuses finished sweeps and resumes a killed one (sweeps are named by budget, method, seed,
-target and kind).
+Resumable and time-boxed: the sweeps run as one raysel study (:mod:`raysel.orchestration.studies`) named after the
+section, in ``--workdir`` (default ``results/selection_wide_BUDGET``, kept between runs; sweeps named by budget,
+method, seed, target and kind). Rerunning the same command reuses finished sweeps and resumes an interrupted one
+(finished trials are not run again). ``--max-minutes N`` stops between trials (running ones finish), prints what is
+left and the command that continues, and still writes the section from the finished sweeps, headed
+``**partial: k of n sweeps**`` until every sweep has finished (exit status 3 while work is left). Every writing run exports the
+finished sweeps' rows to ``benchmarks/results/<section>.parquet`` (commit it with the section); ``--rows`` (default:
+that file when it exists) makes a new machine import those sweeps instead of running them, and the tables are rebuilt
+from their stored decisions (no prediction cache travels with the rows).
 
     python -m benchmarks.selection_wide --budget short     # writes the "## selection_wide" section of BENCHMARKS.md
     python -m benchmarks.selection_wide --budget standard  # writes "## selection_wide.standard"
+    python -m benchmarks.selection_wide --max-minutes 45   # 45 minutes of it; rerun the same command to go on
 """
 
 from __future__ import annotations
@@ -63,17 +71,19 @@ import argparse
 import json
 import os
 import sys
-import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
-from benchmarks._common import (BUDGETS, DEFAULT_KIND, REPO, SweepCase, SweepPlan, command_line, config_defaults,
-                                default_heldouts, evaluate_plans, fmt, format_section, regret_of, row_by_name,
-                                run_plans, selector_cell, set_arguments, space_swept_names, trial_facts, worse_cell,
-                                write_section, yaml_value)
+from benchmarks._common import (BUDGETS, DEFAULT_KIND, REPO, SweepCase, SweepPlan, add_campaign_arguments,
+                                campaign_study, command_line, config_defaults, default_heldouts, default_rows,
+                                evaluate_plans, export_campaign, finished_plans, fmt, format_section, partial_note,
+                                regret_of, row_by_name, rows_path, run_campaign, selector_cell, set_texts,
+                                space_swept_names, trial_facts, worse_cell, write_section, yaml_value)
+from raysel.orchestration.studies import EXIT_STOPPED
 from raysel.selection import (BASELINES, DEFAULT_BASELINE, FLAT_SPREAD_POINTS, GUARD_COMPANIONS, GUARD_PANEL_SIZE,
                               ORACLE_BASELINE, POINTS, RULE, RULE_FIXED_ON, Recommendation, SelectorSummary,
                               SweepEvidence, best_selector, collapse_indicators, count_collapsed,
@@ -225,18 +235,18 @@ def make_plan(options: WideOptions, method: str, seed: int, target: str, kind: s
               trials: int, family: str | None = None) -> SweepPlan:
     """One single-target ``raysel.sweep`` run (``trials`` random samples for the wide kind, else a grid)."""
     name = sweep_name(options, method, seed, target, kind)
-    argv = [method, "--data", family or FAMILY_OF[method], "--data-root", str(options.data_root), "--results",
-            str(options.results), "--name", name, "--seed", str(seed), "--target", target,
-            "--progress-interval", "120"]
+    sweep: dict[str, Any] = {"method": method, "data": family or FAMILY_OF[method],
+                             "data_root": str(options.data_root), "seed": seed, "target": [target],
+                             "progress_interval": 120}
     if options.selection_size is not None:
-        argv += ["--selection-size", str(options.selection_size)]
-    argv += set_arguments(entries)
+        sweep["selection_size"] = options.selection_size
+    sweep["overrides"] = set_texts(entries)
     samples = trials if kind == WIDE_KIND else 1
     if kind == WIDE_KIND:
-        argv += ["--search", "random", "--num-samples", str(trials)]
+        sweep.update(search="random", num_samples=trials)
     overrides = tuple(budget_settings(method, options.budget).items())
-    return SweepPlan(method, seed, kind, name, tuple(argv), trials, swept_names(method, options.budget),
-                        (target,), samples, overrides)
+    return SweepPlan(method, seed, kind, name, sweep, trials, swept_names(method, options.budget), (target,),
+                     samples, overrides)
 
 
 def reference_plan(options: WideOptions, family: str, seed: int, target: str) -> SweepPlan:
@@ -247,8 +257,8 @@ def reference_plan(options: WideOptions, family: str, seed: int, target: str) ->
     entries = {**fixed_entries(REFERENCE_METHOD, options.budget),
                **{name: yaml_value(value) for name, value in settings.items()}}
     plan = make_plan(options, REFERENCE_METHOD, seed, target, DEFAULT_KIND, entries, 1, family)
-    return SweepPlan(plan.method, seed, plan.kind, plan.sweep_id, plan.argv, 1, tuple(settings), plan.targets, 1,
-                        tuple(settings.items()))
+    return SweepPlan(plan.method, seed, plan.kind, plan.sweep_id, plan.options, 1, tuple(settings), plan.targets, 1,
+                     tuple(settings.items()))
 
 
 def method_plans(options: WideOptions, method: str, seed: int, target: str) -> list[SweepPlan]:
@@ -338,7 +348,7 @@ def wide_cases(plans: Sequence[SweepPlan], results: Path) -> tuple[list[WideCase
     """Re-score every sweep (every applicable selector) and attach role and source-only reference to each case."""
     cases, names, frames = evaluate_plans(plans, results)
     references = default_heldouts(frames, [plan for plan in plans if plan.method == REFERENCE_METHOD])
-    family_of_sweep = {plan.sweep_id: plan.argv[plan.argv.index("--data") + 1] for plan in plans}
+    family_of_sweep = {plan.sweep_id: plan.options["data"] for plan in plans}
     wide = []
     for case in cases:
         family = family_of_sweep[case.sweep_id]
@@ -532,7 +542,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="quick (smoke test), short (default; < 90 min on 2 cores), standard (more candidates "
                              "and selection images, about 2.5 h) or full (every target)")
     parser.add_argument("--workdir", type=Path, default=None,
-                        help="result store (default results/selection_wide_BUDGET; quick: a fresh temp dir)")
+                        help="result store, kept between runs so that rerunning the same command continues "
+                        "(default results/selection_wide_BUDGET)")
     parser.add_argument("--data-root", type=Path, default=None, help="data root (default: raysel's default)")
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     parser.add_argument("--seeds", nargs="+", type=int, default=None, help="seeds (default: the budget's)")
@@ -544,15 +555,16 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--entropy-values", type=int, default=None,
                         help="values per entropy-weight sweep, at least 2 (default: the budget's)")
     parser.add_argument("--cpus", type=int, default=2, help="CPUs of the local Ray (default 2)")
-    parser.add_argument("--no-write", action="store_true", help="print the section without touching BENCHMARKS.md")
+    parser.add_argument("--no-write", action="store_true",
+                        help="print the section without touching BENCHMARKS.md or the committed rows file")
+    add_campaign_arguments(parser, f"{SECTION}[.BUDGET]")
     args = parser.parse_args(argv)
     if min(args.configurations or 2, args.entropy_values or 2) < 2:
         parser.error("--configurations and --entropy-values must be at least 2 (selection needs two candidates)")
     if args.budget == "quick":
         args.no_write = True
     if args.workdir is None:
-        args.workdir = (Path(tempfile.mkdtemp(prefix="rs-sw-")) if args.budget == "quick"
-                        else REPO / "results" / f"{SECTION}_{args.budget}")
+        args.workdir = REPO / "results" / f"{SECTION}_{args.budget}"
     return args
 
 
@@ -589,9 +601,11 @@ def section_name(budget: str) -> str:
 
 
 def run_facts(frames: dict[str, Any], plans: Sequence[SweepPlan], options: WideOptions, wall: float,
-              loads: tuple[float, float]) -> str:
-    """One paragraph on how the run went: trials, mean trial time per method, wall time, load."""
-    finished, failed, seconds = trial_facts(frames, plans, options.results)
+              loads: tuple[float, float], done: Sequence[SweepPlan] | None = None) -> str:
+    """One paragraph on how the run went: trials, mean trial time per method, wall time, load (``done``: the
+    finished sweeps the tables hold, default every plan)."""
+    done = plans if done is None else done
+    finished, failed, seconds = trial_facts(frames, done, options.results)
     planned = sum(plan.expected_trials for plan in plans)
     timing = ", ".join(f"{method} {value:.0f} s" for method, value in seconds.items())
     return (f"Trials: {finished} finished, {failed} failed of {planned} planned in {len(plans)} sweeps; mean trial "
@@ -600,24 +614,42 @@ def run_facts(frames: dict[str, Any], plans: Sequence[SweepPlan], options: WideO
             f"reused from an earlier run count 0); load average {loads[0]:.1f} before / {loads[1]:.1f} after.")
 
 
+def section_text(options: WideOptions, plans: Sequence[SweepPlan], done: Sequence[SweepPlan], wall: float,
+                 loads: tuple[float, float]) -> tuple[str, str | None, bool]:
+    """The section body from the finished sweeps ``done`` (read from the store: run here or imported from a rows
+    file), its ``partial`` note (None once every sweep has finished), and whether it holds any case."""
+    cases, names, frames = wide_cases(done, options.results)
+    body = format_body(cases, names, options, run_facts(frames, plans, options, wall, loads, done))
+    return body, partial_note(len(done), len(plans)), bool(cases)
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run what is left of the campaign (one study), then write the section from its finished sweeps."""
     args = parse_args(argv)
     options = build_options(args)
     plans = build_plans(options)
+    section = section_name(options.budget)
+    command = command_line("selection_wide.py", argv)
+    rows = args.rows if options.budget == "quick" else default_rows(section, args.rows)
+    study = campaign_study(section, options.results, plans, rows)
     print(f"selection_wide: {len(plans)} sweeps, {sum(p.expected_trials for p in plans)} trials planned "
           f"({options.budget} budget, {args.cpus} CPUs, seeds {list(options.seeds)}, targets {options.targets}); "
           f"store {options.results}", flush=True)
     load_before = os.getloadavg()[0]
-    wall = run_plans(plans, options.results, args.cpus)
-    cases, names, frames = wide_cases(plans, options.results)
-    facts = run_facts(frames, plans, options, wall, (load_before, os.getloadavg()[0]))
-    body = format_body(cases, names, options, facts)
-    command = command_line("selection_wide.py", argv)
-    section = section_name(options.budget)
-    print(format_section(section, command, body))
+    started = time.perf_counter()
+    outcome = run_campaign(study, args.cpus, max_minutes=args.max_minutes, command=command)
+    done = finished_plans(plans, outcome)
+    body, note, any_case = section_text(options, plans, done, time.perf_counter() - started,
+                                        (load_before, os.getloadavg()[0]))
+    print(format_section(section, command, body, note=note), flush=True)
     if not args.no_write:
-        write_section(section, command, body)
-    return 0 if cases else 1
+        exported = export_campaign(study, rows_path(section))
+        if exported:
+            print(exported, flush=True)
+        write_section(section, command, body, note=note)
+    if not outcome.complete:
+        return EXIT_STOPPED
+    return 0 if any_case else 1
 
 
 if __name__ == "__main__":

@@ -199,21 +199,37 @@ def test_with_run_lines_fills_a_self_formatted_header(started: None) -> None:
     assert with_run_lines("## s\n") == "## s\n\nCommit: abc1234  \nLoad average: 0.5 before / 1.5 after  \n"
 
 
-def test_sweep_plans_give_the_options_the_sweep_command_would(tmp_path: Path) -> None:
-    """Campaign plans run through raysel's API (build_request + run_sweep), not ``raysel.sweep.main``: the options
-    read from a plan's command line are exactly the ones the command's parser makes of it."""
-    from benchmarks import search_guidance, selection_wide
-    from raysel.request import SweepOptions
-    from raysel.sweep import build_parser, options_from_arguments
+def test_campaign_plans_become_one_checked_study(tmp_path: Path) -> None:
+    """Campaign plans are study entries: every one passes ``build_request`` (through ``study_from_mapping``) in plan
+    order, expects the trials the plan counts, and keeps its ``--set`` texts as the request's overrides."""
+    from benchmarks import search_guidance, selection_quality, selection_wide
     from tests.test_benchmarks_selection_wide import options as wide_options
 
     plans = search_guidance.build_plans("quick", search_guidance.BUDGETS["quick"], search_guidance.ARMS,
-                                        search_guidance.GUIDE, tmp_path, tmp_path)
+                                        search_guidance.GUIDE, tmp_path)
     plans += selection_wide.build_plans(wide_options(tmp_path))
-    for plan in plans:
-        assert SweepOptions.from_mapping(common.sweep_options(plan.argv)) \
-            == options_from_arguments(build_parser().parse_args(list(plan.argv))), plan.argv
-    resume = common.sweep_options(("hiast", "--name", "s", "--results", str(tmp_path), "--progress-interval", "120"))
-    assert resume == {"method": "hiast", "name": "s", "results": tmp_path, "progress_interval": 120.0}
-    with pytest.raises(ValueError, match="unknown option '--bogus'"):
-        common.sweep_options(("hiast", "--bogus", "1"))
+    quality = selection_quality.RunOptions(results=tmp_path, data_root=tmp_path, targets=("day_city",), seeds=(0,),
+                                           method_seeds=(0,), methods=selection_quality.METHODS, budget="quick",
+                                           selection_size=12, random_samples=4,
+                                           values=dict(selection_quality.TABLE8_VALUES))
+    plans += selection_quality.build_plans(quality)
+    study = common.campaign_study("campaign", tmp_path / "store", plans)
+    assert [sweep.name for sweep in study.sweeps] == [plan.sweep_id for plan in plans]
+    for plan, sweep in zip(plans, study.sweeps):
+        assert sweep.request.expected_trials() == plan.expected_trials, plan.sweep_id
+        assert list(sweep.request.space.overrides) == list(plan.options.get("overrides", ())), plan.sweep_id
+        assert sweep.request.search.seed == plan.seed and tuple(sweep.request.data.targets) == plan.targets
+    assert not (tmp_path / "store").exists()  # checking writes nothing
+
+
+def test_a_partial_note_heads_the_section_until_every_sweep_finished(tmp_path: Path, started: None) -> None:
+    path = tmp_path / "BENCHMARKS.md"
+    path.write_text(EXISTING)
+    note = common.partial_note(3, 7)
+    assert note.startswith("**partial: 3 of 7 sweeps**") and common.partial_note(7, 7) is None
+    write_section("alpha", "python -m benchmarks.alpha", "Body.", path=path, date="d", machine="m", note=note)
+    text = path.read_text()
+    assert text.startswith(f"# Benchmarks\n\n## alpha\n\n{note}\n\nCommand: `python -m benchmarks.alpha`  \n")
+    assert text.count("Commit: abc1234") == 1 and text.count("Load average:") == 1
+    write_section("alpha", "python -m benchmarks.alpha", "Body.", path=path, date="d", machine="m")
+    assert "partial" not in path.read_text()

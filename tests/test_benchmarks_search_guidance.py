@@ -55,8 +55,7 @@ def test_quick_budget_runs_both_arms_and_reports_them(ray_local, embedded_data_r
     assert code == 0, text[-4000:]
     assert "sweep 2/2" in text and "## search_guidance" in text and "Targets: digits `photo_digits`" in text
     outcomes = {plan.kind: sg.evaluate_run((tmp_path / "work").resolve(), plan, sg.GUIDE)
-                for plan in sg.build_plans("quick", sg.BUDGETS["quick"], sg.ARMS, sg.GUIDE,
-                                           (tmp_path / "work").resolve(), embedded_data_root)}
+                for plan in sg.build_plans("quick", sg.BUDGETS["quick"], sg.ARMS, sg.GUIDE, embedded_data_root)}
     for arm, result in outcomes.items():
         assert result.finished == 2, (arm, result)
         assert 0.0 <= result.shipped <= result.best <= 100.0 and not math.isnan(result.shipped)

@@ -77,8 +77,7 @@ def test_plan_covers_table_8_for_every_seed_and_target(tmp_path):
     plans = sq.build_plans(options)
     assert [plan.kind for plan in plans] == [*sq.HIAST_PARAMS, "random"] * 2
     assert sum(plan.expected_trials for plan in plans) == 2 * (5 * 5 + 12) * 2
-    random_argv = plans[5].argv
-    assert "--search" in random_argv and random_argv[random_argv.index("--num-samples") + 1] == "12"
+    assert (plans[5].options["search"], plans[5].options["num_samples"]) == ("random", 12)
     assert len({plan.sweep_id for plan in plans}) == len(plans)
     defaults = config_defaults("hiast")
     assert all(defaults[name] in sq.TABLE8_VALUES[name] for name in sq.HIAST_PARAMS)
@@ -93,7 +92,7 @@ def test_other_methods_get_a_default_run_and_their_own_space(tmp_path):
                                                             ("sfda", "default"), ("sfda", "space")]
     default, space = plans[2], plans[3]
     assert default.expected_trials == 2 and space.expected_trials == 2 * 6  # sfda.yaml: a 2 x 3 grid
-    fixed = {default.argv[i + 1].split("=")[0] for i, item in enumerate(default.argv) if item == "--set"}
+    fixed = {text.split("=")[0] for text in default.options["overrides"]}
     assert set(default.swept) <= fixed and "iterations" in fixed
 
 

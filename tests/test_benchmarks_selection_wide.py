@@ -55,23 +55,23 @@ def test_wide_sweep_is_the_same_random_sample_for_every_target_of_a_seed(tmp_pat
     plans = [plan for plan in sw.build_plans(options(tmp_path)) if plan.method == "hiast" and plan.kind == "wide"]
     day, fog = (next(p for p in plans if p.seed == 0 and p.targets == (t,)) for t in ("day_city", "foggy_city"))
 
-    def without_target(plan: SweepPlan) -> list[str]:
-        return [item for item in plan.argv if item not in (plan.targets[0], plan.sweep_id)]
+    def without_target(plan: SweepPlan) -> dict:
+        return {key: value for key, value in plan.options.items() if key != "target"}
 
     assert without_target(day) == without_target(fog) and day.expected_trials == 5
-    argv = " ".join(day.argv)
-    assert "--search random --num-samples 5" in argv
-    assert "learning_rate={choice: [2e-05, 6.32e-05, 0.0002, 0.000632, 0.002]}" in argv  # 2e-4 x 0.1 .. x 10
-    assert "iterations_per_round={choice: [30, 60, 120]}" in argv  # 0.5x, 1x, 2x of the short budget's 60
+    assert (day.options["search"], day.options["num_samples"]) == ("random", 5)
+    overrides = day.options["overrides"]
+    assert "learning_rate={choice: [2e-05, 6.32e-05, 0.0002, 0.000632, 0.002]}" in overrides  # 2e-4 x 0.1 .. x 10
+    assert "iterations_per_round={choice: [30, 60, 120]}" in overrides  # 0.5x, 1x, 2x of the short budget's 60
 
 
 def test_default_configuration_follows_the_budget(tmp_path: Path) -> None:
     plan = next(p for p in sw.build_plans(options(tmp_path)) if p.method == "hiast" and p.kind == "lambda_i")
     defaults = plan_defaults(plan)
     assert defaults["iterations_per_round"] == 60 and defaults["lambda_i"] == 1.0
-    assert "lambda_i={grid: [0.1, 1.0, 10.0, 100.0]}" in " ".join(plan.argv)
+    assert "lambda_i={grid: [0.1, 1.0, 10.0, 100.0]}" in plan.options["overrides"]
     standard = next(p for p in sw.build_plans(options(tmp_path, "standard")) if p.kind == "lambda_i")
-    assert "lambda_i={grid: [0.1, 1.0, 10.0, 30.0, 100.0]}" in " ".join(standard.argv)
+    assert "lambda_i={grid: [0.1, 1.0, 10.0, 30.0, 100.0]}" in standard.options["overrides"]
 
 
 def test_short_budget_shortens_only_the_digits_trainings(tmp_path: Path) -> None:
@@ -89,9 +89,9 @@ def test_entropy_values_keep_the_extremes_and_the_default() -> None:
 def test_reference_is_the_shared_source_stage(tmp_path: Path) -> None:
     quick = options(tmp_path, "quick")
     plan = sw.reference_plan(quick, "street_scenes", 0, "foggy_city")
-    argv = " ".join(plan.argv)
-    assert plan.method == "source_only" and "--data street_scenes" in argv
-    assert "iterations=8" in argv and "learning_rate=0.001" in argv  # the quick budget's source_iterations
+    assert plan.method == "source_only" and plan.options["data"] == "street_scenes"
+    overrides = plan.options["overrides"]
+    assert "iterations=8" in overrides and "learning_rate=0.001" in overrides  # the quick budget's source_iterations
     assert plan_defaults(plan)["iterations"] == 8
 
 

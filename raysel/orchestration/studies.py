@@ -275,7 +275,7 @@ class StudyOutcome:
 
 
 def run_study(study: Study, *, max_minutes: float | None = None, resume: bool = True, address: str | None = None,
-              stream: Any = None) -> StudyOutcome:
+              stream: Any = None, continue_command: str | None = None) -> StudyOutcome:
     """Run every sweep of a study not finished yet, on one Ray, in file order.
 
     Args:
@@ -285,6 +285,8 @@ def run_study(study: Study, *, max_minutes: float | None = None, resume: bool = 
         resume: continue interrupted sweeps (finished trials are kept); False refuses them instead.
         address: the Ray cluster to join; None: ``$RAY_ADDRESS``, else a local Ray started (and stopped) here.
         stream: where progress goes (default: stdout); a study line at least every 30 s.
+        continue_command: what the closing lines say continues the study when work is left (default: ``raysel
+            study FILE [--max-minutes N]``; a program running its own study, a benchmark, names its own command).
 
     Returns:
         The :class:`StudyOutcome`: every sweep's state, what was done, and how to continue when work is left.
@@ -310,7 +312,7 @@ def run_study(study: Study, *, max_minutes: float | None = None, resume: bool = 
     todo = [sweep for sweep in study.sweeps if sweep.name not in actions]
     if todo:
         actions.update(_run_sweeps(study, plan, todo, deadline, address, stream, _Pace(before.stored, started)))
-    command = _continue_command(study, max_minutes)
+    command = continue_command or _continue_command(study, max_minutes)
     outcome = StudyOutcome(study.name, study.results, study_state(plan),
                            tuple((sweep.name, actions[sweep.name]) for sweep in study.sweeps),
                            time.time() - started, command)
