@@ -31,11 +31,24 @@ Held-out labels are read only here, through :func:`raysel.heldout.heldout_scores
     python -m benchmarks.hdrq_merge                       # both families, seeds 0 1; writes BENCHMARKS.md
     python -m benchmarks.hdrq_merge --parallel 2          # (family, seed) jobs in 2 spawned processes
     python -m benchmarks.hdrq_merge --quick               # smoke run on tiny generated data; prints only
-    python -m benchmarks.hdrq_merge --bits W3A3 --seeds 0 1 2 --merge-draws 30 --iterations 2000 \
-        --with-test-targets                               # the regime comparison of issue 14 (BENCHMARKS.md)
+    python -m benchmarks.hdrq_merge --bits W2A4 --seeds 0 1 2 --iterations 2000 --merge-draws 30 \
+        --rows FP BRECQ QDrop QDrop+noise HDRQ \
+        --section hdrq_merge.regime --max-minutes 55      # issue 30's regime run, in chunks: rerun until exit 0
 
-Writes the ``## hdrq_merge`` section of BENCHMARKS.md unless ``--quick`` or ``--no-write``. Every run uses a fresh
-stage cache (under ``--workdir``, default a temporary folder), so the timings are real.
+**Chunks.** The unit of work is one configuration of one family and seed (its specialists, merged with each
+rounding: the ``[family seed N] ...`` rows printed). Each finished unit is saved at once as JSON under the workdir
+(``--workdir``, default ``results/<section>`` under the repo root, git-ignored, kept with its stage caches) and in
+``benchmarks/results/<section>.json`` (``--evidence``; commit it with the section), keyed by everything that
+determines it (family, seed, row, bits, PTQ method, lambda, roundings, targets, reconstruction iterations,
+adaptation and --quick settings, merge draws, the generated data's version). A rerun with the same arguments loads
+finished units instead of recomputing them, also on a new machine from the committed file; other settings give
+other keys. ``--max-minutes N`` starts no unit after N minutes: the run then writes the section from the finished
+units under a ``**partial: k of n units**`` line (pending units listed, the paired interval "pending" until it has
+two seeds), prints what is left and the command that continues (the same one) and exits with status 3.
+
+Writes the ``## hdrq_merge`` section of BENCHMARKS.md (``--section`` another name) unless ``--quick`` or
+``--no-write``. Stage caches are reused between runs (the runtime table shows each unit's own time, measured when
+it ran; a unit whose cached source or adaptation stage another unit built shows less for that stage).
 """
 
 from __future__ import annotations
