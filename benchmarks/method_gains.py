@@ -27,8 +27,22 @@ and per-class accuracy (recall) for classification.
     python -m benchmarks.method_gains --families digits   # the classification rows only
     python -m benchmarks.method_gains --quick             # smoke run: tiny budgets on tiny generated data; prints only
 
+    python -m benchmarks.method_gains --parallel 2 --max-minutes 55   # in chunks: rerun until exit status 0/1
+
+**Chunks.** Every job above is a unit: a source model scored on every target, a method's shared stages, or one
+(method, target, seed) run. Each finished unit is saved at once as JSON under the workdir (``--workdir``, default
+``results/method_gains`` under the repo root, git-ignored, kept with its stage cache) and in
+``benchmarks/results/method_gains.json`` (``--evidence``; commit it with the section), keyed by everything that
+determines it (kind, method, ablation and --quick overrides, targets, seed, image size, the generated data's
+version). A rerun with the same arguments loads finished units instead of recomputing them, also on a new machine
+from the committed file (shared stages of a pending run are then rebuilt into the new cache, untimed). ``--max-minutes
+N`` starts no job after N minutes: the section is written from the finished units under a ``**partial: k of n
+units**`` line (pending units listed, their cells "-"), the run prints what is left and the command that continues
+(the same one).
+
 Writes the ``## method_gains`` section of BENCHMARKS.md unless ``--quick`` or ``--no-write``. Exit status 1 when a
-required comparison fails (a method not above source-only on the mean over targets and seeds), 0 otherwise.
+required comparison fails (a method not above source-only on the mean over targets and seeds), 3 when stopped at the
+deadline (partial), 4 when the data was regenerated during the run (nothing written), 0 otherwise.
 """
 
 from __future__ import annotations
