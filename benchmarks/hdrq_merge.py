@@ -259,6 +259,8 @@ def run_job(plan: JobPlan) -> int:
     from raysel.methods import training
 
     job = plan.job
+    if plan.deadline.passed():
+        return 0
     torch.set_num_threads(job.threads)
     ctx = job_context(job)
     settings = base_settings(job)
