@@ -1176,6 +1176,157 @@ class SyntheticSweep:
         return self.rng.integers(0, self.num_classes, (self.num_candidates, self.height, self.width), dtype=np.uint8)
 
 
+# ==============================================================================================================
+# CHUNKED BENCHMARKS (hdrq_merge, method_gains; issue 28 item 2): finished units saved and never repeated,
+# time-boxed runs (--max-minutes), partial sections. One block, kept at the end of this module.
+# ==============================================================================================================
+
+STOPPED_EXIT = 3  # exit status of a run stopped at its --max-minutes deadline (rerun the same command to go on)
+UNITS_SCHEMA = 1  # bumped when a unit's saved result changes shape: older units are then not reused
+EVIDENCE_DIR = REPO / "benchmarks" / "results"  # committed: finished units that outlive the machine
+
+
+def partial_line(done: int, total: int, what: str) -> str:
+    """The line right under a section's heading while it is incomplete, e.g. ``**partial: 3 of 27 units**``."""
+    return f"**partial: {done} of {total} {what}**"
+
+
+def default_workdir(section: str, quick: bool = False) -> Path:
+    """A chunked benchmark's persistent workdir: ``results/<section>`` (``-quick`` for smoke runs) under the repo
+    root, git-ignored; stage caches and finished units live there and are reused by the next run."""
+    return REPO / "results" / (f"{section}-quick" if quick else section)
+
+
+def evidence_path(section: str) -> Path:
+    """``benchmarks/results/<section>.json``: the finished units of a section, committed with the benchmark."""
+    return EVIDENCE_DIR / f"{section}.json"
+
+
+def data_version(folder: Path | str) -> dict[str, Any]:
+    """What determines generated data (generator, version, config; not when it was generated), for unit keys; a
+    real (downloaded) dataset: its folder name."""
+    from raysel.data.generation import MARKER
+
+    marker = Path(folder) / MARKER
+    if not marker.exists():
+        return {"dataset": Path(folder).name, "generated": False}
+    content = json.loads(marker.read_text())
+    return {key: value for key, value in content.items() if key not in ("generated", "seconds")}
+
+
+def unit_key(fields: dict[str, Any]) -> str:
+    """A short hash of everything that determines a unit's result (``fields``: JSON-able, order-free)."""
+    import hashlib
+
+    text = json.dumps({"schema": UNITS_SCHEMA, **fields}, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:24]
+
+
+def _write_json(path: Path, value: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _atomic_write(path, json.dumps(value, indent=1, sort_keys=True, default=str) + "\n")
+
+
+@dataclass(frozen=True)
+class UnitStore:
+    """Finished units of one benchmark section: ``<folder>/<key>.json`` (the workdir's, one file per unit, written
+    atomically) and, when ``evidence`` is set, the same units merged into that one committed JSON file (under a
+    lock: parallel workers add to it). Lookups read both, so a run on a new machine skips what the evidence holds.
+    Picklable (paths only): spawned workers save their own units."""
+
+    folder: Path
+    evidence: Path | None = None
+
+    def _evidence_units(self) -> dict[str, Any]:
+        if self.evidence is None or not self.evidence.exists():
+            return {}
+        return json.loads(self.evidence.read_text()).get("units", {})
+
+    def get(self, key: str) -> dict[str, Any] | None:
+        """The saved result of a unit (its ``result`` value), None when it is not finished anywhere."""
+        path = self.folder / f"{key}.json"
+        if path.exists():
+            return json.loads(path.read_text())["result"]
+        record = self._evidence_units().get(key)
+        return None if record is None else record["result"]
+
+    def load(self, keys: Sequence[str]) -> dict[str, dict[str, Any]]:
+        """Key -> saved result for those of ``keys`` that are finished."""
+        evidence = self._evidence_units()
+        found = {}
+        for key in keys:
+            path = self.folder / f"{key}.json"
+            if path.exists():
+                found[key] = json.loads(path.read_text())["result"]
+            elif key in evidence:
+                found[key] = evidence[key]["result"]
+        return found
+
+    def save(self, key: str, fields: dict[str, Any], result: dict[str, Any]) -> None:
+        """Save one finished unit (workdir file, then the evidence file)."""
+        record = {"key": key, "fields": fields, "result": result,
+                  "saved": dt.datetime.now().isoformat(timespec="seconds")}
+        _write_json(self.folder / f"{key}.json", record)
+        if self.evidence is not None:
+            self.evidence.parent.mkdir(parents=True, exist_ok=True)
+            with _locked(self.evidence):
+                content = json.loads(self.evidence.read_text()) if self.evidence.exists() else {}
+                content.setdefault("units", {})[key] = record
+                content["schema"] = UNITS_SCHEMA
+                _write_json(self.evidence, content)
+
+
+@dataclass(frozen=True)
+class Deadline:
+    """When a time-boxed run stops starting units (``at``: ``time.time()``; None = never). Picklable."""
+
+    at: float | None = None
+
+    @classmethod
+    def after_minutes(cls, minutes: float | None) -> "Deadline":
+        return cls(None if minutes is None else time.time() + 60 * minutes)
+
+    def passed(self) -> bool:
+        return self.at is not None and time.time() >= self.at
+
+
+def stop_message(done: int, total: int, what: str, pending: Sequence[str], command: str) -> str:
+    """What a run stopped at its deadline prints: what is left and the exact command that continues it."""
+    listed = "".join(f"\n  - {name}" for name in pending[:40])
+    more = f"\n  ... and {len(pending) - 40} more" if len(pending) > 40 else ""
+    return (f"stopped at the --max-minutes deadline: {done} of {total} {what} finished, {len(pending)} left:"
+            f"{listed}{more}\nContinue with the same command (finished {what} are loaded, not rerun):\n  {command}")
+
+
+def write_partial_section(name: str, command: str, body_markdown: str, *, done: int, total: int, what: str,
+                          path: Path | str | None = None, load: tuple[float | None, float | None] | None = None
+                          ) -> str:
+    """:func:`write_section`, with :func:`partial_line` right under the heading while ``done < total``."""
+    _check_section_name(name)
+    if re.search(r"^## ", body_markdown, re.M):
+        raise ValueError("body_markdown must not contain a level-2 '## ' heading (use '###')")
+    section = format_section(name, command, body_markdown, load=load)
+    if done < total:
+        heading, _, rest = section.partition("\n")
+        section = f"{heading}\n\n{partial_line(done, total, what)}\n\n{rest.lstrip(chr(10))}"
+    path = Path(path) if path is not None else BENCHMARKS_PATH
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with _locked(path):  # as replace_section, without its header completion (format_section wrote every line)
+        text = path.read_text() if path.exists() else BENCHMARKS_TITLE
+        pattern = _section_pattern(name)
+        if pattern.search(text):
+            text = pattern.sub(lambda _: section + "\n", text, count=1).rstrip("\n") + "\n"
+        else:
+            text = text.rstrip("\n") + "\n\n" + section
+        _atomic_write(path, text)
+    return section
+
+
+# ==============================================================================================================
+# END OF THE CHUNKED-BENCHMARKS BLOCK
+# ==============================================================================================================
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """This module's command line; ``stale`` (:func:`stale_command`) is its one command."""
     arguments = list(sys.argv[1:] if argv is None else argv)

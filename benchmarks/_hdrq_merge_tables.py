@@ -139,9 +139,10 @@ def t_interval(values: Sequence[float]) -> tuple[float, float, float]:
     return centre, centre - half, centre + half
 
 
-def paired_table(runs: list[JobResult], bits: Sequence[str]) -> list[str]:
+def paired_table(runs: list[JobResult], bits: Sequence[str], partial: bool = False) -> list[str]:
     """Per bit-width: FP - QDrop merged H (is quantization damaging the merge?) and the per-seed paired
-    difference HDRQ - QDrop with its 95 % t-interval over seeds (points)."""
+    difference HDRQ - QDrop with its 95 % t-interval over seeds (points). ``partial`` (units still pending): an
+    interval over fewer than 2 seeds reads "pending", missing cells "pending" too."""
     lines = [f"| family | bits | FP H | QDrop H | FP − QDrop (regime: ≥ {100 * REGIME_GAP:.0f}) | HDRQ − QDrop per "
              "seed | mean | 95 % t-interval |", "|---|---|---:|---:|---:|---|---:|---|"]
     for b in bits:
@@ -156,11 +157,14 @@ def paired_table(runs: list[JobResult], bits: Sequence[str]) -> list[str]:
             continue
         centre, low, high = t_interval(differences)
         gap = mean(fp) - mean(qdrop)
-        interval = "-" if not np.isfinite(low) else f"[{100 * low:+.2f}, {100 * high:+.2f}]"
-        lines.append(f"| {runs[0].family} | {b} | {100 * mean(fp):.2f} | {100 * mean(qdrop):.2f} | "
-                     f"{100 * gap:+.2f}{' (yes)' if gap >= REGIME_GAP else ''} | "
-                     f"{' / '.join(f'{100 * d:+.2f}' for d in differences) or '-'} | "
-                     f"{100 * centre:+.2f} | {interval} |")
+        missing = "pending" if partial else "-"
+        interval = (f"[{100 * low:+.2f}, {100 * high:+.2f}]" if np.isfinite(low)
+                    else "pending (needs ≥ 2 seeds)" if partial else "-")
+        gap_cell = f"{100 * gap:+.2f}{' (yes)' if gap >= REGIME_GAP else ''}" if np.isfinite(gap) else missing
+        fp_cell = f"{100 * mean(fp):.2f}" if fp else missing
+        lines.append(f"| {runs[0].family} | {b} | {fp_cell} | {100 * mean(qdrop):.2f} | {gap_cell} | "
+                     f"{' / '.join(f'{100 * d:+.2f}' for d in differences) or missing} | "
+                     f"{f'{100 * centre:+.2f}' if np.isfinite(centre) else missing} | {interval} |")
     return lines
 
 

@@ -31,11 +31,24 @@ Held-out labels are read only here, through :func:`raysel.heldout.heldout_scores
     python -m benchmarks.hdrq_merge                       # both families, seeds 0 1; writes BENCHMARKS.md
     python -m benchmarks.hdrq_merge --parallel 2          # (family, seed) jobs in 2 spawned processes
     python -m benchmarks.hdrq_merge --quick               # smoke run on tiny generated data; prints only
-    python -m benchmarks.hdrq_merge --bits W3A3 --seeds 0 1 2 --merge-draws 30 --iterations 2000 \
-        --with-test-targets                               # the regime comparison of issue 14 (BENCHMARKS.md)
+    python -m benchmarks.hdrq_merge --bits W2A4 --seeds 0 1 2 --iterations 2000 --merge-draws 30 \
+        --rows FP BRECQ QDrop QDrop+noise HDRQ \
+        --section hdrq_merge.regime --max-minutes 55      # issue 30's regime run, in chunks: rerun until exit 0
 
-Writes the ``## hdrq_merge`` section of BENCHMARKS.md unless ``--quick`` or ``--no-write``. Every run uses a fresh
-stage cache (under ``--workdir``, default a temporary folder), so the timings are real.
+**Chunks.** The unit of work is one configuration of one family and seed (its specialists, merged with each
+rounding: the ``[family seed N] ...`` rows printed). Each finished unit is saved at once as JSON under the workdir
+(``--workdir``, default ``results/<section>`` under the repo root, git-ignored, kept with its stage caches) and in
+``benchmarks/results/<section>.json`` (``--evidence``; commit it with the section), keyed by everything that
+determines it (family, seed, row, bits, PTQ method, lambda, roundings, targets, reconstruction iterations,
+adaptation and --quick settings, merge draws, the generated data's version). A rerun with the same arguments loads
+finished units instead of recomputing them, also on a new machine from the committed file; other settings give
+other keys. ``--max-minutes N`` starts no unit after N minutes: the run then writes the section from the finished
+units under a ``**partial: k of n units**`` line (pending units listed, the paired interval "pending" until it has
+two seeds), prints what is left and the command that continues (the same one) and exits with status 3.
+
+Writes the ``## hdrq_merge`` section of BENCHMARKS.md (``--section`` another name) unless ``--quick`` or
+``--no-write``. Stage caches are reused between runs (the runtime table shows each unit's own time, measured when
+it ran; a unit whose cached source or adaptation stage another unit built shows less for that stage).
 """
 
 from __future__ import annotations
@@ -52,8 +65,9 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 import torch
 
-from benchmarks._common import (BENCHMARKS_PATH, command_line, default_device, heldout_score_key,
-                                write_section)
+from benchmarks._common import (BENCHMARKS_PATH, STOPPED_EXIT, Deadline, UnitStore, command_line, data_version,
+                                default_device, default_workdir, evidence_path, heldout_score_key, stop_message,
+                                unit_key, write_partial_section)
 from benchmarks._common import prepare_benchmark_data, run_in_processes, working_directory
 
 from raysel import data
@@ -184,33 +198,103 @@ def mean_over_draws(ctx: RunContext, config: hdrq.HdrqConfig, specialists: Any, 
     return merged, float(np.mean(harmonics)), float(np.mean(qualities)), barrier, count
 
 
-def run_job(job: Job) -> JobResult:
-    """Every configuration of one family and seed (in this process or a spawned worker)."""
+@dataclass(frozen=True)
+class Unit:
+    """One configuration of a (family, seed) job: its specialists built once, merged with each rounding (one
+    ``ConfigResult`` per rounding). The unit a run saves when finished and never repeats."""
+
+    label: str  # a ROW_LABELS entry
+    bits: str  # "FP" for the float row
+    ptq_method: str
+    lambda_distance: float | None
+    roundings: tuple[str, ...]
+
+    @property
+    def name(self) -> str:
+        return f"{self.label} {self.bits}"
+
+
+def job_targets(job: Job) -> tuple[str, ...]:
+    """The merged targets (as :func:`hdrq.merge_targets` resolves them: the job's, else the family's defaults)."""
+    return tuple(job.targets) or tuple(data.get_family(job.family).default_targets)
+
+
+def job_units(job: Job) -> list[Unit]:
+    """The job's configurations in run order: FP, then each bit-width's PTQ rows."""
+    roundings = tuple(job.roundings) if len(job_targets(job)) % 2 == 0 else ("noise",)  # odd counts have no ties
+    units = [Unit("FP", "FP", hdrq.FULL_PRECISION, None, ("noise",))] if "FP" in job.rows else []
+    for bits in job.bits:
+        units += [Unit(label, bits, method, lambda_distance, roundings)
+                  for label, method, lambda_distance in PTQ_ROWS if label in job.rows]
+    return units
+
+
+def unit_fields(job: Job, unit: Unit, data_key: dict[str, Any]) -> dict[str, Any]:
+    """Everything that determines a unit's result (its key): family, seed, the configuration, every HdrqConfig
+    setting the job passes (adaptation, targets, iterations, --quick budgets), merge draws, image size and the
+    generated data's version."""
+    return {"benchmark": "hdrq_merge", "family": job.family, "seed": job.seed, "label": unit.label, "bits": unit.bits,
+            "ptq_method": unit.ptq_method, "lambda_distance": unit.lambda_distance, "roundings": list(unit.roundings),
+            "targets": list(job_targets(job)), "settings": base_settings(job), "merge_draws": job.merge_draws,
+            "quick": job.quick, "image_size": QUICK_IMAGE_SIZE[job.family] if job.quick else None, "data": data_key}
+
+
+@dataclass(frozen=True)
+class JobPlan:
+    """A job's pending units (key, unit), where to save them and when to stop starting new ones."""
+
+    job: Job
+    pending: tuple[tuple[str, Unit, dict[str, Any]], ...]
+    store: UnitStore
+    deadline: Deadline
+
+
+def unit_result(configs: list[ConfigResult], stage_seconds: dict[str, float], seconds: float) -> dict[str, Any]:
+    return {"configs": [dataclasses.asdict(c) for c in configs], "stage_seconds": stage_seconds, "seconds": seconds}
+
+
+def run_job(plan: JobPlan) -> int:
+    """The job's pending configurations (in this process or a spawned worker), each saved when finished; stops
+    before a configuration once the deadline has passed. Returns how many it ran."""
     from raysel.methods import training
 
+    job = plan.job
+    if plan.deadline.passed():
+        return 0
     torch.set_num_threads(job.threads)
-    started = time.perf_counter()
     ctx = job_context(job)
     settings = base_settings(job)
     targets = hdrq.merge_targets(hdrq.HdrqConfig(**settings), ctx)
-    result = JobResult(job.family, job.seed, targets)
+    assert targets == job_targets(job), (targets, job_targets(job))
     watch = training.Stopwatch()
-    roundings = list(job.roundings) if len(targets) % 2 == 0 else ["noise"]  # odd counts have no ties
-
-    def run(label: str, roundings: Sequence[str], **values: Any) -> None:
+    ran = 0
+    for key, unit, fields in plan.pending:
+        if plan.deadline.passed():
+            break
+        if plan.store.get(key) is not None:  # finished meanwhile (another run sharing the workdir)
+            continue
+        started, before = time.perf_counter(), dict(watch.seconds)
+        values: dict[str, Any] = dict(ptq_method=unit.ptq_method)
+        if unit.bits != "FP":
+            values.update(bits=unit.bits, lambda_distance=unit.lambda_distance)
         config = hdrq.HdrqConfig(**settings, **values)
-        for entry in score_configuration(ctx, config, targets, label, watch, roundings, job.merge_draws):
-            result.configs.append(entry)
+        configs = score_configuration(ctx, config, targets, unit.label, watch, unit.roundings, job.merge_draws)
+        for entry in configs:
             print(progress_line(job, entry), flush=True)
+        stages = {k: v - before.get(k, 0.0) for k, v in watch.seconds.items() if v - before.get(k, 0.0) > 0}
+        plan.store.save(key, fields, unit_result(configs, stages, time.perf_counter() - started))
+        ran += 1
+    return ran
 
-    if "FP" in job.rows:
-        run("FP", ["noise"], ptq_method=hdrq.FULL_PRECISION)
-    for bits in job.bits:
-        for label, method, lambda_distance in PTQ_ROWS:
-            if label in job.rows:
-                run(label, roundings, bits=bits, ptq_method=method, lambda_distance=lambda_distance)
-    result.seconds = time.perf_counter() - started
-    result.stage_seconds = dict(watch.seconds)
+
+def job_result(job: Job, units: Sequence[tuple[Unit, dict[str, Any]]]) -> JobResult:
+    """A job's finished units (saved results, in run order) as one JobResult: seconds and stage seconds summed."""
+    result = JobResult(job.family, job.seed, job_targets(job))
+    for _, saved in units:
+        result.configs += [ConfigResult(**entry) for entry in saved["configs"]]
+        result.seconds += float(saved["seconds"])
+        for stage, seconds in saved["stage_seconds"].items():
+            result.stage_seconds[stage] = result.stage_seconds.get(stage, 0.0) + float(seconds)
     return result
 
 
@@ -221,14 +305,18 @@ def progress_line(job: Job, entry: ConfigResult) -> str:
             f"({entry.seconds:.0f} s)")
 
 
-def execute(jobs: Sequence[Job], parallel: int) -> Iterator[JobResult]:
-    """Yield finished jobs: in order in this process, or as they complete in ``parallel`` spawned workers."""
-    return run_in_processes(run_job, jobs, parallel)
+def execute(plans: Sequence[JobPlan], parallel: int) -> Iterator[int]:
+    """Run the jobs' pending units: in order in this process, or in ``parallel`` spawned workers (as they
+    finish); yields how many units each job ran."""
+    return run_in_processes(run_job, plans, parallel)
 
 
-def report(results: list[JobResult], args: argparse.Namespace, wall_seconds: float, loads: tuple[float, float]) -> str:
-    """The BENCHMARKS.md section body."""
-    config = hdrq.HdrqConfig(**base_settings(_job(args, results[0].family, results[0].seed, "", "")))
+def report(results: list[JobResult], args: argparse.Namespace, wall_seconds: float, loads: tuple[float, float],
+           pending: Sequence[str] = (), loaded: int = 0) -> str:
+    """The BENCHMARKS.md section body, from the finished units (``results``); ``pending`` names the units not
+    finished yet (listed, and the paired interval says "pending" until it has 2 seeds), ``loaded`` how many
+    finished units came from earlier runs."""
+    config = hdrq.HdrqConfig(**base_settings(_job(args, args.families[0], args.seeds[0], "", "")))
     presets = "; ".join(f"{name} " + ", ".join(f"{k}={v}" for k, v in values.items())
                         for name, values in hdrq.SHORT_ADAPTATION.items())
     lines = [
@@ -244,6 +332,9 @@ def report(results: list[JobResult], args: argparse.Namespace, wall_seconds: flo
         f"machine: times are noisy).{' QUICK SMOKE RUN on tiny generated data: the numbers mean nothing.' if args.quick else ''}",
         "",
     ]
+    if pending:
+        lines += [f"Pending ({len(pending)} configuration(s), rerun the command above to continue): "
+                  + "; ".join(pending) + ".", ""]
     for family in dict.fromkeys(r.family for r in results):
         runs = sorted((r for r in results if r.family == family), key=lambda r: r.seed)
         lines += family_tables(runs, args.seeds, args.bits) + [""]
@@ -252,7 +343,8 @@ def report(results: list[JobResult], args: argparse.Namespace, wall_seconds: flo
               "at W4A4: +4.21 mIoU (GTA -> Cityscapes, IDD, Table 1b), +0.15 to +1.54 accuracy (Office-Home, "
               "Table 2).", ""]
     for family in dict.fromkeys(r.family for r in results):
-        table = paired_table(sorted((r for r in results if r.family == family), key=lambda r: r.seed), args.bits)
+        table = paired_table(sorted((r for r in results if r.family == family), key=lambda r: r.seed), args.bits,
+                             partial=bool(pending))
         lines += table if not lines[-1].startswith("|") else table[2:]
     lines += ["", "### merge-quality selector regret", "",
               "Candidates: every quantized configuration of the family and seed (bits x PTQ method, incl. "
@@ -266,7 +358,12 @@ def report(results: list[JobResult], args: argparse.Namespace, wall_seconds: flo
         merge = sum(stages.get(k, 0.0) for k in ("merge", "merge_quality", "error_barrier"))
         lines.append(f"| {run.family} | {run.seed} | {run.seconds:.0f} | {stages.get('source_stage', 0):.0f} | "
                      f"{stages.get('adaptation_stage', 0):.0f} | {stages.get('ptq_stage', 0):.0f} | {merge:.0f} |")
-    lines += ["", f"Total wall time {wall_seconds / 60:.1f} min."]
+    total = f"Total wall time {wall_seconds / 60:.1f} min"
+    if loaded:
+        units_seconds = sum(run.seconds for run in results)
+        total += (f" in this run; {loaded} finished configuration(s) loaded from earlier runs (the configurations' "
+                  f"own times sum to {units_seconds / 60:.1f} min)")
+    lines += ["", total + "."]
     return "\n".join(lines) + "\n"
 
 
@@ -306,7 +403,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=1, help="torch threads per job (default 1)")
     parser.add_argument("--parallel", type=int, default=1, help="(family, seed) jobs at once, in spawned processes")
     parser.add_argument("--data-root", default=None, help="data root (default: raysel's default data root)")
-    parser.add_argument("--workdir", type=Path, default=None, help="stage caches (default: a temporary folder)")
+    parser.add_argument("--section", default=SECTION,
+                        help=f"BENCHMARKS.md section to write (default {SECTION}; e.g. {SECTION}.regime)")
+    parser.add_argument("--workdir", type=Path, default=None,
+                        help="stage caches and finished configurations, kept and reused (default: results/<section> "
+                             "under the repo root, git-ignored; --quick: results/<section>-quick)")
+    parser.add_argument("--evidence", type=Path, default=None,
+                        help="committed JSON of the finished configurations, read and updated (default: "
+                             "benchmarks/results/<section>.json; not with --quick or --no-write)")
+    parser.add_argument("--max-minutes", type=float, default=None,
+                        help="start no configuration after this many minutes; the section is written as partial, "
+                             f"the same command continues (exit status {STOPPED_EXIT})")
     parser.add_argument("--output", type=Path, default=BENCHMARKS_PATH, help="the BENCHMARKS.md to update")
     parser.add_argument("--no-write", action="store_true", help="print the tables only")
     args = parser.parse_args(argv)
@@ -318,7 +425,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             parser.error(f"--bits {bits!r}: expected W<weight bits>A<activation bits>, e.g. W4A4")
     if min(args.threads, args.parallel, args.merge_draws, args.iterations or 1) < 1:
         parser.error("--threads, --parallel, --merge-draws and --iterations must be >= 1")
+    if args.max_minutes is not None and args.max_minutes < 0:
+        parser.error("--max-minutes must be >= 0")
     args.seeds = list(dict.fromkeys(args.seeds or ([0] if args.quick else [0, 1])))
+    args.workdir = args.workdir or default_workdir(args.section, args.quick)
+    if args.evidence is None and not (args.quick or args.no_write):
+        args.evidence = evidence_path(args.section)
     args.adaptation = {"street_scenes": args.street_adaptation, "digits": args.digits_adaptation}
     return args
 
@@ -327,19 +439,43 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     command = command_line("hdrq_merge.py", argv)
+    deadline = Deadline.after_minutes(args.max_minutes)
     load_before, started = os.getloadavg()[0], time.perf_counter()
     with working_directory(args.workdir, "raysel-hdrq-merge-") as directory:
         workdir = Path(directory)
+        store = UnitStore(workdir / "units", args.evidence)
         root = prepare_benchmark_data(args.families, args.data_root, tiny_into=workdir / "data" if args.quick else None)
+        versions = {family: data_version(root / data.get_family(family).name) for family in args.families}
         jobs = [_job(args, family, seed, str(root), str(workdir)) for family in args.families for seed in args.seeds]
-        results = list(execute(jobs, args.parallel))
-    order = {(job.family, job.seed): index for index, job in enumerate(jobs)}
-    results.sort(key=lambda r: order[(r.family, r.seed)])
-    body = report(results, args, time.perf_counter() - started, (load_before, os.getloadavg()[0]))
+        planned = [(job, [(unit_key(fields), unit, fields) for unit in job_units(job)
+                          for fields in [unit_fields(job, unit, versions[job.family])]]) for job in jobs]
+        done_before = store.load([key for _, units in planned for key, _, _ in units])
+        plans = [JobPlan(job, tuple(u for u in units if u[0] not in done_before), store, deadline)
+                 for job, units in planned]
+        total = sum(len(units) for _, units in planned)
+        print(f"{total} configuration(s): {len(done_before)} finished earlier (loaded, not rerun), "
+              f"{total - len(done_before)} to run; workdir {workdir}", flush=True)
+        ran = sum(execute([plan for plan in plans if plan.pending], args.parallel))
+        finished = store.load([key for _, units in planned for key, _, _ in units])
+    results, pending = [], []
+    for job, units in planned:
+        done = [(unit, finished[key]) for key, unit, _ in units if key in finished]
+        pending += [f"{job.family} seed {job.seed} {unit.name}" for key, unit, _ in units if key not in finished]
+        if done:
+            results.append(job_result(job, done))
+    body = report(results, args, time.perf_counter() - started, (load_before, os.getloadavg()[0]),
+                  pending=pending, loaded=len(done_before))
     print("\n" + body, flush=True)
     if not (args.quick or args.no_write):
-        write_section(SECTION, command, body, path=args.output)
-        print(f"wrote the '## {SECTION}' section of {args.output}")
+        write_partial_section(args.section, command, body, done=len(finished), total=total, what="units",
+                              path=args.output)
+        state = "" if not pending else f" (partial: {len(finished)} of {total} units)"
+        print(f"wrote the '## {args.section}' section of {args.output}{state}")
+    print(f"{ran} configuration(s) run now, {len(done_before)} loaded; finished units in {store.folder}"
+          + (f" and {args.evidence}" if args.evidence else ""))
+    if pending:
+        print(stop_message(len(finished), total, "units", pending, command), flush=True)
+        return STOPPED_EXIT
     return 0
 
 

@@ -27,15 +27,31 @@ and per-class accuracy (recall) for classification.
     python -m benchmarks.method_gains --families digits   # the classification rows only
     python -m benchmarks.method_gains --quick             # smoke run: tiny budgets on tiny generated data; prints only
 
+    python -m benchmarks.method_gains --parallel 2 --max-minutes 55   # in chunks: rerun until exit status 0/1
+
+**Chunks.** Every job above is a unit: a source model scored on every target, a method's shared stages, or one
+(method, target, seed) run. Each finished unit is saved at once as JSON under the workdir (``--workdir``, default
+``results/method_gains`` under the repo root, git-ignored, kept with its stage cache) and in
+``benchmarks/results/method_gains.json`` (``--evidence``; commit it with the section), keyed by everything that
+determines it (kind, method, ablation and --quick overrides, targets, seed, image size, the generated data's
+version). A rerun with the same arguments loads finished units instead of recomputing them, also on a new machine
+from the committed file (shared stages of a pending run are then rebuilt into the new cache, untimed). ``--max-minutes
+N`` starts no job after N minutes: the section is written from the finished units under a ``**partial: k of n
+units**`` line (pending units listed, their cells "-"), the run prints what is left and the command that continues
+(the same one).
+
 Writes the ``## method_gains`` section of BENCHMARKS.md unless ``--quick`` or ``--no-write``. Exit status 1 when a
-required comparison fails (a method not above source-only on the mean over targets and seeds), 0 otherwise.
+required comparison fails (a method not above source-only on the mean over targets and seeds), 3 when stopped at the
+deadline (partial), 4 when the data was regenerated during the run (nothing written), 0 otherwise.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import os
+import shutil
 import sys
 import time
 import warnings
@@ -46,14 +62,17 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 import torch
 
-from benchmarks._common import (BENCHMARKS_PATH, ScoredRun, build_shared_stages, command_line,
-                                config_defaults, data_identity, prepare_benchmark_data, run_in_processes,
-                                run_method_and_score_heldout, working_directory, write_section)
+from benchmarks._common import (BENCHMARKS_PATH, STOPPED_EXIT, Deadline, ScoredRun, UnitStore, build_shared_stages,
+                                command_line, config_defaults, data_identity, data_version, default_workdir,
+                                evidence_path, prepare_benchmark_data, run_in_processes,
+                                run_method_and_score_heldout, stop_message, unit_key, working_directory,
+                                write_partial_section)
 
 from raysel import data
 from raysel.models import default_model_name
 
 SECTION = "method_gains"
+DATA_CHANGED_EXIT = 4  # the data was regenerated during the run: results mix two versions, nothing written
 # What this benchmark measures: a later commit touching one makes its section stale (benchmarks._common).
 MEASURES = ("benchmarks/_common.py", "raysel/methods", "raysel/models", "raysel/data/street_scenes.py",
             "raysel/data/digits.py", "raysel/data/generation.py", "raysel/data/common.py", "raysel/data/family.py",
@@ -188,6 +207,7 @@ def run_job(job: Job) -> JobOutcome:
         seconds = build_shared_stages(job.variant.method, job.variant.family, job.targets[0], job.seed,
                                       job.cache_dir, **settings)
         return JobOutcome(job, shared_seconds=seconds)
+    shutil.rmtree(job.run_dir, ignore_errors=True)  # a killed earlier attempt's checkpoints: start afresh
     run = run_method_and_score_heldout(job.variant.method, job.variant.family, list(job.targets), job.seed,
                                        job.run_dir, prepare_data=False, cache_dir=job.cache_dir, **settings)
     return JobOutcome(job, runs=run_results(job, run))
@@ -208,6 +228,59 @@ def phase_jobs(variants: Sequence[Variant], seeds: Sequence[int], make: JobMaker
     return [source, shared, runs]
 
 
+# --------------------------------------------------------------------------------------------------------------
+# Units: every job is one, saved when finished and never repeated
+# --------------------------------------------------------------------------------------------------------------
+
+
+def job_fields(job: Job, data_key: dict[str, Any]) -> dict[str, Any]:
+    """Everything that determines a job's result (its unit key): kind, variant and method, its hyperparameter
+    overrides (ablation, --quick budgets), targets, seed, image size and the generated data's version."""
+    return {"benchmark": "method_gains", "kind": job.kind, "variant": job.variant.name, "method": job.variant.method,
+            "family": job.variant.family, "overrides": job.overrides(), "targets": list(job.targets),
+            "seed": job.seed, "quick": job.quick, "image_size": job.image_size(), "data": data_key}
+
+
+def job_name(job: Job) -> str:
+    """How a pending job is listed."""
+    kind = {"source": "source model", "shared": "shared stages", "run": "run"}[job.kind]
+    targets = "all targets" if len(job.targets) > 1 else job.targets[0]
+    return f"{job.variant.family} {job.variant.name} {kind} on {targets} seed {job.seed}"
+
+
+def outcome_result(outcome: JobOutcome) -> dict[str, Any]:
+    """A finished job as JSON (the unit's saved result)."""
+    return {"runs": [dataclasses.asdict(run) for run in outcome.runs], "shared_seconds": outcome.shared_seconds}
+
+
+def saved_outcome(job: Job, saved: dict[str, Any]) -> JobOutcome:
+    """A saved unit back as the job's outcome."""
+    return JobOutcome(job, runs=[RunResult(**run) for run in saved["runs"]], shared_seconds=saved["shared_seconds"])
+
+
+@dataclass(frozen=True)
+class Task:
+    """A job to execute: save its outcome under ``key`` (``save``), or only rebuild its cached stages (a shared
+    job finished earlier whose run is still pending: its saved seconds stay); nothing once the deadline passed."""
+
+    job: Job
+    key: str
+    fields: dict[str, Any]
+    store: UnitStore
+    deadline: Deadline
+    save: bool = True
+
+
+def run_task(task: Task) -> tuple[Task, JobOutcome | None]:
+    """Run one task (in this process or a spawned worker); no outcome when the deadline had passed."""
+    if task.deadline.passed():
+        return task, None
+    outcome = run_job(task.job)
+    if task.save:
+        task.store.save(task.key, task.fields, outcome_result(outcome))
+    return task, outcome
+
+
 def progress_line(outcome: JobOutcome) -> str:
     """One line printed as soon as a job finishes."""
     job = outcome.job
@@ -219,17 +292,33 @@ def progress_line(outcome: JobOutcome) -> str:
     return f"{where}: held-out {scores}  (train {first.train_seconds:.0f} s, eval {first.eval_seconds:.1f} s)"
 
 
-def execute(phases: Sequence[Sequence[Job]], parallel: int) -> list[JobOutcome]:
-    """Run the phases one after another (each in ``parallel`` spawned processes), printing as jobs finish."""
-    outcomes = []
-    for phase, jobs in enumerate(phases, start=1):
-        if not jobs:
+def execute(phases: Sequence[Sequence[Task]], parallel: int) -> int:
+    """Run the phases' tasks one phase after another (each in ``parallel`` spawned processes), printing as jobs
+    finish; tasks after the deadline do nothing. Returns how many units were run and saved."""
+    ran = 0
+    for phase, tasks in enumerate(phases, start=1):
+        if not tasks:
             continue
-        print(f"phase {phase}: {len(jobs)} {jobs[0].kind} job(s)", flush=True)
-        for outcome in run_in_processes(run_job, jobs, parallel):
-            print("  " + progress_line(outcome), flush=True)
-            outcomes.append(outcome)
-    return outcomes
+        print(f"phase {phase}: {len(tasks)} {tasks[0].job.kind} job(s)", flush=True)
+        for task, outcome in run_in_processes(run_task, tasks, parallel):
+            if outcome is not None:
+                print("  " + progress_line(outcome) + ("" if task.save else " (cached stages rebuilt)"), flush=True)
+                ran += task.save
+    return ran
+
+
+def plan_tasks(phases: Sequence[Sequence[Job]], keys: dict[Job, str], fields: dict[Job, dict[str, Any]],
+               finished: set[str], store: UnitStore, deadline: Deadline) -> list[list[Task]]:
+    """The tasks left: every unfinished job, plus the shared stages of a finished shared job whose run is pending
+    (rebuilt into this workdir's cache, not timed again: the run must find them cached)."""
+    pending_runs = {(j.variant, j.targets, j.seed) for phase in phases for j in phase
+                    if j.kind == "run" and keys[j] not in finished}
+    tasks = []
+    for jobs in phases:
+        tasks.append([Task(j, keys[j], fields[j], store, deadline, save=keys[j] not in finished) for j in jobs
+                      if keys[j] not in finished
+                      or (j.kind == "shared" and (j.variant, j.targets, j.seed) in pending_runs)])
+    return tasks
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -470,8 +559,10 @@ def configuration_lines(variants: Sequence[Variant], quick: bool) -> list[str]:
 
 
 def report(variants: Sequence[Variant], outcomes: Sequence[JobOutcome], args: argparse.Namespace,
-           identities: dict[str, str], wall_seconds: float, load: tuple[float, float]) -> tuple[str, bool]:
-    """The markdown body and whether every required comparison holds."""
+           identities: dict[str, str], wall_seconds: float, load: tuple[float, float],
+           pending: Sequence[str] = (), loaded: int = 0) -> tuple[str, bool]:
+    """The markdown body and whether every required comparison holds, from the finished units (``outcomes``);
+    ``pending`` lists the unfinished ones (their cells read "-"), ``loaded`` counts those from earlier runs."""
     results = [run for outcome in outcomes for run in outcome.runs]
     shared = shared_seconds_by_variant(outcomes)
     families = list(dict.fromkeys(v.family for v in variants))
@@ -486,10 +577,15 @@ def report(variants: Sequence[Variant], outcomes: Sequence[JobOutcome], args: ar
         "source_only the source model's training); **shared stages s**: the method's one-off stages per target "
         f"and seed (HIAST's adversarial warm-up; loading the cached source model for the others). {args.parallel} "
         f"run(s) at a time with {args.threads} torch thread(s) each; CPU load average {load[0]:.1f} before / "
-        f"{load[1]:.1f} after. Total wall time {wall_seconds / 60:.1f} min."
+        f"{load[1]:.1f} after. Total wall time {wall_seconds / 60:.1f} min"
+        + (f" in this run; {loaded} finished unit(s) loaded from earlier runs (their times as measured then)"
+           if loaded else "") + "."
         + (" **QUICK SMOKE RUN on tiny generated data: the numbers mean nothing.**" if args.quick else ""),
         "",
     ]
+    if pending:
+        lines += [f"Pending ({len(pending)} unit(s); their cells read \"-\", rerun the command above to continue): "
+                  + "; ".join(pending) + ".", ""]
     for family_lines in reports:
         lines += family_lines.lines + [""]
     lines += [ratio_line(reports), "", "Configurations:", "", *configuration_lines(variants, args.quick)]
@@ -523,7 +619,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=1, help="torch threads per job (default 1)")
     parser.add_argument("--data-root", default=None, help="data root (default: raysel's default data root)")
     parser.add_argument("--workdir", type=Path, default=None,
-                        help="stage cache and run folders (default: a temporary folder, removed afterwards)")
+                        help="stage cache, run folders and finished units, kept and reused (default: "
+                             f"results/{SECTION} under the repo root, git-ignored; --quick: results/{SECTION}-quick)")
+    parser.add_argument("--evidence", type=Path, default=None,
+                        help=f"committed JSON of the finished units, read and updated (default: "
+                             f"benchmarks/results/{SECTION}.json; not with --quick or --no-write)")
+    parser.add_argument("--max-minutes", type=float, default=None,
+                        help="start no job after this many minutes; the section is written as partial, the same "
+                             f"command continues (exit status {STOPPED_EXIT})")
     parser.add_argument("--output", type=Path, default=BENCHMARKS_PATH, help="the BENCHMARKS.md to update")
     parser.add_argument("--no-write", action="store_true", help="print the tables only")
     parser.add_argument("--quick", action="store_true",
@@ -535,38 +638,64 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             parser.error(f"{option}: unknown {', '.join(unknown)}; valid: {', '.join(valid)}")
     if args.threads < 1 or args.parallel < 1:
         parser.error("--threads and --parallel must be >= 1")
+    if args.max_minutes is not None and args.max_minutes < 0:
+        parser.error("--max-minutes must be >= 0")
     args.seeds = list(dict.fromkeys(args.seeds or ([0] if args.quick else [0, 1])))
+    args.workdir = args.workdir or default_workdir(SECTION, args.quick)
+    if args.evidence is None and not (args.quick or args.no_write):
+        args.evidence = evidence_path(SECTION)
     return args
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the benchmark, print the tables, write the BENCHMARKS.md section; 1 when a requirement fails."""
+    """Run the benchmark, print the tables, write the BENCHMARKS.md section; 1 when a requirement fails,
+    3 when stopped at the --max-minutes deadline (partial section written), 4 when the data changed mid-run."""
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     command = command_line("method_gains.py", argv)
     variants = selected_variants(args.families, args.methods)
+    deadline = Deadline.after_minutes(args.max_minutes)
     load_before, started = os.getloadavg()[0], time.perf_counter()
     with working_directory(args.workdir, "raysel-method-gains-") as directory:
         workdir = Path(directory)
+        store = UnitStore(workdir / "units", args.evidence)
         families = list(dict.fromkeys(v.family for v in variants))
         root = prepare_benchmark_data(families, args.data_root, tiny_into=workdir / "data" if args.quick else None)
         identities = {f: data_identity(root / data.get_family(f).name) for f in families}
+        versions = {f: data_version(root / data.get_family(f).name) for f in families}
 
         def make(kind: str, variant: Variant, targets: tuple[str, ...], seed: int) -> Job:
             return Job(kind, variant, targets, seed, str(root), str(workdir), args.threads, args.quick)
 
-        outcomes = execute(phase_jobs(variants, args.seeds, make), args.parallel)
+        phases = phase_jobs(variants, args.seeds, make)
+        jobs = [job for phase in phases for job in phase]
+        fields = {job: job_fields(job, versions[job.variant.family]) for job in jobs}
+        keys = {job: unit_key(fields[job]) for job in jobs}
+        done_before = store.load(list(keys.values()))
+        print(f"{len(jobs)} unit(s): {len(done_before)} finished earlier (loaded, not rerun), "
+              f"{len(jobs) - len(done_before)} to run; workdir {workdir}", flush=True)
+        ran = execute(plan_tasks(phases, keys, fields, set(done_before), store, deadline), args.parallel)
+        finished = store.load(list(keys.values()))
         changed = [f for f in families if data_identity(root / data.get_family(f).name) != identities[f]]
+    outcomes = [saved_outcome(job, finished[keys[job]]) for job in jobs if keys[job] in finished]
+    pending = [job_name(job) for job in jobs if keys[job] not in finished]
     body, all_met = report(variants, outcomes, args, identities, time.perf_counter() - started,
-                           (load_before, os.getloadavg()[0]))
+                           (load_before, os.getloadavg()[0]), pending=pending, loaded=len(done_before))
     print("\n" + body, flush=True)
     if changed:
         print(f"error: the data of {', '.join(changed)} was regenerated during the benchmark; results mix two "
               "versions and are not written", file=sys.stderr)
-        return 3
+        return DATA_CHANGED_EXIT
     if not (args.quick or args.no_write):
-        write_section(SECTION, command, body, path=args.output)
-        print(f"wrote the '## {SECTION}' section of {args.output}")
+        write_partial_section(SECTION, command, body, done=len(finished), total=len(jobs), what="units",
+                              path=args.output)
+        state = "" if not pending else f" (partial: {len(finished)} of {len(jobs)} units)"
+        print(f"wrote the '## {SECTION}' section of {args.output}{state}")
+    print(f"{ran} unit(s) run now, {len(done_before)} loaded; finished units in {store.folder}"
+          + (f" and {args.evidence}" if args.evidence else ""))
+    if pending:
+        print(stop_message(len(finished), len(jobs), "units", pending, command), flush=True)
+        return STOPPED_EXIT
     return 0 if (all_met or args.quick) else 1
 
 

@@ -1,0 +1,208 @@
+"""Chunked benchmarks (issue 28 item 2): hdrq_merge and method_gains save each finished unit keyed by its
+settings, reuse it, stop at --max-minutes with exit 3 and a partial section, and rebuild a section from a
+committed evidence file without running any job."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from benchmarks import _common, hdrq_merge, method_gains
+from benchmarks._hdrq_merge_tables import ConfigResult
+
+DATA = {"generator": "digits", "version": 5, "config": {"size": 1}}
+
+
+def test_partial_line_wording() -> None:
+    assert _common.partial_line(3, 27, "units") == "**partial: 3 of 27 units**"
+
+
+def test_hdrq_unit_keys_differ_with_every_setting() -> None:
+    def key(*argv: str, unit: int = 1, data: dict | None = None, family: str = "digits") -> str:
+        args = hdrq_merge.parse_args(["--families", family, "--no-write", *argv])
+        job = hdrq_merge._job(args, family, args.seeds[0], "root", "work")
+        return _common.unit_key(hdrq_merge.unit_fields(job, hdrq_merge.job_units(job)[unit], data or DATA))
+
+    base = key()
+    assert key() == base  # deterministic
+    others = [key("--seeds", "1"), key("--iterations", "2000"), key("--merge-draws", "3"), key("--bits", "W2A4"),
+              key(unit=2), key("--digits-adaptation", "iterations=9"), key("--quick"), key("--with-test-targets"),
+              key(data={**DATA, "version": 6}), key(family="street_scenes"),
+              key("--roundings", "noise", family="street_scenes")]  # 2 street targets: float rounding too
+    assert len({base, *others}) == len(others) + 1
+    assert key("--roundings", "noise") == base  # 3 digits targets have no ties: noise only either way
+    assert key("--threads", "2", "--parallel", "2", "--workdir", "/elsewhere") == base  # not result-determining
+
+
+def test_method_gains_unit_keys_differ_with_every_setting() -> None:
+    variants = method_gains.selected_variants(["digits"], ["gsda_global", "gsda"])
+    global_, full = variants[1], variants[2]
+
+    def key(kind: str = "run", variant=full, target: str = "photo_digits", seed: int = 0, quick: bool = False,
+            data: dict | None = None, workdir: str = "/w") -> str:
+        job = method_gains.Job(kind, variant, (target,), seed, "/data", workdir, 1, quick)
+        return _common.unit_key(method_gains.job_fields(job, data or DATA))
+
+    base = key()
+    others = [key("shared"), key(variant=global_), key(target="noisy_digits"), key(seed=1), key(quick=True),
+              key(data={**DATA, "config": {"size": 2}})]
+    assert len({base, *others}) == len(others) + 1 and key(workdir="/other") == base
+
+
+def test_unit_store_round_trip_and_evidence(tmp_path: Path) -> None:
+    store = _common.UnitStore(tmp_path / "units", tmp_path / "evidence" / "s.json")
+    assert store.get("k1") is None
+    store.save("k1", {"seed": 0}, {"value": 1.5})
+    store.save("k2", {"seed": 1}, {"value": [1, 2]})
+    assert store.get("k1") == {"value": 1.5} and store.load(["k1", "k2", "k3"]) == {"k1": {"value": 1.5},
+                                                                                    "k2": {"value": [1, 2]}}
+    evidence = json.loads((tmp_path / "evidence" / "s.json").read_text())
+    assert set(evidence["units"]) == {"k1", "k2"} and evidence["units"]["k2"]["fields"] == {"seed": 1}
+    fresh = _common.UnitStore(tmp_path / "new-machine", tmp_path / "evidence" / "s.json")  # empty workdir
+    assert fresh.load(["k1", "k2"]) == store.load(["k1", "k2"])
+    assert _common.UnitStore(tmp_path / "units").get("k1") == {"value": 1.5}  # no evidence file needed
+
+
+def test_partial_section_header_and_complete_section(tmp_path: Path) -> None:
+    output = tmp_path / "BENCHMARKS.md"
+    text = _common.write_partial_section("demo.x", "python -m x", "body", done=1, total=4, what="units",
+                                         path=output, load=(1.0, 1.0))
+    lines = text.split("\n")
+    assert lines[0] == "## demo.x" and lines[2] == "**partial: 1 of 4 units**" and lines[4].startswith("Command:")
+    assert output.read_text().count("## demo.x") == 1
+    _common.write_partial_section("demo.x", "python -m x", "body", done=4, total=4, what="units", path=output,
+                                  load=(1.0, 1.0))
+    assert "partial" not in output.read_text() and output.read_text().count("Commit:") == 1
+
+
+@pytest.fixture
+def no_data(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    """Skip data generation: a fixed data version, no job may run."""
+    root = tmp_path / "data"
+    root.mkdir()
+    for module in (hdrq_merge, method_gains):
+        monkeypatch.setattr(module, "prepare_benchmark_data", lambda *a, **k: root)
+        monkeypatch.setattr(module, "data_version", lambda folder: DATA)
+    monkeypatch.setattr(method_gains, "data_identity", lambda folder: "fixed data")
+
+    def fail(*args, **kwargs):
+        raise AssertionError("a job ran")
+
+    monkeypatch.setattr(hdrq_merge, "score_configuration", fail)
+    monkeypatch.setattr(hdrq_merge, "job_context", fail)
+    monkeypatch.setattr(method_gains, "run_job", fail)
+    return root
+
+
+HDRQ_ARGV = ["--families", "digits", "--seeds", "0", "1", "--bits", "W2A4", "--rows", "FP", "QDrop", "HDRQ"]
+
+
+def test_hdrq_max_minutes_zero_stops_before_any_unit(no_data: Path, tmp_path: Path, capsys) -> None:
+    output = tmp_path / "BENCHMARKS.md"
+    argv = [*HDRQ_ARGV, "--max-minutes", "0", "--workdir", str(tmp_path / "w"), "--evidence",
+            str(tmp_path / "ev.json"), "--output", str(output), "--section", "hdrq_merge.regime"]
+    assert hdrq_merge.main(argv) == _common.STOPPED_EXIT
+    text = output.read_text()
+    assert "## hdrq_merge.regime\n\n**partial: 0 of 6 units**\n" in text and "## hdrq_merge\n" not in text
+    assert "digits seed 1 HDRQ W2A4" in text and "Pending (6 configuration(s)" in text
+    printed = capsys.readouterr().out
+    assert "0 of 6 units finished, 6 left" in printed and "python -m benchmarks.hdrq_merge --families digits" in printed
+
+
+def hdrq_config(label: str, bits: str, harmonic: float) -> dict:
+    entry = ConfigResult(label=label, bits=bits, rounding="fp" if bits == "FP" else "noise",
+                         specialists={"photo_digits": 0.5, "noisy_digits": 0.5, "inverted_blur_digits": 0.5},
+                         merged={"photo_digits": harmonic, "noisy_digits": harmonic, "inverted_blur_digits": harmonic},
+                         harmonic=harmonic, merge_quality=0.5, error_barrier=0.0,
+                         ptq_method="qdrop" if label == "QDrop" else "hdrq", draws=1, ptq_iterations=10,
+                         ptq_loop_seconds=1.0, seconds=2.0)
+    return hdrq_merge.unit_result([entry], {"ptq_stage": 1.0}, 2.0)
+
+
+def committed_evidence(path: Path, skip: set[tuple[int, str]] = frozenset()) -> None:
+    """A committed-style evidence file with the units of HDRQ_ARGV (except ``skip``), written by the real code."""
+    args = hdrq_merge.parse_args([*HDRQ_ARGV, "--no-write"])
+    store = _common.UnitStore(path.parent / "scratch", path)
+    for seed in (0, 1):
+        job = hdrq_merge._job(args, "digits", seed, "root", "work")
+        for unit in hdrq_merge.job_units(job):
+            if (seed, unit.label) in skip:
+                continue
+            fields = hdrq_merge.unit_fields(job, unit, DATA)
+            value = {"FP": 0.40, "QDrop": 0.30 + 0.01 * seed, "HDRQ": 0.33 + 0.02 * seed}[unit.label]
+            store.save(_common.unit_key(fields), fields, hdrq_config(unit.label, unit.bits, value))
+
+
+def test_hdrq_section_rebuilt_from_committed_evidence_without_jobs(no_data: Path, tmp_path: Path) -> None:
+    evidence, output = tmp_path / "benchmarks" / "results" / "hdrq_merge.regime.json", tmp_path / "BENCHMARKS.md"
+    committed_evidence(evidence)
+    argv = [*HDRQ_ARGV, "--workdir", str(tmp_path / "new-machine"), "--evidence", str(evidence), "--output",
+            str(output), "--section", "hdrq_merge.regime"]
+    assert hdrq_merge.main(argv) == 0
+    text = output.read_text()
+    assert "partial" not in text and "| digits | W2A4 | 40.00 | 30.50 | +9.50 (yes) | +3.00 / +4.00 |" in text
+    assert "6 finished configuration(s) loaded from earlier runs" in text
+
+
+def test_hdrq_partial_section_says_pending_for_the_interval(no_data: Path, tmp_path: Path) -> None:
+    evidence, output = tmp_path / "ev.json", tmp_path / "BENCHMARKS.md"
+    committed_evidence(evidence, skip={(1, "HDRQ")})
+    argv = [*HDRQ_ARGV, "--workdir", str(tmp_path / "w"), "--evidence", str(evidence), "--output", str(output),
+            "--max-minutes", "0"]
+    assert hdrq_merge.main(argv) == _common.STOPPED_EXIT
+    text = output.read_text()
+    assert "**partial: 5 of 6 units**" in text and "digits seed 1 HDRQ W2A4" in text
+    assert "pending (needs ≥ 2 seeds)" in text
+
+
+def test_method_gains_max_minutes_zero_stops_before_any_unit(no_data: Path, tmp_path: Path, capsys) -> None:
+    output = tmp_path / "BENCHMARKS.md"
+    argv = ["--families", "digits", "--max-minutes", "0", "--workdir", str(tmp_path / "w"), "--evidence",
+            str(tmp_path / "ev.json"), "--output", str(output)]
+    assert method_gains.main(argv) == _common.STOPPED_EXIT
+    text = output.read_text()
+    total = 2 * (1 + 2 * 3 + 2 * 3)  # seeds x (source + shared + runs)
+    assert f"## method_gains\n\n**partial: 0 of {total} units**\n" in text
+    assert "digits gsda run on noisy_digits seed 1" in text and "digits source_only source model" in text
+    assert "python -m benchmarks.method_gains --families digits" in capsys.readouterr().out
+
+
+def test_method_gains_section_rebuilt_from_committed_evidence(no_data: Path, tmp_path: Path) -> None:
+    evidence, output = tmp_path / "method_gains.json", tmp_path / "BENCHMARKS.md"
+    args = method_gains.parse_args(["--families", "digits", "--seeds", "0", "--no-write"])
+    variants = method_gains.selected_variants(args.families, args.methods)
+    make = lambda kind, v, targets, seed: method_gains.Job(kind, v, targets, seed, "r", "w", 1, False)  # noqa: E731
+    store = _common.UnitStore(tmp_path / "scratch", evidence)
+    for job in (j for phase in method_gains.phase_jobs(variants, [0], make) for j in phase):
+        runs = [method_gains.RunResult("digits", job.variant.name, t, 0, 0.5 + 0.1 * (job.variant.name == "gsda"),
+                                       [0.5] * 10, 3.0, 1.0) for t in job.targets] if job.kind != "shared" else []
+        outcome = method_gains.JobOutcome(job, runs, 1.0 if job.kind == "shared" else None)
+        fields = method_gains.job_fields(job, DATA)
+        store.save(_common.unit_key(fields), fields, method_gains.outcome_result(outcome))
+    argv = ["--families", "digits", "--seeds", "0", "--workdir", str(tmp_path / "w"), "--evidence", str(evidence),
+            "--output", str(output)]
+    assert method_gains.main(argv) == 0
+    text = output.read_text()
+    assert "partial" not in text and "gsda yes (+10.0)" in text
+
+
+def test_hdrq_quick_resume_loads_the_finished_unit(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """--quick in-process: the first run stops after one configuration; the rerun loads it and runs the rest."""
+    calls: list[str] = []
+    real = hdrq_merge.score_configuration
+
+    def counted(ctx, config, targets, label, *args, **kwargs):
+        calls.append(label)
+        return real(ctx, config, targets, label, *args, **kwargs)
+
+    monkeypatch.setattr(hdrq_merge, "score_configuration", counted)
+    monkeypatch.setattr(_common.Deadline, "passed", lambda self: self.at is not None and len(calls) >= 1)
+    argv = ["--quick", "--families", "digits", "--rows", "FP", "QDrop", "--bits", "W4A4", "--workdir",
+            str(tmp_path / "w")]
+    assert hdrq_merge.main([*argv, "--max-minutes", "30"]) == _common.STOPPED_EXIT
+    assert calls == ["FP"]
+    assert hdrq_merge.main(argv) == 0
+    assert calls == ["FP", "QDrop"]  # FP loaded, not recomputed
+    assert len(list((tmp_path / "w" / "units").glob("*.json"))) == 2
