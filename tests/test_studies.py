@@ -117,6 +117,11 @@ def test_a_study_file_becomes_checked_requests(tmp_path: Path, monkeypatch: pyte
     ({"sweeps": []}, "`sweeps:` must be a non-empty list"),
     ({"sweep": []}, "unknown study key 'sweep'; did you mean 'sweeps'?"),
     ({"name": "a/b"}, "`name:` must name the study"),
+    ({"sweeps": [{"name": "a", "method": "source_onyl"}]}, "study lr-study: sweep 'a': unknown method 'source_onyl'"),
+    ({"sweeps": [{"name": "a", "method": "source_only", "data": "digits", "target": ["foggy_city"]}]},
+     "study lr-study: sweep 'a': --target: unknown domain for dataset 'digits' 'foggy_city'"),
+    ({"sweeps": [{"name": "a", "method": "source_only", "space": {"learning_rate": {"grid": [-1.0]}}}]},
+     "study lr-study: sweep 'a': space: hyperparameter 'learning_rate': grid value -1.0: float field must be > 0"),
 ])
 def test_a_bad_study_is_refused_in_one_line_naming_the_sweep_and_option(change: dict, message: str,
                                                                          tmp_path: Path) -> None:
