@@ -581,3 +581,41 @@ def test_end_to_end_feature_distance_enters_the_loss(tmp_path, rare_thing_family
     ctx = _rare_thing_context(tmp_path, "without_fd")
     t2sda.train(off, ctx)
     assert ctx.session.reports[-1]["loss_fd"] == 0.0
+
+
+def test_rcs_crop_retry_keeps_the_sampled_class_far_more_often():
+    """DAFormer's crop retry: a small object of the drawn class survives the U(0.75, 1) crop almost always with it,
+    while a plain crop cuts it out a sizeable share of the time."""
+    from raysel.methods.augment import weak_augment
+
+    height, width, count = 96, 192, 200
+    position = torch.Generator().manual_seed(1)
+    labels = torch.zeros(count, height, width, dtype=torch.long)
+    for index in range(count):
+        top = int(torch.randint(0, height - 6, (), generator=position))
+        left = int(torch.randint(0, width - 6, (), generator=position))
+        labels[index, top:top + 6, left:left + 6] = 18                            # a 36-pixel bicycle
+    images = torch.randn(count, 3, height, width)
+    fraction = daformer.DAFORMER_RCS_MIN_CROP_RATIO * daformer.DAFORMER_RCS_MIN_PIXELS_FRACTION
+    needed = fraction * height * width
+
+    def kept(keep_classes) -> float:
+        _, cropped = weak_augment(images, labels, torch.Generator().manual_seed(0), keep_classes=keep_classes,
+                                  keep_fraction=fraction)
+        return float(((cropped == 18).flatten(1).sum(dim=1) > needed).float().mean())
+
+    plain, retried = kept(None), kept(torch.full((count,), 18))
+    assert plain < 0.9                                                            # a plain crop loses it (~15 %)
+    assert retried > 0.99
+    # without keep_classes, the random stream and the result are the plain view's
+    assert torch.equal(weak_augment(images[:4], labels[:4], torch.Generator().manual_seed(3))[1],
+                       weak_augment(images[:4], labels[:4], torch.Generator().manual_seed(3),
+                                    keep_classes=torch.full((4,), -1), keep_fraction=fraction)[1])
+
+
+def test_rcs_source_batches_carry_the_drawn_class(tmp_path, rare_thing_family):
+    config = config_from_dict(t2sda.T2sdaConfig, {"batch_size": 4})
+    batch = first_batches(t2sda.source_loader(_rare_thing_context(tmp_path), config), 1)[0]
+    assert batch["rcs_class"].shape == (4,)
+    for label, cls in zip(batch["label"], batch["rcs_class"].tolist()):
+        assert bool((label == cls).any())                                         # the image holds its drawn class

@@ -73,7 +73,8 @@ from raysel.conventions import IGNORE_INDEX
 from raysel.hyperparameters import bounded, check_fields
 from raysel.methods.augment import denormalize, normalize, weak_augment
 from raysel.methods.base import RunContext
-from raysel.methods.daformer_strategies import (DAFORMER_RCS_MIN_PIXELS_FRACTION, RareClassSampler,
+from raysel.methods.daformer_strategies import (DAFORMER_RCS_CROP_RETRIES, DAFORMER_RCS_MIN_CROP_RATIO,
+                                                DAFORMER_RCS_MIN_PIXELS_FRACTION, RareClassDataset, RareClassSampler,
                                                 bottleneck_module, captured_output, frozen_reference,
                                                 source_class_pixel_counts, thing_feature_distance)
 from raysel.methods.result import TrainResult
@@ -103,7 +104,8 @@ class T2sdaConfig(SourceStageFields):
     Switches for the paper's ablations: pull_loss infonce|mse (Tab. 10), query_sampling class_balanced|
     class_equalized and negative_sampling domain_equalized|pooled (Tab. 8), dynamic_reweighting (Tab. 9).
     DAFormer's strategies of the baseline (§4): rare_class_sampling with rcs_temperature 0.01 and
-    rcs_min_pixels_fraction 0.0015 (3000 of a GTA5 label's pixels), feature_distance with lambda_fd 0.005 and
+    rcs_min_pixels_fraction 0.0015 (3000 of a GTA5 label's pixels) and rcs_min_crop_ratio 0.5 (crop retry),
+    feature_distance with lambda_fd 0.005 and
     fd_min_label_ratio 0.75 (DAFormer's values). The inherited ``source_*`` fields set the cached source-only stage
     the student starts from.
     """
@@ -141,6 +143,8 @@ class T2sdaConfig(SourceStageFields):
     rcs_temperature: float = bounded(0.01, gt=0.0, help="RCS temperature T, DAFormer Eq. 7")
     rcs_min_pixels_fraction: float = bounded(DAFORMER_RCS_MIN_PIXELS_FRACTION, ge=0.0, lt=1.0,
                                              help="share of an image's labelled pixels a class needs for RCS")
+    rcs_min_crop_ratio: float = bounded(DAFORMER_RCS_MIN_CROP_RATIO, ge=0.0, le=1.0,
+                                        help="RCS crop retry: the crop keeps > ratio x threshold of the class (0 off)")
     feature_distance: bool = True
     lambda_fd: float = bounded(0.005, ge=0.0, help="λ_FD, feature-distance weight, DAFormer Eq. 11")
     fd_min_label_ratio: float = bounded(0.75, gt=0.0, le=1.0, help="thing-mask patch share, DAFormer Eq. 10")
@@ -568,7 +572,10 @@ def training_step(network: nn.Module, teacher: SegmenterWithProjector, optimizer
     """One T2S-DA iteration: teacher labels and keys, ClassMix, FDA, student forward, FD if ``reference``, update."""
     device, num_classes = ctx.device, ctx.num_classes
     target_images, _ = weak_augment(target["image"], None, generator)
-    source_images, source_labels = weak_augment(source["image"], source["label"], generator)
+    keep = source.get("rcs_class") if config.rcs_min_crop_ratio > 0 else None  # DAFormer's RCS crop retry
+    source_images, source_labels = weak_augment(
+        source["image"], source["label"], generator, keep_classes=keep,
+        keep_fraction=config.rcs_min_crop_ratio * config.rcs_min_pixels_fraction, crop_retries=DAFORMER_RCS_CROP_RETRIES)
     target_images = target_images.to(device)
     size = tuple(target_images.shape[-2:])
     source_images, source_labels = _match_size(source_images.to(device), source_labels.to(device), size)
@@ -638,8 +645,8 @@ def source_loader(ctx: RunContext, config: T2sdaConfig) -> DataLoader:
     per_worker = max(1, config.batch_size // ctx.world_size)
     sampler = RareClassSampler(source_class_pixels(ctx), config.rcs_temperature,
                                num_samples=max(per_worker, len(dataset) // ctx.world_size), seed=ctx.spec.seed + 41,
-                               rank=ctx.rank, min_pixels_fraction=config.rcs_min_pixels_fraction)
-    return DataLoader(dataset, batch_size=per_worker, sampler=sampler, drop_last=True,
+                               rank=ctx.rank, min_pixels_fraction=config.rcs_min_pixels_fraction, with_classes=True)
+    return DataLoader(RareClassDataset(dataset), batch_size=per_worker, sampler=sampler, drop_last=True,
                       **ctx.acceleration.loader_options())
 
 
