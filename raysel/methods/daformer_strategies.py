@@ -22,20 +22,27 @@ baseline". Those are DAFormer's (Hoyer et al., CVPR 2022, §3.3-3.4; code ``mmse
   pixel of the encoder's bottleneck features (Eq. 8), averaged over pixels whose downscaled source label is a thing
   class (Eq. 9-10; a feature pixel takes its patch's majority label when that label covers >= 75 % of the patch,
   DAFormer's ``downscale_label_ratio``), weighted by lambda_FD = 0.005 in the total loss. Thing classes are DAFormer's
-  ``imnet_feature_dist_classes`` (Cityscapes trainIds 6, 7, 11-18). Stand-in for the frozen ImageNet encoder: the
-  embedded networks have no ImageNet weights (and this machine has no internet), so the reference is a frozen copy
-  of the encoder the adaptation starts from, i.e. the cached source-only model. It keeps what FD is for (the adapted
-  encoder cannot drift from a representation learned before self-training on noisy target pseudo-labels), but that
-  representation has seen only source images rather than ImageNet. Scale at the embedded defaults (street_scenes
-  game -> day_city, small_segnet, 60 iterations): L_FD grows from 0 to about 0.6, so lambda_FD * L_FD is about 0.003
-  of a total loss near 1.1; DAFormer's lambda_FD was set for MiT-B5 features with larger norms.
+  ``imnet_feature_dist_classes`` (Cityscapes trainIds 6, 7, 11-18).
+  Reference (:func:`feature_distance_reference`): as in the paper, a frozen ImageNet encoder of the same
+  architecture when the network's ImageNet weights load (``deeplabv2_resnet101`` with the torchvision cache filled:
+  the model's ``imagenet_pretrained`` flag); otherwise (the embedded ``small_segnet`` has no ImageNet weights, and
+  ResNet-101 without a cache) a frozen copy of the encoder the adaptation starts from, i.e. the cached source-only
+  model. That stand-in keeps what FD is for (the adapted encoder cannot drift from a representation learned before
+  self-training on noisy target pseudo-labels), but its representation has seen only source images rather than
+  ImageNet. Which one is used is logged and reported per trial as ``fd_imagenet_reference`` (1 ImageNet, 0 source
+  model). Scale: the trial reports ``fd_loss_share`` = lambda_FD * L_FD / total loss. At the embedded defaults
+  (street_scenes game -> day_city, small_segnet, 60 iterations) L_FD grows from 0 to about 0.6, so the share is
+  about 0.003 (0.3 %) of a total loss near 1.1: FD is a weak regulariser there (DAFormer's lambda_FD was set for
+  MiT-B5 features with larger norms). The share is of the loss, not of the encoder's gradient; the gradient share
+  is not measured per step because it needs a second backward pass.
 """
 
 from __future__ import annotations
 
 import copy
+import logging
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -44,6 +51,8 @@ from torch.nn import functional as F
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from raysel.conventions import IGNORE_INDEX
+
+logger = logging.getLogger(__name__)
 
 # DAFormer's ``imnet_feature_dist_classes``: traffic light, traffic sign, person, rider, car, truck, bus, train,
 # motorcycle, bicycle (Cityscapes trainIds; every raysel segmentation family predicts these 19 ids).
@@ -197,12 +206,35 @@ def captured_output(module: nn.Module | None) -> Iterator[list[torch.Tensor]]:
         handle.remove()
 
 
+def _frozen(model: nn.Module) -> nn.Module:
+    model.eval()
+    for parameter in model.parameters():
+        parameter.requires_grad_(False)
+    return model
+
+
 def frozen_reference(segmenter: nn.Module) -> nn.Module:
     """FD's stand-in for the frozen ImageNet encoder: an eval-mode copy of the starting segmenter without gradients."""
-    reference = copy.deepcopy(segmenter).eval()
-    for parameter in reference.parameters():
-        parameter.requires_grad_(False)
-    return reference
+    return _frozen(copy.deepcopy(segmenter))
+
+
+IMAGENET_REFERENCE = "imagenet"
+SOURCE_MODEL_REFERENCE = "source_model"
+
+
+def feature_distance_reference(build_pretrained: Callable[[], nn.Module],
+                               segmenter: nn.Module) -> tuple[nn.Module, str]:
+    """FD's frozen reference and its kind: ``build_pretrained()`` (a fresh network of the same architecture asked
+    for ImageNet weights, e.g. ``lambda: ctx.build_model(pretrained=True)``) when its ``imagenet_pretrained`` flag
+    says the weights loaded, as in DAFormer; else a frozen copy of ``segmenter`` (the starting source model).
+    The choice is logged."""
+    candidate = build_pretrained()
+    if bool(getattr(candidate, "imagenet_pretrained", False)):
+        logger.info("feature distance: frozen ImageNet encoder as the reference (DAFormer)")
+        return _frozen(candidate), IMAGENET_REFERENCE
+    del candidate
+    logger.info("feature distance: no ImageNet weights for this network; frozen source-only model as the reference")
+    return frozen_reference(segmenter), SOURCE_MODEL_REFERENCE
 
 
 @torch.no_grad()

@@ -51,8 +51,10 @@ No official code exists. Choices where the paper is silent or ambiguous (each do
   both on by default (:mod:`raysel.methods.daformer_strategies`): rare-class sampling of source images
   (``rare_class_sampling``, T = ``rcs_temperature`` 0.01) and the thing-class feature distance on the source batch's
   encoder bottleneck (``feature_distance``, lambda_FD = ``lambda_fd`` 0.005). The loss becomes
-  ``L_source + L_target + lambda_ * L_pull + lambda_fd * L_FD``. FD's frozen ImageNet encoder is stood in for by a
-  frozen copy of the source-only model the run starts from (no ImageNet weights exist for the embedded networks).
+  ``L_source + L_target + lambda_ * L_pull + lambda_fd * L_FD``. FD's reference is the frozen ImageNet encoder when
+  the network's ImageNet weights load (``deeplabv2_resnet101`` with the torchvision cache), else a frozen copy of
+  the source-only model the run starts from (``small_segnet`` has none); reported as ``fd_imagenet_reference``,
+  and FD's share of the loss as ``fd_loss_share`` (about 0.3 % at the embedded defaults).
 * The run starts from the shared cached source-only model (:func:`raysel.methods.stages.source_stage`). The student
   is returned for evaluation (DACS/DAFormer evaluate the student); ``evaluate_teacher=True`` returns the teacher.
 """
@@ -75,7 +77,8 @@ from raysel.methods.augment import denormalize, normalize, weak_augment
 from raysel.methods.base import RunContext
 from raysel.methods.daformer_strategies import (DAFORMER_RCS_CROP_RETRIES, DAFORMER_RCS_MIN_CROP_RATIO,
                                                 DAFORMER_RCS_MIN_PIXELS_FRACTION, RareClassDataset, RareClassSampler,
-                                                bottleneck_module, captured_output, frozen_reference,
+                                                IMAGENET_REFERENCE, bottleneck_module, captured_output,
+                                                feature_distance_reference,
                                                 source_class_pixel_counts, thing_feature_distance)
 from raysel.methods.result import TrainResult
 from raysel.methods.losses import cross_entropy
@@ -626,6 +629,7 @@ def training_step(network: nn.Module, teacher: SegmenterWithProjector, optimizer
     return {LOSS: float(loss.detach()), "loss_source": float(loss_source.detach()),
             "loss_target": float(loss_target.detach()), "loss_pull": float(loss_pull.detach()),
             "loss_fd": float(loss_fd.detach()),
+            "fd_loss_share": float((config.lambda_fd * loss_fd.detach() / loss.detach().abs().clamp(min=1e-12))),
             TARGET_CONFIDENCE: confidence, "pseudo_label_quality": float(quality.mean()), **pull_statistics}
 
 
@@ -657,7 +661,9 @@ def train(config: T2sdaConfig, ctx: RunContext) -> TrainResult:
     """
     source_weights = source_stage(ctx, config.source_settings())["model"]
     student = build_student(ctx, source_weights, config)
-    reference = frozen_reference(student.segmenter) if config.feature_distance else None  # FD's stand-in, never resumed
+    reference, reference_kind = (feature_distance_reference(lambda: ctx.build_model(pretrained=True), student.segmenter)
+                                 if config.feature_distance else (None, None))  # frozen, never resumed
+    fd_metrics = {} if reference is None else {"fd_imagenet_reference": float(reference_kind == IMAGENET_REFERENCE)}
     teacher = make_ema_teacher(student)
     network = ctx.distributed(student)
     optimizer = build_adamw(network, config)
@@ -681,7 +687,7 @@ def train(config: T2sdaConfig, ctx: RunContext) -> TrainResult:
     running = RunningMean()
     for iteration in range(start_iteration, config.iterations):
         running.add(**training_step(network, teacher, optimizer, next(source_batches), next(target_batches),
-                                    config, ctx, generator, iteration, reference))
+                                    config, ctx, generator, iteration, reference), **fd_metrics)
         scheduler.step()
         done = iteration + 1
         if done % config.report_interval == 0 or done == config.iterations:
