@@ -396,3 +396,37 @@ def test_fake_stream_leaves_batchnorm_running_statistics_to_the_target_stream():
     # the fake stream is still normalised with its own batch statistics, as a training-mode forward does
     torch.testing.assert_close(fake_logits, fake_only(fake))
     assert all(m.track_running_stats for m in model.modules() if hasattr(m, "track_running_stats"))
+
+
+def test_sfda_step_updates_batchnorm_running_statistics_from_target_batches_only(make_context):
+    """A real ``sfda_step`` (G, T, D updates): T's BN buffers afterwards are those of a forward on the target batch
+    alone, not on target and fake images, so the fake stream goes through the statistics-preserving forward."""
+    import copy
+
+    from raysel.models import build_model
+
+    ctx = make_context()
+    config = tiny_config()
+    assert not config.freeze_batchnorm                                   # BN would be frozen otherwise
+    torch.manual_seed(0)
+    source_state = build_model("small_segnet", "segmentation", NUM_CLASSES).state_dict()
+    nets = sfda._build_networks(config, ctx, source_state, IMAGE_SIZE, 2)
+    target_images = torch.randn(2, 3, *IMAGE_SIZE)
+    noise = nets.generator.sample_noise(2, torch.Generator().manual_seed(0), ctx.device)
+    before = copy.deepcopy(nets.target).train()
+    with torch.no_grad():
+        fake = copy.deepcopy(nets.generator)(noise)                        # the fake batch sfda_step will draw
+
+    sfda.sfda_step(config, ctx, nets, target_images, noise)
+
+    target_only, both_streams = copy.deepcopy(before), copy.deepcopy(before)
+    with torch.no_grad():
+        target_only(target_images)
+        both_streams(fake)
+        both_streams(target_images)
+    after, expected, mixed = (_batchnorm_buffers(m) for m in (nets.target, target_only, both_streams))
+    assert expected
+    for name in expected:
+        torch.testing.assert_close(after[name], expected[name], msg=name)
+    assert any(not torch.allclose(after[name], mixed[name]) for name in expected if "running" in name)
+    assert any(not torch.equal(a, b) for a, b in zip(nets.target.parameters(), before.parameters()))  # T stepped

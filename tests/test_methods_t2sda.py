@@ -581,3 +581,98 @@ def test_end_to_end_feature_distance_enters_the_loss(tmp_path, rare_thing_family
     ctx = _rare_thing_context(tmp_path, "without_fd")
     t2sda.train(off, ctx)
     assert ctx.session.reports[-1]["loss_fd"] == 0.0
+
+
+def test_rcs_crop_retry_keeps_the_sampled_class_far_more_often():
+    """DAFormer's crop retry: a small object of the drawn class survives the U(0.75, 1) crop almost always with it,
+    while a plain crop cuts it out a sizeable share of the time."""
+    from raysel.methods.augment import weak_augment
+
+    height, width, count = 96, 192, 200
+    position = torch.Generator().manual_seed(1)
+    labels = torch.zeros(count, height, width, dtype=torch.long)
+    for index in range(count):
+        top = int(torch.randint(0, height - 6, (), generator=position))
+        left = int(torch.randint(0, width - 6, (), generator=position))
+        labels[index, top:top + 6, left:left + 6] = 18                            # a 36-pixel bicycle
+    images = torch.randn(count, 3, height, width)
+    fraction = daformer.DAFORMER_RCS_MIN_CROP_RATIO * daformer.DAFORMER_RCS_MIN_PIXELS_FRACTION
+    needed = fraction * height * width
+
+    def kept(keep_classes) -> float:
+        _, cropped = weak_augment(images, labels, torch.Generator().manual_seed(0), keep_classes=keep_classes,
+                                  keep_fraction=fraction)
+        return float(((cropped == 18).flatten(1).sum(dim=1) > needed).float().mean())
+
+    plain, retried = kept(None), kept(torch.full((count,), 18))
+    assert plain < 0.9                                                            # a plain crop loses it (~15 %)
+    assert retried > 0.99
+    # without keep_classes, the random stream and the result are the plain view's
+    assert torch.equal(weak_augment(images[:4], labels[:4], torch.Generator().manual_seed(3))[1],
+                       weak_augment(images[:4], labels[:4], torch.Generator().manual_seed(3),
+                                    keep_classes=torch.full((4,), -1), keep_fraction=fraction)[1])
+
+
+def test_rcs_source_batches_carry_the_drawn_class(tmp_path, rare_thing_family):
+    config = config_from_dict(t2sda.T2sdaConfig, {"batch_size": 4})
+    batch = first_batches(t2sda.source_loader(_rare_thing_context(tmp_path), config), 1)[0]
+    assert batch["rcs_class"].shape == (4,)
+    for label, cls in zip(batch["label"], batch["rcs_class"].tolist()):
+        assert bool((label == cls).any())                                         # the image holds its drawn class
+
+
+def test_feature_distance_reference_is_imagenet_when_the_weights_load(tmp_path, monkeypatch):
+    """The reference follows the real loader: ImageNet encoder when its cached weights load, else the source copy."""
+    from torchvision.models import Weights, WeightsEnum
+
+    from raysel.models.base import SegmentationModel
+    from raysel.models.pretrained import imagenet_checkpoint_path, load_imagenet_weights
+
+    class TinyWeights(WeightsEnum):
+        IMAGENET1K_V1 = Weights(url="https://example.invalid/tiny_imagenet.pth", transforms=lambda: None, meta={})
+
+    class TinySegmenter(SegmentationModel):
+        def __init__(self, pretrained: bool) -> None:
+            super().__init__()
+            self.num_classes, self.feature_dim = 19, 4
+            self.backbone = torch.nn.Conv2d(3, 4, 3, padding=1)
+            self.classifier = torch.nn.Conv2d(4, 19, 1)
+            if pretrained:
+                self.imagenet_pretrained = load_imagenet_weights(self.backbone, TinyWeights.IMAGENET1K_V1, "tiny")
+
+        def forward_features(self, x):
+            return self.backbone(x)
+
+        def head(self, features):
+            return self.classifier(features)
+
+        def backbone_modules(self):
+            return [self.backbone]
+
+        def head_modules(self):
+            return [self.classifier]
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))               # where the loader looks
+    source = TinySegmenter(pretrained=False)
+    reference, kind = daformer.feature_distance_reference(lambda: TinySegmenter(pretrained=True), source)
+    assert kind == daformer.SOURCE_MODEL_REFERENCE                          # no cached weights: the source copy
+    assert torch.equal(reference.backbone.weight, source.backbone.weight) and reference is not source
+
+    imagenet = torch.nn.Conv2d(3, 4, 3, padding=1)
+    path = imagenet_checkpoint_path(TinyWeights.IMAGENET1K_V1)
+    path.parent.mkdir(parents=True)
+    torch.save(imagenet.state_dict(), path)
+    reference, kind = daformer.feature_distance_reference(lambda: TinySegmenter(pretrained=True), source)
+    assert kind == daformer.IMAGENET_REFERENCE                                # cached weights: ImageNet encoder
+    assert torch.equal(reference.backbone.weight, imagenet.weight)
+    assert not reference.training and not any(p.requires_grad for p in reference.parameters())
+
+
+def test_trial_reports_the_feature_distance_reference_and_loss_share(tmp_path, rare_thing_family):
+    config = config_from_dict(t2sda.T2sdaConfig, {"iterations": 2, "report_interval": 2, "source_iterations": 1,
+                                                  "n": 8, "m": 16, "warmup_iterations": 0})
+    ctx = _rare_thing_context(tmp_path)
+    t2sda.train(config, ctx)
+    report = ctx.session.reports[-1]
+    assert report["fd_imagenet_reference"] == 0.0                               # small_segnet has no ImageNet weights
+    assert 0.0 <= report["fd_loss_share"] < 0.05

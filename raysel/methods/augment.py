@@ -9,7 +9,7 @@ import torch
 from torch.nn import functional as F
 from torchvision.transforms.v2 import functional as TF
 
-from raysel.conventions import IMAGENET_MEAN, IMAGENET_STD
+from raysel.conventions import IGNORE_INDEX, IMAGENET_MEAN, IMAGENET_STD
 
 
 def _stats(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -35,7 +35,9 @@ def _uniform(generator: torch.Generator, low: float, high: float) -> float:
 
 
 def weak_augment(images: torch.Tensor, labels: torch.Tensor | None, generator: torch.Generator,
-                 flip: bool = True, scale_range: tuple[float, float] = (0.75, 1.0)) -> tuple[torch.Tensor, torch.Tensor | None]:
+                 flip: bool = True, scale_range: tuple[float, float] = (0.75, 1.0),
+                 keep_classes: torch.Tensor | None = None, keep_fraction: float = 0.0,
+                 crop_retries: int = 10) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Joint geometric 'weak' view: random horizontal flip and a random scaled crop resized back (HIAST 'MS').
 
     ``scale_range`` bounds the crop's side as a fraction of the image's (aspect kept); HIAST passes its §5.1 range
@@ -43,6 +45,11 @@ def weak_augment(images: torch.Tensor, labels: torch.Tensor | None, generator: t
 
     The same geometry is applied to image and label (labels resized with nearest neighbour), so pseudo-labels stay
     aligned; the strong view is then built from this output with photometric ops only (shared geometry).
+
+    ``keep_classes`` (``[B]`` class per image, negative = none; needs ``labels``) is DAFormer's rare-class crop
+    retry (``uda_dataset.py``, ``rcs_min_crop_ratio``): while the crop window holds no more than ``keep_fraction``
+    of the image's labelled pixels of the image's class, the crop is redrawn, at most ``crop_retries`` times (the
+    last draw is kept). Without ``keep_classes`` the random stream is exactly the plain one.
     """
     batch, _, height, width = images.shape
     out_images = images.clone()
@@ -53,11 +60,16 @@ def weak_augment(images: torch.Tensor, labels: torch.Tensor | None, generator: t
         if flip and float(torch.rand((), generator=generator)) < 0.5:
             image = image.flip(-1)
             label = label.flip(-1) if label is not None else None
-        scale = _uniform(generator, *scale_range)
-        if scale < 1.0:
-            crop_h, crop_w = max(1, round(height * scale)), max(1, round(width * scale))
-            top = int(torch.randint(0, height - crop_h + 1, (), generator=generator))
-            left = int(torch.randint(0, width - crop_w + 1, (), generator=generator))
+        window = _crop_window(generator, height, width, scale_range)
+        kept = -1 if keep_classes is None or label is None else int(keep_classes[index])
+        if kept >= 0:
+            needed = keep_fraction * float((label != IGNORE_INDEX).sum())
+            for _ in range(crop_retries):
+                if _class_pixels(label, window, kept) > needed:
+                    break
+                window = _crop_window(generator, height, width, scale_range)
+        if window is not None:
+            top, left, crop_h, crop_w = window
             image = F.interpolate(image[None, :, top:top + crop_h, left:left + crop_w], size=(height, width),
                                   mode="bilinear", align_corners=False)[0]
             if label is not None:
@@ -67,6 +79,26 @@ def weak_augment(images: torch.Tensor, labels: torch.Tensor | None, generator: t
         if out_labels is not None:
             out_labels[index] = label
     return out_images, out_labels
+
+
+def _crop_window(generator: torch.Generator, height: int, width: int,
+                 scale_range: tuple[float, float]) -> tuple[int, int, int, int] | None:
+    """A random (top, left, height, width) crop of side scale U(scale_range); None when the scale is 1 (no crop)."""
+    scale = _uniform(generator, *scale_range)
+    if scale >= 1.0:
+        return None
+    crop_h, crop_w = max(1, round(height * scale)), max(1, round(width * scale))
+    top = int(torch.randint(0, height - crop_h + 1, (), generator=generator))
+    left = int(torch.randint(0, width - crop_w + 1, (), generator=generator))
+    return top, left, crop_h, crop_w
+
+
+def _class_pixels(label: torch.Tensor, window: tuple[int, int, int, int] | None, cls: int) -> int:
+    """Pixels of ``cls`` inside the crop window of ``label`` (the whole label when there is no crop)."""
+    if window is not None:
+        top, left, crop_h, crop_w = window
+        label = label[top:top + crop_h, left:left + crop_w]
+    return int((label == cls).sum())
 
 
 def _to_uint8(pixels: torch.Tensor) -> torch.Tensor:

@@ -10,26 +10,39 @@ baseline". Those are DAFormer's (Hoyer et al., CVPR 2022, §3.3-3.4; code ``mmse
   is 3000 pixels of a 1914x1052 GTA5 label (0.15 %); here it is a fraction of the image's labelled pixels so that it
   scales with the embedded 96x192 images. Classes absent from the source, or without an image over the threshold,
   get P = 0 (DAFormer only lists classes present in its statistics). DAFormer also re-crops a drawn image up to 10
-  times until the crop keeps half the threshold of c; raysel's scaled crop keeps >= 56 % of the image, so that retry
-  is not done. Per-image class pixel counts are computed once per source dataset (cached as a shared stage).
+  times until the crop holds more than ``rcs_min_crop_ratio`` (0.5) x ``rcs_min_pixels`` pixels of c; so does raysel
+  (``T2sdaConfig.rcs_min_crop_ratio``, 0 = off): the sampler hands the drawn class along with the index
+  (:class:`RareClassDataset` puts it in the sample as ``rcs_class``) and the weak view's crop
+  (:func:`raysel.methods.augment.weak_augment`, ``keep_classes``) is redrawn while it holds no more than half the
+  threshold of c. Without the retry, the side-scale U(0.75, 1) crop cuts a small object out of many crops
+  (measured: 15 % of 36-pixel objects placed uniformly in 96x192 labels, 17 % of 16-pixel ones, more for objects
+  near the border; ``tests/test_methods_t2sda.py``); with it, none of 200. Per-image class pixel counts are computed once
+  per source dataset (cached as a shared stage).
 * **Thing-class ImageNet feature distance (FD, DAFormer Eq. 8-10).** d = ||F_ImageNet(x_s) - F_theta(x_s)||_2 per
   pixel of the encoder's bottleneck features (Eq. 8), averaged over pixels whose downscaled source label is a thing
   class (Eq. 9-10; a feature pixel takes its patch's majority label when that label covers >= 75 % of the patch,
   DAFormer's ``downscale_label_ratio``), weighted by lambda_FD = 0.005 in the total loss. Thing classes are DAFormer's
-  ``imnet_feature_dist_classes`` (Cityscapes trainIds 6, 7, 11-18). Stand-in for the frozen ImageNet encoder: the
-  embedded networks have no ImageNet weights (and this machine has no internet), so the reference is a frozen copy
-  of the encoder the adaptation starts from, i.e. the cached source-only model. It keeps what FD is for (the adapted
-  encoder cannot drift from a representation learned before self-training on noisy target pseudo-labels), but that
-  representation has seen only source images rather than ImageNet. Scale at the embedded defaults (street_scenes
-  game -> day_city, small_segnet, 60 iterations): L_FD grows from 0 to about 0.6, so lambda_FD * L_FD is about 0.003
-  of a total loss near 1.1; DAFormer's lambda_FD was set for MiT-B5 features with larger norms.
+  ``imnet_feature_dist_classes`` (Cityscapes trainIds 6, 7, 11-18).
+  Reference (:func:`feature_distance_reference`): as in the paper, a frozen ImageNet encoder of the same
+  architecture when the network's ImageNet weights load (``deeplabv2_resnet101`` with the torchvision cache filled:
+  the model's ``imagenet_pretrained`` flag); otherwise (the embedded ``small_segnet`` has no ImageNet weights, and
+  ResNet-101 without a cache) a frozen copy of the encoder the adaptation starts from, i.e. the cached source-only
+  model. That stand-in keeps what FD is for (the adapted encoder cannot drift from a representation learned before
+  self-training on noisy target pseudo-labels), but its representation has seen only source images rather than
+  ImageNet. Which one is used is logged and reported per trial as ``fd_imagenet_reference`` (1 ImageNet, 0 source
+  model). Scale: the trial reports ``fd_loss_share`` = lambda_FD * L_FD / total loss. At the embedded defaults
+  (street_scenes game -> day_city, small_segnet, 60 iterations) L_FD grows from 0 to about 0.6, so the share is
+  about 0.003 (0.3 %) of a total loss near 1.1: FD is a weak regulariser there (DAFormer's lambda_FD was set for
+  MiT-B5 features with larger norms). The share is of the loss, not of the encoder's gradient; the gradient share
+  is not measured per step because it needs a second backward pass.
 """
 
 from __future__ import annotations
 
 import copy
+import logging
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -39,10 +52,14 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from raysel.conventions import IGNORE_INDEX
 
+logger = logging.getLogger(__name__)
+
 # DAFormer's ``imnet_feature_dist_classes``: traffic light, traffic sign, person, rider, car, truck, bus, train,
 # motorcycle, bicycle (Cityscapes trainIds; every raysel segmentation family predicts these 19 ids).
 THING_CLASSES: tuple[int, ...] = (6, 7, 11, 12, 13, 14, 15, 16, 17, 18)
 DAFORMER_RCS_MIN_PIXELS_FRACTION = 3000 / (1914 * 1052)  # rcs_min_pixels = 3000 on a GTA5 label (~0.15 %)
+DAFORMER_RCS_MIN_CROP_RATIO = 0.5  # rcs_min_crop_ratio: a crop must keep more than half the threshold of the class
+DAFORMER_RCS_CROP_RETRIES = 10  # DAFormer re-crops at most 10 times
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -78,11 +95,13 @@ class RareClassSampler(Sampler[int]):
     pixels exceed ``min_pixels_fraction`` of its labelled pixels (DAFormer: more than ``rcs_min_pixels``). One
     pass yields ``num_samples`` indices; every (seed, rank, epoch) gives its own stream, so ranks draw independently
     and ``set_epoch`` reshuffles like a DistributedSampler. Draws are vectorised: a class per draw, then an index
-    into a per-class table of eligible images.
+    into a per-class table of eligible images. ``with_classes`` yields ``(index, class)`` pairs instead, the keys
+    of :class:`RareClassDataset`.
     """
 
     def __init__(self, image_class_pixels: torch.Tensor, temperature: float, num_samples: int, seed: int,
-                 rank: int = 0, min_pixels_fraction: float = DAFORMER_RCS_MIN_PIXELS_FRACTION) -> None:
+                 rank: int = 0, min_pixels_fraction: float = DAFORMER_RCS_MIN_PIXELS_FRACTION,
+                 with_classes: bool = False) -> None:
         labelled = image_class_pixels.sum(dim=1, keepdim=True)
         eligible = (image_class_pixels > min_pixels_fraction * labelled).T  # [C, N]
         self.images_per_class = eligible.sum(dim=1)
@@ -95,6 +114,7 @@ class RareClassSampler(Sampler[int]):
             raise ValueError("rare-class sampling needs labelled source pixels; the source labels are all ignore")
         self.class_probabilities = probabilities / probabilities.sum()
         self.num_samples, self.seed, self.rank, self.epoch = num_samples, seed, rank, 0
+        self.with_classes = with_classes  # iterate (index, class) pairs for RareClassDataset
 
     def set_epoch(self, epoch: int) -> None:
         """Use a fresh stream for the next pass (called by the training loop's endless iterator)."""
@@ -110,10 +130,28 @@ class RareClassSampler(Sampler[int]):
         position = (torch.rand(self.num_samples, generator=generator) * self.images_per_class[classes]).long()
         return self.image_table[classes, position], classes
 
-    def __iter__(self) -> Iterator[int]:
+    def __iter__(self) -> Iterator[int] | Iterator[tuple[int, int]]:
         state = np.random.SeedSequence([self.seed, self.rank, self.epoch]).generate_state(1)[0]
-        images, _ = self.sample(torch.Generator().manual_seed(int(state)))
+        images, classes = self.sample(torch.Generator().manual_seed(int(state)))
+        if self.with_classes:
+            return iter(zip(images.tolist(), classes.tolist()))
         return iter(images.tolist())
+
+
+class RareClassDataset(Dataset):
+    """A source dataset indexed by :class:`RareClassSampler` (``with_classes=True``) keys ``(index, class)``: the
+    sample gets the drawn class as ``rcs_class`` so the crop can keep it (DAFormer's crop retry); a plain int index
+    gives ``rcs_class = -1`` (no class to keep)."""
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, key: int | tuple[int, int]) -> dict:
+        index, cls = key if isinstance(key, tuple) else (key, -1)
+        return {**self.dataset[index], "rcs_class": cls}
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -168,12 +206,35 @@ def captured_output(module: nn.Module | None) -> Iterator[list[torch.Tensor]]:
         handle.remove()
 
 
+def _frozen(model: nn.Module) -> nn.Module:
+    model.eval()
+    for parameter in model.parameters():
+        parameter.requires_grad_(False)
+    return model
+
+
 def frozen_reference(segmenter: nn.Module) -> nn.Module:
     """FD's stand-in for the frozen ImageNet encoder: an eval-mode copy of the starting segmenter without gradients."""
-    reference = copy.deepcopy(segmenter).eval()
-    for parameter in reference.parameters():
-        parameter.requires_grad_(False)
-    return reference
+    return _frozen(copy.deepcopy(segmenter))
+
+
+IMAGENET_REFERENCE = "imagenet"
+SOURCE_MODEL_REFERENCE = "source_model"
+
+
+def feature_distance_reference(build_pretrained: Callable[[], nn.Module],
+                               segmenter: nn.Module) -> tuple[nn.Module, str]:
+    """FD's frozen reference and its kind: ``build_pretrained()`` (a fresh network of the same architecture asked
+    for ImageNet weights, e.g. ``lambda: ctx.build_model(pretrained=True)``) when its ``imagenet_pretrained`` flag
+    says the weights loaded, as in DAFormer; else a frozen copy of ``segmenter`` (the starting source model).
+    The choice is logged."""
+    candidate = build_pretrained()
+    if bool(getattr(candidate, "imagenet_pretrained", False)):
+        logger.info("feature distance: frozen ImageNet encoder as the reference (DAFormer)")
+        return _frozen(candidate), IMAGENET_REFERENCE
+    del candidate
+    logger.info("feature distance: no ImageNet weights for this network; frozen source-only model as the reference")
+    return frozen_reference(segmenter), SOURCE_MODEL_REFERENCE
 
 
 @torch.no_grad()

@@ -51,8 +51,10 @@ No official code exists. Choices where the paper is silent or ambiguous (each do
   both on by default (:mod:`raysel.methods.daformer_strategies`): rare-class sampling of source images
   (``rare_class_sampling``, T = ``rcs_temperature`` 0.01) and the thing-class feature distance on the source batch's
   encoder bottleneck (``feature_distance``, lambda_FD = ``lambda_fd`` 0.005). The loss becomes
-  ``L_source + L_target + lambda_ * L_pull + lambda_fd * L_FD``. FD's frozen ImageNet encoder is stood in for by a
-  frozen copy of the source-only model the run starts from (no ImageNet weights exist for the embedded networks).
+  ``L_source + L_target + lambda_ * L_pull + lambda_fd * L_FD``. FD's reference is the frozen ImageNet encoder when
+  the network's ImageNet weights load (``deeplabv2_resnet101`` with the torchvision cache), else a frozen copy of
+  the source-only model the run starts from (``small_segnet`` has none); reported as ``fd_imagenet_reference``,
+  and FD's share of the loss as ``fd_loss_share`` (about 0.3 % at the embedded defaults).
 * The run starts from the shared cached source-only model (:func:`raysel.methods.stages.source_stage`). The student
   is returned for evaluation (DACS/DAFormer evaluate the student); ``evaluate_teacher=True`` returns the teacher.
 """
@@ -73,8 +75,10 @@ from raysel.conventions import IGNORE_INDEX
 from raysel.hyperparameters import bounded, check_fields
 from raysel.methods.augment import denormalize, normalize, weak_augment
 from raysel.methods.base import RunContext
-from raysel.methods.daformer_strategies import (DAFORMER_RCS_MIN_PIXELS_FRACTION, RareClassSampler,
-                                                bottleneck_module, captured_output, frozen_reference,
+from raysel.methods.daformer_strategies import (DAFORMER_RCS_CROP_RETRIES, DAFORMER_RCS_MIN_CROP_RATIO,
+                                                DAFORMER_RCS_MIN_PIXELS_FRACTION, RareClassDataset, RareClassSampler,
+                                                IMAGENET_REFERENCE, bottleneck_module, captured_output,
+                                                feature_distance_reference,
                                                 source_class_pixel_counts, thing_feature_distance)
 from raysel.methods.result import TrainResult
 from raysel.methods.losses import cross_entropy
@@ -103,7 +107,8 @@ class T2sdaConfig(SourceStageFields):
     Switches for the paper's ablations: pull_loss infonce|mse (Tab. 10), query_sampling class_balanced|
     class_equalized and negative_sampling domain_equalized|pooled (Tab. 8), dynamic_reweighting (Tab. 9).
     DAFormer's strategies of the baseline (§4): rare_class_sampling with rcs_temperature 0.01 and
-    rcs_min_pixels_fraction 0.0015 (3000 of a GTA5 label's pixels), feature_distance with lambda_fd 0.005 and
+    rcs_min_pixels_fraction 0.0015 (3000 of a GTA5 label's pixels) and rcs_min_crop_ratio 0.5 (crop retry),
+    feature_distance with lambda_fd 0.005 and
     fd_min_label_ratio 0.75 (DAFormer's values). The inherited ``source_*`` fields set the cached source-only stage
     the student starts from.
     """
@@ -141,6 +146,8 @@ class T2sdaConfig(SourceStageFields):
     rcs_temperature: float = bounded(0.01, gt=0.0, help="RCS temperature T, DAFormer Eq. 7")
     rcs_min_pixels_fraction: float = bounded(DAFORMER_RCS_MIN_PIXELS_FRACTION, ge=0.0, lt=1.0,
                                              help="share of an image's labelled pixels a class needs for RCS")
+    rcs_min_crop_ratio: float = bounded(DAFORMER_RCS_MIN_CROP_RATIO, ge=0.0, le=1.0,
+                                        help="RCS crop retry: the crop keeps > ratio x threshold of the class (0 off)")
     feature_distance: bool = True
     lambda_fd: float = bounded(0.005, ge=0.0, help="λ_FD, feature-distance weight, DAFormer Eq. 11")
     fd_min_label_ratio: float = bounded(0.75, gt=0.0, le=1.0, help="thing-mask patch share, DAFormer Eq. 10")
@@ -568,7 +575,10 @@ def training_step(network: nn.Module, teacher: SegmenterWithProjector, optimizer
     """One T2S-DA iteration: teacher labels and keys, ClassMix, FDA, student forward, FD if ``reference``, update."""
     device, num_classes = ctx.device, ctx.num_classes
     target_images, _ = weak_augment(target["image"], None, generator)
-    source_images, source_labels = weak_augment(source["image"], source["label"], generator)
+    keep = source.get("rcs_class") if config.rcs_min_crop_ratio > 0 else None  # DAFormer's RCS crop retry
+    source_images, source_labels = weak_augment(
+        source["image"], source["label"], generator, keep_classes=keep,
+        keep_fraction=config.rcs_min_crop_ratio * config.rcs_min_pixels_fraction, crop_retries=DAFORMER_RCS_CROP_RETRIES)
     target_images = target_images.to(device)
     size = tuple(target_images.shape[-2:])
     source_images, source_labels = _match_size(source_images.to(device), source_labels.to(device), size)
@@ -619,6 +629,7 @@ def training_step(network: nn.Module, teacher: SegmenterWithProjector, optimizer
     return {LOSS: float(loss.detach()), "loss_source": float(loss_source.detach()),
             "loss_target": float(loss_target.detach()), "loss_pull": float(loss_pull.detach()),
             "loss_fd": float(loss_fd.detach()),
+            "fd_loss_share": float((config.lambda_fd * loss_fd.detach() / loss.detach().abs().clamp(min=1e-12))),
             TARGET_CONFIDENCE: confidence, "pseudo_label_quality": float(quality.mean()), **pull_statistics}
 
 
@@ -638,8 +649,8 @@ def source_loader(ctx: RunContext, config: T2sdaConfig) -> DataLoader:
     per_worker = max(1, config.batch_size // ctx.world_size)
     sampler = RareClassSampler(source_class_pixels(ctx), config.rcs_temperature,
                                num_samples=max(per_worker, len(dataset) // ctx.world_size), seed=ctx.spec.seed + 41,
-                               rank=ctx.rank, min_pixels_fraction=config.rcs_min_pixels_fraction)
-    return DataLoader(dataset, batch_size=per_worker, sampler=sampler, drop_last=True,
+                               rank=ctx.rank, min_pixels_fraction=config.rcs_min_pixels_fraction, with_classes=True)
+    return DataLoader(RareClassDataset(dataset), batch_size=per_worker, sampler=sampler, drop_last=True,
                       **ctx.acceleration.loader_options())
 
 
@@ -650,7 +661,9 @@ def train(config: T2sdaConfig, ctx: RunContext) -> TrainResult:
     """
     source_weights = source_stage(ctx, config.source_settings())["model"]
     student = build_student(ctx, source_weights, config)
-    reference = frozen_reference(student.segmenter) if config.feature_distance else None  # FD's stand-in, never resumed
+    reference, reference_kind = (feature_distance_reference(lambda: ctx.build_model(pretrained=True), student.segmenter)
+                                 if config.feature_distance else (None, None))  # frozen, never resumed
+    fd_metrics = {} if reference is None else {"fd_imagenet_reference": float(reference_kind == IMAGENET_REFERENCE)}
     teacher = make_ema_teacher(student)
     network = ctx.distributed(student)
     optimizer = build_adamw(network, config)
@@ -674,7 +687,7 @@ def train(config: T2sdaConfig, ctx: RunContext) -> TrainResult:
     running = RunningMean()
     for iteration in range(start_iteration, config.iterations):
         running.add(**training_step(network, teacher, optimizer, next(source_batches), next(target_batches),
-                                    config, ctx, generator, iteration, reference))
+                                    config, ctx, generator, iteration, reference), **fd_metrics)
         scheduler.step()
         done = iteration + 1
         if done % config.report_interval == 0 or done == config.iterations:

@@ -25,6 +25,9 @@ class FeatureModel(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.batchnorm_frozen = False
+        # True once the backbone's ImageNet weights were loaded (raysel.models.pretrained.load_imagenet_weights's
+        # result); read by DAFormer's feature distance to pick its frozen ImageNet reference.
+        self.imagenet_pretrained = False
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError

@@ -69,7 +69,8 @@ class ResNet50Classifier(ClassificationModel):
         self.num_classes = num_classes
         resnet = torchvision.models.resnet50(weights=None)
         if pretrained:
-            load_imagenet_weights(resnet, torchvision.models.ResNet50_Weights.IMAGENET1K_V1, "resnet50")
+            self.imagenet_pretrained = load_imagenet_weights(
+                resnet, torchvision.models.ResNet50_Weights.IMAGENET1K_V1, "resnet50")
         names = ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4", "avgpool")
         self.backbone = nn.Sequential(OrderedDict([*((n, getattr(resnet, n)) for n in names), ("flatten", nn.Flatten())]))
         backbone_dim = resnet.fc.in_features

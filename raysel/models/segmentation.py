@@ -148,7 +148,8 @@ class DeepLabV2(SegmentationModel):
         self.feature_dim = 2048
         resnet = torchvision.models.resnet101(weights=None, replace_stride_with_dilation=[False, True, True])
         if pretrained:
-            load_imagenet_weights(resnet, torchvision.models.ResNet101_Weights.IMAGENET1K_V1, "resnet101")
+            self.imagenet_pretrained = load_imagenet_weights(
+                resnet, torchvision.models.ResNet101_Weights.IMAGENET1K_V1, "resnet101")
         # Keep torchvision's child names so checkpoints stay readable; avgpool and fc are dropped.
         names = ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4")
         self.backbone = nn.Sequential(OrderedDict((name, getattr(resnet, name)) for name in names))
