@@ -218,7 +218,7 @@ def test_plan_default_trials_follow_the_budget_defaults(tmp_path: Path) -> None:
 
 @pytest.mark.integration
 def test_quick_run_on_digits_prints_dev_and_test_tables(embedded_data_root: Path, tmp_path: Path) -> None:
-    """Real smoke run: source_only's wide sweep on photo_digits (development) and stroke_digits (test), each with
+    """Real smoke run: source_only's wide sweep on photo_digits (development) and every digits test target, each with
     its source-only reference, then the tables (entropy-weight tables: the synthetic test above)."""
     command = [sys.executable, "-m", "benchmarks.selection_wide", "--budget", "quick", "--methods", "source_only",
                "--configurations", "2", "--workdir", str(tmp_path / "store"), "--data-root", str(embedded_data_root)]
@@ -227,8 +227,9 @@ def test_quick_run_on_digits_prints_dev_and_test_tables(embedded_data_root: Path
     out = done.stdout
     planned = int(re.search(r"selection_wide: (\d+) sweeps", out).group(1))
     assert "## selection_wide" in out and f"sweep {planned}/{planned}" in out
-    headings = [f"### {role} targets — digits ({target}): wide sweeps, accuracy points"
-                for role, target in (("development", "photo_digits"), ("test", "stroke_digits"))]
+    test_targets = ", ".join(get_family("digits").test_targets)
+    headings = [f"### {role} targets — digits ({targets}): wide sweeps, accuracy points"
+                for role, targets in (("development", "photo_digits"), ("test", test_targets))]
     positions = [out.index(heading) for heading in headings]
     assert positions == sorted(positions)  # development before test
     assert out.count("| collapsed picks |") == 2 and "oracle (held-out best)" in out
