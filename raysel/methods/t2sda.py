@@ -569,16 +569,23 @@ def _mixed_batch(source_images: torch.Tensor, source_labels: torch.Tensor, targe
     return images, labels, weights
 
 
+def _weak_views(source: dict[str, Any], target: dict[str, Any], config: T2sdaConfig,
+                generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The weakly augmented source images and labels and target images; a source crop is redrawn until it keeps
+    the class rare-class sampling drew for it (DAFormer's RCS crop retry, off when ``rcs_min_crop_ratio`` is 0)."""
+    target_images, _ = weak_augment(target["image"], None, generator)
+    keep = source.get("rcs_class") if config.rcs_min_crop_ratio > 0 else None
+    source_images, source_labels = weak_augment(
+        source["image"], source["label"], generator, keep_classes=keep,
+        keep_fraction=config.rcs_min_crop_ratio * config.rcs_min_pixels_fraction, crop_retries=DAFORMER_RCS_CROP_RETRIES)
+    return source_images, source_labels, target_images
+
 def training_step(network: nn.Module, teacher: SegmenterWithProjector, optimizer: torch.optim.Optimizer,
                   source: dict[str, Any], target: dict[str, Any], config: T2sdaConfig, ctx: RunContext,
                   generator: torch.Generator, iteration: int, reference: nn.Module | None = None) -> dict[str, float]:
     """One T2S-DA iteration: teacher labels and keys, ClassMix, FDA, student forward, FD if ``reference``, update."""
     device, num_classes = ctx.device, ctx.num_classes
-    target_images, _ = weak_augment(target["image"], None, generator)
-    keep = source.get("rcs_class") if config.rcs_min_crop_ratio > 0 else None  # DAFormer's RCS crop retry
-    source_images, source_labels = weak_augment(
-        source["image"], source["label"], generator, keep_classes=keep,
-        keep_fraction=config.rcs_min_crop_ratio * config.rcs_min_pixels_fraction, crop_retries=DAFORMER_RCS_CROP_RETRIES)
+    source_images, source_labels, target_images = _weak_views(source, target, config, generator)
     target_images = target_images.to(device)
     size = tuple(target_images.shape[-2:])
     source_images, source_labels = _match_size(source_images.to(device), source_labels.to(device), size)
