@@ -292,7 +292,11 @@ def replace_section(name: str, section: str, *, path: Path | str | None = None) 
         raise ValueError(f"section must start with the heading line '## {name}'")
     if re.search(r"^## ", section[len(name) + 4:], re.M):
         raise ValueError("a section must not contain another level-2 '## ' heading (use '###')")
-    path = Path(path) if path is not None else BENCHMARKS_PATH
+    _store_section(name, section, Path(path) if path is not None else BENCHMARKS_PATH)
+
+
+def _store_section(name: str, section: str, path: Path) -> None:
+    """Swap the file's ``## <name>`` section for ``section`` (or append it), under the lock, atomically."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with _locked(path):
         text = path.read_text() if path.exists() else BENCHMARKS_TITLE
@@ -1309,16 +1313,8 @@ def write_partial_section(name: str, command: str, body_markdown: str, *, done: 
     if done < total:
         heading, _, rest = section.partition("\n")
         section = f"{heading}\n\n{partial_line(done, total, what)}\n\n{rest.lstrip(chr(10))}"
-    path = Path(path) if path is not None else BENCHMARKS_PATH
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with _locked(path):  # as replace_section, without its header completion (format_section wrote every line)
-        text = path.read_text() if path.exists() else BENCHMARKS_TITLE
-        pattern = _section_pattern(name)
-        if pattern.search(text):
-            text = pattern.sub(lambda _: section + "\n", text, count=1).rstrip("\n") + "\n"
-        else:
-            text = text.rstrip("\n") + "\n\n" + section
-        _atomic_write(path, text)
+    # As replace_section, without its header completion (format_section wrote every line).
+    _store_section(name, section, Path(path) if path is not None else BENCHMARKS_PATH)
     return section
 
 
