@@ -24,9 +24,10 @@ LOAD = re.compile(r"\d+(\.\d+)? before / \d+(\.\d+)? after\b")
 
 
 def header(section: str) -> dict[str, str]:
-    """The ``Key: value`` lines of a section's header: the first paragraph under the heading (after a stale line)."""
+    """The ``Key: value`` lines of a section's header: the first paragraph under the heading that is not a bold note
+    (a stale line, a ``**partial: k of n ...**`` line)."""
     paragraphs = [part.strip() for part in re.split(r"\n\s*\n", section.split("\n", 1)[1]) if part.strip()]
-    first = next(part for part in paragraphs if not part.startswith(STALE_PREFIX))
+    first = next(part for part in paragraphs if not part.startswith((STALE_PREFIX, "**partial: ")))
     return {key: value.strip() for key, value in re.findall(r"^([A-Z][a-z ]+): (.*)$", first, re.M)}
 
 
