@@ -827,7 +827,7 @@ def partial_note(finished: int, total: int) -> str | None:
     """The line under a partial section's heading (None once every sweep has finished)."""
     if finished >= total:
         return None
-    return (f"{PARTIAL_PREFIX}{finished} of {total} sweeps** finished; rerunning the same command continues the rest "
+    return (f"{partial_line(finished, total, 'sweeps')} finished; rerunning the same command continues the rest "
             "(the tables below hold the finished sweeps only).")
 
 
@@ -1192,7 +1192,7 @@ EVIDENCE_DIR = REPO / "benchmarks" / "results"  # committed: finished units that
 
 def partial_line(done: int, total: int, what: str) -> str:
     """The line right under a section's heading while it is incomplete, e.g. ``**partial: 3 of 27 units**``."""
-    return f"**partial: {done} of {total} {what}**"
+    return f"{PARTIAL_PREFIX}{done} of {total} {what}**"
 
 
 def default_workdir(section: str, quick: bool = False) -> Path:
@@ -1305,17 +1305,9 @@ def stop_message(done: int, total: int, what: str, pending: Sequence[str], comma
 def write_partial_section(name: str, command: str, body_markdown: str, *, done: int, total: int, what: str,
                           path: Path | str | None = None, load: tuple[float | None, float | None] | None = None
                           ) -> str:
-    """:func:`write_section`, with :func:`partial_line` right under the heading while ``done < total``."""
-    _check_section_name(name)
-    if re.search(r"^## ", body_markdown, re.M):
-        raise ValueError("body_markdown must not contain a level-2 '## ' heading (use '###')")
-    section = format_section(name, command, body_markdown, load=load)
-    if done < total:
-        heading, _, rest = section.partition("\n")
-        section = f"{heading}\n\n{partial_line(done, total, what)}\n\n{rest.lstrip(chr(10))}"
-    # As replace_section, without its header completion (format_section wrote every line).
-    _store_section(name, section, Path(path) if path is not None else BENCHMARKS_PATH)
-    return section
+    """:func:`write_section`, with :func:`partial_line` as its note right under the heading while ``done < total``."""
+    note = partial_line(done, total, what) if done < total else None
+    return write_section(name, command, body_markdown, path=path, load=load, note=note)
 
 
 # ==============================================================================================================
