@@ -19,7 +19,8 @@ from raysel.data import street_scenes
 from raysel.data.street_scenes import StreetScenesConfig
 from raysel.models.classification import SmallCNN
 from raysel.models.segmentation import SmallSegNet
-from raysel.selection.model_scores import TASK_TRIAL_SCORES, class_balanced_agreement, trial_selection_scores
+from raysel.selection.model_scores import (TASK_TRIAL_SCORES, FeatureDropout, class_balanced_agreement,
+                                          trial_selection_scores)
 from raysel.selection.inference import predict_subset
 from raysel.selection.predictions import CandidatePredictions, load_predictions, save_predictions
 from raysel.selection.selectors import SelectionSkipped, get_selector, selector_names
@@ -102,6 +103,48 @@ def test_trial_scores_are_deterministic_and_restore_the_mode(images) -> None:
     model = ColourNet(True).train()
     first = trial_selection_scores(model, images, np.arange(10), "cpu", "segmentation")
     assert model.training and first == trial_selection_scores(model, images, np.arange(10), "cpu", "segmentation")
+
+
+class CountingNet(ColourNet):
+    """ColourNet that counts its forward calls and the images they carry."""
+
+    def __init__(self, segmentation: bool) -> None:
+        super().__init__(segmentation)
+        self.calls = self.images = 0
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        self.images += len(images)
+        return super().forward(images)
+
+
+@pytest.mark.parametrize("segmentation", [True, False])
+def test_trial_scores_reuse_the_cached_unperturbed_pass(images, segmentation) -> None:
+    """With the candidate's prediction cache the unperturbed labels are read, not predicted again: the same scores
+    from one forward image fewer per view; the perturbed views of a batch go through the model as one batch."""
+    task = "segmentation" if segmentation else "classification"
+    indices = np.arange(len(images))
+    alone, cached = CountingNet(segmentation), CountingNet(segmentation)
+    predictions = predict_subset(cached, images, indices, "cpu")
+    cached.calls = cached.images = 0
+    expected = trial_selection_scores(alone, images, indices, "cpu", task, batch_size=8)
+    scores = trial_selection_scores(cached, images, indices, "cpu", task, batch_size=8, predictions=predictions)
+    assert scores == expected
+    assert alone.images - cached.images == len(images)  # the unperturbed pass is the one skipped
+    batches = math.ceil(len(images) / 8)
+    mixval_batches = 0 if segmentation else alone.calls - 2 * batches  # MixVal's probes run after the loop
+    assert cached.calls == batches + mixval_batches  # one stacked forward per batch of images
+
+
+def test_feature_dropout_drops_only_its_rows_of_a_stacked_batch() -> None:
+    """The dropout view's labels are the same whether it runs alone or stacked with other views."""
+    model = ColourNet(True).eval()
+    batch = torch.randn(4, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+    with torch.inference_mode():
+        alone = FeatureDropout(model, p=0.5, seed=3).predict(model, batch)
+        stacked = FeatureDropout(model, p=0.5, seed=3).predict(model, torch.cat([batch * 2, batch]), slice(4, 8))
+        untouched = model(batch * 2).argmax(dim=1)
+    assert torch.equal(stacked[4:], alone) and torch.equal(stacked[:4], untouched)
 
 
 @pytest.mark.parametrize("task", ["segmentation", "classification"])

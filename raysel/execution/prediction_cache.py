@@ -17,26 +17,33 @@ from raysel.heldout import HELDOUT_SPLIT
 from raysel.methods.base import RunContext
 from raysel.selection.calibration import SourceCalibration, calibration_path, save_calibration
 from raysel.selection.inference import predict_subset
-from raysel.selection.predictions import probability_grid, save_predictions
+from raysel.selection.predictions import CandidatePredictions, probability_grid, save_predictions
 
-__all__ = ["cache_candidate_predictions", "cache_source_calibration", "source_validation_dataset",
+__all__ = ["candidate_predictions", "cache_candidate_predictions", "cache_source_calibration", "source_validation_dataset",
            "source_calibration"]
 
 
-def cache_candidate_predictions(model: torch.nn.Module, ctx: RunContext, path: str | os.PathLike) -> Path:
-    """Predict the run's seeded selection subset of target *training* images and save the cache at ``path``; also
-    write the source-validation calibration cache next to it where the source has a validation split.
+def candidate_predictions(model: torch.nn.Module, ctx: RunContext) -> CandidatePredictions:
+    """The model's predictions on the run's seeded selection subset of target *training* images (no labels): the
+    subset follows ``ctx.spec.selection_size`` / ``selection_seed``; probabilities are kept when
+    ``keep_probabilities``."""
+    target_images = ctx.target_dataset()
+    indices = selection_subset(len(target_images), size=ctx.spec.selection_size, seed=ctx.spec.selection_seed)
+    return predict_subset(model, target_images, indices, ctx.device, keep_probabilities=ctx.spec.keep_probabilities,
+                          keep_features=ctx.spec.keep_probabilities)
+
+
+def cache_candidate_predictions(model: torch.nn.Module, ctx: RunContext, path: str | os.PathLike,
+                                predictions: CandidatePredictions | None = None) -> Path:
+    """Save the run's :func:`candidate_predictions` (``predictions`` when the caller already has them) as the cache at
+    ``path``; also write the source-validation calibration cache next to it where the source has a validation split.
 
     The one implementation behind a trial's own predictions (:func:`raysel.execution.trial.finish_run`) and their
     re-computation as Ray tasks (:mod:`raysel.execution.repredict`), so both give the same images, subset and file
-    format. The subset follows ``ctx.spec.selection_size`` / ``selection_seed``; probabilities are kept when
-    ``keep_probabilities``.
+    format. Both hand the same predictions to the trial-scored selectors, which then skip their unperturbed pass.
     """
-    target_images = ctx.target_dataset()
-    indices = selection_subset(len(target_images), size=ctx.spec.selection_size, seed=ctx.spec.selection_seed)
-    predictions = predict_subset(model, target_images, indices, ctx.device,
-                                 keep_probabilities=ctx.spec.keep_probabilities,
-                                 keep_features=ctx.spec.keep_probabilities)
+    if predictions is None:
+        predictions = candidate_predictions(model, ctx)
     saved = save_predictions(path, predictions)
     if ctx.spec.keep_probabilities:
         cache_source_calibration(model, ctx, calibration_path(saved))

@@ -36,7 +36,7 @@ from ray.exceptions import RayTaskError
 
 from raysel.errors import DataError, UserError
 from raysel.execution.connection import connect
-from raysel.execution.prediction_cache import cache_candidate_predictions
+from raysel.execution.prediction_cache import cache_candidate_predictions, candidate_predictions
 from raysel.execution.trial import PREDICTIONS_FILE
 from raysel.methods.base import LocalSession, RunContext, RunSpec
 from raysel.methods.result import rebuild_model
@@ -121,8 +121,9 @@ def predict_candidate(job: PredictionJob) -> str:
         model = rebuild_model(job.checkpoint_path, ctx)
     except DataError as error:
         raise DataError(f"trial {job.trial_id}: {error}") from None
-    written = cache_candidate_predictions(model, ctx, job.predictions_path)
-    written.with_name(TRIAL_SCORES_FILE).write_text(json.dumps(run_trial_selection_scores(model, ctx)))
+    predictions = candidate_predictions(model, ctx)
+    written = cache_candidate_predictions(model, ctx, job.predictions_path, predictions)
+    written.with_name(TRIAL_SCORES_FILE).write_text(json.dumps(run_trial_selection_scores(model, ctx, predictions)))
     return str(written)
 
 

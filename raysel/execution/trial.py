@@ -17,7 +17,7 @@ from typing import Any, Callable
 
 import torch
 
-from raysel.execution.prediction_cache import cache_candidate_predictions
+from raysel.execution.prediction_cache import cache_candidate_predictions, candidate_predictions
 from raysel.execution.timing import phase
 from raysel.heldout import heldout_scores
 from raysel.hyperparameters import config_from_dict
@@ -99,7 +99,8 @@ def finish_run(result: TrainResult, ctx: RunContext) -> dict[str, Any]:
     with phase(ctx, "save_model"):
         checkpoint_path = save_model(result, output_dir / MODEL_FILE)
     with phase(ctx, "predictions"):
-        predictions_path = cache_candidate_predictions(model, ctx, output_dir / PREDICTIONS_FILE)
+        predictions = candidate_predictions(model, ctx)
+        predictions_path = cache_candidate_predictions(model, ctx, output_dir / PREDICTIONS_FILE, predictions)
 
     final: dict[str, Any] = {"checkpoint_path": str(checkpoint_path), "predictions_path": str(predictions_path)}
     with phase(ctx, "heldout"):
@@ -110,7 +111,7 @@ def finish_run(result: TrainResult, ctx: RunContext) -> dict[str, Any]:
                                         image_size=ctx.spec.image_size))
     # Label-free scores that need the model (consistency; mixval or classmix_consistency); the method's own scores win on a name clash.
     with phase(ctx, "selection_scores"):
-        final[FINAL_SCORES] = {**run_trial_selection_scores(model, ctx), **result.scores}
+        final[FINAL_SCORES] = {**run_trial_selection_scores(model, ctx, predictions), **result.scores}
     if result.metrics:
         final[FINAL_METRICS] = dict(result.metrics)
     return final

@@ -45,6 +45,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from raysel.metrics import ConfusionMatrix, iou_per_class
 from raysel.data.common import selection_subset
 from raysel.methods.augment import training_flips
+from raysel.selection.predictions import CandidatePredictions
 
 if TYPE_CHECKING:  # pragma: no cover
     from raysel.methods.base import RunContext
@@ -82,20 +83,30 @@ def trial_score_subset(indices: Sequence[int] | np.ndarray, seed: int, size: int
 
 
 class FeatureDropout:
-    """Seeded dropout on the input of ``model.classifier`` while active (the model perturbation); no-op without one."""
+    """Seeded dropout on the input of ``model.classifier`` for one slice of the batch (the model perturbation).
+
+    The perturbations of a batch go through the model as one stacked batch (:func:`_perturbed_labels`), so the hook
+    drops features only in the rows of the dropout view; its mask has that view's shape, drawn from the same seeded
+    stream in the same order as when the view ran alone. No-op without a ``classifier`` module.
+    """
 
     def __init__(self, model: torch.nn.Module, p: float = DROPOUT_P, seed: int = 0) -> None:
         self.classifier = getattr(getattr(model, "module", model), "classifier", None)
         self.p, self.generator = p, torch.Generator().manual_seed(seed)
         self.available = isinstance(self.classifier, torch.nn.Module)
+        self.rows = slice(None)
 
     def _drop(self, module: torch.nn.Module, inputs: tuple) -> tuple:
         features = inputs[0]
-        keep = (torch.rand(features.shape, generator=self.generator) >= self.p).to(features.device, features.dtype)
-        return (features * keep / (1.0 - self.p),) + tuple(inputs[1:])
+        view = features[self.rows]
+        keep = (torch.rand(view.shape, generator=self.generator) >= self.p).to(features.device, features.dtype)
+        features = features.clone()
+        features[self.rows] = view * keep / (1.0 - self.p)
+        return (features,) + tuple(inputs[1:])
 
-    def predict(self, model: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
-        """Hard labels of ``model`` on ``images`` with dropout on the classifier's input."""
+    def predict(self, model: torch.nn.Module, images: torch.Tensor, rows: slice = slice(None)) -> torch.Tensor:
+        """Hard labels of ``model`` on ``images`` with dropout on the classifier's input of the batch ``rows``."""
+        self.rows = rows
         handle = self.classifier.register_forward_pre_hook(self._drop)
         try:
             return model(images).argmax(dim=1)
@@ -103,22 +114,37 @@ class FeatureDropout:
             handle.remove()
 
 
-def _batches(dataset: Dataset, indices: np.ndarray, batch_size: int) -> Iterator[torch.Tensor]:
-    """Image batches of ``dataset`` at ``indices``; only the ``image`` key of a sample is read."""
+def _batches(dataset: Dataset, indices: np.ndarray, batch_size: int) -> Iterator[tuple[torch.Tensor, np.ndarray]]:
+    """(image batch, its dataset indices) of ``dataset`` at ``indices``, in order; only the ``image`` key is read."""
     loader = DataLoader(Subset(dataset, [int(i) for i in indices]), batch_size=batch_size, shuffle=False,
                         collate_fn=list)
+    first = 0
     for samples in loader:
-        yield torch.stack([sample["image"] for sample in samples])
+        yield torch.stack([sample["image"] for sample in samples]), indices[first:first + len(samples)]
+        first += len(samples)
 
 
-def _perturbed_labels(model: torch.nn.Module, images: torch.Tensor, segmentation: bool,
-                      dropout: FeatureDropout) -> dict[str, torch.Tensor]:
-    """Hard labels of ``model`` under each label-preserving perturbation of ``images`` (see the module docstring)."""
-    perturbed = {"photometric": model(images * CONTRAST + BRIGHTNESS).argmax(dim=1)}
+def _perturbed_labels(model: torch.nn.Module, images: torch.Tensor, segmentation: bool, dropout: FeatureDropout,
+                      extra: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+    """Hard labels of ``model`` under each label-preserving perturbation of ``images`` (see the module docstring),
+    and on each batch of ``extra`` (the ClassMix probes), from one forward pass over all views stacked together:
+    one large batch costs less than several small ones, and in eval mode each image's output is its own."""
+    views = {"photometric": images * CONTRAST + BRIGHTNESS}
     if training_flips(segmentation):  # the switch training uses: flip only where the label flips with the image
-        perturbed["flip"] = model(images.flip(-1)).argmax(dim=1).flip(-1)
+        views["flip"] = images.flip(-1)
     if dropout.available:
-        perturbed["dropout"] = dropout.predict(model, images)
+        views["dropout"] = images
+    views.update(extra or {})
+    names = list(views)
+    stacked = torch.cat([views[name] for name in names])
+    if dropout.available:
+        first = names.index("dropout") * len(images)
+        labels = dropout.predict(model, stacked, slice(first, first + len(images)))
+    else:
+        labels = model(stacked).argmax(dim=1)
+    perturbed = dict(zip(names, labels.split([len(views[name]) for name in names])))
+    if "flip" in perturbed:
+        perturbed["flip"] = perturbed["flip"].flip(-1)  # mapped back onto the unflipped image
     return perturbed
 
 
@@ -181,37 +207,62 @@ def mixval_score(model: torch.nn.Module, images: torch.Tensor, labels: np.ndarra
     return float(np.mean(accuracies))
 
 
+def _known_labels(predictions: CandidatePredictions | None) -> dict[int, np.ndarray]:
+    """The cached unperturbed hard labels by dataset index (empty without a cache): the trial's prediction pass
+    already ran the model on every image of the selection subset, which holds the trial subset."""
+    if predictions is None:
+        return {}
+    return {int(index): labels for index, labels in zip(predictions.image_indices, predictions.labels)}
+
+
+def _unperturbed_labels(model: torch.nn.Module, images: torch.Tensor, batch_indices: np.ndarray,
+                        known: dict[int, np.ndarray], num_classes: int | None) -> tuple[torch.Tensor, int]:
+    """The model's hard labels on ``images`` and its class count: from the prediction cache when it holds every
+    image, else predicted."""
+    if num_classes is not None and known and all(int(index) in known for index in batch_indices):
+        labels = np.stack([known[int(index)] for index in batch_indices]).astype(np.int64)
+        return torch.from_numpy(labels).to(images.device), num_classes
+    logits = model(images)
+    return logits.argmax(dim=1), int(logits.shape[1])
+
+
 @torch.inference_mode()
 def trial_selection_scores(model: torch.nn.Module, dataset: Dataset, indices: Sequence[int] | np.ndarray,
-                           device: torch.device | str, task: str, batch_size: int = 8, seed: int = 0
-                           ) -> dict[str, float]:
+                           device: torch.device | str, task: str, batch_size: int = 8, seed: int = 0,
+                           predictions: CandidatePredictions | None = None) -> dict[str, float]:
     """The scores :data:`TASK_TRIAL_SCORES` names for ``task``, of ``model`` on a seeded random
-    ``TRIAL_SCORE_IMAGES`` of the images ``indices`` (:func:`trial_score_subset`; no labels)."""
+    ``TRIAL_SCORE_IMAGES`` of the images ``indices`` (:func:`trial_score_subset`; no labels).
+
+    ``predictions`` — the candidate's own prediction cache of the same model (:func:`raysel.selection.inference.
+    predict_subset`) — supplies the unperturbed labels instead of a second pass over the images; the perturbed views
+    of each batch of ``batch_size`` images run as one stacked batch.
+    """
     indices = trial_score_subset(indices, seed)
     if indices.size == 0:
         return {}
     device = torch.device(device)
     segmentation = task == "segmentation"
+    known = _known_labels(predictions)
     was_training = model.training
     model.eval()
     dropout, rng = FeatureDropout(model, seed=seed), np.random.default_rng(seed)
     agreements: dict[str, ConfusionMatrix] = {}
     kept_images: list[torch.Tensor] = []  # classification: MixVal pairs images across batches (small images)
     kept_labels: list[np.ndarray] = []
+    num_classes = predictions.num_classes if predictions is not None else None
     try:
-        for images in _batches(dataset, indices, batch_size):
+        for images, batch_indices in _batches(dataset, indices, batch_size):
             images = images.to(device)
-            logits = model(images)
-            labels = logits.argmax(dim=1)
-            num_classes = int(logits.shape[1])
-            for name, prediction in _perturbed_labels(model, images, segmentation, dropout).items():
-                agreements.setdefault(name, ConfusionMatrix(num_classes)).update(
-                    prediction.cpu().numpy(), labels.cpu().numpy())
+            labels, num_classes = _unperturbed_labels(model, images, batch_indices, known, num_classes)
+            extra, targets = {}, None
             if segmentation:
-                mixed, targets = _classmix(images, labels, rng)
-                agreements.setdefault("classmix", ConfusionMatrix(num_classes)).update(
-                    model(mixed).argmax(dim=1).cpu().numpy(), targets.cpu().numpy())
-            else:
+                extra["classmix"], targets = _classmix(images, labels, rng)
+            perturbed = _perturbed_labels(model, images, segmentation, dropout, extra)
+            for name, prediction in perturbed.items():
+                reference = targets if name == "classmix" else labels
+                agreements.setdefault(name, ConfusionMatrix(num_classes)).update(
+                    prediction.cpu().numpy(), reference.cpu().numpy())
+            if not segmentation:
                 kept_images.append(images)
                 kept_labels.append(labels.cpu().numpy())
         if not segmentation:
@@ -226,8 +277,11 @@ def trial_selection_scores(model: torch.nn.Module, dataset: Dataset, indices: Se
     return {"consistency": consistency, "mixval": mixval}
 
 
-def run_trial_selection_scores(model: torch.nn.Module, ctx: "RunContext") -> dict[str, float]:
-    """The trial-scored selectors' scores of a run's model on its seeded selection subset (finish_run, --repredict)."""
+def run_trial_selection_scores(model: torch.nn.Module, ctx: "RunContext",
+                               predictions: CandidatePredictions | None = None) -> dict[str, float]:
+    """The trial-scored selectors' scores of a run's model on its seeded selection subset (finish_run, --repredict);
+    ``predictions``, the run's prediction cache of this model, saves the unperturbed pass."""
     target_images = ctx.target_dataset()
     indices = selection_subset(len(target_images), size=ctx.spec.selection_size, seed=ctx.spec.selection_seed)
-    return trial_selection_scores(model, target_images, indices, ctx.device, ctx.task, seed=ctx.spec.selection_seed)
+    return trial_selection_scores(model, target_images, indices, ctx.device, ctx.task, seed=ctx.spec.selection_seed,
+                                  predictions=predictions)
