@@ -94,6 +94,17 @@ def test_generation_is_deterministic_in_the_seed(tmp_path) -> None:
     assert set(hashes) == set(tree_hashes(other)) and hashes != tree_hashes(other)
 
 
+def test_domains_written_by_worker_processes_are_the_same_bytes(tmp_path) -> None:
+    """generate_domains spreads the domains over processes; every scene has its own seeded stream, so the tree is
+    byte for byte the one a single process writes."""
+    (tmp_path / "serial").mkdir()
+    (tmp_path / "parallel").mkdir()
+    serial = street_scenes.generate_domains(tmp_path / "serial", TINY, workers=1)
+    parallel = street_scenes.generate_domains(tmp_path / "parallel", TINY, workers=2)
+    assert serial == parallel
+    assert tree_hashes(tmp_path / "serial") == tree_hashes(tmp_path / "parallel")
+
+
 def test_samples_follow_the_data_contract(family, root) -> None:
     dataset = family.load(root, "game", "train", with_labels=True)
     assert isinstance(dataset, SegmentationDataset) and len(dataset) == CONFIG.source_train
