@@ -770,6 +770,34 @@ def add_campaign_arguments(parser: argparse.ArgumentParser, section_of: str) -> 
                         f"run (default: benchmarks/results/{section_of}.parquet when it exists)")
 
 
+def rows_problem(path: Path) -> str | None:
+    """Why ``path`` is no rows file a campaign can import (missing, a folder, not a raysel study rows Parquet), in one
+    line; None when it is one."""
+    from raysel.errors import UserError
+    from raysel.orchestration.study_rows import read_study_rows
+
+    if not path.exists():
+        return "no such file"
+    if not path.is_file():
+        return "not a file"
+    try:
+        read_study_rows(path)  # the reader the study uses, so whatever it rejects is rejected here, before any work
+    except UserError as error:
+        return " ".join(str(error).split())
+    return None
+
+
+def check_rows_argument(rows: Path | None) -> None:
+    """Stop with exit status 2 and one line naming ``--rows`` and its problem when the given rows file is unusable:
+    before any sweep starts, not as a traceback from inside the study."""
+    from raysel.errors import EXIT_USER_ERROR
+
+    problem = None if rows is None else rows_problem(rows)
+    if problem:
+        print(f"error: --rows {rows}: {problem}", file=sys.stderr)
+        raise SystemExit(EXIT_USER_ERROR)
+
+
 def campaign_study(name: str, results: Path, plans: Sequence[SweepPlan], rows: Path | None = None) -> Any:
     """The campaign as a checked :class:`raysel.orchestration.studies.Study` (every entry through ``build_request``):
     one sweep per plan, in order, in ``results``; ``rows`` imports the finished sweeps a rows file holds."""
