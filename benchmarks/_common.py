@@ -1209,11 +1209,12 @@ class SyntheticSweep:
 
 
 # ==============================================================================================================
-# CHUNKED BENCHMARKS (hdrq_merge, method_gains; issue 28 item 2): finished units saved and never repeated,
-# time-boxed runs (--max-minutes), partial sections. One block, kept at the end of this module.
+# CHUNKED BENCHMARKS (hdrq_merge, method_gains, hiast_gain, domain_gap; issue 28 item 2): finished units saved and
+# never repeated, time-boxed runs (--max-minutes), partial sections. One block, kept at the end of this module.
 # ==============================================================================================================
 
 STOPPED_EXIT = 3  # exit status of a run stopped at its --max-minutes deadline (rerun the same command to go on)
+DATA_CHANGED_EXIT = 4  # the data was regenerated during the run: results mix two versions, nothing written
 UNITS_SCHEMA = 1  # bumped when a unit's saved result changes shape: older units are then not reused
 EVIDENCE_DIR = REPO / "benchmarks" / "results"  # committed: finished units that outlive the machine
 
@@ -1336,6 +1337,26 @@ def write_partial_section(name: str, command: str, body_markdown: str, *, done: 
     """:func:`write_section`, with :func:`partial_line` as its note right under the heading while ``done < total``."""
     note = partial_line(done, total, what) if done < total else None
     return write_section(name, command, body_markdown, path=path, load=load, note=note)
+
+
+def finish_chunked_run(section: str, command: str, body_markdown: str, *, done: int, total: int,
+                       pending: Sequence[str], ran: int, loaded: int, store: UnitStore, output: Path | None,
+                       what: str = "units", complete_status: int = 0) -> int:
+    """The end of every chunked benchmark's ``main``: write the section from the finished units (headed
+    :func:`partial_line` while units are pending; nothing written when ``output`` is None: --quick, --no-write),
+    say how many units ran now and how many were loaded, and while units are pending print what is left and the
+    command that continues (:func:`stop_message`). Returns :data:`STOPPED_EXIT` while units are pending, else
+    ``complete_status`` (the benchmark's own verdict)."""
+    if output is not None:
+        write_partial_section(section, command, body_markdown, done=done, total=total, what=what, path=output)
+        state = f" (partial: {done} of {total} {what})" if pending else ""
+        print(f"wrote the '## {section}' section of {output}{state}")
+    print(f"{ran} {what} run now, {loaded} loaded; finished {what} in {store.folder}"
+          + (f" and {store.evidence}" if store.evidence else ""))
+    if pending:
+        print(stop_message(done, total, what, pending, command), flush=True)
+        return STOPPED_EXIT
+    return complete_status
 
 
 # ==============================================================================================================

@@ -66,8 +66,8 @@ import numpy as np
 import torch
 
 from benchmarks._common import (BENCHMARKS_PATH, STOPPED_EXIT, Deadline, UnitStore, command_line, data_version,
-                                default_device, default_workdir, evidence_path, heldout_score_key, stop_message,
-                                unit_key, write_partial_section)
+                                default_device, default_workdir, evidence_path, finish_chunked_run, heldout_score_key,
+                                unit_key)
 from benchmarks._common import prepare_benchmark_data, run_in_processes, working_directory
 
 from raysel import data
@@ -466,17 +466,9 @@ def main(argv: list[str] | None = None) -> int:
     body = report(results, args, time.perf_counter() - started, (load_before, os.getloadavg()[0]),
                   pending=pending, loaded=len(done_before))
     print("\n" + body, flush=True)
-    if not (args.quick or args.no_write):
-        write_partial_section(args.section, command, body, done=len(finished), total=total, what="units",
-                              path=args.output)
-        state = "" if not pending else f" (partial: {len(finished)} of {total} units)"
-        print(f"wrote the '## {args.section}' section of {args.output}{state}")
-    print(f"{ran} configuration(s) run now, {len(done_before)} loaded; finished units in {store.folder}"
-          + (f" and {args.evidence}" if args.evidence else ""))
-    if pending:
-        print(stop_message(len(finished), total, "units", pending, command), flush=True)
-        return STOPPED_EXIT
-    return 0
+    return finish_chunked_run(args.section, command, body, done=len(finished), total=total, pending=pending, ran=ran,
+                              loaded=len(done_before), store=store,
+                              output=None if args.quick or args.no_write else args.output)
 
 
 if __name__ == "__main__":

@@ -62,17 +62,15 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 import torch
 
-from benchmarks._common import (BENCHMARKS_PATH, STOPPED_EXIT, Deadline, ScoredRun, UnitStore, build_shared_stages,
-                                command_line, config_defaults, data_identity, data_version, default_workdir,
-                                evidence_path, prepare_benchmark_data, run_in_processes,
-                                run_method_and_score_heldout, stop_message, unit_key, working_directory,
-                                write_partial_section)
+from benchmarks._common import (BENCHMARKS_PATH, DATA_CHANGED_EXIT, STOPPED_EXIT, Deadline, ScoredRun, UnitStore,
+                                build_shared_stages, command_line, config_defaults, data_identity, data_version,
+                                default_workdir, evidence_path, finish_chunked_run, prepare_benchmark_data,
+                                run_in_processes, run_method_and_score_heldout, unit_key, working_directory)
 
 from raysel import data
 from raysel.models import default_model_name
 
 SECTION = "method_gains"
-DATA_CHANGED_EXIT = 4  # the data was regenerated during the run: results mix two versions, nothing written
 # What this benchmark measures: a later commit touching one makes its section stale (benchmarks._common).
 MEASURES = ("benchmarks/_common.py", "raysel/methods", "raysel/models", "raysel/data/street_scenes.py",
             "raysel/data/digits.py", "raysel/data/generation.py", "raysel/data/common.py", "raysel/data/family.py",
@@ -686,17 +684,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: the data of {', '.join(changed)} was regenerated during the benchmark; results mix two "
               "versions and are not written", file=sys.stderr)
         return DATA_CHANGED_EXIT
-    if not (args.quick or args.no_write):
-        write_partial_section(SECTION, command, body, done=len(finished), total=len(jobs), what="units",
-                              path=args.output)
-        state = "" if not pending else f" (partial: {len(finished)} of {len(jobs)} units)"
-        print(f"wrote the '## {SECTION}' section of {args.output}{state}")
-    print(f"{ran} unit(s) run now, {len(done_before)} loaded; finished units in {store.folder}"
-          + (f" and {args.evidence}" if args.evidence else ""))
-    if pending:
-        print(stop_message(len(finished), len(jobs), "units", pending, command), flush=True)
-        return STOPPED_EXIT
-    return 0 if (all_met or args.quick) else 1
+    return finish_chunked_run(SECTION, command, body, done=len(finished), total=len(jobs), pending=pending, ran=ran,
+                              loaded=len(done_before), store=store,
+                              output=None if args.quick or args.no_write else args.output,
+                              complete_status=0 if (all_met or args.quick) else 1)
 
 
 if __name__ == "__main__":
