@@ -1295,6 +1295,11 @@ class UnitStore:
                 found[key] = evidence[key]["result"]
         return found
 
+    def ran_here(self, key: str) -> bool:
+        """Whether the workdir holds the unit (it ran with this workdir, so the stages it cached are there too), not
+        only the evidence file (it ran on another machine)."""
+        return (self.folder / f"{key}.json").exists()
+
     def save(self, key: str, fields: dict[str, Any], result: dict[str, Any]) -> None:
         """Save one finished unit (workdir file, then the evidence file)."""
         record = {"key": key, "fields": fields, "result": result,
@@ -1337,6 +1342,86 @@ def write_partial_section(name: str, command: str, body_markdown: str, *, done: 
     """:func:`write_section`, with :func:`partial_line` as its note right under the heading while ``done < total``."""
     note = partial_line(done, total, what) if done < total else None
     return write_section(name, command, body_markdown, path=path, load=load, note=note)
+
+
+@dataclass(frozen=True)
+class UnitTask:
+    """One unit to run, in this process or a spawned worker (:func:`run_unit_task`): ``function(job)`` gives the
+    unit's JSON-able result, saved under ``key`` when ``save`` (False: a finished unit run again only to rebuild
+    the cached stages a pending unit needs, its saved result kept). Picklable: ``function`` is a module-level one."""
+
+    function: Callable[[Any], dict[str, Any]]
+    job: Any
+    key: str
+    fields: dict[str, Any]
+    store: UnitStore
+    deadline: Deadline
+    save: bool = True
+
+
+def run_unit_task(task: UnitTask) -> tuple[UnitTask, dict[str, Any] | None]:
+    """Run one task and save its result (when ``task.save``); no result when the deadline had passed: a run stops
+    between units, never inside one."""
+    if task.deadline.passed():
+        return task, None
+    result = task.function(task.job)
+    if task.save:
+        task.store.save(task.key, task.fields, result)
+    return task, result
+
+
+def run_unit_phases(phases: Sequence[Sequence[UnitTask]], parallel: int,
+                    progress: Callable[[UnitTask, dict[str, Any]], str],
+                    title: Callable[[int, Sequence[UnitTask]], str | None] = lambda index, tasks: None) -> int:
+    """Run the phases' tasks one phase after another, each in ``parallel`` spawned processes (so no two runs build
+    one cached stage at once: a later phase finds it built), printing ``title(index, tasks)`` as a phase starts and
+    ``progress(task, result)`` as a unit finishes; tasks after the deadline do nothing. Returns how many units were
+    run and saved (a rebuild is not counted)."""
+    ran = 0
+    for index, tasks in enumerate(phases):
+        if not tasks:
+            continue
+        heading = title(index, tasks)
+        if heading:
+            print(heading, flush=True)
+        for task, result in run_in_processes(run_unit_task, tasks, parallel):
+            if result is not None:
+                print(progress(task, result) + ("" if task.save else " (cached stages rebuilt)"), flush=True)
+                ran += task.save
+    return ran
+
+
+def pending_lines(pending: Sequence[str], what: str) -> list[str]:
+    """The paragraph of a partial section that lists its pending ``what`` (unit, run), whose cells read "-"."""
+    if not pending:
+        return []
+    return [f"Pending ({len(pending)} {what}(s); their cells read \"-\", rerun the command above to continue): "
+            + "; ".join(pending) + ".", ""]
+
+
+def add_chunk_arguments(parser: argparse.ArgumentParser, section: str, what: str, keeps: str) -> None:
+    """``--workdir``, ``--evidence`` and ``--max-minutes``, as every chunked benchmark takes them (``what``: its unit,
+    singular; ``keeps``: what else its workdir holds); :func:`resolve_chunk_arguments` fills in their defaults."""
+    parser.add_argument("--workdir", type=Path, default=None,
+                        help=f"{keeps} and finished {what}s, kept and reused (default: results/{section} under the "
+                             f"repo root, git-ignored; --quick: results/{section}-quick)")
+    parser.add_argument("--evidence", type=Path, default=None,
+                        help=f"committed JSON of the finished {what}s, read and updated (default: "
+                             f"benchmarks/results/{section}.json; not with --quick or --no-write)")
+    parser.add_argument("--max-minutes", type=float, default=None,
+                        help=f"start no {what} after this many minutes (a started one finishes); the section is "
+                             f"written as partial, the same command continues (exit status {STOPPED_EXIT})")
+
+
+def resolve_chunk_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace, section: str,
+                            writes: bool) -> None:
+    """Check ``--max-minutes`` and fill in the defaults of :func:`add_chunk_arguments`' options: the section's
+    persistent workdir (a separate one for --quick) and, when the run ``writes`` its section, its evidence file."""
+    if args.max_minutes is not None and args.max_minutes < 0:
+        parser.error("--max-minutes must be >= 0")
+    args.workdir = args.workdir or default_workdir(section, args.quick)
+    if args.evidence is None and writes:
+        args.evidence = evidence_path(section)
 
 
 def finish_chunked_run(section: str, command: str, body_markdown: str, *, done: int, total: int,
