@@ -1,6 +1,6 @@
-"""Chunked benchmarks (issue 28 item 2): hdrq_merge and method_gains save each finished unit keyed by its
-settings, reuse it, stop at --max-minutes with exit 3 and a partial section, and rebuild a section from a
-committed evidence file without running any job."""
+"""Chunked benchmarks (issue 28 item 2): hdrq_merge, method_gains and hiast_gain save each finished unit
+keyed by its settings, reuse it, stop at --max-minutes with exit 3 and a partial section, and rebuild a
+section from a committed evidence file without running any job."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks import _common, hdrq_merge, method_gains
+from benchmarks import _common, hdrq_merge, hiast_gain, method_gains
 from benchmarks._hdrq_merge_tables import ConfigResult
 
 DATA = {"generator": "digits", "version": 5, "config": {"size": 1}}
@@ -206,3 +206,104 @@ def test_hdrq_quick_resume_loads_the_finished_unit(tmp_path: Path, monkeypatch: 
     assert hdrq_merge.main(argv) == 0
     assert calls == ["FP", "QDrop"]  # FP loaded, not recomputed
     assert len(list((tmp_path / "w" / "units").glob("*.json"))) == 2
+
+
+# --------------------------------------------------------------------------------------------------------------
+# hiast_gain: one run is one unit
+# --------------------------------------------------------------------------------------------------------------
+
+HIAST_ARGV = ["--targets", "day_city", "--seeds", "0", "--variants", "source_only", "hiast", "--parallel", "1"]
+
+
+def hiast_result(job: hiast_gain.Job, miou: float) -> dict:
+    """What run_job returns for a run (a HIAST one with the speed fields the tables read)."""
+    result = {"variant": job.variant, "target": job.target, "seed": job.seed, "miou": miou, "iou": [miou] * 19,
+              "run_seconds": 10.0, "heldout_eval_seconds": 1.0, "wall_seconds": 11.0}
+    if job.variant in hiast_gain.ABLATIONS:
+        result.update(iterations=10, batch_size=4, train_loop_seconds=8.0, pseudo_label_seconds=1.0,
+                      progress_eval_seconds=0.5, warmup_fetch_seconds=0.1, pseudo_label_ratio=0.5, hard_classes="1")
+    else:
+        result["stage_seconds"] = 5.0
+    return result
+
+
+@pytest.fixture
+def hiast_runs(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> list[tuple[str, bool]]:
+    """No data generation and no training: run_job records (variant, ...) and returns fixed scores."""
+    root = tmp_path / "data"
+    monkeypatch.setattr(hiast_gain, "prepare_benchmark_data", lambda *a, **k: root)
+    monkeypatch.setattr(hiast_gain, "data_version", lambda folder: DATA)
+    calls: list[str] = []
+
+    def fake(job: hiast_gain.Job) -> dict:
+        calls.append(job.variant)
+        return hiast_result(job, 0.40 if job.variant == "hiast" else 0.30)
+
+    monkeypatch.setattr(hiast_gain, "run_job", fake)
+    return calls
+
+
+def store_hiast_units(args_argv: list[str], store: _common.UnitStore, variants: set[str]) -> None:
+    """Save the runs of ``variants`` as finished units, keyed by the real job_fields."""
+    args = hiast_gain.parse_args(args_argv)
+    make = lambda v, t, s: hiast_gain.Job(v, t, s, "root", "cache", 1, ())  # noqa: E731
+    for job in (j for phase in hiast_gain.phase_jobs(args.variants, ["day_city"], args.seeds, make) for j in phase):
+        if job.variant in variants:
+            fields = hiast_gain.job_fields(job, DATA)
+            store.save(_common.unit_key(fields), fields, hiast_result(job, 0.25))
+
+
+def test_hiast_gain_unit_keys_differ_with_every_setting() -> None:
+    def key(variant: str = "hiast", target: str = "day_city", seed: int = 0, overrides: tuple = (),
+            data: dict | None = None, threads: int = 1, cache: str = "/c") -> str:
+        job = hiast_gain.Job(variant, target, seed, "/data", cache, threads, overrides)
+        return _common.unit_key(hiast_gain.job_fields(job, data or DATA))
+
+    base = key()
+    others = [key("no_ias"), key("no_r_cst"), key("source_only"), key("warm_up"), key(target="dusk_city"),
+              key(seed=1), key(overrides=tuple(hiast_gain.QUICK.items())), key(overrides=(("rounds", 3),)),
+              key(data={**DATA, "version": 6})]
+    assert len({base, *others}) == len(others) + 1
+    assert key(threads=2, cache="/elsewhere") == base  # not result-determining
+
+
+def test_hiast_gain_max_minutes_zero_writes_a_partial_section_from_stored_runs(hiast_runs: list[str],
+                                                                               tmp_path: Path, capsys) -> None:
+    evidence, output = tmp_path / "hiast_gain.json", tmp_path / "BENCHMARKS.md"
+    store_hiast_units(HIAST_ARGV, _common.UnitStore(tmp_path / "old-machine", evidence), {"source_only"})
+    argv = [*HIAST_ARGV, "--max-minutes", "0", "--workdir", str(tmp_path / "w"), "--evidence", str(evidence),
+            "--output", str(output)]
+    assert hiast_gain.main(argv) == _common.STOPPED_EXIT
+    assert hiast_runs == []  # nothing ran, not even the rebuild of the source stage
+    text = output.read_text()
+    assert text.count("## hiast_gain\n\n**partial: 1 of 2 runs**\n") == 1
+    assert "| source_only | 25.00 (25.00) | 25.00 |" in text and "| hiast | - | - |" in text
+    assert "Pending (1 run(s)" in text and "hiast on day_city seed 0" in text
+    assert "HIAST beats source-only (seed mean): day_city: pending" in text
+    printed = capsys.readouterr().out
+    assert "1 of 2 runs finished, 1 left" in printed and "python -m benchmarks.hiast_gain --targets day_city" in printed
+
+
+def test_hiast_gain_loads_a_run_finished_here_and_does_not_rerun_it(hiast_runs: list[str], tmp_path: Path) -> None:
+    workdir, output = tmp_path / "w", tmp_path / "BENCHMARKS.md"
+    store_hiast_units(HIAST_ARGV, _common.UnitStore(workdir / "units"), {"source_only"})  # this workdir's own
+    argv = [*HIAST_ARGV, "--workdir", str(workdir), "--evidence", str(tmp_path / "ev.json"), "--output", str(output)]
+    assert hiast_gain.main(argv) == 0
+    assert hiast_runs == ["hiast"]  # source_only loaded; its stage is in this workdir's cache
+    text = output.read_text()
+    assert "partial" not in text and "| source_only | 25.00 (25.00) | 25.00 |" in text
+    assert "| hiast | 40.00 (40.00) | 40.00 |" in text and "day_city: yes" in text
+    assert "1 finished run(s) loaded from earlier runs" in text
+    assert hiast_gain.main(argv) == 0 and hiast_runs == ["hiast"]  # everything finished: nothing runs again
+
+
+def test_hiast_gain_rebuilds_the_stage_of_a_run_finished_elsewhere_without_saving(hiast_runs: list[str],
+                                                                                  tmp_path: Path) -> None:
+    evidence = tmp_path / "ev.json"
+    store_hiast_units(HIAST_ARGV, _common.UnitStore(tmp_path / "old-machine", evidence), {"source_only"})
+    argv = [*HIAST_ARGV, "--workdir", str(tmp_path / "new-machine"), "--evidence", str(evidence), "--output",
+            str(tmp_path / "BENCHMARKS.md")]
+    assert hiast_gain.main(argv) == 0
+    assert hiast_runs == ["source_only", "hiast"]  # the cached source model rebuilt first, then the pending run
+    assert "| source_only | 25.00 (25.00) | 25.00 |" in (tmp_path / "BENCHMARKS.md").read_text()  # kept, not resaved
+    assert len(list((tmp_path / "new-machine" / "units").glob("*.json"))) == 1  # only the hiast run saved here
