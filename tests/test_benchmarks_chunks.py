@@ -1,5 +1,5 @@
-"""Chunked benchmarks (issue 28 item 2): hdrq_merge, method_gains and hiast_gain save each finished unit
-keyed by its settings, reuse it, stop at --max-minutes with exit 3 and a partial section, and rebuild a
+"""Chunked benchmarks (issue 28 item 2): hdrq_merge, method_gains, hiast_gain and domain_gap save each finished
+unit keyed by its settings, reuse it, stop at --max-minutes with exit 3 and a partial section, and rebuild a
 section from a committed evidence file without running any job."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks import _common, hdrq_merge, hiast_gain, method_gains
+from benchmarks import _common, domain_gap, hdrq_merge, hiast_gain, method_gains
 from benchmarks._hdrq_merge_tables import ConfigResult
 
 DATA = {"generator": "digits", "version": 5, "config": {"size": 1}}
@@ -209,7 +209,7 @@ def test_hdrq_quick_resume_loads_the_finished_unit(tmp_path: Path, monkeypatch: 
 
 
 # --------------------------------------------------------------------------------------------------------------
-# hiast_gain: one run is one unit
+# hiast_gain and domain_gap: one run is one unit
 # --------------------------------------------------------------------------------------------------------------
 
 HIAST_ARGV = ["--targets", "day_city", "--seeds", "0", "--variants", "source_only", "hiast", "--parallel", "1"]
@@ -307,3 +307,91 @@ def test_hiast_gain_rebuilds_the_stage_of_a_run_finished_elsewhere_without_savin
     assert hiast_runs == ["source_only", "hiast"]  # the cached source model rebuilt first, then the pending run
     assert "| source_only | 25.00 (25.00) | 25.00 |" in (tmp_path / "BENCHMARKS.md").read_text()  # kept, not resaved
     assert len(list((tmp_path / "new-machine" / "units").glob("*.json"))) == 1  # only the hiast run saved here
+
+
+DOMAIN_ARGV = ["--families", "digits", "--seeds", "0"]
+
+
+@pytest.fixture
+def domain_runs(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> list[tuple[str, str]]:
+    """No data, chance baselines or training: prepare_family gives fixed sizes and chance; run_job records
+    (kind, trained_on) and returns fixed scores."""
+    from raysel import data
+
+    family = data.get_family("digits")
+    domains = (family.default_source, *family.default_targets)
+
+    def prepared(name: str, root: Path) -> domain_gap.FamilyResult:
+        return domain_gap.FamilyResult(family=family, chance={t: {"majority": 0.1, "uniform": 0.1}
+                                                              for t in family.default_targets},
+                                       sizes={d: {"train": 10, "test": 5, "heldout": 5} for d in domains},
+                                       folder=tmp_path, data_identity="fixed data")
+
+    monkeypatch.setattr(domain_gap, "prepare_family", prepared)
+    monkeypatch.setattr(domain_gap, "data_version", lambda folder: DATA)
+    monkeypatch.setattr(domain_gap, "data_identity", lambda folder: "fixed data")
+    calls: list[tuple[str, str]] = []
+
+    def fake(job: domain_gap.Job) -> dict:
+        calls.append((job.kind, job.trained_on))
+        return domain_result(job, 0.9)
+
+    monkeypatch.setattr(domain_gap, "run_job", fake)
+    return calls
+
+
+def domain_result(job: domain_gap.Job, score: float) -> dict:
+    return {"scores": {t: score for t in job.scored_targets()}, "train_seconds": 3.0, "eval_seconds": 1.0}
+
+
+def store_domain_units(store: _common.UnitStore, kinds: set[str]) -> None:
+    """Save the digits seed-0 runs of ``kinds`` (source-only at 40 %) as finished units."""
+    args = domain_gap.parse_args([*DOMAIN_ARGV, "--no-write"])
+    from raysel import data
+
+    for job in domain_gap.family_jobs(data.get_family("digits"), args, Path("root"), {}, Path("w")):
+        if job.kind in kinds:
+            fields = domain_gap.job_fields(job, DATA)
+            store.save(_common.unit_key(fields), fields, domain_result(job, 0.4))
+
+
+def test_domain_gap_unit_keys_differ_with_every_setting() -> None:
+    def key(kind: str = "oracle", family: str = "digits", trained_on: str = "photo_digits", seed: int = 0,
+            overrides: tuple = (), data: dict | None = None, workdir: str = "/w", threads: int = 1) -> str:
+        job = domain_gap.Job(kind, family, trained_on, seed, "/data", workdir, threads, overrides)
+        return _common.unit_key(domain_gap.job_fields(job, data or DATA))
+
+    base = key()
+    others = [key("source-only", trained_on="clean_digits"), key(trained_on="noisy_digits"), key(seed=1),
+              key(overrides=(("iterations", domain_gap.QUICK_ITERATIONS),)), key(data={**DATA, "version": 6}),
+              key(family="street_scenes", trained_on="day_city")]
+    assert len({base, *others}) == len(others) + 1
+    assert key(workdir="/elsewhere", threads=2) == base  # not result-determining
+
+
+def test_domain_gap_max_minutes_zero_writes_a_partial_section_from_stored_runs(domain_runs: list, tmp_path: Path,
+                                                                               capsys) -> None:
+    evidence, output = tmp_path / "domain_gap.json", tmp_path / "BENCHMARKS.md"
+    store_domain_units(_common.UnitStore(tmp_path / "old-machine", evidence), {"source-only"})
+    argv = [*DOMAIN_ARGV, "--max-minutes", "0", "--workdir", str(tmp_path / "w"), "--evidence", str(evidence),
+            "--output", str(output)]
+    assert domain_gap.main(argv) == _common.STOPPED_EXIT
+    assert domain_runs == []
+    text = output.read_text()
+    assert text.count("## domain_gap\n\n**partial: 1 of 4 runs**\n") == 1
+    assert "| photo_digits | 10.0 / 10.0 | 40.0 | **40.0** | - | - | - | - | yes |" in text
+    assert "digits oracle trained on noisy_digits seed 0" in text and "**Requirements (pending)**" in text
+    printed = capsys.readouterr().out
+    assert "1 of 4 runs finished, 3 left" in printed and "python -m benchmarks.domain_gap --families digits" in printed
+
+
+def test_domain_gap_loads_finished_runs_and_runs_only_the_rest(domain_runs: list, tmp_path: Path) -> None:
+    evidence, output = tmp_path / "domain_gap.json", tmp_path / "BENCHMARKS.md"
+    store_domain_units(_common.UnitStore(tmp_path / "old-machine", evidence), {"source-only"})
+    argv = [*DOMAIN_ARGV, "--workdir", str(tmp_path / "w"), "--evidence", str(evidence), "--output", str(output)]
+    assert domain_gap.main(argv) == 0
+    assert domain_runs == [("oracle", "photo_digits"), ("oracle", "noisy_digits"), ("oracle", "inverted_blur_digits")]
+    text = output.read_text()
+    assert "partial" not in text and "| photo_digits | 10.0 / 10.0 | 40.0 | **40.0** | 90.0 | **90.0** | **50.0** |" in text
+    assert "**Requirements (met)**" in text and "1 finished run(s) loaded from earlier runs" in text
+    assert domain_gap.main(argv) == 0 and len(domain_runs) == 3  # all finished: nothing runs again
