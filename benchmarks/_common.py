@@ -770,6 +770,34 @@ def add_campaign_arguments(parser: argparse.ArgumentParser, section_of: str) -> 
                         f"run (default: benchmarks/results/{section_of}.parquet when it exists)")
 
 
+def rows_problem(path: Path) -> str | None:
+    """Why ``path`` is no rows file a campaign can import (missing, a folder, not a raysel study rows Parquet), in one
+    line; None when it is one."""
+    from raysel.errors import UserError
+    from raysel.orchestration.study_rows import read_study_rows
+
+    if not path.exists():
+        return "no such file"
+    if not path.is_file():
+        return "not a file"
+    try:
+        read_study_rows(path)  # the reader the study uses, so whatever it rejects is rejected here, before any work
+    except UserError as error:
+        return " ".join(str(error).split())
+    return None
+
+
+def check_rows_argument(rows: Path | None) -> None:
+    """Stop with exit status 2 and one line naming ``--rows`` and its problem when the given rows file is unusable:
+    before any sweep starts, not as a traceback from inside the study."""
+    from raysel.errors import EXIT_USER_ERROR
+
+    problem = None if rows is None else rows_problem(rows)
+    if problem:
+        print(f"error: --rows {rows}: {problem}", file=sys.stderr)
+        raise SystemExit(EXIT_USER_ERROR)
+
+
 def campaign_study(name: str, results: Path, plans: Sequence[SweepPlan], rows: Path | None = None) -> Any:
     """The campaign as a checked :class:`raysel.orchestration.studies.Study` (every entry through ``build_request``):
     one sweep per plan, in order, in ``results``; ``rows`` imports the finished sweeps a rows file holds."""
@@ -1181,11 +1209,12 @@ class SyntheticSweep:
 
 
 # ==============================================================================================================
-# CHUNKED BENCHMARKS (hdrq_merge, method_gains; issue 28 item 2): finished units saved and never repeated,
-# time-boxed runs (--max-minutes), partial sections. One block, kept at the end of this module.
+# CHUNKED BENCHMARKS (hdrq_merge, method_gains, hiast_gain, domain_gap; issue 28 item 2): finished units saved and
+# never repeated, time-boxed runs (--max-minutes), partial sections. One block, kept at the end of this module.
 # ==============================================================================================================
 
 STOPPED_EXIT = 3  # exit status of a run stopped at its --max-minutes deadline (rerun the same command to go on)
+DATA_CHANGED_EXIT = 4  # the data was regenerated during the run: results mix two versions, nothing written
 UNITS_SCHEMA = 1  # bumped when a unit's saved result changes shape: older units are then not reused
 EVIDENCE_DIR = REPO / "benchmarks" / "results"  # committed: finished units that outlive the machine
 
@@ -1266,6 +1295,11 @@ class UnitStore:
                 found[key] = evidence[key]["result"]
         return found
 
+    def ran_here(self, key: str) -> bool:
+        """Whether the workdir holds the unit (it ran with this workdir, so the stages it cached are there too), not
+        only the evidence file (it ran on another machine)."""
+        return (self.folder / f"{key}.json").exists()
+
     def save(self, key: str, fields: dict[str, Any], result: dict[str, Any]) -> None:
         """Save one finished unit (workdir file, then the evidence file)."""
         record = {"key": key, "fields": fields, "result": result,
@@ -1308,6 +1342,106 @@ def write_partial_section(name: str, command: str, body_markdown: str, *, done: 
     """:func:`write_section`, with :func:`partial_line` as its note right under the heading while ``done < total``."""
     note = partial_line(done, total, what) if done < total else None
     return write_section(name, command, body_markdown, path=path, load=load, note=note)
+
+
+@dataclass(frozen=True)
+class UnitTask:
+    """One unit to run, in this process or a spawned worker (:func:`run_unit_task`): ``function(job)`` gives the
+    unit's JSON-able result, saved under ``key`` when ``save`` (False: a finished unit run again only to rebuild
+    the cached stages a pending unit needs, its saved result kept). Picklable: ``function`` is a module-level one."""
+
+    function: Callable[[Any], dict[str, Any]]
+    job: Any
+    key: str
+    fields: dict[str, Any]
+    store: UnitStore
+    deadline: Deadline
+    save: bool = True
+
+
+def run_unit_task(task: UnitTask) -> tuple[UnitTask, dict[str, Any] | None]:
+    """Run one task and save its result (when ``task.save``); no result when the deadline had passed: a run stops
+    between units, never inside one."""
+    if task.deadline.passed():
+        return task, None
+    result = task.function(task.job)
+    if task.save:
+        task.store.save(task.key, task.fields, result)
+    return task, result
+
+
+def run_unit_phases(phases: Sequence[Sequence[UnitTask]], parallel: int,
+                    progress: Callable[[UnitTask, dict[str, Any]], str],
+                    title: Callable[[int, Sequence[UnitTask]], str | None] = lambda index, tasks: None) -> int:
+    """Run the phases' tasks one phase after another, each in ``parallel`` spawned processes (so no two runs build
+    one cached stage at once: a later phase finds it built), printing ``title(index, tasks)`` as a phase starts and
+    ``progress(task, result)`` as a unit finishes; tasks after the deadline do nothing. Returns how many units were
+    run and saved (a rebuild is not counted)."""
+    ran = 0
+    for index, tasks in enumerate(phases):
+        if not tasks:
+            continue
+        heading = title(index, tasks)
+        if heading:
+            print(heading, flush=True)
+        for task, result in run_in_processes(run_unit_task, tasks, parallel):
+            if result is not None:
+                print(progress(task, result) + ("" if task.save else " (cached stages rebuilt)"), flush=True)
+                ran += task.save
+    return ran
+
+
+def pending_lines(pending: Sequence[str], what: str) -> list[str]:
+    """The paragraph of a partial section that lists its pending ``what`` (unit, run), whose cells read "-"."""
+    if not pending:
+        return []
+    return [f"Pending ({len(pending)} {what}(s); their cells read \"-\", rerun the command above to continue): "
+            + "; ".join(pending) + ".", ""]
+
+
+def add_chunk_arguments(parser: argparse.ArgumentParser, section: str, what: str, keeps: str) -> None:
+    """``--workdir``, ``--evidence`` and ``--max-minutes``, as every chunked benchmark takes them (``what``: its unit,
+    singular; ``keeps``: what else its workdir holds); :func:`resolve_chunk_arguments` fills in their defaults."""
+    parser.add_argument("--workdir", type=Path, default=None,
+                        help=f"{keeps} and finished {what}s, kept and reused (default: results/{section} under the "
+                             f"repo root, git-ignored; --quick: results/{section}-quick)")
+    parser.add_argument("--evidence", type=Path, default=None,
+                        help=f"committed JSON of the finished {what}s, read and updated (default: "
+                             f"benchmarks/results/{section}.json; not with --quick or --no-write)")
+    parser.add_argument("--max-minutes", type=float, default=None,
+                        help=f"start no {what} after this many minutes (a started one finishes); the section is "
+                             f"written as partial, the same command continues (exit status {STOPPED_EXIT})")
+
+
+def resolve_chunk_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace, section: str,
+                            writes: bool) -> None:
+    """Check ``--max-minutes`` and fill in the defaults of :func:`add_chunk_arguments`' options: the section's
+    persistent workdir (a separate one for --quick) and, when the run ``writes`` its section, its evidence file."""
+    if args.max_minutes is not None and args.max_minutes < 0:
+        parser.error("--max-minutes must be >= 0")
+    args.workdir = args.workdir or default_workdir(section, args.quick)
+    if args.evidence is None and writes:
+        args.evidence = evidence_path(section)
+
+
+def finish_chunked_run(section: str, command: str, body_markdown: str, *, done: int, total: int,
+                       pending: Sequence[str], ran: int, loaded: int, store: UnitStore, output: Path | None,
+                       what: str = "units", complete_status: int = 0) -> int:
+    """The end of every chunked benchmark's ``main``: write the section from the finished units (headed
+    :func:`partial_line` while units are pending; nothing written when ``output`` is None: --quick, --no-write),
+    say how many units ran now and how many were loaded, and while units are pending print what is left and the
+    command that continues (:func:`stop_message`). Returns :data:`STOPPED_EXIT` while units are pending, else
+    ``complete_status`` (the benchmark's own verdict)."""
+    if output is not None:
+        write_partial_section(section, command, body_markdown, done=done, total=total, what=what, path=output)
+        state = f" (partial: {done} of {total} {what})" if pending else ""
+        print(f"wrote the '## {section}' section of {output}{state}")
+    print(f"{ran} {what} run now, {loaded} loaded; finished {what} in {store.folder}"
+          + (f" and {store.evidence}" if store.evidence else ""))
+    if pending:
+        print(stop_message(done, total, what, pending, command), flush=True)
+        return STOPPED_EXIT
+    return complete_status
 
 
 # ==============================================================================================================

@@ -20,29 +20,43 @@ every seed's source-only score at least 5 points above the better chance baselin
 
     python -m benchmarks.domain_gap                          # both families, seeds 0 1; writes BENCHMARKS.md
     python -m benchmarks.domain_gap --quick --families digits   # smoke run (few iterations), prints only
+    python -m benchmarks.domain_gap --parallel 2 --max-minutes 10   # in chunks: rerun until exit status 0/1
+
+**Chunks.** Every training run (source-only per family and seed, oracle per target and seed) is a unit. Each
+finished unit is saved at once as JSON under the workdir (``--workdir``, default ``results/domain_gap`` under the
+repo root, git-ignored) and in ``benchmarks/results/domain_gap.json`` (``--evidence``; commit it with the
+section), keyed by everything that determines it (kind, family, training domain, scored targets, seed, the resolved
+source_only settings incl. --quick's, the generated data's version). A rerun with the same arguments loads finished
+units instead of recomputing them, also on a new machine from the committed file; the chance baselines are
+recomputed (seconds). ``--max-minutes N`` starts no run after N minutes (a started run finishes): the section is
+written from the finished runs under a ``**partial: k of n runs**`` line (pending runs listed, their cells "-"),
+the run prints what is left and the command that continues (the same one).
 
 Writes the ``## domain_gap`` section of BENCHMARKS.md (replacing an existing one) unless ``--quick`` or
-``--no-write``. Every run uses a fresh stage cache, so the runtimes are real training times.
+``--no-write``. Every run starts from a fresh stage cache of its own (an interrupted attempt's folder is removed
+first), so the runtimes are real training times. Exit status 1 when a requirement fails, 3 when stopped at the
+deadline (partial), 4 when the data was regenerated during the run (nothing written), 0 otherwise.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from benchmarks._common import (BENCHMARKS_PATH, ScoredRun, command_line, config_defaults, data_identity,
-                                run_method_and_score_heldout, write_section)
-from benchmarks._common import run_in_processes
+from benchmarks._common import (BENCHMARKS_PATH, DATA_CHANGED_EXIT, Deadline, ScoredRun, UnitStore, UnitTask,
+                                add_chunk_arguments, command_line, config_defaults, data_identity, data_version,
+                                finish_chunked_run, pending_lines, resolve_chunk_arguments,
+                                run_method_and_score_heldout, run_unit_phases, unit_key, working_directory)
 
 from raysel import data
 from raysel.conventions import IGNORE_INDEX
@@ -154,16 +168,17 @@ class FamilyResult:
     data_identity: str = ""  # generator version and generation time when the benchmark started
 
     def target_verdict(self, target: str) -> dict[str, Any]:
-        """Means over seeds (points), the gap, and whether both requirements hold for this target."""
+        """Means over seeds (points), the gap, and whether both requirements hold for this target (None while the
+        runs a requirement needs are pending)."""
         source = [100 * self.source_only[seed][target] for seed in sorted(self.source_only)]
         oracle = [100 * self.oracle[seed][target] for seed in sorted(self.oracle) if target in self.oracle[seed]]
         best_chance = 100 * max(self.chance[target].values())
-        gap = float(np.mean(oracle) - np.mean(source)) if oracle else float("nan")
+        gap = float(np.mean(oracle) - np.mean(source)) if oracle and source else float("nan")
         return {
-            "source": source, "oracle": oracle, "source_mean": float(np.mean(source)),
+            "source": source, "oracle": oracle, "source_mean": float(np.mean(source)) if source else float("nan"),
             "oracle_mean": float(np.mean(oracle)) if oracle else float("nan"), "gap": gap,
-            "gap_ok": bool(gap >= REQUIRED_GAP_POINTS),
-            "above_chance": bool(min(source) >= best_chance + CHANCE_MARGIN_POINTS),
+            "gap_ok": bool(gap >= REQUIRED_GAP_POINTS) if oracle and source else None,
+            "above_chance": bool(min(source) >= best_chance + CHANCE_MARGIN_POINTS) if source else None,
             "best_chance": best_chance,
         }
 
@@ -173,7 +188,17 @@ def metric_name(family: DatasetFamily) -> str:
 
 
 def points(values: Sequence[float]) -> str:
-    return " / ".join(f"{value:.1f}" for value in values)
+    return " / ".join(f"{value:.1f}" for value in values) or "-"
+
+
+def bold(value: float) -> str:
+    """A mean or gap cell in bold, "-" while pending."""
+    return "-" if np.isnan(value) else f"**{value:.1f}**"
+
+
+def yes_no(value: bool | None) -> str:
+    """A requirement cell: yes / NO, "-" while pending."""
+    return "-" if value is None else ("yes" if value else "NO")
 
 
 def progress_line(family: DatasetFamily, kind: str, trained_on: str, seed: int, run: ScoredRun) -> str:
@@ -207,9 +232,9 @@ def family_table(result: FamilyResult, seeds: Sequence[int]) -> list[str]:
         chance = result.chance[target]
         lines.append(
             f"| {target} | {100 * chance['majority']:.1f} / {100 * chance['uniform']:.1f} "
-            f"| {points(verdict['source'])} | **{verdict['source_mean']:.1f}** | {points(verdict['oracle'])} "
-            f"| **{verdict['oracle_mean']:.1f}** | **{verdict['gap']:.1f}** | {'yes' if verdict['gap_ok'] else 'NO'} "
-            f"| {'yes' if verdict['above_chance'] else 'NO'} |")
+            f"| {points(verdict['source'])} | {bold(verdict['source_mean'])} | {points(verdict['oracle'])} "
+            f"| {bold(verdict['oracle_mean'])} | {bold(verdict['gap'])} | {yes_no(verdict['gap_ok'])} "
+            f"| {yes_no(verdict['above_chance'])} |")
     return lines
 
 
@@ -225,8 +250,10 @@ def runtime_table(results: Sequence[FamilyResult]) -> list[str]:
 
 
 def report(results: Sequence[FamilyResult], args: argparse.Namespace, overrides: dict[str, Any],
-           wall_seconds: float, load: tuple[float, float]) -> tuple[str, bool]:
-    """The markdown body (tables, runtimes, verdict) and whether every requirement holds."""
+           wall_seconds: float, load: tuple[float, float], pending: Sequence[str] = (),
+           loaded: int = 0) -> tuple[str, bool]:
+    """The markdown body (tables, runtimes, verdict) and whether every requirement holds, from the finished runs;
+    ``pending`` lists the unfinished ones (their cells read "-"), ``loaded`` counts those from earlier runs."""
     recipe = {**config_defaults(METHOD), **overrides}
     recipe_text = ", ".join(f"{key}={value}" for key, value in recipe.items())
     models = ", ".join(f"{r.family.name}: `{default_model_name(r.family.task)}`" for r in results)
@@ -239,22 +266,27 @@ def report(results: Sequence[FamilyResult], args: argparse.Namespace, overrides:
         f"{args.parallel} run(s) at a time with {args.threads} torch thread(s) each, CPU load average {load[0]:.1f} before / {load[1]:.1f} after (shared machine).",
         "",
     ]
+    lines += pending_lines(pending, "run")
     all_ok = True
     for result in results:
         lines += family_table(result, args.seeds) + [""]
         all_ok &= all(result.target_verdict(t)["gap_ok"] and result.target_verdict(t)["above_chance"]
                       for t in result.family.default_targets)
     runs = [run for result in results for *_, run in result.runs]
+    mean = f"{np.mean([run.train_seconds for run in runs]):.0f}" if runs else "-"
+    loaded_text = (f" in this run; {loaded} finished run(s) loaded from earlier runs (their times as measured then)"
+                   if loaded else "")
+    state = "pending" if pending else ("met" if all_ok else "NOT met")
     lines += [
         "### Runtime",
         "",
         *runtime_table(results),
         "",
         f"{len(runs)} runs, {sum(run.train_seconds for run in runs):.0f} s training "
-        f"(mean {np.mean([run.train_seconds for run in runs]):.0f} s per run), "
-        f"total wall time {wall_seconds / 60:.1f} min including data preparation and chance baselines.",
+        f"(mean {mean} s per run), "
+        f"total wall time {wall_seconds / 60:.1f} min including data preparation and chance baselines{loaded_text}.",
         "",
-        f"**Requirements ({'met' if all_ok else 'NOT met'})**: source-only at least {REQUIRED_GAP_POINTS:.0f} points "
+        f"**Requirements ({state})**: source-only at least {REQUIRED_GAP_POINTS:.0f} points "
         f"below the oracle on every target (seed means), and every seed's source-only score at least "
         f"{CHANCE_MARGIN_POINTS:.0f} points above the better chance baseline.",
     ]
@@ -281,23 +313,51 @@ class Job:
     threads: int
     overrides: tuple[tuple[str, Any], ...] = ()
 
+    @property
+    def run_dir(self) -> Path:
+        """This run's own folder: output, checkpoints and a fresh stage cache (concurrent runs never share one)."""
+        return Path(self.workdir) / "runs" / f"{self.family}-{self.kind}-{self.trained_on}-{self.seed}"
 
-def run_job(job: Job) -> tuple[Job, ScoredRun]:
-    """Execute one job (in this process or a spawned worker)."""
+    def scored_targets(self) -> list[str]:
+        """The targets the run is scored on: every one for source-only, its own for an oracle."""
+        return list(data.get_family(self.family).default_targets) if self.kind == "source-only" else [self.trained_on]
+
+
+def run_job(job: Job) -> dict[str, Any]:
+    """Execute one job (in this process or a spawned worker); its unit result: held-out scores and seconds."""
     torch.set_num_threads(job.threads)
     family = data.get_family(job.family)
-    workdir = Path(job.workdir) / f"{job.family}-{job.kind}-{job.trained_on}-{job.seed}"
+    shutil.rmtree(job.run_dir, ignore_errors=True)  # an interrupted attempt's stage cache would make the time unreal
     overrides = dict(job.overrides)
     if job.kind == "oracle":
-        run = oracle_run(family, job.trained_on, job.seed, workdir, Path(job.data_root), overrides, job.threads)
+        run = oracle_run(family, job.trained_on, job.seed, job.run_dir, Path(job.data_root), overrides, job.threads)
     else:
-        run = source_only_run(family, job.seed, workdir, Path(job.data_root), overrides, job.threads)
-    return job, run
+        run = source_only_run(family, job.seed, job.run_dir, Path(job.data_root), overrides, job.threads)
+    return {"scores": run.scores, "train_seconds": run.train_seconds, "eval_seconds": run.eval_seconds}
+
+
+def saved_run(job: Job, saved: dict[str, Any]) -> ScoredRun:
+    """A saved unit back as the run the tables read (scores and seconds; no per-class details or reports)."""
+    return ScoredRun(method=METHOD, dataset=job.family, seed=job.seed, scores=saved["scores"], details={},
+                     train_seconds=saved["train_seconds"], eval_seconds=saved["eval_seconds"], reports=[])
+
+
+def job_fields(job: Job, data_key: dict[str, Any]) -> dict[str, Any]:
+    """Everything that determines a run's result (its unit key): kind, family, training domain, scored targets,
+    seed, the resolved source_only settings and the generated data's version (threads and workdir do not)."""
+    return {"benchmark": SECTION, "kind": job.kind, "family": job.family, "trained_on": job.trained_on,
+            "targets": job.scored_targets(), "seed": job.seed, "overrides": dict(job.overrides),
+            "config": {**config_defaults(METHOD), **dict(job.overrides)}, "data": data_key}
+
+
+def job_name(job: Job) -> str:
+    """How a pending run is listed."""
+    return f"{job.family} {job.kind} trained on {job.trained_on} seed {job.seed}"
 
 
 def family_jobs(family: DatasetFamily, args: argparse.Namespace, root: Path, overrides: dict[str, Any],
                 workdir: Path) -> list[Job]:
-    """Per seed: one source-only job, then one oracle job per target."""
+    """Per seed: one source-only job, then one oracle job per target (the runtime table's order)."""
     common = dict(family=family.name, data_root=str(root), workdir=str(workdir), threads=args.threads,
                   overrides=tuple(overrides.items()))
     jobs = []
@@ -307,46 +367,36 @@ def family_jobs(family: DatasetFamily, args: argparse.Namespace, root: Path, ove
     return jobs
 
 
-def execute(jobs: Sequence[Job], parallel: int) -> Iterator[tuple[Job, ScoredRun]]:
-    """Yield finished jobs: in order in this process, or as they complete in ``parallel`` spawned workers."""
-    return run_in_processes(run_job, jobs, parallel)
+def prepare_family(name: str, root: Path) -> FamilyResult:
+    """Prepare one family's data, count its splits and compute its chance baselines (printed)."""
+    family = data.get_family(name)
+    folder = data.prepare(family, root)
+    result = FamilyResult(family=family, sizes=split_sizes(family, root), folder=folder,
+                          data_identity=data_identity(folder))
+    print(f"[{family.name}] data: {result.data_identity}", flush=True)
+    for target in family.default_targets:
+        result.chance[target] = heldout_chance_scores(family, root, target)
+        print(f"[{family.name}] chance on {target}: majority {100 * result.chance[target]['majority']:.1f}, "
+              f"uniform {100 * result.chance[target]['uniform']:.1f}", flush=True)
+    return result
 
 
-def run_benchmark(args: argparse.Namespace, overrides: dict[str, Any], workdir: Path) -> list[FamilyResult]:
-    """Prepare data and chance baselines per family, run every job (printing as each finishes), collect results."""
-    root = Path(args.data_root) if args.data_root else data.default_data_root()
-    results: dict[str, FamilyResult] = {}
-    jobs: list[Job] = []
-    for name in args.families:
-        family = data.get_family(name)
-        folder = data.prepare(family, root)
-        result = results[name] = FamilyResult(family=family, sizes=split_sizes(family, root), folder=folder,
-                                              data_identity=data_identity(folder))
-        print(f"[{family.name}] data: {result.data_identity}", flush=True)
-        for target in family.default_targets:
-            result.chance[target] = heldout_chance_scores(family, root, target)
-            print(f"[{family.name}] chance on {target}: majority {100 * result.chance[target]['majority']:.1f}, "
-                  f"uniform {100 * result.chance[target]['uniform']:.1f}", flush=True)
-        jobs += family_jobs(family, args, root, overrides, workdir)
-    for job, run in execute(jobs, args.parallel):
-        result = results[job.family]
+def collect(results: dict[str, FamilyResult], jobs: Sequence[Job], finished: dict[str, dict[str, Any]],
+            keys: dict[Job, str]) -> None:
+    """Put the finished runs' scores and times into their family results, in job order (the runtime table's)."""
+    for job in (j for j in jobs if keys[j] in finished):
+        result, run = results[job.family], saved_run(job, finished[keys[job]])
         if job.kind == "oracle":
             result.oracle.setdefault(job.seed, {})[job.trained_on] = run.scores[job.trained_on]
         else:
             result.source_only[job.seed] = run.scores
         result.runs.append((job.kind, job.trained_on, job.seed, run))
-        print(progress_line(result.family, job.kind, job.trained_on, job.seed, run), flush=True)
-    for result in results.values():  # runs in a stable order for the runtime table
-        order = {job: index for index, job in enumerate(
-            (kind, on, seed) for seed in args.seeds for kind, on in
-            [("source-only", result.family.default_source)] + [("oracle", t) for t in result.family.default_targets])}
-        result.runs.sort(key=lambda entry: order[entry[:3]])
-        print("\n".join(family_table(result, args.seeds)) + "\n", flush=True)
-    return list(results.values())
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+    """Command-line options (see the module docstring)."""
+    summary, _, details = __doc__.partition("\n\n")
+    parser = argparse.ArgumentParser(description=summary, epilog=details,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="training seeds (default 0 1)")
     parser.add_argument("--families", nargs="+", default=list(FAMILIES), help=f"subset of {', '.join(FAMILIES)}")
@@ -357,6 +407,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              "shared machine)")
     parser.add_argument("--parallel", type=int, default=1, help="runs at once, in spawned processes (default 1)")
     parser.add_argument("--data-root", default=None, help="data root (default: raysel's default data root)")
+    add_chunk_arguments(parser, SECTION, "run", "run folders")
     parser.add_argument("--output", type=Path, default=BENCHMARKS_PATH, help="the BENCHMARKS.md to update")
     parser.add_argument("--no-write", action="store_true", help="print the tables only")
     args = parser.parse_args(argv)
@@ -365,29 +416,54 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(f"unknown families {', '.join(unknown)}; valid: {', '.join(FAMILIES)}")
     if args.threads < 1 or args.parallel < 1:
         parser.error("--threads and --parallel must be >= 1")
+    resolve_chunk_arguments(parser, args, SECTION, writes=not (args.quick or args.no_write))
     args.seeds = list(dict.fromkeys(args.seeds))
     return args
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run what is left of the benchmark, print the tables, write the BENCHMARKS.md section; 1 when a requirement
+    fails, 3 when stopped at the --max-minutes deadline (partial section written), 4 when the data changed mid-run."""
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     command = command_line("domain_gap.py", argv)
     overrides = {"iterations": QUICK_ITERATIONS} if args.quick else {}
+    deadline = Deadline.after_minutes(args.max_minutes)
     load_before, started = os.getloadavg()[0], time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="raysel-domain-gap-") as directory:
-        results = run_benchmark(args, overrides, Path(directory))
-    body, all_ok = report(results, args, overrides, time.perf_counter() - started, (load_before, os.getloadavg()[0]))
+    with working_directory(args.workdir, "raysel-domain-gap-") as directory:
+        workdir = Path(directory)
+        store = UnitStore(workdir / "units", args.evidence)
+        root = Path(args.data_root) if args.data_root else data.default_data_root()
+        results = {name: prepare_family(name, root) for name in args.families}
+        jobs = [job for result in results.values()
+                for job in family_jobs(result.family, args, root, overrides, workdir)]
+        fields = {job: job_fields(job, data_version(results[job.family].folder)) for job in jobs}
+        keys = {job: unit_key(fields[job]) for job in jobs}
+        done_before = store.load(list(keys.values()))
+        print(f"{len(jobs)} run(s): {len(done_before)} finished earlier (loaded, not rerun), "
+              f"{len(jobs) - len(done_before)} to run; workdir {workdir}", flush=True)
+        tasks = [UnitTask(run_job, job, keys[job], fields[job], store, deadline) for job in jobs
+                 if keys[job] not in done_before]
+        ran = run_unit_phases([tasks], args.parallel, lambda task, saved: progress_line(
+            results[task.job.family].family, task.job.kind, task.job.trained_on, task.job.seed,
+            saved_run(task.job, saved)))
+        finished = store.load(list(keys.values()))
+    collect(results, jobs, finished, keys)
+    for result in results.values():
+        print("\n".join(family_table(result, args.seeds)) + "\n", flush=True)
+    pending = [job_name(job) for job in jobs if keys[job] not in finished]
+    body, all_ok = report(list(results.values()), args, overrides, time.perf_counter() - started,
+                          (load_before, os.getloadavg()[0]), pending=pending, loaded=len(done_before))
     print("\n" + body, flush=True)
-    changed = [r.family.name for r in results if data_identity(r.folder) != r.data_identity]
+    changed = [r.family.name for r in results.values() if data_identity(r.folder) != r.data_identity]
     if changed:
         print(f"error: the data of {', '.join(changed)} was regenerated during the benchmark; results mix two "
               "versions and are not written", file=sys.stderr)
-        return 3
-    if not (args.quick or args.no_write):
-        write_section(SECTION, command, body, path=args.output)
-        print(f"wrote the '## {SECTION}' section of {args.output}")
-    return 0 if all_ok else 1
+        return DATA_CHANGED_EXIT
+    return finish_chunked_run(SECTION, command, body, done=len(finished), total=len(jobs), pending=pending, ran=ran,
+                              loaded=len(done_before), store=store, what="runs",
+                              output=None if args.quick or args.no_write else args.output,
+                              complete_status=0 if all_ok else 1)
 
 
 if __name__ == "__main__":

@@ -65,9 +65,9 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 import torch
 
-from benchmarks._common import (BENCHMARKS_PATH, STOPPED_EXIT, Deadline, UnitStore, command_line, data_version,
-                                default_device, default_workdir, evidence_path, heldout_score_key, stop_message,
-                                unit_key, write_partial_section)
+from benchmarks._common import (BENCHMARKS_PATH, Deadline, UnitStore, add_chunk_arguments, command_line, data_version,
+                                default_device, finish_chunked_run, heldout_score_key, resolve_chunk_arguments,
+                                unit_key)
 from benchmarks._common import prepare_benchmark_data, run_in_processes, working_directory
 
 from raysel import data
@@ -405,15 +405,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--data-root", default=None, help="data root (default: raysel's default data root)")
     parser.add_argument("--section", default=SECTION,
                         help=f"BENCHMARKS.md section to write (default {SECTION}; e.g. {SECTION}.regime)")
-    parser.add_argument("--workdir", type=Path, default=None,
-                        help="stage caches and finished configurations, kept and reused (default: results/<section> "
-                             "under the repo root, git-ignored; --quick: results/<section>-quick)")
-    parser.add_argument("--evidence", type=Path, default=None,
-                        help="committed JSON of the finished configurations, read and updated (default: "
-                             "benchmarks/results/<section>.json; not with --quick or --no-write)")
-    parser.add_argument("--max-minutes", type=float, default=None,
-                        help="start no configuration after this many minutes; the section is written as partial, "
-                             f"the same command continues (exit status {STOPPED_EXIT})")
+    add_chunk_arguments(parser, "<section>", "configuration", "stage caches")
     parser.add_argument("--output", type=Path, default=BENCHMARKS_PATH, help="the BENCHMARKS.md to update")
     parser.add_argument("--no-write", action="store_true", help="print the tables only")
     args = parser.parse_args(argv)
@@ -425,12 +417,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             parser.error(f"--bits {bits!r}: expected W<weight bits>A<activation bits>, e.g. W4A4")
     if min(args.threads, args.parallel, args.merge_draws, args.iterations or 1) < 1:
         parser.error("--threads, --parallel, --merge-draws and --iterations must be >= 1")
-    if args.max_minutes is not None and args.max_minutes < 0:
-        parser.error("--max-minutes must be >= 0")
+    resolve_chunk_arguments(parser, args, args.section, writes=not (args.quick or args.no_write))
     args.seeds = list(dict.fromkeys(args.seeds or ([0] if args.quick else [0, 1])))
-    args.workdir = args.workdir or default_workdir(args.section, args.quick)
-    if args.evidence is None and not (args.quick or args.no_write):
-        args.evidence = evidence_path(args.section)
     args.adaptation = {"street_scenes": args.street_adaptation, "digits": args.digits_adaptation}
     return args
 
@@ -466,17 +454,9 @@ def main(argv: list[str] | None = None) -> int:
     body = report(results, args, time.perf_counter() - started, (load_before, os.getloadavg()[0]),
                   pending=pending, loaded=len(done_before))
     print("\n" + body, flush=True)
-    if not (args.quick or args.no_write):
-        write_partial_section(args.section, command, body, done=len(finished), total=total, what="units",
-                              path=args.output)
-        state = "" if not pending else f" (partial: {len(finished)} of {total} units)"
-        print(f"wrote the '## {args.section}' section of {args.output}{state}")
-    print(f"{ran} configuration(s) run now, {len(done_before)} loaded; finished units in {store.folder}"
-          + (f" and {args.evidence}" if args.evidence else ""))
-    if pending:
-        print(stop_message(len(finished), total, "units", pending, command), flush=True)
-        return STOPPED_EXIT
-    return 0
+    return finish_chunked_run(args.section, command, body, done=len(finished), total=total, pending=pending, ran=ran,
+                              loaded=len(done_before), store=store,
+                              output=None if args.quick or args.no_write else args.output)
 
 
 if __name__ == "__main__":

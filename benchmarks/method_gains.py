@@ -62,17 +62,16 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 import torch
 
-from benchmarks._common import (BENCHMARKS_PATH, STOPPED_EXIT, Deadline, ScoredRun, UnitStore, build_shared_stages,
-                                command_line, config_defaults, data_identity, data_version, default_workdir,
-                                evidence_path, prepare_benchmark_data, run_in_processes,
-                                run_method_and_score_heldout, stop_message, unit_key, working_directory,
-                                write_partial_section)
+from benchmarks._common import (BENCHMARKS_PATH, DATA_CHANGED_EXIT, Deadline, ScoredRun, UnitStore, UnitTask,
+                                add_chunk_arguments, build_shared_stages, command_line, config_defaults, data_identity,
+                                data_version, finish_chunked_run, pending_lines, prepare_benchmark_data,
+                                resolve_chunk_arguments, run_method_and_score_heldout, run_unit_phases, unit_key,
+                                working_directory)
 
 from raysel import data
 from raysel.models import default_model_name
 
 SECTION = "method_gains"
-DATA_CHANGED_EXIT = 4  # the data was regenerated during the run: results mix two versions, nothing written
 # What this benchmark measures: a later commit touching one makes its section stale (benchmarks._common).
 MEASURES = ("benchmarks/_common.py", "raysel/methods", "raysel/models", "raysel/data/street_scenes.py",
             "raysel/data/digits.py", "raysel/data/generation.py", "raysel/data/common.py", "raysel/data/family.py",
@@ -258,27 +257,9 @@ def saved_outcome(job: Job, saved: dict[str, Any]) -> JobOutcome:
     return JobOutcome(job, runs=[RunResult(**run) for run in saved["runs"]], shared_seconds=saved["shared_seconds"])
 
 
-@dataclass(frozen=True)
-class Task:
-    """A job to execute: save its outcome under ``key`` (``save``), or only rebuild its cached stages (a shared
-    job finished earlier whose run is still pending: its saved seconds stay); nothing once the deadline passed."""
-
-    job: Job
-    key: str
-    fields: dict[str, Any]
-    store: UnitStore
-    deadline: Deadline
-    save: bool = True
-
-
-def run_task(task: Task) -> tuple[Task, JobOutcome | None]:
-    """Run one task (in this process or a spawned worker); no outcome when the deadline had passed."""
-    if task.deadline.passed():
-        return task, None
-    outcome = run_job(task.job)
-    if task.save:
-        task.store.save(task.key, task.fields, outcome_result(outcome))
-    return task, outcome
+def run_unit(job: Job) -> dict[str, Any]:
+    """Execute one job (in this process or a spawned worker); its unit result (:func:`outcome_result`)."""
+    return outcome_result(run_job(job))
 
 
 def progress_line(outcome: JobOutcome) -> str:
@@ -292,30 +273,23 @@ def progress_line(outcome: JobOutcome) -> str:
     return f"{where}: held-out {scores}  (train {first.train_seconds:.0f} s, eval {first.eval_seconds:.1f} s)"
 
 
-def execute(phases: Sequence[Sequence[Task]], parallel: int) -> int:
+def execute(phases: Sequence[Sequence[UnitTask]], parallel: int) -> int:
     """Run the phases' tasks one phase after another (each in ``parallel`` spawned processes), printing as jobs
     finish; tasks after the deadline do nothing. Returns how many units were run and saved."""
-    ran = 0
-    for phase, tasks in enumerate(phases, start=1):
-        if not tasks:
-            continue
-        print(f"phase {phase}: {len(tasks)} {tasks[0].job.kind} job(s)", flush=True)
-        for task, outcome in run_in_processes(run_task, tasks, parallel):
-            if outcome is not None:
-                print("  " + progress_line(outcome) + ("" if task.save else " (cached stages rebuilt)"), flush=True)
-                ran += task.save
-    return ran
+    return run_unit_phases(phases, parallel, lambda task, saved: "  " + progress_line(saved_outcome(task.job, saved)),
+                           lambda index, tasks: f"phase {index + 1}: {len(tasks)} {tasks[0].job.kind} job(s)")
 
 
 def plan_tasks(phases: Sequence[Sequence[Job]], keys: dict[Job, str], fields: dict[Job, dict[str, Any]],
-               finished: set[str], store: UnitStore, deadline: Deadline) -> list[list[Task]]:
+               finished: set[str], store: UnitStore, deadline: Deadline) -> list[list[UnitTask]]:
     """The tasks left: every unfinished job, plus the shared stages of a finished shared job whose run is pending
     (rebuilt into this workdir's cache, not timed again: the run must find them cached)."""
     pending_runs = {(j.variant, j.targets, j.seed) for phase in phases for j in phase
                     if j.kind == "run" and keys[j] not in finished}
     tasks = []
     for jobs in phases:
-        tasks.append([Task(j, keys[j], fields[j], store, deadline, save=keys[j] not in finished) for j in jobs
+        tasks.append([UnitTask(run_unit, j, keys[j], fields[j], store, deadline, save=keys[j] not in finished)
+                      for j in jobs
                       if keys[j] not in finished
                       or (j.kind == "shared" and (j.variant, j.targets, j.seed) in pending_runs)])
     return tasks
@@ -583,9 +557,7 @@ def report(variants: Sequence[Variant], outcomes: Sequence[JobOutcome], args: ar
         + (" **QUICK SMOKE RUN on tiny generated data: the numbers mean nothing.**" if args.quick else ""),
         "",
     ]
-    if pending:
-        lines += [f"Pending ({len(pending)} unit(s); their cells read \"-\", rerun the command above to continue): "
-                  + "; ".join(pending) + ".", ""]
+    lines += pending_lines(pending, "unit")
     for family_lines in reports:
         lines += family_lines.lines + [""]
     lines += [ratio_line(reports), "", "Configurations:", "", *configuration_lines(variants, args.quick)]
@@ -618,15 +590,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--parallel", type=int, default=1, help="jobs at once, in spawned processes (default 1)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per job (default 1)")
     parser.add_argument("--data-root", default=None, help="data root (default: raysel's default data root)")
-    parser.add_argument("--workdir", type=Path, default=None,
-                        help="stage cache, run folders and finished units, kept and reused (default: "
-                             f"results/{SECTION} under the repo root, git-ignored; --quick: results/{SECTION}-quick)")
-    parser.add_argument("--evidence", type=Path, default=None,
-                        help=f"committed JSON of the finished units, read and updated (default: "
-                             f"benchmarks/results/{SECTION}.json; not with --quick or --no-write)")
-    parser.add_argument("--max-minutes", type=float, default=None,
-                        help="start no job after this many minutes; the section is written as partial, the same "
-                             f"command continues (exit status {STOPPED_EXIT})")
+    add_chunk_arguments(parser, SECTION, "unit", "stage cache, run folders")
     parser.add_argument("--output", type=Path, default=BENCHMARKS_PATH, help="the BENCHMARKS.md to update")
     parser.add_argument("--no-write", action="store_true", help="print the tables only")
     parser.add_argument("--quick", action="store_true",
@@ -638,12 +602,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             parser.error(f"{option}: unknown {', '.join(unknown)}; valid: {', '.join(valid)}")
     if args.threads < 1 or args.parallel < 1:
         parser.error("--threads and --parallel must be >= 1")
-    if args.max_minutes is not None and args.max_minutes < 0:
-        parser.error("--max-minutes must be >= 0")
+    resolve_chunk_arguments(parser, args, SECTION, writes=not (args.quick or args.no_write))
     args.seeds = list(dict.fromkeys(args.seeds or ([0] if args.quick else [0, 1])))
-    args.workdir = args.workdir or default_workdir(SECTION, args.quick)
-    if args.evidence is None and not (args.quick or args.no_write):
-        args.evidence = evidence_path(SECTION)
     return args
 
 
@@ -686,17 +646,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: the data of {', '.join(changed)} was regenerated during the benchmark; results mix two "
               "versions and are not written", file=sys.stderr)
         return DATA_CHANGED_EXIT
-    if not (args.quick or args.no_write):
-        write_partial_section(SECTION, command, body, done=len(finished), total=len(jobs), what="units",
-                              path=args.output)
-        state = "" if not pending else f" (partial: {len(finished)} of {len(jobs)} units)"
-        print(f"wrote the '## {SECTION}' section of {args.output}{state}")
-    print(f"{ran} unit(s) run now, {len(done_before)} loaded; finished units in {store.folder}"
-          + (f" and {args.evidence}" if args.evidence else ""))
-    if pending:
-        print(stop_message(len(finished), len(jobs), "units", pending, command), flush=True)
-        return STOPPED_EXIT
-    return 0 if (all_met or args.quick) else 1
+    return finish_chunked_run(SECTION, command, body, done=len(finished), total=len(jobs), pending=pending, ran=ran,
+                              loaded=len(done_before), store=store,
+                              output=None if args.quick or args.no_write else args.output,
+                              complete_status=0 if (all_met or args.quick) else 1)
 
 
 if __name__ == "__main__":

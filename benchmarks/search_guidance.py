@@ -67,10 +67,10 @@ from typing import Any, Sequence
 import numpy as np
 from scipy.stats import kendalltau
 
-from benchmarks._common import (REPO, SweepPlan, add_campaign_arguments, campaign_study, command_line,
-                                config_defaults, default_rows, export_campaign, finished_plans, format_section,
-                                needs_ray, partial_note, prepare_benchmark_data, rows_path, run_campaign, set_texts,
-                                space_swept_names, write_section, yaml_value)
+from benchmarks._common import (REPO, SweepPlan, add_campaign_arguments, campaign_study, check_rows_argument,
+                                command_line, config_defaults, default_rows, export_campaign, finished_plans,
+                                format_section, needs_ray, partial_note, prepare_benchmark_data, rows_path,
+                                run_campaign, set_texts, space_swept_names, write_section, yaml_value)
 from raysel.data import default_data_root, get_family
 from raysel.orchestration.studies import EXIT_STOPPED
 from raysel.selection import TASK_TRIAL_SCORES, TRIAL_SCORE_NAMES
@@ -309,7 +309,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--no-write", action="store_true",
                         help="print the section without touching BENCHMARKS.md or the committed rows file")
     add_campaign_arguments(parser, SECTION)
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    check_rows_argument(args.rows)
+    return args
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -63,12 +63,11 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from benchmarks._common import (BUDGETS, DEFAULT_KIND, HIAST_PARAMS, REPO, SweepCase, SweepPlan,
-                                add_campaign_arguments, campaign_study, command_line, config_defaults,
-                                default_heldouts, default_rows, evaluate_plans, export_campaign, finished_plans, fmt,
-                                format_section, partial_note, regret_of, row_by_name, rows_path, run_campaign,
-                                selector_cell, set_texts, space_swept_names, trial_facts, worse_cell, worse_text,
-                                write_section, yaml_value)
+from benchmarks._common import (BUDGETS, DEFAULT_KIND, HIAST_PARAMS, REPO, SweepCase, SweepPlan, add_campaign_arguments,
+                                campaign_study, check_rows_argument, command_line, config_defaults, default_heldouts,
+                                default_rows, evaluate_plans, export_campaign, finished_plans, fmt, format_section,
+                                partial_note, regret_of, row_by_name, rows_path, run_campaign, selector_cell, set_texts,
+                                space_swept_names, trial_facts, worse_cell, worse_text, write_section, yaml_value)
 from raysel.orchestration.studies import EXIT_STOPPED
 from raysel.selection import (DEFAULT_BASELINE, POINTS, RANDOM_BASELINE, SelectorSummary, best_selector,
                               summarize_selectors)
@@ -470,6 +469,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="print the section without touching BENCHMARKS.md or the committed rows file")
     add_campaign_arguments(parser, SECTION)
     args = parser.parse_args(argv)
+    check_rows_argument(args.rows)
     if args.quick:
         args.no_write = True
     if args.workdir is None:

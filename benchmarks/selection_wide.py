@@ -79,9 +79,9 @@ from typing import Any, Sequence
 import numpy as np
 
 from benchmarks._common import (BUDGETS, DEFAULT_KIND, REPO, SweepCase, SweepPlan, add_campaign_arguments,
-                                campaign_study, command_line, config_defaults, default_heldouts, default_rows,
-                                evaluate_plans, export_campaign, finished_plans, fmt, format_section, partial_note,
-                                regret_of, row_by_name, rows_path, run_campaign, selector_cell, set_texts,
+                                campaign_study, check_rows_argument, command_line, config_defaults, default_heldouts,
+                                default_rows, evaluate_plans, export_campaign, finished_plans, fmt, format_section,
+                                partial_note, regret_of, row_by_name, rows_path, run_campaign, selector_cell, set_texts,
                                 space_swept_names, trial_facts, worse_cell, write_section, yaml_value)
 from raysel.orchestration.studies import EXIT_STOPPED
 from raysel.selection import (BASELINES, DEFAULT_BASELINE, FLAT_SPREAD_POINTS, GUARD_COMPANIONS, GUARD_PANEL_SIZE,
@@ -559,6 +559,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="print the section without touching BENCHMARKS.md or the committed rows file")
     add_campaign_arguments(parser, f"{SECTION}[.BUDGET]")
     args = parser.parse_args(argv)
+    check_rows_argument(args.rows)
     if min(args.configurations or 2, args.entropy_values or 2) < 2:
         parser.error("--configurations and --entropy-values must be at least 2 (selection needs two candidates)")
     if args.budget == "quick":

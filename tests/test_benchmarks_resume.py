@@ -157,3 +157,36 @@ def test_search_guidance_reads_imported_rows_without_ray(tmp_path: Path, monkeyp
     assert "2 imported from" in text and "partial" not in text
     assert "| 0 | 40.00 | 40.00 | +0.00 | 70.00 | 40.00 | +30.00 |" in text
     assert not (tmp_path / "data").exists()  # nothing trains, so no data was prepared
+
+
+def bad_rows_files(tmp_path: Path) -> dict[str, Path]:
+    """A missing file, a folder, a text file and a Parquet file that holds no study rows."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    (tmp_path / "text.parquet").write_text("not parquet\n")
+    (tmp_path / "folder").mkdir()
+    pq.write_table(pa.table({"x": [1, 2]}), tmp_path / "plain.parquet")
+    return {"no such file": tmp_path / "missing.parquet", "not a file": tmp_path / "folder",
+            "cannot read the rows file": tmp_path / "text.parquet",
+            "is not a raysel study rows file": tmp_path / "plain.parquet"}
+
+
+@pytest.mark.parametrize("module", ["selection_quality", "selection_wide", "search_guidance"])
+def test_a_bad_rows_file_is_one_line_and_exit_2_before_any_work(module: str, tmp_path: Path, capsys,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib
+
+    benchmark = importlib.import_module(f"benchmarks.{module}")
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("work started despite a bad --rows")
+
+    monkeypatch.setattr(benchmark, "campaign_study", no_work)
+    for problem, path in bad_rows_files(tmp_path).items():
+        with pytest.raises(SystemExit) as stopped:
+            benchmark.main(["--rows", str(path), "--workdir", str(tmp_path / "w"), "--no-write"])
+        assert stopped.value.code == 2
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith(f"error: --rows {path}: ") and problem in lines[0], lines
+    assert not (tmp_path / "w").exists()
