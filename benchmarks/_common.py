@@ -18,9 +18,9 @@
   the benchmark passes its own ``load=(before, after)``. A section a benchmark formatted itself gets the two lines
   it lacks from :func:`replace_section`.
 * Staleness — each benchmark module declares what it measures in a constant ``MEASURES`` (paths: raysel files or
-  folders, its private helpers); :data:`OTHER_SECTION_MEASURES` does it for sections no module writes
-  (``make_sweep``). A section is stale when ``git log <its Commit>..HEAD`` touches its benchmark module or anything
-  in ``MEASURES`` (:func:`check_staleness`). ``python -m benchmarks._common stale`` prints every section's state;
+  folders, its private helpers); :data:`OTHER_SECTION_MEASURES` does it for sections no module writes. A section
+  is stale when ``git log <its Commit>..HEAD`` touches its benchmark module or anything in ``MEASURES``
+  (:func:`check_staleness`). ``python -m benchmarks._common stale`` prints every section's state;
   ``python -m benchmarks._common stale --mark`` writes a ``**Stale since <date>:** <files changed>`` line under
   each stale section's heading and removes it from sections that are fresh again (rerunning the benchmark
   rewrites the section, which drops the line). Stale lines are the tool's output, never written by hand.
@@ -347,13 +347,9 @@ def write_section(name: str, command: str, body_markdown: str, *, path: Path | s
 # Staleness: a section whose benchmark or measured code changed after its commit
 # --------------------------------------------------------------------------------------------------------------
 
-# What a section measures, for the sections no benchmark module writes (each module declares its own MEASURES).
-OTHER_SECTION_MEASURES: dict[str, tuple[str, ...]] = {
-    "make_sweep": ("Makefile", "pyproject.toml", "search_spaces/hiast.yaml", "raysel/sweep.py", "raysel/orchestration",
-                   "raysel/request.py", "raysel/request_build.py", "raysel/execution", "raysel/methods",
-                   "raysel/models", "raysel/data", "raysel/selection", "raysel/store", "raysel/heldout.py",
-                   "raysel/metrics.py"),
-}
+# What a section measures, for the sections no benchmark module writes (each module declares its own MEASURES);
+# none today: make_sweep has its module since the figure comes from benchmarks/make_sweep.py.
+OTHER_SECTION_MEASURES: dict[str, tuple[str, ...]] = {}
 STALE_PREFIX = "**Stale since "
 LISTED_FILES = 8  # a stale note names this many changed files, then counts the rest
 

@@ -47,6 +47,11 @@ Budgets:
 - ``standard``: the same sweeps with 6 configurations, 5 entropy values, 150 selection images and the digits
   methods' default lengths: 192 trials. Measured on 2 quiet cores, 2 trials at a time: about 35 s of wall time per
   trial plus 2–7 min per seed for the stage builds, about 2.5–3 hours in all.
+- ``decision``: short's sweeps, settings and selection images on every development target (street: day_city,
+  dusk_city; digits: photo, noisy and inverted digits) and every test target, at seeds 0, 1 and 2 (issue 29 item 2).
+  Every development sweep runs before any test sweep, so the pre-registered rule's input is complete (and its
+  recommendation printed in the partial section) before a test label is read: 285 development trials in 78 sweeps,
+  then the test sweeps; about 3.5 hours in all, run as chunks of ``--max-minutes``.
 - ``full``: every development and test target at every seed, 12 configurations, selection_quality's reduced street
   budget.
 
@@ -136,9 +141,11 @@ DIGITS_BUDGETS: dict[str, dict[str, dict[str, Any]]] = {
     "full": {"gsda": {}, "source_only": {}}, "standard": {"gsda": {}, "source_only": {}},
     # short: two thirds of GSDA's length and half of source-only's (its wide sweep still spans 150-600 iterations).
     "short": {"gsda": {"iterations": 100}, "source_only": {"iterations": 300}},
+    "decision": {"gsda": {"iterations": 100}, "source_only": {"iterations": 300}},  # = short's
     "quick": {"gsda": {"iterations": 4, "num_reports": 1, "source_iterations": 8}, "source_only": {"iterations": 8}},
 }
-STREET_BUDGET = {"full": "reduced", "standard": "short", "short": "short", "quick": "quick"}  # selection_quality's budgets
+# selection_quality's budgets
+STREET_BUDGET = {"full": "reduced", "standard": "short", "short": "short", "decision": "short", "quick": "quick"}
 
 
 @dataclass(frozen=True)
@@ -151,9 +158,12 @@ class Shape:
     selection_size: int | None
     all_targets: bool  # every development and test target; else the first development target and the test targets
     development_seeds: tuple[int, ...] | None = None  # None: development targets at every seed
+    development_first: bool = False  # every development sweep before any test sweep (the rule's input comes first)
 
 
 SHAPES = {"quick": Shape((0,), 3, 3, 12, False), "short": Shape((0, 1, 2), 5, 4, 100, False, (0,)),
+          # short's sweeps on every development and test target at every seed, development first (issue 29 item 2)
+          "decision": Shape((0, 1, 2), 5, 4, 100, True, None, development_first=True),
           "standard": Shape((0, 1, 2), 6, 5, 150, False, (0,)), "full": Shape((0, 1, 2), 12, 5, None, True)}
 
 
@@ -171,6 +181,7 @@ class WideOptions:
     selection_size: int | None
     targets: dict[str, tuple[str, ...]]  # family -> targets (development first)
     development_seeds: tuple[int, ...] | None = None  # seeds that also run the development targets (None: every seed)
+    development_first: bool = False  # every development sweep before any test sweep
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -285,17 +296,19 @@ def runs_target(options: WideOptions, family: str, target: str, seed: int) -> bo
 
 
 def build_plans(options: WideOptions) -> list[SweepPlan]:
-    """Every sweep, seed by seed and target by target; each target's source-only reference first."""
+    """Every sweep, seed by seed and target by target; each target's source-only reference first. With
+    ``development_first`` every development sweep comes before any test sweep (each group seed by seed)."""
     plans: list[SweepPlan] = []
-    for seed in options.seeds:
-        for family, targets in options.targets.items():
-            methods = [method for method in options.methods if FAMILY_OF[method] == family]
-            for target in targets if methods else ():
-                if not runs_target(options, family, target, seed):
-                    continue
-                plans.append(reference_plan(options, family, seed, target))
-                for method in methods:
-                    plans += method_plans(options, method, seed, target)
+    for roles in ((("development",), ("test",)) if options.development_first else (("development", "test"),)):
+        for seed in options.seeds:
+            for family, targets in options.targets.items():
+                methods = [method for method in options.methods if FAMILY_OF[method] == family]
+                for target in targets if methods else ():
+                    if target_role(family, target) not in roles or not runs_target(options, family, target, seed):
+                        continue
+                    plans.append(reference_plan(options, family, seed, target))
+                    for method in methods:
+                        plans += method_plans(options, method, seed, target)
     return plans
 
 
@@ -524,8 +537,12 @@ def format_body(cases: Sequence[WideCase], names: Sequence[str], options: WideOp
         ranges_text(options), "", facts]
     for role in ("development", "test"):
         parts += role_sections(cases, names, options, role)
-    parts += ["", "### goals on the test targets (issue 13; the recommendation is chosen on development sweeps)", "",
-              rule_text(cases, names, options), "", goal_table(cases, names, options)]
+    if any(case.role == "test" for case in cases):
+        parts += ["", "### goals on the test targets (issue 13; the recommendation is chosen on development sweeps)",
+                  "", rule_text(cases, names, options), "", goal_table(cases, names, options)]
+    else:  # the development budget: the rule's recommendation, which the short budget's test tables confirm or not
+        parts += ["", "### the recommendation: the pre-registered rule on these development sweeps", "",
+                  rule_text(cases, names, options)]
     parts += ["", "### every sweep", "", sweep_table(cases)]
     return "\n".join(parts)
 
@@ -539,8 +556,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     """The benchmark's options."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--budget", choices=tuple(SHAPES), default="short",
-                        help="quick (smoke test), short (default; < 90 min on 2 cores), standard (more candidates "
-                             "and selection images, about 2.5 h) or full (every target)")
+                        help="quick (smoke test), short (default; < 90 min on 2 cores), decision (short's sweeps on "
+                             "every development and test target at seeds 0-2, every development sweep first: the "
+                             "evidence for the selector rule and its test; about 3.5 h, run in chunks), standard (more candidates and "
+                             "selection images, about 2.5 h) or full (every target)")
     parser.add_argument("--workdir", type=Path, default=None,
                         help="result store, kept between runs so that rerunning the same command continues "
                         "(default results/selection_wide_BUDGET)")
@@ -570,7 +589,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def budget_targets(shape: Shape) -> dict[str, tuple[str, ...]]:
-    """Per family: every development target (full) or the first, then every test target."""
+    """Per family: every development target (full, decision) or the first, then every test target."""
     from raysel.data import get_family
 
     targets = {}
@@ -593,7 +612,8 @@ def build_options(args: argparse.Namespace) -> WideOptions:
                        entropy_values=args.entropy_values or shape.entropy_values,
                        selection_size=shape.selection_size,
                        targets=budget_targets(shape),
-                       development_seeds=tuple(args.dev_seeds) if args.dev_seeds else shape.development_seeds)
+                       development_seeds=tuple(args.dev_seeds) if args.dev_seeds else shape.development_seeds,
+                       development_first=shape.development_first)
 
 
 def section_name(budget: str) -> str:

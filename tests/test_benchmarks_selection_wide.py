@@ -53,6 +53,28 @@ def test_development_targets_run_only_at_the_development_seeds(tmp_path: Path) -
                         "warped_digits": {0, 1}}
 
 
+def test_decision_budget_runs_every_development_sweep_before_any_test_sweep(tmp_path: Path) -> None:
+    """Issue 29 item 2: every development target at 3 seeds, at least 12 wide sweeps per family, the entropy-weight
+    sweeps, short's training settings, and every development sweep before the first test sweep."""
+    shape = sw.SHAPES["decision"]
+    base = options(tmp_path, budget="decision")
+    plans = sw.build_plans(dataclasses.replace(base, seeds=shape.seeds, development_first=shape.development_first))
+    development = {target for family in ("street_scenes", "digits")
+                   for target in get_family(family).development_targets}
+    roles = ["development" if plan.targets[0] in development else "test" for plan in plans]
+    assert roles == sorted(roles)  # "development" < "test": no development sweep after a test sweep
+    assert {plan.targets[0] for plan, role in zip(plans, roles) if role == "development"} == development
+    assert {plan.targets[0] for plan, role in zip(plans, roles) if role == "test"} == {
+        "foggy_city", "stroke_digits", "warped_digits"}
+    for family in ("street_scenes", "digits"):
+        wide = [plan for plan, role in zip(plans, roles) if role == "development" and plan.kind == sw.WIDE_KIND
+                and sw.FAMILY_OF[plan.method] == family]
+        assert len(wide) >= 12 and {plan.seed for plan in wide} == {0, 1, 2}
+    assert {plan.kind for plan in plans} >= {"lambda_i", "maxsquare_weight", "alpha"}
+    for method in sw.METHODS:
+        assert sw.budget_settings(method, "decision") == sw.budget_settings(method, "short")
+
+
 def test_wide_sweep_is_the_same_random_sample_for_every_target_of_a_seed(tmp_path: Path) -> None:
     plans = [plan for plan in sw.build_plans(options(tmp_path)) if plan.method == "hiast" and plan.kind == "wide"]
     day, fog = (next(p for p in plans if p.seed == 0 and p.targets == (t,)) for t in ("day_city", "foggy_city"))
