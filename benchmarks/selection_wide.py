@@ -515,8 +515,55 @@ def ranges_text(options: WideOptions) -> str:
     return "\n".join(items)
 
 
-def format_body(cases: Sequence[WideCase], names: Sequence[str], options: WideOptions, facts: str) -> str:
-    """The BENCHMARKS.md section body: protocol, dev and test tables apart, every sweep."""
+ESTIMATE_GOALS = (3.0, 0.85)  # issue 29: mean absolute error <= 3 points, the 90 % interval covering >= 85 %
+
+
+def estimate_rows(frames: dict[str, Any], plans: Sequence[SweepPlan]) -> list[dict[str, Any]]:
+    """Every finished candidate of the finished sweeps with its label-free estimate and interval (``estimate_*``
+    columns, fractions) beside its held-out score: family, role, error in points, whether the interval covers it."""
+    rows = []
+    for plan in plans:
+        frame = frames.get(plan.sweep_id)
+        if frame is None or frame.empty or "estimate_score" not in frame:
+            continue
+        family = plan.options["data"]
+        for trial in frame.itertuples():
+            estimate, low, high = (getattr(trial, name, None) for name in ("estimate_score", "estimate_low",
+                                                                            "estimate_high"))
+            if estimate is None or not np.isfinite(float(estimate)) or not np.isfinite(float(trial.heldout)):
+                continue
+            covered = (low is not None and high is not None and np.isfinite(float(low)) and np.isfinite(float(high))
+                       and float(low) <= float(trial.heldout) <= float(high))
+            rows.append({"family": family, "role": target_role(family, plan.targets[0]),
+                         "error": 100.0 * abs(float(estimate) - float(trial.heldout)), "covered": covered})
+    return rows
+
+
+def estimate_table(frames: dict[str, Any], plans: Sequence[SweepPlan]) -> str:
+    """Per family and role: how far the label-free estimate is from the held-out score over every candidate, and
+    how often its 90 % interval covers it (issue 29 item 6; the goals are judged on the test targets)."""
+    rows = estimate_rows(frames, plans)
+    lines = ["| family | role | candidates with an estimate | mean absolute error (points) | median | "
+             "90 % interval covers the held-out score | goals (MAE ≤ 3, coverage ≥ 85 %) |",
+             "|---|---|---:|---:|---:|---:|---|"]
+    for family in dict.fromkeys(row["family"] for row in rows):
+        for role in ("development", "test"):
+            group = [row for row in rows if row["family"] == family and row["role"] == role]
+            if not group:
+                continue
+            errors = np.array([row["error"] for row in group])
+            coverage = float(np.mean([row["covered"] for row in group]))
+            goals = ("met" if errors.mean() <= ESTIMATE_GOALS[0] and coverage >= ESTIMATE_GOALS[1] else "missed"
+                     ) if role == "test" else "— (development)"
+            lines.append(f"| {family} | {role} | {len(group)} | {errors.mean():.2f} | {np.median(errors):.2f} | "
+                         f"{100 * coverage:.0f} % | {goals} |")
+    return "\n".join(lines) if len(lines) > 2 else "No finished candidate has an estimate yet."
+
+
+def format_body(cases: Sequence[WideCase], names: Sequence[str], options: WideOptions, facts: str,
+                estimates: str | None = None) -> str:
+    """The BENCHMARKS.md section body: protocol, dev and test tables apart, the estimate's accuracy (``estimates``,
+    :func:`estimate_table`), every sweep."""
     roles = "; ".join(f"{family}: development {[t for t in targets if target_role(family, t) == 'development']}, "
                       f"test {[t for t in targets if target_role(family, t) == 'test']}"
                       for family, targets in options.targets.items() if family in map(FAMILY_OF.get, options.methods))
@@ -543,6 +590,12 @@ def format_body(cases: Sequence[WideCase], names: Sequence[str], options: WideOp
     else:  # the development budget: the rule's recommendation, which the short budget's test tables confirm or not
         parts += ["", "### the recommendation: the pre-registered rule on these development sweeps", "",
                   rule_text(cases, names, options)]
+    if estimates is not None:
+        parts += ["", "### the label-free estimate of each candidate's score (issue 29 item 6)", "",
+                  "`estimate_score` with its 90 % interval (`estimate_low`–`estimate_high`; ATC fitted on source "
+                  "validation data and agreement with the ensemble's fused labels, `raysel.selection.estimate`) "
+                  "against the held-out score, over every finished candidate of every finished sweep:", "",
+                  estimates]
     parts += ["", "### every sweep", "", sweep_table(cases)]
     return "\n".join(parts)
 
@@ -558,8 +611,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--budget", choices=tuple(SHAPES), default="short",
                         help="quick (smoke test), short (default; < 90 min on 2 cores), decision (short's sweeps on "
                              "every development and test target at seeds 0-2, every development sweep first: the "
-                             "evidence for the selector rule and its test; about 3.5 h, run in chunks), standard (more candidates and "
-                             "selection images, about 2.5 h) or full (every target)")
+                             "evidence for the selector rule and its test; about 3.5 h, run in chunks), standard "
+                             "(more candidates and selection images, about 2.5 h) or full (every target)")
     parser.add_argument("--workdir", type=Path, default=None,
                         help="result store, kept between runs so that rerunning the same command continues "
                         "(default results/selection_wide_BUDGET)")
@@ -640,7 +693,8 @@ def section_text(options: WideOptions, plans: Sequence[SweepPlan], done: Sequenc
     """The section body from the finished sweeps ``done`` (read from the store: run here or imported from a rows
     file), its ``partial`` note (None once every sweep has finished), and whether it holds any case."""
     cases, names, frames = wide_cases(done, options.results)
-    body = format_body(cases, names, options, run_facts(frames, plans, options, wall, loads, done))
+    body = format_body(cases, names, options, run_facts(frames, plans, options, wall, loads, done),
+                       estimate_table(frames, done))
     return body, partial_note(len(done), len(plans)), bool(cases)
 
 

@@ -264,3 +264,23 @@ def test_quick_run_on_digits_prints_dev_and_test_tables(embedded_data_root: Path
 def test_each_writing_budget_has_its_own_section() -> None:
     assert sw.section_name("short") == "selection_wide"
     assert sw.section_name("standard") == "selection_wide.standard"
+
+
+def test_estimate_table_gives_error_and_coverage_per_family_and_role(tmp_path: Path) -> None:
+    """Issue 29 item 6's measurement: mean absolute error in points and interval coverage over every candidate, the
+    goals judged on test targets only; candidates without an estimate are left out."""
+    plans = sw.build_plans(options(tmp_path))
+    day = next(plan for plan in plans if plan.targets == ("day_city",) and plan.kind == sw.WIDE_KIND)
+    fog = next(plan for plan in plans if plan.targets == ("foggy_city",) and plan.kind == sw.WIDE_KIND)
+    frames = {
+        day.sweep_id: pd.DataFrame({"heldout": [0.30, 0.40], "estimate_score": [0.32, 0.40],
+                                    "estimate_low": [0.25, 0.41], "estimate_high": [0.35, 0.45]}),
+        fog.sweep_id: pd.DataFrame({"heldout": [0.20, 0.50, 0.60], "estimate_score": [0.21, 0.45, float("nan")],
+                                    "estimate_low": [0.15, 0.40, None], "estimate_high": [0.25, 0.48, None]}),
+    }
+    rows = sw.estimate_rows(frames, plans)
+    assert len(rows) == 4
+    table = sw.estimate_table(frames, plans)
+    assert "| street_scenes | development | 2 | 1.00 | 1.00 | 50 % | — (development) |" in table
+    assert "| street_scenes | test | 2 | 3.00 | 3.00 | 50 % | missed |" in table
+    assert sw.estimate_table({}, plans) == "No finished candidate has an estimate yet."
