@@ -70,21 +70,20 @@ def minutes(seconds: float) -> str:
 
 
 def trial_facts(results: Path) -> dict[str, Any]:
-    """Counts, times and held-out scores of the one sweep stored under ``results``, and its selection rows."""
+    """Counts, times and held-out mIoU (points) of the one sweep stored under ``results``, and its headline pick."""
     from raysel import store
 
     trials = store.load(results)
     selections = store.load(results, table="selections")
     finished = trials[trials["status"] == "finished"]
-    started = trials["started_at"].astype("int64") / 1e9 if "started_at" in trials else None
-    ended = trials["finished_at"].astype("int64") / 1e9 if "finished_at" in trials else None
+    started, ended = trials["started_at"], trials["finished_at"]
     facts: dict[str, Any] = {
         "finished": len(finished), "failed": int((trials["status"] == "failed").sum()),
-        "span_s": float(ended.max() - started.min()) if started is not None else float("nan"),
-        "trial_s": [float(value) for value in (ended - started)] if started is not None else [],
+        "span_s": (ended.max() - started.min()).total_seconds(),
+        "trial_s": [float(value) for value in (ended - started).dt.total_seconds()],
         "phases": {phase: float(finished[f"time_{phase}_s"].mean()) for phase in PHASES
                    if f"time_{phase}_s" in finished},
-        "heldout": {str(row.trial_id): float(row.heldout_miou) for row in finished.itertuples()},
+        "heldout": {str(row.trial_id): 100.0 * float(row.heldout_miou) for row in finished.itertuples()},  # points
     }
     headline = selections[selections["selector"] == HEADLINE_SELECTOR]
     if len(headline):

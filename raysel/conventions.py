@@ -6,15 +6,24 @@ pixels that carry no class. ``BATCHNORM_TYPES`` are the layers whose statistics 
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Any
 
 __all__ = [
-    "IMAGENET_MEAN", "IMAGENET_STD", "IGNORE_INDEX", "BATCHNORM_TYPES",
+    "IMAGENET_MEAN", "IMAGENET_STD", "IGNORE_INDEX", "BATCHNORM_TYPES", "RESULTS_ENV", "default_results_root",
 ]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 IGNORE_INDEX = 255
+RESULTS_ENV = "RAYSEL_RESULTS"
+
+
+def default_results_root() -> Path:
+    """The result store used when none is given, by every command and the Python API: ``$RAYSEL_RESULTS``, else
+    ``./results``. Here, at the bottom layer, so that the light commands read it without importing the store."""
+    return Path(os.environ.get(RESULTS_ENV) or "results")
 
 
 def __getattr__(name: str) -> Any:

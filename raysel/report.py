@@ -10,6 +10,7 @@ import re
 import sys
 from pathlib import Path
 
+from raysel.conventions import RESULTS_ENV, default_results_root
 from raysel.errors import exits_cleanly_on_user_error
 from raysel.reporting.sweep_report import write_report
 from raysel.store import ResultStore
@@ -26,7 +27,8 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("sweep", help="sweep id (see: python -m raysel.query \"SELECT DISTINCT sweep_id FROM trials\")")
-    parser.add_argument("--results", type=Path, default=Path("results"), help="result store folder (default ./results)")
+    parser.add_argument("--results", type=Path, default=default_results_root(),
+                        help=f"result store folder (default ${RESULTS_ENV}, else ./results)")
     parser.add_argument("--output", type=Path, default=None,
                         help="folder for the PNGs and report.md (default <results>/reports/<sweep>)")
     parser.add_argument("--selector", default=None,

@@ -77,7 +77,7 @@ class SweepOptions:
     persistent_workers: str = AccelerationSwitches.persistent_workers
     cudnn_benchmark: str = AccelerationSwitches.cudnn_benchmark
     loader_workers: int | None = AccelerationSwitches.loader_workers
-    results: str | Path = "results"
+    results: str | Path | None = None  # None: $RAYSEL_RESULTS, else ./results (raysel.conventions)
     name: str | None = None  # the sweep id; None: METHOD-YYYYmmdd-HHMMSS
     selectors: tuple[str, ...] | None = None  # None: the method's default selectors
     progress_interval: float = 30.0

@@ -21,6 +21,7 @@ from typing import Any, Callable, Iterable, Mapping, TypeVar
 
 from raysel import data as data_module
 from raysel.acceleration_switches import SWITCHES, AccelerationSwitches
+from raysel.conventions import default_results_root
 from raysel.errors import ConfigError, UserError, unknown_name_error
 from raysel.hyperparameters import config_from_dict
 from raysel.models import model_names
@@ -36,6 +37,11 @@ __all__ = ["build_request", "resume_request", "checked_space", "check_candidates
 
 T = TypeVar("T")
 OPTION_NAMES = {"overrides": "--set", "selectors": "--selector"}  # fields whose option is not --<field>
+
+
+def _results_root(options: SweepOptions) -> Path:
+    """The sweep's result store: the one given, else ``$RAYSEL_RESULTS``, else ``./results`` (as every command)."""
+    return Path(options.results).expanduser() if options.results is not None else default_results_root()
 
 
 def option_name(field: str) -> str:
@@ -76,7 +82,7 @@ def build_request(options: SweepOptions | Mapping[str, Any] | None = None, /, **
     check_candidates(method, space)
     data = _data_choice(family, options)
     return SweepRequest(method=method.name, sweep_id=_sweep_id(method, options.name),
-                        results=str(Path(options.results).expanduser().resolve()), space=space, data=data,
+                        results=str(_results_root(options).resolve()), space=space, data=data,
                         search=_search_plan(options, data.targets, family.task), resources=_resources(options),
                         acceleration=_acceleration(options), selectors=_selectors(method, options.selectors),
                         max_failures=_whole("max_failures", options.max_failures, minimum=0),
@@ -92,7 +98,7 @@ def resume_request(options: SweepOptions | Mapping[str, Any] | None = None, /, *
     """
     options = _merged_options(options, keywords)
     method = get_method(options.method)
-    results = Path(options.results).expanduser()
+    results = _results_root(options)
     sweep_id = options.name or latest_sweep_id(results, method.name)
     if sweep_id is None:
         raise UserError(f"--resume: no previous {method.name} sweep under {results / 'sweeps'}")

@@ -16,6 +16,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from raysel.conventions import RESULTS_ENV, default_results_root
 from raysel.errors import DataError, UserError, exits_cleanly_on_user_error
 from raysel.reporting.summary import decision_lines, format_trials_table
 from raysel.request import SweepRequest, load_request
@@ -42,7 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="selector that decides (repeatable: the first applicable one decides; default: the "
                         "sweep's own decision order, i.e. its --selector options, else the method's default "
                         "selectors, e.g. fmiou, hdrq: merge_quality); every other applicable selector is recorded too")
-    parser.add_argument("--results", type=Path, default=Path("results"), help="result store folder (default ./results)")
+    parser.add_argument("--results", type=Path, default=default_results_root(),
+                        help=f"result store folder (default ${RESULTS_ENV}, else ./results)")
     parser.add_argument("--repredict", action="store_true",
                         help="recompute every finished candidate's predictions from its checkpoint first, as Ray tasks "
                         "(one per candidate, with the trial's CPUs and GPUs); without it only missing prediction "

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from raysel.conventions import RESULTS_ENV, default_results_root
 from raysel.errors import UserError, exits_cleanly_on_user_error
 from raysel.methods.reports import TARGET_CONFIDENCE
 from raysel.progress import PROGRESS_FILE, read_status_file
@@ -185,7 +186,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("sweep", nargs="?", default=None,
                         help="sweep id or study name (default: the latest sweep started)")
-    parser.add_argument("--results", type=Path, default=Path("results"), help="result store folder (default ./results)")
+    parser.add_argument("--results", type=Path, default=default_results_root(),
+                        help=f"result store folder (default ${RESULTS_ENV}, else ./results)")
     return parser
 
 

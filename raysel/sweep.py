@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from raysel.acceleration_switches import add_acceleration_arguments
+from raysel.conventions import RESULTS_ENV
 from raysel.errors import exits_cleanly_on_user_error
 from raysel.request import CONFIDENCE_OBJECTIVE, EXECUTORS, SCHEDULERS, SEARCH_ALGORITHMS, SweepOptions
 
@@ -96,8 +97,8 @@ def _add_data_arguments(data: argparse._ArgumentGroup) -> None:
 
 def _add_result_arguments(out: argparse._ArgumentGroup) -> None:
     """Where results go and how the sweep is selected, resumed, reported and tracked."""
-    out.add_argument("--results", type=Path, default=Path(DEFAULTS["results"]),
-                     help=f"result store folder (default ./{DEFAULTS['results']})")
+    out.add_argument("--results", type=Path, default=None,
+                     help=f"result store folder (default ${RESULTS_ENV}, else ./results)")
     out.add_argument("--name", default=None, help="sweep id (default METHOD-YYYYmmdd-HHMMSS)")
     out.add_argument("--resume", action="store_true",
                      help="continue the sweep --name (default: the latest sweep of METHOD); finished trials are kept")

@@ -76,6 +76,25 @@ def test_defaults_are_filled_once_paths_are_absolute_and_domains_canonical(tmp_p
     assert not (tmp_path / "results").exists() and not (tmp_path / "data").exists()  # building writes nothing
 
 
+def test_raysel_results_is_the_default_store_of_the_sweep_and_of_every_command(tmp_path: Path, monkeypatch) -> None:
+    """$RAYSEL_RESULTS, else ./results, wherever no results folder is given: the sweep (command line, Python, study
+    file) writes where `raysel query|select|report|status` read (it used to write to ./results regardless)."""
+    from raysel import report, select, status
+    from raysel.orchestration.studies import study_from_mapping
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("RAYSEL_RESULTS", str(tmp_path / "elsewhere"))
+    expected = str(tmp_path / "elsewhere")
+    assert build_request(method="hiast").results == expected
+    assert build_request(options_from_arguments(build_parser().parse_args(["hiast"]))).results == expected
+    study = study_from_mapping({"name": "s", "sweeps": [{"name": "a", "method": "source_only"}]})
+    assert study.results == expected
+    for module in (select, report, status):
+        assert module.build_parser().parse_args(["x"] if module is not status else []).results == Path(expected)
+    monkeypatch.delenv("RAYSEL_RESULTS")
+    assert build_request(method="hiast").results == str(tmp_path / "results")
+
+
 def test_a_python_caller_and_a_study_entry_build_what_the_command_line_builds(tmp_path: Path) -> None:
     argv = ["source_only", "--set", "iterations=2", "--target", "day_city", "dusk_city", "--results",
             str(tmp_path), "--name", "same", "--selector", "im"]

@@ -34,6 +34,7 @@ import ray
 import yaml
 from ray import tune
 
+from raysel.conventions import default_results_root
 from raysel.errors import ConfigError, UserError, unknown_name_error
 from raysel.execution import connect
 from raysel.request import (RUN_ONLY_FIELDS, SETTINGS_FILE, TUNE_FOLDER, SweepOptions, SweepRequest, load_request,
@@ -130,7 +131,7 @@ def study_from_mapping(mapping: Any, *, file: str | None = None) -> Study:
             raise ConfigError(f"{where}: {unknown_name_error('study key', key, STUDY_KEYS)}")
     name = _study_name(where, mapping.get("name"))
     defaults = _defaults(where, mapping.get("defaults"))
-    results = str(Path(str(mapping.get("results") or "results")).expanduser().resolve())
+    results = str(Path(mapping.get("results") or default_results_root()).expanduser().resolve())
     rows = mapping.get("rows")
     sweeps = tuple(_checked_sweep(where, entry, defaults, results) for entry in _entries(where, mapping.get("sweeps")))
     return Study(name=name, results=results, sweeps=sweeps, file=file,

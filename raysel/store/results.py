@@ -43,6 +43,7 @@ from typing import Any, Callable
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from raysel.conventions import RESULTS_ENV, default_results_root
 from raysel.errors import ConfigError, DataError, UserError
 from raysel.store.schema import (KEY_SEPARATOR, SELECTION_FIXED_COLUMNS, TIMESTAMP, TRIAL_FIXED_COLUMNS, _coerce_value,
                                  _score_column, column_order, selection_table, trial_table)
@@ -54,7 +55,6 @@ __all__ = ["ResultStore", "load", "sql", "sql_arrow", "to_pandas", "open_connect
            "write_table_atomically", "is_compacted", "key_column", "TABLES", "PARQUET_SUFFIX", "RESULTS_ENV"]
 
 TABLES = ("trials", "selections")
-RESULTS_ENV = "RAYSEL_RESULTS"
 PARQUET_SUFFIX = ".parquet"
 SOURCE_FILE_COLUMN = "__raysel_source_file"  # read_parquet's file-name column, only to drop overridden rows
 
@@ -347,11 +347,6 @@ def _glob_escape(name: str) -> str:
 # --------------------------------------------------------------------------------------------------------------
 # Reading with DuckDB
 # --------------------------------------------------------------------------------------------------------------
-
-
-def default_results_root() -> Path:
-    """The results folder used when none is given: ``$RAYSEL_RESULTS`` or ``./results``."""
-    return Path(os.environ.get(RESULTS_ENV) or "results")
 
 
 def _existing_root(root: Path | str | None) -> Path:
