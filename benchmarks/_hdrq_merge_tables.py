@@ -7,7 +7,7 @@ Private to that benchmark (the ``_`` prefix): no other benchmark imports it, so 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 from scipy import stats
@@ -21,6 +21,7 @@ PTQ_ROWS = (("BRECQ", "brecq", PAPER_LAMBDA), ("QDrop", "qdrop", PAPER_LAMBDA), 
 ROW_LABELS = ("FP", *(label for label, _, _ in PTQ_ROWS))
 PAPER_MERGE_DRAWS = 30  # the paper's results are means over 30 merges (noise-sampling draws)
 REGIME_GAP = 0.03  # "quantization clearly damages merging": QDrop's merged H at least 3 points below FP's
+DASH = "—"  # a cell with no value (not measured yet, or not defined for the row)
 
 
 @dataclass
@@ -40,6 +41,9 @@ class ConfigResult:
     ptq_iterations: int = 0
     ptq_loop_seconds: float = 0.0
     seconds: float = 0.0
+    # Per target: how far reconstruction moved its specialist (raysel.quant.movement); {} for FP and for units
+    # saved before it was recorded, None for a specialist whose PTQ stage was cached before it was recorded.
+    movement: dict[str, dict[str, Any] | None] = field(default_factory=dict)
 
 
 @dataclass
@@ -55,6 +59,10 @@ class JobResult:
 
     def find(self, label: str, bits: str, rounding: str = "noise") -> ConfigResult | None:
         return next((c for c in self.configs if (c.label, c.bits, c.rounding) == (label, bits, rounding)), None)
+
+    def find_specialists(self, label: str, bits: str) -> ConfigResult | None:
+        """The configuration at any rounding: every rounding of a unit merges the same specialists."""
+        return next((c for c in self.configs if (c.label, c.bits) == (label, bits)), None)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -212,6 +220,81 @@ def speed_table(results: list[JobResult]) -> list[str]:
         for method, (count, iterations, seconds) in totals.items():
             rate = iterations / seconds if seconds else float("nan")
             relative = (seconds / iterations) / qdrop_cost if iterations else float("nan")
-            lines.append(f"| {family} | {method} | {count} | {iterations:.0f} | {seconds:.1f} | {rate:.1f} | "
-                         f"{relative:.2f}x |")
+            # No QDrop unit finished yet (or no loop time): "—", not "nanx".
+            lines.append(f"| {family} | {method} | {count} | {iterations:.0f} | {seconds:.1f} | "
+                         f"{f'{rate:.1f}' if np.isfinite(rate) else DASH} | "
+                         f"{f'{relative:.2f}x' if np.isfinite(relative) else DASH} |")
     return lines
+
+
+# (column header, raysel.quant.movement measure) of the weight-movement table, in column order.
+MOVEMENT_COLUMNS = (("codes changed %", "codes_changed"), ("weight steps moved %", "weight_step_movement"),
+                    ("activation steps moved %", "activation_step_movement"),
+                    ("float weights moved %", "weight_movement"),
+                    ("dequantized weights moved %", "dequantized_weight_movement"))
+
+
+def specialist_movements(entry: ConfigResult) -> list[dict[str, Any]] | None:
+    """The movement of every specialist of a configuration; None when any lacks it (measured before it was
+    recorded): a mean over some specialists would compare unlike things."""
+    movements = [entry.movement.get(target) for target in entry.specialists]
+    return None if not movements or any(m is None for m in movements) else movements
+
+
+def movement_mean(movements: list[dict[str, Any]] | None, measure: str) -> float | None:
+    """The layer mean of ``measure`` averaged over specialists; None when not recorded or not learned (the float
+    weights of AdaRound methods)."""
+    values = [m.get(measure) for m in movements or []]
+    return None if not values or any(v is None for v in values) else mean(values)
+
+
+def movement_cell(movements: list[dict[str, Any]] | None, measure: str) -> str:
+    """``mean (max)`` in %: :func:`movement_mean`, the largest single layer of any specialist in brackets; "—"
+    where there is no mean."""
+    average = movement_mean(movements, measure)
+    if average is None or not movements:
+        return DASH
+    largest = max(m.get(f"{measure}_max", float("nan")) for m in movements)
+    return f"{100 * average:.2f} ({100 * largest:.1f})"
+
+
+def movement_table(results: list[JobResult], bits: Sequence[str]) -> list[str]:
+    """Per family, bit-width, seed and PTQ row: how far reconstruction moved the specialists from their
+    calibrated round-to-nearest start (codes changed, step and weight movement), so a merged-H tie or loss of
+    HDRQ against QDrop can be told apart: regularisers that did not act vs a different solution that did not help."""
+    lines = ["| family | bits | seed | PTQ | specialists | "
+             + " | ".join(header for header, _ in MOVEMENT_COLUMNS) + " |",
+             "|---|---|---:|---|---:|" + "---:|" * len(MOVEMENT_COLUMNS)]
+    for b in bits:
+        for run in results:
+            for label, _, _ in PTQ_ROWS:
+                entry = run.find_specialists(label, b)
+                if entry is None:
+                    continue
+                movements = specialist_movements(entry)
+                lines.append(f"| {run.family} | {b} | {run.seed} | {label} | {len(entry.specialists)} | "
+                             + " | ".join(movement_cell(movements, measure) for _, measure in MOVEMENT_COLUMNS) + " |")
+    return lines if len(lines) > 2 else []
+
+
+def movement_summary(results: list[JobResult], bits: Sequence[str]) -> str:
+    """One sentence comparing QDrop, QDrop+noise and HDRQ: codes changed and dequantized weights moved (means over
+    seeds and specialists) per family and bit-width, or that no movement is recorded yet."""
+    parts = []
+    for family in dict.fromkeys(r.family for r in results):
+        for b in bits:
+            cells = []
+            for label in ("QDrop", "QDrop+noise", "HDRQ"):
+                entries = [run.find_specialists(label, b) for run in results if run.family == family]
+                movements = [m for entry in entries if entry is not None for m in specialist_movements(entry) or []]
+                codes, moved = (movement_mean(movements, measure)
+                                for measure in ("codes_changed", "dequantized_weight_movement"))
+                if codes is not None and moved is not None:
+                    cells.append(f"{label} {100 * codes:.2f} / {100 * moved:.2f}")
+            if cells:
+                parts.append(f"{family} {b}: {', '.join(cells)}")
+    if not parts:
+        return "No unit has its weight movement recorded yet (units finished before it was measured show —)."
+    return ("Codes changed % / dequantized weights moved % (means over seeds and specialists): " + "; ".join(parts)
+            + ". HDRQ's regularisers changed the solution relative to QDrop only where its row moves differently "
+            "from QDrop's (and from QDrop+noise's, for the distance term).")

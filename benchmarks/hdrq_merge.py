@@ -24,6 +24,10 @@ Per dataset family and seed, with the ``hdrq`` method's own pipeline pieces (:mo
   draws) minus the pick's (points), with Kendall tau, next to the expected regret of a random pick.
 * **Speed**: block-reconstruction iterations per second of each PTQ method (optimisation loop only, summed over
   targets, bit-widths and seeds) and HDRQ's per-iteration cost relative to QDrop (the issue asks for <= 1.3x).
+* **Weight movement**: per seed and PTQ row, how far reconstruction moved the specialists from their calibrated
+  round-to-nearest start (:mod:`raysel.quant.movement`: integer codes changed, weight and activation steps moved,
+  float and dequantized weights moved), so "HDRQ does not beat QDrop" can be told apart from "HDRQ's regularisers
+  did not act". Units finished before it was recorded show "—".
 
 Held-out labels are read only here, through :func:`raysel.heldout.heldout_scores` and
 :func:`raysel.execution.trial.multi_target_heldout` (evaluation code; the method and its selector never read them).
@@ -78,8 +82,8 @@ from raysel.quant import has_rounding_ties
 from raysel.execution.trial import multi_target_heldout
 
 from benchmarks._hdrq_merge_tables import (PAPER_LAMBDA, PAPER_MERGE_DRAWS, PTQ_ROWS, REGIME_GAP, ROW_LABELS,
-                                           ConfigResult, JobResult, family_tables, paired_table, selector_table,
-                                           speed_table)
+                                           ConfigResult, JobResult, family_tables, movement_summary, movement_table,
+                                           paired_table, selector_table, speed_table)
 
 SECTION = "hdrq_merge"
 # What this benchmark measures: a later commit touching one makes its section stale (benchmarks._common).
@@ -163,6 +167,8 @@ def score_configuration(ctx: RunContext, config: hdrq.HdrqConfig, targets: tuple
     stages = specialists.ptq_stages.values()
     iterations = sum(stage["iterations"] for stage in stages)
     loop_seconds = sum(stage["loop_seconds"] for stage in stages)
+    # None for a PTQ stage cached before reconstruction recorded its movement (the table shows "—").
+    movement = {target: stage.get("movement") for target, stage in specialists.ptq_stages.items()}
     results = []
     for rounding in roundings:
         variant = dataclasses.replace(config, noise_sampling=rounding != "float")
@@ -172,7 +178,7 @@ def score_configuration(ctx: RunContext, config: hdrq.HdrqConfig, targets: tuple
             rounding="fp" if config.ptq_method == hdrq.FULL_PRECISION else rounding, specialists=own,
             merged=merged, harmonic=harmonic, merge_quality=quality, error_barrier=barrier,
             ptq_method=config.ptq_method, ptq_iterations=iterations, ptq_loop_seconds=loop_seconds,
-            seconds=time.perf_counter() - started, draws=count))
+            seconds=time.perf_counter() - started, draws=count, movement=movement))
     return results
 
 
@@ -363,7 +369,15 @@ def report(results: list[JobResult], args: argparse.Namespace, wall_seconds: flo
         units_seconds = sum(run.seconds for run in results)
         total += (f" in this run; {loaded} finished configuration(s) loaded from earlier runs (the configurations' "
                   f"own times sum to {units_seconds / 60:.1f} min)")
-    lines += ["", total + "."]
+    lines += ["", total + ".", "", "### weight movement", "",
+              "How far reconstruction moved each quantized specialist from its MSE-calibrated round-to-nearest start "
+              "(raysel.quant.movement), to tell whether HDRQ's regularisers (noise-based quantization, distance "
+              "term) changed the solution relative to QDrop: the mean over layers, averaged over the specialists, "
+              "largest single layer in brackets; BRECQ/QDrop learn only the rounding (AdaRound: codes changed are "
+              "rounding decisions flipped, weight steps fixed) and no float weights (—), HDRQ learns float weights "
+              "and their steps; — also where a unit finished before movement was recorded. "
+              + movement_summary(results, args.bits), ""]
+    lines += movement_table(results, args.bits)
     return "\n".join(lines) + "\n"
 
 

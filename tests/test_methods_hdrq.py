@@ -336,3 +336,13 @@ def test_hdrq_weight_lr_schedule_reaches_the_ptq_config_and_the_search_space() -
         hdrq.HdrqConfig(weight_lr_schedule="linear").validate()
     space = yaml.safe_load((Path(__file__).parents[1] / "search_spaces" / "hdrq.yaml").read_text())
     assert space["weight_lr_schedule"] == "scaled" and space["weight_lr"] == pytest.approx(1e-4)
+
+
+def test_mean_movement_averages_the_specialists_and_skips_stages_cached_before_it() -> None:
+    first = {"codes_changed": 0.1, "weight_step_movement": 0.0, "activation_step_movement": 0.2,
+             "dequantized_weight_movement": 0.05, "weight_movement": None}
+    second = dict(first, codes_changed=0.3, activation_step_movement=0.4)
+    metrics = hdrq.mean_movement([{"movement": first}, {"movement": second}])
+    assert metrics == pytest.approx({"ptq_codes_changed": 0.2, "ptq_weight_step_movement": 0.0,
+                                     "ptq_activation_step_movement": 0.3, "ptq_dequantized_weight_movement": 0.05})
+    assert hdrq.mean_movement([{"movement": first}, {}]) == {}  # one stage cached before movement was recorded

@@ -14,7 +14,8 @@ merged ... Quantization is applied between the single-target domain adaptation a
    (:func:`raysel.quant.quantize_and_reconstruct`). HDRQ adds noise-based quantization (§4.1, eq. 9;
    ``quantization_noise``) and the distance term ``lambda_distance * sum ||W - W_src||`` (§4.2); both act only
    when ``ptq_method`` is hdrq. Quantized specialists are cached per (target, PTQ settings), so trials that differ
-   only in how they merge reuse them.
+   only in how they merge reuse them. How far reconstruction moved each specialist (codes changed, step and
+   weight movement; :mod:`raysel.quant.movement`) is kept in its stage and reported as ``ptq_<measure>`` metrics.
 4. **Merging** (:func:`raysel.quant.merge_models`): mid-point averaging (Li et al. 2024). Quantized models merge on
    the quantization grid with HDRQ's noise-sampling rounding (§4.3, eq. 12, cosine-similarity rejection over
    ``merge_samples`` draws) when ``noise_sampling``, else the plain float-domain rounding (eq. 11); FP models merge
@@ -59,6 +60,7 @@ from raysel.methods.base import LocalSession, RunContext, require
 from raysel.methods.reports import TARGET_CONFIDENCE, EpochReport
 from raysel.methods.result import MODULE, TrainResult
 from raysel.quant import PTQ_METHODS, PtqConfig, merge_models, quantize_and_reconstruct, validate_bits
+from raysel.quant.movement import MOVEMENT_MEASURES
 from raysel.quant.ptq_config import CODE_ITERATIONS
 from raysel.registry import Method, get_method, register
 from raysel.quant.merge_quality import error_barrier, merge_quality
@@ -69,7 +71,7 @@ __all__ = [
     "BARRIER_IMAGES", "HDRQ_ONLY_FIELDS", "HdrqConfig", "parse_settings", "adaptation_config", "resolve_adaptation",
     "source_settings_of", "merge_targets", "target_context", "adaptation_key", "adapted_stage", "unlabeled_images",
     "quantized_stage", "load_model", "selection_images", "prepare_hdrq", "Specialists", "Merge", "build_specialists",
-    "merge_specialists", "train_hdrq", "merged_result", "mean_error_barrier",
+    "merge_specialists", "mean_movement", "train_hdrq", "merged_result", "mean_error_barrier",
 ]
 
 FULL_PRECISION = "none"
@@ -261,7 +263,7 @@ def quantized_stage(tctx: RunContext, adapted: nn.Module, source: nn.Module, ptq
         return {"model": quantized.cpu(), "seconds": time.perf_counter() - started,
                 "loop_seconds": sum(unit.seconds for unit in report.units),
                 "iterations": sum(unit.iterations for unit in report.units),
-                "units": [dataclasses.asdict(unit) for unit in report.units]}
+                "units": [dataclasses.asdict(unit) for unit in report.units], "movement": report.movement}
 
     return tctx.cached_stage("hdrq_ptq", key={"ptq": settings, "adapted": adapted_key}, build=build)
 
@@ -359,7 +361,19 @@ def merge_specialists(config: HdrqConfig, ctx: RunContext, specialists: Speciali
         iterations = sum(stage["iterations"] for stage in stages)
         metrics["ptq_iterations_per_second"] = iterations / loop_seconds if loop_seconds > 0 else math.nan
         metrics["ptq_seconds"] = sum(stage["seconds"] for stage in stages)
+        metrics.update(mean_movement(list(stages)))
     return Merge(merged, quality, metrics)
+
+
+def mean_movement(stages: list[dict[str, Any]]) -> dict[str, float]:
+    """``ptq_<measure>``: each layer-mean movement measure (:mod:`raysel.quant.movement`) averaged over the
+    specialists, so a sweep sees whether reconstruction changed the solution; none from stages cached before
+    movement was recorded (a mean over some specialists would compare unlike things), none for unlearned measures."""
+    movements = [stage.get("movement") for stage in stages]
+    if not movements or any(movement is None for movement in movements):
+        return {}
+    return {f"ptq_{measure}": sum(m[measure] for m in movements) / len(movements) for measure in MOVEMENT_MEASURES
+            if all(m.get(measure) is not None for m in movements)}
 
 
 def train_hdrq(config: HdrqConfig, ctx: RunContext) -> TrainResult:

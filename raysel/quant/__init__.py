@@ -11,6 +11,7 @@ from raysel.quant.fake_quant import ActivationQuantizer, WeightQuantizer, valida
 from raysel.quant.fold import fold_batchnorm
 from raysel.quant.merge import (has_rounding_ties, interpolate_models, merge_batchnorm_statistics, merge_models,
                                 merge_quantized_weights)
+from raysel.quant.movement import reconstruction_movement
 from raysel.quant.ptq_config import PTQ_METHODS, PtqConfig
 from raysel.quant.reconstruct import output_error, quantize_and_reconstruct, reconstruct
 from raysel.quant.reconstruction_loop import ReconstructionReport
@@ -20,5 +21,6 @@ __all__ = [
     "fold_batchnorm", "WeightQuantizer", "ActivationQuantizer", "validate_bits",
     "quantize_model", "QuantizedModel", "QuantizedLayer", "QuantizedBlock",
     "PtqConfig", "PTQ_METHODS", "ReconstructionReport", "reconstruct", "quantize_and_reconstruct", "output_error",
+    "reconstruction_movement",
     "merge_models", "merge_quantized_weights", "has_rounding_ties", "merge_batchnorm_statistics", "interpolate_models",
 ]

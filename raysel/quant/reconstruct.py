@@ -34,6 +34,7 @@ from torch import nn
 
 from raysel.errors import ConfigError
 from raysel.quant.fold import fold_batchnorm
+from raysel.quant.movement import reconstruction_movement
 from raysel.quant.ptq_config import PtqConfig
 from raysel.quant.reconstruction_loop import (ReconstructionReport, UnitData, UnitReport, activation_quantizers,
                                               cosine_schedule, cosine_with_warmup, device_of, log_unit,
@@ -58,7 +59,8 @@ def reconstruct(quantized: QuantizedModel, calibration_images: torch.Tensor, con
     """Run BRECQ / QDrop / HDRQ block reconstruction in place on a calibrated ``quantized`` model.
 
     ``base_model`` is the source (pre-adaptation) model HDRQ's distance term pulls towards; it is required for
-    ``method="hdrq"`` with ``lambda_distance > 0``. The model ends with round-to-nearest weights and activations.
+    ``method="hdrq"`` with ``lambda_distance > 0``. The model ends with round-to-nearest weights and activations;
+    the report's ``movement`` says how far reconstruction moved it (:mod:`raysel.quant.movement`).
     """
     config.validate()
     if not isinstance(quantized, QuantizedModel):
@@ -88,6 +90,9 @@ def reconstruct(quantized: QuantizedModel, calibration_images: torch.Tensor, con
         quantized.set_quant_state(weights=True, activations=True)
         for name, parameter in quantized.named_parameters():
             parameter.requires_grad_(trainable_before.get(name, False))
+    # The float model is a copy of the calibrated start (weights, steps) that reconstruction never updates: the
+    # reference of the movement, with no second copy. Read-only and RNG-free: the result is unchanged.
+    report.movement = reconstruction_movement(float_model, quantized, float_weights_learned=config.method == "hdrq")
     return report
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -36,6 +36,7 @@ class ReconstructionReport:
 
     method: str
     units: list[UnitReport] = field(default_factory=list)
+    movement: dict[str, Any] | None = None  # how far it moved the model (raysel.quant.movement); set when done
 
     @property
     def iterations_per_second(self) -> float:
