@@ -19,8 +19,8 @@ from raysel.selection.calibration import SourceCalibration, calibration_path, sa
 from raysel.selection.inference import predict_subset
 from raysel.selection.predictions import CandidatePredictions, probability_grid, save_predictions
 
-__all__ = ["candidate_predictions", "cache_candidate_predictions", "cache_source_calibration", "source_validation_dataset",
-           "source_calibration"]
+__all__ = ["candidate_predictions", "cache_candidate_predictions", "cache_source_calibration",
+           "source_validation_dataset", "source_calibration"]
 
 
 def candidate_predictions(model: torch.nn.Module, ctx: RunContext) -> CandidatePredictions:
