@@ -3,7 +3,9 @@ synthetic caches whose truth is known, the agreement reused from voting, stored 
 
 from __future__ import annotations
 
+import dataclasses
 import io
+import json
 import math
 import sys
 from pathlib import Path
@@ -16,9 +18,10 @@ import torch
 from raysel.metrics import ConfusionMatrix
 from raysel.selection.calibration import (CALIBRATION_FILE, SourceCalibration, calibration_path, load_calibration,
                                           save_calibration)
-from raysel.selection.estimate import (ATC, ATC_AND_AGREEMENT, AGREEMENT, Estimate, agreement_replicates,
-                                       estimate_candidates, estimate_trials, format_estimate, format_interval,
-                                       record_estimates)
+from raysel.selection.estimate import (ATC, ATC_AND_AGREEMENT, AGREEMENT, PRIOR_FROM_PREDICTIONS_MIN_ACCURACY,
+                                       Estimate, agreement_replicates, class_prior_cap, estimate_candidates,
+                                       estimate_trials, format_estimate, format_interval, record_estimates,
+                                       source_class_prior)
 from raysel.selection.evaluate import estimate_accuracy
 from raysel.selection.predictions import CandidatePredictions, save_predictions
 from raysel.selection.voting import fmiou_scores, fused_agreement_scores
@@ -64,7 +67,8 @@ def classification_case(rng: np.random.Generator, shift: float, source_images: i
         rng, confidences(rng, source_images, 0.0), NUM_CLASSES)
     calibration = SourceCalibration(probabilities=source_probabilities, predicted=source_predicted,
                                     correct=source_predicted == source_truth, image_of=np.arange(source_images),
-                                    num_images=source_images, task="classification")
+                                    num_images=source_images, task="classification",
+                                    labels=source_truth.astype(np.uint8))
     probabilities, predicted, truth = synthetic_outputs(rng, confidences(rng, target_images, shift), NUM_CLASSES)
     candidate = CandidatePredictions(labels=predicted, probabilities=probabilities,
                                      image_ids=tuple(f"t{i}" for i in range(target_images)),
@@ -207,7 +211,65 @@ def test_calibration_file_round_trip(tmp_path: Path) -> None:
     loaded = load_calibration(path)
     np.testing.assert_array_equal(loaded.probabilities, calibration.probabilities)
     np.testing.assert_array_equal(loaded.correct, calibration.correct)
+    np.testing.assert_array_equal(loaded.labels, calibration.labels)
     assert (loaded.num_images, loaded.task, loaded.accuracy) == (50, "classification", calibration.accuracy)
+
+
+def test_a_format_1_calibration_file_still_loads_without_labels(tmp_path: Path) -> None:
+    _, calibration, _ = classification_case(np.random.default_rng(5), 0.0, source_images=50, target_images=10)
+    path = tmp_path / CALIBRATION_FILE
+    meta = {"format_version": 1, "task": "classification", "num_images": 50, "source": "clean_digits"}
+    np.savez_compressed(path, probabilities=calibration.probabilities, predicted=calibration.predicted,
+                        correct=calibration.correct, image_of=calibration.image_of, meta=np.asarray(json.dumps(meta)))
+    loaded = load_calibration(path)
+    assert loaded.labels is None and loaded.class_prior is None and loaded.accuracy == calibration.accuracy
+
+
+# ---- the class-prior cap --------------------------------------------------------------------------------------
+
+
+def test_class_prior_cap_is_the_overlap_of_predicted_and_prior_class_shares() -> None:
+    prior = np.array([0.5, 0.25, 0.25])
+    weights = np.ones((1, 4))
+    np.testing.assert_allclose(class_prior_cap(np.array([0, 0, 1, 2]), prior, weights), [1.0])
+    np.testing.assert_allclose(class_prior_cap(np.array([0, 0, 0, 0]), prior, weights), [0.5])
+    np.testing.assert_allclose(class_prior_cap(np.array([1, 1, 1, 1]), prior, weights), [0.25])
+    resampled = np.array([[1.0, 1.0, 1.0, 1.0], [0.0, 0.0, 4.0, 0.0]])  # row 1 draws only the third sample
+    np.testing.assert_allclose(class_prior_cap(np.array([0, 0, 1, 2]), prior, resampled), [1.0, 0.25])
+
+
+def collapsed_candidate(num_images: int = 300, predicted_class: int = 3) -> CandidatePredictions:
+    """A classifier that calls every target image one class, with full confidence (a collapse)."""
+    probabilities = np.full((num_images, NUM_CLASSES), 1e-4)
+    probabilities[:, predicted_class] = 1.0 - 1e-4 * (NUM_CLASSES - 1)
+    return CandidatePredictions(labels=np.full(num_images, predicted_class, dtype=np.uint8),
+                                probabilities=probabilities.astype(np.float16),
+                                image_ids=tuple(f"t{i}" for i in range(num_images)),
+                                image_indices=np.arange(num_images), num_classes=NUM_CLASSES, task="classification")
+
+
+def test_the_class_prior_caps_atc_on_a_collapsed_candidate() -> None:
+    _, calibration, _ = classification_case(np.random.default_rng(11), 0.0, source_images=1000, target_images=10)
+    candidate = collapsed_candidate()
+    prior = calibration.class_prior
+    assert prior is not None and abs(prior.sum() - 1.0) < 1e-9
+    capped, = estimate_candidates([candidate], [calibration], replicates=50)
+    uncapped, = estimate_candidates([candidate], [dataclasses.replace(calibration, labels=None)], replicates=50)
+    # the source model is below PRIOR_FROM_PREDICTIONS_MIN_ACCURACY, so without labels there is no prior: ATC alone
+    assert calibration.accuracy < PRIOR_FROM_PREDICTIONS_MIN_ACCURACY
+    assert uncapped.score > 0.9  # confident everywhere: ATC counts every target image as right
+    assert capped.score == pytest.approx(prior[3], abs=1e-6) and capped.high <= prior[3] + 1e-6
+    assert capped.method == ATC
+
+
+def test_the_source_class_prior_comes_from_labels_else_from_a_nearly_perfect_candidate() -> None:
+    _, calibration, _ = classification_case(np.random.default_rng(12), 0.0, source_images=400, target_images=10)
+    np.testing.assert_allclose(source_class_prior([None, calibration]), calibration.class_prior)
+    unlabelled = dataclasses.replace(calibration, labels=None)
+    assert source_class_prior([unlabelled, None]) is None  # about 60 % accurate: its predictions are no prior
+    perfect = dataclasses.replace(unlabelled, predicted=calibration.labels, correct=np.ones(400, dtype=bool))
+    np.testing.assert_allclose(source_class_prior([unlabelled, perfect]),
+                               np.bincount(calibration.labels, minlength=NUM_CLASSES) / 400)
 
 
 # ---- the store, the sweep table, the report's measure, and the label audit -----------------------------------
@@ -399,6 +461,7 @@ def test_source_calibration_records_outputs_and_correctness(segmentation: bool) 
         predicted, truth = logits.argmax(1), dataset.labels
     np.testing.assert_array_equal(calibration.predicted, predicted.numpy())
     np.testing.assert_array_equal(calibration.correct, (predicted == truth).numpy())
+    np.testing.assert_array_equal(calibration.labels, truth.numpy())
     assert model.training  # the mode is restored
 
 

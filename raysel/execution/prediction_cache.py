@@ -85,7 +85,7 @@ def source_calibration(model: torch.nn.Module, dataset: Dataset, indices: np.nda
                         num_workers=0)
     was_training = model.training
     model.eval()
-    probabilities, predicted, correct, image_of = [], [], [], []
+    probabilities, predicted, correct, image_of, source_labels = [], [], [], [], []
     task, seen = "classification", 0
     try:
         for batch in loader:
@@ -110,8 +110,10 @@ def source_calibration(model: torch.nn.Module, dataset: Dataset, indices: np.nda
             predicted.append(argmax.to(torch.uint8).cpu().numpy())
             correct.append((argmax == labels).cpu().numpy())
             image_of.append(images.cpu().numpy())
+            source_labels.append(labels.to(torch.uint8).cpu().numpy())
     finally:
         model.train(was_training)
     return SourceCalibration(probabilities=np.concatenate(probabilities), predicted=np.concatenate(predicted),
                              correct=np.concatenate(correct), image_of=np.concatenate(image_of).astype(np.int64),
-                             num_images=seen, task=task, source=source)
+                             num_images=seen, task=task, source=source,
+                             labels=np.concatenate(source_labels).reshape(-1))

@@ -3,12 +3,14 @@
 ATC (:mod:`raysel.selection.estimate`) fits its confidence threshold on it. A trial writes it next to its prediction
 cache (:func:`raysel.execution.prediction_cache.cache_candidate_predictions`) when the source has a validation split of
 its own. Selection reads it with numpy only, like the prediction cache (:mod:`raysel.selection.predictions`).
-Source labels are allowed here; the file keeps only whether each prediction was right, not the labels themselves.
+Source labels are allowed here. Since format 2 the file also keeps the source labels, from which the estimate takes
+the source class prior (its bound on what a candidate with a lopsided prediction can score; format-1 files, which
+kept only whether each prediction was right, still load, without labels).
 
 Storage format (one ``np.savez_compressed`` file, ``source_calibration.npz``, written atomically): ``probabilities``
-float16 ``[M, C]``, ``predicted`` uint8 ``[M]``, ``correct`` bool ``[M]``, ``image_of`` int64 ``[M]`` and ``meta``
-(JSON: format version, task, number of images, source domain). A sample is an image (classification) or a pixel of
-the probability grid (segmentation).
+float16 ``[M, C]``, ``predicted`` uint8 ``[M]``, ``correct`` bool ``[M]``, ``image_of`` int64 ``[M]``, ``labels`` uint8
+``[M]`` (format 2) and ``meta`` (JSON: format version, task, number of images, source domain). A sample is an image
+(classification) or a pixel of the probability grid (segmentation).
 """
 
 from __future__ import annotations
@@ -29,7 +31,8 @@ __all__ = ["CALIBRATION_FILE", "CALIBRATION_FORMAT_VERSION", "SourceCalibration"
            "save_calibration", "load_calibration"]
 
 CALIBRATION_FILE = "source_calibration.npz"  # next to the trial's predictions.npz
-CALIBRATION_FORMAT_VERSION = 1
+CALIBRATION_FORMAT_VERSION = 2
+READABLE_FORMAT_VERSIONS = (1, 2)  # format 1 has no labels
 
 
 @dataclass(frozen=True)
@@ -48,6 +51,7 @@ class SourceCalibration:
     num_images: int
     task: str
     source: str = ""
+    labels: np.ndarray | None = None  # uint8 [M]: the source labels (None when read from a format-1 file)
 
     def __post_init__(self) -> None:
         samples = self.probabilities.shape[0] if self.probabilities.ndim == 2 else -1
@@ -55,6 +59,8 @@ class SourceCalibration:
             raise ValueError(f"a calibration needs [M, C] probabilities and M predicted/correct/image_of entries; got "
                              f"{self.probabilities.shape}, {len(self.predicted)}, {len(self.correct)}, "
                              f"{len(self.image_of)}")
+        if self.labels is not None and len(self.labels) != samples:
+            raise ValueError(f"a calibration needs one label per sample; got {len(self.labels)} for {samples}")
         if samples and (int(self.image_of.min()) < 0 or int(self.image_of.max()) >= self.num_images):
             raise ValueError(f"image_of must lie in [0, {self.num_images})")
 
@@ -67,6 +73,14 @@ class SourceCalibration:
     def accuracy(self) -> float:
         """The candidate's source-validation accuracy (pixel accuracy on the grid for segmentation)."""
         return float(self.correct.mean()) if len(self.correct) else math.nan
+
+    @property
+    def class_prior(self) -> np.ndarray | None:
+        """The share of source-validation samples of each class (None without labels or samples)."""
+        if self.labels is None or not len(self.labels):
+            return None
+        counts = np.bincount(self.labels.astype(np.int64), minlength=self.num_classes)[:self.num_classes]
+        return counts / len(self.labels)
 
 
 def calibration_path(predictions_path: str | os.PathLike) -> Path:
@@ -84,6 +98,8 @@ def save_calibration(path: str | os.PathLike, calibration: SourceCalibration) ->
               "predicted": calibration.predicted.astype(np.uint8, copy=False),
               "correct": calibration.correct.astype(bool, copy=False),
               "image_of": calibration.image_of.astype(np.int64, copy=False), "meta": np.asarray(json.dumps(meta))}
+    if calibration.labels is not None:
+        arrays["labels"] = calibration.labels.astype(np.uint8, copy=False)
     return save_npz_atomically(path, arrays)
 
 
@@ -95,12 +111,13 @@ def load_calibration(path: str | os.PathLike) -> SourceCalibration:
     try:
         with np.load(path, allow_pickle=False) as archive:
             meta = json.loads(str(archive["meta"]))
-            if meta.get("format_version") != CALIBRATION_FORMAT_VERSION:
+            if meta.get("format_version") not in READABLE_FORMAT_VERSIONS:
                 raise DataError(f"calibration file {path} has format version {meta.get('format_version')}; this "
-                                f"raysel reads version {CALIBRATION_FORMAT_VERSION}")
+                                f"raysel reads versions {', '.join(map(str, READABLE_FORMAT_VERSIONS))}")
             arrays = {key: archive[key] for key in ("probabilities", "predicted", "correct", "image_of")}
+            labels = archive["labels"] if "labels" in archive.files else None
         return SourceCalibration(**arrays, num_images=int(meta["num_images"]), task=str(meta["task"]),
-                                 source=str(meta.get("source", "")))
+                                 source=str(meta.get("source", "")), labels=labels)
     except DataError:
         raise
     except (OSError, ValueError, KeyError, zipfile.BadZipFile, json.JSONDecodeError, EOFError) as error:
