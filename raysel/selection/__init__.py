@@ -25,9 +25,10 @@
 * :mod:`raysel.selection.recommendation` — the pre-registered rule that recommends a default selector from
   development sweeps only.
 * :mod:`raysel.selection.estimate` — a label-free estimate of each candidate's target score with a 90 % interval
-  (ATC on a source-validation calibration cache, else agreement with the fused vote; ``estimate_*`` columns), and
-  its split-conformal correction fitted on development targets (``EstimateCalibration``, ``calibrate_estimate``);
+  (ATC on a source-validation calibration cache, else agreement with the fused vote; ``estimate_*`` columns);
   :mod:`raysel.selection.calibration` — that calibration cache's format.
+* :mod:`raysel.selection.estimate_calibration` — the estimate's split-conformal correction in logit space, fitted on
+  development targets (pre-registered; fitting is :func:`raysel.selection.evaluate.fit_estimate_calibration`).
 
 Submodules are imported on use (``from raysel.selection.selectors import get_selector``) so that importing the
 package stays cheap for workers that only need one part. The names in ``__all__`` are the public API, importable
@@ -65,7 +66,8 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
                        "recommend_selector"),
     "calibration": ("SourceCalibration", "load_calibration", "save_calibration", "calibration_path"),
     "estimate": ("Estimate", "estimate_candidates", "estimate_trials", "record_estimates", "format_estimate",
-                 "format_interval", "EstimateCalibration", "calibrate_estimate"),
+                 "format_interval"),
+    "estimate_calibration": ("EstimateCalibration", "calibrate_estimate"),
 }
 _SUBMODULE_OF = {name: submodule for submodule, names in _EXPORTS.items() for name in names}
 

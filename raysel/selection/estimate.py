@@ -48,15 +48,9 @@ Office's held-out split *is* its training set), only the agreement is available.
    would give a confident interval around a biased value. A wide interval therefore means "do not trust this
    number much".
 
-**Calibration on development targets** (:class:`EstimateCalibration`, :func:`calibrate_estimate`): the two
-estimators' biases are large on hyperparameter sweeps (the agreement reads about twice the held-out mIoU on street
-scenes; ATC reads high on collapsed and entropy-minimised digits candidates), so the raw interval rarely covers. A
-split-conformal calibration corrects both: on development targets, the residual r = logit(held-out) −
-logit(estimate) is collected per candidate (:func:`raysel.selection.evaluate.fit_estimate_calibration` fits it;
-evaluation code, since it reads held-out scores), and a new estimate is shifted by the residuals' median, its interval
-by their conformal quantiles. *Pre-registered*: logit space was chosen on development targets only, before any test
-target was judged (a leave-one-target-out check on the development rows: difference and ratio spaces covered worse).
-Applying a fitted calibration reads no label.
+**Calibration on development targets**: both estimators are biased on hyperparameter sweeps, so the raw interval
+rarely covers; :mod:`raysel.selection.estimate_calibration` (re-exported here) corrects the estimate with a
+split-conformal calibration in logit space, fitted on development targets (pre-registered).
 
 Everything is vectorised numpy. Labels are streamed one image batch at a time, as in :mod:`raysel.selection.voting`.
 Nothing here reads a label: :func:`estimate_trials` opens only the candidates' prediction and calibration caches.
@@ -75,6 +69,8 @@ import numpy as np
 
 from raysel.errors import DataError
 from raysel.selection.calibration import SourceCalibration, calibration_path, load_calibration
+from raysel.selection.estimate_calibration import (LOGIT_CLIP, EstimateCalibration, calibrate_estimate,
+                                                   clipped_logit)
 from raysel.selection.guards import check_candidates, entropy, finite_candidates
 from raysel.selection.predictions import (STREAM_IMAGES_PER_BATCH, CandidatePredictions, StreamedLabels,
                                           load_predictions)
@@ -99,7 +95,6 @@ ATC, AGREEMENT, ATC_AND_AGREEMENT = "atc", "agreement", "atc+agreement"
 # A wrong pixel whose other classes hold less probability than this spreads its true class uniformly over them.
 SPREAD_UNIFORMLY_BELOW = 1e-6
 POINTS = 100.0
-LOGIT_CLIP = 1e-3  # scores are clipped to [LOGIT_CLIP, 1 - LOGIT_CLIP] before the logit, so 0 and 1 stay finite
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -425,64 +420,6 @@ def record_estimates(store: Any, sweep_id: str, target: str, trials: "pandas.Dat
 
 
 # --------------------------------------------------------------------------------------------------------------
-# Calibration on development targets (split-conformal, logit space; pre-registered)
-# --------------------------------------------------------------------------------------------------------------
-
-
-def clipped_logit(values: Any) -> np.ndarray:
-    """logit of scores (fractions) clipped to [``LOGIT_CLIP``, 1 − ``LOGIT_CLIP``], the space calibration works in,
-    so that a score of 0 or 1 keeps a finite residual; NaN stays NaN.
-
-    Args:
-        values: a score or an array of scores, as fractions.
-    """
-    clipped = np.clip(np.asarray(values, dtype=np.float64), LOGIT_CLIP, 1.0 - LOGIT_CLIP)
-    return np.log(clipped) - np.log1p(-clipped)
-
-
-def _sigmoid(values: np.ndarray) -> np.ndarray:
-    """The inverse of the logit, without overflow for large |values|."""
-    return 0.5 * (1.0 + np.tanh(0.5 * values))
-
-
-@dataclass(frozen=True)
-class EstimateCalibration:
-    """A split-conformal correction of the label-free estimate, fitted on development targets' held-out scores.
-
-    Pre-registered: the space (logit) and the quantiles were fixed on development targets only, before any test target
-    was judged. Offsets are quantiles of the residual logit(held-out) − logit(``estimate_score``).
-    """
-
-    key: str  # what it was fitted for: a family (``street_scenes``) or a task (``segmentation``)
-    estimate_method: str  # the estimate methods of the rows it was fitted on, pooled (comma-separated)
-    median_offset: float
-    low_offset: float
-    high_offset: float
-    level: float  # the interval's nominal coverage
-    candidates: int  # rows (candidates) it was fitted on
-    fitted_on: tuple[str, ...]  # the development targets of those rows
-
-
-def calibrate_estimate(score: Any, calibration: EstimateCalibration) -> tuple[Any, Any, Any]:
-    """(point, low, high) of the calibrated estimate, fractions in [0, 1] with low ≤ point ≤ high: the estimate shifted
-    in logit space by the calibration's median residual, the interval by its low and high residual quantiles. Reads no
-    label. Floats for a scalar ``score``, arrays for an array; NaN where the score is missing.
-
-    Args:
-        score: the stored label-free estimate(s) (``estimate_score``), as fractions.
-        calibration: fitted on development targets (:func:`raysel.selection.evaluate.fit_estimate_calibration`).
-    """
-    scalar = np.ndim(score) == 0
-    logit = clipped_logit(np.asarray(score, dtype=np.float64) if not scalar else _finite_or_nan(score))
-    point = _sigmoid(logit + calibration.median_offset)
-    low = np.minimum(_sigmoid(logit + calibration.low_offset), point)
-    high = np.maximum(_sigmoid(logit + calibration.high_offset), point)
-    if scalar:
-        return float(point), float(low), float(high)
-    return point, low, high
-
-
-# --------------------------------------------------------------------------------------------------------------
 # Display
 # --------------------------------------------------------------------------------------------------------------
 
@@ -494,12 +431,6 @@ def _finite_number(value: Any) -> float | None:
     except (TypeError, ValueError):
         return None
     return number if math.isfinite(number) else None
-
-
-def _finite_or_nan(value: Any) -> float:
-    """``value`` as a float, NaN when it is missing or not a number."""
-    number = _finite_number(value)
-    return math.nan if number is None else number
 
 
 def format_estimate(score: Any) -> str:

@@ -25,8 +25,8 @@ model's on the same target and seed (:func:`collapse_indicators`, :func:`count_c
 
 Score estimates (issue 29 item 6): :func:`estimate_accuracy` compares the stored label-free estimates
 (``estimate_*`` columns, :mod:`raysel.selection.estimate`) with the stored held-out scores: mean absolute error in
-points and the coverage of the 90 % intervals. :func:`fit_estimate_calibration` fits the split-conformal calibration
-(:class:`~raysel.selection.estimate.EstimateCalibration`, logit space, pre-registered) on development rows, and
+points and the coverage of the 90 % intervals. :func:`fit_estimate_calibration` fits the split-conformal
+calibration (:mod:`raysel.selection.estimate_calibration`: logit space, pre-registered) on development rows, and
 :func:`calibrated_estimate_accuracy` measures the calibrated estimate on other rows.
 """
 
@@ -41,7 +41,8 @@ import numpy as np
 from scipy import stats
 
 # matches_defaults reads no held-out value: it lives with the guard that also uses it, and is re-exported here.
-from raysel.selection.estimate import ESTIMATE_LEVEL, EstimateCalibration, calibrate_estimate, clipped_logit
+from raysel.selection.estimate import ESTIMATE_LEVEL
+from raysel.selection.estimate_calibration import EstimateCalibration, calibrate_estimate, clipped_logit
 from raysel.selection.guarded import matches_defaults  # noqa: F401
 from raysel.selection.selectors import FMIoUSelector
 
