@@ -90,10 +90,11 @@ from benchmarks._common import (BUDGETS, DEFAULT_KIND, REPO, SweepCase, SweepPla
                                 space_swept_names, trial_facts, worse_cell, write_section, yaml_value)
 from raysel.orchestration.studies import EXIT_STOPPED
 from raysel.selection import (BASELINES, DEFAULT_BASELINE, FLAT_SPREAD_POINTS, GUARD_COMPANIONS, GUARD_PANEL_SIZE,
-                              ORACLE_BASELINE, POINTS, RULE, RULE_FIXED_ON, Recommendation, SelectorSummary,
-                              SweepEvidence, best_selector, collapse_indicators, count_collapsed,
-                              decision_evaluations, heldout_spread, is_flat_sweep, oracle_evaluation,
-                              recommend_selector, strictly_better, summarize_selectors, wide_sweep_goals)
+                              ORACLE_BASELINE, POINTS, RULE, RULE_FIXED_ON, EstimateCalibration, Recommendation,
+                              SelectorSummary, SweepEvidence, best_selector, calibrated_estimate_accuracy,
+                              collapse_indicators, count_collapsed, decision_evaluations, fit_estimate_calibration,
+                              heldout_spread, is_flat_sweep, oracle_evaluation, recommend_selector, strictly_better,
+                              summarize_selectors, wide_sweep_goals)
 
 SECTION = "selection_wide"
 # What this benchmark measures: a later commit touching one makes its section stale (benchmarks._common).
@@ -516,48 +517,132 @@ def ranges_text(options: WideOptions) -> str:
 
 
 ESTIMATE_GOALS = (3.0, 0.85)  # issue 29: mean absolute error <= 3 points, the 90 % interval covering >= 85 %
+# The held-out column each family's rows carry for raysel.selection's estimate evaluation (ESTIMATE_HELDOUT_COLUMNS).
+HELDOUT_COLUMN = {"street_scenes": "heldout_miou", "digits": "heldout_accuracy"}
+RAW_ESTIMATE, CALIBRATED_ESTIMATE = "raw", "dev-calibrated"
+
+
+def _fraction(value: Any) -> float:
+    """A stored number as a float, NaN when it is missing."""
+    return float("nan") if value is None else float(value)
 
 
 def estimate_rows(frames: dict[str, Any], plans: Sequence[SweepPlan]) -> list[dict[str, Any]]:
     """Every finished candidate of the finished sweeps with its label-free estimate and interval (``estimate_*``
-    columns, fractions) beside its held-out score: family, role, error in points, whether the interval covers it."""
+    columns, fractions) beside its held-out score (under the family's ``HELDOUT_COLUMN``): family, role, target,
+    error in points, whether the interval covers it and its width in points."""
     rows = []
     for plan in plans:
         frame = frames.get(plan.sweep_id)
         if frame is None or frame.empty or "estimate_score" not in frame:
             continue
-        family = plan.options["data"]
+        family, target = plan.options["data"], plan.targets[0]
         for trial in frame.itertuples():
-            estimate, low, high = (getattr(trial, name, None) for name in ("estimate_score", "estimate_low",
-                                                                            "estimate_high"))
-            if estimate is None or not np.isfinite(float(estimate)) or not np.isfinite(float(trial.heldout)):
+            estimate, low, high = (_fraction(getattr(trial, name, None)) for name in ("estimate_score", "estimate_low",
+                                                                                     "estimate_high"))
+            heldout = float(trial.heldout)
+            if not np.isfinite(estimate) or not np.isfinite(heldout):
                 continue
-            covered = (low is not None and high is not None and np.isfinite(float(low)) and np.isfinite(float(high))
-                       and float(low) <= float(trial.heldout) <= float(high))
-            rows.append({"family": family, "role": target_role(family, plan.targets[0]),
-                         "error": 100.0 * abs(float(estimate) - float(trial.heldout)), "covered": covered})
+            bounded = bool(np.isfinite(low) and np.isfinite(high))
+            rows.append({"family": family, "role": target_role(family, target), "target": target,
+                         "estimate_score": estimate, "estimate_low": low, "estimate_high": high,
+                         "estimate_method": getattr(trial, "estimate_method", None), HELDOUT_COLUMN[family]: heldout,
+                         "error": 100.0 * abs(estimate - heldout), "covered": bounded and low <= heldout <= high,
+                         "width": 100.0 * (high - low) if bounded else float("nan")})
     return rows
 
 
+def estimate_line(family: str, role: str, kind: str, count: int, scores: tuple[float, float, float, float],
+                  goals: str | None = None) -> str:
+    """One row of the estimate table; ``scores``: mean absolute error, median error, coverage, mean width (points,
+    share; NaN shows ``—``); ``goals`` defaults to met / missed on test targets."""
+    error, median, coverage, width = scores
+    if goals is None:
+        goals = ("met" if error <= ESTIMATE_GOALS[0] and coverage >= ESTIMATE_GOALS[1] else "missed"
+                 ) if role == "test" else "— (development)"
+    cells = [f"{value:.2f}" if np.isfinite(value) else "—" for value in (error, median)]
+    cells.append(f"{100 * coverage:.0f} %" if np.isfinite(coverage) else "—")
+    cells.append(f"{width:.1f}" if np.isfinite(width) else "—")
+    return f"| {family} | {role} | {kind} | {count} | {' | '.join(cells)} | {goals} |"
+
+
+def leave_one_target_out(development: Sequence[dict[str, Any]]) -> tuple[int, tuple[float, float, float]]:
+    """The dev-calibrated estimate on development targets: each target judged by a calibration fitted on the family's
+    other development targets; (candidates judged, (MAE points, coverage, mean width points) pooled over them)."""
+    judged = []
+    for target in dict.fromkeys(row["target"] for row in development):
+        held = [row for row in development if row["target"] == target]
+        scores = calibrated_estimate_accuracy([row for row in development if row["target"] != target], held)
+        if np.isfinite(scores[0]):
+            judged.append((len(held), scores))
+    count = sum(size for size, _ in judged)
+    if not count:
+        return 0, (float("nan"),) * 3
+    pooled = tuple(sum(size * scores[index] for size, scores in judged) / count for index in range(3))
+    return count, (pooled[0], pooled[1], pooled[2])
+
+
+def calibrated_lines(family: str, development: Sequence[dict[str, Any]], test: Sequence[dict[str, Any]]) -> list[str]:
+    """The dev-calibrated rows of one family: development targets left out in turn, then the test targets judged by
+    the calibration fitted on every development candidate (test rows never feed a fit)."""
+    count, scores = leave_one_target_out(development)
+    lines = [estimate_line(family, "development", CALIBRATED_ESTIMATE, count, (scores[0], float("nan"), *scores[1:]),
+                           "— (development, each target left out in turn)" if count else
+                           "— (needs two development targets and 10 candidates outside each)")]
+    if not test:
+        return lines + [estimate_line(family, "test", CALIBRATED_ESTIMATE, 0, (float("nan"),) * 4,
+                                      "no test candidate yet")]
+    error, coverage, width = calibrated_estimate_accuracy(development, test)
+    goals = None if np.isfinite(error) else "— (fewer than 10 development candidates to fit on)"
+    return lines + [estimate_line(family, "test", CALIBRATED_ESTIMATE, len(test), (error, float("nan"), coverage,
+                                                                                   width), goals)]
+
+
+def calibration_text(calibrations: Sequence[EstimateCalibration]) -> str:
+    """The paragraph under the estimate table: how the dev-calibrated rows are made, and each family's fit."""
+    fits = "; ".join(f"{item.key}: {item.candidates} development candidates of {', '.join(item.fitted_on)} "
+                     f"(estimates {item.estimate_method or 'unrecorded'}), logit offsets median "
+                     f"{item.median_offset:+.2f}, interval [{item.low_offset:+.2f}, {item.high_offset:+.2f}]"
+                     for item in calibrations)
+    return ("*dev-calibrated*: the stored estimate corrected by a split-conformal calibration in logit space "
+            "(`raysel.selection.evaluate.fit_estimate_calibration`, `raysel.selection.estimate.calibrate_estimate`): "
+            "the residual logit(held-out) − logit(estimate) over a family's development candidates, estimate methods "
+            "pooled; the point moves by the residuals' median and the 90 % interval spans their conformal quantiles. "
+            "It is fitted on development candidates only, and its form (logit space, rather than differences or "
+            "ratios) was chosen before any test target was judged; test targets never feed the fit. Development "
+            "rows: each development target judged by the calibration fitted on the family's other development "
+            "targets, pooled (median error not computed: `—`). Test rows: the calibration fitted on every "
+            f"development candidate of the family. Fits used for the test rows: "
+            f"{fits or 'none yet (fewer than 10 development candidates)'}.")
+
+
 def estimate_table(frames: dict[str, Any], plans: Sequence[SweepPlan]) -> str:
-    """Per family and role: how far the label-free estimate is from the held-out score over every candidate, and
-    how often its 90 % interval covers it (issue 29 item 6; the goals are judged on the test targets)."""
+    """Per family and role: how far the label-free estimate is from the held-out score over every candidate, how often
+    its 90 % interval covers it and how wide it is, raw and dev-calibrated, then the paragraph on the calibration
+    (issue 29 item 6; the goals are judged on the test targets)."""
     rows = estimate_rows(frames, plans)
-    lines = ["| family | role | candidates with an estimate | mean absolute error (points) | median | "
-             "90 % interval covers the held-out score | goals (MAE ≤ 3, coverage ≥ 85 %) |",
-             "|---|---|---:|---:|---:|---:|---|"]
+    if not rows:
+        return "No finished candidate has an estimate yet."
+    lines = ["| family | role | estimate | candidates with an estimate | mean absolute error (points) | median | "
+             "90 % interval covers the held-out score | mean interval width (points) | "
+             "goals (MAE ≤ 3, coverage ≥ 85 %) |",
+             "|---|---|---|---:|---:|---:|---:|---:|---|"]
+    calibrations = []
     for family in dict.fromkeys(row["family"] for row in rows):
-        for role in ("development", "test"):
-            group = [row for row in rows if row["family"] == family and row["role"] == role]
-            if not group:
-                continue
-            errors = np.array([row["error"] for row in group])
-            coverage = float(np.mean([row["covered"] for row in group]))
-            goals = ("met" if errors.mean() <= ESTIMATE_GOALS[0] and coverage >= ESTIMATE_GOALS[1] else "missed"
-                     ) if role == "test" else "— (development)"
-            lines.append(f"| {family} | {role} | {len(group)} | {errors.mean():.2f} | {np.median(errors):.2f} | "
-                         f"{100 * coverage:.0f} % | {goals} |")
-    return "\n".join(lines) if len(lines) > 2 else "No finished candidate has an estimate yet."
+        by_role = {role: [row for row in rows if row["family"] == family and row["role"] == role]
+                   for role in ("development", "test")}
+        for role, group in by_role.items():
+            if group:
+                errors = np.array([row["error"] for row in group])
+                widths = np.array([row["width"] for row in group])
+                width = float(np.nanmean(widths)) if np.isfinite(widths).any() else float("nan")
+                lines.append(estimate_line(family, role, RAW_ESTIMATE, len(group), (
+                    float(errors.mean()), float(np.median(errors)), float(np.mean([row["covered"] for row in group])),
+                    width)))
+        lines += calibrated_lines(family, by_role["development"], by_role["test"])
+        calibration = fit_estimate_calibration(by_role["development"], key=family)
+        calibrations += [calibration] if calibration is not None else []
+    return "\n".join(lines) + "\n\n" + calibration_text(calibrations)
 
 
 def format_body(cases: Sequence[WideCase], names: Sequence[str], options: WideOptions, facts: str,
@@ -594,7 +679,8 @@ def format_body(cases: Sequence[WideCase], names: Sequence[str], options: WideOp
         parts += ["", "### the label-free estimate of each candidate's score (issue 29 item 6)", "",
                   "`estimate_score` with its 90 % interval (`estimate_low`–`estimate_high`; ATC fitted on source "
                   "validation data and agreement with the ensemble's fused labels, `raysel.selection.estimate`) "
-                  "against the held-out score, over every finished candidate of every finished sweep:", "",
+                  "against the held-out score, over every finished candidate of every finished sweep, raw and "
+                  "calibrated on development targets:", "",
                   estimates]
     parts += ["", "### every sweep", "", sweep_table(cases)]
     return "\n".join(parts)

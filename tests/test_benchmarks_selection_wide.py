@@ -8,14 +8,17 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from benchmarks import selection_wide as sw
+import numpy as np
 import pandas as pd
 
 from benchmarks._common import DEFAULT_KIND, SweepCase, SweepPlan, plan_default_trials, plan_defaults
 from raysel.data import get_family
+from raysel.selection import evaluate
 from raysel.selection.evaluate import (DEFAULT_BASELINE, GUARDED_DECISION, HEADLINE_DECISION, ORACLE_BASELINE,
                                        RANDOM_BASELINE)
 
@@ -281,6 +284,67 @@ def test_estimate_table_gives_error_and_coverage_per_family_and_role(tmp_path: P
     rows = sw.estimate_rows(frames, plans)
     assert len(rows) == 4
     table = sw.estimate_table(frames, plans)
-    assert "| street_scenes | development | 2 | 1.00 | 1.00 | 50 % | — (development) |" in table
-    assert "| street_scenes | test | 2 | 3.00 | 3.00 | 50 % | missed |" in table
+    assert "| street_scenes | development | raw | 2 | 1.00 | 1.00 | 50 % | 7.0 | — (development) |" in table
+    assert "| street_scenes | test | raw | 2 | 3.00 | 3.00 | 50 % | 9.0 | missed |" in table
     assert sw.estimate_table({}, plans) == "No finished candidate has an estimate yet."
+
+
+def estimate_frame(rng: np.random.Generator, count: int, offset: float = -1.0,
+                   heldout: float | None = None) -> pd.DataFrame:
+    """``count`` candidates whose held-out score is sigmoid(logit(estimate) + offset) (or ``heldout``) with noise."""
+    estimate = rng.uniform(0.2, 0.8, count)
+    law = 1.0 / (1.0 + np.exp(-(np.log(estimate / (1.0 - estimate)) + offset))) + rng.normal(0.0, 0.01, count)
+    return pd.DataFrame({"heldout": np.full(count, heldout) if heldout is not None else law,
+                         "estimate_score": estimate, "estimate_low": estimate - 0.01, "estimate_high": estimate + 0.01,
+                         "estimate_method": "agreement"})
+
+
+def calibration_frames(plans: list[SweepPlan], test_heldout: float | None) -> dict[str, pd.DataFrame]:
+    """Street development sweeps on day_city and dusk_city (12 candidates each) and, unless ``test_heldout`` is
+    None, a foggy_city test sweep whose held-out scores are all ``test_heldout``."""
+    rng = np.random.default_rng(0)
+    wide = {target: next(plan for plan in plans if plan.targets == (target,) and plan.kind == sw.WIDE_KIND
+                         and plan.options["data"] == "street_scenes") for target in ("day_city", "dusk_city",
+                                                                                      "foggy_city")}
+    frames = {wide[target].sweep_id: estimate_frame(rng, 12) for target in ("day_city", "dusk_city")}
+    if test_heldout is not None:
+        frames[wide["foggy_city"].sweep_id] = estimate_frame(rng, 5, heldout=test_heldout)
+    return frames
+
+
+def table_line(table: str, family: str, role: str, kind: str) -> str:
+    return next(line for line in table.splitlines() if line.startswith(f"| {family} | {role} | {kind} |"))
+
+
+def test_estimate_table_adds_dev_calibrated_rows_fitted_on_development_targets_only(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 29 item 6: the dev-calibrated rows leave each development target out in turn and judge the test targets
+    with a calibration fitted on every development candidate; a test candidate never feeds a fit, so an absurd
+    test held-out score changes neither the development row nor the fitted offsets."""
+    plans = sw.build_plans(options(tmp_path, budget="decision"))
+    fitted_targets: list[str] = []
+    real_fit = evaluate.fit_estimate_calibration
+
+    def spy(rows: Any, **options: Any) -> Any:
+        fitted_targets.extend(row["target"] for row in rows)
+        return real_fit(rows, **options)
+
+    monkeypatch.setattr(evaluate, "fit_estimate_calibration", spy)
+    monkeypatch.setattr(sw, "fit_estimate_calibration", spy)
+    partial = sw.estimate_table(calibration_frames(plans, None), plans)
+    assert table_line(partial, "street_scenes", "test", "dev-calibrated").endswith("| no test candidate yet |")
+    sane = sw.estimate_table(calibration_frames(plans, 0.15), plans)
+    absurd = sw.estimate_table(calibration_frames(plans, 0.999), plans)
+    assert set(fitted_targets) == {"day_city", "dusk_city"}  # never foggy_city
+    development = table_line(sane, "street_scenes", "development", "dev-calibrated")
+    assert development.startswith("| street_scenes | development | dev-calibrated | 24 | ")
+    error, median, coverage = development.split(" | ")[4:7]
+    assert float(error) < 2.0 and median == "—" and coverage.endswith("%")
+    assert development == table_line(absurd, "street_scenes", "development", "dev-calibrated")
+    assert table_line(sane, "street_scenes", "test", "dev-calibrated").startswith(
+        "| street_scenes | test | dev-calibrated | 5 | ")
+    assert table_line(absurd, "street_scenes", "test", "dev-calibrated").endswith("| missed |")
+    fits = [text.split("Fits used for the test rows: ")[1] for text in (partial, sane, absurd)]
+    assert fits[0] == fits[1] == fits[2] and "24 development candidates of day_city, dusk_city" in fits[0]
+    assert "split-conformal" in sane and "test targets never feed the fit" in sane
+    assert table_line(sane, "street_scenes", "test", "raw")  # the raw rows stay

@@ -22,6 +22,7 @@ from raysel.selection.estimate import (ATC, ATC_AND_AGREEMENT, AGREEMENT, PRIOR_
                                        Estimate, agreement_replicates, class_prior_cap, estimate_candidates,
                                        estimate_trials, format_estimate, format_interval, record_estimates,
                                        source_class_prior)
+from raysel.selection.estimate_calibration import EstimateCalibration, calibrate_estimate, clipped_logit
 from raysel.selection.evaluate import estimate_accuracy
 from raysel.selection.predictions import CandidatePredictions, save_predictions
 from raysel.selection.voting import fmiou_scores, fused_agreement_scores
@@ -367,6 +368,29 @@ def test_estimate_accuracy_is_mae_in_points_and_interval_coverage() -> None:
     assert error == pytest.approx(7.5) and coverage == pytest.approx(0.5)
     assert all(math.isnan(value) for value in estimate_accuracy([]))
     assert estimate_accuracy(pd.DataFrame(rows)) == pytest.approx((7.5, 0.5))
+
+
+def _calibration(median: float, low: float, high: float) -> EstimateCalibration:
+    return EstimateCalibration(key="digits", estimate_method="atc", median_offset=median, low_offset=low,
+                               high_offset=high, level=0.9, candidates=10, fitted_on=("photo_digits",))
+
+
+def test_calibrate_estimate_shifts_in_logit_space_and_bounds_the_interval() -> None:
+    """A zero calibration returns the estimate; a known offset gives the sigmoid of the shifted logit; the interval
+    holds the point and stays in [0, 1], also at the edges; NaN and None give NaN."""
+    assert calibrate_estimate(0.3, _calibration(0.0, 0.0, 0.0)) == pytest.approx((0.3, 0.3, 0.3))
+    sigmoid = (lambda value: 1.0 / (1.0 + math.exp(-value)))
+    point, low, high = calibrate_estimate(0.6, _calibration(-1.0, -2.0, 0.5))
+    logit = math.log(0.6 / 0.4)
+    assert (point, low, high) == pytest.approx((sigmoid(logit - 1.0), sigmoid(logit - 2.0), sigmoid(logit + 0.5)))
+    scores = np.array([0.0, 1e-6, 0.2, 0.5, 0.999999, 1.0, float("nan")])
+    point, low, high = calibrate_estimate(scores, _calibration(3.0, -50.0, 50.0))
+    finite = np.isfinite(scores)
+    assert np.all(np.isnan(point[~finite]) & np.isnan(low[~finite]) & np.isnan(high[~finite]))
+    assert np.all((0.0 <= low[finite]) & (low[finite] <= point[finite]) & (point[finite] <= high[finite])
+                  & (high[finite] <= 1.0))
+    assert point[0] == pytest.approx(sigmoid(float(clipped_logit(0.0)) + 3.0))  # 0 is clipped, not infinite
+    assert all(math.isnan(value) for value in calibrate_estimate(None, _calibration(0.0, -1.0, 1.0)))
 
 
 def test_display_formats() -> None:

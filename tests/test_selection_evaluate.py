@@ -183,3 +183,50 @@ def test_wide_sweep_goals_need_strictly_better_mean_and_worst_than_fmiou_and_the
         "mean regret ≤ 1.5": True, "worst regret ≤ 3.0": True, "mean gap closed ≥ 0.85": True,
         "mean Kendall τ ≥ 0.6": True, "no collapsed pick": False, "better than F-mIoU": True,
         "better than the default configuration": True}
+
+
+def _estimate_law_rows(rng: np.random.Generator, count: int, target: str = "photo_digits") -> list[dict]:
+    """Rows whose held-out score is sigmoid(logit(estimate) − 1) plus a little noise."""
+    estimate = rng.uniform(0.05, 0.95, count)
+    heldout = 1.0 / (1.0 + np.exp(-(np.log(estimate / (1.0 - estimate)) - 1.0))) + rng.normal(0.0, 0.02, count)
+    return [{"estimate_score": e, "estimate_low": e, "estimate_high": e, "estimate_method": "atc", "target": target,
+             "heldout_accuracy": float(np.clip(h, 0.0, 1.0))} for e, h in zip(estimate, heldout)]
+
+
+def test_fit_estimate_calibration_recovers_the_offset_and_covers_about_ninety_percent() -> None:
+    rng = np.random.default_rng(0)
+    fit = _estimate_law_rows(rng, 200) + _estimate_law_rows(rng, 100, "noisy_digits")
+    calibration = evaluate.fit_estimate_calibration(fit, key="digits")
+    assert calibration is not None and calibration.key == "digits" and calibration.candidates == 300
+    assert calibration.median_offset == pytest.approx(-1.0, abs=0.05)
+    assert calibration.low_offset <= calibration.median_offset <= calibration.high_offset
+    assert calibration.fitted_on == ("noisy_digits", "photo_digits") and calibration.estimate_method == "atc"
+    assert calibration.level == 0.9
+    error, coverage, width = evaluate.calibrated_estimate_accuracy(fit, _estimate_law_rows(rng, 2000))
+    assert 0.85 <= coverage <= 0.95 and error < 3.0 and width > 0.0
+
+
+def test_fit_estimate_calibration_uses_the_conformal_order_statistics() -> None:
+    """With n = 19 residuals at 90 %: the ceil(20 · 0.95) = 19th smallest and its mirror, the 1st; n = 39: the
+    38th and the 2nd."""
+    for n, (low_rank, high_rank) in ((19, (1, 19)), (39, (2, 38))):
+        offsets = np.arange(n, dtype=float) / n - 0.5  # known residuals, in increasing order
+        rows = [{"estimate_score": 0.5, "heldout_miou": 1.0 / (1.0 + math.exp(-offset))} for offset in offsets]
+        calibration = evaluate.fit_estimate_calibration(rows)
+        assert calibration.low_offset == pytest.approx(offsets[low_rank - 1])
+        assert calibration.high_offset == pytest.approx(offsets[high_rank - 1])
+        assert calibration.median_offset == pytest.approx(float(np.median(offsets)))
+        assert calibration.fitted_on == () and calibration.estimate_method == ""
+
+
+def test_fit_estimate_calibration_needs_ten_rows_with_both_numbers() -> None:
+    rng = np.random.default_rng(1)
+    rows = _estimate_law_rows(rng, 9)
+    assert evaluate.fit_estimate_calibration(rows) is None
+    missing = [{**rows[0], "estimate_score": None}, {**rows[0], "heldout_accuracy": float("nan")},
+               {key: value for key, value in rows[0].items() if key != "heldout_accuracy"}]
+    assert evaluate.fit_estimate_calibration(rows + missing) is None  # the incomplete rows are skipped
+    calibration = evaluate.fit_estimate_calibration(pd.DataFrame(rows + missing + _estimate_law_rows(rng, 1)))
+    assert calibration is not None and calibration.candidates == 10
+    assert all(math.isnan(value) for value in evaluate.calibrated_estimate_accuracy(rows, rows))
+    assert all(math.isnan(value) for value in evaluate.calibrated_estimate_accuracy(rows * 2, []))

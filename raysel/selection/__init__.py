@@ -27,6 +27,8 @@
 * :mod:`raysel.selection.estimate` — a label-free estimate of each candidate's target score with a 90 % interval
   (ATC on a source-validation calibration cache, else agreement with the fused vote; ``estimate_*`` columns);
   :mod:`raysel.selection.calibration` — that calibration cache's format.
+* :mod:`raysel.selection.estimate_calibration` — the estimate's split-conformal correction in logit space, fitted on
+  development targets (pre-registered; fitting is :func:`raysel.selection.evaluate.fit_estimate_calibration`).
 
 Submodules are imported on use (``from raysel.selection.selectors import get_selector``) so that importing the
 package stays cheap for workers that only need one part. The names in ``__all__`` are the public API, importable
@@ -56,7 +58,8 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
                  "evaluate_selector", "evaluate_selectors", "summarize_sweeps", "baseline_evaluations",
                  "oracle_evaluation", "decision_picks", "decision_evaluations", "stored_evaluation",
                  "summarize_selectors", "best_selector", "heldout_spread", "is_flat_sweep", "collapse_indicators",
-                 "count_collapsed", "strictly_better", "wide_sweep_goals", "estimate_accuracy"),
+                 "count_collapsed", "strictly_better", "wide_sweep_goals", "estimate_accuracy",
+                 "ESTIMATE_HELDOUT_COLUMNS", "fit_estimate_calibration", "calibrated_estimate_accuracy"),
     "guarded": ("GUARD_COMPANIONS", "GUARD_PANEL_SIZE", "CLEAR_MARGIN_STANDARD_ERRORS", "GuardedDecision",
                 "guard_decision", "default_trial_ids", "matches_defaults"),
     "recommendation": ("RULE", "RULE_FIXED_ON", "WORST_REGRET_BOUND", "SweepEvidence", "Recommendation",
@@ -64,6 +67,7 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
     "calibration": ("SourceCalibration", "load_calibration", "save_calibration", "calibration_path"),
     "estimate": ("Estimate", "estimate_candidates", "estimate_trials", "record_estimates", "format_estimate",
                  "format_interval"),
+    "estimate_calibration": ("EstimateCalibration", "calibrate_estimate"),
 }
 _SUBMODULE_OF = {name: submodule for submodule, names in _EXPORTS.items() for name in names}
 

@@ -61,6 +61,12 @@ candidate on the source (when it is at least ``PRIOR_FROM_PREDICTIONS_MIN_ACCURA
    would give a confident interval around a biased value. A wide interval therefore means "do not trust this
    number much".
 
+**Calibration on development targets**: both estimators are biased on hyperparameter sweeps, so the raw interval
+rarely covers. :mod:`raysel.selection.estimate_calibration` corrects an estimate with a split-conformal calibration
+in logit space fitted on labelled development targets; ``benchmarks/selection_wide.py`` measures it (fitted on the
+embedded benchmark's development targets, judged on its test targets). Sweeps do not apply it: a calibration fitted
+on one benchmark's targets says nothing about another dataset's.
+
 Everything is vectorised numpy. Labels are streamed one image batch at a time, as in :mod:`raysel.selection.voting`.
 Nothing here reads a label: :func:`estimate_trials` opens only the candidates' prediction and calibration caches.
 Held-out scores meet the estimates only in :func:`raysel.selection.evaluate.estimate_accuracy`, which is evaluation.
