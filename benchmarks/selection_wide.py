@@ -92,9 +92,9 @@ from raysel.orchestration.studies import EXIT_STOPPED
 from raysel.selection import (BASELINES, DEFAULT_BASELINE, FLAT_SPREAD_POINTS, GUARD_COMPANIONS, GUARD_PANEL_SIZE,
                               ORACLE_BASELINE, POINTS, RULE, RULE_FIXED_ON, EstimateCalibration, Recommendation,
                               SelectorSummary, SweepEvidence, best_selector, calibrated_estimate_accuracy,
-                              collapse_indicators, count_collapsed, decision_evaluations, fit_estimate_calibration,
-                              heldout_spread, is_flat_sweep, oracle_evaluation, recommend_selector, strictly_better,
-                              summarize_selectors, wide_sweep_goals)
+                              collapse_indicators, count_collapsed, decision_evaluations, estimate_measures,
+                              fit_estimate_calibration, heldout_spread, is_flat_sweep, oracle_evaluation,
+                              recommend_selector, strictly_better, summarize_selectors, wide_sweep_goals)
 
 SECTION = "selection_wide"
 # What this benchmark measures: a later commit touching one makes its section stale (benchmarks._common).
@@ -529,8 +529,8 @@ def _fraction(value: Any) -> float:
 
 def estimate_rows(frames: dict[str, Any], plans: Sequence[SweepPlan]) -> list[dict[str, Any]]:
     """Every finished candidate of the finished sweeps with its label-free estimate and interval (``estimate_*``
-    columns, fractions) beside its held-out score (under the family's ``HELDOUT_COLUMN``): family, role, target,
-    error in points, whether the interval covers it and its width in points."""
+    columns, fractions) beside its held-out score (under the family's ``HELDOUT_COLUMN``), with family, role and
+    target: the rows raysel.selection's estimate measures read."""
     rows = []
     for plan in plans:
         frame = frames.get(plan.sweep_id)
@@ -543,12 +543,9 @@ def estimate_rows(frames: dict[str, Any], plans: Sequence[SweepPlan]) -> list[di
             heldout = float(trial.heldout)
             if not np.isfinite(estimate) or not np.isfinite(heldout):
                 continue
-            bounded = bool(np.isfinite(low) and np.isfinite(high))
             rows.append({"family": family, "role": target_role(family, target), "target": target,
                          "estimate_score": estimate, "estimate_low": low, "estimate_high": high,
-                         "estimate_method": getattr(trial, "estimate_method", None), HELDOUT_COLUMN[family]: heldout,
-                         "error": 100.0 * abs(estimate - heldout), "covered": bounded and low <= heldout <= high,
-                         "width": 100.0 * (high - low) if bounded else float("nan")})
+                         "estimate_method": getattr(trial, "estimate_method", None), HELDOUT_COLUMN[family]: heldout})
     return rows
 
 
@@ -634,12 +631,7 @@ def estimate_table(frames: dict[str, Any], plans: Sequence[SweepPlan]) -> str:
                    for role in ("development", "test")}
         for role, group in by_role.items():
             if group:
-                errors = np.array([row["error"] for row in group])
-                widths = np.array([row["width"] for row in group])
-                width = float(np.nanmean(widths)) if np.isfinite(widths).any() else float("nan")
-                lines.append(estimate_line(family, role, RAW_ESTIMATE, len(group), (
-                    float(errors.mean()), float(np.median(errors)), float(np.mean([row["covered"] for row in group])),
-                    width)))
+                lines.append(estimate_line(family, role, RAW_ESTIMATE, len(group), estimate_measures(group)))
         lines += calibrated_lines(family, by_role["development"], by_role["test"])
         calibration = fit_estimate_calibration(by_role["development"], key=family)
         calibrations += [calibration] if calibration is not None else []

@@ -58,7 +58,7 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
                  "evaluate_selector", "evaluate_selectors", "summarize_sweeps", "baseline_evaluations",
                  "oracle_evaluation", "decision_picks", "decision_evaluations", "stored_evaluation",
                  "summarize_selectors", "best_selector", "heldout_spread", "is_flat_sweep", "collapse_indicators",
-                 "count_collapsed", "strictly_better", "wide_sweep_goals", "estimate_accuracy",
+                 "count_collapsed", "strictly_better", "wide_sweep_goals", "estimate_accuracy", "estimate_measures",
                  "ESTIMATE_HELDOUT_COLUMNS", "fit_estimate_calibration", "calibrated_estimate_accuracy"),
     "guarded": ("GUARD_COMPANIONS", "GUARD_PANEL_SIZE", "CLEAR_MARGIN_STANDARD_ERRORS", "GuardedDecision",
                 "guard_decision", "default_trial_ids", "matches_defaults"),

@@ -343,15 +343,28 @@ def _estimate_pairs(rows: Any) -> dict[str, np.ndarray]:
 
 
 def _estimate_errors(estimate: np.ndarray, low: np.ndarray, high: np.ndarray,
-                     heldout: np.ndarray) -> tuple[float, float, float]:
-    """(mean absolute error in points, interval coverage, mean interval width in points) of estimates against held-out
-    scores (fractions); a missing bound covers nothing and has no width. NaNs when there is no row."""
+                     heldout: np.ndarray) -> tuple[float, float, float, float]:
+    """(mean and median absolute error in points, interval coverage, mean interval width in points) of estimates
+    against held-out scores (fractions); a missing bound covers nothing and has no width. NaNs when there is no row."""
     if not estimate.size:
-        return math.nan, math.nan, math.nan
+        return math.nan, math.nan, math.nan, math.nan
     bounded = np.isfinite(low) & np.isfinite(high)
     covered = bounded & (low <= heldout) & (heldout <= high)
     width = float(np.mean(high[bounded] - low[bounded]) * POINTS) if bounded.any() else math.nan
-    return float(np.mean(np.abs(estimate - heldout)) * POINTS), float(np.mean(covered)), width
+    errors = np.abs(estimate - heldout) * POINTS
+    return float(np.mean(errors)), float(np.median(errors)), float(np.mean(covered)), width
+
+
+def estimate_measures(rows: Any) -> tuple[float, float, float, float]:
+    """(mean absolute error in points, median absolute error in points, coverage, mean interval width in points) of
+    the stored label-free estimates against the stored held-out scores, over the rows that have both (as
+    :func:`estimate_accuracy`, which gives the first and third); NaNs when no row has both.
+
+    Args:
+        rows: trial rows (a DataFrame or mappings) with ``estimate_*`` and ``heldout_miou`` or ``heldout_accuracy``.
+    """
+    pairs = _estimate_pairs(rows)
+    return _estimate_errors(pairs["estimate"], pairs["low"], pairs["high"], pairs["heldout"])
 
 
 def estimate_accuracy(rows: Any) -> tuple[float, float]:
@@ -360,8 +373,7 @@ def estimate_accuracy(rows: Any) -> tuple[float, float]:
     held-out score lies in [``estimate_low``, ``estimate_high``]. ``rows``: trial rows (a DataFrame or mappings);
     the held-out score is a row's ``heldout_miou``, else its ``heldout_accuracy``. (NaN, NaN) when no row has both.
     Evaluation only: the held-out scores are an input, read from the rows, and never reach the estimator."""
-    pairs = _estimate_pairs(rows)
-    error, coverage, _ = _estimate_errors(pairs["estimate"], pairs["low"], pairs["high"], pairs["heldout"])
+    error, _, coverage, _ = estimate_measures(rows)
     return error, coverage
 
 
@@ -416,4 +428,5 @@ def calibrated_estimate_accuracy(fit_rows: Any, eval_rows: Any,
         return math.nan, math.nan, math.nan
     pairs = _estimate_pairs(eval_rows)
     point, low, high = calibrate_estimate(pairs["estimate"], calibration)
-    return _estimate_errors(point, low, high, pairs["heldout"])
+    error, _, coverage, width = _estimate_errors(point, low, high, pairs["heldout"])
+    return error, coverage, width
