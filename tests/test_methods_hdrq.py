@@ -346,3 +346,39 @@ def test_mean_movement_averages_the_specialists_and_skips_stages_cached_before_i
     assert metrics == pytest.approx({"ptq_codes_changed": 0.2, "ptq_weight_step_movement": 0.0,
                                      "ptq_activation_step_movement": 0.3, "ptq_dequantized_weight_movement": 0.05})
     assert hdrq.mean_movement([{"movement": first}, {}]) == {}  # one stage cached before movement was recorded
+
+
+def test_repeated_merges_of_the_same_specialists_run_each_specialist_once() -> None:
+    from raysel.quant import merge_models, quantize_model
+    from raysel.quant.merge_quality import merge_quality
+
+    images = {"day": [torch.randn(3, 3, 6, 6, generator=torch.Generator().manual_seed(1))],
+              "dusk": [torch.randn(2, 3, 6, 6, generator=torch.Generator().manual_seed(2)),
+                       torch.randn(2, 3, 6, 6, generator=torch.Generator().manual_seed(3))]}
+    models = {}
+    for seed, target in enumerate(images):
+        torch.manual_seed(seed)
+        base = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 1), torch.nn.ReLU(), torch.nn.Conv2d(8, 4, 1)).eval()
+        calibration = torch.cat(images[target])
+        models[target] = quantize_model(base, 4, 4, example_input=calibration[:1]).calibrate(calibration)
+    seen: dict[str, int] = {target: 0 for target in models}
+
+    def count(module: torch.nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
+        for target, model in models.items():  # merged models are copies that carry the hook: not counted
+            if module is model:
+                seen[target] += inputs[0].shape[0]
+
+    hooks = [model.register_forward_hook(count) for model in models.values()]
+    config = hdrq.HdrqConfig(bits="W4A4", merge_samples=4, barrier_points=0)
+    ctx = SimpleNamespace(spec=SimpleNamespace(seed=0))
+    specialists = hdrq.Specialists(dict(models), images, {})
+    merges = [hdrq.merge_specialists(config, ctx, specialists, merge_seed=seed) for seed in (0, 1000)]
+    assert seen == {"day": 3, "dusk": 4}  # each specialist predicted its own target's images once, for both merges
+    for hook in hooks:
+        hook.remove()
+    for merge, seed in zip(merges, (0, 1000)):  # the same merge and quality as re-running the specialists
+        merged = merge_models(list(models.values()), rounding="noise", num_samples=4, seed=seed)
+        for got, expected in zip(merge.model.state_dict().values(), merged.state_dict().values()):
+            assert torch.equal(got, expected)
+        assert merge.quality == merge_quality(merged, models, images)
+        assert merge.metrics == {f"merge_quality_{t}": value for t, value in merge.quality.per_target.items()}

@@ -14,7 +14,7 @@ from raysel.errors import ConfigError
 from raysel.metrics import confusion_matrix, harmonic_mean, miou
 from raysel.quant import merge_models, quantize_model
 from raysel.quant.merge_quality import (agreement_score, barrier_of_path, error_barrier, merge_quality,
-                                       predict_labels)
+                                       predict_labels, specialist_references)
 
 def pixel_classifier(seed: int, num_classes: int = 4) -> nn.Module:
     """A 1x1-conv per-pixel classifier: logits [B, C, H, W]."""
@@ -202,3 +202,36 @@ def test_bad_inputs_are_config_errors():
         merge_quality(model, {}, {})
     with pytest.raises(ConfigError, match="num_points"):
         error_barrier(model, model, subset(1), num_points=1)
+
+
+@pytest.mark.parametrize("agreement", ["miou", "pixel"])
+def test_precomputed_references_give_the_same_quality_without_re_running_the_specialists(agreement):
+    day, dusk = pixel_classifier(0), pixel_classifier(1)
+    specialists = {"day": day, "dusk": dusk}
+    targets = {"day": [subset(1), subset(5, count=2)], "dusk": subset(2, count=5)}
+    merged = merge_models([day, dusk])
+    references = specialist_references(specialists, targets, batch_size=2)
+    assert references["dusk"].shape == (5, 6, 6)
+    assert torch.equal(references["day"], predict_labels(day, targets["day"]))
+    calls = []
+    for model in specialists.values():
+        model.register_forward_hook(lambda module, inputs, output: calls.append(inputs[0].shape[0]))
+    given = merge_quality(merged, specialists, targets, agreement=agreement, references=references)
+    assert calls == []  # the specialists were not run again
+    assert given == merge_quality(merged, specialists, targets, agreement=agreement)
+    assert sum(calls) == 10  # without references each specialist predicts its own target's images
+
+
+def test_references_of_other_targets_or_images_are_config_errors():
+    day, dusk = pixel_classifier(0), pixel_classifier(1)
+    specialists = {"day": day, "dusk": dusk}
+    targets = {"day": subset(1), "dusk": subset(2)}
+    references = specialist_references(specialists, targets)
+    with pytest.raises(ConfigError, match="references are for target"):
+        merge_quality(day, specialists, targets, references={"day": references["day"]})
+    with pytest.raises(ConfigError, match="references are for target"):
+        merge_quality(day, specialists, targets, references={**references, "night": references["day"]})
+    with pytest.raises(ConfigError, match="reference labels of target 'dusk' have shape"):
+        merge_quality(day, specialists, targets, references={**references, "dusk": references["dusk"][:2]})
+    with pytest.raises(ConfigError, match="no unlabeled images given for target"):
+        specialist_references(specialists, {"day": subset(1)})

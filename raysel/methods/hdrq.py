@@ -46,7 +46,7 @@ import math
 import re
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Iterator, Literal
 
 import torch
@@ -63,7 +63,7 @@ from raysel.quant import PTQ_METHODS, PtqConfig, merge_models, quantize_and_reco
 from raysel.quant.movement import MOVEMENT_MEASURES
 from raysel.quant.ptq_config import CODE_ITERATIONS
 from raysel.registry import Method, get_method, register
-from raysel.quant.merge_quality import error_barrier, merge_quality
+from raysel.quant.merge_quality import error_barrier, merge_quality, specialist_references
 from raysel.data.common import selection_subset
 
 __all__ = [
@@ -304,6 +304,15 @@ class Specialists:
     models: dict[str, nn.Module]
     images: dict[str, list[torch.Tensor]]
     ptq_stages: dict[str, dict[str, Any]]
+    # Each specialist's labels on its target's images (merge quality's references); filled by reference_labels().
+    references: dict[str, torch.Tensor] | None = field(default=None, repr=False, compare=False)
+
+    def reference_labels(self) -> dict[str, torch.Tensor]:
+        """The specialists' arg-max labels on their targets' images, predicted on first use and kept, so repeated
+        merges (merge draws) do not re-run the specialists; predicted again if the targets changed since."""
+        if self.references is None or set(self.references) != set(self.models):
+            self.references = specialist_references(self.models, self.images)
+        return self.references
 
 
 @dataclass
@@ -349,7 +358,8 @@ def merge_specialists(config: HdrqConfig, ctx: RunContext, specialists: Speciali
                               rounding="noise" if config.noise_sampling else "float", num_samples=config.merge_samples,
                               seed=ctx.spec.seed if merge_seed is None else merge_seed).eval()
     with watch.time("merge_quality"):
-        quality = merge_quality(merged, specialists.models, specialists.images)
+        quality = merge_quality(merged, specialists.models, specialists.images,
+                                references=specialists.reference_labels())
     metrics: dict[str, Any] = {f"merge_quality_{target}": value for target, value in quality.per_target.items()}
     if config.barrier_points:
         with watch.time("error_barrier"):

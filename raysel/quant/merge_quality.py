@@ -6,7 +6,8 @@ subset are compared with the predictions of the target's own (quantized) special
 labels, with intersections and unions accumulated over the subset (:mod:`raysel.metrics`, absent classes skipped);
 ``"pixel"`` is the fraction of pixels (images, for classification) with the same class. The score is the harmonic
 mean over targets (:func:`raysel.metrics.harmonic_mean`), like the paper's harmonic mean of per-target mIoU: a merge
-that forgets any one target's behaviour scores low. No target labels are read.
+that forgets any one target's behaviour scores low. No target labels are read. The specialists' predictions do not
+depend on the merge: :func:`specialist_references` computes them once for every merge of the same specialists.
 
 **Error barrier** (Frankle et al. 2020; HDRQ eq. 2), label-free: along ``theta(t) = (1 - t) theta_a + t theta_b``
 the loss is the cross-entropy against the endpoints' own predictions, each on its own target's images,
@@ -76,23 +77,57 @@ def agreement_score(predictions: torch.Tensor, reference: torch.Tensor, num_clas
     return miou(matrix) if agreement == "miou" else pixel_accuracy(matrix)
 
 
+def specialist_references(specialists: Mapping[str, nn.Module], target_images: Mapping[str, Images],
+                          batch_size: int = 8) -> dict[str, torch.Tensor]:
+    """Each target's specialist's arg-max labels on that target's images, the references :func:`merge_quality`
+    compares a merge with: computed once, they serve every merge of the same specialists (e.g. repeated merge draws).
+
+    Args:
+        specialists: target name -> that target's (quantized) specialist.
+        target_images: target name -> its unlabeled images (a ``[N, ...]`` tensor or an iterable of batches).
+        batch_size: images per forward pass.
+    """
+    _check_targets(specialists, target_images)
+    return {target: predict_labels(specialist, target_images[target], batch_size)
+            for target, specialist in specialists.items()}
+
+
 def merge_quality(merged: nn.Module, specialists: Mapping[str, nn.Module], target_images: Mapping[str, Images],
-                  agreement: str = "miou", batch_size: int = 8) -> MergeQuality:
-    """Harmonic mean over targets of the merged model's agreement with each target's specialist on its images."""
+                  agreement: str = "miou", batch_size: int = 8,
+                  references: Mapping[str, torch.Tensor] | None = None) -> MergeQuality:
+    """Harmonic mean over targets of the merged model's agreement with each target's specialist on its images.
+
+    Args:
+        merged: the merged model to score.
+        specialists: target name -> that target's (quantized) specialist, the model merged from.
+        target_images: target name -> its unlabeled images (a ``[N, ...]`` tensor or an iterable of batches).
+        agreement: ``"miou"`` or ``"pixel"`` (module docstring).
+        batch_size: images per forward pass.
+        references: the specialists' labels on their targets' images, as :func:`specialist_references` returns
+            them (same targets as ``specialists``); None: predicted here. Given, the specialists are not re-run,
+            which saves half the forward passes when the same specialists are merged several times.
+    """
     if agreement not in AGREEMENTS:
         raise ConfigError(f"unknown agreement {agreement!r}; valid: {', '.join(AGREEMENTS)}")
-    if not specialists:
-        raise ConfigError("merge_quality needs at least one target specialist")
-    missing = sorted(set(specialists) - set(target_images))
-    if missing:
-        raise ConfigError(f"no unlabeled images given for target(s) {', '.join(missing)}")
+    _check_targets(specialists, target_images)
+    if references is not None and set(references) != set(specialists):
+        raise ConfigError(f"references are for target(s) {', '.join(sorted(references)) or 'none'}, the specialists "
+                          f"for {', '.join(sorted(specialists))}: pass specialist_references of these specialists")
     per_target = {}
     for target, specialist in specialists.items():
         merged_logits = torch.cat([logits.cpu() for logits in _logits(merged, target_images[target], batch_size)])
-        reference = predict_labels(specialist, target_images[target], batch_size)
+        if references is None:
+            reference = predict_labels(specialist, target_images[target], batch_size)
+        else:
+            reference = references[target]
         if merged_logits.shape[0] == 0:
             raise ConfigError(f"target {target!r} has no unlabeled images for the merge-quality score")
-        per_target[target] = agreement_score(merged_logits.argmax(dim=1), reference, merged_logits.shape[1], agreement)
+        predictions = merged_logits.argmax(dim=1)
+        if reference.shape != predictions.shape:
+            raise ConfigError(f"reference labels of target {target!r} have shape {tuple(reference.shape)}, the "
+                              f"merged model's predictions {tuple(predictions.shape)}: the references must be the "
+                              "specialist's labels on the same images")
+        per_target[target] = agreement_score(predictions, reference, merged_logits.shape[1], agreement)
     return MergeQuality(harmonic_mean(per_target.values()), per_target, agreement)
 
 
@@ -146,6 +181,15 @@ def path_point(model_a: nn.Module, model_b: nn.Module, t: float) -> nn.Module:
     if t == 1.0:
         return model_b
     return interpolate_models([model_a, model_b], [1.0 - t, t])
+
+
+def _check_targets(specialists: Mapping[str, nn.Module], target_images: Mapping[str, Images]) -> None:
+    """At least one specialist, and images for each specialist's target (ConfigError otherwise)."""
+    if not specialists:
+        raise ConfigError("merge_quality needs at least one target specialist")
+    missing = sorted(set(specialists) - set(target_images))
+    if missing:
+        raise ConfigError(f"no unlabeled images given for target(s) {', '.join(missing)}")
 
 
 def _materialise(images: Images) -> list[torch.Tensor]:
