@@ -82,6 +82,7 @@ class SweepOptions:
     selectors: tuple[str, ...] | None = None  # None: the method's default selectors
     progress_interval: float = 30.0
     mlflow: str | None = None
+    include_default: bool = False  # run the method's default configuration as the first candidate (SearchPlan)
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any]) -> "SweepOptions":
@@ -137,7 +138,19 @@ class DataChoice:
 @dataclass(frozen=True)
 class SearchPlan:
     """How configurations are proposed and stopped: the search algorithm and its budget, the scheduler, and the
-    label-free objective both read."""
+    label-free objective both read.
+
+    ``include_default`` runs the method's *default configuration* (its defaults for every swept hyperparameter, the
+    space's fixed values unchanged; :func:`raysel.request_build.default_point`) as the first trial of each target,
+    through Tune's ``points_to_evaluate``, so that the guarded decision has it to fall back to. It is one trial per
+    target on top of the budget: Ray 2.60 counts a point to evaluate as one of ``num_samples`` (and a point that sets
+    the grid's hyperparameters as one trial, not one per grid point), so raysel asks Tune for one sample more
+    (:attr:`tune_num_samples`) and the sweep runs (grid points x ``num_samples`` + 1) x targets trials under grid or
+    random search, ``num_samples`` + 1 under Optuna (where TPE counts it among its ``startup_trials``). When the
+    defaults are already a point of a space that samples nothing else (source_only's shipped grid), that
+    configuration runs twice, with the same seed; the guard's default candidate is the first of them by trial id. Under
+    ASHA the default trial can be stopped early like any other, and a stopped trial is no candidate.
+    """
 
     algorithm: str = "grid"  # grid | random | optuna (SEARCH_ALGORITHMS)
     num_samples: int = 1  # samples per grid point (grid/random) or total trials (optuna)
@@ -148,6 +161,12 @@ class SearchPlan:
     objective: str = CONFIDENCE_OBJECTIVE  # what Optuna maximises and ASHA compares
     report_score: str | None = None  # the trial-scored objective computed at every report (ASHA), else None
     asha_grace_epochs: int = 1
+    include_default: bool = False  # the default configuration first, one extra trial per target (see above)
+
+    @property
+    def tune_num_samples(self) -> int:
+        """Tune's ``num_samples``: ``num_samples``, plus the sample the default configuration's point takes."""
+        return self.num_samples + 1 if self.include_default else self.num_samples
 
     @property
     def objective_metric(self) -> str:
@@ -212,9 +231,11 @@ class SweepRequest:
         return self.sweep_dir / "trials" / trial_id
 
     def expected_trials(self) -> int:
-        """How many trials the sweep runs: grid points (not under Optuna) x samples x targets."""
+        """How many trials the sweep runs: grid points (not under Optuna) x samples x targets, and one more per
+        target for the default configuration (``include_default``)."""
         grid_points = self.space.num_grid_points() if self.search.algorithm != "optuna" else 1
-        return grid_points * self.search.num_samples * len(self.data.targets)
+        default_trials = 1 if self.search.include_default else 0
+        return (grid_points * self.search.num_samples + default_trials) * len(self.data.targets)
 
     def run_fields(self) -> dict[str, Any]:
         """The :class:`raysel.methods.base.RunSpec` fields every trial shares (a trial adds its target and folder)."""
@@ -247,6 +268,8 @@ class SweepRequest:
         for name, value in self.acceleration.to_dict().items():
             if value not in ("auto", None):
                 words += [f"--{name.replace('_', '-')}", str(value)]
+        if search.include_default:
+            words.append("--include-default")
         return words
 
     def to_dict(self) -> dict[str, Any]:
@@ -272,6 +295,7 @@ class SweepRequest:
                    space=CheckedSpace.from_dict(space["entries"], space["path"], space["overrides"]),
                    data=DataChoice(**{**data, "targets": tuple(data["targets"]),
                                       "image_size": _as_tuple(data["image_size"])}),
+                   # a sweep.json written before include_default existed lacks it: SearchPlan's False
                    search=SearchPlan(**payload["search"]), resources=Resources(**payload["resources"]),
                    acceleration=AccelerationSwitches(**payload["acceleration"]),
                    selectors=tuple(payload["selectors"]), max_failures=payload["max_failures"],

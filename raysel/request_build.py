@@ -28,12 +28,12 @@ from raysel.models import model_names
 from raysel.registry import Method, get_method, method_names
 from raysel.request import (CONFIDENCE_OBJECTIVE, EXECUTORS, SCHEDULERS, SEARCH_ALGORITHMS, DataChoice, Resources,
                             SearchPlan, SweepOptions, SweepRequest, latest_sweep_id, load_request)
-from raysel.search_space import CheckedSpace, SearchSpace, load_search_space
+from raysel.search_space import CheckedSpace, SearchEntry, SearchSpace, load_search_space
 from raysel.selection.model_scores import TASK_TRIAL_SCORES, TRIAL_SCORE_NAMES
 from raysel.selection.selectors import SELECTORS, TRIAL_SCORE_SELECTORS, selector_names
 
-__all__ = ["build_request", "resume_request", "checked_space", "check_candidates", "default_dataset", "default_targets",
-           "option_name"]
+__all__ = ["build_request", "resume_request", "checked_space", "check_candidates", "default_point", "default_dataset",
+           "default_targets", "option_name"]
 
 T = TypeVar("T")
 OPTION_NAMES = {"overrides": "--set", "selectors": "--selector"}  # fields whose option is not --<field>
@@ -81,9 +81,12 @@ def build_request(options: SweepOptions | Mapping[str, Any] | None = None, /, **
     space = checked_space(method, options.space, _names("overrides", options.overrides))
     check_candidates(method, space)
     data = _data_choice(family, options)
+    search = _search_plan(options, data.targets, family.task)
+    if search.include_default:
+        default_point(method, space, search.algorithm)  # refuses a default configuration no trial could run
     return SweepRequest(method=method.name, sweep_id=_sweep_id(method, options.name),
                         results=str(_results_root(options).resolve()), space=space, data=data,
-                        search=_search_plan(options, data.targets, family.task), resources=_resources(options),
+                        search=search, resources=_resources(options),
                         acceleration=_acceleration(options), selectors=_selectors(method, options.selectors),
                         max_failures=_whole("max_failures", options.max_failures, minimum=0),
                         mlflow_uri=options.mlflow or None,
@@ -173,6 +176,13 @@ def _positive(field: str, value: Any, *, zero_allowed: bool = False) -> float:
     return float(value)
 
 
+def _switch(field: str, value: Any) -> bool:
+    """An on/off option (a flag on the command line, ``true``/``false`` in a study file), or a ConfigError."""
+    if not isinstance(value, bool):
+        raise ConfigError(f"{option_name(field)} is on or off (true or false), got {value!r}")
+    return value
+
+
 def _choice(field: str, what: str, value: Any, choices: Iterable[str]) -> str:
     """``value`` when it is one of ``choices``, else a ConfigError naming the option, the choices and a near miss."""
     choices = tuple(choices)
@@ -217,6 +227,79 @@ def check_candidates(method: Method, space: CheckedSpace) -> None:
     _candidate_config(method, space, fixed, "its fixed values")
     for name, value in space.candidate_values():
         _candidate_config(method, space, {**fixed, name: value}, f"{name}={value!r} (the rest fixed)")
+
+
+def default_point(method: Method, space: CheckedSpace, algorithm: str = "grid") -> dict[str, Any]:
+    """The method's default configuration as one point of ``space``: each swept hyperparameter at the method's
+    default, for Tune's ``points_to_evaluate`` (``--include-default``).
+
+    The defaults are ``method.default_config()``'s, the same ones the guarded decision recognises the default
+    configuration's candidate by (:func:`raysel.selection.guarded.default_trial_ids`), so the trial this point runs
+    is the one the guard falls back to. The space's fixed values stay as they are (Tune keeps them), and the point
+    with them must be a valid configuration.
+
+    Args:
+        method: the sweep's method.
+        space: the checked space; its swept hyperparameters are the point's keys.
+        algorithm: the search algorithm (``SEARCH_ALGORITHMS``). Under ``grid`` and ``random``, Tune's
+            BasicVariantGenerator evaluates a point as given, also a value outside the space (Ray 2.60 only logs a
+            warning); Optuna cannot (a categorical value not among the choices fails when the trial is asked for, a
+            number outside a range is recorded outside its distribution), so there the point must lie in the space.
+
+    Returns:
+        swept hyperparameter -> its default, in the space's order (empty when nothing is swept).
+
+    Raises:
+        ConfigError: one line naming ``--include-default``, the hyperparameter, its default and what is allowed,
+            when the method has no default for a swept hyperparameter (a default of None is decided at run time, so
+            no stored trial can equal it), when the default lies outside the space under Optuna, or when the
+            defaults with the space's fixed values are no valid configuration.
+
+    Example:
+        >>> from raysel.registry import get_method
+        >>> space = checked_space(get_method("hiast"), None, ("alpha={grid: [0.3, 0.7]}", "gamma={choice: [4.0, 16.0]}",
+        ...                                                  "k=14", "lambda_cst=0.5", "lambda_i=1.0"))
+        >>> default_point(get_method("hiast"), space)
+        {'alpha': 0.5, 'gamma': 8.0}
+        >>> default_point(get_method("hiast"), space, "optuna")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        raysel.errors.ConfigError: --include-default: hyperparameter 'alpha' has the default 0.5, which is not ...
+    """
+    defaults = method.default_config()
+    point: dict[str, Any] = {}
+    for entry in space.entries:
+        if not entry.swept:
+            continue
+        value = getattr(defaults, entry.name, None)
+        if value is None:
+            raise ConfigError(f"--include-default: {method.name} has no default for the swept hyperparameter "
+                              f"{entry.name!r} (its default is None: the method decides it at run time, so no trial "
+                              f"can be its default configuration); fix it with --set {entry.name}=VALUE, or sweep "
+                              "without --include-default")
+        if algorithm == "optuna" and not _inside(entry, value):
+            raise ConfigError(f"--include-default: hyperparameter {entry.name!r} has the default {value!r}, which is "
+                              f"not inside its space ({entry.describe()}), and --search optuna evaluates only values "
+                              f"inside the space: add {value!r} to the space, or use --search grid or random (which "
+                              "run it as given)")
+        point[entry.name] = value
+    _candidate_config(method, space, {**space.fixed_values(), **point},
+                      f"--include-default's default configuration ({_listing(point)}, the rest fixed)")
+    return point
+
+
+def _inside(entry: SearchEntry, value: Any) -> bool:
+    """Whether a swept entry's space holds ``value``: one of its grid or choice values (compared with ``==``, as
+    Optuna finds a categorical value), or a number within its range's bounds (both inclusive, as Optuna's)."""
+    if entry.kind in ("grid", "choice"):
+        return any(value == candidate for candidate in entry.values)
+    low, high = entry.values
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    return number and low <= value <= high and (entry.kind != "randint" or float(value).is_integer())
+
+
+def _listing(values: Mapping[str, Any]) -> str:
+    """``alpha=0.5, gamma=8.0``: hyperparameter values for a one-line message."""
+    return ", ".join(f"{name}={value!r}" for name, value in values.items()) or "nothing swept"
 
 
 def _candidate_config(method: Method, space: CheckedSpace, values: dict[str, Any], what: str) -> None:
@@ -276,7 +359,8 @@ def _search_plan(options: SweepOptions, targets: tuple[str, ...], task: str) -> 
                       max_concurrent=None if max_concurrent is None else _whole("max_concurrent", max_concurrent,
                                                                                 minimum=1),
                       scheduler=scheduler, objective=objective,
-                      report_score=objective if scheduler == "asha" and objective in TRIAL_SCORE_NAMES else None)
+                      report_score=objective if scheduler == "asha" and objective in TRIAL_SCORE_NAMES else None,
+                      include_default=_switch("include_default", options.include_default))
 
 
 def _objective(objective: Any, scheduler: str, task: str) -> str:

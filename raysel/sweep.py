@@ -25,6 +25,7 @@ EPILOG = """examples:
   python -m raysel.sweep hiast                                  # embedded benchmark, CPU, local Ray
   python -m raysel.sweep hiast --target day_city dusk_city --num-samples 2 --search random
   python -m raysel.sweep hiast --search optuna --num-samples 20 --scheduler asha
+  python -m raysel.sweep gsda --include-default                 # the 6 grid points and the defaults: 7 trials
   python -m raysel.sweep hiast --data cityscapes --data-root /data --source gta5 --gpus-per-worker 0.5
   python -m raysel.sweep hiast --name my-sweep --resume        # continue a killed sweep
 afterwards:
@@ -58,6 +59,12 @@ def _add_search_arguments(what: argparse._ArgumentGroup) -> None:
     what.add_argument("--num-samples", type=int, default=DEFAULTS["num_samples"],
                       help="samples per grid point (grid/random) or total trials (optuna); default "
                       f"{DEFAULTS['num_samples']}")
+    what.add_argument("--include-default", action="store_true", default=DEFAULTS["include_default"],
+                      help="run the method's default configuration (its defaults for every swept hyperparameter) as "
+                      "the first candidate, so the guarded decision can fall back to it: one extra trial per target "
+                      "((grid points x --num-samples + 1) x targets; optuna: --num-samples + 1); when the defaults "
+                      "are already a grid point and nothing else is sampled, that configuration runs twice. Under "
+                      "optuna each default must lie inside the space; grid and random run it as given")
     what.add_argument("--search", choices=SEARCH_ALGORITHMS, default=DEFAULTS["search"],
                       help="grid: every grid point; random: sample the distributions; optuna: TPE guided by the "
                       f"label-free target confidence (default: {DEFAULTS['search']})")

@@ -16,7 +16,7 @@ import pytest
 
 from raysel.errors import ConfigError, UserError
 from raysel.request import (SETTINGS_FILE, SweepOptions, SweepRequest, latest_sweep_id, load_request,
-                            read_request_file, save_request)
+                            read_request_file, request_differences, save_request)
 from raysel.request_build import build_request, resume_request
 from raysel.sweep import build_parser, options_from_arguments
 from raysel.sweep import main as sweep_main
@@ -31,7 +31,7 @@ def full_request(tmp_path: Path, **changes: Any) -> SweepRequest:
                    data_root=tmp_path / "data", results=tmp_path / "results", name="full", image_size=[32, 64],
                    selectors=["merge_quality", "im"], search="random", num_samples=2, seed=3, workers=2,
                    cpus_per_worker=0.5, max_concurrent=2, amp="bf16", loader_workers=2, mlflow="sqlite:///m.db",
-                   progress_interval=5)
+                   progress_interval=5, include_default=True)
     return build_request({**options, **changes})
 
 
@@ -136,6 +136,90 @@ def test_every_shipped_space_builds() -> None:
 
     for name in method_names():
         assert build_request(method=name, results="/tmp/raysel-unused").expected_trials() >= 1
+
+
+# --------------------------------------------------------------------------------------------------------------
+# --include-default: the method's default configuration as the first candidate
+# --------------------------------------------------------------------------------------------------------------
+
+
+def test_include_default_is_one_extra_trial_per_target_and_reads_back(tmp_path: Path) -> None:
+    request = build_request(method="hiast", target=["day_city", "dusk_city"], num_samples=2, include_default=True,
+                            results=tmp_path, name="with-default")
+    plain = dataclasses.replace(request, search=dataclasses.replace(request.search, include_default=False))
+    grid_points = request.space.num_grid_points()  # the shipped hiast space: 3 x 2
+    assert plain.expected_trials() == grid_points * 2 * 2
+    assert request.expected_trials() == (grid_points * 2 + 1) * 2
+    assert (request.search.tune_num_samples, plain.search.tune_num_samples) == (3, 2)
+    optuna = build_request(method="hiast", search="optuna", num_samples=5, include_default=True, results=tmp_path)
+    assert optuna.expected_trials() == 6 and optuna.search.tune_num_samples == 6
+    saved = request.to_dict()
+    assert saved["search"]["include_default"] is True and SweepRequest.from_dict(saved) == request
+    # a sweep.json written before the option existed has no such key: the sweep ran without the default
+    del saved["search"]["include_default"]
+    assert SweepRequest.from_dict(saved) == plain
+    assert request_differences(plain, request) == ["search.include_default (stored False, now True)"]
+    assert request.command_arguments()[-1] == "--include-default"
+    assert "--include-default" not in plain.command_arguments()
+
+
+def test_the_command_line_python_and_a_study_entry_set_include_default_alike(tmp_path: Path) -> None:
+    argv = ["gsda", "--include-default", "--results", str(tmp_path), "--name", "same"]
+    from_cli = build_request(options_from_arguments(build_parser().parse_args(argv)))
+    from_python = build_request(method="gsda", include_default=True, results=tmp_path, name="same")
+    from_entry = build_request({"method": "gsda", "include_default": True, "results": str(tmp_path), "name": "same"})
+    assert from_cli == from_python == from_entry and from_cli.search.include_default
+    assert not build_request(options_from_arguments(build_parser().parse_args(argv[:1]))).search.include_default
+    with pytest.raises(ConfigError, match=r"^--include-default is on or off \(true or false\), got 'yes'$"):
+        build_request(method="gsda", include_default="yes")
+
+
+def test_the_default_point_is_the_methods_defaults_that_the_guard_recognises() -> None:
+    """default_point reads the defaults the guarded decision compares trials with (Method.default_config()): a trial
+    run at the point is the guard's default candidate."""
+    import pandas as pd
+
+    from raysel.registry import get_method
+    from raysel.request_build import default_point
+    from raysel.selection.guarded import default_trial_ids
+
+    hiast = get_method("hiast")
+    space = build_request(method="hiast", overrides=["alpha={grid: [0.3, 0.7]}", "gamma={choice: [4.0, 16.0]}",
+                                                     "k=12", "lambda_i=0.5", "lambda_cst=0.1"]).space
+    defaults = hiast.default_config()
+    point = default_point(hiast, space)
+    assert point == {"alpha": defaults.alpha, "gamma": defaults.gamma} == {"alpha": 0.5, "gamma": 8.0}
+    trials = pd.DataFrame({"trial_id": ["t0", "t1", "t2"], "target": "day_city", "status": "finished",
+                           "hp_alpha": [0.3, point["alpha"], 0.7], "hp_gamma": [4.0, point["gamma"], 16.0]})
+    assert default_trial_ids(trials, defaults, space.swept_names()) == {"day_city": "t1"}
+
+    gsda = get_method("gsda")  # its shipped space: alpha and beta gridded, groups drawn
+    gsda_space = build_request(method="gsda").space
+    assert default_point(gsda, gsda_space) == {name: getattr(gsda.default_config(), name)
+                                               for name in ("alpha", "beta", "groups")}
+    assert default_point(gsda, build_request(method="gsda", overrides=["alpha=0.1", "beta=1.0", "groups=3"]).space) \
+        == {}  # nothing swept: an empty point, and the space's one configuration runs once more
+
+
+def test_grid_and_random_search_run_a_default_outside_the_space_and_optuna_refuses_it() -> None:
+    from raysel.registry import get_method
+    from raysel.request_build import default_point
+
+    outside = ["alpha={grid: [0.3, 0.7]}", "gamma={uniform: [10.0, 16.0]}"]
+    for search in ("grid", "random"):  # Tune's BasicVariantGenerator evaluates the point as given
+        request = build_request(method="hiast", search=search, overrides=outside, include_default=True)
+        assert {"alpha": 0.5, "gamma": 8.0}.items() <= default_point(get_method("hiast"), request.space).items()
+    with pytest.raises(ConfigError) as refused:
+        build_request(method="hiast", search="optuna", overrides=["alpha={grid: [0.3, 0.5]}", *outside[1:]],
+                      include_default=True)
+    message = str(refused.value)
+    assert message.startswith("--include-default: hyperparameter 'gamma' has the default 8.0, which is not inside "
+                              "its space (uniform [10.0, 16.0])") and "\n" not in message
+    assert "--search optuna evaluates only values inside the space" in message
+    build_request(method="hiast", search="optuna", overrides=outside)  # without --include-default: nothing to check
+    inside = build_request(method="hiast", search="optuna", include_default=True,
+                           overrides=["alpha={grid: [0.3, 0.5]}", "gamma={uniform: [4.0, 8.0]}", "k={randint: [12, 14]}"])
+    assert {"alpha": 0.5, "gamma": 8.0, "k": 14}.items() <= default_point(get_method("hiast"), inside.space).items()
 
 
 def test_resume_reads_the_saved_request_back_with_this_runs_progress_and_mlflow(tmp_path: Path) -> None:
@@ -245,6 +329,17 @@ BAD_INPUT = [
                  ["--set learning_rate=-1", "'learning_rate'", "must be > 0"], id="set-value-out-of-range"),
     pytest.param(["source_only", "--target", "day_ctiy"], ["--target", "did you mean 'day_city'", "foggy_city"],
                  id="unknown-target"),
+    pytest.param(["hiast", "--search", "optuna", "--include-default", "--set", "alpha={grid: [0.3, 0.7]}"],
+                 ["--include-default: hyperparameter 'alpha' has the default 0.5", "grid [0.3, 0.7]",
+                  "--search optuna evaluates only values inside the space", "add 0.5 to the space",
+                  "--search grid or random"], id="include-default-outside-an-optuna-grid"),
+    pytest.param(["gsda", "--search", "optuna", "--include-default", "--set", "alpha={loguniform: [0.05, 0.5]}"],
+                 ["--include-default: hyperparameter 'alpha' has the default 0.02", "loguniform [0.05, 0.5]",
+                  "--search optuna"], id="include-default-outside-an-optuna-range"),
+    pytest.param(["source_only", "--include-default", "--set", "batch_size={grid: [8, 16]}"],
+                 ["--include-default: source_only has no default for the swept hyperparameter 'batch_size'",
+                  "its default is None", "--set batch_size=VALUE", "without --include-default"],
+                 id="include-default-without-a-default"),
 ]
 
 

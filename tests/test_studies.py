@@ -104,7 +104,29 @@ def test_a_study_file_becomes_checked_requests(tmp_path: Path, monkeypatch: pyte
     assert study.entries["sweeps"][1]["num_samples"] == 2  # the file's entries, as written, go into the plan
 
 
+def test_a_study_entry_runs_the_default_configuration_with_include_default(tmp_path: Path) -> None:
+    path = write_yaml(tmp_path / "study.yaml", f"""
+        name: defaults-study
+        results: {tmp_path / 'results'}
+        defaults: {{method: source_only, data: digits, space: {{learning_rate: {{grid: [0.0005, 0.002]}}}}}}
+        sweeps:
+          - {{name: with-default, include_default: true}}
+          - {{name: without}}
+    """)
+    with_default, without = (sweep.request for sweep in load_study(path).sweeps)
+    assert with_default.search.include_default and not without.search.include_default
+    assert (with_default.expected_trials(), without.expected_trials()) == (3, 2)
+    assert request_differences(without, dataclasses.replace(with_default, sweep_id="without")) == [
+        "search.include_default (stored False, now True)"]
+
+
 @pytest.mark.parametrize("change, message", [
+    ({"sweeps": [{"name": "a", "method": "source_only", "include_default": "yes"}]},
+     "study lr-study: sweep 'a': --include-default is on or off (true or false), got 'yes'"),
+    ({"sweeps": [{"name": "a", "method": "source_only", "include_default": True,
+                  "space": {"batch_size": {"grid": [8, 16]}}}]},
+     "study lr-study: sweep 'a': --include-default: source_only has no default for the swept hyperparameter "
+     "'batch_size'"),
     ({"sweeps": [{"name": "a", "method": "source_only", "num_sample": 2}]},
      "study lr-study: sweep 'a': unknown sweep option 'num_sample'; did you mean 'num_samples'?"),
     ({"sweeps": [{"name": "a", "method": "source_only", "search": "grdi"}]},

@@ -42,7 +42,7 @@ def test_help_explains_every_option(capsys: pytest.CaptureFixture) -> None:
     assert result.returncode == 0
     for option in ("--space", "--data", "--data-root", "--source", "--target", "--num-samples", "--search",
                    "--scheduler", "--max-concurrent", "--workers", "--cpus-per-worker", "--gpus-per-worker",
-                   "--results", "--name", "--resume", "--set", "--seed", "--address"):
+                   "--results", "--name", "--resume", "--set", "--seed", "--address", "--include-default"):
         assert option in result.stdout
 
 
