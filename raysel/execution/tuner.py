@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 from optuna.samplers import TPESampler
 from ray import tune
@@ -16,11 +16,15 @@ from ray.tune.search.optuna import OptunaSearch
 from raysel.errors import UserError
 from raysel.execution.driver import trial_driver
 from raysel.methods.reports import EPOCH
+from raysel.registry import get_method
 from raysel.request import (CONFIDENCE_OBJECTIVE, DEADLINE_FILE, DRIVER_CPU, TUNE_FOLDER, SearchPlan, SweepRequest,
                             read_deadline)
+from raysel.request_build import default_point
 
-__all__ = ["TUNE_FOLDER", "trial_concurrency", "build_tuner", "FinalScoreOptunaSearch", "search_and_scheduler",
-           "DeadlineVariantGenerator", "DeadlineSearchGenerator"]
+__all__ = ["TUNE_FOLDER", "HYPERPARAMETERS_KEY", "trial_concurrency", "build_tuner", "FinalScoreOptunaSearch",
+           "search_and_scheduler", "DeadlineVariantGenerator", "DeadlineSearchGenerator"]
+
+HYPERPARAMETERS_KEY = "hp"  # the param_space entry holding the swept hyperparameters (the trial driver reads it)
 
 
 def trial_concurrency(request: SweepRequest, local_cpus: float | None) -> int | None:
@@ -53,14 +57,17 @@ def build_tuner(request: SweepRequest, param_space: dict[str, Any], resume: bool
         return tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True, resume_errored=True)
 
     search = request.search
+    point = default_point(get_method(request.method), request.space, search.algorithm) \
+        if search.include_default else None
     search_alg, scheduler = search_and_scheduler(search, max_concurrent,
-                                                 deadline_file=(tune_dir / DEADLINE_FILE).resolve())
+                                                 deadline_file=(tune_dir / DEADLINE_FILE).resolve(),
+                                                 default_configuration=point)
     if search.objective != CONFIDENCE_OBJECTIVE and search.report_score is None:
         # Without ASHA a trial-scored objective arrives only with a trial's final report; Tune's strict check would
         # reject the intermediate reports that do not carry it (ray/tune/execution/tune_controller.py).
         os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
     tune_config = tune.TuneConfig(
-        num_samples=search.num_samples,
+        num_samples=search.tune_num_samples,  # one more with include_default: its point takes a sample of its own
         max_concurrent_trials=None,  # the search algorithm limits concurrency (see search_and_scheduler)
         search_alg=search_alg,
         scheduler=scheduler,
@@ -90,26 +97,53 @@ class FinalScoreOptunaSearch(OptunaSearch):
 
 
 def search_and_scheduler(search: SearchPlan, max_concurrent: int | None = None, *,
-                         deadline_file: Path | None = None) -> tuple[Any, Any]:
-    """Tune's search algorithm (seeded, at most ``max_concurrent`` trials at once) and trial scheduler for a checked
-    search plan; with ``deadline_file`` the search starts no new trial after the time written there
-    (:class:`DeadlineVariantGenerator`, :class:`DeadlineSearchGenerator`)."""
+                         deadline_file: Path | None = None,
+                         default_configuration: Mapping[str, Any] | None = None) -> tuple[Any, Any]:
+    """Tune's search algorithm and trial scheduler for a checked search plan.
+
+    Args:
+        search: the checked plan (algorithm, seed, scheduler, objective, ``include_default``).
+        max_concurrent: at most this many trials at once (None or 0: no limit of the search's own).
+        deadline_file: the search starts no new trial after the time written there
+            (:class:`DeadlineVariantGenerator`, :class:`DeadlineSearchGenerator`).
+        default_configuration: swept hyperparameter -> default (:func:`raysel.request_build.default_point`),
+            evaluated first as Tune's ``points_to_evaluate``; required exactly when ``search.include_default``.
+            Tune counts it as one of ``num_samples`` (:attr:`SearchPlan.tune_num_samples` asks for one more).
+
+    Returns:
+        ``(search algorithm, scheduler)`` for ``tune.TuneConfig``.
+    """
+    if search.include_default != (default_configuration is not None):
+        raise ValueError(f"include_default is {search.include_default}, and the default configuration was "
+                         f"{'not ' if default_configuration is None else ''}given")
+    points = None
+    if default_configuration is not None:
+        # BasicVariantGenerator overwrites the param_space's nested entries with the point's (a grid entry becomes
+        # the point's one value; an empty mapping would replace the whole entry, so nothing swept is no entry);
+        # Optuna's space is flat, its parameters named by their path, and it checks that a point names every one of
+        # them (ray/tune/utils/util.py validate_warmstart).
+        if search.algorithm == "optuna":
+            points = [{f"{HYPERPARAMETERS_KEY}/{name}": value for name, value in default_configuration.items()}]
+        else:
+            points = [{HYPERPARAMETERS_KEY: dict(default_configuration)} if default_configuration else {}]
     if search.algorithm == "optuna":
         # TPE needs an objective: the label-free confidence each method reports, or a trial-scored label-free
         # selector (never held-out labels).
         search_alg: Any = FinalScoreOptunaSearch(metric=search.objective_metric, mode="max",
                                                  sampler=TPESampler(seed=search.seed,
-                                                                    n_startup_trials=search.startup_trials))
+                                                                    n_startup_trials=search.startup_trials),
+                                                 points_to_evaluate=points)
         if max_concurrent:
             search_alg = ConcurrencyLimiter(search_alg, max_concurrent=max_concurrent)
         if deadline_file is not None:
             search_alg = DeadlineSearchGenerator(search_alg, deadline_file=deadline_file)
     elif deadline_file is not None:
         search_alg = DeadlineVariantGenerator(max_concurrent=max_concurrent or 0, random_state=search.seed,
-                                              deadline_file=deadline_file)
+                                              deadline_file=deadline_file, points_to_evaluate=points)
     else:
         # Seeded, so --seed fixes the sampled configurations (Tune's default generator draws unseeded).
-        search_alg = BasicVariantGenerator(max_concurrent=max_concurrent or 0, random_state=search.seed)
+        search_alg = BasicVariantGenerator(max_concurrent=max_concurrent or 0, random_state=search.seed,
+                                           points_to_evaluate=points)
     if search.scheduler == "asha":
         # A trial-scored objective is computed at every report under ASHA (SearchPlan.report_score).
         scheduler: Any = ASHAScheduler(time_attr=EPOCH, metric=search.scheduler_metric, mode="max",

@@ -22,6 +22,7 @@ from ray import tune
 
 from raysel import data as data_module
 from raysel.execution import ProgressPrinter, build_tuner, cluster_cpus, connect, trial_concurrency
+from raysel.execution.tuner import HYPERPARAMETERS_KEY
 from raysel.execution.timing import TimedRunContext
 from raysel.hyperparameters import config_from_dict
 from raysel.methods.base import LocalSession, RunSpec
@@ -124,7 +125,7 @@ def _tune(request: SweepRequest, *, resume: bool, local: bool, stream: Any, trac
         save_request(request)
     prepare_shared_stages(request, local=local, stream=stream)
     max_concurrent = trial_concurrency(request, cluster_cpus() if local else None)
-    param_space = {"hp": request.space.to_tune(request.search.algorithm),
+    param_space = {HYPERPARAMETERS_KEY: request.space.to_tune(request.search.algorithm),
                    "target": _target_space(request.data.targets)}
     total = request.expected_trials()
     printer = ProgressPrinter(total, interval_s=request.progress_interval_s)
@@ -174,6 +175,7 @@ def _start_tracking(request: SweepRequest) -> Any:
     search = request.search
     params = {"method": request.method, "targets": list(request.data.targets), "search": search.algorithm,
               "scheduler": search.scheduler, "num_samples": search.num_samples, "seed": search.seed,
+              "include_default": search.include_default,
               "selectors": list(request.selectors), **{f"run.{k}": v for k, v in request.run_fields().items()}}
     return SweepTracker.start(request.mlflow_uri, request.sweep_id, params)
 
@@ -181,7 +183,8 @@ def _start_tracking(request: SweepRequest) -> Any:
 def _sweep_line(request: SweepRequest, total: int | None, max_concurrent: int | None) -> str:
     """The one line announcing a sweep: method, trials, search, concurrency and per-trial resources."""
     resources, search = request.resources, request.search
-    return (f"sweep {request.sweep_id}: method {request.method}, {total or '?'} trials, "
+    default = " (the default configuration first)" if search.include_default else ""
+    return (f"sweep {request.sweep_id}: method {request.method}, {total or '?'} trials{default}, "
             f"{search.algorithm} search, {search.scheduler} scheduler, "
             f"{f'up to {max_concurrent} at once' if max_concurrent else 'concurrency set by Ray'}, "
             f"{resources.workers} worker(s) x {resources.cpus_per_worker} CPU"
