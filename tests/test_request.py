@@ -218,7 +218,8 @@ def test_grid_and_random_search_run_a_default_outside_the_space_and_optuna_refus
     assert "--search optuna evaluates only values inside the space" in message
     build_request(method="hiast", search="optuna", overrides=outside)  # without --include-default: nothing to check
     inside = build_request(method="hiast", search="optuna", include_default=True,
-                           overrides=["alpha={grid: [0.3, 0.5]}", "gamma={uniform: [4.0, 8.0]}", "k={randint: [12, 14]}"])
+                           overrides=["alpha={grid: [0.3, 0.5]}", "gamma={uniform: [4.0, 8.0]}",
+                                      "k={randint: [12, 14]}"])  # range bounds are inclusive, as Optuna's
     assert {"alpha": 0.5, "gamma": 8.0, "k": 14}.items() <= default_point(get_method("hiast"), inside.space).items()
 
 
