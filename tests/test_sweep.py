@@ -150,3 +150,31 @@ def test_reused_trial_processes_give_the_results_of_a_fresh_run(tiny_hiast_sweep
     assert trials[list(TRIAL_TIMING_COLUMNS)].notna().all().all()
     assert (trials[list(TRIAL_TIMING_COLUMNS)].sum(axis=1) <= trials["wall_time_s"] + 1e-6).all()
     assert "  stage adversarial_warmup (target day_city, seed 0): " in tiny_hiast_sweep["printed"]
+
+
+@pytest.mark.integration
+def test_include_default_gives_the_guard_the_default_configuration(ray_local, embedded_data_root: Path,
+                                                                   tmp_path: Path) -> None:
+    """A tiny source_only sweep over two learning rates that are not the default, with --include-default: the default
+    configuration runs as a third trial, and every selection row names it as the guard's default candidate."""
+    from raysel import store
+    from raysel.registry import get_method
+    from tests.sweep_runner import run_sweep_in
+
+    code, printed = run_sweep_in(tmp_path, [
+        "source_only", "--data", "digits", "--data-root", str(embedded_data_root), "--results", "results",
+        "--name", "with-default", "--set", "learning_rate={grid: [0.0005, 0.002]}", "--set", "iterations=10",
+        "--include-default", "--selection-size", "12", "--progress-interval", "5"])
+    assert code == 0, printed
+    assert "3 trials (the default configuration first)" in printed
+    defaults = get_method("source_only").default_config()
+    rows = store.sql("SELECT s.target, s.selector, s.default_trial_id, t.hp_learning_rate, t.hp_iterations "
+                     "FROM selections s LEFT JOIN trials t "
+                     "ON t.sweep_id = s.sweep_id AND t.trial_id = s.default_trial_id "
+                     "WHERE s.sweep_id = 'with-default'", tmp_path / "results")
+    assert len(rows) >= 1 and rows["default_trial_id"].notna().all(), rows
+    assert rows["default_trial_id"].nunique() == 1  # one target, one default candidate for every selector
+    assert (rows["hp_learning_rate"] == defaults.learning_rate).all()  # the swept hyperparameter at its default
+    assert (rows["hp_iterations"] == 10).all()  # the fixed one as the space fixed it
+    trials = store.load(tmp_path / "results", sweep_id="with-default")
+    assert sorted(trials["hp_learning_rate"]) == sorted([0.0005, defaults.learning_rate, 0.002])
