@@ -74,6 +74,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import time
@@ -90,7 +91,8 @@ from benchmarks._common import (BUDGETS, DEFAULT_KIND, REPO, SweepCase, SweepPla
                                 space_swept_names, trial_facts, worse_cell, write_section, yaml_value)
 from raysel.orchestration.studies import EXIT_STOPPED
 from raysel.selection import (BASELINES, DEFAULT_BASELINE, FLAT_SPREAD_POINTS, GUARD_COMPANIONS, GUARD_PANEL_SIZE,
-                              ORACLE_BASELINE, POINTS, RULE, RULE_FIXED_ON, EstimateCalibration, Recommendation,
+                              GUARDED_DECISION, HEADLINE_DECISION, ORACLE_BASELINE, POINTS, RULE, RULE_FIXED_ON,
+                              EstimateCalibration, Recommendation,
                               SelectorSummary, SweepEvidence, best_selector, calibrated_estimate_accuracy,
                               collapse_indicators, count_collapsed, decision_evaluations, estimate_measures,
                               fit_estimate_calibration, heldout_spread, is_flat_sweep, oracle_evaluation,
@@ -390,11 +392,13 @@ def selector_table(cases: Sequence[WideCase], names: Sequence[str]) -> str:
     rows: list[SelectorSummary] = summarize_selectors([case.evaluations() for case in cases], names)
     best = best_selector(rows)
     lines = ["| selector | mean regret | worst regret | mean gap closed | mean Kendall τ | mean top-3 regret | "
-             "collapsed picks | worse than default | sweeps |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "collapsed picks | worse than default | most behind default | sweeps |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for row in rows:
         lines.append(f"| {selector_cell(row, best)} | {fmt(row.mean_regret)} | {fmt(row.worst_regret)} | "
                      f"{fmt(row.mean_gap_closed)} | {fmt(row.mean_kendall_tau)} | "
-                     f"{fmt(row.mean_top3_regret)} | {collapsed_text(cases, row.name)} | {worse_cell(row)} | {row.sweeps} |")
+                     f"{fmt(row.mean_top3_regret)} | {collapsed_text(cases, row.name)} | {worse_cell(row)} | "
+                     f"{signed(row.most_behind_default)} | {row.sweeps} |")
     return "\n".join(lines)
 
 
@@ -472,6 +476,49 @@ def goal_table(cases: Sequence[WideCase], names: Sequence[str], options: WideOpt
         missed = ", ".join(goal for goal, holds in checks if not holds) or "none"
         lines.append(f"| {family} | {recommended} | {len(test)} | {fmt(row.mean_regret)} | "
                      f"{fmt(row.worst_regret)} | {met} | {missed} | {verdict_cell(row, rows, current_default(family))} |")
+    return "\n".join(lines)
+
+
+def signed(value: float | None, digits: int = 2) -> str:
+    """A number with its sign (``+2.48``, ``-0.50``), or an em dash for NaN/None."""
+    return "—" if value is None or not math.isfinite(value) else f"{value:+.{digits}f}"
+
+
+def regret_pair(row: SelectorSummary | None) -> str:
+    """``mean / worst`` regret of a summary row, or an em dash without one."""
+    return "—" if row is None else f"{fmt(row.mean_regret)} / {fmt(row.worst_regret)}"
+
+
+GUARD_BEHIND_DEFAULT_POINTS = 0.5  # issue 29: the guarded decision never this far behind the default configuration
+
+
+def guard_goal_table(cases: Sequence[WideCase], names: Sequence[str], options: WideOptions) -> str:
+    """Per family and sweep kind on the test targets: the shipped decision (the default selector's pick, guarded)
+    beside the unguarded pick and the default configuration, with issue 29's goals for it (mean regret ≤ 0.5, worst
+    ≤ 1.5, no collapsed pick, never more than 0.5 points behind the default configuration on a sweep)."""
+    lines = ["| family | test sweeps | guarded: mean / worst regret | unguarded: mean / worst | default configuration: "
+             "mean / worst | guarded: collapsed picks | guarded: most behind default | goals met | goals missed |",
+             "|---|---|---|---|---|---:|---:|---|---|"]
+    for family in options.targets:
+        for kind, label in ((WIDE_KIND, "wide"), (None, "entropy-weight")):
+            test = [c for c in cases if c.family == family and c.role == "test"
+                    and (c.case.kind == WIDE_KIND) == (kind == WIDE_KIND)]
+            rows = {row.name: row for row in summarize_selectors([c.evaluations() for c in test], names)}
+            guarded = rows.get(GUARDED_DECISION)
+            if guarded is None or not guarded.sweeps:
+                continue
+            collapsed, counted = count_collapsed([c.collapses() for c in test], GUARDED_DECISION)
+            checks = [("mean regret ≤ 0.5", guarded.mean_regret <= 0.5),
+                      ("worst regret ≤ 1.5", guarded.worst_regret <= 1.5),
+                      ("no collapsed pick", counted > 0 and collapsed == 0),
+                      (f"never > {GUARD_BEHIND_DEFAULT_POINTS:g} behind the default configuration",
+                       guarded.most_behind_default <= GUARD_BEHIND_DEFAULT_POINTS)]
+            lines.append(f"| {family} | {len(test)} {label} | {regret_pair(guarded)} | "
+                         f"{regret_pair(rows.get(HEADLINE_DECISION))} | {regret_pair(rows.get(DEFAULT_BASELINE))} | "
+                         f"{collapsed_text(test, GUARDED_DECISION)} | "
+                         f"{signed(guarded.most_behind_default)} | "
+                         f"{', '.join(goal for goal, holds in checks if holds) or 'none'} | "
+                         f"{', '.join(goal for goal, holds in checks if not holds) or 'none'} |")
     return "\n".join(lines)
 
 
@@ -657,14 +704,20 @@ def format_body(cases: Sequence[WideCase], names: Sequence[str], options: WideOp
         "*guarded decision* (`raysel.selection.guarded`: confident only when the headline and "
         f"{GUARD_PANEL_SIZE - 1} companions, the first that scored of {', '.join(GUARD_COMPANIONS)}, agree and the "
         "pick is clearly ahead of the default configuration; otherwise it keeps the default configuration, or the "
-        "best candidate every panel selector accepts) stand next to the *default configuration*.",
+        "best candidate every panel selector accepts) stand next to the *default configuration*; *most behind "
+        "default*: the largest amount (points) by which a row's regret exceeded the default configuration's on one "
+        "sweep (negative: better on every sweep).",
         "", "Swept values (ranges chosen on development targets only; see the script's docstring):", "",
         ranges_text(options), "", facts]
     for role in ("development", "test"):
         parts += role_sections(cases, names, options, role)
     if any(case.role == "test" for case in cases):
         parts += ["", "### goals on the test targets (issue 13; the recommendation is chosen on development sweeps)",
-                  "", rule_text(cases, names, options), "", goal_table(cases, names, options)]
+                  "", rule_text(cases, names, options), "", goal_table(cases, names, options), "",
+                  "The shipped decision on the test targets (issue 29 item 5): the default selector's pick, guarded, "
+                  "beside the unguarded pick and the default configuration; *most behind default*: the largest "
+                  "amount (points) by which its regret exceeded the default configuration's on one sweep.", "",
+                  guard_goal_table(cases, names, options)]
     else:  # the development budget: the rule's recommendation, which the short budget's test tables confirm or not
         parts += ["", "### the recommendation: the pre-registered rule on these development sweeps", "",
                   rule_text(cases, names, options)]

@@ -200,6 +200,36 @@ def test_tables_put_the_guarded_decision_next_to_the_headline_and_the_default_pe
         assert row_cells(section, GUARDED_DECISION)[1] == regret and HEADLINE_DECISION in section
 
 
+def test_selector_table_says_how_far_a_row_fell_behind_the_default_configuration(tmp_path: Path) -> None:
+    """fmiou is 30 points behind the default configuration on one sweep and 5 on the other: the column shows the
+    larger; im is never behind (its largest excess is 0); the baselines are not compared."""
+    sweeps = [wide_case([0.10, 0.40, 0.35], {"fmiou": 0, "im": 1}, source=0.30),
+              wide_case([0.30, 0.50, 0.45], {"fmiou": 2, "im": 1}, source=0.20)]
+    table = sw.selector_table(sweeps, ["fmiou", "im"])
+    assert "most behind default" in table.splitlines()[0]
+    assert row_cells(table, "fmiou")[7:9] == ["2/2", "+30.00"] and row_cells(table, "im")[7:9] == ["0/2", "+0.00"]
+    assert row_cells(table, DEFAULT_BASELINE)[8] == "—"
+
+
+def test_guard_goal_table_judges_the_shipped_decision_on_test_sweeps_only(tmp_path: Path) -> None:
+    """The guarded decision keeps t2 on the wide test sweep (5 points behind the default configuration t1) and the
+    default on the entropy-weight one: the wide row misses the 0.5-point goal, the other meets every goal; the
+    development sweep, where the guard picked a collapsed candidate, is not in the table."""
+    cases = [wide_case([0.10, 0.40, 0.35], {"fmiou": 0, "im": 1}, source=0.30, guarded=0),
+             wide_case([0.30, 0.50, 0.45], {"fmiou": 0, "im": 1}, source=0.20, target="foggy_city", role="test",
+                       guarded=2),
+             wide_case([0.30, 0.50, 0.45], {"fmiou": 0, "im": 1}, source=0.20, target="foggy_city", role="test",
+                       kind="lambda_i", guarded=1)]
+    table = sw.guard_goal_table(cases, ["fmiou", "im"], options(tmp_path, "quick", ("hiast",)))
+    wide = row_cells(table, "street_scenes")
+    assert wide[1] == "1 wide" and wide[2] == "5.00 / 5.00" and wide[3] == "20.00 / 20.00" and wide[4] == "0.00 / 0.00"
+    assert wide[5] == "0/1" and wide[6] == "+5.00" and "never > 0.5 behind the default configuration" in wide[8]
+    entropy = [line for line in table.splitlines() if "entropy-weight" in line]
+    assert len(entropy) == 1 and entropy[0].rstrip().endswith("| none |")  # no goal missed
+    body = sw.format_body(cases, ["fmiou", "im"], options(tmp_path, "quick", ("hiast",)), "facts")
+    assert "The shipped decision on the test targets" in body and table in body
+
+
 def test_goal_table_applies_the_pre_registered_rule_to_development_sweeps(tmp_path: Path) -> None:
     """`im` has the lowest development mean regret but a worst regret above the bound: the rule recommends
     `soft_vote`, and the test wide sweeps confirm it against the default selector F-mIoU."""

@@ -116,6 +116,10 @@ def test_summarize_selectors_over_sweeps_and_the_best_one() -> None:
     by_name = {row.name: row for row in rows}
     assert by_name["fmiou"].mean_regret == pytest.approx(3.0) and by_name["im"].worst_regret == pytest.approx(6.0)
     assert by_name["fmiou"].worse_than_default == 1 and by_name[evaluate.DEFAULT_BASELINE].worse_than_default is None
+    # the most behind the default configuration on one sweep: fmiou 4.0 - 1.0; im 6.0 - 1.0 (and -2.0 on the other)
+    assert by_name["fmiou"].most_behind_default == pytest.approx(3.0)
+    assert by_name["im"].most_behind_default == pytest.approx(5.0)
+    assert math.isnan(by_name[evaluate.DEFAULT_BASELINE].most_behind_default)
     assert evaluate.best_selector(rows) == "fmiou" and evaluate.best_selector(rows[2:]) is None
 
 

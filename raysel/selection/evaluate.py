@@ -200,6 +200,9 @@ class SelectorSummary:
     sweeps: int
     worse_than_default: int | None  # sweeps where its regret exceeds the default configuration's (None: a baseline)
     compared_with_default: int
+    # The most its regret exceeded the default configuration's on one sweep, in points (negative: always better; NaN
+    # for a baseline or with no sweep to compare): issue 29's "never worse than the default by more than 0.5".
+    most_behind_default: float = math.nan
 
 
 def _nanmean(values: Sequence[float]) -> float:
@@ -221,13 +224,16 @@ def summarize_selectors(sweeps: Sequence[Mapping[str, Mapping[str, Any]]],
         against = [(sweep[name]["regret"], sweep[DEFAULT_BASELINE]["regret"]) for sweep in evaluations
                    if DEFAULT_BASELINE in sweep]
         worse = None if name in BASELINES else sum(mine > default + 1e-9 for mine, default in against)
+        behind = [mine - default for mine, default in against if math.isfinite(mine - default)]
+        most_behind = math.nan if name in BASELINES or not behind else float(max(behind))
         rows.append(SelectorSummary(
             name=name, mean_regret=_nanmean(regrets), worst_regret=float(np.nanmax(regrets)),
             mean_gap_closed=_nanmean([sweep[name]["gap_closed"] for sweep in evaluations]),
             mean_kendall_tau=_nanmean([sweep[name]["kendall_tau"] for sweep in evaluations]),
             mean_spearman_rho=_nanmean([sweep[name]["spearman_rho"] for sweep in evaluations]),
             mean_top3_regret=_nanmean([sweep[name]["top3_regret"] for sweep in evaluations]),
-            sweeps=len(evaluations), worse_than_default=worse, compared_with_default=len(against)))
+            sweeps=len(evaluations), worse_than_default=worse, compared_with_default=len(against),
+            most_behind_default=most_behind))
     return rows
 
 
