@@ -12,6 +12,7 @@ from typing import Any, Sequence
 import numpy as np
 from scipy import stats
 
+from raysel.methods.hdrq import DEFAULT_BITS, HdrqConfig
 from raysel.selection import evaluate_selector
 
 PAPER_LAMBDA = 5e-2
@@ -176,10 +177,28 @@ def paired_table(runs: list[JobResult], bits: Sequence[str], partial: bool = Fal
     return lines
 
 
+def default_candidate(pool: Sequence[ConfigResult]) -> ConfigResult | None:
+    """The hdrq method's default configuration among one seed's quantized merges: :class:`HdrqConfig`'s PTQ method,
+    λ and merge rounding (HDRQ, λ 5e-2, noise sampling) at ``DEFAULT_BITS``, or at the run's one bit-width when it
+    did not measure ``DEFAULT_BITS`` (a sweep over the other hyperparameters at that width); None without one."""
+    defaults = HdrqConfig()
+    label = next((name for name, method, lam in PTQ_ROWS
+                  if method == defaults.ptq_method and lam == defaults.lambda_distance), None)
+    rounding = "noise" if defaults.noise_sampling else "float"
+    matches = [c for c in pool if c.label == label and c.rounding == rounding]
+    at_default_bits = [c for c in matches if c.bits == DEFAULT_BITS]
+    if at_default_bits:
+        return at_default_bits[0]
+    return matches[0] if len({c.bits for c in matches}) == 1 else None
+
+
 def selector_table(results: list[JobResult]) -> list[str]:
-    """Regret of the label-free merge_quality pick over every quantized merge of a family and seed."""
+    """Regret of the label-free merge_quality pick over every quantized merge of a family and seed, beside the
+    method's default configuration (:func:`default_candidate`) and a random pick; a mean row over seeds."""
     lines = ["| family | seed | candidates | merge_quality picks | its H | best H (config) | regret (points) | "
-             "random pick: expected regret | Kendall τ |", "|---|---:|---:|---|---:|---|---:|---:|---:|"]
+             "default configuration: regret | random pick: expected regret | Kendall τ |",
+             "|---|---:|---:|---|---:|---|---:|---:|---:|---:|"]
+    columns: list[tuple[float, float, float, float]] = []
     for run in results:
         pool = [c for c in run.configs if c.rounding != "fp"]
         if len(pool) < 2:
@@ -188,10 +207,24 @@ def selector_table(results: list[JobResult]) -> list[str]:
         truth = np.array([c.harmonic for c in pool])
         evaluation = evaluate_selector(scores, truth)
         picked, best = pool[evaluation["selected_index"]], pool[int(np.argmax(truth))]
+        default = default_candidate(pool)
+        default_regret = 100 * (truth.max() - default.harmonic) if default is not None else float("nan")
+        random_regret = 100 * float(np.mean(truth.max() - truth))
+        columns.append((evaluation["regret"], default_regret, random_regret, evaluation["kendall_tau"]))
         lines.append(f"| {run.family} | {run.seed} | {len(pool)} | {describe(picked)} | {100 * picked.harmonic:.2f} | "
                      f"{100 * best.harmonic:.2f} ({describe(best)}) | {evaluation['regret']:.2f} | "
-                     f"{100 * float(np.mean(truth.max() - truth)):.2f} | {evaluation['kendall_tau']:.2f} |")
+                     f"{_cell(default_regret)} | {random_regret:.2f} | {evaluation['kendall_tau']:.2f} |")
+    if len(columns) > 1:
+        means = [float(np.nanmean(column)) if np.isfinite(column).any() else float("nan")
+                 for column in np.array(columns, dtype=float).T]
+        lines.append(f"| mean | | | | | | {_cell(means[0])} | {_cell(means[1])} | {_cell(means[2])} | "
+                     f"{_cell(means[3])} |")
     return lines
+
+
+def _cell(value: float) -> str:
+    """Two decimals, or a dash where there is no value."""
+    return f"{value:.2f}" if np.isfinite(value) else DASH
 
 
 def describe(entry: ConfigResult) -> str:

@@ -44,7 +44,19 @@ def test_paired_table_reports_the_regime_gap_and_hdrq_minus_qdrop_per_seed():
 def test_selector_regret_and_kendall_tau_are_read_from_the_draw_means():
     result = run(0, 0.30, 0.32)  # merge_quality ranks HDRQ above QDrop, as the held-out means do
     row = selector_table([result])[2]
-    assert "| digits | 0 | 2 | HDRQ W3A3 | 32.00 |" in row and row.endswith("| 0.00 | 1.00 | 1.00 |")
+    assert "| digits | 0 | 2 | HDRQ W3A3 | 32.00 |" in row and row.endswith("| 0.00 | 0.00 | 1.00 | 1.00 |")
+
+
+def test_selector_table_sets_the_default_configuration_and_a_mean_row_beside_the_pick():
+    """The default configuration is HDRQ with noise-sampling rounding (HdrqConfig's defaults) at the run's one
+    bit-width; here merge_quality prefers QDrop, whose merge is worse, so the pick regrets 2 points and the default 0."""
+    runs = [JobResult("digits", seed, ("a", "b"), [entry("FP", "FP", 0.40, 0.9, "fp"), entry("QDrop", "W3A3", 0.30, 0.7),
+                                                   entry("HDRQ", "W3A3", 0.32, 0.6),
+                                                   entry("HDRQ", "W3A3", 0.31, 0.5, "float")]) for seed in (0, 1)]
+    header, _, first, second, mean_row = selector_table(runs)
+    assert "default configuration: regret" in header
+    assert first.endswith("| 2.00 | 0.00 | 1.00 | -0.33 |") and first == second.replace("| 1 |", "| 0 |", 1)
+    assert mean_row.startswith("| mean |") and mean_row.endswith("| 2.00 | 0.00 | 1.00 | -0.33 |")
 
 
 def test_regime_options_reach_the_jobs():
