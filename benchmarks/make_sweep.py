@@ -65,8 +65,9 @@ def generation_seconds(data_root: Path) -> float | None:
 
 
 def minutes(seconds: float) -> str:
-    """``6 min 0 s``."""
-    return f"{int(seconds // 60)} min {seconds % 60:.0f} s"
+    """``6 min 0 s``: rounded to the second first, so 359.6 s reads ``6 min 0 s``, not ``5 min 60 s``."""
+    whole = round(seconds)
+    return f"{whole // 60} min {whole % 60} s"
 
 
 def trial_facts(results: Path) -> dict[str, Any]:

@@ -23,6 +23,11 @@ def test_the_table_splits_the_wall_time_and_gives_the_picks_regret() -> None:
     assert "| 40.0 | 4.5 |" in body
 
 
+def test_minutes_rounds_to_the_second_before_splitting() -> None:
+    assert make_sweep.minutes(359.6) == "6 min 0 s" and make_sweep.minutes(374.2) == "6 min 14 s"
+    assert make_sweep.minutes(59.4) == "0 min 59 s"
+
+
 def test_the_shared_stages_line_is_read_from_the_sweep_output() -> None:
     output = "building shared stages ...\n  shared stages ready in 91 s\n"
     assert [float(value) for value in make_sweep.STAGES_LINE.findall(output)] == [91.0]
