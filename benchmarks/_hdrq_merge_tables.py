@@ -12,6 +12,7 @@ from typing import Any, Sequence
 import numpy as np
 from scipy import stats
 
+from benchmarks._common import fmt
 from raysel.methods.hdrq import DEFAULT_BITS, HdrqConfig
 from raysel.selection import evaluate_selector
 
@@ -213,18 +214,13 @@ def selector_table(results: list[JobResult]) -> list[str]:
         columns.append((evaluation["regret"], default_regret, random_regret, evaluation["kendall_tau"]))
         lines.append(f"| {run.family} | {run.seed} | {len(pool)} | {describe(picked)} | {100 * picked.harmonic:.2f} | "
                      f"{100 * best.harmonic:.2f} ({describe(best)}) | {evaluation['regret']:.2f} | "
-                     f"{_cell(default_regret)} | {random_regret:.2f} | {evaluation['kendall_tau']:.2f} |")
+                     f"{fmt(default_regret)} | {random_regret:.2f} | {evaluation['kendall_tau']:.2f} |")
     if len(columns) > 1:
         means = [float(np.nanmean(column)) if np.isfinite(column).any() else float("nan")
                  for column in np.array(columns, dtype=float).T]
-        lines.append(f"| mean | | | | | | {_cell(means[0])} | {_cell(means[1])} | {_cell(means[2])} | "
-                     f"{_cell(means[3])} |")
+        lines.append(f"| mean | | | | | | {fmt(means[0])} | {fmt(means[1])} | {fmt(means[2])} | "
+                     f"{fmt(means[3])} |")
     return lines
-
-
-def _cell(value: float) -> str:
-    """Two decimals, or a dash where there is no value."""
-    return f"{value:.2f}" if np.isfinite(value) else DASH
 
 
 def describe(entry: ConfigResult) -> str:

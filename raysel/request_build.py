@@ -28,7 +28,7 @@ from raysel.models import model_names
 from raysel.registry import Method, get_method, method_names
 from raysel.request import (CONFIDENCE_OBJECTIVE, EXECUTORS, SCHEDULERS, SEARCH_ALGORITHMS, DataChoice, Resources,
                             SearchPlan, SweepOptions, SweepRequest, latest_sweep_id, load_request)
-from raysel.search_space import CheckedSpace, SearchEntry, SearchSpace, load_search_space
+from raysel.search_space import CheckedSpace, SearchSpace, load_search_space
 from raysel.selection.model_scores import TASK_TRIAL_SCORES, TRIAL_SCORE_NAMES
 from raysel.selection.selectors import SELECTORS, TRIAL_SCORE_SELECTORS, selector_names
 
@@ -276,7 +276,7 @@ def default_point(method: Method, space: CheckedSpace, algorithm: str = "grid") 
                               f"{entry.name!r} (its default is None: the method decides it at run time, so no trial "
                               f"can be its default configuration); fix it with --set {entry.name}=VALUE, or sweep "
                               "without --include-default")
-        if algorithm == "optuna" and not _inside(entry, value):
+        if algorithm == "optuna" and not entry.holds(value):
             raise ConfigError(f"--include-default: hyperparameter {entry.name!r} has the default {value!r}, which is "
                               f"not inside its space ({entry.describe()}), and --search optuna evaluates only values "
                               f"inside the space: add {value!r} to the space, or use --search grid or random (which "
@@ -285,16 +285,6 @@ def default_point(method: Method, space: CheckedSpace, algorithm: str = "grid") 
     _candidate_config(method, space, {**space.fixed_values(), **point},
                       f"--include-default's default configuration ({_listing(point)}, the rest fixed)")
     return point
-
-
-def _inside(entry: SearchEntry, value: Any) -> bool:
-    """Whether a swept entry's space holds ``value``: one of its grid or choice values (compared with ``==``, as
-    Optuna finds a categorical value), or a number within its range's bounds (both inclusive, as Optuna's)."""
-    if entry.kind in ("grid", "choice"):
-        return any(value == candidate for candidate in entry.values)
-    low, high = entry.values
-    number = isinstance(value, (int, float)) and not isinstance(value, bool)
-    return number and low <= value <= high and (entry.kind != "randint" or float(value).is_integer())
 
 
 def _listing(values: Mapping[str, Any]) -> str:

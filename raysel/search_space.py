@@ -118,6 +118,15 @@ class SearchEntry:
             raise ValueError(f"{self.name} is swept ({self.kind}), it has no single value")
         return self.values[0]
 
+    def holds(self, value: Any) -> bool:
+        """Whether ``value`` lies in this entry's space: its fixed value, one of its grid or choice values (compared
+        with ``==``, as Optuna finds a categorical value), or a number within its range's bounds (both inclusive, as
+        Optuna's; a whole number for randint)."""
+        if self.kind in (FIXED, "grid", "choice"):
+            return any(value == candidate for candidate in self.values)
+        low, high = self.values
+        return _is_number(value) and low <= value <= high and (self.kind != "randint" or float(value).is_integer())
+
     def to_tune(self, search: str) -> Any:
         """The Ray Tune domain for this entry under ``search`` (see the module docstring)."""
         from ray import tune  # lazy: Ray takes seconds to import; loading and checking a space needs no Ray

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from raysel.errors import ConfigError
-from raysel.search_space import SearchSpace, load_search_space
+from raysel.search_space import SearchEntry, SearchSpace, load_search_space
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -260,3 +260,11 @@ def test_checked_space_is_frozen_and_reads_back_from_its_saved_form(tmp_path: Pa
     assert ("lambda_i", 0.1) in list(checked.candidate_values()) and ("num_groups", 3) in checked.candidate_values()
     assert CheckedSpace.from_dict(checked.to_dict(), checked.path, checked.overrides) == checked
     assert checked.to_tune("grid")["bits"] == [2, 4]  # Tune gets plain lists, as before
+
+
+def test_an_entry_holds_its_values_and_its_range_bounds_inclusive() -> None:
+    assert SearchEntry("alpha", "choice", (0.3, 0.7)).holds(0.7) and not SearchEntry("alpha", "grid", (0.3,)).holds(0.5)
+    assert SearchEntry("lr", "loguniform", (1e-4, 1e-2)).holds(1e-2)
+    assert not SearchEntry("lr", "uniform", (0, 1)).holds(2)
+    assert SearchEntry("k", "randint", (10, 18)).holds(14) and not SearchEntry("k", "randint", (10, 18)).holds(14.5)
+    assert not SearchEntry("k", "uniform", (0, 1)).holds(True) and SearchEntry("k", "fixed", (14,)).holds(14)
