@@ -26,13 +26,15 @@ from raysel.store.schema import SCORE_PREFIX
 
 __all__ = [
     "SETTINGS_FILE", "TUNE_FOLDER", "REQUEST_FORMAT", "SEARCH_ALGORITHMS", "SCHEDULERS", "EXECUTORS",
-    "CONFIDENCE_OBJECTIVE", "DRIVER_CPU", "SweepOptions", "Resources", "DataChoice", "SearchPlan", "SweepRequest",
+    "CONFIDENCE_OBJECTIVE", "DRIVER_CPU", "HYPERPARAMETERS_KEY",
+    "SweepOptions", "Resources", "DataChoice", "SearchPlan", "SweepRequest",
     "save_request", "load_request", "read_request_file", "latest_sweep_id", "RUN_ONLY_FIELDS", "request_differences",
     "DEADLINE_FILE", "FINISHED_FILE", "write_deadline", "read_deadline", "clear_deadline", "mark_finished",
     "read_finished",
 ]
 
 SETTINGS_FILE = "sweep.json"  # the request, under sweeps/<SWEEP>/
+HYPERPARAMETERS_KEY = "hp"  # a trial's config entry holding its swept hyperparameters (the Tune param_space's key)
 TUNE_FOLDER = "tune"  # the Tune experiment's folder under the sweep folder (read by raysel status)
 DEADLINE_FILE = "deadline.json"  # under sweeps/<SWEEP>/ while a run must start no trial after a time (--max-minutes)
 FINISHED_FILE = "finished.json"  # under sweeps/<SWEEP>/ once a run ended with every trial run, selected, compacted

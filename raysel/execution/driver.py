@@ -19,7 +19,7 @@ from raysel.execution.sessions import TrainWorkerSession, TuneTrialSession, repo
 from raysel.execution.timing import PhaseClock, timed_context
 from raysel.execution.trial import ATTEMPTS_FILE, FINAL_FILE, read_int, train_and_finish
 from raysel.methods.reports import EPOCH, FINAL_SCORES
-from raysel.request import SweepRequest
+from raysel.request import HYPERPARAMETERS_KEY, SweepRequest
 from raysel.store import ResultStore
 from raysel.store.schema import SCORE_PREFIX
 
@@ -40,7 +40,7 @@ def trial_driver(config: dict[str, Any], request: SweepRequest) -> None:
     output_dir = request.trial_dir(trial_id)
     run = dict(request.run_fields(), target=config["target"], output_dir=str(output_dir),
                num_threads=max(1, int(round(request.resources.cpus_per_worker))))
-    loop_config = {"method": request.method, "hyperparameters": dict(config["hp"]), "run": run,
+    loop_config = {"method": request.method, "hyperparameters": dict(config[HYPERPARAMETERS_KEY]), "run": run,
                    "report_score": request.search.report_score}
     try:
         if request.resources.uses_train:

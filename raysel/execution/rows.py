@@ -14,7 +14,7 @@ from raysel.data import get_family
 from raysel.hyperparameters import config_from_dict
 from raysel.methods.reports import FINAL_METRICS, FINAL_SCORES
 from raysel.registry import get_method
-from raysel.request import SweepRequest
+from raysel.request import HYPERPARAMETERS_KEY, SweepRequest
 from raysel.store import ResultStore
 from raysel.store.schema import FINAL_METRIC_COLUMNS, PER_TARGET_HELDOUT_PREFIXES, TRIAL_TIMING_COLUMNS
 
@@ -53,6 +53,7 @@ def write_row(store: ResultStore, request: SweepRequest, trial_id: str, config: 
     row.update({key: value for key, value in final.items() if key.startswith(PER_TARGET_HELDOUT_PREFIXES)})
     row["scores"], row["metrics"] = final.get(FINAL_SCORES), final.get(FINAL_METRICS)  # the TrainResult's (finish_run)
     # Every hyperparameter, swept or default, becomes its own typed column.
-    row["hyperparameters"] = dataclasses.asdict(config_from_dict(method.config_class, dict(config["hp"])))
+    config_values = dict(config[HYPERPARAMETERS_KEY])
+    row["hyperparameters"] = dataclasses.asdict(config_from_dict(method.config_class, config_values))
     store.write_trial(row, hyperparameter_types=method.config_class)
 

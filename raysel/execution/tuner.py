@@ -17,14 +17,13 @@ from raysel.errors import UserError
 from raysel.execution.driver import trial_driver
 from raysel.methods.reports import EPOCH
 from raysel.registry import get_method
-from raysel.request import (CONFIDENCE_OBJECTIVE, DEADLINE_FILE, DRIVER_CPU, TUNE_FOLDER, SearchPlan, SweepRequest,
-                            read_deadline)
+from raysel.request import (CONFIDENCE_OBJECTIVE, DEADLINE_FILE, DRIVER_CPU, HYPERPARAMETERS_KEY, TUNE_FOLDER,
+                            SearchPlan, SweepRequest, read_deadline)
 from raysel.request_build import default_point
 
 __all__ = ["TUNE_FOLDER", "HYPERPARAMETERS_KEY", "trial_concurrency", "build_tuner", "FinalScoreOptunaSearch",
            "search_and_scheduler", "DeadlineVariantGenerator", "DeadlineSearchGenerator"]
 
-HYPERPARAMETERS_KEY = "hp"  # the param_space entry holding the swept hyperparameters (the trial driver reads it)
 
 
 def trial_concurrency(request: SweepRequest, local_cpus: float | None) -> int | None:

@@ -22,13 +22,13 @@ from ray import tune
 
 from raysel import data as data_module
 from raysel.execution import ProgressPrinter, build_tuner, cluster_cpus, connect, trial_concurrency
-from raysel.execution.tuner import HYPERPARAMETERS_KEY
 from raysel.execution.timing import TimedRunContext
 from raysel.hyperparameters import config_from_dict
 from raysel.methods.base import LocalSession, RunSpec
 from raysel.progress import PROGRESS_FILE, heartbeat, read_status_file
 from raysel.registry import Method, get_method
-from raysel.request import SweepRequest, clear_deadline, mark_finished, save_request, write_deadline
+from raysel.request import (HYPERPARAMETERS_KEY, SweepRequest, clear_deadline, mark_finished, save_request,
+                            write_deadline)
 from raysel.search_space import CheckedSpace
 from raysel.selection.decision import select_sweep
 from raysel.selection.guarded import default_trial_ids
