@@ -52,6 +52,19 @@ Budgets:
   Every development sweep runs before any test sweep, so the pre-registered rule's input is complete (and its
   recommendation printed in the partial section) before a test label is read: 285 development trials in 78 sweeps,
   then the test sweeps; about 3.5 hours in all, run as chunks of ``--max-minutes``.
+- ``guard``: the guarded decision measured where the default configuration is a candidate of every wide sweep (issue
+  29 item 5). ``decision``'s seeds, targets, order, training settings, 5 configurations and 100 selection images, but
+  only the source-only references and the wide sweeps, each with ``include_default: true``: the method's default
+  configuration (its defaults for every swept hyperparameter, the training length included, so longer than the
+  budget's 1x length: 2x for hiast, t2sda and source_only, 2.5x sfda, 1.5x gsda) runs first, 6 trials per wide sweep,
+  and is what the guard keeps when it is not confident. No entropy-weight or t2sda default sweep. 81 sweeps and 366
+  trials: development 51 sweeps and 231 trials (street 24 / 114, digits 27 / 117), then test 30 and 135 (street
+  12 / 57, digits 18 / 78); per seed and target one reference of 1 trial and one wide sweep of 6 per method. Time
+  (not measured): at decision's mean trial times with 2 trials at a time (source_only 13 s, hiast 28 s, t2sda 44 s,
+  sfda 36 s, gsda 38 s; the default trial scaled by its length) and 15-20 s per sweep, about 2.1-2.2 hours, where the
+  same count gives decision 2.6-2.7 hours against its estimated 3.5; so about 2.5-3 hours in all, run as chunks of
+  ``--max-minutes``. The pre-registered rule runs on its development wide sweeps only; the shipped recommendation
+  stays ``decision``'s.
 - ``full``: every development and test target at every seed, 12 configurations, selection_quality's reduced street
   budget.
 
@@ -67,6 +80,7 @@ from their stored decisions (no prediction cache travels with the rows).
 
     python -m benchmarks.selection_wide --budget short     # writes the "## selection_wide" section of BENCHMARKS.md
     python -m benchmarks.selection_wide --budget standard  # writes "## selection_wide.standard"
+    python -m benchmarks.selection_wide --budget guard     # writes "## selection_wide.guard" (issue 29 item 5)
     python -m benchmarks.selection_wide --max-minutes 45   # 45 minutes of it; rerun the same command to go on
 """
 
@@ -78,7 +92,7 @@ import math
 import os
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -145,10 +159,12 @@ DIGITS_BUDGETS: dict[str, dict[str, dict[str, Any]]] = {
     # short: two thirds of GSDA's length and half of source-only's (its wide sweep still spans 150-600 iterations).
     "short": {"gsda": {"iterations": 100}, "source_only": {"iterations": 300}},
     "decision": {"gsda": {"iterations": 100}, "source_only": {"iterations": 300}},  # = short's
+    "guard": {"gsda": {"iterations": 100}, "source_only": {"iterations": 300}},  # = decision's
     "quick": {"gsda": {"iterations": 4, "num_reports": 1, "source_iterations": 8}, "source_only": {"iterations": 8}},
 }
 # selection_quality's budgets
-STREET_BUDGET = {"full": "reduced", "standard": "short", "short": "short", "decision": "short", "quick": "quick"}
+STREET_BUDGET = {"full": "reduced", "standard": "short", "short": "short", "decision": "short", "guard": "short",
+                 "quick": "quick"}
 
 
 @dataclass(frozen=True)
@@ -162,12 +178,16 @@ class Shape:
     all_targets: bool  # every development and test target; else the first development target and the test targets
     development_seeds: tuple[int, ...] | None = None  # None: development targets at every seed
     development_first: bool = False  # every development sweep before any test sweep (the rule's input comes first)
+    entropy_sweeps: bool = True  # the entropy-weight sweeps (False: wide sweeps and references only)
+    include_default: bool = False  # each wide sweep runs the method's default configuration first (one trial more)
 
 
 SHAPES = {"quick": Shape((0,), 3, 3, 12, False), "short": Shape((0, 1, 2), 5, 4, 100, False, (0,)),
           # short's sweeps on every development and test target at every seed, development first (issue 29 item 2)
           "decision": Shape((0, 1, 2), 5, 4, 100, True, None, development_first=True),
           "standard": Shape((0, 1, 2), 6, 5, 150, False, (0,)), "full": Shape((0, 1, 2), 12, 5, None, True)}
+# decision's wide sweeps with the default configuration as a candidate of each, and nothing else (issue 29 item 5)
+SHAPES["guard"] = replace(SHAPES["decision"], entropy_sweeps=False, include_default=True)
 
 
 @dataclass(frozen=True)
@@ -185,6 +205,8 @@ class WideOptions:
     targets: dict[str, tuple[str, ...]]  # family -> targets (development first)
     development_seeds: tuple[int, ...] | None = None  # seeds that also run the development targets (None: every seed)
     development_first: bool = False  # every development sweep before any test sweep
+    entropy_sweeps: bool = True  # the entropy-weight sweeps run (Shape.entropy_sweeps)
+    include_default: bool = False  # the default configuration is each wide sweep's first candidate (Shape)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -275,18 +297,30 @@ def reference_plan(options: WideOptions, family: str, seed: int, target: str) ->
                      tuple(settings.items()))
 
 
+def with_default_candidate(plan: SweepPlan, method: str, budget: str) -> SweepPlan:
+    """A wide plan whose sweep runs the method's default configuration first (``include_default``): one trial more,
+    and that trial is the plan's default configuration, as raysel's guard recognises it (the method's defaults for
+    every swept hyperparameter, training length included; the budget's fixed settings stay)."""
+    swept = wide_values(method, budget)
+    return replace(plan, options={**plan.options, "include_default": True}, expected_trials=plan.expected_trials + 1,
+                   default_overrides=tuple((name, value) for name, value in plan.default_overrides
+                                           if name not in swept))
+
+
 def method_plans(options: WideOptions, method: str, seed: int, target: str) -> list[SweepPlan]:
-    """The wide sweep, the entropy-weight sweep (if any) and t2sda's default configuration of one target."""
+    """The wide sweep, the entropy-weight sweep (if any, unless the budget has none) and t2sda's default
+    configuration (unless the wide sweep has it) of one target."""
     fixed = fixed_entries(method, options.budget)
     choices = {name: f"{{choice: {yaml_value(list(values))}}}"
                for name, values in wide_values(method, options.budget).items()}
-    plans = [make_plan(options, method, seed, target, WIDE_KIND, {**fixed, **choices}, options.configurations)]
+    wide = make_plan(options, method, seed, target, WIDE_KIND, {**fixed, **choices}, options.configurations)
+    plans = [with_default_candidate(wide, method, options.budget) if options.include_default else wide]
     weight = METHOD_SWEEPS[method].entropy_weight
-    if weight:
+    if weight and options.entropy_sweeps:
         values = entropy_values(method, options.entropy_values)
         grid = {weight: f"{{grid: {yaml_value(list(values))}}}"}
         plans.append(make_plan(options, method, seed, target, weight, {**fixed, **grid}, len(values)))
-    elif method != REFERENCE_METHOD:
+    if not weight and method != REFERENCE_METHOD and not options.include_default:
         plans.append(make_plan(options, method, seed, target, DEFAULT_KIND, fixed, 1))
     return plans
 
@@ -363,7 +397,8 @@ def target_role(family: str, target: str) -> str:
 def wide_cases(plans: Sequence[SweepPlan], results: Path) -> tuple[list[WideCase], list[str], dict[str, Any]]:
     """Re-score every sweep (every applicable selector) and attach role and source-only reference to each case."""
     cases, names, frames = evaluate_plans(plans, results)
-    references = default_heldouts(frames, [plan for plan in plans if plan.method == REFERENCE_METHOD])
+    references = default_heldouts(frames, [plan for plan in plans
+                                           if plan.method == REFERENCE_METHOD and plan.kind == DEFAULT_KIND])
     family_of_sweep = {plan.sweep_id: plan.options["data"] for plan in plans}
     wide = []
     for case in cases:
@@ -526,6 +561,9 @@ def rule_text(cases: Sequence[WideCase], names: Sequence[str], options: WideOpti
     """The rule verbatim, and per family why it recommends what it does (or nothing), from development sweeps."""
     items = [f"The rule (fixed on {RULE_FIXED_ON}, before the 3-seed development tables; "
              f"`raysel.selection.recommendation`): {RULE}", ""]
+    if not options.entropy_sweeps:
+        items += ["Its input here: this budget's development wide sweeps only (no entropy-weight sweep ran); the "
+                  "shipped recommendation stays the `decision` budget's (`selection_wide.decision`).", ""]
     for family in options.targets:
         recommendation = family_recommendation(cases, names, family)
         if not recommendation.sweeps:
@@ -552,15 +590,48 @@ def sweep_table(cases: Sequence[WideCase]) -> str:
     return "\n".join(lines)
 
 
+def default_candidate(method: str, budget: str) -> dict[str, Any]:
+    """The wide sweep's swept hyperparameters at the method's defaults: what ``include_default`` runs first."""
+    defaults = config_defaults(method)
+    return {name: defaults[name] for name in wide_values(method, budget)}
+
+
 def ranges_text(options: WideOptions) -> str:
-    """The swept values per method (wide choices; entropy-weight grid)."""
+    """The swept values per method (wide choices; entropy-weight grid; the default configuration run first)."""
     items = []
     for method in options.methods:
         wide = json.dumps(wide_values(method, options.budget))
-        weight = METHOD_SWEEPS[method].entropy_weight
+        weight = METHOD_SWEEPS[method].entropy_weight if options.entropy_sweeps else None
         entropy = f"; {weight} one at a time {list(entropy_values(method, options.entropy_values))}" if weight else ""
-        items.append(f"- {method} ({FAMILY_OF[method]}): wide {wide}{entropy}")
+        default = (f"; first the default configuration {json.dumps(default_candidate(method, options.budget))}"
+                   if options.include_default else "")
+        items.append(f"- {method} ({FAMILY_OF[method]}): wide {wide}{entropy}{default}")
     return "\n".join(items)
+
+
+def sweeps_text(options: WideOptions) -> str:
+    """What the budget sweeps, for the section's first sentence."""
+    if not options.entropy_sweeps:
+        return "Wide sweeps with the default configuration as a candidate" if options.include_default else "Wide sweeps"
+    return "Wide and entropy-weight sweeps"
+
+
+def guard_purpose_text(options: WideOptions) -> str:
+    """Why a budget whose wide sweeps include the default configuration exists, what its default configuration is and
+    what its recommendation is worth (issue 29 item 5)."""
+    return ("What this budget is for (issue 29 item 5): the guarded decision measured where the default configuration "
+            "is a candidate of every wide sweep. In the `decision` budget it was not, so a guard that was not "
+            "confident could not keep it (the default configuration rows there come from other sweeps). Here every "
+            "wide sweep sets `include_default: true` (`raysel.request.SearchPlan.include_default`): the method's "
+            f"default configuration runs first, {options.configurations + 1} candidates per sweep, the other "
+            "settings are the `decision` budget's. *Default configuration* means what that trial runs and raysel's "
+            "guard recognises: the method's defaults for every swept hyperparameter, the training length included "
+            "(longer than the budget's 1x length; values under *Swept values*), the budget's fixed settings kept. "
+            "The *default configuration* rows here are that trial, so for the adapting methods they are not the "
+            "`decision` budget's, which trained the default configuration for the budget's length. No entropy-weight "
+            "sweep and no separate default-configuration sweep run, so there are no entropy-weight tables. The "
+            "pre-registered rule below reads this budget's development wide sweeps only; the shipped recommendation "
+            "stays the `decision` budget's (section `selection_wide.decision`).")
 
 
 ESTIMATE_GOALS = (3.0, 0.85)  # issue 29: mean absolute error <= 3 points, the 90 % interval covering >= 85 %
@@ -693,7 +764,7 @@ def format_body(cases: Sequence[WideCase], names: Sequence[str], options: WideOp
                       f"test {[t for t in targets if target_role(family, t) == 'test']}"
                       for family, targets in options.targets.items() if family in map(FAMILY_OF.get, options.methods))
     parts = [
-        f"Wide and entropy-weight sweeps (issue 13 item 3), budget `{options.budget}`, seeds "
+        f"{sweeps_text(options)} (issue 13 item 3), budget `{options.budget}`, seeds "
         f"{', '.join(map(str, options.seeds))}, {options.configurations} random configurations per wide sweep (the "
         f"same for every target of a seed), one sweep per (method, seed, target). Targets — {roles}. Every sweep "
         "re-scored offline with each applicable label-free selector (`raysel.selection.decision.select_sweep`); "
@@ -707,6 +778,7 @@ def format_body(cases: Sequence[WideCase], names: Sequence[str], options: WideOp
         "best candidate every panel selector accepts) stand next to the *default configuration*; *most behind "
         "default*: the largest amount (points) by which a row's regret exceeded the default configuration's on one "
         "sweep (negative: better on every sweep).",
+        *(["", guard_purpose_text(options)] if options.include_default else []),
         "", "Swept values (ranges chosen on development targets only; see the script's docstring):", "",
         ranges_text(options), "", facts]
     for role in ("development", "test"):
@@ -743,7 +815,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--budget", choices=tuple(SHAPES), default="short",
                         help="quick (smoke test), short (default; < 90 min on 2 cores), decision (short's sweeps on "
                              "every development and test target at seeds 0-2, every development sweep first: the "
-                             "evidence for the selector rule and its test; about 3.5 h, run in chunks), standard "
+                             "evidence for the selector rule and its test; about 3.5 h, run in chunks), guard "
+                             "(decision's wide sweeps, each with the default configuration as a candidate, and the "
+                             "references only: the guarded decision where it can keep the default; about 2.5-3 h), "
+                             "standard "
                              "(more candidates and selection images, about 2.5 h) or full (every target)")
     parser.add_argument("--workdir", type=Path, default=None,
                         help="result store, kept between runs so that rerunning the same command continues "
@@ -798,7 +873,8 @@ def build_options(args: argparse.Namespace) -> WideOptions:
                        selection_size=shape.selection_size,
                        targets=budget_targets(shape),
                        development_seeds=tuple(args.dev_seeds) if args.dev_seeds else shape.development_seeds,
-                       development_first=shape.development_first)
+                       development_first=shape.development_first, entropy_sweeps=shape.entropy_sweeps,
+                       include_default=shape.include_default)
 
 
 def section_name(budget: str) -> str:

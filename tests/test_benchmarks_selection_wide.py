@@ -378,3 +378,129 @@ def test_estimate_table_adds_dev_calibrated_rows_fitted_on_development_targets_o
     assert fits[0] == fits[1] == fits[2] and "24 development candidates of day_city, dusk_city" in fits[0]
     assert "split-conformal" in sane and "test targets never feed the fit" in sane
     assert table_line(sane, "street_scenes", "test", "raw")  # the raw rows stay
+
+
+def guard_plans(tmp_path: Path) -> list[SweepPlan]:
+    """The guard budget's plan as the command line builds it (shape, options, targets)."""
+    arguments = ["--budget", "guard", "--workdir", str(tmp_path / "store"), "--data-root", str(tmp_path)]
+    return sw.build_plans(sw.build_options(sw.parse_args(arguments)))
+
+
+def test_guard_budget_runs_only_references_and_wide_sweeps_with_the_default_configuration(tmp_path: Path) -> None:
+    """Issue 29 item 5: decision's wide sweeps, each with include_default (6 trials), and the source-only references;
+    no entropy-weight or t2sda default sweep; development before test; its own names, section and workdir."""
+    plans = guard_plans(tmp_path)
+    wide = [plan for plan in plans if plan.kind == sw.WIDE_KIND]
+    references = [plan for plan in plans if plan.kind != sw.WIDE_KIND]
+    assert {(plan.method, plan.kind) for plan in references} == {(sw.REFERENCE_METHOD, DEFAULT_KIND)}
+    assert {(plan.seed, plan.targets[0]) for plan in references} == {
+        (seed, target) for seed in (0, 1, 2) for family in ("street_scenes", "digits")
+        for target in (*get_family(family).development_targets, *get_family(family).test_targets)}
+    assert len(references) == 3 * 8 and {plan.method for plan in wide} == set(sw.METHODS)
+    assert all(plan.options["include_default"] is True and plan.options["num_samples"] == 5
+               and plan.expected_trials == 6 for plan in wide)
+    assert all("include_default" not in plan.options and plan.expected_trials == 1 for plan in references)
+    roles = [sw.target_role(plan.options["data"], plan.targets[0]) for plan in plans]
+    assert roles == sorted(roles) and roles.count("development") == 51  # every development sweep first
+    assert (len(plans), sum(plan.expected_trials for plan in plans)) == (81, 366)
+    assert all(plan.sweep_id.startswith("sw-guard-") for plan in plans)
+    assert sw.section_name("guard") == "selection_wide.guard"
+    assert sw.parse_args(["--budget", "guard"]).workdir == REPO / "results" / "selection_wide_guard"
+    for method in sw.METHODS:
+        assert sw.budget_settings(method, "guard") == sw.budget_settings(method, "decision")
+
+
+def test_guard_wide_sweeps_are_the_decision_budgets_plus_the_default_configuration(tmp_path: Path) -> None:
+    """Beyond include_default and the name, a guard wide sweep asks exactly what decision's asks (same random sample,
+    training settings, selection images); decision's own sweeps keep no include_default."""
+    shape = sw.SHAPES["decision"]
+    decision = sw.build_plans(dataclasses.replace(options(tmp_path, "decision"), seeds=shape.seeds,
+                                                  data_root=tmp_path.resolve(), development_first=True))
+    decision_wide = {(plan.method, plan.seed, plan.targets[0]): plan for plan in decision if plan.kind == sw.WIDE_KIND}
+    guard_wide = [plan for plan in guard_plans(tmp_path) if plan.kind == sw.WIDE_KIND]
+    assert len(guard_wide) == len(decision_wide) == 3 * (3 * 3 + 5 * 2)
+    for plan in guard_wide:
+        other = decision_wide[(plan.method, plan.seed, plan.targets[0])]
+        assert {**plan.options, "include_default": False} == {**other.options, "include_default": False}
+        assert plan.swept == other.swept and plan.expected_trials == other.expected_trials + 1
+    assert not any("include_default" in plan.options for plan in decision)
+
+
+def test_guard_plans_count_and_recognise_the_default_trial_as_raysel_does(tmp_path: Path) -> None:
+    """The study's requests expect the trials the plans count (the default configuration's included), and the
+    plan's default configuration is the point include_default runs, training length included: the trial raysel's
+    guard keeps is the one the benchmark's baseline and re-scoring read, not a candidate at the budget's length."""
+    from benchmarks._common import campaign_study
+    from raysel.registry import get_method
+    from raysel.request_build import default_point
+
+    plans = guard_plans(tmp_path)
+    study = campaign_study(sw.section_name("guard"), tmp_path / "store", plans)
+    for plan, sweep in zip(plans, study.sweeps):
+        assert sweep.request.expected_trials() == plan.expected_trials, plan.sweep_id
+    for method in sw.METHODS:
+        plan, sweep = next((plan, sweep) for plan, sweep in zip(plans, study.sweeps)
+                           if plan.method == method and plan.kind == sw.WIDE_KIND)
+        request = sweep.request
+        included = {**request.space.fixed_values(),
+                    **default_point(get_method(method), request.space, request.search.algorithm)}
+        budget_length = {**included, **sw.budget_settings(method, "guard")}
+        assert budget_length != included  # the budget shortens the training the default point runs
+        rows = [{"trial_id": f"t{k}", "target": plan.targets[0], "status": "finished",
+                 **{f"hp_{name}": values[name] for name in plan.swept}}
+                for k, values in enumerate((budget_length, included))]
+        assert plan_default_trials(plan, pd.DataFrame(rows)) == {plan.targets[0]: "t1"}, method
+    assert not (tmp_path / "store").exists()
+
+
+def test_collapse_reference_is_the_reference_sweep_not_a_wide_sweeps_default(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """On digits source_only's wide sweep now holds its default configuration; the collapse reference of a target
+    stays the reference sweep's trial (0.30), not its mean with that candidate (0.40)."""
+    plans = [plan for plan in guard_plans(tmp_path) if plan.seed == 0 and plan.targets == ("photo_digits",)]
+    reference = next(plan for plan in plans if plan.kind == DEFAULT_KIND)
+    wide = next(plan for plan in plans if plan.method == "source_only" and plan.kind == sw.WIDE_KIND)
+    defaults = {plan.sweep_id: plan_defaults(plan) for plan in (reference, wide)}
+
+    def frame(plan: SweepPlan, heldout: list[float]) -> pd.DataFrame:
+        return pd.DataFrame([{"trial_id": f"t{k}", "target": "photo_digits", "heldout": score,
+                              **{f"hp_{name}": defaults[plan.sweep_id][name] for name in plan.swept}}
+                             for k, score in enumerate(heldout)])
+
+    frames = {reference.sweep_id: frame(reference, [0.30]), wide.sweep_id: frame(wide, [0.50])}
+    adapting = next(plan for plan in plans if plan.method == "gsda" and plan.kind == sw.WIDE_KIND)
+    case = SweepCase("gsda", 0, "photo_digits", sw.WIDE_KIND, adapting.sweep_id, ["t0", "t1"], [0.2, 0.4])
+    monkeypatch.setattr(sw, "evaluate_plans", lambda plans, results: ([case], ["fmiou"], frames))
+    [wide_case_] = sw.wide_cases(plans, tmp_path)[0]
+    assert wide_case_.source_only == pytest.approx(0.30)
+
+
+def test_a_section_of_wide_sweeps_only_reads_well(tmp_path: Path) -> None:
+    """The guard budget's body: its purpose (issue 29 item 5), the default configuration run first in the ranges, no
+    entropy-weight table or row, and the rule's input and the shipped recommendation said under the rule."""
+    shape = sw.SHAPES["guard"]
+    guard = dataclasses.replace(options(tmp_path, "guard", ("hiast",)), entropy_sweeps=shape.entropy_sweeps,
+                                include_default=shape.include_default)
+    cases = [wide_case([0.10, 0.40, 0.35], {"fmiou": 0, "im": 1}, source=0.30, guarded=1),
+             wide_case([0.30, 0.50, 0.45], {"fmiou": 0, "im": 1}, source=0.20, target="foggy_city", role="test",
+                       guarded=1)]
+    body = sw.format_body(cases, ["fmiou", "im"], guard, "facts")
+    assert body.startswith("Wide sweeps with the default configuration as a candidate (issue 13 item 3), budget "
+                           "`guard`")
+    assert "What this budget is for (issue 29 item 5)" in body
+    assert "6 candidates per sweep" in body and "one at a time" not in body
+    assert '- hiast (street_scenes): wide {"learning_rate"' in body
+    assert 'first the default configuration {"learning_rate": 0.0002, "iterations_per_round": 120' in body
+    assert "entropy-weight sweeps," not in body and "entropy-weight |" not in body
+    assert "### development targets — street_scenes (day_city): wide sweeps" in body
+    assert "### test targets — street_scenes (foggy_city): wide sweeps" in body
+    assert "Its input here: this budget's development wide sweeps only" in sw.rule_text(cases, ["fmiou", "im"], guard)
+    assert "the shipped recommendation stays the `decision` budget's" in body
+    assert "| street_scenes | 1 wide |" in body  # the shipped decision's goal table: the wide row only
+    section = sw.format_section(sw.section_name("guard"), "python -m benchmarks.selection_wide --budget guard", body,
+                                date="d", machine="m", commit="1234567", load=(1.0, 1.0))
+    assert section.startswith("## selection_wide.guard\n")
+    decision = sw.format_body(cases, ["fmiou", "im"], options(tmp_path, "decision", ("hiast",)), "facts")
+    assert "What this budget is for" not in decision and "lambda_i one at a time" in decision
+    assert decision.startswith("Wide and entropy-weight sweeps (issue 13 item 3)")
+    assert "first the default configuration" not in decision and "Its input here" not in decision
