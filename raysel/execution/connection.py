@@ -9,28 +9,12 @@ import ray
 
 from raysel.errors import UserError
 
-# Imported by every Python worker of a local Ray as it starts (Ray's ``preload_python_modules``): the trial driver
-# pulls in torch, torchvision and Ray Train, 4-5 s of imports on 2 cores that a fresh trial or stage process would
-# otherwise pay after it is scheduled. Ray starts its idle workers while the driver prepares data and the Tune
-# experiment, so the first trials start on workers that have these imported (measured: 4.5 s -> 0.2 s to create two
-# trial actors on 2 cores).
-WORKER_PRELOAD_MODULES = ("raysel.execution.driver",)
-
 
 def connect(address: str | None, *, num_cpus: int | None = None, num_gpus: int | None = None,
-            object_store_mb: int = 1024, preload: tuple[str, ...] = WORKER_PRELOAD_MODULES) -> bool:
+            object_store_mb: int = 1024) -> bool:
     """Join a running cluster (``--address`` or ``RAY_ADDRESS``, as set by ``ray job submit``) or start a local one.
 
-    Args:
-        address: a running cluster's ``HOST:PORT`` (or ``auto``); None starts a local instance unless
-            ``RAY_ADDRESS`` names one.
-        num_cpus, num_gpus: the local instance's resources (None: what the machine has).
-        object_store_mb: the local instance's object store.
-        preload: modules every worker of the local instance imports as it starts (a cluster started elsewhere keeps
-            its own settings).
-
-    Returns:
-        True when this call started a local instance (so the caller shuts it down).
+    Returns True when this call started a local instance (so the caller shuts it down).
     """
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
@@ -46,14 +30,8 @@ def connect(address: str | None, *, num_cpus: int | None = None, num_gpus: int |
             raise UserError(f"could not reach Ray at --address {address}: {one_line(error)}") from None
         return False
     ray.init(num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=True, log_to_driver=False,
-             configure_logging=False, object_store_memory=object_store_mb * 1024 * 1024,
-             _system_config=local_system_config(preload))
+             configure_logging=False, object_store_memory=object_store_mb * 1024 * 1024)
     return True
-
-
-def local_system_config(preload: tuple[str, ...]) -> dict[str, object]:
-    """Ray's system settings for a local instance this process starts: the worker preload list, when there is one."""
-    return {"preload_python_modules": list(preload)} if preload else {}
 
 
 def _check_reachable(address: str, timeout_s: float = 3.0) -> None:
