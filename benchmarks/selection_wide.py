@@ -629,9 +629,8 @@ def guard_purpose_text(options: WideOptions) -> str:
             "(longer than the budget's 1x length; values under *Swept values*), the budget's fixed settings kept. "
             "The *default configuration* rows here are that trial, so for the adapting methods they are not the "
             "`decision` budget's, which trained the default configuration for the budget's length. No entropy-weight "
-            "sweep and no separate default-configuration sweep run, so there are no entropy-weight tables. The "
-            "pre-registered rule below reads this budget's development wide sweeps only; the shipped recommendation "
-            "stays the `decision` budget's (section `selection_wide.decision`).")
+            "sweep and no separate default-configuration sweep run, so there are no entropy-weight tables (what the "
+            "pre-registered rule reads here is said with the rule below).")
 
 
 ESTIMATE_GOALS = (3.0, 0.85)  # issue 29: mean absolute error <= 3 points, the 90 % interval covering >= 85 %
