@@ -280,8 +280,8 @@ def paper_scale_report(args: argparse.Namespace, results: list[dict], command: s
              "F-mIoU selection through the product's path: each candidate's labels written by `save_predictions` "
              "(compressed `.npz`, the sweep's prediction cache; the synthetic sweep of `## voting_speed`, "
              "reproducible per image and candidate), read by `load_predictions` (labels over 16 MiB stay in the "
-             "file and are streamed a few images at a time) and scored by the `fmiou` selector, in a fresh process per row so that its peak RSS "
-             "(`resource.getrusage`) is the selection's alone.", "",
+             "file and are streamed a few images at a time) and scored by the `fmiou` selector, in a fresh process "
+             "per row so that its peak RSS (`resource.getrusage`) is the selection's alone.", "",
              "| images | labels if held in memory | files on disk | selection wall | CPU | peak RSS | RSS after "
              "imports | wall per image |", "|---:|---:|---:|---:|---:|---:|---:|---:|"]
     lines += [f"| {r['images']} | {r['labels_mib'] / 1024:.1f} GiB | {r['disk_mib']:.0f} MiB | {r['wall_s']:.1f} s "
