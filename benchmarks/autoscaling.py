@@ -6,9 +6,9 @@ CPU and no GPU and whose ``gpu_worker`` node type advertises ``{"CPU": 1, "GPU":
 it while a separate driver samples the alive worker nodes and busy GPUs every 0.5 s. The trials compute on CPU
 (``RAYSEL_FAKE_GPUS=1`` on the nodes); the point is the autoscaler's behaviour, not training speed.
 
-Reported: time to first scale-up and to the peak (from the sweep command's start; the sweep first builds the shared
-source stage as one GPU task, so the first node serves that), peak nodes and busy GPUs, time from the last trial's
-end to zero worker nodes (idle timeout plus autoscaler loop and node shutdown), trials finished and rows in the
+Reported: time to first scale-up and to the peak (from the sweep command's start; ``source_only`` has no shared stage
+to build first, so every trial asks for its GPU as soon as Tune starts), peak nodes and busy GPUs, time from the last
+trial's end to zero worker nodes (idle timeout plus autoscaler loop and node shutdown), trials finished and rows in the
 store, and the node-count timeline.
 """
 
