@@ -32,7 +32,6 @@ import contextlib
 import datetime as dt
 import json
 import os
-import platform
 import resource
 import shlex
 import subprocess
@@ -45,7 +44,7 @@ import numpy as np
 import scipy
 import scipy.stats
 
-from benchmarks._common import SyntheticSweep, load_text, replace_section
+from benchmarks._common import SyntheticSweep, cpu_model, gpu_description, load_text, replace_section
 from raysel.metrics import ConfusionMatrix
 from raysel.selection import (CandidatePredictions, FusedVoteAccumulator, get_selector, load_predictions, pixel_runs,
                               save_predictions)
@@ -131,22 +130,10 @@ def run(args: argparse.Namespace) -> dict:
 
 
 def machine() -> str:
-    """Cores, CPU model, and whether a GPU was present (the benchmark uses none)."""
-    model = platform.processor() or ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    try:
-        import torch
-
-        gpu = "GPU present but unused" if torch.cuda.is_available() else "no GPU"
-    except ImportError:  # pragma: no cover - torch is a dependency
-        gpu = "no GPU"
-    return f"{os.cpu_count()} cores ({model}), {gpu}; numpy {np.__version__}, scipy {scipy.__version__}"
+    """Cores, CPU model and GPU (:func:`benchmarks._common.cpu_model`, :func:`~benchmarks._common.gpu_description`;
+    the benchmark uses no GPU), with the numpy and scipy versions it runs on."""
+    return (f"{os.cpu_count()} cores ({cpu_model()}), {gpu_description()}; numpy {np.__version__}, "
+            f"scipy {scipy.__version__}")
 
 
 def report(args: argparse.Namespace, result: dict, command: str, load: tuple[float, float]) -> str:
