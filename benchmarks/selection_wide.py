@@ -719,7 +719,7 @@ def calibration_text(calibrations: Sequence[EstimateCalibration]) -> str:
                      f"{item.median_offset:+.2f}, interval [{item.low_offset:+.2f}, {item.high_offset:+.2f}]"
                      for item in calibrations)
     return ("*dev-calibrated*: the stored estimate corrected by a split-conformal calibration in logit space "
-            "(`raysel.selection.evaluate.fit_estimate_calibration`, "
+            "(`raysel.selection.evaluate_estimate.fit_estimate_calibration`, "
             "`raysel.selection.estimate_calibration.calibrate_estimate`): "
             "the residual logit(held-out) − logit(estimate) over a family's development candidates, estimate methods "
             "pooled; the point moves by the residuals' median and the 90 % interval spans their conformal quantiles. "

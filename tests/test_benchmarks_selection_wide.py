@@ -18,7 +18,7 @@ import pandas as pd
 
 from benchmarks._common import DEFAULT_KIND, SweepCase, SweepPlan, plan_default_trials, plan_defaults
 from raysel.data import get_family
-from raysel.selection import evaluate
+from raysel.selection import evaluate, evaluate_estimate
 from raysel.selection.evaluate import (DEFAULT_BASELINE, GUARDED_DECISION, HEADLINE_DECISION, ORACLE_BASELINE,
                                        RANDOM_BASELINE)
 
@@ -353,13 +353,13 @@ def test_estimate_table_adds_dev_calibrated_rows_fitted_on_development_targets_o
     test held-out score changes neither the development row nor the fitted offsets."""
     plans = sw.build_plans(options(tmp_path, budget="decision"))
     fitted_targets: list[str] = []
-    real_fit = evaluate.fit_estimate_calibration
+    real_fit = evaluate_estimate.fit_estimate_calibration
 
     def spy(rows: Any, **options: Any) -> Any:
         fitted_targets.extend(row["target"] for row in rows)
         return real_fit(rows, **options)
 
-    monkeypatch.setattr(evaluate, "fit_estimate_calibration", spy)
+    monkeypatch.setattr(evaluate_estimate, "fit_estimate_calibration", spy)
     monkeypatch.setattr(sw, "fit_estimate_calibration", spy)
     partial = sw.estimate_table(calibration_frames(plans, None), plans)
     assert table_line(partial, "street_scenes", "test", "dev-calibrated").endswith("| no test candidate yet |")
