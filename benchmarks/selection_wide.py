@@ -106,11 +106,12 @@ from benchmarks._common import (BUDGETS, DEFAULT_KIND, REPO, SweepCase, SweepPla
 from raysel.orchestration.studies import EXIT_STOPPED
 from raysel.selection import (BASELINES, DEFAULT_BASELINE, FLAT_SPREAD_POINTS, GUARD_COMPANIONS, GUARD_PANEL_SIZE,
                               GUARDED_DECISION, HEADLINE_DECISION, ORACLE_BASELINE, POINTS, RULE, RULE_FIXED_ON,
-                              EstimateCalibration, Recommendation,
+                              REGRESSION_FEATURES, EstimateCalibration, Recommendation, ScoreRegression,
                               SelectorSummary, SweepEvidence, best_selector, calibrated_estimate_accuracy,
                               collapse_indicators, count_collapsed, decision_evaluations, estimate_measures,
-                              fit_estimate_calibration, heldout_spread, is_flat_sweep, oracle_evaluation,
-                              recommend_selector, strictly_better, summarize_selectors, wide_sweep_goals)
+                              fit_estimate_calibration, fit_score_regression, heldout_spread, is_flat_sweep,
+                              oracle_evaluation, recommend_selector, regressed_estimate_accuracy, strictly_better,
+                              summarize_selectors, wide_sweep_goals)
 
 SECTION = "selection_wide"
 # What this benchmark measures: a later commit touching one makes its section stale (benchmarks._common).
@@ -636,7 +637,8 @@ def guard_purpose_text(options: WideOptions) -> str:
 ESTIMATE_GOALS = (3.0, 0.85)  # issue 29: mean absolute error <= 3 points, the 90 % interval covering >= 85 %
 # The held-out column each family's rows carry for raysel.selection's estimate evaluation (ESTIMATE_HELDOUT_COLUMNS).
 HELDOUT_COLUMN = {"street_scenes": "heldout_miou", "digits": "heldout_accuracy"}
-RAW_ESTIMATE, CALIBRATED_ESTIMATE = "raw", "dev-calibrated"
+RAW_ESTIMATE, CALIBRATED_ESTIMATE, REGRESSED_ESTIMATE = "raw", "dev-calibrated", "dev-regressed"
+NO_FIT_YET = "none yet (fewer than 10 development candidates)"
 
 
 def _fraction(value: Any) -> float:
@@ -646,8 +648,9 @@ def _fraction(value: Any) -> float:
 
 def estimate_rows(frames: dict[str, Any], plans: Sequence[SweepPlan]) -> list[dict[str, Any]]:
     """Every finished candidate of the finished sweeps with its label-free estimate and interval (``estimate_*``
-    columns, fractions) beside its held-out score (under the family's ``HELDOUT_COLUMN``), with family, role and
-    target: the rows raysel.selection's estimate measures read."""
+    columns, fractions) and the scores the score regression may read (``REGRESSION_FEATURES``) beside its held-out
+    score (under the family's ``HELDOUT_COLUMN``), with family, role, target and sweep: the rows raysel.selection's
+    estimate measures read."""
     rows = []
     for plan in plans:
         frame = frames.get(plan.sweep_id)
@@ -660,7 +663,9 @@ def estimate_rows(frames: dict[str, Any], plans: Sequence[SweepPlan]) -> list[di
             heldout = float(trial.heldout)
             if not np.isfinite(estimate) or not np.isfinite(heldout):
                 continue
+            scores = {name: _fraction(getattr(trial, name, None)) for name in REGRESSION_FEATURES[1:]}
             rows.append({"family": family, "role": target_role(family, target), "target": target,
+                         "sweep_id": plan.sweep_id, **scores,
                          "estimate_score": estimate, "estimate_low": low, "estimate_high": high,
                          "estimate_method": getattr(trial, "estimate_method", None), HELDOUT_COLUMN[family]: heldout})
     return rows
@@ -680,15 +685,25 @@ def estimate_line(family: str, role: str, kind: str, count: int, scores: tuple[f
     return f"| {family} | {role} | {kind} | {count} | {' | '.join(cells)} | {goals} |"
 
 
-def leave_one_target_out(development: Sequence[dict[str, Any]]) -> tuple[int, tuple[float, float, float]]:
-    """The dev-calibrated estimate on development targets: each target judged by a calibration fitted on the family's
-    other development targets; (candidates judged, (MAE points, coverage, mean width points) pooled over them)."""
+def calibrated_measure(fit_rows: Sequence[dict[str, Any]],
+                       eval_rows: Sequence[dict[str, Any]]) -> tuple[float, float, float, int]:
+    """The dev-calibrated estimate fitted on ``fit_rows`` and judged on ``eval_rows``: (MAE points, coverage, mean
+    width points, candidates judged), as :func:`raysel.selection.evaluate_estimate.regressed_estimate_accuracy`
+    gives them."""
+    error, coverage, width = calibrated_estimate_accuracy(fit_rows, eval_rows)
+    return error, coverage, width, len(eval_rows) if np.isfinite(error) else 0
+
+
+def leave_one_target_out(development: Sequence[dict[str, Any]],
+                         measure: Any = calibrated_measure) -> tuple[int, tuple[float, float, float]]:
+    """A fitted estimate on development targets: each target judged by a ``measure`` fitted on the family's other
+    development targets; (candidates judged, (MAE points, coverage, mean width points) pooled over them)."""
     judged = []
     for target in dict.fromkeys(row["target"] for row in development):
         held = [row for row in development if row["target"] == target]
-        scores = calibrated_estimate_accuracy([row for row in development if row["target"] != target], held)
-        if np.isfinite(scores[0]):
-            judged.append((len(held), scores))
+        *scores, count = measure([row for row in development if row["target"] != target], held)
+        if count:
+            judged.append((count, scores))
     count = sum(size for size, _ in judged)
     if not count:
         return 0, (float("nan"),) * 3
@@ -696,20 +711,20 @@ def leave_one_target_out(development: Sequence[dict[str, Any]]) -> tuple[int, tu
     return count, (pooled[0], pooled[1], pooled[2])
 
 
-def calibrated_lines(family: str, development: Sequence[dict[str, Any]], test: Sequence[dict[str, Any]]) -> list[str]:
-    """The dev-calibrated rows of one family: development targets left out in turn, then the test targets judged by
-    the calibration fitted on every development candidate (test rows never feed a fit)."""
-    count, scores = leave_one_target_out(development)
-    lines = [estimate_line(family, "development", CALIBRATED_ESTIMATE, count, (scores[0], float("nan"), *scores[1:]),
+def fitted_lines(family: str, kind: str, measure: Any, development: Sequence[dict[str, Any]],
+                 test: Sequence[dict[str, Any]]) -> list[str]:
+    """The rows of one fitted estimate (``kind``, fitted and judged by ``measure``) for one family: development
+    targets left out in turn, then the test targets judged by the fit on every development candidate (test rows
+    never feed a fit)."""
+    count, scores = leave_one_target_out(development, measure)
+    lines = [estimate_line(family, "development", kind, count, (scores[0], float("nan"), *scores[1:]),
                            "— (development, each target left out in turn)" if count else
                            "— (needs two development targets and 10 candidates outside each)")]
     if not test:
-        return lines + [estimate_line(family, "test", CALIBRATED_ESTIMATE, 0, (float("nan"),) * 4,
-                                      "no test candidate yet")]
-    error, coverage, width = calibrated_estimate_accuracy(development, test)
+        return lines + [estimate_line(family, "test", kind, 0, (float("nan"),) * 4, "no test candidate yet")]
+    error, coverage, width, count = measure(development, test)
     goals = None if np.isfinite(error) else "— (fewer than 10 development candidates to fit on)"
-    return lines + [estimate_line(family, "test", CALIBRATED_ESTIMATE, len(test), (error, float("nan"), coverage,
-                                                                                   width), goals)]
+    return lines + [estimate_line(family, "test", kind, count, (error, float("nan"), coverage, width), goals)]
 
 
 def calibration_text(calibrations: Sequence[EstimateCalibration]) -> str:
@@ -719,7 +734,7 @@ def calibration_text(calibrations: Sequence[EstimateCalibration]) -> str:
                      f"{item.median_offset:+.2f}, interval [{item.low_offset:+.2f}, {item.high_offset:+.2f}]"
                      for item in calibrations)
     return ("*dev-calibrated*: the stored estimate corrected by a split-conformal calibration in logit space "
-            "(`raysel.selection.evaluate.fit_estimate_calibration`, "
+            "(`raysel.selection.evaluate_estimate.fit_estimate_calibration`, "
             "`raysel.selection.estimate_calibration.calibrate_estimate`): "
             "the residual logit(held-out) − logit(estimate) over a family's development candidates, estimate methods "
             "pooled; the point moves by the residuals' median and the 90 % interval spans their conformal quantiles. "
@@ -728,13 +743,37 @@ def calibration_text(calibrations: Sequence[EstimateCalibration]) -> str:
             "rows: each development target judged by the calibration fitted on the family's other development "
             "targets, pooled (median error not computed: `—`). Test rows: the calibration fitted on every "
             f"development candidate of the family. Fits used for the test rows: "
-            f"{fits or 'none yet (fewer than 10 development candidates)'}.")
+            f"{fits or NO_FIT_YET}.")
+
+
+REGRESSION_REGISTERED_AT = "a2dd0fa"  # the commit that fixed the procedure, before any test target judged it
+
+
+def regression_text(regressions: Sequence[ScoreRegression]) -> str:
+    """The paragraph under the estimate table on the dev-regressed rows: how they are made, and each family's fit."""
+    def fit(item: ScoreRegression) -> str:
+        terms = " ".join(f"{coefficient:+.2f}·{name.removeprefix('score_')}"
+                         for name, coefficient in zip(item.features, item.coefficients))
+        return (f"{item.key}: logit = {item.intercept:+.2f} {terms}, interval [{item.low_offset:+.2f}, "
+                f"{item.high_offset:+.2f}], left-out error {item.left_out_error:.2f} points (by {item.left_out_by}), "
+                f"{item.candidates} development candidates of {', '.join(item.fitted_on)}")
+    return ("*dev-regressed*: logit(held-out) regressed on at most two of a candidate's label-free scores (the stored "
+            "estimate and every selector score that is a magnitude, not a rank; "
+            "`raysel.selection.evaluate_estimate.fit_score_regression`, "
+            "`raysel.selection.estimate_calibration.regress_estimate`), the scores chosen forward by how well a fit "
+            "on the other development targets predicts a left-out one, "
+            "the 90 % interval the conformal quantiles of those left-out residuals. The procedure was fixed on "
+            f"development targets at commit {REGRESSION_REGISTERED_AT}, before any test target judged it; test targets "
+            "never feed the fit. Development rows: each development target judged by the regression fitted on the "
+            "family's other development targets (with one target left, its scores are chosen and its interval set "
+            "by leaving out sweeps instead). Test rows: fitted on every development candidate of the family. Fits "
+            f"used for the test rows: {'; '.join(map(fit, regressions)) or NO_FIT_YET}.")
 
 
 def estimate_table(frames: dict[str, Any], plans: Sequence[SweepPlan]) -> str:
     """Per family and role: how far the label-free estimate is from the held-out score over every candidate, how often
-    its 90 % interval covers it and how wide it is, raw and dev-calibrated, then the paragraph on the calibration
-    (issue 29 item 6; the goals are judged on the test targets)."""
+    its 90 % interval covers it and how wide it is, raw, dev-calibrated and dev-regressed, then the paragraphs on the
+    calibration and the regression (issue 29 item 6; the goals are judged on the test targets)."""
     rows = estimate_rows(frames, plans)
     if not rows:
         return "No finished candidate has an estimate yet."
@@ -742,17 +781,21 @@ def estimate_table(frames: dict[str, Any], plans: Sequence[SweepPlan]) -> str:
              "90 % interval covers the held-out score | mean interval width (points) | "
              "goals (MAE ≤ 3, coverage ≥ 85 %) |",
              "|---|---|---|---:|---:|---:|---:|---:|---|"]
-    calibrations = []
+    calibrations, regressions = [], []
     for family in dict.fromkeys(row["family"] for row in rows):
         by_role = {role: [row for row in rows if row["family"] == family and row["role"] == role]
                    for role in ("development", "test")}
         for role, group in by_role.items():
             if group:
                 lines.append(estimate_line(family, role, RAW_ESTIMATE, len(group), estimate_measures(group)))
-        lines += calibrated_lines(family, by_role["development"], by_role["test"])
+        lines += fitted_lines(family, CALIBRATED_ESTIMATE, calibrated_measure, by_role["development"], by_role["test"])
+        lines += fitted_lines(family, REGRESSED_ESTIMATE, regressed_estimate_accuracy, by_role["development"],
+                              by_role["test"])
         calibration = fit_estimate_calibration(by_role["development"], key=family)
         calibrations += [calibration] if calibration is not None else []
-    return "\n".join(lines) + "\n\n" + calibration_text(calibrations)
+        regression = fit_score_regression(by_role["development"], key=family)
+        regressions += [regression] if regression is not None else []
+    return "\n".join(lines) + "\n\n" + calibration_text(calibrations) + "\n\n" + regression_text(regressions)
 
 
 def format_body(cases: Sequence[WideCase], names: Sequence[str], options: WideOptions, facts: str,

@@ -18,7 +18,7 @@ import pandas as pd
 
 from benchmarks._common import DEFAULT_KIND, SweepCase, SweepPlan, plan_default_trials, plan_defaults
 from raysel.data import get_family
-from raysel.selection import evaluate
+from raysel.selection import evaluate, evaluate_estimate
 from raysel.selection.evaluate import (DEFAULT_BASELINE, GUARDED_DECISION, HEADLINE_DECISION, ORACLE_BASELINE,
                                        RANDOM_BASELINE)
 
@@ -353,13 +353,13 @@ def test_estimate_table_adds_dev_calibrated_rows_fitted_on_development_targets_o
     test held-out score changes neither the development row nor the fitted offsets."""
     plans = sw.build_plans(options(tmp_path, budget="decision"))
     fitted_targets: list[str] = []
-    real_fit = evaluate.fit_estimate_calibration
+    real_fit = evaluate_estimate.fit_estimate_calibration
 
     def spy(rows: Any, **options: Any) -> Any:
         fitted_targets.extend(row["target"] for row in rows)
         return real_fit(rows, **options)
 
-    monkeypatch.setattr(evaluate, "fit_estimate_calibration", spy)
+    monkeypatch.setattr(evaluate_estimate, "fit_estimate_calibration", spy)
     monkeypatch.setattr(sw, "fit_estimate_calibration", spy)
     partial = sw.estimate_table(calibration_frames(plans, None), plans)
     assert table_line(partial, "street_scenes", "test", "dev-calibrated").endswith("| no test candidate yet |")
@@ -504,3 +504,36 @@ def test_a_section_of_wide_sweeps_only_reads_well(tmp_path: Path) -> None:
     assert "What this budget is for" not in decision and "lambda_i one at a time" in decision
     assert decision.startswith("Wide and entropy-weight sweeps (issue 13 item 3)")
     assert "first the default configuration" not in decision and "Its input here" not in decision
+
+
+def test_estimate_table_adds_dev_regressed_rows_fitted_on_development_targets_only(tmp_path: Path) -> None:
+    """Issue 29 item 6: the dev-regressed rows, like the dev-calibrated ones, leave each development target out in
+    turn and judge the test targets with the regression fitted on every development candidate; an absurd test
+    held-out score changes neither the development row nor the fit used for the test rows."""
+    plans = sw.build_plans(options(tmp_path, budget="decision"))
+
+    def frames(test_heldout: float | None) -> dict[str, pd.DataFrame]:
+        """calibration_frames plus a second development sweep per target (a fit on one target leaves out sweeps)."""
+        rng = np.random.default_rng(1)
+        second = {plan.targets[0]: plan for plan in plans if plan.options["data"] == "street_scenes"
+                  and plan.targets[0] in ("day_city", "dusk_city") and plan.kind == sw.WIDE_KIND
+                  and plan.sweep_id not in calibration_frames(plans, None)}
+        return {**calibration_frames(plans, test_heldout),
+                **{plan.sweep_id: estimate_frame(rng, 12) for plan in second.values()}}
+
+    partial, sane, absurd = (sw.estimate_table(frames(heldout), plans) for heldout in (None, 0.15, 0.999))
+    assert table_line(partial, "street_scenes", "test", "dev-regressed").endswith("| no test candidate yet |")
+    development = table_line(sane, "street_scenes", "development", "dev-regressed")
+    assert development.startswith("| street_scenes | development | dev-regressed | 48 | ")
+    assert float(development.split(" | ")[4]) < 3.0  # the frames' law is linear in logit(estimate)
+    assert development == table_line(absurd, "street_scenes", "development", "dev-regressed")
+    assert table_line(sane, "street_scenes", "test", "dev-regressed").startswith(
+        "| street_scenes | test | dev-regressed | 5 | ")
+    assert table_line(absurd, "street_scenes", "test", "dev-regressed").endswith("| missed |")
+    fits = [text.split("*dev-regressed*")[1].split("Fits used for the test rows: ")[1] for text in (partial, sane,
+                                                                                                  absurd)]
+    assert fits[0] == fits[1] == fits[2] and "48 development candidates of day_city, dusk_city" in fits[0]
+    assert "estimate" in fits[0] and "by target" in fits[0]
+    rows = sw.estimate_rows(frames(0.15), plans)
+    assert {row["sweep_id"] for row in rows} <= {plan.sweep_id for plan in plans}
+    assert all(name in rows[0] for name in sw.REGRESSION_FEATURES)

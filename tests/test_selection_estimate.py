@@ -22,8 +22,9 @@ from raysel.selection.estimate import (ATC, ATC_AND_AGREEMENT, AGREEMENT, PRIOR_
                                        Estimate, agreement_replicates, class_prior_cap, estimate_candidates,
                                        estimate_trials, format_estimate, format_interval, record_estimates,
                                        source_class_prior)
-from raysel.selection.estimate_calibration import EstimateCalibration, calibrate_estimate, clipped_logit
-from raysel.selection.evaluate import estimate_accuracy
+from raysel.selection.estimate_calibration import (EstimateCalibration, ScoreRegression, calibrate_estimate,
+                                                   clipped_logit, regress_estimate)
+from raysel.selection.evaluate_estimate import estimate_accuracy
 from raysel.selection.predictions import CandidatePredictions, save_predictions
 from raysel.selection.voting import fmiou_scores, fused_agreement_scores
 from raysel.store import ResultStore
@@ -513,3 +514,26 @@ def test_only_a_source_with_its_own_validation_split_gets_a_calibration(tmp_path
     assert source_validation_dataset(Context(("train", "heldout"), True)) is None  # Office: held-out is train
     assert source_validation_dataset(Context(("train", "heldout"), False)) is not None  # digits' clean_digits
     assert source_validation_dataset(Context(("train", "heldout"), False, target="src")) is None  # the target itself
+
+
+def _regression(**changes: object) -> ScoreRegression:
+    base = dict(key="street_scenes", features=("score_consistency", "estimate_score"), intercept=-3.0,
+                coefficients=(4.0, 1.0), low_offset=-0.5, high_offset=0.4, level=0.9, candidates=50,
+                fitted_on=("day_city", "dusk_city"), left_out_by="target", left_out_error=4.0)
+    return ScoreRegression(**{**base, **changes})
+
+
+def test_regress_estimate_applies_the_linear_logit_and_its_offsets() -> None:
+    point, low, high = regress_estimate({"score_consistency": 0.5, "estimate_score": 0.3}, _regression())
+    logit = -3.0 + 4.0 * 0.5 + 1.0 * 0.3
+    assert point == pytest.approx(1 / (1 + math.exp(-logit)))
+    assert low == pytest.approx(1 / (1 + math.exp(-(logit - 0.5))))
+    assert high == pytest.approx(1 / (1 + math.exp(-(logit + 0.4))))
+
+
+def test_regress_estimate_gives_nan_where_a_feature_is_missing_and_keeps_low_below_high() -> None:
+    features = {"score_consistency": np.array([0.2, np.nan, 0.6]), "estimate_score": np.array([0.5, 0.5, 0.5])}
+    point, low, high = regress_estimate(features, _regression(low_offset=0.3, high_offset=0.2))  # both above
+    assert np.isnan(point[1]) and np.all(np.isfinite(point[[0, 2]]))
+    assert np.all((low[[0, 2]] <= point[[0, 2]]) & (point[[0, 2]] <= high[[0, 2]]))
+    assert all(math.isnan(value) for value in regress_estimate({"score_consistency": None}, _regression()))

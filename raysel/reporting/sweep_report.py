@@ -37,7 +37,8 @@ from raysel.reporting.plots import plot_class_iou, plot_hyperparameters, plot_sc
 from raysel.request import load_request
 from raysel.selection.agreement import agreement_lines, guard_line, headline_selectors
 from raysel.selection.estimate import format_estimate, format_interval
-from raysel.selection.evaluate import estimate_accuracy, evaluate_selector
+from raysel.selection.evaluate import evaluate_selector
+from raysel.selection.evaluate_estimate import estimate_accuracy
 from raysel.store.schema import HYPERPARAMETER_PREFIX, SCORE_PREFIX
 
 if TYPE_CHECKING:  # pragma: no cover

@@ -15,7 +15,9 @@
 * :mod:`raysel.selection.combination` — ClassAMI clustering and the ensemble guard behind ``robust``.
 * :mod:`raysel.selection.evaluate` — regret, gap closed, Kendall τ / Spearman ρ against held-out scores, the
   default-configuration and random-pick baselines, per-selector summaries over sweeps (benchmarks and the oracle
-  check of a decision; held-out scores are an input, never read here).
+  check of a decision; held-out scores are an input, never read here); :mod:`raysel.selection.evaluate_estimate` —
+  how far the label-free score estimate is from the held-out score, and the fits that correct it on development
+  targets.
 * :mod:`raysel.selection.applicability` — which selectors a sweep's stored outputs allow, and why not the others.
 * :mod:`raysel.selection.decision` — scores a finished sweep with every applicable selector and records the
   decisions in the store; the method's default selector makes the headline decision.
@@ -28,7 +30,9 @@
   (ATC on a source-validation calibration cache, else agreement with the fused vote; ``estimate_*`` columns);
   :mod:`raysel.selection.calibration` — that calibration cache's format.
 * :mod:`raysel.selection.estimate_calibration` — the estimate's split-conformal correction in logit space, fitted on
-  development targets (pre-registered; fitting is :func:`raysel.selection.evaluate.fit_estimate_calibration`).
+  development targets (pre-registered; fitting is :func:`raysel.selection.evaluate_estimate.fit_estimate_calibration`), and
+  the score regression, logit(held-out) on at most two label-free scores with an interval from left-out development
+  targets (pre-registered; fitting is :func:`raysel.selection.evaluate_estimate.fit_score_regression`).
 
 Submodules are imported on use (``from raysel.selection.selectors import get_selector``) so that importing the
 package stays cheap for workers that only need one part. The names in ``__all__`` are the public API, importable
@@ -58,8 +62,10 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
                  "evaluate_selector", "evaluate_selectors", "summarize_sweeps", "baseline_evaluations",
                  "oracle_evaluation", "decision_picks", "decision_evaluations", "stored_evaluation",
                  "summarize_selectors", "best_selector", "heldout_spread", "is_flat_sweep", "collapse_indicators",
-                 "count_collapsed", "strictly_better", "wide_sweep_goals", "estimate_accuracy", "estimate_measures",
-                 "ESTIMATE_HELDOUT_COLUMNS", "fit_estimate_calibration", "calibrated_estimate_accuracy"),
+                 "count_collapsed", "strictly_better", "wide_sweep_goals"),
+    "evaluate_estimate": ("estimate_accuracy", "estimate_measures", "ESTIMATE_HELDOUT_COLUMNS",
+                          "fit_estimate_calibration", "calibrated_estimate_accuracy", "REGRESSION_FEATURES",
+                          "fit_score_regression", "regressed_estimate_accuracy"),
     "guarded": ("GUARD_COMPANIONS", "GUARD_PANEL_SIZE", "CLEAR_MARGIN_STANDARD_ERRORS", "GuardedDecision",
                 "guard_decision", "default_trial_ids", "matches_defaults"),
     "recommendation": ("RULE", "RULE_FIXED_ON", "WORST_REGRET_BOUND", "SweepEvidence", "Recommendation",
@@ -67,7 +73,7 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
     "calibration": ("SourceCalibration", "load_calibration", "save_calibration", "calibration_path"),
     "estimate": ("Estimate", "estimate_candidates", "estimate_trials", "record_estimates", "format_estimate",
                  "format_interval"),
-    "estimate_calibration": ("EstimateCalibration", "calibrate_estimate"),
+    "estimate_calibration": ("EstimateCalibration", "calibrate_estimate", "ScoreRegression", "regress_estimate"),
 }
 _SUBMODULE_OF = {name: submodule for submodule, names in _EXPORTS.items() for name in names}
 

@@ -23,11 +23,7 @@ Wide sweeps (issue 13 item 3): a sweep is *flat* when its held-out spread (best 
 :data:`FLAT_SPREAD_POINTS`; a *collapsed pick* is a chosen candidate whose held-out score is below the source-only
 model's on the same target and seed (:func:`collapse_indicators`, :func:`count_collapsed`).
 
-Score estimates (issue 29 item 6): :func:`estimate_accuracy` compares the stored label-free estimates
-(``estimate_*`` columns, :mod:`raysel.selection.estimate`) with the stored held-out scores: mean absolute error in
-points and the coverage of the 90 % intervals. :func:`fit_estimate_calibration` fits the split-conformal
-calibration (:mod:`raysel.selection.estimate_calibration`: logit space, pre-registered) on development rows, and
-:func:`calibrated_estimate_accuracy` measures the calibrated estimate on other rows.
+Score estimates (issue 29 item 6) are judged in :mod:`raysel.selection.evaluate_estimate`.
 """
 
 from __future__ import annotations
@@ -41,8 +37,6 @@ import numpy as np
 from scipy import stats
 
 # matches_defaults reads no held-out value: it lives with the guard that also uses it, and is re-exported here.
-from raysel.selection.estimate import ESTIMATE_LEVEL
-from raysel.selection.estimate_calibration import EstimateCalibration, calibrate_estimate, clipped_logit
 from raysel.selection.guarded import matches_defaults  # noqa: F401
 from raysel.selection.selectors import FMIoUSelector
 
@@ -309,130 +303,3 @@ def wide_sweep_goals(row: SelectorSummary, rows: Sequence[SelectorSummary], coll
             ("better than F-mIoU",
              row.name == FMIoUSelector.name or strictly_better(row, by_name.get(FMIoUSelector.name))),
             ("better than the default configuration", strictly_better(row, by_name.get(DEFAULT_BASELINE)))]
-
-
-# --------------------------------------------------------------------------------------------------------------
-# Label-free score estimates against held-out scores (issue 29 item 6)
-# --------------------------------------------------------------------------------------------------------------
-
-ESTIMATE_HELDOUT_COLUMNS = ("heldout_miou", "heldout_accuracy")  # a row's held-out score: the first one it holds
-
-
-def _number(value: Any) -> float:
-    """``value`` as a float; NaN when it is missing or not a number."""
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return math.nan
-
-
-MIN_CALIBRATION_ROWS = 10  # fewer candidates than this give no calibration
-
-
-def _estimate_pairs(rows: Any) -> dict[str, np.ndarray]:
-    """The rows that have both a finite ``estimate_score`` and a finite held-out score (a row's ``heldout_miou``, else
-    its ``heldout_accuracy``), as arrays: ``estimate``, ``low``, ``high``, ``heldout`` (fractions; NaN bounds where a
-    row has none), ``method`` and ``target`` (strings, empty where a row has none)."""
-    records = rows.to_dict("records") if hasattr(rows, "to_dict") else list(rows)
-    kept: list[tuple[float, float, float, float, str, str]] = []
-    for row in records:
-        heldout = next((_number(row.get(column)) for column in ESTIMATE_HELDOUT_COLUMNS
-                        if math.isfinite(_number(row.get(column)))), math.nan)
-        estimate, low, high = (_number(row.get(key)) for key in ("estimate_score", "estimate_low", "estimate_high"))
-        if math.isfinite(heldout) and math.isfinite(estimate):
-            method, target = (value if isinstance(value := row.get(key), str) else ""
-                              for key in ("estimate_method", "target"))
-            kept.append((estimate, low, high, heldout, method, target))
-    names = ("estimate", "low", "high", "heldout", "method", "target")
-    return {name: np.array([item[index] for item in kept], dtype=object if index >= 4 else np.float64)
-            for index, name in enumerate(names)}
-
-
-def _estimate_errors(estimate: np.ndarray, low: np.ndarray, high: np.ndarray,
-                     heldout: np.ndarray) -> tuple[float, float, float, float]:
-    """(mean and median absolute error in points, interval coverage, mean interval width in points) of estimates
-    against held-out scores (fractions); a missing bound covers nothing and has no width. NaNs when there is no row."""
-    if not estimate.size:
-        return math.nan, math.nan, math.nan, math.nan
-    bounded = np.isfinite(low) & np.isfinite(high)
-    covered = bounded & (low <= heldout) & (heldout <= high)
-    width = float(np.mean(high[bounded] - low[bounded]) * POINTS) if bounded.any() else math.nan
-    errors = np.abs(estimate - heldout) * POINTS
-    return float(np.mean(errors)), float(np.median(errors)), float(np.mean(covered)), width
-
-
-def estimate_measures(rows: Any) -> tuple[float, float, float, float]:
-    """(mean absolute error in points, median absolute error in points, coverage, mean interval width in points) of
-    the stored label-free estimates against the stored held-out scores, over the rows that have both (as
-    :func:`estimate_accuracy`, which gives the first and third); NaNs when no row has both.
-
-    Args:
-        rows: trial rows (a DataFrame or mappings) with ``estimate_*`` and ``heldout_miou`` or ``heldout_accuracy``.
-    """
-    pairs = _estimate_pairs(rows)
-    return _estimate_errors(pairs["estimate"], pairs["low"], pairs["high"], pairs["heldout"])
-
-
-def estimate_accuracy(rows: Any) -> tuple[float, float]:
-    """(mean absolute error in points, coverage) of the stored label-free estimates against the stored held-out
-    scores: |``estimate_score`` − held-out| averaged over the rows that have both, and the share of those rows whose
-    held-out score lies in [``estimate_low``, ``estimate_high``]. ``rows``: trial rows (a DataFrame or mappings);
-    the held-out score is a row's ``heldout_miou``, else its ``heldout_accuracy``. (NaN, NaN) when no row has both.
-    Evaluation only: the held-out scores are an input, read from the rows, and never reach the estimator."""
-    error, _, coverage, _ = estimate_measures(rows)
-    return error, coverage
-
-
-def _conformal_rank(n: int, probability: float) -> int:
-    """Split conformal's finite-sample quantile rank: ceil((n + 1) · p), clamped to 1..n (the sample's range)."""
-    rank = math.ceil((n + 1) * probability - 1e-9)  # the tolerance keeps an exact product from rounding up
-    return min(max(rank, 1), n)
-
-
-def fit_estimate_calibration(rows: Any, *, level: float = ESTIMATE_LEVEL,
-                             key: str = "") -> EstimateCalibration | None:
-    """Split-conformal calibration of the label-free estimate in logit space, fitted on development rows' held-out
-    scores (evaluation code: call it on development targets only, never on the targets it will be judged on).
-
-    Pre-registered before any test target was judged: residual r = logit(held-out) − logit(estimate), both clipped to
-    [1e-3, 1 − 1e-3]; the point shifts by median(r), the interval spans the ceil((n + 1)(1 + level)/2)-th smallest r
-    and its mirror (the n + 1 − that rank), clamped to the sample's range. None with fewer than
-    ``MIN_CALIBRATION_ROWS`` rows that have both a finite ``estimate_score`` and a held-out score; other rows are
-    skipped.
-
-    Args:
-        rows: trial rows (a DataFrame or mappings) with ``estimate_score`` and ``heldout_miou`` or
-            ``heldout_accuracy``; ``estimate_method`` and ``target`` are recorded when present.
-        level: the interval's nominal coverage.
-        key: what the calibration is for (a family or task name), kept in the result.
-    """
-    pairs = _estimate_pairs(rows)
-    n = len(pairs["estimate"])
-    if n < MIN_CALIBRATION_ROWS:
-        return None
-    residuals = np.sort(clipped_logit(pairs["heldout"]) - clipped_logit(pairs["estimate"]))
-    rank = _conformal_rank(n, (1.0 + level) / 2.0)
-    low, high = float(residuals[n - rank]), float(residuals[rank - 1])  # the (n + 1 − k)-th and k-th smallest
-    return EstimateCalibration(key=key, estimate_method=", ".join(sorted(set(pairs["method"]) - {""})),
-                               median_offset=float(np.median(residuals)), low_offset=low, high_offset=high,
-                               level=level, candidates=n, fitted_on=tuple(sorted(set(pairs["target"]) - {""})))
-
-
-def calibrated_estimate_accuracy(fit_rows: Any, eval_rows: Any,
-                                 level: float = ESTIMATE_LEVEL) -> tuple[float, float, float]:
-    """(mean absolute error in points, coverage, mean interval width in points) of the estimate calibrated on
-    ``fit_rows`` (:func:`fit_estimate_calibration`), measured on ``eval_rows`` as :func:`estimate_accuracy` measures
-    the raw one. NaNs when no calibration can be fitted or no eval row has both scores.
-
-    Args:
-        fit_rows: the development rows the calibration is fitted on (never the rows it is judged on).
-        eval_rows: the rows it is judged on.
-        level: the interval's nominal coverage.
-    """
-    calibration = fit_estimate_calibration(fit_rows, level=level)
-    if calibration is None:
-        return math.nan, math.nan, math.nan
-    pairs = _estimate_pairs(eval_rows)
-    point, low, high = calibrate_estimate(pairs["estimate"], calibration)
-    error, _, coverage, width = _estimate_errors(point, low, high, pairs["heldout"])
-    return error, coverage, width
