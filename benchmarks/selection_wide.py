@@ -94,7 +94,7 @@ import sys
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -685,6 +685,10 @@ def estimate_line(family: str, role: str, kind: str, count: int, scores: tuple[f
     return f"| {family} | {role} | {kind} | {count} | {' | '.join(cells)} | {goals} |"
 
 
+# A fitted estimate's measure: (fit rows, judged rows) -> (MAE points, coverage, mean width points, candidates judged).
+EstimateMeasure = Callable[[Sequence[dict[str, Any]], Sequence[dict[str, Any]]], tuple[float, float, float, int]]
+
+
 def calibrated_measure(fit_rows: Sequence[dict[str, Any]],
                        eval_rows: Sequence[dict[str, Any]]) -> tuple[float, float, float, int]:
     """The dev-calibrated estimate fitted on ``fit_rows`` and judged on ``eval_rows``: (MAE points, coverage, mean
@@ -695,7 +699,7 @@ def calibrated_measure(fit_rows: Sequence[dict[str, Any]],
 
 
 def leave_one_target_out(development: Sequence[dict[str, Any]],
-                         measure: Any = calibrated_measure) -> tuple[int, tuple[float, float, float]]:
+                         measure: EstimateMeasure = calibrated_measure) -> tuple[int, tuple[float, float, float]]:
     """A fitted estimate on development targets: each target judged by a ``measure`` fitted on the family's other
     development targets; (candidates judged, (MAE points, coverage, mean width points) pooled over them)."""
     judged = []
@@ -711,7 +715,7 @@ def leave_one_target_out(development: Sequence[dict[str, Any]],
     return count, (pooled[0], pooled[1], pooled[2])
 
 
-def fitted_lines(family: str, kind: str, measure: Any, development: Sequence[dict[str, Any]],
+def fitted_lines(family: str, kind: str, measure: EstimateMeasure, development: Sequence[dict[str, Any]],
                  test: Sequence[dict[str, Any]]) -> list[str]:
     """The rows of one fitted estimate (``kind``, fitted and judged by ``measure``) for one family: development
     targets left out in turn, then the test targets judged by the fit on every development candidate (test rows

@@ -23,7 +23,7 @@ from raysel.selection.estimate import (ATC, ATC_AND_AGREEMENT, AGREEMENT, PRIOR_
                                        estimate_trials, format_estimate, format_interval, record_estimates,
                                        source_class_prior)
 from raysel.selection.estimate_calibration import (EstimateCalibration, ScoreRegression, calibrate_estimate,
-                                                   clipped_logit, regress_estimate)
+                                                   clipped_logit, inverse_logit, regress_estimate)
 from raysel.selection.evaluate_estimate import estimate_accuracy
 from raysel.selection.predictions import CandidatePredictions, save_predictions
 from raysel.selection.voting import fmiou_scores, fused_agreement_scores
@@ -537,3 +537,9 @@ def test_regress_estimate_gives_nan_where_a_feature_is_missing_and_keeps_low_bel
     assert np.isnan(point[1]) and np.all(np.isfinite(point[[0, 2]]))
     assert np.all((low[[0, 2]] <= point[[0, 2]]) & (point[[0, 2]] <= high[[0, 2]]))
     assert all(math.isnan(value) for value in regress_estimate({"score_consistency": None}, _regression()))
+
+
+def test_inverse_logit_undoes_the_logit_and_stays_finite_far_out() -> None:
+    scores = np.array([0.01, 0.3, 0.5, 0.9])
+    assert inverse_logit(clipped_logit(scores)) == pytest.approx(scores)
+    assert inverse_logit(np.array([-1000.0, 1000.0])).tolist() == [0.0, 1.0]

@@ -30,9 +30,10 @@
   (ATC on a source-validation calibration cache, else agreement with the fused vote; ``estimate_*`` columns);
   :mod:`raysel.selection.calibration` — that calibration cache's format.
 * :mod:`raysel.selection.estimate_calibration` — the estimate's split-conformal correction in logit space, fitted on
-  development targets (pre-registered; fitting is :func:`raysel.selection.evaluate_estimate.fit_estimate_calibration`), and
-  the score regression, logit(held-out) on at most two label-free scores with an interval from left-out development
-  targets (pre-registered; fitting is :func:`raysel.selection.evaluate_estimate.fit_score_regression`).
+  development targets (pre-registered; fitting is
+  :func:`raysel.selection.evaluate_estimate.fit_estimate_calibration`), and the score regression, logit(held-out) on
+  at most two label-free scores with an interval from left-out development targets (pre-registered; fitting is
+  :func:`raysel.selection.evaluate_estimate.fit_score_regression`).
 
 Submodules are imported on use (``from raysel.selection.selectors import get_selector``) so that importing the
 package stays cheap for workers that only need one part. The names in ``__all__`` are the public API, importable

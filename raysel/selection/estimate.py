@@ -69,7 +69,8 @@ on one benchmark's targets says nothing about another dataset's.
 
 Everything is vectorised numpy. Labels are streamed one image batch at a time, as in :mod:`raysel.selection.voting`.
 Nothing here reads a label: :func:`estimate_trials` opens only the candidates' prediction and calibration caches.
-Held-out scores meet the estimates only in :func:`raysel.selection.evaluate_estimate.estimate_accuracy`, which is evaluation.
+Held-out scores meet the estimates only in :func:`raysel.selection.evaluate_estimate.estimate_accuracy`, which is
+evaluation.
 """
 
 from __future__ import annotations

@@ -21,8 +21,8 @@ candidates worse than the trial-scored ``consistency`` does (correlation with he
 development candidates). The regression predicts logit(held-out) as a linear function of at most two of a candidate's
 label-free scores, chosen on development targets by how well they predict a *left-out* target; its 90 % interval is
 the conformal quantiles of those left-out residuals, so it includes the error of moving to a new domain, which the
-in-sample residuals of one fit leave out. Fitting (:func:`raysel.selection.evaluate_estimate.fit_score_regression`, which states
-the pre-registered procedure) reads held-out scores and is evaluation code; applying one reads no label.
+in-sample residuals of one fit leave out. Fitting (:func:`raysel.selection.evaluate_estimate.fit_score_regression`,
+which states the pre-registered procedure) reads held-out scores and is evaluation code; applying one reads no label.
 """
 
 from __future__ import annotations
@@ -32,8 +32,8 @@ from typing import Any, Mapping
 
 import numpy as np
 
-__all__ = ["LOGIT_CLIP", "clipped_logit", "EstimateCalibration", "calibrate_estimate", "ScoreRegression",
-           "regress_estimate"]
+__all__ = ["LOGIT_CLIP", "clipped_logit", "inverse_logit", "EstimateCalibration", "calibrate_estimate",
+           "ScoreRegression", "regress_estimate"]
 
 LOGIT_CLIP = 1e-3  # scores are clipped to [LOGIT_CLIP, 1 - LOGIT_CLIP] before the logit, so 0 and 1 stay finite
 
@@ -49,9 +49,24 @@ def clipped_logit(values: Any) -> np.ndarray:
     return np.log(clipped) - np.log1p(-clipped)
 
 
-def _sigmoid(values: np.ndarray) -> np.ndarray:
-    """The inverse of the logit, without overflow for large |values|."""
-    return 0.5 * (1.0 + np.tanh(0.5 * values))
+def inverse_logit(values: Any) -> np.ndarray:
+    """The inverse of the logit (the logistic function), without overflow for large |values|.
+
+    Args:
+        values: a logit or an array of logits.
+    """
+    return 0.5 * (1.0 + np.tanh(0.5 * np.asarray(values, dtype=np.float64)))
+
+
+def _interval(logit: np.ndarray, point_offset: float, low_offset: float, high_offset: float) -> tuple[Any, Any, Any]:
+    """(point, low, high) as fractions, each ``logit`` shifted by its offset in logit space, with low ≤ point ≤ high
+    (an offset pair that does not bracket the point is clamped to it): floats for a scalar ``logit``, else arrays."""
+    point = inverse_logit(logit + point_offset)
+    low = np.minimum(inverse_logit(logit + low_offset), point)
+    high = np.maximum(inverse_logit(logit + high_offset), point)
+    if np.ndim(logit) == 0:
+        return float(point), float(low), float(high)
+    return point, low, high
 
 
 @dataclass(frozen=True)
@@ -79,15 +94,11 @@ def calibrate_estimate(score: Any, calibration: EstimateCalibration) -> tuple[An
 
     Args:
         score: the stored label-free estimate(s) (``estimate_score``), as fractions.
-        calibration: fitted on development targets (:func:`raysel.selection.evaluate_estimate.fit_estimate_calibration`).
+        calibration: fitted on development targets
+            (:func:`raysel.selection.evaluate_estimate.fit_estimate_calibration`).
     """
-    logit = clipped_logit(score)
-    point = _sigmoid(logit + calibration.median_offset)
-    low = np.minimum(_sigmoid(logit + calibration.low_offset), point)
-    high = np.maximum(_sigmoid(logit + calibration.high_offset), point)
-    if np.ndim(logit) == 0:
-        return float(point), float(low), float(high)
-    return point, low, high
+    return _interval(clipped_logit(score), calibration.median_offset, calibration.low_offset,
+                     calibration.high_offset)
 
 
 @dataclass(frozen=True)
@@ -95,7 +106,8 @@ class ScoreRegression:
     """logit(held-out score) ≈ ``intercept`` + Σ ``coefficients`` · ``features``, fitted on development candidates,
     with a 90 % interval from the residuals of predicting each left-out group (a development target) from the others.
 
-    Fitted by :func:`raysel.selection.evaluate_estimate.fit_score_regression` (the pre-registered procedure is stated there).
+    Fitted by :func:`raysel.selection.evaluate_estimate.fit_score_regression` (the pre-registered procedure is stated
+    there).
     """
 
     key: str  # what it was fitted for: a family (``street_scenes``) or a task
@@ -130,9 +142,4 @@ def regress_estimate(features: Mapping[str, Any], regression: ScoreRegression) -
     for name, coefficient in zip(regression.features, regression.coefficients):
         value = features.get(name)
         logit = logit + coefficient * np.asarray(np.nan if value is None else value, dtype=np.float64)
-    point = _sigmoid(logit)
-    low = np.minimum(_sigmoid(logit + regression.low_offset), point)
-    high = np.maximum(_sigmoid(logit + regression.high_offset), point)
-    if np.ndim(logit) == 0:
-        return float(point), float(low), float(high)
-    return point, low, high
+    return _interval(logit, 0.0, regression.low_offset, regression.high_offset)

@@ -22,7 +22,7 @@ import numpy as np
 
 from raysel.selection.estimate import ESTIMATE_LEVEL
 from raysel.selection.estimate_calibration import (EstimateCalibration, ScoreRegression, calibrate_estimate,
-                                                   clipped_logit, regress_estimate)
+                                                   clipped_logit, inverse_logit, regress_estimate)
 from raysel.selection.evaluate import POINTS
 from raysel.selection.selectors import (ClassMixConsistencySelector, ClusterAMISelector, ConfidentFMIoUSelector,
                                         ConsistencySelector, EntropySelector, FMIoUSelector,
@@ -49,22 +49,23 @@ def _heldout(row: Mapping[str, Any]) -> float:
 MIN_CALIBRATION_ROWS = 10  # fewer candidates than this give no calibration
 
 
-def _estimate_pairs(rows: Any) -> dict[str, np.ndarray]:
+ESTIMATE_COLUMNS = ("estimate_score", "estimate_low", "estimate_high")  # a stored estimate: point and interval
+
+
+def _estimate_rows(rows: Any, numbers: Sequence[str], texts: Sequence[str] = ()) -> dict[str, np.ndarray]:
     """The rows that have both a finite ``estimate_score`` and a finite held-out score (a row's ``heldout_miou``, else
-    its ``heldout_accuracy``), as arrays: ``estimate``, ``low``, ``high``, ``heldout`` (fractions; NaN bounds where a
-    row has none), ``method`` and ``target`` (strings, empty where a row has none)."""
+    its ``heldout_accuracy``), as arrays: ``heldout`` (fractions), each column of ``numbers`` (floats, NaN where a row
+    has none) and each column of ``texts`` (strings, empty where a row has none)."""
     records = rows.to_dict("records") if hasattr(rows, "to_dict") else list(rows)
-    kept: list[tuple[float, float, float, float, str, str]] = []
-    for row in records:
-        heldout = _heldout(row)
-        estimate, low, high = (_number(row.get(key)) for key in ("estimate_score", "estimate_low", "estimate_high"))
-        if math.isfinite(heldout) and math.isfinite(estimate):
-            method, target = (value if isinstance(value := row.get(key), str) else ""
-                              for key in ("estimate_method", "target"))
-            kept.append((estimate, low, high, heldout, method, target))
-    names = ("estimate", "low", "high", "heldout", "method", "target")
-    return {name: np.array([item[index] for item in kept], dtype=object if index >= 4 else np.float64)
-            for index, name in enumerate(names)}
+    kept = [(row, heldout) for row in records
+            if math.isfinite(heldout := _heldout(row)) and math.isfinite(_number(row.get("estimate_score")))]
+    table = {"heldout": np.array([heldout for _, heldout in kept], dtype=np.float64)}
+    for name in numbers:
+        table[name] = np.array([_number(row.get(name)) for row, _ in kept], dtype=np.float64)
+    for name in texts:
+        table[name] = np.array([value if isinstance(value := row.get(name), str) else "" for row, _ in kept],
+                               dtype=object)
+    return table
 
 
 def _estimate_errors(estimate: np.ndarray, low: np.ndarray, high: np.ndarray,
@@ -88,8 +89,8 @@ def estimate_measures(rows: Any) -> tuple[float, float, float, float]:
     Args:
         rows: trial rows (a DataFrame or mappings) with ``estimate_*`` and ``heldout_miou`` or ``heldout_accuracy``.
     """
-    pairs = _estimate_pairs(rows)
-    return _estimate_errors(pairs["estimate"], pairs["low"], pairs["high"], pairs["heldout"])
+    table = _estimate_rows(rows, ESTIMATE_COLUMNS)
+    return _estimate_errors(*(table[name] for name in ESTIMATE_COLUMNS), table["heldout"])
 
 
 def estimate_accuracy(rows: Any) -> tuple[float, float]:
@@ -125,16 +126,16 @@ def fit_estimate_calibration(rows: Any, *, level: float = ESTIMATE_LEVEL,
         level: the interval's nominal coverage.
         key: what the calibration is for (a family or task name), kept in the result.
     """
-    pairs = _estimate_pairs(rows)
-    n = len(pairs["estimate"])
+    table = _estimate_rows(rows, ("estimate_score",), ("estimate_method", "target"))
+    n = len(table["heldout"])
     if n < MIN_CALIBRATION_ROWS:
         return None
-    residuals = np.sort(clipped_logit(pairs["heldout"]) - clipped_logit(pairs["estimate"]))
+    residuals = np.sort(clipped_logit(table["heldout"]) - clipped_logit(table["estimate_score"]))
     rank = _conformal_rank(n, (1.0 + level) / 2.0)
     low, high = float(residuals[n - rank]), float(residuals[rank - 1])  # the (n + 1 − k)-th and k-th smallest
-    return EstimateCalibration(key=key, estimate_method=", ".join(sorted(set(pairs["method"]) - {""})),
+    return EstimateCalibration(key=key, estimate_method=", ".join(sorted(set(table["estimate_method"]) - {""})),
                                median_offset=float(np.median(residuals)), low_offset=low, high_offset=high,
-                               level=level, candidates=n, fitted_on=tuple(sorted(set(pairs["target"]) - {""})))
+                               level=level, candidates=n, fitted_on=tuple(sorted(set(table["target"]) - {""})))
 
 
 def calibrated_estimate_accuracy(fit_rows: Any, eval_rows: Any,
@@ -151,9 +152,9 @@ def calibrated_estimate_accuracy(fit_rows: Any, eval_rows: Any,
     calibration = fit_estimate_calibration(fit_rows, level=level)
     if calibration is None:
         return math.nan, math.nan, math.nan
-    pairs = _estimate_pairs(eval_rows)
-    point, low, high = calibrate_estimate(pairs["estimate"], calibration)
-    error, _, coverage, width = _estimate_errors(point, low, high, pairs["heldout"])
+    table = _estimate_rows(eval_rows, ("estimate_score",))
+    point, low, high = calibrate_estimate(table["estimate_score"], calibration)
+    error, _, coverage, width = _estimate_errors(point, low, high, table["heldout"])
     return error, coverage, width
 
 
@@ -165,23 +166,6 @@ REGRESSION_FEATURES = ("estimate_score", *(f"{SCORE_PREFIX}{selector.name}" for 
 MAX_REGRESSION_FEATURES = 2  # two development targets per family cannot carry more
 MIN_FEATURE_GAIN_POINTS = 0.25  # a second feature must cut the left-out error by this much to be taken
 MIN_FEATURE_SHARE = 0.9  # a feature must be finite on this share of the fit's rows to be considered
-
-
-def _regression_rows(rows: Any, features: Sequence[str]) -> dict[str, np.ndarray]:
-    """The rows with a finite ``estimate_score`` and a finite held-out score, as arrays: ``heldout`` (fractions),
-    ``target`` and ``sweep_id`` (strings, empty where missing) and one float array per feature (NaN where missing)."""
-    records = rows.to_dict("records") if hasattr(rows, "to_dict") else list(rows)
-    kept = []
-    for row in records:
-        if math.isfinite(heldout := _heldout(row)) and math.isfinite(_number(row.get("estimate_score"))):
-            kept.append((row, heldout))
-    table = {"heldout": np.array([heldout for _, heldout in kept], dtype=np.float64)}
-    for key in ("target", "sweep_id"):
-        table[key] = np.array([value if isinstance(value := row.get(key), str) else "" for row, _ in kept],
-                              dtype=object)
-    for name in features:
-        table[name] = np.array([_number(row.get(name)) for row, _ in kept], dtype=np.float64)
-    return table
 
 
 def _linear_fit(matrix: np.ndarray, response: np.ndarray) -> np.ndarray:
@@ -213,7 +197,7 @@ def _left_out_error(residuals: np.ndarray, response: np.ndarray, heldout: np.nda
     known = np.isfinite(residuals)
     if not known.any():
         return math.inf
-    predicted = 1.0 / (1.0 + np.exp(-(response[known] - residuals[known])))
+    predicted = inverse_logit(response[known] - residuals[known])
     return float(np.mean(np.abs(predicted - heldout[known])) * POINTS)
 
 
@@ -248,7 +232,7 @@ def fit_score_regression(rows: Any, *, level: float = ESTIMATE_LEVEL, key: str =
         >>> regression.features, round(regression.intercept, 2), [round(c, 2) for c in regression.coefficients]
         (('score_consistency',), -3.0, [4.0])
     """
-    table = _regression_rows(rows, features)
+    table = _estimate_rows(rows, features, ("target", "sweep_id"))
     heldout = table["heldout"]
     left_out_by = "target" if len(set(table["target"])) >= 2 else "sweep_id"
     groups = table[left_out_by]
@@ -312,9 +296,8 @@ def regressed_estimate_accuracy(fit_rows: Any, eval_rows: Any,
     regression = fit_score_regression(fit_rows, level=level)
     if regression is None:
         return math.nan, math.nan, math.nan, 0
-    table = _regression_rows(eval_rows, regression.features)
+    table = _estimate_rows(eval_rows, regression.features)
     point, low, high = regress_estimate(table, regression)
-    point, low, high = (np.atleast_1d(np.asarray(value, dtype=np.float64)) for value in (point, low, high))
     judged = np.isfinite(point)
     if not judged.any():
         return math.nan, math.nan, math.nan, 0
