@@ -1,7 +1,11 @@
 """Connecting to Ray: an address that is not HOST:PORT is refused at once, before ray.init could hang on it (an
-unreachable HOST:PORT is covered through the CLI in test_sweep.py)."""
+unreachable HOST:PORT is covered through the CLI in test_sweep.py); a local Ray has a dashboard only when asked."""
 
 from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -13,3 +17,37 @@ from raysel.execution.connection import _check_reachable
 def test_an_address_that_is_not_host_port_is_refused(address: str) -> None:
     with pytest.raises(UserError, match="HOST:PORT"):
         _check_reachable(address)
+
+
+@pytest.mark.integration
+def test_a_local_ray_has_a_dashboard_only_when_asked(tmp_path: Path) -> None:
+    """In fresh interpreters (this session's shared Ray would be joined instead): with ``dashboard=True`` the URL
+    printed answers (with Ray's token); the default local Ray prints none and serves nothing there."""
+    script = """
+import contextlib, io, os, re, sys
+from pathlib import Path
+import ray
+from raysel.execution.connection import connect
+from raysel.testing.fake_cluster import dashboard_answers
+printed = io.StringIO()
+with contextlib.redirect_stdout(printed):
+    assert connect(None, dashboard=sys.argv[1] == "on", num_cpus=1, object_store_mb=128)
+try:
+    found = re.search(r"Ray dashboard: (http://\\S+)", printed.getvalue())
+    url = found.group(1) if found else sys.argv[2]
+    token = os.environ.get("RAY_AUTH_TOKEN") or Path(os.environ.get("RAY_AUTH_TOKEN_PATH", "~/.ray/auth_token")
+                                                    ).expanduser().read_text().strip()
+    print("printed" if found else "none printed", url, "answers" if dashboard_answers(url, token) else "silent")
+finally:
+    ray.shutdown()
+"""
+
+    def run(*args: str) -> list[str]:
+        done = subprocess.run([sys.executable, "-c", script, *args], capture_output=True, text=True, timeout=120,
+                              cwd=tmp_path)
+        assert done.returncode == 0, done.stderr[-2000:]
+        return done.stdout.split()
+
+    found, url, answered = run("on", "")
+    assert (found, answered) == ("printed", "answers") and url.startswith("http://"), (found, url, answered)
+    assert run("off", url) == ["none", "printed", url, "silent"]

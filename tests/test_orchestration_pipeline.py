@@ -1,19 +1,44 @@
-"""Where a trial's time goes (time_<phase>_s columns) and the shared stages built as parallel, timed Ray tasks."""
+"""Where a trial's time goes (time_<phase>_s columns), the shared stages built as parallel, timed Ray tasks, and a
+sweep's selection overlapping the local Ray's shutdown."""
 
 from __future__ import annotations
 
 import io
 import shutil
+import threading
 from pathlib import Path
 
 import pyarrow as pa
 import pytest
 
 from raysel.execution.timing import PhaseClock
+from raysel.orchestration.pipeline import conclude_while_stopping
 from raysel.store.schema import TRIAL_PHASES, TRIAL_TIMING_COLUMNS, trial_table
 
 TINY_HIAST = {"rounds": 1, "iterations_per_round": 2, "reports_per_round": 1, "warmup_iterations": 2,
               "source_iterations": 2}
+
+
+def test_a_sweep_concludes_while_its_local_ray_stops() -> None:
+    """Selection and Ray's shutdown overlap: each waits at a barrier for the other, which a sequential order breaks."""
+    both_running = threading.Barrier(2, timeout=10)
+
+    def conclude() -> str:
+        both_running.wait()
+        return "selected"
+
+    assert conclude_while_stopping(conclude, both_running.wait) == "selected"
+
+
+def test_a_failed_conclusion_is_raised_once_ray_has_stopped() -> None:
+    stopped: list[bool] = []
+
+    def conclude() -> None:
+        raise RuntimeError("selection failed")
+
+    with pytest.raises(RuntimeError, match="selection failed"):
+        conclude_while_stopping(conclude, lambda: stopped.append(True))
+    assert stopped == [True]
 
 
 def test_phase_clock_counts_time_in_nested_phases_once() -> None:

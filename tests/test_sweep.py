@@ -42,8 +42,19 @@ def test_help_explains_every_option(capsys: pytest.CaptureFixture) -> None:
     assert result.returncode == 0
     for option in ("--space", "--data", "--data-root", "--source", "--target", "--num-samples", "--search",
                    "--scheduler", "--max-concurrent", "--workers", "--cpus-per-worker", "--gpus-per-worker",
-                   "--results", "--name", "--resume", "--set", "--seed", "--address", "--include-default"):
+                   "--results", "--name", "--resume", "--set", "--seed", "--address", "--dashboard",
+                   "--include-default"):
         assert option in result.stdout
+
+
+def test_the_dashboard_is_how_to_run_not_what_the_sweep_is() -> None:
+    """``--dashboard`` (like ``--address``) never reaches the sweep's stored options, so a sweep run with it resumes
+    and is reused without it."""
+    from raysel.sweep import build_parser, options_from_arguments
+
+    with_dashboard = build_parser().parse_args(["hiast", "--dashboard"])
+    assert with_dashboard.dashboard and not build_parser().parse_args(["hiast"]).dashboard
+    assert options_from_arguments(with_dashboard) == options_from_arguments(build_parser().parse_args(["hiast"]))
 
 
 def test_unknown_method_lists_registered_ones(capsys: pytest.CaptureFixture) -> None:

@@ -6,15 +6,17 @@ checked before anything started; nothing here validates options again or changes
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, TypeVar
 
 import ray
 import torch
@@ -36,11 +38,12 @@ from raysel.store import ResultStore
 from raysel.store.compaction import compact_sweep
 
 __all__ = [
-    "PREPARED_DIR", "SweepOutcome", "run_sweep", "run_connected_sweep", "prepare_shared_stages", "preparation_marker", "stage_keying_names",
-    "StageRecord",
+    "PREPARED_DIR", "SweepOutcome", "run_sweep", "run_connected_sweep", "conclude_while_stopping",
+    "prepare_shared_stages", "preparation_marker", "stage_keying_names", "StageRecord",
 ]
 
 
+T = TypeVar("T")
 PREPARED_DIR = "_prepared"  # in the stage cache: one marker per finished preparation (see preparation_marker)
 
 
@@ -56,7 +59,7 @@ class SweepOutcome:
     stopped: bool = False
 
 
-def run_sweep(request: SweepRequest, *, resume: bool = False, address: str | None = None,
+def run_sweep(request: SweepRequest, *, resume: bool = False, address: str | None = None, dashboard: bool = False,
               stream: Any = None, stop_new_trials_at: float | None = None) -> SweepOutcome:
     """Run (or resume) a checked sweep end to end and return its trials and selection decisions.
 
@@ -70,6 +73,7 @@ def run_sweep(request: SweepRequest, *, resume: bool = False, address: str | Non
             ``sweep.json`` by :func:`raysel.request_build.resume_request`).
         resume: continue the sweep's Tune experiment; finished trials are kept, not run again.
         address: the Ray cluster to join; None: ``$RAY_ADDRESS``, else a local Ray started (and stopped) here.
+        dashboard: start Ray's dashboard with a local Ray (see :func:`raysel.execution.connect`).
         stream: where progress lines go (default: stdout).
         stop_new_trials_at: epoch seconds after which no new trial starts (running ones finish; at least one trial
             starts in every run); the sweep is then left to be resumed, unselected (``SweepOutcome.stopped``).
@@ -89,14 +93,26 @@ def run_sweep(request: SweepRequest, *, resume: bool = False, address: str | Non
     """
     stream = stream or sys.stdout
     store, tracker = _writable_store(request), _start_tracking(request)  # an unusable URI fails here, before any trial
-    started_here = connect(address)
+    started_here = connect(address, dashboard=dashboard, stream=stream)
     try:
         stopped = _tune(request, resume=resume, local=started_here, stream=stream, tracker=tracker,
                         stop_new_trials_at=stop_new_trials_at)
-    finally:
+    except BaseException:
         if started_here:
             ray.shutdown()
-    return _conclude(request, store, tracker, stream, stopped)
+        raise
+    conclude = functools.partial(_conclude, request, store, tracker, stream, stopped)
+    return conclude_while_stopping(conclude, ray.shutdown) if started_here else conclude()
+
+
+def conclude_while_stopping(conclude: Callable[[], T], stop: Callable[[], None]) -> T:
+    """``conclude()`` in a thread while ``stop()`` runs here; returns what conclude returned, or raises its error
+    once ``stop`` has finished. A sweep selects (which reads only the store) while its local Ray stops: each takes
+    1-3 s on 2 cores, and stopping Ray is mostly waiting for its processes to exit."""
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="raysel-conclude") as pool:
+        concluded = pool.submit(conclude)
+        stop()
+        return concluded.result()
 
 
 def run_connected_sweep(request: SweepRequest, *, local: bool, resume: bool = False, stream: Any = None,

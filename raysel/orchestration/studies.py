@@ -276,7 +276,7 @@ class StudyOutcome:
 
 
 def run_study(study: Study, *, max_minutes: float | None = None, resume: bool = True, address: str | None = None,
-              stream: Any = None, continue_command: str | None = None) -> StudyOutcome:
+              dashboard: bool = False, stream: Any = None, continue_command: str | None = None) -> StudyOutcome:
     """Run every sweep of a study not finished yet, on one Ray, in file order.
 
     Args:
@@ -285,6 +285,7 @@ def run_study(study: Study, *, max_minutes: float | None = None, resume: bool = 
             works on starts at least one), running trials finish, and the study reports what is left.
         resume: continue interrupted sweeps (finished trials are kept); False refuses them instead.
         address: the Ray cluster to join; None: ``$RAY_ADDRESS``, else a local Ray started (and stopped) here.
+        dashboard: start Ray's dashboard with a local Ray (see :func:`raysel.execution.connect`).
         stream: where progress goes (default: stdout); a study line at least every 30 s.
         continue_command: what the closing lines say continues the study when work is left (default: ``raysel
             study FILE [--max-minutes N]``; a program running its own study, a benchmark, names its own command).
@@ -312,7 +313,8 @@ def run_study(study: Study, *, max_minutes: float | None = None, resume: bool = 
                if sweep.finished}
     todo = [sweep for sweep in study.sweeps if sweep.name not in actions]
     if todo:
-        actions.update(_run_sweeps(study, plan, todo, deadline, address, stream, _Pace(before.stored, started)))
+        actions.update(_run_sweeps(study, plan, todo, deadline, address, dashboard, stream,
+                                   _Pace(before.stored, started)))
     command = continue_command or _continue_command(study, max_minutes)
     outcome = StudyOutcome(study.name, study.results, study_state(plan),
                            tuple((sweep.name, actions[sweep.name]) for sweep in study.sweeps),
@@ -343,11 +345,11 @@ def _opening_line(study: Study, state: StudyState, imported: set[str]) -> str:
 
 
 def _run_sweeps(study: Study, plan: StudyPlan, todo: Sequence[StudySweep], deadline: float | None,
-                address: str | None, stream: Any, pace: "_Pace") -> dict[str, str]:
+                address: str | None, dashboard: bool, stream: Any, pace: "_Pace") -> dict[str, str]:
     """Run or resume ``todo`` on one Ray connection, stopping between sweeps at the deadline; returns each one's
     action. A line for the whole study every 30 s at least, with the time left at this run's pace."""
     actions: dict[str, str] = {}
-    local = connect(address)
+    local = connect(address, dashboard=dashboard, stream=stream)
     try:
         with heartbeat(f"study {study.name}", interval_s=HEARTBEAT_S, stream=stream,
                        detail=lambda: pace.summary_of(plan)):
