@@ -10,7 +10,8 @@ One run measures, on the same machine and data, with the shared warm-up/source s
 
 The ratio sweep/plain (one at a time) is the orchestration overhead; the default-concurrency ratio is what a user
 sees. Ray's floor, measured last in the same run, is what any Ray sweep pays with no work at all: start a local Ray as a
-sweep does, start one worker process that imports what a trial's process imports (``raysel.execution``), stop Ray. Where the overhead goes: the mean seconds per configuration in each trial phase (the rows' ``time_<phase>_s``
+sweep does, start one worker process that imports what a trial's process imports (``raysel.execution``), stop Ray.
+Where the overhead goes: the mean seconds per configuration in each trial phase (the rows' ``time_<phase>_s``
 columns; the plain loop is timed by the same :class:`raysel.execution.timing.TimedRunContext`), plus the sweep's time
 before the first trial, between trials and after the last one, read from the rows' ``started_at``/``finished_at``. Single-worker trials run the loop inside the Tune trial (``--executor auto``) because Ray Train's worker-group
 start-up would otherwise dominate small trials (see raysel/execution/__init__.py).
@@ -138,8 +139,8 @@ def floor_lines(floor: dict[str, float], plain_s: float, sequential_s: float) ->
     allowed = 0.10 * plain_s
     rows = [f"| {label} | {seconds:.2f} |" for label, seconds in floor.items() if label != "total"]
     return [
-        f"Ray's floor (no Tune, no trial; measured after the runs above): **{floor['total']:.1f} s** per sweep, against "
-        f"the {allowed:.1f} s that a ratio of 1.10 allows over these plain loops ({plain_s:.1f} s); the one-at-a-time "
+        f"Ray's floor (no Tune, no trial; measured after the runs above): **{floor['total']:.1f} s** per sweep, "
+        f"against the {allowed:.1f} s that a ratio of 1.10 allows over these plain loops ({plain_s:.1f} s); the one-at-a-time "
         f"sweep spent {sequential_s - plain_s:.1f} s over them.",
         "",
         "| Ray's fixed cost | s |",
