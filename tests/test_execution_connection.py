@@ -21,33 +21,32 @@ def test_an_address_that_is_not_host_port_is_refused(address: str) -> None:
 
 @pytest.mark.integration
 def test_a_local_ray_has_a_dashboard_only_when_asked(tmp_path: Path) -> None:
-    """In fresh interpreters (this session's shared Ray would be joined instead): with ``dashboard=True`` the URL
-    printed answers (with Ray's token); the default local Ray prints none and serves nothing there."""
+    """In a fresh interpreter (this session's shared Ray would be joined instead), one local Ray after the other: with
+    ``dashboard=True`` the URL printed answers (with Ray's token); the default local Ray prints none and serves nothing
+    there."""
     script = """
-import contextlib, io, os, re, sys
+import contextlib, io, os, re
 from pathlib import Path
 import ray
 from raysel.execution.connection import connect
 from raysel.testing.fake_cluster import dashboard_answers
-printed = io.StringIO()
-with contextlib.redirect_stdout(printed):
-    assert connect(None, dashboard=sys.argv[1] == "on", num_cpus=1, object_store_mb=128)
-try:
-    found = re.search(r"Ray dashboard: (http://\\S+)", printed.getvalue())
-    url = found.group(1) if found else sys.argv[2]
-    token = os.environ.get("RAY_AUTH_TOKEN") or Path(os.environ.get("RAY_AUTH_TOKEN_PATH", "~/.ray/auth_token")
-                                                    ).expanduser().read_text().strip()
-    print("printed" if found else "none printed", url, "answers" if dashboard_answers(url, token) else "silent")
-finally:
-    ray.shutdown()
+token = os.environ.get("RAY_AUTH_TOKEN_PATH", "~/.ray/auth_token")
+url = ""
+for asked in (True, False):
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        assert connect(None, dashboard=asked, num_cpus=1, object_store_mb=128)
+    try:
+        found = re.search(r"Ray dashboard: (http://\\S+)", printed.getvalue())
+        url = found.group(1) if found else url
+        secret = os.environ.get("RAY_AUTH_TOKEN") or Path(token).expanduser().read_text().strip()
+        print("printed" if found else "none printed", url, "answers" if dashboard_answers(url, secret) else "silent")
+    finally:
+        ray.shutdown()
 """
-
-    def run(*args: str) -> list[str]:
-        done = subprocess.run([sys.executable, "-c", script, *args], capture_output=True, text=True, timeout=120,
-                              cwd=tmp_path)
-        assert done.returncode == 0, done.stderr[-2000:]
-        return done.stdout.split()
-
-    found, url, answered = run("on", "")
-    assert (found, answered) == ("printed", "answers") and url.startswith("http://"), (found, url, answered)
-    assert run("off", url) == ["none", "printed", url, "silent"]
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=180, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    asked, default = done.stdout.splitlines()[-2:]
+    found, url, answered = asked.split()
+    assert (found, answered) == ("printed", "answers") and url.startswith("http://"), asked
+    assert default.split() == ["none", "printed", url, "silent"]
